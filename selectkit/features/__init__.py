@@ -1,0 +1,1 @@
+"""Model passes: per-example features computed once per (model, data, settings)."""
