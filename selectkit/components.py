@@ -115,6 +115,20 @@ def rng_for(seed: int, *labels: str) -> np.random.Generator:
 # ---------------------------------------------------------------- scorers
 
 
+@dataclass(frozen=True)
+class FeatureRequest:
+    """A per-example feature a scorer needs from a model pass over one data source.
+
+    `data` is "pool" or a target name; `settings` are hashable (name, value) pairs
+    (e.g. (("pooling", "mean"),)). The planner runs each distinct (model, data, kind,
+    settings) once and fuses the forward-only kinds of one model into one pass.
+    """
+
+    kind: str  # token_logprobs | loss | embedding | ... (see selectkit.features)
+    data: str = "pool"
+    settings: tuple[tuple[str, Any], ...] = ()
+
+
 @dataclass
 class ScoreContext:
     """What a scorer may read. `targets` holds only the targets the score names."""
@@ -142,6 +156,10 @@ class Scorer(Component):
     def output_shape(self) -> Shape:
         """The shape this configured scorer produces (may depend on params)."""
         return self.output
+
+    def feature_requests(self, targets: list[str]) -> list[FeatureRequest]:
+        """Model-pass features this scorer reads through `ctx.features` (none by default)."""
+        return []
 
     def run(self, ctx: ScoreContext) -> Score:  # pragma: no cover - abstract
         raise NotImplementedError

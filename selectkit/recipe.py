@@ -1,0 +1,232 @@
+"""The recipe format (version 1) as pydantic models, and `load()`: YAML file -> Recipe.
+
+Strict everywhere: unknown keys are errors with a did-you-mean, and every error points at
+`file:line:col`. Component params (`with:`) are checked later by the component's own model.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Callable, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+
+from selectkit.errors import Location, RecipeError, RecipeErrors
+from selectkit.yamlsource import SourceMap, load_yaml
+
+FORMAT_VERSION = 1
+# Old format versions upgrade through these, one step at a time: {old_version: fn(dict) -> dict}.
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class DataSource(Strict):
+    """A table of examples: a file (jsonl, json, csv, parquet) or a `datasets.save_to_disk` folder."""
+
+    path: str = Field(description="file or folder; relative paths resolve against the recipe's folder")
+    text: str = Field("text", description="a column name, or a template such as '{question}\\n{answer}'")
+    id: str | None = Field(None, description="id column; default: the row number")
+    limit: PositiveInt | None = Field(None, description="read only the first N rows")
+    format: str | None = Field(None, description="reader name when the suffix does not tell (jsonl, csv, ...)")
+
+
+class DataSpec(Strict):
+    pool: DataSource
+    targets: dict[str, DataSource] = Field(default_factory=dict)
+
+
+class ModelSpec(Strict):
+    """A model the scorers run: a local folder (or a hub id when the network allows)."""
+
+    path: str
+    kind: Literal["causal-lm", "masked-lm", "embedding"]
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    max_length: PositiveInt = 512
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    lora: str | None = Field(None, description="a peft adapter folder loaded on top")
+    revision: str | None = None
+    trust_remote_code: bool = Field(False, description="also needs --trust-remote-code on the command line")
+
+
+class ComponentRef(Strict):
+    """`{use: name, with: {...}}`: a component and its params."""
+
+    use: str
+    with_: dict[str, Any] = Field(default_factory=dict, alias="with")
+
+
+class ScoreSpec(Strict):
+    use: str = Field(description="scorer name")
+    model: str | None = Field(None, description="name of an entry under `models`")
+    targets: list[str] | Literal["all"] | None = Field(None, description="target names, or 'all'")
+    with_: dict[str, Any] = Field(default_factory=dict, alias="with")
+    normalize: list[Union[str, ComponentRef]] = Field(default_factory=list,
+                                                      description="normalizers applied in order")
+
+
+class StageSpec(Strict):
+    use: str = Field(description="selector name")
+    name: str | None = Field(None, description="label used in `dropped_by`; default '<use>' (or '<use>#<n>')")
+    with_: dict[str, Any] = Field(default_factory=dict, alias="with")
+
+
+class OutputSpec(Strict):
+    dir: str = Field("out/{name}", description="relative to the recipe's folder; '{name}' is the recipe name")
+    formats: list[Literal["parquet", "jsonl"]] = Field(default_factory=lambda: ["parquet"],
+                                                       description="formats of the selected subset")
+    repeat_by_count: bool = Field(False, description="repeat subset rows by the selector's `count` column")
+
+
+class Recipe(Strict):
+    selectkit: int = Field(description="recipe format version")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str | None = None
+    seed: int = 0
+    data: DataSpec
+    models: dict[str, ModelSpec] = Field(default_factory=dict)
+    scores: dict[str, ScoreSpec] = Field(default_factory=dict)
+    select: list[StageSpec] = Field(min_length=1)
+    output: OutputSpec = Field(default_factory=OutputSpec)
+
+    @field_validator("selectkit")
+    @classmethod
+    def _known_version(cls, value: int) -> int:
+        if value != FORMAT_VERSION:
+            raise ValueError(f"unknown recipe format version {value}; supported: {FORMAT_VERSION}")
+        return value
+
+
+class LoadedRecipe:
+    """A validated Recipe with where it came from (file, folder, source map, hash)."""
+
+    def __init__(self, recipe: Recipe, file: Path, source_map: SourceMap, text: str):
+        self.recipe = recipe
+        self.file = file
+        self.base = file.parent
+        self.source_map = source_map
+        self.text = text
+
+    def resolve_path(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.base / p)
+
+    def locate(self, path: tuple, at_key: bool = False) -> Location:
+        return self.source_map.locate(path, at_key)
+
+    @property
+    def resolved(self) -> dict:
+        """The recipe with every default filled in (what `plan` shows and the manifest stores)."""
+        return self.recipe.model_dump(mode="json", by_alias=True)
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.resolved, sort_keys=True).encode()).hexdigest()
+
+
+def load(path: str | Path) -> LoadedRecipe:
+    """Read and validate a recipe file's structure. Raises RecipeError(s) with locations."""
+    file = Path(path)
+    if not file.is_file():
+        raise RecipeError(f"recipe not found: {file}")
+    text = file.read_text(encoding="utf-8")
+    data, smap = load_yaml(text, str(file))
+    if not isinstance(data, dict):
+        raise RecipeError("a recipe is a mapping of keys (selectkit, name, data, scores, select, ...)",
+                          Location(str(file), 1, 1))
+    data = migrate(data, smap)
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeErrors(pydantic_errors(exc, smap, Recipe)) from None
+    return LoadedRecipe(recipe, file, smap, text)
+
+
+def migrate(data: dict, smap: SourceMap) -> dict:
+    """Upgrade an older format version to the current one."""
+    version = data.get("selectkit")
+    if version is None:
+        raise RecipeError(f"missing 'selectkit: {FORMAT_VERSION}' (the recipe format version)", smap.locate(()))
+    while isinstance(version, int) and version in MIGRATIONS:
+        data = MIGRATIONS[version](data)
+        version = data.get("selectkit")
+    return data
+
+
+def pydantic_errors(exc: ValidationError, smap: SourceMap, model: type[BaseModel] | None,
+                    prefix: tuple = ()) -> list[RecipeError]:
+    """Turn pydantic errors into located RecipeErrors with did-you-mean hints."""
+    out = []
+    for err in exc.errors():
+        loc = prefix + tuple(p for p in err["loc"] if not _is_union_tag(p))
+        kind = err["type"]
+        hint = None
+        if kind == "extra_forbidden":
+            known = allowed_keys(model, loc[len(prefix):-1]) if model else []
+            message = f"unknown key {loc[-1]!r}"
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            if close:
+                message += f"; did you mean {close[0]!r}?"
+            elif known:
+                hint = f"allowed: {', '.join(known)}"
+            out.append(RecipeError(message, smap.locate(loc, at_key=True), hint))
+            continue
+        if kind == "missing":
+            where = ".".join(str(p) for p in loc[:-1]) or "the recipe"
+            out.append(RecipeError(f"missing key {loc[-1]!r} in {where}", smap.locate(loc[:-1], at_key=True)))
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        out.append(RecipeError(f"{'.'.join(str(p) for p in loc)}: {msg}", smap.locate(loc)))
+    return _dedupe(out)
+
+
+def _dedupe(errors: list[RecipeError]) -> list[RecipeError]:
+    seen, out = set(), []
+    for e in errors:
+        if str(e) not in seen:
+            seen.add(str(e))
+            out.append(e)
+    return out
+
+
+def _is_union_tag(part: Any) -> bool:
+    return isinstance(part, str) and (part in {"str", "int", "literal['all']", "list[str]"} or "[" in part
+                                      and part not in ("with",) and not part.isidentifier())
+
+
+def allowed_keys(model: type[BaseModel], path: tuple) -> list[str]:
+    """The keys allowed at `path` inside `model` (by alias), for did-you-mean suggestions."""
+    annotation: Any = model
+    for part in path:
+        annotation = _unwrap(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = next((f for n, f in annotation.model_fields.items() if (f.alias or n) == part), None)
+            if field is None:
+                return []
+            annotation = field.annotation
+        elif typing.get_origin(annotation) in (dict, list):
+            annotation = typing.get_args(annotation)[-1]
+        else:
+            return []
+    annotation = _unwrap(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [f.alias or n for n, f in annotation.model_fields.items()]
+    return []
+
+
+def _unwrap(annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        models = [a for a in typing.get_args(annotation)
+                  if isinstance(a, type) and issubclass(a, BaseModel) or typing.get_origin(a) in (dict, list)]
+        return models[0] if models else annotation
+    if origin is typing.Annotated:
+        return typing.get_args(annotation)[0]
+    return annotation
