@@ -1,3 +1,21 @@
-"""selectkit: declarative data selection. Load a YAML recipe, validate it, compile it to a plan, run it."""
+"""selectkit: declarative data selection. Load a YAML recipe, validate it, compile it to a plan, run it.
+
+    import selectkit
+    selectkit.validate("recipes/quickstart.yaml")
+    out = selectkit.run("recipes/quickstart.yaml")
+"""
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # The API is imported on first use so `import selectkit` stays cheap.
+    if name in {"load", "validate", "plan", "run"}:
+        from selectkit import api
+
+        return getattr(api, name)
+    if name == "compile":
+        from selectkit.plan import compile
+
+        return compile
+    raise AttributeError(name)

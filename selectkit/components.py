@@ -139,6 +139,8 @@ class ScoreContext:
     model: Any = None  # a resolved model spec, for scorers that declare `model_kinds`
     features: Any = None  # feature store of the model passes (see the model issue)
     workdir: Any = None  # a scratch folder for shards that survive a killed run
+    models: dict[str, Any] = field(default_factory=dict)  # every ModelSpec of the recipe (for `model_params`)
+    base: Any = None  # the recipe's folder: relative model and data paths resolve against it
 
     def rng(self, *labels: str) -> np.random.Generator:
         return rng_for(self.seed, *labels)
@@ -151,6 +153,7 @@ class Scorer(Component):
     output: ClassVar[Shape] = Shape.VECTOR
     needs_targets: ClassVar[bool] = False
     model_kinds: ClassVar[tuple[str, ...]] = ()  # model kinds it accepts; empty: needs no model
+    model_params: ClassVar[tuple[str, ...]] = ()  # params naming further entries under `models`
     higher_is_better: ClassVar[bool] = True
 
     def output_shape(self) -> Shape:
@@ -220,6 +223,8 @@ class Selector(Component):
     Params: ClassVar[type[SelectorParams]] = SelectorParams
     accepts: ClassVar[frozenset[Shape]] = frozenset({Shape.VECTOR})  # shapes of `with.score`
     needs_score: ClassVar[bool] = True
+    # further params that name scores, with the shapes each accepts (e.g. {"quality": {VECTOR}})
+    score_params: ClassVar[dict[str, frozenset[Shape]]] = {}
     budget_rule: ClassVar[str] = "required"  # required | optional | none: is `with.budget` needed?
 
     def run(self, ctx: SelectContext) -> Selection:  # pragma: no cover - abstract

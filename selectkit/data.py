@@ -95,6 +95,12 @@ def fingerprint_path(path: Path) -> str:
     return digest.hexdigest()
 
 
+def source_fingerprint(path: Path, *, text: str, id_column: str | None, limit: int | None, reader: str) -> str:
+    """Identity of a source as read: its bytes plus the settings that shape the examples."""
+    settings = f"{text}\x1f{id_column}\x1f{limit}\x1f{reader}"
+    return hashlib.sha256((fingerprint_path(path) + settings).encode()).hexdigest()
+
+
 def pick_reader(path: Path, readers: dict[str, type[Reader]], fmt: str | None, source: str) -> Reader:
     if fmt is not None:
         if fmt not in readers:
@@ -138,6 +144,5 @@ def load_dataset(name: str, path: Path, *, text: str, id_column: str | None, lim
             raise DataError(f"{name}: id column {id_column!r} has duplicate value {dup!r}")
         if ids.null_count():
             raise DataError(f"{name}: id column {id_column!r} has missing values")
-    settings = f"{text}\x1f{id_column}\x1f{limit}\x1f{reader.name}"
-    fingerprint = hashlib.sha256((fingerprint_path(path) + settings).encode()).hexdigest()
+    fingerprint = source_fingerprint(path, text=text, id_column=id_column, limit=limit, reader=reader.name)
     return Dataset(name=name, rows=frame, ids=ids, texts=texts, fingerprint=fingerprint, path=path)

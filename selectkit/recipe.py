@@ -83,6 +83,7 @@ class OutputSpec(Strict):
     formats: list[Literal["parquet", "jsonl"]] = Field(default_factory=lambda: ["parquet"],
                                                        description="formats of the selected subset")
     repeat_by_count: bool = Field(False, description="repeat subset rows by the selector's `count` column")
+    summarize_by: str | None = Field(None, description="pool column whose selected/pool counts `run` prints")
 
 
 class Recipe(Strict):

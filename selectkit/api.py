@@ -1,0 +1,52 @@
+"""The Python API the CLI is a thin layer over: load, validate, compile, run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from selectkit.cache import Cache
+from selectkit.compiler import Checked, check
+from selectkit.errors import PluginError
+from selectkit.execute import RunResult
+from selectkit.plan import Plan, compile
+from selectkit.recipe import LoadedRecipe, load
+from selectkit.registry import Registry, default_registry
+
+
+def validate(path: str | Path, registry: Registry | None = None) -> Checked:
+    """Load a recipe and type-check it against the installed components. No data or model is read."""
+    return check(load(path), registry or default_registry())
+
+
+def plan(path: str | Path, *, cache_dir: str | Path | None = None, out_dir: str | Path | None = None,
+         devices=None, registry: Registry | None = None) -> Plan:
+    """Validate and compile a recipe into a Plan (cache status included)."""
+    return compile(validate(path, registry), Cache(Path(cache_dir) if cache_dir else None),
+                   Path(out_dir) if out_dir else None, devices)
+
+
+@dataclass
+class RunOutput:
+    result: RunResult
+    files: dict[str, Path]
+
+
+def run(path: str | Path, *, cache_dir: str | Path | None = None, out_dir: str | Path | None = None,
+        devices=None, executor: str = "local", progress: Callable[[str], None] | None = None,
+        registry: Registry | None = None, options: dict | None = None) -> RunOutput:
+    """Validate, compile and execute a recipe; write its outputs. Returns the result and files."""
+    from selectkit.outputs import write_outputs
+
+    compiled = plan(path, cache_dir=cache_dir, out_dir=out_dir, devices=devices, registry=registry)
+    registry = compiled.checked.registry
+    try:
+        executor_cls = registry.get("executors", executor)
+    except PluginError:
+        raise
+    result = executor_cls().run(compiled, progress=progress, options=options)
+    return RunOutput(result, write_outputs(result, compiled.out_dir))
+
+
+__all__ = ["load", "validate", "plan", "run", "LoadedRecipe", "Checked", "Plan", "RunResult"]

@@ -1,0 +1,248 @@
+"""The `selectkit` command: a thin layer over the Python API. User errors print
+`file:line:col: message` and exit non-zero, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from selectkit.errors import RecipeErrors, SelectkitError
+
+
+def _fail(exc: SelectkitError, code: int = 1) -> None:
+    for line in str(exc).splitlines():
+        click.echo(f"error: {line}" if not line[:1].isspace() else line, err=True)
+    sys.exit(code)
+
+
+def _registry(strict: bool):
+    from selectkit.registry import default_registry
+
+    registry = default_registry(strict=strict)
+    for name, problem in registry.broken:
+        click.echo(f"warning: plugin {name} failed to load and was skipped: {problem}", err=True)
+    return registry
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="selectkit")
+def main() -> None:
+    """Declarative data selection: validate, plan and run YAML recipes."""
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text", show_default=True)
+@click.option("--strict", is_flag=True, help="a plugin that fails to load is an error, not a warning")
+def validate(paths: tuple[Path, ...], fmt: str, strict: bool) -> None:
+    """Check recipes without running anything (exit 0: all valid, 1: some invalid)."""
+    from selectkit.api import validate as validate_recipe
+
+    try:
+        registry = _registry(strict)
+    except SelectkitError as exc:
+        _fail(exc, 2)
+    results = []
+    for path in paths:
+        try:
+            validate_recipe(path, registry)
+            results.append({"path": str(path), "valid": True, "errors": []})
+        except RecipeErrors as exc:
+            results.append({"path": str(path), "valid": False, "errors": [e.as_dict() for e in exc.errors]})
+        except SelectkitError as exc:
+            error = exc.as_dict()
+            error["path"] = error["path"] or str(path)
+            results.append({"path": str(path), "valid": False, "errors": [error]})
+    if fmt == "json":
+        click.echo(json.dumps(results, indent=2))
+    for result in results:
+        if fmt == "text" and result["valid"]:
+            click.echo(f"{result['path']}: ok")
+        for e in result["errors"]:
+            where = f"{e['path']}:{e['line']}:{e['column']}" if e["line"] else e["path"]
+            message = e["message"] + (f" ({e['hint']})" if e["hint"] else "")
+            if fmt == "text":
+                click.echo(f"{where}: error: {message}", err=True)
+            elif fmt == "github":
+                click.echo(f"::error file={e['path']},line={e['line'] or 1},col={e['column'] or 1}::"
+                           f"{message.replace(chr(10), ' ')}")
+    sys.exit(0 if all(r["valid"] for r in results) else 1)
+
+
+def _devices(devices: str | None, assume: str | None):
+    if devices is None and assume is None:
+        return None
+    try:
+        from selectkit.estimates import parse_inventory
+    except ImportError:  # pragma: no cover
+        return {"devices": devices, "assume": assume}
+    return parse_inventory(devices=devices, assume=assume)
+
+
+device_options = [
+    click.option("--devices", help="devices to plan for: cpu, cuda:0,cuda:1 (default: detected)"),
+    click.option("--assume", help="plan for hypothetical hardware, e.g. 8xH100-80GB"),
+    click.option("--cache-dir", type=click.Path(path_type=Path), help="artifact cache (default: ~/.cache/selectkit)"),
+]
+
+
+def _with(options):
+    def decorate(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+    return decorate
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@_with(device_options)
+def plan(recipe: Path, devices: str | None, assume: str | None, cache_dir: Path | None) -> None:
+    """Show the execution plan: stages, resolved defaults, cache hits, cost estimates."""
+    from selectkit.api import plan as make_plan
+
+    try:
+        click.echo(make_plan(recipe, cache_dir=cache_dir, devices=_devices(devices, assume)).render())
+    except SelectkitError as exc:
+        _fail(exc)
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="output folder (default: output.dir)")
+@click.option("--dry-run", is_flag=True, help="print the plan and stop")
+@click.option("--trust-remote-code", is_flag=True, help="allow models whose recipe entry also allows it")
+@click.option("--quiet", "-q", is_flag=True, help="no progress messages")
+@_with(device_options)
+def run(recipe: Path, out_dir: Path | None, dry_run: bool, trust_remote_code: bool, quiet: bool,
+        devices: str | None, assume: str | None, cache_dir: Path | None) -> None:
+    """Run a recipe and write selection.parquet, the subset and manifest.json."""
+    from selectkit import api
+
+    inventory = _devices(devices, assume)
+    try:
+        if dry_run:
+            click.echo(api.plan(recipe, cache_dir=cache_dir, out_dir=out_dir, devices=inventory).render())
+            return
+        progress = None if quiet else (lambda message: click.echo(f"  {message}", err=True))
+        options = {"trust_remote_code": True} if trust_remote_code else None
+        output = api.run(recipe, cache_dir=cache_dir, out_dir=out_dir, devices=inventory, progress=progress,
+                         options=options)
+    except SelectkitError as exc:
+        _fail(exc)
+    click.echo(summary(output))
+
+
+def summary(output) -> str:
+    """Where the selection went, how many were kept, and counts per group when the recipe asks."""
+    import numpy as np
+
+    result = output.result
+    recipe = result.plan.recipe
+    n, k = len(result.pool), len(result.ranking)
+    cached = sum(r.status == "cached" for r in result.reports if r.key)
+    computed = sum(r.status == "computed" for r in result.reports if r.key)
+    lines = [f"selected {k} of {n} examples ({k / n:.1%}) -> {output.files['selection'].parent}",
+             f"stages: {computed} computed, {cached} from cache"]
+    for report in result.reports:
+        if report.kind == "select":
+            lines.append(f"  {report.label}: kept {report.detail['kept']}")
+    column = recipe.output.summarize_by
+    if column and column in result.pool.rows.columns:
+        groups = result.pool.rows[column].cast(str).to_numpy()
+        names, pool_counts = np.unique(groups, return_counts=True)
+        chosen = dict(zip(*np.unique(groups[result.ranking], return_counts=True)))
+        lines.append(f"by {column}:  selected / pool")
+        for name, total in zip(names, pool_counts):
+            lines.append(f"  {name:<16} {int(chosen.get(name, 0)):>6} / {int(total)}")
+    return "\n".join(lines)
+
+
+@main.command()
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--strict", is_flag=True, help="a plugin that fails to load is an error")
+def plugins(fmt: str, strict: bool) -> None:
+    """List installed components and their params."""
+    from selectkit.schema import describe_components
+
+    try:
+        listing = describe_components(_registry(strict))
+    except SelectkitError as exc:
+        _fail(exc, 2)
+    if fmt == "json":
+        click.echo(json.dumps(listing, indent=2))
+        return
+    for kind, components in listing.items():
+        click.echo(f"{kind}:")
+        for c in components:
+            click.echo(f"  {c['name']:<26} {c['summary']}  [{c['distribution']}]")
+            for p in c["params"]:
+                click.echo(f"      {p['name']}: {p['type']} = {p['default']}" + (f"  # {p['description']}"
+                                                                              if p["description"] else ""))
+
+
+@main.command()
+@click.option("--out", "out_path", type=click.Path(path_type=Path), default=Path("schemas/recipe.schema.json"),
+              show_default=True)
+@click.option("--check", is_flag=True, help="exit 1 if the file differs from the installed components' schema")
+def schema(out_path: Path, check: bool) -> None:
+    """Write the recipe JSON Schema (with every installed component's params) for editors."""
+    from selectkit.schema import recipe_schema_text
+
+    try:
+        text = recipe_schema_text(_registry(False))
+    except SelectkitError as exc:
+        _fail(exc, 2)
+    if check:
+        current = out_path.read_text() if out_path.exists() else None
+        if current != text:
+            click.echo(f"{out_path} is stale: run `selectkit schema` and commit it", err=True)
+            sys.exit(1)
+        click.echo(f"{out_path}: up to date")
+        return
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(text)
+    click.echo(f"wrote {out_path}")
+
+
+@main.group()
+def cache() -> None:
+    """Inspect or prune the artifact cache."""
+
+
+@cache.command("list")
+@click.option("--cache-dir", type=click.Path(path_type=Path))
+def cache_list(cache_dir: Path | None) -> None:
+    """List cached artifacts."""
+    from selectkit.cache import Cache
+
+    store = Cache(cache_dir)
+    entries = store.entries()
+    for kind, key, size in entries:
+        click.echo(f"{kind:<12} {key}  {size / 1e6:8.2f} MB")
+    click.echo(f"{len(entries)} artifacts in {store.root}")
+
+
+@cache.command("prune")
+@click.option("--cache-dir", type=click.Path(path_type=Path))
+@click.option("--keep", "keep_recipes", multiple=True, type=click.Path(path_type=Path),
+              help="keep what these recipes use (repeatable); default: delete everything")
+def cache_prune(cache_dir: Path | None, keep_recipes: tuple[Path, ...]) -> None:
+    """Delete cached artifacts not used by the given recipes."""
+    from selectkit import api
+    from selectkit.cache import Cache
+
+    store = Cache(cache_dir)
+    keep: set[str] = set()
+    try:
+        for recipe in keep_recipes:
+            compiled = api.plan(recipe, cache_dir=cache_dir)
+            keep |= {s.key for s in compiled.stages if s.key}
+    except SelectkitError as exc:
+        _fail(exc)
+    freed = store.prune(keep)
+    click.echo(f"freed {freed / 1e6:.2f} MB from {store.root}")
+

@@ -1,0 +1,268 @@
+"""Type-checks a loaded recipe against the installed components before any compute:
+every name resolves, every `with:` passes its component's Params, shapes fit along the
+chain, budgets are possible and files exist. All errors are collected and located."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from selectkit.components import Component, Normalizer, Scorer, Selector, Shape
+from selectkit.data import pick_reader
+from selectkit.errors import DataError, PluginError, RecipeError, RecipeErrors, SelectkitError
+from selectkit.recipe import ComponentRef, LoadedRecipe, ModelSpec, pydantic_errors
+from selectkit.registry import Registry, default_registry, unknown_message
+
+
+@dataclass
+class SourceNode:
+    name: str  # "pool" or the target name
+    path: Path
+    reader: str
+    spec: Any
+    rows: int | None  # known without reading the data, when the format allows
+
+
+@dataclass
+class ScoreNode:
+    name: str
+    scorer: Scorer
+    shape: Shape
+    targets: list[str]
+    model: str | None
+    normalizers: list[Normalizer]
+
+    def models(self) -> list[str]:
+        """Every model this score reads: its own and those its params name."""
+        named = [getattr(self.scorer.params, p, None) for p in self.scorer.model_params]
+        return [m for m in [self.model, *named] if m]
+
+
+@dataclass
+class StageNode:
+    label: str
+    selector: Selector
+    index: int
+
+
+@dataclass
+class Checked:
+    """A recipe that type-checks, with every component instantiated from its params."""
+
+    loaded: LoadedRecipe
+    registry: Registry
+    sources: dict[str, SourceNode]
+    models: dict[str, ModelSpec]
+    scores: dict[str, ScoreNode]
+    stages: list[StageNode]
+    warnings: list[str] = field(default_factory=list)
+
+
+class _Collector:
+    def __init__(self, loaded: LoadedRecipe):
+        self.loaded = loaded
+        self.errors: list[SelectkitError] = []
+
+    def add(self, message: str, path: tuple, at_key: bool = False, hint: str | None = None) -> None:
+        self.errors.append(RecipeError(message, self.loaded.locate(path, at_key), hint))
+
+
+def check(loaded: LoadedRecipe, registry: Registry | None = None) -> Checked:
+    """Validate semantics; raises RecipeErrors listing every problem found."""
+    registry = registry or default_registry()
+    out = _Collector(loaded)
+    recipe = loaded.recipe
+    sources = _check_sources(loaded, registry, out)
+    _check_models(loaded, out)
+    scores = {name: node for name, spec in recipe.scores.items()
+              if (node := _check_score(name, spec, loaded, registry, out)) is not None}
+    stages = _check_stages(loaded, registry, scores, sources, out)
+    if out.errors:
+        raise RecipeErrors(out.errors)
+    return Checked(loaded, registry, sources, dict(recipe.models), scores, stages)
+
+
+def _check_sources(loaded: LoadedRecipe, registry: Registry, out: _Collector) -> dict[str, SourceNode]:
+    readers = {n: e.cls for n, e in registry.components["readers"].items()}
+    found: dict[str, SourceNode] = {}
+    entries = [("pool", ("data", "pool"), loaded.recipe.data.pool)]
+    entries += [(t, ("data", "targets", t), s) for t, s in loaded.recipe.data.targets.items()]
+    for name, where, spec in entries:
+        path = loaded.resolve_path(spec.path)
+        if not path.exists():
+            out.add(f"{name}: file not found: {path}", where + ("path",))
+            continue
+        try:
+            reader = pick_reader(path, readers, spec.format, name)
+        except DataError as exc:
+            out.add(exc.message, where + ("format" if spec.format else "path",))
+            continue
+        try:
+            rows = reader.count_rows(path)
+        except Exception as exc:  # unreadable file: say so now, not after the model pass
+            out.add(f"{name}: cannot read {path}: {exc}", where + ("path",))
+            continue
+        if rows is not None and spec.limit is not None:
+            rows = min(rows, spec.limit)
+        found[name] = SourceNode(name, path, reader.name, spec, rows)
+    return found
+
+
+def _check_models(loaded: LoadedRecipe, out: _Collector) -> None:
+    try:
+        from selectkit.models import check_model  # torch-free checks of folder and config
+    except ImportError:  # pragma: no cover - the models module ships with selectkit
+        return
+    for name, spec in loaded.recipe.models.items():
+        try:
+            check_model(spec, loaded.base, name=name)
+        except SelectkitError as exc:
+            out.add(exc.message, ("models", name, "path"), hint=exc.hint)
+
+
+def _component(kind: str, name: str, registry: Registry, out: _Collector, where: tuple) -> type | None:
+    try:
+        return registry.get(kind, name)
+    except PluginError:
+        out.add(unknown_message(kind[:-1], name, registry.components[kind]), where)
+        return None
+
+
+def _params(cls: type[Component], given: dict, out: _Collector, where: tuple) -> Component | None:
+    try:
+        return cls(cls.Params.model_validate(given))
+    except ValidationError as exc:
+        out.errors.extend(pydantic_errors(exc, out.loaded.source_map, cls.Params, prefix=where))
+        return None
+
+
+def _check_score(name: str, spec, loaded: LoadedRecipe, registry: Registry, out: _Collector) -> ScoreNode | None:
+    where = ("scores", name)
+    cls = _component("scorers", spec.use, registry, out, where + ("use",))
+    if cls is None:
+        return None
+    scorer = _params(cls, spec.with_, out, where + ("with",))
+    recipe = loaded.recipe
+    # model
+    if cls.model_kinds:
+        if spec.model is None:
+            out.add(f"scorer {spec.use!r} needs a model (one of kinds: {', '.join(cls.model_kinds)}); "
+                    "add `model: <name>`", where, at_key=True)
+        elif spec.model not in recipe.models:
+            out.add(unknown_message("model", spec.model, recipe.models), where + ("model",))
+        elif recipe.models[spec.model].kind not in cls.model_kinds:
+            out.add(f"scorer {spec.use!r} needs a model of kind {' or '.join(cls.model_kinds)}, "
+                    f"but {spec.model!r} is {recipe.models[spec.model].kind!r}", where + ("model",))
+    elif spec.model is not None:
+        out.add(f"scorer {spec.use!r} uses no model; remove `model:`", where + ("model",))
+    if scorer is not None:
+        for param in cls.model_params:
+            ref = getattr(scorer.params, param, None)
+            if ref is not None and ref not in recipe.models:
+                out.add(unknown_message("model", ref, recipe.models), where + ("with", param))
+    # targets
+    targets: list[str] = []
+    known_targets = list(recipe.data.targets)
+    if cls.needs_targets:
+        if spec.targets is None or spec.targets == "all":
+            targets = known_targets
+            if not targets:
+                out.add(f"scorer {spec.use!r} scores against targets, but `data.targets` is empty",
+                        where + ("targets",) if spec.targets else where, at_key=spec.targets is None)
+        else:
+            for i, t in enumerate(spec.targets):
+                if t not in recipe.data.targets:
+                    out.add(unknown_message("target", t, known_targets), where + ("targets", i))
+            targets = list(spec.targets)
+    elif spec.targets is not None:
+        out.add(f"scorer {spec.use!r} does not use targets; remove `targets:`", where + ("targets",))
+    if scorer is None:
+        return None
+    shape = scorer.output_shape()
+    normalizers = []
+    for i, given in enumerate(spec.normalize):
+        ref = given if isinstance(given, ComponentRef) else ComponentRef(use=given)
+        at = where + ("normalize", i)
+        ncls = _component("normalizers", ref.use, registry, out, at + ("use",) if given is ref else at)
+        if ncls is None:
+            continue
+        normalizer = _params(ncls, ref.with_, out, at + ("with",))
+        if normalizer is None:
+            continue
+        if shape not in ncls.accepts:
+            out.add(f"normalizer {ref.use!r} does not accept a {shape.value} score "
+                    f"(accepts: {', '.join(sorted(s.value for s in ncls.accepts))})", at)
+            continue
+        normalizers.append(normalizer)
+    return ScoreNode(name, scorer, shape, targets, spec.model, normalizers)
+
+
+def _stage_labels(stages) -> list[str]:
+    labels, seen = [], {}
+    for spec in stages:
+        base = spec.name or spec.use
+        seen[base] = seen.get(base, 0) + 1
+        labels.append(base if seen[base] == 1 else f"{base}#{seen[base]}")
+    return labels
+
+
+def _check_stages(loaded: LoadedRecipe, registry: Registry, scores: dict[str, ScoreNode],
+                  sources: dict[str, SourceNode], out: _Collector) -> list[StageNode]:
+    recipe = loaded.recipe
+    nodes: list[StageNode] = []
+    budgeted = False
+    for i, (spec, label) in enumerate(zip(recipe.select, _stage_labels(recipe.select))):
+        where = ("select", i)
+        cls = _component("selectors", spec.use, registry, out, where + ("use",))
+        if cls is None:
+            continue
+        selector = _params(cls, spec.with_, out, where + ("with",))
+        if selector is None:
+            continue
+        params = selector.params
+        refs = {"score": cls.accepts} if cls.needs_score else {}
+        refs.update(cls.score_params)
+        if cls.needs_score and params.score is None:
+            out.add(f"selector {spec.use!r} reads a score: add `score: <name>` under `with:` "
+                    f"(scores: {', '.join(recipe.scores) or 'none defined'})", where + ("with",), at_key=True)
+        for param, accepts in refs.items():
+            ref = getattr(params, param, None)
+            if ref is None:
+                continue
+            if ref not in recipe.scores:
+                out.add(unknown_message("score", ref, recipe.scores), where + ("with", param))
+            elif ref in scores and scores[ref].shape not in accepts:
+                wanted = " or ".join(sorted(s.value for s in accepts))
+                out.add(f"selector {spec.use!r} needs a {wanted} score for `{param}`, but {ref!r} "
+                        f"({recipe.scores[ref].use}) is a {scores[ref].shape.value}", where + ("with", param))
+        budget = params.budget
+        if budget is None and cls.budget_rule == "required":
+            out.add(f"selector {spec.use!r} needs a budget: add `budget:` under `with:` "
+                    "(a count, a percentage like '5%', or {fraction|tokens: N})", where + ("with",), at_key=True)
+        if budget is not None and cls.budget_rule == "none":
+            out.add(f"selector {spec.use!r} takes no budget", where + ("with", "budget"))
+        if budget is not None:
+            budgeted = True
+            pool_rows = sources["pool"].rows if "pool" in sources else None
+            if budget.kind == "count" and pool_rows is not None and budget.value > pool_rows:
+                out.add(f"budget of {int(budget.value)} examples is larger than the pool ({pool_rows} rows)",
+                        where + ("with", "budget"))
+        nodes.append(StageNode(label, selector, i))
+    if not budgeted and not out.errors:
+        out.add("no stage sets a budget, so nothing fixes the selection size: add `budget:` to the stage "
+                "that decides it (a count, a percentage like '5%', or {fraction|tokens: N})",
+                ("select",), at_key=True)
+    return nodes
+
+
+def validate(path: str | Path, registry: Registry | None = None) -> Checked:
+    """Load and type-check a recipe file (no data read beyond row counts, no model loaded)."""
+    from selectkit.recipe import load
+
+    return check(load(path), registry)
+
+
+__all__ = ["Checked", "ScoreNode", "StageNode", "SourceNode", "check", "validate", "RecipeErrors"]
