@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from selectkit.cache import Cache
 from selectkit.compiler import Checked, check
-from selectkit.errors import PluginError
 from selectkit.execute import RunResult
 from selectkit.plan import Plan, compile
 from selectkit.recipe import LoadedRecipe, load
@@ -41,12 +40,8 @@ def run(path: str | Path, *, cache_dir: str | Path | None = None, out_dir: str |
 
     compiled = plan(path, cache_dir=cache_dir, out_dir=out_dir, devices=devices, registry=registry)
     registry = compiled.checked.registry
-    try:
-        executor_cls = registry.get("executors", executor)
-    except PluginError:
-        raise
-    result = executor_cls().run(compiled, progress=progress, options=options)
+    result = registry.get("executors", executor)().run(compiled, progress=progress, options=options)
     return RunOutput(result, write_outputs(result, compiled.out_dir))
 
 
-__all__ = ["load", "validate", "plan", "run", "LoadedRecipe", "Checked", "Plan", "RunResult"]
+__all__ = ["Checked", "LoadedRecipe", "Plan", "RunResult", "load", "plan", "run", "validate"]

@@ -265,4 +265,4 @@ def validate(path: str | Path, registry: Registry | None = None) -> Checked:
     return check(load(path), registry)
 
 
-__all__ = ["Checked", "ScoreNode", "StageNode", "SourceNode", "check", "validate", "RecipeErrors"]
+__all__ = ["Checked", "RecipeErrors", "ScoreNode", "SourceNode", "StageNode", "check", "validate"]

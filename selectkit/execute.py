@@ -6,8 +6,9 @@ components only compute. The result feeds `selectkit.outputs`."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
@@ -174,7 +175,7 @@ class LocalExecutor(Executor):
             candidates = np.sort(kept)
             selections.append(selection)
             reports.append(StageReport("select", node.label, key, status, time.perf_counter() - started,
-                                       {"kept": int(len(kept)), "diagnostics": selection.diagnostics}))
+                                       {"kept": len(kept), "diagnostics": selection.diagnostics}))
         selected = np.zeros(n, dtype=bool)
         selected[candidates] = True
         if weights is None:
@@ -225,4 +226,4 @@ def check_selection(name: str, selection: Selection, candidates: np.ndarray) -> 
     return selection
 
 
-__all__ = ["LocalExecutor", "Executor", "RunResult", "StageReport", "SelectkitError"]
+__all__ = ["Executor", "LocalExecutor", "RunResult", "SelectkitError", "StageReport"]

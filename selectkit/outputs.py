@@ -94,7 +94,7 @@ def manifest(result: RunResult, files: dict[str, str]) -> dict:
         "cache": str(plan.cache.root),
         "stages": [{"kind": r.kind, "label": r.label, "key": r.key, "status": r.status,
                     "seconds": round(r.seconds, 4)} for r in result.reports],
-        "selection": {"pool": len(result.pool), "selected": int(len(result.ranking)), "per_stage": stage_counts},
+        "selection": {"pool": len(result.pool), "selected": len(result.ranking), "per_stage": stage_counts},
         "files": files,
     }
 

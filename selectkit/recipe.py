@@ -11,8 +11,9 @@ import hashlib
 import json
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal, Union
+from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
@@ -68,7 +69,7 @@ class ScoreSpec(Strict):
     model: str | None = Field(None, description="name of an entry under `models`")
     targets: list[str] | Literal["all"] | None = Field(None, description="target names, or 'all'")
     with_: dict[str, Any] = Field(default_factory=dict, alias="with")
-    normalize: list[Union[str, ComponentRef]] = Field(default_factory=list,
+    normalize: list[str | ComponentRef] = Field(default_factory=list,
                                                       description="normalizers applied in order")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field, model_validator
 
-from selectkit.components import SelectContext, Selection, Selector, SelectorParams, Shape
+from selectkit.components import SelectContext, Selection, Selector, SelectorParams
 from selectkit.hookspecs import hookimpl
 
 
