@@ -142,7 +142,7 @@ def load(path: str | Path) -> LoadedRecipe:
     data, smap = load_yaml(text, str(file))
     if not isinstance(data, dict):
         raise RecipeError("a recipe is a mapping of keys (selectkit, name, data, scores, select, ...)",
-                          Location(str(file), 1, 1))
+                          smap.locate(()))
     data = migrate(data, smap)
     try:
         recipe = Recipe.model_validate(data)
