@@ -68,7 +68,7 @@ def compile(checked: Checked, cache: Cache | None = None, out_dir: Path | None =
     recipe = checked.loaded.recipe
     cache = cache or Cache()
     if out_dir is None:
-        out_dir = checked.loaded.resolve_path(recipe.output.dir.replace("{name}", recipe.name))
+        out_dir = checked.loaded.resolve_path(recipe.output.dir.replace("{name}", recipe.name)).resolve()
     fps = {name: source_fingerprint(src.path, text=src.spec.text, id_column=src.spec.id, limit=src.spec.limit,
                                     reader=src.reader) for name, src in checked.sources.items()}
     stages = [PlanStage("load", f"{name}: {src.path.name}",
