@@ -247,7 +247,8 @@ def _check_stages(loaded: LoadedRecipe, registry: Registry, scores: dict[str, Sc
         if budget is not None:
             budgeted = True
             pool_rows = sources["pool"].rows if "pool" in sources else None
-            if budget.kind == "count" and pool_rows is not None and budget.value > pool_rows:
+            if (budget.kind == "count" and pool_rows is not None and budget.value > pool_rows
+                    and not cls.draws_with_replacement):
                 out.add(f"budget of {int(budget.value)} examples is larger than the pool ({pool_rows} rows)",
                         where + ("with", "budget"))
         nodes.append(StageNode(label, selector, i))

@@ -226,6 +226,7 @@ class Selector(Component):
     # further params that name scores, with the shapes each accepts (e.g. {"quality": {VECTOR}})
     score_params: ClassVar[dict[str, frozenset[Shape]]] = {}
     budget_rule: ClassVar[str] = "required"  # required | optional | none: is `with.budget` needed?
+    draws_with_replacement: ClassVar[bool] = False  # a count budget may then exceed the pool
 
     def run(self, ctx: SelectContext) -> Selection:  # pragma: no cover - abstract
         raise NotImplementedError
