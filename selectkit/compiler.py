@@ -169,7 +169,7 @@ def _check_score(name: str, spec, loaded: LoadedRecipe, registry: Registry, out:
     if cls.needs_targets:
         if spec.targets is None or spec.targets == "all":
             targets = known_targets
-            if not targets:
+            if not targets and not cls.targets_optional:
                 out.add(f"scorer {spec.use!r} scores against targets, but `data.targets` is empty",
                         where + ("targets",) if spec.targets else where, at_key=spec.targets is None)
         else:

@@ -152,6 +152,7 @@ class Scorer(Component):
     kind: ClassVar[str] = "scorer"
     output: ClassVar[Shape] = Shape.VECTOR
     needs_targets: ClassVar[bool] = False
+    targets_optional: ClassVar[bool] = False  # with needs_targets: runs without targets too
     model_kinds: ClassVar[tuple[str, ...]] = ()  # model kinds it accepts; empty: needs no model
     model_params: ClassVar[tuple[str, ...]] = ()  # params naming further entries under `models`
     higher_is_better: ClassVar[bool] = True

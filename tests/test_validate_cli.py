@@ -51,10 +51,10 @@ def test_json_and_github_formats():
     assert result.returncode == 1
     report = json.loads(result.stdout)
     assert [r["valid"] for r in report] == [True, False]
-    assert report[1]["errors"][0]["line"] == expectation(bad)[0]
+    assert expectation(bad)[0] in [e["line"] for e in report[1]["errors"]]
     result = cli("validate", "--format", "github", bad)
     assert result.returncode == 1
-    assert result.stdout.startswith(f"::error file={bad},line={expectation(bad)[0]},col=")
+    assert f"::error file={bad},line={expectation(bad)[0]},col=" in result.stdout
 
 
 def test_usage_error_exits_2():
