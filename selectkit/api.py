@@ -14,15 +14,21 @@ from selectkit.recipe import LoadedRecipe, load
 from selectkit.registry import Registry, default_registry
 
 
-def validate(path: str | Path, registry: Registry | None = None) -> Checked:
-    """Load a recipe and type-check it against the installed components. No data or model is read."""
-    return check(load(path), registry or default_registry())
+def validate(path: str | Path, registry: Registry | None = None, limit: int | None = None) -> Checked:
+    """Load a recipe and type-check it against the installed components. No data or model is read.
+    `limit` caps every data source to its first rows (a quick trial of a recipe)."""
+    loaded = load(path)
+    if limit is not None:
+        data = loaded.recipe.data
+        for source in [data.pool, *data.targets.values()]:
+            source.limit = min(source.limit or limit, limit)
+    return check(loaded, registry or default_registry())
 
 
 def plan(path: str | Path, *, cache_dir: str | Path | None = None, out_dir: str | Path | None = None,
-         devices=None, registry: Registry | None = None) -> Plan:
+         devices=None, registry: Registry | None = None, limit: int | None = None) -> Plan:
     """Validate and compile a recipe into a Plan (cache status included)."""
-    return compile(validate(path, registry), Cache(Path(cache_dir) if cache_dir else None),
+    return compile(validate(path, registry, limit), Cache(Path(cache_dir) if cache_dir else None),
                    Path(out_dir) if out_dir else None, devices)
 
 
@@ -34,11 +40,11 @@ class RunOutput:
 
 def run(path: str | Path, *, cache_dir: str | Path | None = None, out_dir: str | Path | None = None,
         devices=None, executor: str = "local", progress: Callable[[str], None] | None = None,
-        registry: Registry | None = None, options: dict | None = None) -> RunOutput:
+        registry: Registry | None = None, options: dict | None = None, limit: int | None = None) -> RunOutput:
     """Validate, compile and execute a recipe; write its outputs. Returns the result and files."""
     from selectkit.outputs import write_outputs
 
-    compiled = plan(path, cache_dir=cache_dir, out_dir=out_dir, devices=devices, registry=registry)
+    compiled = plan(path, cache_dir=cache_dir, out_dir=out_dir, devices=devices, registry=registry, limit=limit)
     registry = compiled.checked.registry
     result = registry.get("executors", executor)().run(compiled, progress=progress, options=options)
     return RunOutput(result, write_outputs(result, compiled.out_dir))

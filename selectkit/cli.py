@@ -116,8 +116,9 @@ def plan(recipe: Path, devices: str | None, assume: str | None, cache_dir: Path 
 @click.option("--dry-run", is_flag=True, help="print the plan and stop")
 @click.option("--trust-remote-code", is_flag=True, help="allow models whose recipe entry also allows it")
 @click.option("--quiet", "-q", is_flag=True, help="no progress messages")
+@click.option("--limit", type=click.IntRange(min=1), help="read only the first N rows of every source (a quick trial)")
 @_with(device_options)
-def run(recipe: Path, out_dir: Path | None, dry_run: bool, trust_remote_code: bool, quiet: bool,
+def run(recipe: Path, out_dir: Path | None, dry_run: bool, trust_remote_code: bool, quiet: bool, limit: int | None,
         devices: str | None, assume: str | None, cache_dir: Path | None) -> None:
     """Run a recipe and write selection.parquet, the subset and manifest.json."""
     from selectkit import api
@@ -125,12 +126,13 @@ def run(recipe: Path, out_dir: Path | None, dry_run: bool, trust_remote_code: bo
     inventory = _devices(devices, assume)
     try:
         if dry_run:
-            click.echo(api.plan(recipe, cache_dir=cache_dir, out_dir=out_dir, devices=inventory).render())
+            click.echo(api.plan(recipe, cache_dir=cache_dir, out_dir=out_dir, devices=inventory,
+                                limit=limit).render())
             return
         progress = None if quiet else (lambda message: click.echo(f"  {message}", err=True))
         options = {"trust_remote_code": True} if trust_remote_code else None
         output = api.run(recipe, cache_dir=cache_dir, out_dir=out_dir, devices=inventory, progress=progress,
-                         options=options)
+                         options=options, limit=limit)
     except SelectkitError as exc:
         _fail(exc)
     click.echo(summary(output))
