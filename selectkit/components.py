@@ -141,6 +141,7 @@ class ScoreContext:
     workdir: Any = None  # a scratch folder for shards that survive a killed run
     models: dict[str, Any] = field(default_factory=dict)  # every ModelSpec of the recipe (for `model_params`)
     base: Any = None  # the recipe's folder: relative model and data paths resolve against it
+    trust_remote_code: bool = False  # the command line's --trust-remote-code (the recipe must allow it too)
 
     def rng(self, *labels: str) -> np.random.Generator:
         return rng_for(self.seed, *labels)

@@ -75,6 +75,7 @@ class LocalExecutor(Executor):
         pool = datasets["pool"]
         targets = {k: v for k, v in datasets.items() if k != "pool"}
         stores = self._feature_passes(plan, datasets, reports, say, options or {})
+        self.trust_remote_code = bool((options or {}).get("trust_remote_code"))
         scores = {name: self._score(plan, node, pool, targets, stores, reports, say)
                   for name, node in checked.scores.items()}
         return self._select(plan, pool, targets, scores, reports, say)
@@ -94,7 +95,7 @@ class LocalExecutor(Executor):
             say(f"model pass: {model} ({', '.join(sorted({r.kind for r in requests}))})")
             workdir = plan.cache.root / "passes" / model / plan.fingerprints["pool"][:16]
             stores[model] = compute_features(checked.models[model], checked.loaded.base, datasets, requests,
-                                             workdir=workdir, progress=say, **options)
+                                             workdir=workdir, progress=say, name=model, **options)
             reports.append(StageReport("model-pass", model, None, "computed", time.perf_counter() - started))
         return stores
 
@@ -111,7 +112,8 @@ class LocalExecutor(Executor):
             ctx = ScoreContext(pool=pool, targets={t: targets[t] for t in node.targets},
                                seed=plan.recipe.seed, model=plan.checked.models.get(node.model),
                                features=stores.get(node.model), workdir=cache.root / "work" / key,
-                               models=plan.checked.models, base=plan.checked.loaded.base)
+                               models=plan.checked.models, base=plan.checked.loaded.base,
+                               trust_remote_code=self.trust_remote_code)
             score = check_score(node, node.scorer.run(ctx), len(pool))
             cache.save_score(key, score)
             reports.append(StageReport("score", node.name, key, "computed", time.perf_counter() - started))

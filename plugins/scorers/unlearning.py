@@ -198,7 +198,7 @@ def load_causal_lm(ctx: ScoreContext) -> tuple[Any, Any, int]:
     """Model, tokenizer (right padding, a pad token) and max length of the scorer's model, via selectkit.models."""
     from selectkit.models import load_model
 
-    loaded = load_model(ctx.model, ctx.base if ctx.base is not None else ".")
+    loaded = load_model(ctx.model, ctx.base if ctx.base is not None else ".", allow_remote_code=ctx.trust_remote_code)
     tokenizer = loaded.tokenizer
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -1,0 +1,69 @@
+"""Perplexity (or mean token NLL) of each pool example under a causal LM, optionally minus a
+reference model's (cross-entropy difference, Moore & Lewis 2010).
+
+PPL(x) = exp(-(1/T) Σ_t log p(x_t | x_<t)) over the counted tokens (methods/influence.md §7).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from selectkit.components import FeatureRequest, Params, Score, ScoreContext, Scorer
+from selectkit.errors import SelectkitError
+from selectkit.features import compute_features, feature_request
+from selectkit.hookspecs import hookimpl
+from selectkit_plugins.scorers._model import response_field, store
+
+
+class PerplexityParams(Params):
+    unit: Literal["perplexity", "nll"] = Field(
+        "perplexity", description="perplexity: exp of the mean token NLL; nll: the mean token NLL (nats)")
+    response: str | None = response_field()
+    reference_model: str | None = Field(
+        None, description="another causal-lm under `models`; the score becomes nll(model) - nll(reference) "
+        "(unit nll) or ppl(model) / ppl(reference) (unit perplexity): low means more like `model`")
+
+
+class Perplexity(Scorer):
+    """Perplexity under a causal LM; lower is more likely (higher_is_better false). One
+    forward pass per batch, shared with the other scorers of the same model."""
+
+    name = "perplexity"
+    Params = PerplexityParams
+    model_kinds = ("causal-lm",)
+    model_params = ("reference_model",)
+    higher_is_better = False
+
+    def feature_requests(self, targets: list[str]) -> list[FeatureRequest]:
+        return [feature_request("loss", "pool", response=self.params.response)]
+
+    def run(self, ctx: ScoreContext) -> Score:
+        nll = np.asarray(store(ctx, self.name).get("loss", "pool", response=self.params.response), np.float64)
+        if self.params.reference_model is not None:
+            nll = nll - self._reference(ctx)
+        values = np.exp(nll) if self.params.unit == "perplexity" else nll
+        return Score(values=values, higher_is_better=False)
+
+    def _reference(self, ctx: ScoreContext) -> np.ndarray:
+        """The reference model's NLL: its own pass, sharded under the scorer's workdir."""
+        name = self.params.reference_model
+        spec = ctx.models.get(name)
+        if spec is None:
+            raise SelectkitError(f"perplexity: reference_model {name!r} is not under `models`")
+        if spec.kind != "causal-lm":
+            raise SelectkitError(f"perplexity: reference_model {name!r} is a {spec.kind}, not a causal-lm")
+        request = feature_request("loss", "pool", response=self.params.response)
+        workdir = Path(ctx.workdir) if ctx.workdir is not None else Path(tempfile.mkdtemp(prefix="selectkit-ref-"))
+        ref = compute_features(spec, ctx.base or ".", {"pool": ctx.pool}, [request], workdir / f"model-{name}",
+                               name=name)
+        return np.asarray(ref.get("loss", "pool", response=self.params.response), np.float64)
+
+
+@hookimpl
+def register_scorers(register):
+    register(Perplexity)

