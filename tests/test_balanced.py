@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from _pools import norm_ctx, pool, select_ctx
+
+from selectkit.components import Score, Shape
 from selectkit_plugins.normalizers.instance_zscore import InstanceZScore
 from selectkit_plugins.selectors._column_queues import ColumnQueues
 from selectkit_plugins.selectors.balanced import Balanced, balanced_order
 from selectkit_plugins.selectors.topk import TopK
-
-from selectkit.components import Score, Shape
 
 TASKS, PER_TASK, COLS = 3, 1000, 10
 

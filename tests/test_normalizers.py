@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 from _pools import norm_ctx
 from pydantic import ValidationError
+
+from selectkit.components import Score, Shape
+from selectkit.errors import DataError
 from selectkit_plugins.normalizers.elementwise import Clip, MinMax, Rank, SignFlip, ZScore, rank_fraction
 from selectkit_plugins.normalizers.instance_zscore import ColumnMoments, InstanceZScore
 from selectkit_plugins.normalizers.log import Log
 from selectkit_plugins.normalizers.robust_zscore import RobustZScore
 from selectkit_plugins.normalizers.softmax import Softmax
 from selectkit_plugins.normalizers.whiten import Whiten
-
-from selectkit.components import Score, Shape
-from selectkit.errors import DataError
 
 RNG = np.random.default_rng(0)
 

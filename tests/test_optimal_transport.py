@@ -6,12 +6,12 @@ import numpy as np
 import ot
 import pytest
 from _pools import norm_ctx, pool, select_ctx
-from selectkit_plugins.normalizers.whiten import Whiten
-from selectkit_plugins.selectors._transport import OTSettings, cost, neighbours, source_potentials, unit_rows
-from selectkit_plugins.selectors.optimal_transport import OptimalTransport
 
 from selectkit.components import Score, Shape
 from selectkit.errors import DataError
+from selectkit_plugins.normalizers.whiten import Whiten
+from selectkit_plugins.selectors._transport import OTSettings, cost, neighbours, source_potentials, unit_rows
+from selectkit_plugins.selectors.optimal_transport import OptimalTransport
 
 MODES, D, BUDGET = 6, 8, 300
 

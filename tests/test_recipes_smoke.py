@@ -7,7 +7,6 @@ import json
 
 import polars as pl
 import pytest
-
 from conftest import RECIPES, cli
 
 RECIPE_FILES = sorted(RECIPES.glob("*.yaml"))

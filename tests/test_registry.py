@@ -8,8 +8,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, cli
+
 from selectkit import hookspecs
 from selectkit.errors import PluginError
 from selectkit.registry import KINDS, Registry, load_registry

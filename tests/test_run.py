@@ -7,7 +7,6 @@ import json
 import numpy as np
 import polars as pl
 import pytest
-
 from conftest import cli
 
 
@@ -87,7 +86,8 @@ def test_runs_are_byte_identical(demo, tmp_path):
     outs = []
     for i in range(2):
         out = tmp_path / f"run{i}"
-        result = cli("run", demo / "quickstart.yaml", "--out", out, env={"SELECTKIT_CACHE_DIR": str(tmp_path / f"c{i}")})
+        env = {"SELECTKIT_CACHE_DIR": str(tmp_path / f"c{i}")}
+        result = cli("run", demo / "quickstart.yaml", "--out", out, env=env)
         assert result.returncode == 0, result.stderr
         outs.append(out)
     for name in ("selection.parquet", "subset.parquet", "subset.jsonl"):

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from _pools import pool, select_ctx
 from pydantic import ValidationError
-from selectkit_plugins.selectors.round_robin_targets import RoundRobinTargets, round_robin_order
-from selectkit_plugins.selectors.soft_cap import SoftCap
-from selectkit_plugins.selectors.stratified import Stratified
 
 from selectkit.components import Score, Shape
 from selectkit.errors import DataError
+from selectkit_plugins.selectors.round_robin_targets import RoundRobinTargets, round_robin_order
+from selectkit_plugins.selectors.soft_cap import SoftCap
+from selectkit_plugins.selectors.stratified import Stratified
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:

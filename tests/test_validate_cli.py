@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import RECIPES, ROOT, cli
 
 BROKEN = sorted((Path(__file__).parent / "broken_recipes").glob("*.yaml"))
@@ -71,9 +70,9 @@ def test_missing_recipe_file_is_a_clean_error(tmp_path):
 
 def test_validate_never_imports_torch():
     recipes = [str(p) for p in sorted(RECIPES.glob("*.yaml"))]
-    code = ("import sys; from selectkit.cli import main; sys.argv=['selectkit','validate',*%r]\n"
+    code = ("import sys; from selectkit.cli import main; sys.argv=['selectkit','validate',*" + repr(recipes) + "]\n"
             "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
             "heavy = sorted(m for m in ('torch','transformers','ot','sklearn','sentence_transformers','datasets')"
-            " if m in sys.modules)\nprint('HEAVY', heavy, code)") % (recipes,)
+            " if m in sys.modules)\nprint('HEAVY', heavy, code)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert "HEAVY [] 0" in out.stdout, out.stdout + out.stderr
