@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import polars as pl
-
 from selectkit.data import Reader
 from selectkit.errors import require
 from selectkit.hookspecs import hookimpl
+from selectkit.lazy import lazy_import
+
+pl = lazy_import("polars")  # polars loads when data is read, not when a recipe is validated
 
 
 class JsonLines(Reader):

@@ -30,9 +30,10 @@ class Shape(str, Enum):
 
 
 class Params(BaseModel):
-    """Base of every component's params: unknown keys are errors, defaults are explicit."""
+    """Base of every component's params: unknown keys are errors, defaults are explicit.
+    Validators build on first use (`defer_build`), so loading many plugins stays cheap."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class SelectorParams(Params):

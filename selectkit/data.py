@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
-import polars as pl
 
 from selectkit.errors import DataError
+from selectkit.lazy import lazy_import
+
+pl = lazy_import("polars")  # polars loads when data is read, not when a recipe is validated
 
 
 class Reader:

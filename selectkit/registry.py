@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.metadata
+import types
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,11 @@ class Registry:
 
     def add(self, plugin: Any, name: str, distribution: str = "local") -> None:
         """Register a plugin object or module and collect the components it registers."""
+        if isinstance(plugin, types.ModuleType):
+            # hand pluggy only the hook functions: scanning every module attribute is slow and
+            # would touch lazily imported libraries
+            hooks = {n: getattr(plugin, n) for n in dir(plugin) if n.startswith("register_")}
+            plugin = types.SimpleNamespace(__name__=plugin.__name__, **hooks)
         try:
             self.manager.register(plugin, name=name)
         except ValueError as exc:  # same plugin twice, or a bad hookimpl

@@ -7,12 +7,14 @@ from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
-import polars as pl
 from pydantic import Field
 
 from selectkit.components import NormalizeContext, Params, Score
 from selectkit.errors import DataError
+from selectkit.lazy import lazy_import
 from selectkit.registry import unknown_message
+
+pl = lazy_import("polars")  # polars loads when data is read, not when a recipe is validated
 
 NanPolicy = Literal["keep", "raise", "fill_worst", "fill_mean"]
 

@@ -32,12 +32,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-import polars as pl
 from pydantic import Field, model_validator
 
 from selectkit.components import Params, Score, ScoreContext, Scorer, Shape
 from selectkit.errors import DataError
 from selectkit.hookspecs import hookimpl
+from selectkit.lazy import lazy_import
+
+pl = lazy_import("polars")  # polars loads when data is read, not when a recipe is validated
 
 WORDPUNCT = r"\w+|[^\w\s]+"  # nltk's WordPunctTokenizer pattern
 _WORDPUNCT_RE = re.compile(WORDPUNCT, re.UNICODE | re.MULTILINE | re.DOTALL)

@@ -1,0 +1,127 @@
+"""Seeded random projections (Johnson-Lindenstrauss) for gradient features.
+
+The D x k matrix is never held whole unless it is small: it is cut into row blocks of
+`block_rows` rows, and block b is drawn from a CPU `torch.Generator` seeded by
+sha256(seed, label, kind, b). So a projection depends only on (seed, label, kind, dims,
+block_rows), is the same on every process, shard and device, and a shard can be
+recomputed alone. Products accumulate in float64 and are rounded to float32 once, so a
+row's projection does not depend on which batch it was computed in (float32 GEMM results
+change with the batch size).
+
+Deviations from TRAK's `BasicProjector` (whose block seeds are seed + 1e3 b + 1e5 model_id,
+blocks over output columns): entries are scaled by 1/sqrt(k) so inner products are
+preserved in expectation (TRAK leaves them unscaled; cosine scores are unaffected), and
+the RNG stream is always the CPU one (TRAK's CPU and CUDA projections differ).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+Kind = Literal["rademacher", "gaussian"]
+DEFAULT_BLOCK_ROWS = 1024
+DEFAULT_CACHE_BYTES = 1 << 30  # float64 blocks kept while the matrix fits (8192 x 16384)
+
+
+def block_seed(seed: int, label: str, kind: str, block: int) -> int:
+    """A 63-bit seed for one block, stable across Python processes (no `hash()`)."""
+    digest = hashlib.sha256(f"{seed}\x1f{label}\x1f{kind}\x1f{block}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+class Projector:
+    """x (B, D) -> x R / sqrt(k), R (D, k) with i.i.d. +-1 (rademacher) or N(0,1) entries.
+
+    `label` makes independent projections from one seed (a layer name, a checkpoint...).
+    Blocks are cached while the whole matrix fits in `cache_bytes` (float64), otherwise
+    regenerated on every call, as TRAK's BasicProjector does.
+    """
+
+    def __init__(self, dim_in: int, dim_out: int, *, seed: int = 0, kind: Kind = "rademacher", label: str = "",
+                 block_rows: int = DEFAULT_BLOCK_ROWS, cache_bytes: int = DEFAULT_CACHE_BYTES):
+        if dim_in < 1 or dim_out < 1:
+            raise ValueError(f"projection dims must be positive, got {dim_in} -> {dim_out}")
+        if kind not in ("rademacher", "gaussian"):
+            raise ValueError(f"unknown projection kind {kind!r} (rademacher or gaussian)")
+        self.dim_in, self.dim_out, self.seed, self.kind, self.label = dim_in, dim_out, seed, kind, label
+        self.block_rows = block_rows
+        self._cache: dict[int, torch.Tensor] | None = {} if dim_in * dim_out * 8 <= cache_bytes else None
+
+    @property
+    def key(self) -> str:
+        """Identity of the matrix (enters cache keys of stored features)."""
+        return f"{self.kind}:{self.seed}:{self.label}:{self.dim_in}x{self.dim_out}:b{self.block_rows}"
+
+    def block(self, b: int) -> torch.Tensor:
+        """Rows [b*block_rows, ...) of R, unscaled, float64 on CPU."""
+        import torch
+
+        if self._cache is not None and b in self._cache:
+            return self._cache[b]
+        rows = min(self.block_rows, self.dim_in - b * self.block_rows)
+        gen = torch.Generator(device="cpu").manual_seed(block_seed(self.seed, self.label, self.kind, b))
+        if self.kind == "rademacher":
+            out = torch.randint(0, 2, (rows, self.dim_out), generator=gen, dtype=torch.int8).to(torch.float64)
+            out.mul_(2).sub_(1)
+        else:
+            out = torch.randn((rows, self.dim_out), generator=gen, dtype=torch.float32).to(torch.float64)
+        if self._cache is not None:
+            self._cache[b] = out
+        return out
+
+    def matrix(self) -> torch.Tensor:
+        """The whole scaled matrix (D, k); for tests and small dims only."""
+        import torch
+
+        blocks = [self.block(b) for b in range(math.ceil(self.dim_in / self.block_rows))]
+        return torch.cat(blocks) / math.sqrt(self.dim_out)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Project the last dim of `x` (any leading dims); returns float32 on x's device."""
+        import torch
+
+        if x.shape[-1] != self.dim_in:
+            raise ValueError(f"projector expects last dim {self.dim_in}, got {tuple(x.shape)}")
+        lead = x.shape[:-1]
+        flat = x.reshape(-1, self.dim_in)
+        out = torch.zeros(flat.shape[0], self.dim_out, dtype=torch.float64, device=x.device)
+        for b in range(math.ceil(self.dim_in / self.block_rows)):
+            lo = b * self.block_rows
+            rows = flat[:, lo:lo + self.block_rows].to(torch.float64)
+            out.addmm_(rows, self.block(b).to(x.device))
+        out.div_(math.sqrt(self.dim_out))
+        return out.to(torch.float32).reshape(*lead, self.dim_out)
+
+
+class KroneckerProjector:
+    """LoGra-style factorised projection of a Linear layer's gradient G = sum_t g_t a_t^T
+    (Choe et al. 2024, "What is Your Data Worth to GPT?"): project activations (d_in -> k_in)
+    and output gradients (d_out -> k_out) separately; P_out^T G P_in = sum_t (P_out^T g_t)(P_in^T a_t)^T
+    is the projection of vec(G) by P_out (x) P_in, computed without ever forming G.
+    """
+
+    def __init__(self, d_in: int, d_out: int, k_in: int, k_out: int, *, seed: int = 0, kind: Kind = "rademacher",
+                 label: str = ""):
+        self.p_in = Projector(d_in, k_in, seed=seed, kind=kind, label=f"{label}:in")
+        self.p_out = Projector(d_out, k_out, seed=seed, kind=kind, label=f"{label}:out")
+
+    @property
+    def dim_out(self) -> int:
+        return self.p_in.dim_out * self.p_out.dim_out
+
+    @property
+    def key(self) -> str:
+        return f"kron({self.p_out.key},{self.p_in.key})"
+
+    def __call__(self, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """a (B, T, d_in), g (B, T, d_out) -> (B, k_out * k_in) float32, row-major (out, in)."""
+        import torch
+
+        pa = self.p_in(a).to(torch.float64)
+        pg = self.p_out(g).to(torch.float64)
+        return torch.einsum("bto,bti->boi", pg, pa).reshape(a.shape[0], -1).to(torch.float32)
