@@ -107,6 +107,12 @@ def compile(checked: Checked, cache: Cache | None = None, out_dir: Path | None =
                                           {"params": normalizer.params.model_dump(mode="json")}))
         normalized_keys[name] = nkey
 
+    for name, spec in checked.models.items():
+        if spec.warmup is not None and any(name in node.models() for node in checked.scores.values()):
+            warm = spec.warmup
+            stages.append(PlanStage("warmup", f"{name}: LoRA on {warm.fraction:.0%} of the pool", detail={
+                "epochs": warm.epochs, "learning_rate": warm.learning_rate, "lora": warm.lora.model_dump(),
+                "runs": "once, inside the first scorer that reads the model; checkpoints cached"}))
     for model, reqs in requests.items():
         pending = any(not cache.has("scores", score_keys[n]) for n, node in checked.scores.items()
                       if node.model == model)

@@ -15,9 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from selectkit.errors import Location, RecipeError, RecipeErrors
+from selectkit.influence.warmup import WarmupSpec
 from selectkit.yamlsource import SourceMap, load_yaml
 
 FORMAT_VERSION = 1
@@ -55,6 +56,16 @@ class ModelSpec(Strict):
     lora: str | None = Field(None, description="a peft adapter folder loaded on top")
     revision: str | None = None
     trust_remote_code: bool = Field(False, description="also needs --trust-remote-code on the command line")
+    checkpoints: list[str] | None = Field(None, description="training checkpoints (peft adapter folders, each "
+                                          "optionally with checkpoint.json and optimizer.pt) for influence scorers")
+    warmup: WarmupSpec | None = Field(None, description="LoRA warmup on a seeded fraction of the pool; one "
+                                      "checkpoint per epoch (LESS)")
+
+    @model_validator(mode="after")
+    def _one_source_of_checkpoints(self):
+        if self.checkpoints is not None and self.warmup is not None:
+            raise ValueError("give either `checkpoints` or `warmup`, not both")
+        return self
 
 
 class ComponentRef(Strict):

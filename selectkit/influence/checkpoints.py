@@ -99,9 +99,12 @@ def load_model(spec: Any, base: str | Path | None = None, adapter: str | Path | 
     Unlike `selectkit.models.load_model` (inference: the adapter merged), the adapter stays a
     separate trainable peft module here, since LoRA gradients are the features."""
     import torch
+    import transformers
     from torch import nn
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
     root = Path(base) if base is not None else Path(".")
     path = _resolve(spec.path, root)
     kw = {"revision": getattr(spec, "revision", None), "trust_remote_code": bool(getattr(spec, "trust_remote_code",

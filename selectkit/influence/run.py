@@ -8,7 +8,6 @@ Where things live: gradient shards and warmup checkpoints go under `<workdir>/..
 from __future__ import annotations
 
 import dataclasses
-import json
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -181,6 +180,3 @@ def lm_batches(tok: Any, texts: list[str], prompts: list[str | None] | None, bat
         out.append({k: v.to(device) for k, v in b.items()})
     return out
 
-
-def describe(checkpoints: list[Checkpoint]) -> str:
-    return json.dumps([{"name": c.name, "lr": c.lr, "adam": c.optimizer is not None} for c in checkpoints])

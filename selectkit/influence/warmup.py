@@ -92,10 +92,12 @@ def train_warmup(model: Any, tokenizer: Any, texts: Sequence[str], out_dir: str 
     total = steps_per_epoch * spec.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, int(np.ceil(spec.warmup_ratio * total))))
     length = spec.max_length or max_length
-    done = sorted(out.glob("epoch-*/checkpoint.json"))
+    from selectkit.influence.checkpoints import epoch_folders
+
+    done = [p for p in epoch_folders(out) if int(p.name.split("-")[1]) <= spec.epochs]
     start_epoch = 0
     if done:
-        last = done[-1].parent
+        last = done[-1]
         state = torch.load(last / "optimizer.pt", weights_only=False)
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
@@ -104,7 +106,7 @@ def train_warmup(model: Any, tokenizer: Any, texts: Sequence[str], out_dir: str 
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start_epoch = json.loads((last / "checkpoint.json").read_text())["epoch"]
-    folders = [p.parent for p in done]
+    folders = list(done)
     for epoch in range(start_epoch, spec.epochs):
         peft_model.train()
         order = np.random.default_rng([seed, epoch]).permutation(n)

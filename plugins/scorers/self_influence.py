@@ -1,0 +1,57 @@
+"""Per-example gradient-norm scores: TracIn self-influence (the PRESENCE signal) and GraNd.
+
+Both use exact norms of the unprojected per-example gradients (no JL error) over the model's
+checkpoints. Higher = larger gradients: novel, hard or mislabelled examples. To drop noisy
+examples keep the lowest (e.g. `topk` with `prefer: worst`); PRESENCE's reweighting uses
+softmax(tau * score). Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from selectkit.components import Score, ScoreContext, Scorer
+from selectkit.hookspecs import hookimpl
+from selectkit.influence.params import GradientParams
+
+
+class NormParams(GradientParams):
+    proj_dim: int | None = Field(None, description="unused: norms are exact")
+
+
+class SelfInfluence(Scorer):
+    """TracIn self-influence (Pruthi et al. 2020; PRESENCE, Thakkar et al. 2023):
+    sum over checkpoints of lr * ||grad loss(z)||^2. Higher = more self-influence."""
+
+    name = "self_influence"
+    Params = NormParams
+    model_kinds = ("causal-lm",)
+
+    def run(self, ctx: ScoreContext) -> Score:
+        from selectkit.influence.run import gradient_features
+        from selectkit.influence.scores import self_influence
+
+        feats = gradient_features(ctx, self.params, with_targets=False, keep_features=False, proj_dim=None)
+        return Score(values=self_influence([f.pool.norms for f in feats], [f.checkpoint.lr for f in feats]))
+
+
+class GraNd(Scorer):
+    """GraNd (Paul et al. 2021): mean over checkpoints of ||grad loss(z)||. Higher = harder
+    (data-diet keeps the highest; drop a small top share to remove noise)."""
+
+    name = "grand"
+    Params = NormParams
+    model_kinds = ("causal-lm",)
+
+    def run(self, ctx: ScoreContext) -> Score:
+        from selectkit.influence.run import gradient_features
+        from selectkit.influence.scores import grand
+
+        feats = gradient_features(ctx, self.params, with_targets=False, keep_features=False, proj_dim=None)
+        return Score(values=grand([f.pool.norms for f in feats]))
+
+
+@hookimpl
+def register_scorers(register):
+    register(SelfInfluence)
+    register(GraNd)
