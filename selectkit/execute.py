@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -94,8 +95,17 @@ class LocalExecutor(Executor):
             started = time.perf_counter()
             say(f"model pass: {model} ({', '.join(sorted({r.kind for r in requests}))})")
             workdir = plan.cache.root / "passes" / model / plan.fingerprints["pool"][:16]
-            stores[model] = compute_features(checked.models[model], checked.loaded.base, datasets, requests,
-                                             workdir=workdir, progress=say, name=model, **options)
+            args = (checked.models[model], checked.loaded.base, datasets, requests)
+            devices = pass_devices(plan.devices, checked.models[model].device)
+            if len(devices) > 1:  # each device computes every k-th shard; the call below assembles them
+                say(f"model pass {model}: splitting shards over {', '.join(devices)}")
+                with ThreadPoolExecutor(len(devices)) as pool:
+                    jobs = [pool.submit(compute_features, *args, workdir=workdir, progress=say, name=model,
+                                        device=d, worker=(i, len(devices)), **options)
+                            for i, d in enumerate(devices)]
+                    for job in jobs:
+                        job.result()
+            stores[model] = compute_features(*args, workdir=workdir, progress=say, name=model, **options)
             reports.append(StageReport("model-pass", model, None, "computed", time.perf_counter() - started))
         return stores
 
@@ -185,6 +195,18 @@ class LocalExecutor(Executor):
         if counts is None:
             counts = selected.astype(np.int64)
         return RunResult(plan, pool, targets, scores, selections, dropped_by, ranking, weights, counts, reports)
+
+
+def pass_devices(inventory, model_device: str = "auto") -> list[str]:
+    """The CUDA devices a model pass is split over: every GPU of a detected or given inventory
+    when the model's device is `auto`; one device otherwise (a planned `--assume` is never run)."""
+    if inventory is None:
+        from selectkit.estimates import detect_inventory  # nvidia-smi, never torch
+
+        inventory = detect_inventory()
+    if model_device != "auto" or getattr(inventory, "source", "") == "assumed":
+        return []
+    return [d.name for d in inventory.devices if d.kind == "cuda" and d.name.startswith("cuda:")]
 
 
 def _next_key(plan: Plan, score: str, normalizer, previous: str) -> str:

@@ -49,12 +49,14 @@ def compute_features(model_spec: ModelSpec, base_dir: str | Path, datasets: Mapp
                      batch_tokens: int | None = None, batch_size: int | None = None, shard_size: int = 1024,
                      progress: Callable[[str], None] | None = None, trust_remote_code: bool = False,
                      device: str | None = None, model: LoadedModel | None = None,
-                     name: str | None = None) -> FeatureStore:
+                     name: str | None = None, worker: tuple[int, int] = (0, 1)) -> FeatureStore:
     """Run the model once over each data source named by `requests` and return their features.
 
     All requested kinds of one data source come from one forward per batch. Shards land in
     `workdir/<data>-<key>/`, keyed by the model's files, the data and the requests; complete
     shards are reused. The model is loaded only when some shard is missing (or `model` is given).
+    `worker=(i, k)` computes only shards i, i+k, i+2k... (one of k devices sharing the pass);
+    a last call with the default (0, 1) then finds every shard complete and assembles them.
     """
     started = time.perf_counter()
     say = progress or (lambda message: None)
@@ -82,7 +84,7 @@ def compute_features(model_spec: ModelSpec, base_dir: str | Path, datasets: Mapp
         write_meta(folder, {"model": model_spec.model_dump(mode="json"), "model_fingerprint": fingerprint,
                             "data": data, "rows": len(ds), "shard_size": shard_size,
                             "features": {slot: describe(r) for r, slot in part.slots.items()}})
-        for index in range(part.shards):
+        for index in range(worker[0], part.shards, worker[1]):
             path = shard_path(folder, index)
             if shard_complete(path):
                 stats.shards_reused += 1
