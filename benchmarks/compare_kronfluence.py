@@ -112,7 +112,7 @@ def lora_lm() -> list[tuple]:
     kronfluence's loss = the sum over examples of our per-example label-token mean."""
     from kronfluence.analyzer import Analyzer, prepare_model
     from kronfluence.arguments import FactorArguments, ScoreArguments
-    from kronfluence.task import Task
+    from kronfluence_task import lm_task
     from peft import LoraConfig, get_peft_model
     from transformers import ByT5Tokenizer
 
@@ -145,28 +145,7 @@ def lora_lm() -> list[tuple]:
     modules = linear_modules(model)
     names = list(modules)
 
-    class LMTask(Task):
-        def compute_train_loss(self, batch, model, sample=False):
-            return lm_loss(model, batch).sum()
-
-        def compute_measurement(self, batch, model):
-            return lm_loss(model, batch).sum()
-
-        def get_influence_tracked_modules(self):
-            return names
-
-        def get_attention_mask(self, batch):
-            return batch["attention_mask"]
-
-    class Rows(torch.utils.data.Dataset):
-        def __init__(self, b):
-            self.b = b
-
-        def __len__(self):
-            return len(self.b["input_ids"])
-
-        def __getitem__(self, i):
-            return {k: v[i] for k, v in self.b.items()}
+    LMTask, Rows = lm_task(names, lm_loss)
 
     # ours first: kronfluence's prepare_model wraps the tracked leaves in place
     f64 = torch.float64

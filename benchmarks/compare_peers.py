@@ -155,36 +155,14 @@ def run_selectkit(method: str, folder: Path, t: Timer):
 
 
 def run_kronfluence(method: str, folder: Path, t: Timer):
-    import torch
     from kronfluence.analyzer import Analyzer, prepare_model
     from kronfluence.arguments import FactorArguments, ScoreArguments
-    from kronfluence.task import Task
+    from kronfluence_task import lm_task
 
     model, train, query = load(folder)
     names = lora_names(model)
 
-    class LMTask(Task):
-        def compute_train_loss(self, batch, model, sample=False):
-            return lm_loss(model, batch).sum()
-
-        def compute_measurement(self, batch, model):
-            return lm_loss(model, batch).sum()
-
-        def get_influence_tracked_modules(self):
-            return names
-
-        def get_attention_mask(self, batch):
-            return batch["attention_mask"]
-
-    class Rows(torch.utils.data.Dataset):
-        def __init__(self, b):
-            self.b = b
-
-        def __len__(self):
-            return len(self.b["input_ids"])
-
-        def __getitem__(self, i):
-            return {k: v[i] for k, v in self.b.items()}
+    LMTask, Rows = lm_task(names, lm_loss)
 
     with tempfile.TemporaryDirectory() as out:
         with t("fit"):
