@@ -127,9 +127,7 @@ class LocalExecutor(Executor):
             score = check_score(node, node.scorer.run(ctx), len(pool))
             cache.save_score(key, score)
             reports.append(StageReport("score", node.name, key, "computed", time.perf_counter() - started))
-        nkey = key
-        for normalizer in node.normalizers:
-            nkey = _next_key(plan, node.name, normalizer, nkey)
+        for normalizer, nkey in zip(node.normalizers, plan.normalize_keys[node.name]):
             started = time.perf_counter()
             if cache.has("scores", nkey):
                 score = cache.load_score(nkey)
@@ -207,13 +205,6 @@ def pass_devices(inventory, model_device: str = "auto") -> list[str]:
     if model_device != "auto" or getattr(inventory, "source", "") == "assumed":
         return []
     return [d.name for d in inventory.devices if d.kind == "cuda" and d.name.startswith("cuda:")]
-
-
-def _next_key(plan: Plan, score: str, normalizer, previous: str) -> str:
-    from selectkit.cache import cache_key
-
-    return cache_key("normalize", previous, normalizer.name, normalizer.version,
-                     normalizer.params.model_dump(mode="json"), plan.recipe.seed)
 
 
 def check_score(node: ScoreNode, score: Score, n: int, what: str | None = None) -> Score:

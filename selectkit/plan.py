@@ -31,7 +31,7 @@ class Plan:
     out_dir: Path
     fingerprints: dict[str, str]
     score_keys: dict[str, str]  # raw score
-    normalized_keys: dict[str, str]  # after the normalizer chain
+    normalize_keys: dict[str, list[str]]  # the key after each normalizer of a score, in order
     stage_keys: list[str]
     feature_requests: dict[str, list[FeatureRequest]]  # model name -> requests (all its scorers)
     stages: list[PlanStage]
@@ -84,7 +84,8 @@ def compile(checked: Checked, cache: Cache | None = None, out_dir: Path | None =
             for req in node.scorer.feature_requests(node.targets):
                 if req not in requests.setdefault(node.model, []):
                     requests[node.model].append(req)
-    score_keys, normalized_keys = {}, {}
+    score_keys: dict[str, str] = {}
+    normalize_keys: dict[str, list[str]] = {}
     score_stages = []
     for name, node in checked.scores.items():
         scorer = node.scorer
@@ -99,13 +100,14 @@ def compile(checked: Checked, cache: Cache | None = None, out_dir: Path | None =
             detail["model"] = node.model
         score_stages.append(PlanStage("score", name, key, cache.has("scores", key), detail))
         nkey = key
+        normalize_keys[name] = []
         for normalizer in node.normalizers:
             nkey = cache_key("normalize", nkey, normalizer.name, normalizer.version,
                              normalizer.params.model_dump(mode="json"), recipe.seed)
             score_stages.append(PlanStage("normalize", f"{name} <- {normalizer.name}", nkey,
                                           cache.has("scores", nkey),
                                           {"params": normalizer.params.model_dump(mode="json")}))
-        normalized_keys[name] = nkey
+            normalize_keys[name].append(nkey)
 
     for name, spec in checked.models.items():
         if spec.warmup is not None and any(name in node.models() for node in checked.scores.values()):
@@ -126,7 +128,8 @@ def compile(checked: Checked, cache: Cache | None = None, out_dir: Path | None =
 
     stage_keys: list[str] = []
     previous = cache_key("candidates", fps["pool"])
-    all_scores = sorted(normalized_keys.items())
+    all_scores = sorted((name, plan_keys[-1] if plan_keys else score_keys[name])
+                        for name, plan_keys in normalize_keys.items())
     for node in checked.stages:
         selector = node.selector
         key = cache_key("select", previous, node.label, selector.name, selector.version,
@@ -136,7 +139,7 @@ def compile(checked: Checked, cache: Cache | None = None, out_dir: Path | None =
         stages.append(PlanStage("select", node.label, key, cache.has("selections", key), detail))
         previous = key
     stages.append(PlanStage("write", str(out_dir), detail={"formats": ", ".join(recipe.output.formats)}))
-    return Plan(checked, cache, out_dir, fps, score_keys, normalized_keys, stage_keys, requests, stages, devices)
+    return Plan(checked, cache, out_dir, fps, score_keys, normalize_keys, stage_keys, requests, stages, devices)
 
 
 def _estimates(checked: Checked, model: str, reqs: list[FeatureRequest], devices: Any) -> dict[str, Any]:
