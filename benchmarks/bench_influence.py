@@ -60,8 +60,8 @@ def _model(hidden: int, rank: int):
 
 
 def throughput(n: int, batch_size: int, repeats: int, hidden: int, rank: int) -> list[dict]:
-    from selectkit.influence.grads import GradientFeaturizer, lm_batch, lm_loss, per_example_grads_loop
-    from selectkit.influence.pipeline import _unmasked_lm_loss
+    from selectkit_plugins.influence.grads import GradientFeaturizer, lm_batch, lm_loss, per_example_grads_loop
+    from selectkit_plugins.influence.pipeline import _unmasked_lm_loss
 
     model, tok = _model(hidden, rank)
     texts = _texts(n, 0)
@@ -109,11 +109,12 @@ def throughput(n: int, batch_size: int, repeats: int, hidden: int, rank: int) ->
 
 def agreement_lr() -> list[dict]:
     """Tier 0: digits LR (1000 train, lambda=1), 20 test points; Spearman with the exact IF."""
-    from selectkit.influence import reference as ref
-    from selectkit.influence.ekfac import EKFACLayer
-    from selectkit.influence.hessian import inverse_hessian_scores
-    from selectkit.influence.projection import Projector
-    from selectkit.influence.scores import datainf, unit_rows
+    import influence_reference as ref
+
+    from selectkit_plugins.influence.ekfac import EKFACLayer
+    from selectkit_plugins.influence.hessian import inverse_hessian_scores
+    from selectkit_plugins.influence.projection import Projector
+    from selectkit_plugins.influence.scores import datainf, unit_rows
 
     x, y, xt, yt = ref.load_split("digits", 1000)
     model = ref.fit(x, y, 1.0)
@@ -148,7 +149,7 @@ def agreement_lm(per_task: int) -> list[dict]:
     from influence_fixtures import Spec, dataset, pretrained_lm, rows
 
     from selectkit.components import ScoreContext
-    from selectkit.influence.warmup import LoraSettings, WarmupSpec
+    from selectkit.recipe import LoraSettings, WarmupSpec
     from selectkit_plugins.scorers.influence import EKFAC, DataInf, InverseHessian, Less, TracIn
 
     work = Path(tempfile.mkdtemp(prefix="bench-influence-"))

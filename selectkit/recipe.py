@@ -18,7 +18,6 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from selectkit.errors import Location, RecipeError, RecipeErrors
-from selectkit.influence.warmup import WarmupSpec
 from selectkit.yamlsource import SourceMap, load_yaml
 
 FORMAT_VERSION = 1
@@ -43,6 +42,31 @@ class DataSource(Strict):
 class DataSpec(Strict):
     pool: DataSource
     targets: dict[str, DataSource] = Field(default_factory=dict)
+
+
+class LoraSettings(Strict):
+    """The LoRA adapter a warmup trains."""
+
+    r: PositiveInt = Field(8, description="LoRA rank (LESS: 128)")
+    alpha: float = Field(32, gt=0, description="LoRA alpha (LESS: 512)")
+    dropout: float = Field(0.1, ge=0, lt=1, description="LoRA dropout during warmup (features use eval mode)")
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+                                      description="module names LoRA wraps")
+
+
+class WarmupSpec(Strict):
+    """`models.<name>.warmup`: LoRA warmup training whose per-epoch checkpoints feed LESS/TracIn."""
+
+    fraction: float = Field(0.05, gt=0, le=1, description="share of the pool trained on (seeded random draw)")
+    epochs: PositiveInt = Field(4, description="epochs; one checkpoint per epoch")
+    learning_rate: float = Field(2e-5, gt=0)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="linear lr warmup share of all steps")
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: PositiveInt = Field(32, description="examples per optimizer step")
+    micro_batch_size: PositiveInt = Field(8, description="examples per forward pass (gradient accumulation)")
+    max_length: PositiveInt | None = Field(None, description="token limit; default: the model's max_length")
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    seed: int | None = Field(None, description="default: the recipe seed")
 
 
 class ModelSpec(Strict):

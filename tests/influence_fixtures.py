@@ -51,7 +51,7 @@ def pretrained_lm(folder: Path, steps: int = 60, hidden: int = 32, seed: int = 0
     import torch
     from transformers import ByT5Tokenizer, LlamaConfig, LlamaForCausalLM
 
-    from selectkit.influence.grads import lm_batch, lm_loss
+    from selectkit_plugins.influence.grads import lm_batch, lm_loss
 
     torch.manual_seed(seed)
     tok = ByT5Tokenizer()

@@ -9,17 +9,17 @@ import pytest
 import torch
 from model_fixtures import tiny_causal_lm
 
-from selectkit.influence.adam import adam_transform
-from selectkit.influence.checkpoints import Checkpoint, adam_state
-from selectkit.influence.grads import (
+from selectkit_plugins.influence.adam import adam_transform
+from selectkit_plugins.influence.checkpoints import Checkpoint, adam_state
+from selectkit_plugins.influence.grads import (
     GradientFeaturizer,
     ghost_sq_norm,
     lm_batch,
     lm_loss,
     per_example_grads_loop,
 )
-from selectkit.influence.pipeline import GradientSettings, _unmasked_lm_loss, featurize_texts
-from selectkit.influence.store import ShardStore
+from selectkit_plugins.influence.pipeline import GradientSettings, _unmasked_lm_loss, featurize_texts
+from selectkit_plugins.influence.store import ShardStore
 
 torch.set_num_threads(2)
 TEXTS = ["reverse: abc -> cba", "add: 12+7 -> 19", "upper: hello there -> HELLO THERE", "x"]

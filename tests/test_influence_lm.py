@@ -12,8 +12,8 @@ import torch
 from influence_fixtures import Spec, dataset, pretrained_lm, rows
 
 from selectkit.components import ScoreContext, Shape
-from selectkit.influence.checkpoints import epoch_folders
-from selectkit.influence.warmup import LoraSettings, WarmupSpec
+from selectkit.recipe import LoraSettings, WarmupSpec
+from selectkit_plugins.influence.checkpoints import epoch_folders
 from selectkit_plugins.scorers.influence import EKFAC, DataInf, InverseHessian, Less, TracIn
 from selectkit_plugins.scorers.self_influence import GraNd, SelfInfluence
 
@@ -62,7 +62,7 @@ def test_pairwise_scorers_rank_the_target_task_first(ctx, cls):
 
 
 def test_self_influence_and_grand_are_lr_weighted_norms(ctx):
-    from selectkit.influence.run import gradient_features
+    from selectkit_plugins.influence.run import gradient_features
 
     si = SelfInfluence(SelfInfluence.Params()).run(ctx).values
     gn = GraNd(GraNd.Params()).run(ctx).values
@@ -85,8 +85,8 @@ def test_gauss_newton_vector_products_match_the_explicit_matrix(ctx):
     from torch.func import functional_call, jacfwd
     from transformers import AutoModelForCausalLM, ByT5Tokenizer
 
-    from selectkit.influence.grads import lm_batch
-    from selectkit.influence.hessian import lm_ggn_vp
+    from selectkit_plugins.influence.grads import lm_batch
+    from selectkit_plugins.influence.hessian import lm_ggn_vp
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(ctx.model.path, attn_implementation="eager", dtype=torch.float64)
@@ -122,7 +122,7 @@ def test_warmup_resumes_from_the_last_complete_epoch(ctx, tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, ByT5Tokenizer
 
-    from selectkit.influence.warmup import train_warmup, warmup_indices
+    from selectkit_plugins.influence.warmup import train_warmup, warmup_indices
 
     spec = ctx.model.warmup
     texts = [ctx.pool.texts[i] for i in warmup_indices(len(ctx.pool), 0.2, 0)]

@@ -3,14 +3,14 @@ spec sections 6 and 9: T1, T1b, T2, T4, T7, T17). float64 throughout, lambda pin
 
 from __future__ import annotations
 
+import influence_reference as ref
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from selectkit.influence import reference as ref
-from selectkit.influence.ekfac import EKFACLayer
-from selectkit.influence.hessian import inverse_hessian_scores
+from selectkit_plugins.influence.ekfac import EKFACLayer
+from selectkit_plugins.influence.hessian import inverse_hessian_scores
 
 torch.set_num_threads(2)
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from selectkit.influence import scores
-from selectkit.influence.adam import AdamState, adam_transform
-from selectkit.influence.hessian import conjugate_gradient, inverse_hessian_scores, lissa
+from selectkit_plugins.influence import scores
+from selectkit_plugins.influence.adam import AdamState, adam_transform
+from selectkit_plugins.influence.hessian import conjugate_gradient, inverse_hessian_scores, lissa
 
 torch.set_num_threads(2)
 
@@ -138,8 +138,9 @@ def test_cg_reports_negative_curvature():
 
 
 def test_explicit_hessian_of_logistic_regression_matches_the_closed_form():
-    from selectkit.influence import reference as ref
-    from selectkit.influence.hessian import explicit_hessian
+    import influence_reference as ref
+
+    from selectkit_plugins.influence.hessian import explicit_hessian
 
     x, y, _, _ = ref.load_split("wine", 60)
     model = ref.fit(x, y, 2.0)

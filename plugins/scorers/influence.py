@@ -1,7 +1,7 @@
 """Gradient influence of pool examples on target tasks: LESS, TracIn, DataInf, inverse-Hessian
 and EK-FAC. Each returns one column per target (positive = helpful for that target).
 
-The math lives in `selectkit.influence` (methods spec: /work/shared/methods/influence.md);
+The math lives in `selectkit_plugins.influence` (methods spec: /work/shared/methods/influence.md);
 these classes only bind it to recipes. Importing this module does not import torch.
 """
 
@@ -14,7 +14,7 @@ from pydantic import Field, PositiveInt
 
 from selectkit.components import Score, ScoreContext, Scorer, Shape
 from selectkit.hookspecs import hookimpl
-from selectkit.influence.params import PairwiseParams
+from selectkit_plugins.influence.params import PairwiseParams
 
 
 class _Pairwise(Scorer):
@@ -24,7 +24,7 @@ class _Pairwise(Scorer):
 
     def _matrix(self, ctx: ScoreContext, per_target: dict[str, np.ndarray], subtask_field: str | None = None,
                 ) -> Score:
-        from selectkit.influence.run import target_columns
+        from selectkit_plugins.influence.run import target_columns
 
         values, names = target_columns(ctx, per_target, self.params.aggregate, subtask_field)
         return Score(values=values, shape=Shape.MATRIX, columns=names, tasks=names)
@@ -52,8 +52,8 @@ class Less(_Pairwise):
         return Shape.VECTOR if self.params.combine == "max" else Shape.MATRIX
 
     def run(self, ctx: ScoreContext) -> Score:
-        from selectkit.influence.run import gradient_features
-        from selectkit.influence.scores import less
+        from selectkit_plugins.influence.run import gradient_features
+        from selectkit_plugins.influence.scores import less
 
         feats = gradient_features(ctx, self.params, pool_adam=True, adam_mode=self.params.adam_mode)
         lrs = [f.checkpoint.lr for f in feats]
@@ -77,8 +77,8 @@ class TracIn(_Pairwise):
     Params = TracInParams
 
     def run(self, ctx: ScoreContext) -> Score:
-        from selectkit.influence.run import gradient_features
-        from selectkit.influence.scores import tracin, unit_rows
+        from selectkit_plugins.influence.run import gradient_features
+        from selectkit_plugins.influence.scores import tracin, unit_rows
 
         feats = gradient_features(ctx, self.params)
         lrs = [f.checkpoint.lr for f in feats]
@@ -103,8 +103,8 @@ class DataInf(_Pairwise):
     Params = DataInfParams
 
     def run(self, ctx: ScoreContext) -> Score:
-        from selectkit.influence.run import gradient_features
-        from selectkit.influence.scores import checkpoint_weights, datainf
+        from selectkit_plugins.influence.run import gradient_features
+        from selectkit_plugins.influence.scores import checkpoint_weights, datainf
 
         feats = gradient_features(ctx, self.params)
         weights = checkpoint_weights([f.checkpoint.lr for f in feats])
@@ -144,7 +144,7 @@ class InverseHessian(_Pairwise):
     Params = InverseHessianParams
 
     def run(self, ctx: ScoreContext) -> Score:
-        from selectkit.influence.lm import inverse_hessian_lm
+        from selectkit_plugins.influence.lm import inverse_hessian_lm
 
         per_target = inverse_hessian_lm(ctx, self.params)
         return self._matrix(ctx, per_target)
@@ -167,7 +167,7 @@ class EKFAC(_Pairwise):
     Params = EKFACParams
 
     def run(self, ctx: ScoreContext) -> Score:
-        from selectkit.influence.lm import ekfac_lm
+        from selectkit_plugins.influence.lm import ekfac_lm
 
         return self._matrix(ctx, ekfac_lm(ctx, self.params))
 

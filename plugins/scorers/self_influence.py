@@ -12,7 +12,7 @@ from pydantic import Field
 
 from selectkit.components import Score, ScoreContext, Scorer
 from selectkit.hookspecs import hookimpl
-from selectkit.influence.params import GradientParams
+from selectkit_plugins.influence.params import GradientParams
 
 
 class NormParams(GradientParams):
@@ -28,8 +28,8 @@ class SelfInfluence(Scorer):
     model_kinds = ("causal-lm",)
 
     def run(self, ctx: ScoreContext) -> Score:
-        from selectkit.influence.run import gradient_features
-        from selectkit.influence.scores import self_influence
+        from selectkit_plugins.influence.run import gradient_features
+        from selectkit_plugins.influence.scores import self_influence
 
         feats = gradient_features(ctx, self.params, with_targets=False, keep_features=False, proj_dim=None)
         return Score(values=self_influence([f.pool.norms for f in feats], [f.checkpoint.lr for f in feats]))
@@ -44,8 +44,8 @@ class GraNd(Scorer):
     model_kinds = ("causal-lm",)
 
     def run(self, ctx: ScoreContext) -> Score:
-        from selectkit.influence.run import gradient_features
-        from selectkit.influence.scores import grand
+        from selectkit_plugins.influence.run import gradient_features
+        from selectkit_plugins.influence.scores import grand
 
         feats = gradient_features(ctx, self.params, with_targets=False, keep_features=False, proj_dim=None)
         return Score(values=grand([f.pool.norms for f in feats]))

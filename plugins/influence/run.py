@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from selectkit.influence.adam import AdamState
-from selectkit.influence.checkpoints import Checkpoint, adam_state, epoch_folders, load_model, read_checkpoints
-from selectkit.influence.params import GradientParams
-from selectkit.influence.pipeline import FeatureSet, GradientSettings, cache_key, featurize_texts, lm_featurizer
-from selectkit.influence.scores import aggregate
+from selectkit_plugins.influence.adam import AdamState
+from selectkit_plugins.influence.checkpoints import Checkpoint, adam_state, epoch_folders, load_model, read_checkpoints
+from selectkit_plugins.influence.params import GradientParams
+from selectkit_plugins.influence.pipeline import FeatureSet, GradientSettings, cache_key, featurize_texts, lm_featurizer
+from selectkit_plugins.influence.scores import aggregate
 
 
 def scratch(ctx: Any) -> Path:
@@ -80,7 +80,8 @@ def resolve_checkpoints(ctx: Any, params: GradientParams) -> list[Checkpoint]:
 
 def run_warmup(ctx: Any, warm: Any) -> list[Path]:
     """Train the warmup LoRA on a seeded fraction of the pool (once: cached by content)."""
-    from selectkit.influence.warmup import WarmupSpec, train_warmup, warmup_indices
+    from selectkit.recipe import WarmupSpec
+    from selectkit_plugins.influence.warmup import train_warmup, warmup_indices
 
     spec = warm if isinstance(warm, WarmupSpec) else WarmupSpec.model_validate(warm)
     seed = spec.seed if spec.seed is not None else ctx.seed
@@ -172,7 +173,7 @@ def sample_rows(ctx: Any, n: int, limit: int | None, label: str) -> np.ndarray:
 
 def lm_batches(tok: Any, texts: list[str], prompts: list[str | None] | None, batch_size: int, max_length: int,
                device: Any) -> list[dict]:
-    from selectkit.influence.grads import lm_batch
+    from selectkit_plugins.influence.grads import lm_batch
 
     out = []
     for i in range(0, len(texts), batch_size):

@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
-    from selectkit.influence.grads import Batch, LossFn
+    from selectkit_plugins.influence.grads import Batch, LossFn
 
 HVP = Callable[["torch.Tensor"], "torch.Tensor"]  # v (p,) -> H v (p,)
 

@@ -46,7 +46,7 @@ class FeatureSet:
 
 def lm_featurizer(model: Any, settings: GradientSettings, adam: Any = None, adam_mode: str = "less") -> Any:
     """A GradientFeaturizer for a causal LM with the per-example label-token-mean loss."""
-    from selectkit.influence.grads import GradientFeaturizer, lm_loss
+    from selectkit_plugins.influence.grads import GradientFeaturizer, lm_loss
 
     loss = lm_loss if settings.method == "hooks" else _unmasked_lm_loss
     return GradientFeaturizer(model, loss, method=settings.method, proj_dim=settings.proj_dim if settings.keep_features
@@ -58,7 +58,7 @@ def lm_featurizer(model: Any, settings: GradientSettings, adam: Any = None, adam
 def _unmasked_lm_loss(forward, batch):
     """vmap cannot trace HF's attention-mask construction; right padding comes after every label
     token, so causal attention never sees it and the mask can be dropped."""
-    from selectkit.influence.grads import lm_loss
+    from selectkit_plugins.influence.grads import lm_loss
 
     return lm_loss(lambda **kw: forward(input_ids=kw["input_ids"]), batch)
 
@@ -83,8 +83,8 @@ def featurize_texts(model: Any, tokenizer: Any, texts: Sequence[str], settings: 
     """Per-example gradient features of `texts`; with `folder`, computed into resumable shards there."""
     import torch
 
-    from selectkit.influence.grads import lm_batch
-    from selectkit.influence.store import ShardStore
+    from selectkit_plugins.influence.grads import lm_batch
+    from selectkit_plugins.influence.store import ShardStore
 
     feat = lm_featurizer(model, settings, adam, adam_mode)
     slices, raw_sizes = block_layout(feat)

@@ -9,7 +9,7 @@ alpha/r = 4) and the effective batch (32 instead of 128 on 4 GPUs): both are rec
 A checkpoint folder holds the peft adapter (`save_pretrained`), `optimizer.pt` (the torch AdamW
 state dict, its parameter names and the scheduler state) and `checkpoint.json` (epoch, step,
 mean lr of the epoch, betas, eps). Training resumes from the last complete checkpoint.
-Importing this module does not import torch (the recipe layer may import `WarmupSpec`).
+The recipe keys (`WarmupSpec`, `LoraSettings`) live in `selectkit.recipe`; this module holds the training.
 """
 
 from __future__ import annotations
@@ -21,34 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
-
-class LoraSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    r: PositiveInt = Field(8, description="LoRA rank (LESS: 128)")
-    alpha: float = Field(32, gt=0, description="LoRA alpha (LESS: 512)")
-    dropout: float = Field(0.1, ge=0, lt=1, description="LoRA dropout during warmup (features use eval mode)")
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
-                                      description="module names LoRA wraps")
-
-
-class WarmupSpec(BaseModel):
-    """`models.<name>.warmup`: LoRA warmup training whose per-epoch checkpoints feed LESS/TracIn."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    fraction: float = Field(0.05, gt=0, le=1, description="share of the pool trained on (seeded random draw)")
-    epochs: PositiveInt = Field(4, description="epochs; one checkpoint per epoch")
-    learning_rate: float = Field(2e-5, gt=0)
-    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="linear lr warmup share of all steps")
-    weight_decay: float = Field(0.0, ge=0)
-    batch_size: PositiveInt = Field(32, description="examples per optimizer step")
-    micro_batch_size: PositiveInt = Field(8, description="examples per forward pass (gradient accumulation)")
-    max_length: PositiveInt | None = Field(None, description="token limit; default: the model's max_length")
-    lora: LoraSettings = Field(default_factory=LoraSettings)
-    seed: int | None = Field(None, description="default: the recipe seed")
+from selectkit.recipe import WarmupSpec
 
 
 def warmup_indices(n: int, fraction: float, seed: int) -> np.ndarray:
@@ -76,7 +50,7 @@ def train_warmup(model: Any, tokenizer: Any, texts: Sequence[str], out_dir: str 
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from selectkit.influence.grads import lm_batch, lm_loss
+    from selectkit_plugins.influence.grads import lm_batch, lm_loss
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -92,7 +66,7 @@ def train_warmup(model: Any, tokenizer: Any, texts: Sequence[str], out_dir: str 
     total = steps_per_epoch * spec.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, int(np.ceil(spec.warmup_ratio * total))))
     length = spec.max_length or max_length
-    from selectkit.influence.checkpoints import epoch_folders
+    from selectkit_plugins.influence.checkpoints import epoch_folders
 
     done = [p for p in epoch_folders(out) if int(p.name.split("-")[1]) <= spec.epochs]
     start_epoch = 0

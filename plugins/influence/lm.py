@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from selectkit.influence.run import lm_batches, prompts_for, resolve_checkpoints, sample_rows, settings_for
+from selectkit_plugins.influence.run import lm_batches, prompts_for, resolve_checkpoints, sample_rows, settings_for
 
 
 def _load(ctx: Any, params: Any, eager_attention: bool = False):
-    from selectkit.influence.checkpoints import load_model
+    from selectkit_plugins.influence.checkpoints import load_model
 
     ck = resolve_checkpoints(ctx, params)[-1]
     model, tok = load_model(ctx.model, ctx.base, ck.adapter, params.params, eager_attention)
@@ -34,9 +34,9 @@ def inverse_hessian_lm(ctx: Any, params: Any) -> dict[str, np.ndarray]:
     the Gauss-Newton matrix (`curvature`) of the mean loss over a pool sample."""
     import torch
 
-    from selectkit.influence.grads import lm_loss
-    from selectkit.influence.hessian import conjugate_gradient, lissa, lm_ggn_vp, model_hvp
-    from selectkit.influence.pipeline import lm_featurizer
+    from selectkit_plugins.influence.grads import lm_loss
+    from selectkit_plugins.influence.hessian import conjugate_gradient, lissa, lm_ggn_vp, model_hvp
+    from selectkit_plugins.influence.pipeline import lm_featurizer
 
     model, tok = _load(ctx, params, eager_attention=True)
     settings = settings_for(ctx, params, proj_dim=None, layout="joint", factorize_above=None)
@@ -96,8 +96,8 @@ def inverse_hessian_lm(ctx: Any, params: Any) -> dict[str, np.ndarray]:
 
 def ekfac_lm(ctx: Any, params: Any) -> dict[str, np.ndarray]:
     """(N, M_t) EK-FAC influence per target, factors fit on a pool sample."""
-    from selectkit.influence.ekfac import ekfac_scores, fit_ekfac, sampled_lm_loss
-    from selectkit.influence.grads import linear_modules, lm_loss
+    from selectkit_plugins.influence.ekfac import ekfac_scores, fit_ekfac, sampled_lm_loss
+    from selectkit_plugins.influence.grads import linear_modules, lm_loss
 
     model, tok = _load(ctx, params)
     settings = settings_for(ctx, params)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
-    from selectkit.influence.grads import Batch, LossFn
+    from selectkit_plugins.influence.grads import Batch, LossFn
 
 
 class EKFACLayer:
@@ -113,7 +113,7 @@ class EKFACLayer:
 def _layer_inputs(records, modules) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     import torch
 
-    from selectkit.influence.grads import with_bias_column
+    from selectkit_plugins.influence.grads import with_bias_column
 
     out = {}
     for name, module in modules.items():
@@ -133,7 +133,7 @@ def _token_mask(batch: Batch, a: torch.Tensor) -> torch.Tensor | None:
 def fit_ekfac(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch], modules: dict[str, nn.Linear],
               ) -> dict[str, EKFACLayer]:
     """Fit A, S, their eigenbases and Lambda for each tracked Linear layer (two passes over `batches`)."""
-    from selectkit.influence.grads import capture
+    from selectkit_plugins.influence.grads import capture
 
     batches = list(batches)
     layers = {n: EKFACLayer(m.in_features + int(m.bias is not None), m.out_features) for n, m in modules.items()}
@@ -157,7 +157,7 @@ def ekfac_scores(model: nn.Module, loss_fn: LossFn, layers: dict[str, EKFACLayer
     preconditioned once and kept (M x sum_l d_out d_in floats)."""
     import torch
 
-    from selectkit.influence.grads import capture
+    from selectkit_plugins.influence.grads import capture
 
     pre: dict[str, list[torch.Tensor]] = {n: [] for n in modules}
     for batch in targets:

@@ -23,8 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from selectkit.influence.adam import AdamState, adam_transform
-from selectkit.influence.projection import Kind, KroneckerProjector, Projector
+from selectkit_plugins.influence.adam import AdamState, adam_transform
+from selectkit_plugins.influence.projection import Kind, KroneckerProjector, Projector
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from selectkit.influence.adam import AdamState
+from selectkit_plugins.influence.adam import AdamState
 
 
 @dataclass(frozen=True)
