@@ -43,6 +43,10 @@ class SelectkitError(Exception):
         }
 
 
+class SelectkitWarning(UserWarning):
+    """Something a user should know that did not stop the run (recomputed cache entry, skipped rows...)."""
+
+
 class RecipeError(SelectkitError):
     """The recipe is malformed or does not type-check."""
 
