@@ -302,8 +302,12 @@ class Run:
         if not places:
             self.notes.append("the manifest names no pool file: texts and pool fields not shown")
             return None
-        tried = [p if p.is_absolute() else q for p in places for q in (Path.cwd() / p, self.path / p)]
-        path = next((p for p in tried if p.exists()), None)
+        # relative paths in today's manifests are relative to where `run` was started: try here, then the run
+        # folder and its ancestors (a run folder usually sits inside the project); the fingerprint check below
+        # rejects a same-named file that is not the run's pool
+        roots = [Path.cwd(), self.path, *list(self.path.resolve().parents)[:4]]
+        tried = [p if p.is_absolute() else root / p for p in places for root in roots]
+        path = next((p for p in tried if p.is_file() or p.is_dir()), None)
         if path is None:
             self.notes.append(f"pool file {places[0]} not found (from {Path.cwd()}): texts and pool fields not shown")
             return None
