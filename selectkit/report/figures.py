@@ -35,7 +35,8 @@ def to_svg(fig, prefix: str) -> str:
 
     buffer = io.StringIO()
     with matplotlib.rc_context(RC):
-        fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
+        fig.savefig(buffer, format="svg", dpi=144,  # dpi only sets the resolution of rasterized artists
+                    metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
     svg = buffer.getvalue()
     svg = svg[svg.index("<svg"):]
     svg = re.sub(r'\s+xmlns(:xlink)?="[^"]*"', "", svg, count=2)
@@ -150,10 +151,11 @@ def scatter_map(xy: np.ndarray, selected: np.ndarray, prefix: str, title: str) -
     with matplotlib.rc_context(RC):
         fig = _figure(5.5, 4.2)
         ax = fig.add_subplot()
+        # points as one embedded PNG (a data: URI the page's CSP allows): thousands of SVG elements otherwise
         ax.scatter(xy[~selected, 0], xy[~selected, 1], s=4, color=POOL, alpha=0.6, linewidths=0,
-                   label=f"not selected ({int((~selected).sum()):,})")
+                   label=f"not selected ({int((~selected).sum()):,})", rasterized=True)
         ax.scatter(xy[selected, 0], xy[selected, 1], s=6, color=SELECTED, linewidths=0,
-                   label=f"selected ({int(selected.sum()):,})")
+                   label=f"selected ({int(selected.sum()):,})", rasterized=True)
         ax.set_title(title, loc="left")
         ax.set_xticks([])
         ax.set_yticks([])

@@ -15,9 +15,9 @@ CSS = """
 *{box-sizing:border-box}
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--fg);margin:0;padding:0 24px 48px;
 max-width:1240px;margin-inline:auto}
-header.top{padding:18px 0 6px;border-bottom:1px solid var(--line)}
+header.top{padding:18px 0 6px}\n.grid>div{min-width:0}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;padding-top:8px;border-top:1px solid var(--line)}
-h3{font-size:15px;margin:16px 0 6px}
+h3{font-size:15px;margin:16px 0 6px}\np.lead{font-size:15px;margin:4px 0 10px}
 nav{font-size:13px;margin:8px 0}nav a{color:var(--accent);margin-right:12px;text-decoration:none}
 .muted{color:var(--muted)}code,.mono{font:12px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
 table{border-collapse:collapse;margin:6px 0 12px;font-size:13px}
@@ -78,6 +78,12 @@ def table(headers: Sequence[str], rows: Iterable[Sequence], numeric: Iterable[in
     klass = f' class="{cls}"' if cls else ""
     return (f'<div class="scroll"><table{klass}><thead><tr>{head}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table></div>')
+
+
+def pairs(rows: Iterable[tuple[str, object]]) -> str:
+    """A two-column key/value table without a header row; None values are left out."""
+    body = "".join(f"<tr><th>{esc(k)}</th><td>{esc(num(v))}</td></tr>" for k, v in rows if v is not None)
+    return f'<div class="scroll"><table class="pairs"><tbody>{body}</tbody></table></div>'
 
 
 def section(ident: str, title: str, body: str, intro: str = "") -> str:

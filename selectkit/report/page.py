@@ -41,45 +41,47 @@ def build(run: Run, figures: bool, embeddings: tuple | None = None) -> str:
 
 # header -----------------------------------------------------------------------------------
 def header(run: Run) -> str:
+    """Recipe, seed, versions, data fingerprints, models, stage times and cache hits."""
     m, recipe = run.manifest, run.recipe
-    selection = m.get("selection") or {}
     selected = int(run.selected.sum())
     pool_spec = (run.resolved.get("data") or {}).get("pool") or {}
-    limit = m.get("limit", pool_spec.get("limit"))
-    facts_rows = [("recipe", recipe.get("name")), ("recipe file", recipe.get("file")),
+    facts_rows = [("run folder", run.path.name), ("recipe", recipe.get("name")), ("recipe file", recipe.get("file")),
                   ("recipe hash", recipe.get("hash")), ("seed", run.seed),
-                  ("selected", f"{selected:,} of {run.size:,} ({selected / run.size:.1%})" if run.size else "0"),
-                  ("row limit (--limit)", limit), ("manifest format", m.get("format_version")),
-                  ("selectkit", m.get("selectkit_version")), ("python", m.get("python"))]
-    if selection.get("selected") not in (None, selected):
-        facts_rows.append(("manifest says selected", selection.get("selected")))
-    body = [f'<header class="top" id="header"><h1>{h.esc(f"selectkit report: {run.name}")}</h1>',
-            f'<p class="muted">{h.esc(run.path.name)} · built from manifest.json and selection.parquet</p>',
-            h.table(["", ""], [(k, v) for k, v in facts_rows if v is not None], cls="facts")]
+                  ("row limit (--limit)", m.get("limit", pool_spec.get("limit"))),
+                  ("manifest format", m.get("format_version")), ("selectkit", m.get("selectkit_version")),
+                  ("python", m.get("python"))]
+    recorded = (m.get("selection") or {}).get("selected")
+    if recorded not in (None, selected):
+        facts_rows.append(("manifest says selected", recorded))
+    stages = m.get("stages") or []
+    keyed = [s for s in stages if s.get("key")]
+    cached = sum(s.get("status") == "cached" for s in keyed)
+    total = sum(float(s.get("seconds") or 0) for s in stages)
+    lead = (f"selected {selected:,} of {run.size:,} examples ({selected / max(run.size, 1):.1%}) through "
+            f"{len(run.stages)} selector stage{'s' if len(run.stages) != 1 else ''}; "
+            f"{len(keyed) - cached} steps computed, {cached} from cache, {total:.2f} s")
+    blocks = ["<h3>Recipe</h3>" + h.pairs(facts_rows)]
     versions = {**(m.get("plugin_versions") or {}), **(m.get("versions") or m.get("library_versions") or {})}
     if versions:
-        body.append("<h3>Versions</h3>" + h.table(["package", "version"], sorted(versions.items())))
+        blocks.append("<h3>Versions</h3>" + h.table(["package", "version"], sorted(versions.items())))
+    if stages:
+        blocks.append("<h3>Stages</h3>" + h.table(
+            ["kind", "stage", "status", "seconds", "cache key"],
+            [(s.get("kind"), s.get("label"), s.get("status"), s.get("seconds"), s.get("key")) for s in stages],
+            numeric=[3]))
     data = m.get("data") or {}
     if data:
-        body.append("<h3>Data</h3>" + h.table(
+        blocks.append("<h3>Data</h3>" + h.table(
             ["source", "path", "rows", "fingerprint"],
             [(name, d.get("path"), d.get("rows"), d.get("fingerprint")) for name, d in data.items()], numeric=[2]))
     models = m.get("models") or {}
     if models:
-        body.append("<h3>Models</h3>" + h.table(
+        blocks.append("<h3>Models</h3>" + h.table(
             ["model", "path", "kind", "dtype", "revision"],
             [(n, s.get("path"), s.get("kind"), s.get("dtype"), s.get("revision")) for n, s in sorted(models.items())]))
-    stages = m.get("stages") or []
-    if stages:
-        keyed = [s for s in stages if s.get("key")]
-        cached = sum(s.get("status") == "cached" for s in keyed)
-        total = sum(float(s.get("seconds") or 0) for s in stages)
-        body.append(f"<h3>Stages</h3><p>{len(keyed) - cached} computed, {cached} from cache; "
-                    f"{total:.2f} s in all</p>" + h.table(
-                        ["kind", "stage", "status", "seconds", "cache key"],
-                        [(s.get("kind"), s.get("label"), s.get("status"), s.get("seconds"), s.get("key"))
-                         for s in stages], numeric=[3]))
-    return "".join(body) + "</header>\n"
+    grid = "".join(f"<div>{b}</div>" for b in blocks)
+    return (f'<header class="top" id="header"><h1>{h.esc(f"selectkit report: {run.name}")}</h1>'
+            f'<p class="lead">{h.esc(lead)}</p><div class="grid">{grid}</div></header>\n')
 
 
 # warnings ---------------------------------------------------------------------------------
@@ -253,7 +255,8 @@ def embedding_map(run: Run, embeddings: tuple, figures: bool) -> str:
     if projected is None:
         return h.section("embedding-map", "Embedding map", "<p class=muted>no embedding matched a run id</p>")
     xy, selected, matched = projected
-    body = f"<p>{matched:,} of {run.size:,} examples have an embedding; {len(xy):,} plotted (seeded sample)</p>"
+    body = (f"<p>{matched:,} of {run.size:,} examples have an embedding; {len(xy):,} plotted (a seeded sample, "
+            "up to half of it selected examples so a small selection still shows)</p>")
     if figures:
         from selectkit.report import figures as fig
 
