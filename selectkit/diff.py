@@ -21,7 +21,7 @@ def diff(a_dir: str | Path, b_dir: str | Path, top: int = 10) -> dict:
     union = sel_a | sel_b
     report = {
         "a": _about(a), "b": _about(b),
-        "same_pool": _fingerprint(a) is not None and _fingerprint(a) == _fingerprint(b),
+        "same_pool": None if not (_fingerprint(a) and _fingerprint(b)) else _fingerprint(a) == _fingerprint(b),
         "overlap": {"a_selected": len(sel_a), "b_selected": len(sel_b), "both": len(both),
                     "only_a": len(sel_a - both), "only_b": len(sel_b - both),
                     "jaccard": round(len(both) / len(union), 6) if union else 1.0},
@@ -145,6 +145,12 @@ def _md_cell(value) -> str:
     return text.replace("<", "&lt;").replace(">", "&gt;").replace("`", "\\`")
 
 
+def _pool_note(same: bool | None, form: str) -> str:
+    if same is None:
+        return form.format("pool fingerprints not recorded")
+    return "" if same else form.format("the pools differ")
+
+
 def render_markdown(d: dict) -> str:
     """A pull-request comment."""
     a, b, o = d["a"], d["b"], d["overlap"]
@@ -159,7 +165,7 @@ def render_markdown(d: dict) -> str:
                                   ["seed", a["seed"], b["seed"]], ["pool", a["pool"], b["pool"]],
                                   ["selected", a["selected"], b["selected"]]])
     out += ["", f"**Overlap:** {o['both']:,} in both, {o['only_a']:,} left, {o['only_b']:,} entered "
-                f"(Jaccard {o['jaccard']:.3f})." + ("" if d["same_pool"] else " _The pools differ._"), ""]
+                f"(Jaccard {o['jaccard']:.3f})." + _pool_note(d["same_pool"], " _{}._"), ""]
     if d["stages"]:
         out += ["#### Kept per stage", ""] + table(["stage", "A", "B"], [[s["stage"], s["a_kept"], s["b_kept"]]
                                                                          for s in d["stages"]]) + [""]
@@ -188,7 +194,7 @@ def render_text(d: dict) -> str:
     lines = [f"A: {a['path']}  ({a['recipe']}, seed {a['seed']}, {a['selected']:,} of {a['pool']:,} selected)",
              f"B: {b['path']}  ({b['recipe']}, seed {b['seed']}, {b['selected']:,} of {b['pool']:,} selected)",
              f"overlap: {o['both']:,} in both, {o['only_a']:,} only in A, {o['only_b']:,} only in B "
-             f"(Jaccard {o['jaccard']:.3f})" + ("" if d["same_pool"] else "; the pools differ")]
+             f"(Jaccard {o['jaccard']:.3f})" + _pool_note(d["same_pool"], "; {}")]
     for s in d["stages"]:
         lines.append(f"  stage {s['stage']:<24} kept A {_g(s['a_kept']):>8}  B {_g(s['b_kept']):>8}")
     comp = d.get("composition")

@@ -284,6 +284,21 @@ def test_page_uses_future_manifest_fields(runs, tmp_path):
     assert page_of(copy, tmp_path / "again.html").read_bytes() == page.read_bytes()
 
 
+def test_a_minimal_run_folder_still_gives_a_page_an_explanation_and_a_diff(tmp_path):
+    """Only the two required columns and an empty manifest (an old or foreign run): nothing crashes."""
+    run = tmp_path / "minimal"
+    run.mkdir()
+    pl.DataFrame({"id": [1, 2, 3], "selected": [True, False, False]}).write_parquet(run / "selection.parquet")
+    (run / "manifest.json").write_text("{}")
+    text = page_of(run).read_text()
+    assert 'id="funnel"' in text and "the manifest names no pool file" in text
+    explained = json.loads(cli("explain", run, "2", "--format", "json").stdout)[0]
+    assert explained["selected"] is False and explained["stages"] == []
+    assert cli("explain", run, "1").stdout.startswith("1: selected, rank 1 of 1")
+    compared = json.loads(cli("diff", run, run, "--format", "json").stdout)
+    assert compared["overlap"]["jaccard"] == 1.0 and compared["same_pool"] is None
+
+
 # errors ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("case", ["missing", "file", "empty", "bad-json", "no-selection"])
 def test_report_errors_are_clear(runs, tmp_path, case):
