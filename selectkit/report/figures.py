@@ -100,7 +100,7 @@ def composition(groups: list[str], pool_share: list[float], selected_share: list
         ax.invert_yaxis()
         ax.set_xlabel("share")
         ax.set_title(title, loc="left")
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=2)
         return to_svg(fig, prefix)
 
 
