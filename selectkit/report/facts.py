@@ -185,8 +185,10 @@ def just_below(run: Run, n: int) -> np.ndarray | None:
         higher = True
     elif cut is not None and cut.high is not None and cut.low is None:
         higher = False
-    else:  # no clean cut: kept rows score higher or lower on average
-        higher = bool(kept.any() and values[kept].mean() >= values[dropped].mean())
+    else:  # no clean cut: the manifest's orientation, else whether kept rows score higher on average
+        recorded = ((run.manifest.get("scores") or {}).get(stage.score) or {}).get("higher_is_better")
+        higher = recorded if isinstance(recorded, bool) else bool(
+            kept.any() and values[kept].mean() >= values[dropped].mean())
     key = -values[dropped] if higher else values[dropped]
     return dropped[np.argsort(key, kind="stable")[:n]]
 
