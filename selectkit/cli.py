@@ -262,3 +262,58 @@ def cache_prune(cache_dir: Path | None, keep_recipes: tuple[Path, ...]) -> None:
     freed = store.prune(keep)
     click.echo(f"freed {freed / 1e6:.2f} MB from {store.root}")
 
+
+
+# finished runs: report, explain, diff (thin layers over selectkit.report, .explain, .diff) ----------
+run_dir_argument = click.argument("run_dir", type=click.Path(path_type=Path))
+
+
+@main.command()
+@run_dir_argument
+@click.option("--out", "out_path", type=click.Path(path_type=Path),
+              help="where to write (default: RUN_DIR/report.html)")
+@click.option("--no-figures", is_flag=True, help="tables only (the page without matplotlib)")
+def report(run_dir: Path, out_path: Path | None, no_figures: bool) -> None:
+    """Rebuild report.html, a self-contained offline page, from a finished run's files."""
+    from selectkit.report import write_report
+
+    try:
+        path = write_report(run_dir, out=out_path, figures=False if no_figures else None)
+    except SelectkitError as exc:
+        _fail(exc)
+    click.echo(f"wrote {path}")
+
+
+@main.command()
+@run_dir_argument
+@click.argument("ids", nargs=-1, required=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def explain(run_dir: Path, ids: tuple[str, ...], fmt: str) -> None:
+    """Why examples were selected or not: rank, scores and pool percentiles, the stage that dropped them."""
+    from selectkit.explain import explain as explain_ids
+    from selectkit.explain import render_text
+
+    try:
+        records = explain_ids(run_dir, list(ids))
+    except SelectkitError as exc:
+        _fail(exc)
+    click.echo(json.dumps(records, indent=2) if fmt == "json" else render_text(records))
+
+
+@main.command()
+@click.argument("run_a", type=click.Path(path_type=Path))
+@click.argument("run_b", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True)
+@click.option("--top", type=click.IntRange(min=0), default=10, show_default=True,
+              help="examples entering and leaving shown")
+def diff(run_a: Path, run_b: Path, fmt: str, top: int) -> None:
+    """Compare two finished runs: overlap, composition, examples entering and leaving, score shifts."""
+    from selectkit import diff as diffing
+
+    try:
+        result = diffing.diff(run_a, run_b, top=top)
+    except SelectkitError as exc:
+        _fail(exc)
+    renders = {"json": lambda d: json.dumps(d, indent=2), "markdown": diffing.render_markdown,
+               "text": diffing.render_text}
+    click.echo(renders[fmt](result))
