@@ -133,7 +133,12 @@ def selection_table(result: Any) -> pl.DataFrame:
             for j, column in enumerate(names):
                 columns[f"score.{name}.{column}"] = pl.Series(np.asarray(values[:, j], dtype=np.float64))
         # feature scores are inputs to selectors, not columns: they stay in the cache
-    if getattr(result.plan.recipe.output, "include_text", False) if result.plan.recipe else False:
+    columns["tokens"] = pl.Series(np.asarray(result.pool.token_counts, dtype=np.int64))
+    output = result.plan.recipe.output if result.plan.recipe else None
+    if output is not None and output.summarize_by and output.summarize_by in result.pool.columns \
+            and output.summarize_by not in columns:
+        columns[output.summarize_by] = result.pool.column(output.summarize_by)
+    if output is not None and output.include_text:
         columns["text"] = pl.Series("text", result.pool.texts, dtype=pl.String)
     return pl.DataFrame(columns)
 
@@ -223,21 +228,31 @@ def manifest(result: Any, files: dict[str, str]) -> dict:
     for step in plan.of_kind("pass"):
         ref = step.payload.model
         models[ref.name] = {**ref.spec.model_dump(mode="json"), "fingerprint": ref.fingerprint}
+    scores = {}
+    for step in plan.of_kind("score"):
+        node = step.payload.node
+        score = result.scores.get(node.name)
+        scores[node.name] = {"scorer": node.scorer.name, "shape": node.shape.value,
+                             "higher_is_better": bool(score.higher_is_better) if score is not None else None,
+                             "columns": list(score.columns) if score is not None else [],
+                             "normalize": [n.name for n in node.normalizers]}
     return {
         "format_version": MANIFEST_VERSION,
         "written_by": "selectkit",
+        "limit": plan.options.get("limit"),
         "recipe": {"file": str(loaded.file) if loaded else None, "name": plan.name,
                    "hash": loaded.hash if loaded else None, "resolved": loaded.resolved if loaded else None},
         "options": {k: v for k, v in sorted(plan.options.items()) if k not in ("device",)},
         "selectkit_version": __version__,
         "plugin_versions": plugin_versions(result),
-        "library_versions": library_versions(),
+        "versions": {"selectkit": __version__, **library_versions()},
         "python": platform.python_version(),
         "data": {name: {"path": ", ".join(str(f) for f in step.payload.source.files),
                         "fingerprint": plan.fingerprints[name],
                         "rows": len(result.pool) if name == "pool" else len(result.targets[name])}
                  for name, step in reads.items()},
         "models": models,
+        "scores": scores,
         "cache": str(plan.cache.root),
         "stages": [{"kind": r.kind, "label": r.label, "step": r.step, "key": r.key, "status": r.status,
                     "seconds": round(r.seconds, 4), **({"detail": r.detail} if r.detail else {})}
@@ -289,14 +304,33 @@ def _write_set(result: Any, folder: Path) -> dict[str, str]:
             (empty.write_parquet(path, statistics=False) if fmt == "parquet" else empty.write_ndjson(path))
         names[f"subset.{fmt}"] = path.name
     shutil.rmtree(parts_dir)
+    report = bool(result.plan.recipe.output.report) if result.plan.recipe else False
+    if report:
+        names["report"] = "report.html"
     data = manifest(result, dict(names))
     (folder / "manifest.json").write_text(json.dumps(data, indent=2, default=jsonable) + "\n")
+    if report and not _report(folder, result):
+        del names["report"]
+        data = manifest(result, dict(names))
+        (folder / "manifest.json").write_text(json.dumps(data, indent=2, default=jsonable) + "\n")
     for path in folder.iterdir():
         share(path)
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
     names["manifest"] = "manifest.json"
     return names
+
+
+def _report(folder: Path, result: Any) -> bool:
+    """report.html from the files just written; a report that fails is a warning, never a failed run."""
+    from selectkit.report import write_report
+
+    try:
+        write_report(folder)
+    except (SelectkitError, ImportError, ValueError) as exc:
+        result.warnings.append(f"report.html was not written: {exc}")
+        return False
+    return True
 
 
 _RENAME_EXCHANGE = 2

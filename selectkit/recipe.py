@@ -130,7 +130,11 @@ class OutputSpec(Strict):
     formats: list[Literal["parquet", "jsonl"]] = Field(default_factory=lambda: ["parquet"],
                                                        description="formats of the selected subset")
     repeat_by_count: bool = Field(False, description="repeat subset rows by the selector's `count` column")
-    summarize_by: str | None = Field(None, description="pool column whose selected/pool counts `run` prints")
+    summarize_by: str | None = Field(None, description="pool column whose selected/pool counts `run` prints (and "
+                                     "selection.parquet carries)")
+    report: bool = Field(True, description="write report.html: a self-contained page of the run (figures need "
+                         "the `report` extra)")
+    include_text: bool = Field(False, description="add each example's text to selection.parquet")
 
 
 class ExecutionSpec(Strict):

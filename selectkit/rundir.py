@@ -313,7 +313,8 @@ class Run:
             return None
         readers = {n: e.cls for n, e in default_registry().components["readers"].items()}
         dataset = load_dataset("pool", path, text=spec.get("text") or "text", id_column=spec.get("id"),
-                               limit=spec.get("limit"), fmt=spec.get("format"), readers=readers)
+                               limit=spec.get("limit"), fmt=spec.get("format"), readers=readers,
+                               on_missing=spec.get("on_missing") or "error")
         expected = record.get("fingerprint")
         if expected and dataset.fingerprint != expected:
             self.notes.append(f"pool file {path} changed since the run (fingerprint differs): "
