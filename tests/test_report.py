@@ -310,9 +310,11 @@ def test_report_errors_are_clear(runs, tmp_path, case):
     elif case == "bad-json":
         copy_run(runs["quickstart"], target)
         (target / "manifest.json").write_text("{not json")
+        (target / "report.html").unlink()  # the run wrote one; a failed rebuild must not write another
     elif case == "no-selection":
         copy_run(runs["quickstart"], target)
         (target / "selection.parquet").unlink()
+        (target / "report.html").unlink()
     result = cli("report", target)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
