@@ -129,6 +129,7 @@ class Run:
             self.reporter.step_started(write[0])
             from selectkit.outputs import write_outputs
 
+            self.status[write[0].id] = ("computed", 0.0, {})
             result.reports = self.reports()
             result.files = write_outputs(result, write[0].payload.out_dir)
             self.status[write[0].id] = ("computed", time.perf_counter() - started, {})

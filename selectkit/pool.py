@@ -130,33 +130,39 @@ class PoolIndex:
 
 
 def build_index(table: Table, cache: Any, key: str, progress=None) -> PoolIndex:
-    """Index every shard missing from the cache entry (resumable), then assemble and check ids."""
+    """Index every shard missing from the cache entry (resumable), then assemble and check ids;
+    a shard found corrupt while assembling is indexed again."""
     ranges = shard_ranges(table.rows, table.spec.shard_rows)
     entry = cache.sharded("pool", key, len(ranges), label=f"pool index: {table.spec.name}", rows=table.rows)
     for i in entry.missing():
-        lo, hi = ranges[i]
-        ids, arrays = index_shard(table, lo, hi)
-        with entry.stage(i) as staging:
-            staging.add_file("ids.parquet", lambda p, frame=ids: frame.write_parquet(p, statistics=False))
-            from selectkit.cache import npz_bytes
-
-            staging.add_bytes("arrays.npz", npz_bytes(arrays))
-            staging.commit()
+        _index_into(entry, table, i, ranges[i])
         if progress:
             progress(i + 1, len(ranges))
+    index = load_index(entry, table, ranges)
     if not entry.complete():
         entry.finish()
-    return load_index(entry, table)
+    return index
 
 
-def load_index(entry: Any, table: Table) -> PoolIndex:
+def _index_into(entry: Any, table: Table, i: int, bounds: tuple[int, int]) -> None:
+    from selectkit.cache import npz_bytes
+
+    ids, arrays = index_shard(table, *bounds)
+    with entry.stage(i) as staging:
+        staging.add_file("ids.parquet", lambda p, frame=ids: frame.write_parquet(p, statistics=False))
+        staging.add_bytes("arrays.npz", npz_bytes(arrays))
+        staging.commit()
+
+
+def load_index(entry: Any, table: Table, ranges: list[tuple[int, int]]) -> PoolIndex:
     from selectkit.cache import read_npz
 
     ids, arrays = [], []
     for i in range(entry.count):
         folder = entry.open(i)
-        if folder is None:
-            raise DataError(f"pool index shard {i} is corrupt; run again to rebuild it")
+        if folder is None:  # corrupt (reported and removed by `open`): index it again
+            _index_into(entry, table, i, ranges[i])
+            folder = entry.open(i)
         ids.append(pl.read_parquet(folder / "ids.parquet")["id"])
         arrays.append(read_npz(folder / "arrays.npz"))
     if not arrays:
