@@ -92,15 +92,15 @@ def load_model(spec: Any, base: str | Path | None = None, adapter: str | Path | 
                params: str = "auto", eager_attention: bool = False) -> tuple[Any, Any]:
     """A causal LM and tokenizer for gradient work, in eval mode, from a ModelSpec-like object
     (path, dtype, lora, revision, trust_remote_code). `adapter` (a checkpoint) replaces `spec.lora`.
-    Trainable parameters: `lora` (the adapter's), `linear` (every nn.Linear weight and bias,
-    except an lm_head tied to the input embeddings), `auto` (lora when there is an adapter).
+    Trainable parameters (`layers.trainable_modules`): `lora` (the adapter's), `linear` (every
+    Linear and Conv1D weight and bias, except an lm_head tied to the input embeddings), `auto`
+    (lora when there is an adapter).
     `eager_attention` avoids fused attention kernels that lack double backward (Hessian-vector products).
 
     Unlike `selectkit.models.load_model` (inference: the adapter merged), the adapter stays a
     separate trainable peft module here, since LoRA gradients are the features."""
     import torch
     import transformers
-    from torch import nn
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     transformers.utils.logging.disable_progress_bar()
@@ -121,24 +121,11 @@ def load_model(spec: Any, base: str | Path | None = None, adapter: str | Path | 
 
         model = PeftModel.from_pretrained(model, _resolve(str(lora), root), is_trainable=True)
     mode = params if params != "auto" else ("lora" if lora is not None else "linear")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    if mode == "lora":
-        if lora is None:
-            raise ValueError("params 'lora' needs a LoRA adapter (models.<name>.lora or warmup checkpoints)")
-        for n, p in model.named_parameters():
-            if "lora_" in n:
-                p.requires_grad_(True)
-    elif mode == "linear":
-        out_emb = model.get_output_embeddings()
-        in_emb = model.get_input_embeddings()
-        tied = out_emb is not None and in_emb is not None and out_emb.weight is in_emb.weight
-        for m in model.modules():
-            if isinstance(m, nn.Linear) and not (tied and m is out_emb):
-                for p in m.parameters():
-                    p.requires_grad_(True)
-    else:
-        raise ValueError(f"unknown gradient params {params!r} (auto, lora or linear)")
+    if mode == "lora" and lora is None:
+        raise ValueError("params 'lora' needs a LoRA adapter (models.<name>.lora or warmup checkpoints)")
+    from selectkit_plugins.influence.layers import set_trainable, trainable_modules
+
+    set_trainable(model, trainable_modules(model, mode))
     model.eval()
     device = getattr(spec, "device", "auto")
     if device not in ("auto", "cpu"):
