@@ -437,3 +437,30 @@ def test_default_lora_targets_unknown_and_gradient_support_without_torch():
             "assert gradient_support({'model_type': 'gpt2'}) is None and default_lora_targets('opt'); "
             "assert 'torch' not in sys.modules, 'layers imported torch'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------- the scorers end to end
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "opt"])
+def test_tracin_scorer_runs_on_gpt2_and_opt(arch, tok, tmp_path):
+    """The failure issue 15 reported, through a scorer: TracIn on raw gradients of every Linear /
+    Conv1D layer equals the mean over target examples of the loop gradients' dot products."""
+    from influence_fixtures import Spec, dataset
+
+    from selectkit.components import ScoreContext
+    from selectkit_plugins.scorers.influence import TracIn
+
+    model = build(arch)
+    model.save_pretrained(tmp_path / arch)
+    tok.save_pretrained(tmp_path / arch)
+    pool, target = _short_rows(6, seed=1), _short_rows(3, seed=2)
+    ctx = ScoreContext(pool=dataset("pool", pool), targets={"t": dataset("t", target)}, seed=0,
+                       model=Spec(str(tmp_path / arch)), workdir=tmp_path / "work" / "score")
+    got = TracIn(TracIn.Params(proj_dim=None)).run(ctx).values[:, 0]
+    set_trainable(model, trainable_modules(model, "linear"))
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    texts = [r["text"] for r in pool + target]
+    g = loop_grads(model, names, tok, texts, [None] * len(texts)).double()
+    want = (g[:6] @ g[6:].T).mean(1).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * float(np.abs(want).max()))
