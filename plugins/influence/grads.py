@@ -128,12 +128,13 @@ def capture(model: nn.Module, modules: dict[str, nn.Module], loss_fn: LossFn, ba
     outputs: dict[str, list[torch.Tensor]] = {n: [] for n in modules}
 
     def hook(name):
-        def fn(_module, args, out):
-            inputs[name].append(args[0].detach())
+        def fn(_module, args, kwargs, out):
+            x = args[0] if args else next(iter(kwargs.values()))  # a layer called as layer(input=x)
+            inputs[name].append(x.detach())
             outputs[name].append(out)
         return fn
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in modules.items()]
+    handles = [m.register_forward_hook(hook(n), with_kwargs=True) for n, m in modules.items()]
     try:
         losses = loss_fn(model, batch)
     finally:

@@ -117,7 +117,9 @@ class KroneckerProjector:
     """LoGra-style factorised projection of a Linear layer's gradient G = sum_t g_t a_t^T
     (Choe et al. 2024, "What is Your Data Worth to GPT?"): project activations (d_in -> k_in)
     and output gradients (d_out -> k_out) separately; P_out^T G P_in = sum_t (P_out^T g_t)(P_in^T a_t)^T
-    is the projection of vec(G) by P_out (x) P_in, computed without ever forming G.
+    is the projection of vec(G) by P_out (x) P_in, computed without ever forming G. G is always
+    the linear map's (d_out, d_in) gradient: for a Conv1D the transpose of its stored weight, for
+    an Embedding (d, num_embeddings) with one-hot inputs, so P_in^T a_t is a row of P_in.
     """
 
     def __init__(self, d_in: int, d_out: int, k_in: int, k_out: int, *, seed: int = 0, kind: Kind = "rademacher",
