@@ -374,6 +374,16 @@ def test_what_hooks_cannot_handle_is_a_clear_error(tok):
         GradientFeaturizer(model, lm_loss, method="vmap").raw(batch)  # HF's mask construction is not vmappable
 
 
+def test_lora_on_embeddings_is_a_clear_error_by_hooks_and_works_by_vmap(tok):
+    model = with_lora(build("gpt2"), ["wte", "c_attn"])  # peft keeps lora_embedding_A/B as bare parameters
+    with pytest.raises(GradientSupportError, match=r"lora_embedding_A.default belongs to a "
+                       r"peft.tuners.lora.layer.Embedding layer \(base_model.model.transformer.wte\)"):
+        GradientFeaturizer(model, lm_loss)
+    feat = GradientFeaturizer(model, _unmasked_lm_loss, method="vmap")
+    assert any("lora_embedding_A" in n for n in feat.param_names)
+    assert rel_err(feat.raw(lm_batch(tok, TEXTS, PROMPTS))[0], loop_grads(model, feat.param_names, tok)) <= TOL
+
+
 # ---------------------------------------------------------------- trainable layers and LoRA targets
 
 

@@ -248,6 +248,20 @@ def ghost_sq_norm(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return (gram * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
 
 
+def _layer_of(model: nn.Module, name: str, module: nn.Module) -> tuple[str, str]:
+    """The layer holding a parameter, above containers (peft keeps LoRA-on-embedding weights in a
+    ParameterDict), and its class name, qualified when it is not torch's own."""
+    from torch import nn
+
+    every = dict(model.named_modules())
+    containers = (nn.ModuleDict, nn.ParameterDict, nn.ModuleList, nn.ParameterList)
+    while name and isinstance(module, containers):
+        name = name.rsplit(".", 1)[0] if "." in name else ""
+        module = every[name]
+    cls = type(module)
+    return name, cls.__name__ if cls.__module__.startswith("torch.nn") else f"{cls.__module__}.{cls.__qualname__}"
+
+
 @contextmanager
 def _no_padding_check(model: nn.Module) -> Iterator[None]:
     """transformers' one-time "padding without an attention mask" warning reads token values
@@ -422,9 +436,10 @@ class GradientFeaturizer:
         loose = [n for n, p in model.named_parameters() if p.requires_grad and n not in tracked]
         if loose:
             mname, m = owner[id(dict(model.named_parameters())[loose[0]])]
+            mname, cls = _layer_of(model, mname, m)
             where = mname or "the model itself"
             raise GradientSupportError(
-                f"{kind_of}: trainable parameter {loose[0]} belongs to a {type(m).__name__} layer ({where}), and "
+                f"{kind_of}: trainable parameter {loose[0]} belongs to a {cls} layer ({where}), and "
                 f"per-example gradients by hooks cover {LAYER_TYPES} layers only"
                 + (f" ({len(loose)} such parameters)" if len(loose) > 1 else ""),
                 hint="freeze it (params: lora or linear), or use method: vmap")
