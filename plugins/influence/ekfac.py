@@ -113,7 +113,7 @@ class EKFACLayer:
 def _layer_inputs(records, modules) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     import torch
 
-    from selectkit_plugins.influence.grads import with_bias_column
+    from selectkit_plugins.influence.hooks import with_bias_column
 
     out = {}
     for name, module in modules.items():
@@ -143,7 +143,7 @@ def fit_ekfac(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch], modul
               ) -> dict[str, EKFACLayer]:
     """Fit A, S, their eigenbases and Lambda for each tracked Linear or Conv1D layer (two passes
     over `batches`). A Conv1D (weight stored (d_in, d_out)) is handled as the linear map it is."""
-    from selectkit_plugins.influence.grads import capture
+    from selectkit_plugins.influence.hooks import capture
     from selectkit_plugins.influence.layers import layer_dims
 
     _check_layers(model, modules)
@@ -172,7 +172,7 @@ def ekfac_scores(model: nn.Module, loss_fn: LossFn, layers: dict[str, EKFACLayer
     preconditioned once and kept (M x sum_l d_out d_in floats)."""
     import torch
 
-    from selectkit_plugins.influence.grads import capture
+    from selectkit_plugins.influence.hooks import capture
 
     _check_layers(model, modules)
     pre: dict[str, list[torch.Tensor]] = {n: [] for n in modules}
