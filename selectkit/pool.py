@@ -92,6 +92,14 @@ class Table:
         return pl.Series(name, [None] * frame.height)
 
 
+def concat_series(parts: list) -> pl.Series:
+    """Series of shards one after another, types widened where shards disagree (int and float ids)."""
+    if len(parts) == 1:
+        return parts[0]
+    name = parts[0].name
+    return pl.concat([p.alias(name).to_frame() for p in parts], how="vertical_relaxed").to_series()
+
+
 def shard_ranges(rows: int, shard_rows: int) -> list[tuple[int, int]]:
     """Fixed row ranges [lo, hi) of `shard_rows` rows (the last one shorter)."""
     step = max(1, int(shard_rows))
@@ -167,7 +175,7 @@ def load_index(entry: Any, table: Table, ranges: list[tuple[int, int]]) -> PoolI
         arrays.append(read_npz(folder / "arrays.npz"))
     if not arrays:
         raise DataError(f"{table.spec.name}: {', '.join(str(f) for f in table.spec.files)} has no rows")
-    all_ids = pl.concat(ids, how="vertical_relaxed") if len(ids) > 1 else ids[0]
+    all_ids = concat_series(ids)
     check_unique(all_ids, table.spec.id_column, table.spec.name, table.where)
     index = PoolIndex(all_ids, *(np.concatenate([a[k] for a in arrays]) for k in ("keys", "tokens", "usable")),
                       missing=int(sum(int(a["missing"][0]) for a in arrays)))
@@ -237,7 +245,7 @@ class Pool:
             if name not in self.columns:
                 raise DataError(f"{self.name}: no column {name!r} (columns: {', '.join(self.columns)})")
             parts = [self.table.column(name, lo, hi) for lo, hi in self.shard_ranges]
-            self._columns_cache[name] = pl.concat(parts, how="vertical_relaxed") if len(parts) > 1 else parts[0]
+            self._columns_cache[name] = concat_series(parts)
         return self._columns_cache[name]
 
     def where(self, row: int) -> str:
@@ -283,6 +291,6 @@ def take(pool: Pool, rows: np.ndarray) -> Dataset:
                        fingerprint=pool.fingerprint)
     order = where.tolist()  # position in the concatenation of each requested row
     frame = pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
-    all_ids = pl.concat(ids) if len(ids) > 1 else ids[0]
+    all_ids = concat_series(ids)
     return Dataset(name=pool.name, rows=frame[order], ids=all_ids.gather(order), texts=[texts[j] for j in order],
                    fingerprint=pool.fingerprint, usable=pool.usable[rows])
