@@ -143,7 +143,7 @@ def build_index(table: Table, cache: Any, key: str, progress=None) -> PoolIndex:
     ranges = shard_ranges(table.rows, table.spec.shard_rows)
     entry = cache.sharded("pool", key, len(ranges), label=f"pool index: {table.spec.name}", rows=table.rows)
     for i in entry.missing():
-        _index_into(entry, table, i, ranges[i])
+        index_into(entry, table, i, ranges[i])
         if progress:
             progress(i + 1, len(ranges))
     index = load_index(entry, table, ranges)
@@ -152,7 +152,7 @@ def build_index(table: Table, cache: Any, key: str, progress=None) -> PoolIndex:
     return index
 
 
-def _index_into(entry: Any, table: Table, i: int, bounds: tuple[int, int]) -> None:
+def index_into(entry: Any, table: Table, i: int, bounds: tuple[int, int]) -> None:
     from selectkit.cache import npz_bytes
 
     ids, arrays = index_shard(table, *bounds)
@@ -169,7 +169,7 @@ def load_index(entry: Any, table: Table, ranges: list[tuple[int, int]]) -> PoolI
     for i in range(entry.count):
         folder = entry.open(i)
         if folder is None:  # corrupt (reported and removed by `open`): index it again
-            _index_into(entry, table, i, ranges[i])
+            index_into(entry, table, i, ranges[i])
             folder = entry.open(i)
         ids.append(pl.read_parquet(folder / "ids.parquet")["id"])
         arrays.append(read_npz(folder / "arrays.npz"))
@@ -190,7 +190,7 @@ class Pool:
 
     spec: SourceSpec
     table: Table
-    index: PoolIndex
+    index: PoolIndex | None = None  # None on a worker that only reads shards
     _columns_cache: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -206,7 +206,7 @@ class Pool:
         return self.spec.files[0] if self.spec.files else None
 
     def __len__(self) -> int:
-        return len(self.index.keys)
+        return self.table.rows
 
     @property
     def ids(self):

@@ -65,7 +65,10 @@ class Gradients(PassProvider):
                 rows = ctx.shard_count(r.data)
                 estimate = model_pass(model, r.data, ctx, backward=True)
                 if estimate is not None:
-                    estimate = estimate.scaled(checkpoints, f"per-example gradients x {checkpoints} checkpoint(s)")
+                    from selectkit.estimates import GRADIENT_OVERHEAD
+
+                    estimate = estimate.scaled(checkpoints, f"per-example gradients x {checkpoints} checkpoint(s)",
+                                               GRADIENT_OVERHEAD)
                 what = "norms" if not settings.get("keep_features", True) else "features"
                 adam = f", Adam ({settings['adam']})" if settings.get("adam", "none") != "none" else ""
                 out.append(PassPlan(f"{r.data}:{tag}", f"gradient {what} of {model.name} over {r.data} at "
@@ -79,7 +82,10 @@ class Gradients(PassProvider):
                 targets = list(settings.get("targets", ()))
                 estimate = model_pass(model, "pool", ctx, backward=True)
                 if estimate is not None:
-                    estimate = estimate.scaled(2.0, f"{r.kind}: curvature fit + pool and target gradients")
+                    from selectkit.estimates import GRADIENT_OVERHEAD
+
+                    estimate = estimate.scaled(2.0, f"{r.kind}: curvature fit + pool and target gradients",
+                                               GRADIENT_OVERHEAD)
                 out.append(PassPlan(f"{r.kind}:{tag}", f"{r.kind} of {model.name} for {', '.join(targets)}", [r],
                                     "pool",
                                     [r.kind, model.fingerprint, ctx.sources["pool"].fingerprint,

@@ -35,7 +35,10 @@ class Train(PassProvider):
             examples = max(1, int(warm.fraction * rows)) if rows else None
             estimate = model_pass(model, "pool", ctx, backward=True, examples=examples)
             if estimate is not None:
-                estimate = estimate.scaled(warm.epochs, f"LoRA training: {warm.epochs} epochs of forward + backward")
+                from selectkit.estimates import TRAIN_OVERHEAD
+
+                estimate = estimate.scaled(warm.epochs, f"LoRA training: {warm.epochs} epochs of forward + backward",
+                                           TRAIN_OVERHEAD)
             return [PassPlan("warmup", f"warmup {model.name}: LoRA on {warm.fraction:.0%} of the pool, "
                                        f"{warm.epochs} epochs", requests, "pool",
                              ["warmup", base, ctx.sources["pool"].fingerprint, warm.model_dump(mode="json"), seed],
