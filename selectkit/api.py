@@ -48,8 +48,11 @@ def run(path: str | Path, *, cache_dir: str | Path | None = None, out_dir: str |
     compiled = plan(path, cache_dir=cache_dir, out_dir=out_dir, devices=devices, registry=registry, limit=limit,
                     options=options)
     registry = compiled.registry
-    name = executor or compiled.recipe.execution.executor
-    result = registry.get("executors", name)().run(compiled, progress=progress, options=options)
+    execution = compiled.recipe.execution
+    name = executor or (options or {}).get("executor") or compiled.options.get("executor") or execution.executor
+    settings = {k: v for k, v in execution.model_dump().items() if k != "executor" and v is not None}
+    result = registry.get("executors", name)().run(compiled, progress=progress, options={**settings,
+                                                                                          **(options or {})})
     return RunOutput(result, result.files)
 
 

@@ -99,6 +99,10 @@ def _with(options):
 
 shard_option = click.option("--shard-rows", type=click.IntRange(min=1),
                             help="rows per shard of the pool (the unit of resume and parallel work)")
+executor_options = [
+    click.option("--executor", help="local (default: the recipe's execution.executor) or ray"),
+    click.option("--address", help="ray: the cluster to join (auto, ray://HOST:PORT); default: a local one"),
+]
 
 
 @main.command()
@@ -106,15 +110,18 @@ shard_option = click.option("--shard-rows", type=click.IntRange(min=1),
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), help="plan for the first N rows of every source")
 @shard_option
+@_with(executor_options)
 @_with(device_options)
-def plan(recipe: Path, fmt: str, limit: int | None, shard_rows: int | None, devices: str | None,
-         assume: str | None, cache_dir: Path | None) -> None:
+def plan(recipe: Path, fmt: str, limit: int | None, shard_rows: int | None, executor: str | None,
+         address: str | None, devices: str | None, assume: str | None, cache_dir: Path | None) -> None:
     """Show the execution plan: the steps, resolved defaults, cache hits, cost estimates."""
     from selectkit.api import plan as make_plan
 
+    options = {k: v for k, v in (("shard_rows", shard_rows), ("executor", executor), ("address", address))
+               if v is not None}
     try:
         compiled = make_plan(recipe, cache_dir=cache_dir, devices=_devices(devices, assume), limit=limit,
-                             options={"shard_rows": shard_rows} if shard_rows else None)
+                             options=options)
     except SelectkitError as exc:
         _fail(exc)
     click.echo(json.dumps(compiled.to_json(), indent=2) if fmt == "json" else compiled.render())
@@ -128,15 +135,17 @@ def plan(recipe: Path, fmt: str, limit: int | None, shard_rows: int | None, devi
 @click.option("--quiet", "-q", is_flag=True, help="no progress messages")
 @click.option("--limit", type=click.IntRange(min=1), help="read only the first N rows of every source (a quick trial)")
 @shard_option
+@_with(executor_options)
 @_with(device_options)
 def run(recipe: Path, out_dir: Path | None, dry_run: bool, trust_remote_code: bool, quiet: bool, limit: int | None,
-        shard_rows: int | None, devices: str | None, assume: str | None, cache_dir: Path | None) -> None:
+        shard_rows: int | None, executor: str | None, address: str | None, devices: str | None,
+        assume: str | None, cache_dir: Path | None) -> None:
     """Run a recipe and write selection.parquet, the subset and manifest.json."""
     from selectkit import api
 
     inventory = _devices(devices, assume)
-    options = {k: v for k, v in (("trust_remote_code", trust_remote_code or None), ("shard_rows", shard_rows))
-               if v is not None}
+    options = {k: v for k, v in (("trust_remote_code", trust_remote_code or None), ("shard_rows", shard_rows),
+                                 ("executor", executor), ("address", address)) if v is not None}
     try:
         if dry_run:
             click.echo(api.plan(recipe, cache_dir=cache_dir, out_dir=out_dir, devices=inventory,

@@ -84,11 +84,28 @@ def check(loaded: LoadedRecipe, registry: Registry | None = None) -> Checked:
     _check_output(loaded, sources, out)
     if out.errors:
         raise RecipeErrors(out.errors)
+    if recipe.execution.executor != "local":
+        problems = distribution_problems(Checked(loaded, registry, sources, dict(recipe.models), scores, stages),
+                                         recipe.execution.executor)
+        if problems:
+            raise RecipeErrors(problems)
     checked = Checked(loaded, registry, sources, dict(recipe.models), scores, stages)
     checked.missing_extras = _extras(checked)
     checked.warnings.extend(f"{', '.join(who)} need(s) the '{extra}' extra, which is not installed "
                             f"(pip install 'selectkit[{extra}]')" for extra, who in checked.missing_extras.items())
     return checked
+
+
+def distribution_problems(checked: Checked, executor: str) -> list[RecipeError]:
+    """Components that cannot run on a cluster executor, each located at its `use:` line."""
+    if executor == "local":
+        return []
+    loaded = checked.loaded
+    found = [(c, ("scores", n, "use")) for n, node in checked.scores.items() if not (c := node.scorer).distributed]
+    found += [(s.selector, ("select", s.index, "use")) for s in checked.stages if not s.selector.distributed]
+    return [RecipeError(f"{c.kind} {c.name!r} cannot run on executor {executor!r}: "
+                        f"{c.distributed_reason or 'it declares distributed = False'}", loaded.locate(where))
+            for c, where in found]
 
 
 def _extras(checked: Checked) -> dict[str, list[str]]:

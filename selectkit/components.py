@@ -100,6 +100,8 @@ class Component:
     version: ClassVar[str] = "1"
     Params: ClassVar[type[Params]] = Params
     extras: ClassVar[tuple[str, ...]] = ()  # optional extras it needs (models, ot, cluster, ...): checked by validate
+    distributed: ClassVar[bool] = True  # False: cannot run on a cluster executor (say why in distributed_reason)
+    distributed_reason: ClassVar[str] = ""
 
     def __init__(self, params: Params | None = None):
         self.params = params if params is not None else self.Params()

@@ -261,9 +261,9 @@ class Run:
         missing = self.cache.sharded(step.artifact, step.key, step.shards).missing() if step.shards else []
         before = step.shards - len(missing) if step.shards else 0
         ctx = self.pass_context(step)
-        if step.shards and missing:
+        if step.shards and missing and provider.parallel:
             self.map_pass(step, missing)
-        elif not step.shards:
+        elif missing or not step.shards:
             provider.run(step, ctx)
         if step.shards:
             entry = self.cache.sharded(step.artifact, step.key, step.shards)
@@ -282,7 +282,7 @@ class Run:
         values = {}
         for request, step_id in payload.requests.items():
             values[request] = self.get(step_id)[request]
-        features = Features(values, self._canonical, node.model, f"scorer {node.scorer.name!r}")
+        features = Features(values, canonical_request, node.model, f"scorer {node.scorer.name!r}")
         targets = {t: self.targets[t] for t in payload.targets}
         model = payload.model.spec if payload.model is not None else None
         if node.scorer.rowwise:
@@ -293,12 +293,6 @@ class Run:
         self._warn_nan(node.name, score)
         self.cache.save_score(step.key, score, label=f"score {node.name} ({node.scorer.name})")
         return score, status, {}
-
-    def _canonical(self, request):
-        for entry in self.plan.registry.components.get("passes", {}).values():
-            if request.kind in entry.cls.kinds:
-                return entry.cls().canonical(request)
-        return request
 
     def _rowwise(self, step: Step, features: Features, targets: dict, model: Any) -> tuple[Score, str]:
         """A rowwise scorer shard by shard: statistics of every shard (merged in shard order),
@@ -435,6 +429,16 @@ class Run:
 
     def _write(self, step: Step):  # pragma: no cover - the write step is run by `execute`
         raise AssertionError("write is run by execute()")
+
+
+def canonical_request(request: Any) -> Any:
+    """The request with its provider's defaults filled in (module-level: it travels to workers)."""
+    from selectkit.registry import default_registry
+
+    for entry in default_registry().components.get("passes", {}).values():
+        if request.kind in entry.cls.kinds:
+            return entry.cls().canonical(request)
+    return request
 
 
 def _base_statistics():

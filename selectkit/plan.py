@@ -194,6 +194,7 @@ def compile(checked: Checked, cache: Cache | None = None, out_dir: Path | None =
         from selectkit.errors import MissingExtraError
 
         raise MissingExtraError(extra if extra != "models" else "torch", extra, " and ".join(who))
+    executor = _executor(checked, options)
     cache = cache or Cache()
     if out_dir is None:
         out_dir = checked.loaded.resolve_path(recipe.output.dir.replace("{name}", recipe.name)).resolve()
@@ -219,10 +220,39 @@ def compile(checked: Checked, cache: Cache | None = None, out_dir: Path | None =
     plan = Plan(planner.steps, cache, Path(out_dir), recipe.seed, recipe.name, fps, checked.registry, devices,
                 checked, options)
     plan.options["shard_rows"] = shard_rows
+    plan.options["executor"] = executor.name
+    describe = getattr(executor, "describe", None)
+    if describe is not None:
+        for step in plan.steps:
+            step.detail["runs"] = describe(step)
     from selectkit.outputs import check_output
 
     check_output(plan.out_dir, plan.inputs())
     return plan
+
+
+def _executor(checked: Checked, options: dict[str, Any]) -> Any:
+    """The executor the run will use; one that cannot run a component of the recipe is refused now,
+    at the component's line, not after compute began."""
+    from selectkit.errors import missing_extras
+    from selectkit.registry import unknown_message
+
+    loaded = checked.loaded
+    name = options.get("executor") or loaded.recipe.execution.executor
+    known = checked.registry.components["executors"]
+    if name not in known:
+        raise RecipeError(unknown_message("executor", name, known), loaded.locate(("execution", "executor")))
+    cls = known[name].cls
+    if name == "ray" and missing_extras(["ray"]):
+        from selectkit.errors import MissingExtraError
+
+        raise MissingExtraError("ray", "ray", "executor: ray")
+    from selectkit.compiler import distribution_problems
+
+    problems = distribution_problems(checked, name)
+    if problems:
+        raise RecipeErrors(problems)
+    return cls
 
 
 def _sources(checked: Checked, shard_rows: int, memo: Path | None) -> dict[str, SourceSpec]:
@@ -321,7 +351,8 @@ class Planner:
             needed = [self.provider_for(r.kind).canonical(FeatureRequest(r.kind, r.data, r.settings, model.name))
                       for r in plan.needs]
             needs = self.passes(model, needed)
-        upstream = sorted({*needs.values(), *([f"read:{plan.data}"] if plan.data else [])})
+        upstream = sorted({*needs.values(), *([f"read:{plan.data}"] if plan.data else []),
+                           *(f"read:{t}" for t in plan.reads)})
         key_parts = [*plan.key_parts, sorted(self.by_id[s].key or s for s in needs.values())]
         key = cache_key("pass", provider.name, provider.version, key_parts)
         step_id = f"pass:{provider.name}:{model.name}:{plan.name}"

@@ -142,6 +142,12 @@ class ExecutionSpec(Strict):
     """Where and how the plan runs (never what it computes: these keys do not change results)."""
 
     executor: str = Field("local", description="local (this machine) or ray (a Ray cluster, extra `ray`)")
+    address: str | None = Field(None, description="ray: the cluster to join (auto, ray://host:port); default: "
+                                "$RAY_ADDRESS, else a local cluster started for the run")
+    actors: PositiveInt | None = Field(None, description="ray: model-pass actors (default: one per GPU, else "
+                                       "per CPU)")
+    gpus_per_actor: float | None = Field(None, gt=0, description="ray: GPUs per model-pass actor (fractions "
+                                         "share a GPU between small models); default 1 when the cluster has GPUs")
     shard_rows: PositiveInt | None = Field(
         None, description="rows per shard of the pool: the unit of resume and of parallel work; default 4096 "
         "when the recipe runs a model, else 65536")
