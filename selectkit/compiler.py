@@ -30,10 +30,17 @@ class SourceNode:
 class ScoreNode:
     name: str
     scorer: Scorer
-    shape: Shape
+    shape: Shape  # what the recipe's name stands for: after `combine`, a vector
     targets: list[str]
     model: str | None
     normalizers: list[Normalizer]
+    combine: Any = None  # how a matrix collapses to a vector (recipe `combine:`), or None
+    inputs: list[str] = field(default_factory=list)  # other scores this scorer reads (e.g. `combine`)
+
+    @property
+    def columns(self) -> list[str]:
+        """Column names of a matrix score, known before running (its targets), else []."""
+        return list(self.targets) if self.shape is Shape.MATRIX else []
 
     def models(self) -> list[str]:
         """Every model this score reads: its own and those its params name."""
@@ -80,6 +87,7 @@ def check(loaded: LoadedRecipe, registry: Registry | None = None) -> Checked:
     _check_models(loaded, out)
     scores = {name: node for name, spec in recipe.scores.items()
               if (node := _check_score(name, spec, loaded, registry, out)) is not None}
+    _check_score_inputs(loaded, scores, out)
     stages = _check_stages(loaded, registry, scores, sources, out)
     _check_output(loaded, sources, out)
     if out.errors:
@@ -256,7 +264,66 @@ def _check_score(name: str, spec, loaded: LoadedRecipe, registry: Registry, out:
                     f"(accepts: {', '.join(sorted(s.value for s in ncls.accepts))})", at)
             continue
         normalizers.append(normalizer)
-    return ScoreNode(name, scorer, shape, targets, spec.model, normalizers)
+    if spec.combine is not None:
+        if shape is not Shape.MATRIX:
+            out.add(f"`combine` collapses a per-target (matrix) score, but {spec.use!r} gives a {shape.value}",
+                    where + ("combine",))
+        else:
+            weights = getattr(spec.combine, "weights", None)
+            for column in weights or {}:
+                if column not in targets:
+                    out.add(unknown_message("column", column, targets), where + ("combine", "weights", column))
+            shape = Shape.VECTOR
+    inputs = list(scorer.input_scores()) if scorer is not None else []
+    return ScoreNode(name, scorer, shape, targets, spec.model, normalizers, spec.combine, inputs)
+
+
+def _check_score_inputs(loaded: LoadedRecipe, scores: dict[str, ScoreNode], out: _Collector) -> None:
+    """Scores that read other scores (`combine`): each input exists, is a vector, and no cycle."""
+    recipe = loaded.recipe
+    for name, node in scores.items():
+        for ref in node.inputs:
+            where = ("scores", name, "with", *node.scorer.input_path(ref))
+            if ref not in recipe.scores:
+                out.add(unknown_message("score", ref, recipe.scores), where)
+            elif ref == name:
+                out.add(f"score {name!r} cannot read itself", where)
+            elif ref in scores and scores[ref].shape is not Shape.VECTOR:
+                out.add(_vector_hint(node.scorer.name, "an input", ref, scores[ref], recipe), where)
+    seen: dict[str, int] = {}
+
+    def visit(name: str, trail: tuple[str, ...]) -> None:
+        if seen.get(name) == 2 or name not in scores:
+            return
+        if seen.get(name) == 1:
+            out.add(f"scores read each other in a cycle: {' -> '.join((*trail, name))}", ("scores", trail[0]))
+            return
+        seen[name] = 1
+        for ref in scores[name].inputs:
+            visit(ref, (*trail, name))
+        seen[name] = 2
+
+    for name in scores:
+        visit(name, ())
+
+
+def _vector_hint(who: str, what: str, ref: str, node: ScoreNode, recipe: Any) -> str:
+    """The message for a matrix score where a vector is needed, naming both fixes."""
+    columns = node.columns
+    pick = f"`{ref}.{columns[0]}`" if columns else f"`{ref}.<column>`"
+    return (f"{who} needs a vector score for {what}, but {ref!r} ({recipe.scores[ref].use}) is a "
+            f"{node.shape.value}" + (f" with columns {', '.join(columns)}" if columns else "") +
+            f": pick one column ({pick}) or collapse them (`combine: max` on score {ref!r})")
+
+
+def resolve_score(ref: str, scores: dict[str, ScoreNode]) -> tuple[str, str | None] | None:
+    """`name` or `name.column` (a column of a per-target score) -> (name, column); None when unknown."""
+    if ref in scores:
+        return ref, None
+    for name, node in scores.items():
+        if ref.startswith(name + ".") and ref[len(name) + 1:] in node.columns:
+            return name, ref[len(name) + 1:]
+    return None
 
 
 def _stage_labels(stages) -> list[str]:
@@ -291,12 +358,30 @@ def _check_stages(loaded: LoadedRecipe, registry: Registry, scores: dict[str, Sc
             ref = getattr(params, param, None)
             if ref is None:
                 continue
-            if ref not in recipe.scores:
-                out.add(unknown_message("score", ref, recipe.scores), where + ("with", param))
-            elif ref in scores and scores[ref].shape not in accepts:
+            resolved = resolve_score(ref, scores)
+            if resolved is None and ref not in recipe.scores:
+                name, _, column = ref.partition(".")
+                if column and name in scores:
+                    known = scores[name].columns
+                    close = _close(column, known)
+                    hint = (f"; did you mean {close!r}?" if close else
+                            f" (columns: {', '.join(known) or 'none: it is a ' + scores[name].shape.value})")
+                    out.add(f"score {name!r} has no column {column!r}{hint}", where + ("with", param))
+                else:
+                    out.add(unknown_message("score", ref, recipe.scores), where + ("with", param))
+                continue
+            if resolved is None:
+                continue  # the score itself failed its own checks
+            name, column = resolved
+            shape = Shape.VECTOR if column is not None else scores[name].shape
+            if shape not in accepts:
                 wanted = " or ".join(sorted(s.value for s in accepts))
-                out.add(f"selector {spec.use!r} needs a {wanted} score for `{param}`, but {ref!r} "
-                        f"({recipe.scores[ref].use}) is a {scores[ref].shape.value}", where + ("with", param))
+                if Shape.VECTOR in accepts and shape is Shape.MATRIX:
+                    out.add(_vector_hint(f"selector {spec.use!r}", f"`{param}`", name, scores[name], recipe),
+                            where + ("with", param))
+                else:
+                    out.add(f"selector {spec.use!r} needs a {wanted} score for `{param}`, but {ref!r} "
+                            f"({recipe.scores[name].use}) is a {shape.value}", where + ("with", param))
         budget = params.budget
         if budget is None and cls.budget_rule == "required":
             out.add(f"selector {spec.use!r} needs a budget: add `budget:` under `with:` "
@@ -316,6 +401,13 @@ def _check_stages(loaded: LoadedRecipe, registry: Registry, scores: dict[str, Sc
                 "that decides it (a count, a percentage like '5%', or {fraction|tokens: N})",
                 ("select",), at_key=True)
     return nodes
+
+
+def _close(word: str, options: list[str]) -> str | None:
+    import difflib
+
+    found = difflib.get_close_matches(word, options, n=1)
+    return found[0] if found else None
 
 
 def validate(path: str | Path, registry: Registry | None = None) -> Checked:

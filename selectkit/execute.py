@@ -285,10 +285,12 @@ class Run:
         features = Features(values, canonical_request, node.model, f"scorer {node.scorer.name!r}")
         targets = {t: self.targets[t] for t in payload.targets}
         model = payload.model.spec if payload.model is not None else None
+        inputs = {ref: self.get(self._final(ref)) for ref in node.inputs}
         if node.scorer.rowwise:
             score, status = self._rowwise(step, features, targets, model)
         else:
-            ctx = ScoreContext(pool=self.pool, targets=targets, seed=self.plan.seed, model=model, features=features)
+            ctx = ScoreContext(pool=self.pool, targets=targets, seed=self.plan.seed, model=model, features=features,
+                               scores=inputs)
             score, status = check_score(node, node.scorer.run(ctx), len(self.pool)), "computed"
         self._warn_nan(node.name, score)
         self.cache.save_score(step.key, score, label=f"score {node.name} ({node.scorer.name})")
@@ -346,6 +348,14 @@ class Run:
         self.cache.save_score(step.key, out, label=f"{step.label}")
         return out, "computed", {}
 
+    def _final(self, name: str) -> str:
+        """The step holding score `name`'s final values (after its normalizers and combine)."""
+        last = f"score:{name}"
+        for s in self.plan.steps:
+            if s.kind == "normalize" and s.payload.score == name:
+                last = s.id
+        return last
+
     def _node(self, name: str):
         for s in self.plan.steps:
             if s.kind == "score" and s.payload.node.name == name:
@@ -376,6 +386,10 @@ class Run:
         params = node.selector.params
         scores = {name: self.get(final) for name, final in payload.scores.items()
                   if final in step.inputs or name == params.score}
+        for ref, (name, col) in payload.columns.items():  # `score: name.column`
+            from selectkit.combine import column
+
+            scores[ref] = column(self.get(payload.scores[name]), col)
         n = state["n"]
         candidates = state["candidates"]
         selection = self.cache.load_selection(step.key)

@@ -111,6 +111,10 @@ class ComponentRef(Strict):
     with_: dict[str, Any] = Field(default_factory=dict, alias="with")
 
 
+class CombineWeights(Strict):
+    weights: dict[str, float] = Field(description="weight of each target column (columns not named count 0)")
+
+
 class ScoreSpec(Strict):
     use: str = Field(description="scorer name")
     model: str | None = Field(None, description="name of an entry under `models`")
@@ -118,6 +122,9 @@ class ScoreSpec(Strict):
     with_: dict[str, Any] = Field(default_factory=dict, alias="with")
     normalize: list[str | ComponentRef] = Field(default_factory=list,
                                                       description="normalizers applied in order")
+    combine: Literal["max", "mean", "min", "sum"] | CombineWeights | None = Field(
+        None, description="collapse a per-target (matrix) score into one value per example, after the "
+        "normalizers: max, mean, min, sum, or {weights: {target: w}} (a weighted sum)")
 
 
 class StageSpec(Strict):
