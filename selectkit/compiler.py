@@ -79,19 +79,23 @@ class _Collector:
 
 
 def check(loaded: LoadedRecipe, registry: Registry | None = None) -> Checked:
-    """Validate semantics; raises RecipeErrors listing every problem found."""
+    """Validate semantics; raises RecipeErrors listing every problem found (the structural ones
+    `load(collect=True)` kept too), sorted by line."""
     registry = registry or default_registry()
     out = _Collector(loaded)
+    out.errors.extend(loaded.errors)
     recipe = loaded.recipe
-    sources = _check_sources(loaded, registry, out)
+    broken = loaded.broken["sections"]
+    sources = _check_sources(loaded, registry, out) if "data" not in broken and hasattr(recipe, "data") else {}
     _check_models(loaded, out)
     scores = {name: node for name, spec in recipe.scores.items()
               if (node := _check_score(name, spec, loaded, registry, out)) is not None}
     _check_score_inputs(loaded, scores, out)
-    stages = _check_stages(loaded, registry, scores, sources, out)
-    _check_output(loaded, sources, out)
+    stages = _check_stages(loaded, registry, scores, sources, out) if "select" not in broken else []
+    if "output" not in broken and sources:
+        _check_output(loaded, sources, out)
     if out.errors:
-        raise RecipeErrors(out.errors)
+        raise RecipeErrors(_by_line(out.errors))
     if recipe.execution.executor != "local":
         problems = distribution_problems(Checked(loaded, registry, sources, dict(recipe.models), scores, stages),
                                          recipe.execution.executor)
@@ -134,8 +138,9 @@ def _extras(checked: Checked) -> dict[str, list[str]]:
 def _check_sources(loaded: LoadedRecipe, registry: Registry, out: _Collector) -> dict[str, SourceNode]:
     readers = {n: e.cls for n, e in registry.components["readers"].items()}
     found: dict[str, SourceNode] = {}
-    entries = [("pool", ("data", "pool"), loaded.recipe.data.pool)]
-    entries += [(t, ("data", "targets", t), s) for t, s in loaded.recipe.data.targets.items()]
+    data = loaded.recipe.data
+    entries = [("pool", ("data", "pool"), data.pool)] if data.pool is not None else []
+    entries += [(t, ("data", "targets", t), s) for t, s in data.targets.items()]
     for name, where, spec in entries:
         path = loaded.resolve_path(spec.path)
         if not path.exists():
@@ -190,6 +195,19 @@ def _check_models(loaded: LoadedRecipe, out: _Collector) -> None:
             out.add(exc.message, ("models", name, "path"), hint=exc.hint)
 
 
+def _by_line(errors: list[SelectkitError]) -> list[SelectkitError]:
+    def key(e):
+        loc = e.location
+        return (loc.line, loc.column) if loc is not None else (0, 0)
+
+    seen, out = set(), []
+    for e in sorted(errors, key=key):
+        if str(e) not in seen:
+            seen.add(str(e))
+            out.append(e)
+    return out
+
+
 def _component(kind: str, name: str, registry: Registry, out: _Collector, where: tuple) -> type | None:
     try:
         return registry.get(kind, name)
@@ -219,7 +237,8 @@ def _check_score(name: str, spec, loaded: LoadedRecipe, registry: Registry, out:
             out.add(f"scorer {spec.use!r} needs a model (one of kinds: {', '.join(cls.model_kinds)}); "
                     "add `model: <name>`", where, at_key=True)
         elif spec.model not in recipe.models:
-            out.add(unknown_message("model", spec.model, recipe.models), where + ("model",))
+            if spec.model not in loaded.broken["models"]:
+                out.add(unknown_message("model", spec.model, recipe.models), where + ("model",))
         elif recipe.models[spec.model].kind not in cls.model_kinds:
             out.add(f"scorer {spec.use!r} needs a model of kind {' or '.join(cls.model_kinds)}, "
                     f"but {spec.model!r} is {recipe.models[spec.model].kind!r}", where + ("model",))
@@ -228,11 +247,12 @@ def _check_score(name: str, spec, loaded: LoadedRecipe, registry: Registry, out:
     if scorer is not None:
         for param in cls.model_params:
             ref = getattr(scorer.params, param, None)
-            if ref is not None and ref not in recipe.models:
+            if ref is not None and ref not in recipe.models and ref not in loaded.broken["models"]:
                 out.add(unknown_message("model", ref, recipe.models), where + ("with", param))
     # targets
     targets: list[str] = []
-    known_targets = list(recipe.data.targets)
+    data = getattr(recipe, "data", None)
+    known_targets = list(data.targets) if data is not None else []
     if cls.needs_targets:
         if spec.targets is None or spec.targets == "all":
             targets = known_targets
@@ -241,7 +261,7 @@ def _check_score(name: str, spec, loaded: LoadedRecipe, registry: Registry, out:
                         where + ("targets",) if spec.targets else where, at_key=spec.targets is None)
         else:
             for i, t in enumerate(spec.targets):
-                if t not in recipe.data.targets:
+                if t not in known_targets and t not in loaded.broken["targets"] and data is not None:
                     out.add(unknown_message("target", t, known_targets), where + ("targets", i))
             targets = list(spec.targets)
     elif spec.targets is not None:
@@ -329,6 +349,9 @@ def resolve_score(ref: str, scores: dict[str, ScoreNode]) -> tuple[str, str | No
 def _stage_labels(stages) -> list[str]:
     labels, seen = [], {}
     for spec in stages:
+        if spec is None:  # a stage that failed its structural check
+            labels.append("")
+            continue
         base = spec.name or spec.use
         seen[base] = seen.get(base, 0) + 1
         labels.append(base if seen[base] == 1 else f"{base}#{seen[base]}")
@@ -341,6 +364,9 @@ def _check_stages(loaded: LoadedRecipe, registry: Registry, scores: dict[str, Sc
     nodes: list[StageNode] = []
     budgeted = False
     for i, (spec, label) in enumerate(zip(recipe.select, _stage_labels(recipe.select))):
+        if spec is None:
+            budgeted = True  # do not also complain that no stage sets a budget
+            continue
         where = ("select", i)
         cls = _component("selectors", spec.use, registry, out, where + ("use",))
         if cls is None:
@@ -359,6 +385,8 @@ def _check_stages(loaded: LoadedRecipe, registry: Registry, scores: dict[str, Sc
             if ref is None:
                 continue
             resolved = resolve_score(ref, scores)
+            if ref.partition(".")[0] in loaded.broken["scores"]:
+                continue
             if resolved is None and ref not in recipe.scores:
                 name, _, column = ref.partition(".")
                 if column and name in scores:
@@ -414,7 +442,7 @@ def validate(path: str | Path, registry: Registry | None = None) -> Checked:
     """Load and type-check a recipe file (no data read beyond row counts, no model loaded)."""
     from selectkit.recipe import load
 
-    return check(load(path), registry)
+    return check(load(path, collect=True), registry)
 
 
 __all__ = ["Checked", "RecipeErrors", "ScoreNode", "SourceNode", "StageNode", "check", "validate"]

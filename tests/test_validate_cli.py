@@ -76,3 +76,44 @@ def test_validate_never_imports_torch():
             " if m in sys.modules)\nprint('HEAVY', heavy, code)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert "HEAVY [] 0" in out.stdout, out.stdout + out.stderr
+
+
+def test_eleven_independent_mistakes_are_reported_in_one_run(tmp_path):
+    """Structure, names, params, shapes, budgets and files: every independent mistake in one pass,
+    sorted by line (the first landing reported them in rounds: 2, then 6, then 2)."""
+    from conftest import RECIPES
+
+    recipe = tmp_path / "ten.yaml"
+    recipe.write_text(f"""selectkit: 1
+name: ten-mistakes
+seed: 0
+data:
+  pool: {{path: {RECIPES}/data/pool.jsonl, id: id, limt: 5}}
+  targets:
+    politics: {{path: {RECIPES}/data/nowhere.jsonl}}
+models:
+  lm: {{path: {RECIPES}/models/tiny-lm, kind: causal-llm}}
+scores:
+  dsir: {{use: dsirr, targets: [politics]}}
+  words: {{use: length, with: {{unit: syllables}}}}
+  sim: {{use: embedding_similarity, model: nobody}}
+  ppl: {{use: perplexity, model: lm, normalize: [zscor]}}
+select:
+  - use: threshold
+    with: {{score: wordz, min: 5}}
+  - use: topk
+    with: {{score: words}}
+  - use: random
+    with: {{budget: -3}}
+output: {{dir: out, formats: [parquet, xml]}}
+""")
+    result = cli("validate", recipe)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if ": error: " in line]
+    assert len(errors) == 11, "\n".join(errors)  # one each, no error caused by another
+    lines = [int(e.split(":")[1]) for e in errors]
+    assert lines == sorted(lines)
+    for expected in ("unknown key 'limt'", "file not found", "models.lm.kind", "unknown scorer 'dsirr'",
+                     "scores.words.with.unit", "unknown model 'nobody'", "unknown normalizer 'zscor'", "unknown score 'wordz'",
+                     "needs a budget", "must be positive", "'parquet' or 'jsonl'"):
+        assert any(expected in e for e in errors), expected
