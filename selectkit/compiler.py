@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from selectkit.components import Component, Normalizer, Scorer, Selector, Shape
-from selectkit.data import pick_reader
+from selectkit.data import pick_reader, source_files
 from selectkit.errors import DataError, PluginError, RecipeError, RecipeErrors, SelectkitError
 from selectkit.recipe import ComponentRef, LoadedRecipe, ModelSpec, pydantic_errors
 from selectkit.registry import Registry, default_registry, unknown_message
@@ -143,23 +143,59 @@ def _check_sources(loaded: LoadedRecipe, registry: Registry, out: _Collector) ->
     entries += [(t, ("data", "targets", t), s) for t, s in data.targets.items()]
     for name, where, spec in entries:
         path = loaded.resolve_path(spec.path)
-        if not path.exists():
-            out.add(f"{name}: file not found: {path}", where + ("path",))
+        files = source_files(path)
+        if not files or not all(f.exists() for f in files):
+            out.add(f"{name}: file not found: {path}" if not any(c in path.name for c in "*?[") else
+                    f"{name}: no file matches {path}", where + ("path",))
             continue
         try:
-            reader = pick_reader(path, readers, spec.format, name)
+            reader = pick_reader(files[0], readers, spec.format, name)
         except DataError as exc:
             out.add(exc.message, where + ("format" if spec.format else "path",))
             continue
         try:
-            rows = reader.count_rows(path)
+            counts = [reader.count_rows(f) for f in files]
+            rows = sum(counts) if all(c is not None for c in counts) else None
         except Exception as exc:  # unreadable file: say so now, not after the model pass
             out.add(f"{name}: cannot read {path}: {exc}", where + ("path",))
             continue
         if rows is not None and spec.limit is not None:
             rows = min(rows, spec.limit)
-        found[name] = SourceNode(name, path, reader.name, spec, rows)
+        if _check_rows(name, files[0], reader, spec, where, out):
+            found[name] = SourceNode(name, path, reader.name, spec, rows)
     return found
+
+
+HEAD_ROWS = 100  # rows validate reads of each source: enough to catch a wrong column, bounded time
+
+
+def _check_rows(name: str, file: Path, reader: Any, spec: Any, where: tuple, out: _Collector) -> bool:
+    """The source's first rows, read cheaply: the text column or template fields exist and hold
+    text, the id column exists and its first values are unique; a bad row is named by its line."""
+    from selectkit.data import check_columns, check_unique, read_ids, render_texts
+
+    try:
+        frame, where_row = reader.head(file, HEAD_ROWS)
+    except DataError as exc:
+        out.add(exc.message, where + ("path",), hint=exc.hint)
+        return False
+    except Exception as exc:  # noqa: BLE001 - any reader failure is the file's problem, said at its key
+        out.add(f"{name}: cannot read {file}: {exc}", where + ("path",))
+        return False
+    ok = True
+    try:
+        check_columns(list(frame.columns), spec.text, name)
+        render_texts(frame, spec.text, name, on_missing=spec.on_missing, where=where_row)
+    except DataError as exc:
+        out.add(exc.message, where + ("text",), hint=exc.hint)
+        ok = False
+    try:
+        ids = read_ids(frame, spec.id, 0, name, where_row)
+        check_unique(ids, spec.id, name, where_row)
+    except DataError as exc:
+        out.add(exc.message, where + ("id",) if spec.id else where, hint=exc.hint)
+        ok = False
+    return ok
 
 
 def _check_output(loaded: LoadedRecipe, sources: dict[str, SourceNode], out: _Collector) -> None:

@@ -196,6 +196,16 @@ class Run:
 
     # ------------------------------------------------------------ read
     def _read(self, step: Step):
+        from selectkit.errors import DataError
+
+        try:
+            return self._read_source(step)
+        except DataError as exc:  # a bad row found while reading: say which recipe key reads it, too
+            source = step.payload.source
+            key = ("data", "pool") if source.name == "pool" else ("data", "targets", source.name)
+            raise DataError(exc.message, exc.location or self.plan.locate((*key, "text")), exc.hint) from None
+
+    def _read_source(self, step: Step):
         from selectkit.pool import Pool, Table, build_index, read_shard
 
         source = step.payload.source

@@ -129,6 +129,10 @@ class Plan:
                 return s
         raise KeyError(step_id)
 
+    def locate(self, path: tuple) -> Any:
+        """The recipe location of a key path (None for a plan built without a recipe file)."""
+        return self.checked.loaded.locate(path) if self.checked is not None else None
+
     def of_kind(self, kind: str) -> list[Step]:
         return [s for s in self.steps if s.kind == kind]
 
