@@ -155,9 +155,14 @@ def run(recipe: Path, out_dir: Path | None, dry_run: bool, trust_remote_code: bo
             click.echo(api.plan(recipe, cache_dir=cache_dir, out_dir=out_dir, devices=inventory,
                                 limit=limit, options=options).render())
             return
-        progress = None if quiet else (lambda message: click.echo(f"  {message}", err=True))
-        output = api.run(recipe, cache_dir=cache_dir, out_dir=out_dir, devices=inventory, progress=progress,
-                         options=options, limit=limit)
+        from selectkit.progress import for_terminal
+
+        progress = for_terminal(quiet)
+        try:
+            output = api.run(recipe, cache_dir=cache_dir, out_dir=out_dir, devices=inventory, progress=progress,
+                             options=options, limit=limit)
+        finally:
+            progress.close()
     except SelectkitError as exc:
         _fail(exc)
     click.echo(summary(output))

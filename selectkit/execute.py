@@ -86,14 +86,19 @@ def execute(run: Run) -> RunResult:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SelectkitWarning)
         result = run.execute()
+    library: dict[tuple[str, str], int] = {}
     for w in caught:
         if issubclass(w.category, SelectkitWarning):
             text = str(w.message)
             if text not in result.warnings:
                 result.warnings.append(text)
                 run.reporter.message(f"warning: {text}")
-        else:
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        else:  # a library's warning (a deprecation in transformers...): once, on one line
+            first = str(w.message).strip().splitlines()[0] if str(w.message).strip() else ""
+            key = (w.category.__name__, first[:160])
+            library[key] = library.get(key, 0) + 1
+    for (category, text), count in library.items():
+        run.reporter.message(f"note: {category} from a library{f' (x{count})' if count > 1 else ''}: {text}")
     return result
 
 
