@@ -107,15 +107,15 @@ output: {{dir: out, formats: [parquet], report: false}}
         stop_cluster()
         address, startup = start_cluster(cpus, work / f"ray{cpus}")
         try:
-            t = median(lambda: timed_run(dsir, work / f"dsir-ray{cpus}", work / "c", "--executor", "ray",
-                                         "--address", address, "--shard-rows", shards), args.repeats)
+            t = median(lambda c=cpus, a=address: timed_run(dsir, work / f"dsir-ray{c}", work / "c", "--executor", "ray",
+                                                           "--address", a, "--shard-rows", shards), args.repeats)
             same = (work / f"dsir-ray{cpus}" / "selection.parquet").read_bytes() == reference
             ray_times[cpus] = t
             rows.append(("dsir+topk", f"{args.rows:,} rows", f"ray, {cpus} CPU(s)", t,
                          f"cluster start {startup:.1f} s", same))
             if cpus == 2:
-                m = median(lambda: timed_run(model, work / "m-ray", work / "c", "--executor", "ray", "--address",
-                                             address, "--shard-rows", "82"), args.repeats)
+                m = median(lambda a=address: timed_run(model, work / "m-ray", work / "c", "--executor", "ray",
+                                                       "--address", a, "--shard-rows", "82"), args.repeats)
                 same = (work / "m-ray" / "selection.parquet").read_bytes() == model_ref
                 rows.append(("perplexity pass", "1,306 rows, 16 shards", "ray, 2 actors", m,
                              f"overhead {m / model_local - 1:+.0%}", same))
