@@ -66,8 +66,9 @@ class _Collector:
         self.loaded = loaded
         self.errors: list[SelectkitError] = []
 
-    def add(self, message: str, path: tuple, at_key: bool = False, hint: str | None = None) -> None:
-        self.errors.append(RecipeError(message, self.loaded.locate(path, at_key), hint))
+    def add(self, message: str, path: tuple, at_key: bool = False, hint: str | None = None,
+            code: str = "error") -> None:
+        self.errors.append(RecipeError(message, self.loaded.locate(path, at_key), hint, code=code))
 
 
 def check(loaded: LoadedRecipe, registry: Registry | None = None) -> Checked:
@@ -93,17 +94,17 @@ def _check_sources(loaded: LoadedRecipe, registry: Registry, out: _Collector) ->
     for name, where, spec in entries:
         path = loaded.resolve_path(spec.path)
         if not path.exists():
-            out.add(f"{name}: file not found: {path}", where + ("path",))
+            out.add(f"{name}: file not found: {path}", where + ("path",), code="data-file")
             continue
         try:
             reader = pick_reader(path, readers, spec.format, name)
         except DataError as exc:
-            out.add(exc.message, where + ("format" if spec.format else "path",))
+            out.add(exc.message, where + ("format" if spec.format else "path",), code=exc.code)
             continue
         try:
             rows = reader.count_rows(path)
         except Exception as exc:  # unreadable file: say so now, not after the model pass
-            out.add(f"{name}: cannot read {path}: {exc}", where + ("path",))
+            out.add(f"{name}: cannot read {path}: {exc}", where + ("path",), code="data-file")
             continue
         if rows is not None and spec.limit is not None:
             rows = min(rows, spec.limit)
@@ -120,14 +121,14 @@ def _check_models(loaded: LoadedRecipe, out: _Collector) -> None:
         try:
             check_model(spec, loaded.base, name=name)
         except SelectkitError as exc:
-            out.add(exc.message, ("models", name, "path"), hint=exc.hint)
+            out.add(exc.message, ("models", name, "path"), hint=exc.hint, code=exc.code)
 
 
 def _component(kind: str, name: str, registry: Registry, out: _Collector, where: tuple) -> type | None:
     try:
         return registry.get(kind, name)
     except PluginError:
-        out.add(unknown_message(kind[:-1], name, registry.components[kind]), where)
+        out.add(unknown_message(kind[:-1], name, registry.components[kind]), where, code="unknown-component")
         return None
 
 
@@ -150,19 +151,20 @@ def _check_score(name: str, spec, loaded: LoadedRecipe, registry: Registry, out:
     if cls.model_kinds:
         if spec.model is None:
             out.add(f"scorer {spec.use!r} needs a model (one of kinds: {', '.join(cls.model_kinds)}); "
-                    "add `model: <name>`", where, at_key=True)
+                    "add `model: <name>`", where, at_key=True, code="model-mismatch")
         elif spec.model not in recipe.models:
-            out.add(unknown_message("model", spec.model, recipe.models), where + ("model",))
+            out.add(unknown_message("model", spec.model, recipe.models), where + ("model",), code="unknown-name")
         elif recipe.models[spec.model].kind not in cls.model_kinds:
             out.add(f"scorer {spec.use!r} needs a model of kind {' or '.join(cls.model_kinds)}, "
-                    f"but {spec.model!r} is {recipe.models[spec.model].kind!r}", where + ("model",))
+                    f"but {spec.model!r} is {recipe.models[spec.model].kind!r}", where + ("model",),
+                    code="model-mismatch")
     elif spec.model is not None:
-        out.add(f"scorer {spec.use!r} uses no model; remove `model:`", where + ("model",))
+        out.add(f"scorer {spec.use!r} uses no model; remove `model:`", where + ("model",), code="model-mismatch")
     if scorer is not None:
         for param in cls.model_params:
             ref = getattr(scorer.params, param, None)
             if ref is not None and ref not in recipe.models:
-                out.add(unknown_message("model", ref, recipe.models), where + ("with", param))
+                out.add(unknown_message("model", ref, recipe.models), where + ("with", param), code="unknown-name")
     # targets
     targets: list[str] = []
     known_targets = list(recipe.data.targets)
@@ -171,14 +173,16 @@ def _check_score(name: str, spec, loaded: LoadedRecipe, registry: Registry, out:
             targets = known_targets
             if not targets and not cls.targets_optional:
                 out.add(f"scorer {spec.use!r} scores against targets, but `data.targets` is empty",
-                        where + ("targets",) if spec.targets else where, at_key=spec.targets is None)
+                        where + ("targets",) if spec.targets else where, at_key=spec.targets is None,
+                        code="targets-mismatch")
         else:
             for i, t in enumerate(spec.targets):
                 if t not in recipe.data.targets:
-                    out.add(unknown_message("target", t, known_targets), where + ("targets", i))
+                    out.add(unknown_message("target", t, known_targets), where + ("targets", i), code="unknown-name")
             targets = list(spec.targets)
     elif spec.targets is not None:
-        out.add(f"scorer {spec.use!r} does not use targets; remove `targets:`", where + ("targets",))
+        out.add(f"scorer {spec.use!r} does not use targets; remove `targets:`", where + ("targets",),
+                code="targets-mismatch")
     if scorer is None:
         return None
     shape = scorer.output_shape()
@@ -194,7 +198,7 @@ def _check_score(name: str, spec, loaded: LoadedRecipe, registry: Registry, out:
             continue
         if shape not in ncls.accepts:
             out.add(f"normalizer {ref.use!r} does not accept a {shape.value} score "
-                    f"(accepts: {', '.join(sorted(s.value for s in ncls.accepts))})", at)
+                    f"(accepts: {', '.join(sorted(s.value for s in ncls.accepts))})", at, code="shape-mismatch")
             continue
         normalizers.append(normalizer)
     return ScoreNode(name, scorer, shape, targets, spec.model, normalizers)
@@ -227,35 +231,38 @@ def _check_stages(loaded: LoadedRecipe, registry: Registry, scores: dict[str, Sc
         refs.update(cls.score_params)
         if cls.needs_score and params.score is None:
             out.add(f"selector {spec.use!r} reads a score: add `score: <name>` under `with:` "
-                    f"(scores: {', '.join(recipe.scores) or 'none defined'})", where + ("with",), at_key=True)
+                    f"(scores: {', '.join(recipe.scores) or 'none defined'})", where + ("with",), at_key=True,
+                    code="missing-key")
         for param, accepts in refs.items():
             ref = getattr(params, param, None)
             if ref is None:
                 continue
             if ref not in recipe.scores:
-                out.add(unknown_message("score", ref, recipe.scores), where + ("with", param))
+                out.add(unknown_message("score", ref, recipe.scores), where + ("with", param), code="unknown-name")
             elif ref in scores and scores[ref].shape not in accepts:
                 wanted = " or ".join(sorted(s.value for s in accepts))
                 out.add(f"selector {spec.use!r} needs a {wanted} score for `{param}`, but {ref!r} "
-                        f"({recipe.scores[ref].use}) is a {scores[ref].shape.value}", where + ("with", param))
+                        f"({recipe.scores[ref].use}) is a {scores[ref].shape.value}", where + ("with", param),
+                        code="shape-mismatch")
         budget = params.budget
         if budget is None and cls.budget_rule == "required":
             out.add(f"selector {spec.use!r} needs a budget: add `budget:` under `with:` "
-                    "(a count, a percentage like '5%', or {fraction|tokens: N})", where + ("with",), at_key=True)
+                    "(a count, a percentage like '5%', or {fraction|tokens: N})", where + ("with",), at_key=True,
+                    code="budget")
         if budget is not None and cls.budget_rule == "none":
-            out.add(f"selector {spec.use!r} takes no budget", where + ("with", "budget"))
+            out.add(f"selector {spec.use!r} takes no budget", where + ("with", "budget"), code="budget")
         if budget is not None:
             budgeted = True
             pool_rows = sources["pool"].rows if "pool" in sources else None
             if (budget.kind == "count" and pool_rows is not None and budget.value > pool_rows
                     and not cls.draws_with_replacement):
                 out.add(f"budget of {int(budget.value)} examples is larger than the pool ({pool_rows} rows)",
-                        where + ("with", "budget"))
+                        where + ("with", "budget"), code="budget")
         nodes.append(StageNode(label, selector, i))
     if not budgeted and not out.errors:
         out.add("no stage sets a budget, so nothing fixes the selection size: add `budget:` to the stage "
                 "that decides it (a count, a percentage like '5%', or {fraction|tokens: N})",
-                ("select",), at_key=True)
+                ("select",), at_key=True, code="budget")
     return nodes
 
 
