@@ -1,74 +1,125 @@
 """The `selectkit` command: a thin layer over the Python API. User errors print
-`file:line:col: message` and exit non-zero, never a traceback."""
+`file:line:col: message` and exit non-zero, never a traceback; so do faults of the machine
+(disk full, read-only or missing folders, permissions), unless `--debug` asks for the traceback."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sys
 from pathlib import Path
 
 import click
 
-from selectkit.errors import RecipeErrors, SelectkitError
+from selectkit.errors import RecipeErrors, SelectkitError, describe_fault, diagnostic, fault_errno
+
+
+def _debug() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.find_root().params.get("debug"))
 
 
 def _fail(exc: SelectkitError, code: int = 1) -> None:
+    if _debug():
+        raise exc
     for line in str(exc).splitlines():
         click.echo(f"error: {line}" if not line[:1].isspace() else line, err=True)
     sys.exit(code)
 
 
-def _registry(strict: bool):
+class _Writes:
+    """The file this process last opened for writing, seen through the `open` audit event: a
+    write that fails (disk full, file too large) raises an error without a path, and Rust
+    libraries (polars) report none either, so the error line names this file instead."""
+
+    last: str | None = None
+    watching = False
+
+    @classmethod
+    def watch(cls) -> None:
+        if not cls.watching:
+            sys.addaudithook(cls._note)
+            cls.watching = True
+
+    @classmethod
+    def _note(cls, event: str, args: tuple) -> None:
+        if event == "open" and len(args) == 3 and isinstance(args[2], int) and args[2] & (os.O_WRONLY | os.O_RDWR):
+            if isinstance(args[0], str | bytes | os.PathLike):
+                cls.last = os.fsdecode(args[0])
+
+
+class _Commands(click.Group):
+    """The top-level group: a fault of the machine becomes one `error:` line and exit 1."""
+
+    def invoke(self, ctx: click.Context):
+        _Writes.watch()
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            text = describe_fault(exc, _Writes.last)
+            if text is None or ctx.params.get("debug") or fault_errno(exc) == errno.EPIPE:
+                raise  # a bug (report it with the traceback), --debug, or a closed pipe (click handles it)
+            click.echo(f"error: {text}", err=True)
+            sys.exit(1)
+
+
+def _registry(strict: bool, show_warnings: bool = True):
     from selectkit.registry import default_registry
 
     registry = default_registry(strict=strict)
-    for name, problem in registry.broken:
-        click.echo(f"warning: plugin {name} failed to load and was skipped: {problem}", err=True)
+    if show_warnings:
+        for warning in _plugin_warnings(registry):
+            click.echo(f"warning: {warning['message']}", err=True)
     return registry
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _plugin_warnings(registry) -> list[dict]:
+    return [diagnostic(f"plugin {name} failed to load and was skipped: {problem}", code="plugin-skipped",
+                       severity="warning", hint="--strict makes this an error") for name, problem in registry.broken]
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="selectkit")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="show the traceback of any error (for bug reports)")
+def main(debug: bool) -> None:
     """Declarative data selection: validate, plan and run YAML recipes."""
 
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text", show_default=True,
+              help="json: a versioned document with error codes; github: workflow commands (annotations)")
 @click.option("--strict", is_flag=True, help="a plugin that fails to load is an error, not a warning")
 def validate(paths: tuple[Path, ...], fmt: str, strict: bool) -> None:
     """Check recipes without running anything (exit 0: all valid, 1: some invalid)."""
     from selectkit.api import validate as validate_recipe
+    from selectkit.diagnostics import report
 
     try:
-        registry = _registry(strict)
+        registry = _registry(strict, show_warnings=False)
     except SelectkitError as exc:
         _fail(exc, 2)
     results = []
     for path in paths:
+        result = {"path": str(path), "valid": False, "errors": [], "warnings": []}
         try:
-            validate_recipe(path, registry)
-            results.append({"path": str(path), "valid": True, "errors": []})
+            checked = validate_recipe(path, registry)
+            result["valid"] = True
+            result["warnings"] = [diagnostic(w, code="warning", severity="warning", path=str(path))
+                                  for w in checked.warnings]
         except RecipeErrors as exc:
-            results.append({"path": str(path), "valid": False, "errors": [e.as_dict() for e in exc.errors]})
+            if _debug():
+                raise
+            result["errors"] = [e.as_dict() for e in exc.errors]
         except SelectkitError as exc:
+            if _debug():
+                raise
             error = exc.as_dict()
             error["path"] = error["path"] or str(path)
-            results.append({"path": str(path), "valid": False, "errors": [error]})
-    if fmt == "json":
-        click.echo(json.dumps(results, indent=2))
-    for result in results:
-        if fmt == "text" and result["valid"]:
-            click.echo(f"{result['path']}: ok")
-        for e in result["errors"]:
-            where = f"{e['path']}:{e['line']}:{e['column']}" if e["line"] else e["path"]
-            message = e["message"] + (f" ({e['hint']})" if e["hint"] else "")
-            if fmt == "text":
-                click.echo(f"{where}: error: {message}", err=True)
-            elif fmt == "github":
-                click.echo(f"::error file={e['path']},line={e['line'] or 1},col={e['column'] or 1}::"
-                           f"{message.replace(chr(10), ' ')}")
+            result["errors"] = [error]
+        results.append(result)
+    report(results, _plugin_warnings(registry), fmt, click.echo, lambda line: click.echo(line, err=True))
     sys.exit(0 if all(r["valid"] for r in results) else 1)
 
 

@@ -143,14 +143,16 @@ def require(module: str, extra: str, component: str):
 
 # ---------------------------------------------------------------- faults of the machine, not of selectkit
 
+_ELSEWHERE = "write elsewhere: --out, --cache-dir or SELECTKIT_CACHE_DIR"
 _FAULT_HINTS = {
-    errno_codes.ENOSPC: "free some space, or write elsewhere (--out, --cache-dir or SELECTKIT_CACHE_DIR)",
-    errno_codes.EDQUOT: "free some space, or write elsewhere (--out, --cache-dir or SELECTKIT_CACHE_DIR)",
-    errno_codes.EFBIG: "the file system or a ulimit caps file sizes; write elsewhere",
-    errno_codes.EROFS: "the file system is read-only; write elsewhere (--out, --cache-dir)",
+    errno_codes.ENOSPC: f"free some space, or {_ELSEWHERE}",
+    errno_codes.EDQUOT: f"free some space, or {_ELSEWHERE}",
+    errno_codes.EFBIG: f"the file system or a ulimit caps file sizes; {_ELSEWHERE}",
+    errno_codes.EROFS: f"the file system is read-only; {_ELSEWHERE}",
     errno_codes.EACCES: "check the permissions of the path",
     errno_codes.EPERM: "check the permissions of the path",
     errno_codes.ENOTDIR: "a part of the path is a file, not a folder",
+    errno_codes.EEXIST: "a file is in the way of a folder of that name",
 }
 _OS_ERROR_IN_TEXT = re.compile(r"\(os error (\d+)\)")  # how Rust libraries (polars) report an OS error
 
