@@ -215,49 +215,101 @@ def summary(output) -> str:
 
 
 @main.command()
+@click.argument("name", required=False)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--strict", is_flag=True, help="a plugin that fails to load is an error")
-def plugins(fmt: str, strict: bool) -> None:
-    """List installed components and their params."""
-    from selectkit.schema import describe_components
+def plugins(name: str | None, fmt: str, strict: bool) -> None:
+    """List installed components and their params; with NAME, everything about one component."""
+    from selectkit.errors import PluginError
+    from selectkit.registry import unknown_message
+    from selectkit.schema import describe_component, describe_components
 
     try:
-        listing = describe_components(_registry(strict))
+        registry = _registry(strict)
+        if name is None:
+            listing = describe_components(registry)
+        else:
+            listing = [describe_component(registry, kind, name) for kind in registry.components
+                       if name in registry.components[kind]]
+            if not listing:
+                known = {n for kind in registry.components.values() for n in kind}
+                raise PluginError(unknown_message("component", name, known))
     except SelectkitError as exc:
         _fail(exc, 2)
     if fmt == "json":
         click.echo(json.dumps(listing, indent=2))
-        return
+    elif name is None:
+        click.echo(_render_listing(listing))
+    else:
+        click.echo("\n\n".join(_render_component(c) for c in listing))
+
+
+def _param_line(p: dict) -> str:
+    default = "required" if p["required"] else f"= {json.dumps(p['default'])}"
+    return f"{p['name']}: {p['type']} {default}"
+
+
+def _render_listing(listing: dict) -> str:
+    lines = []
     for kind, components in listing.items():
-        click.echo(f"{kind}:")
+        lines.append(f"{kind}:")
         for c in components:
-            click.echo(f"  {c['name']:<26} {c['summary']}  [{c['distribution']}]")
-            for p in c["params"]:
-                click.echo(f"      {p['name']}: {p['type']} = {p['default']}" + (f"  # {p['description']}"
-                                                                              if p["description"] else ""))
+            lines.append(f"  {c['name']:<26} {c['summary']}  [{c['distribution']}]".rstrip())
+            lines += [f"      {_param_line(p)}" + (f"  # {p['description']}" if p["description"] else "")
+                      for p in c["params"]]
+    return "\n".join(lines)
+
+
+_CONTRACT = [("accepts", "accepts"), ("produces", "produces"), ("model_kinds", "model kinds"),
+             ("model_params", "params naming models"), ("targets", "targets"), ("higher_is_better", "higher is better"),
+             ("score_params", "params naming scores"), ("budget", "budget"),
+             ("draws_with_replacement", "draws with replacement")]
+
+
+def _render_component(c: dict) -> str:
+    lines = [f"{c['name']}  ({c['kind']} from {c['distribution']}, version {c['version']})", ""]
+    lines += [c["doc"] or "(no description)", ""]
+    for key, label in _CONTRACT:
+        if key in c:
+            value = c[key]
+            if isinstance(value, bool):
+                value = "yes" if value else "no"
+            elif isinstance(value, list):
+                value = ", ".join(value) or "none"
+            elif isinstance(value, dict):
+                value = "; ".join(f"{k}: {', '.join(v)}" for k, v in value.items()) or "none"
+            lines.append(f"{label + ':':<24}{value}")
+    lines += ["", "params:" if c["params"] else "params: none"]
+    for p in c["params"]:
+        lines.append(f"  {_param_line(p)}")
+        if p["description"]:
+            lines.append(f"      {p['description']}")
+    return "\n".join(lines)
 
 
 @main.command()
 @click.option("--out", "out_path", type=click.Path(path_type=Path), default=Path("schemas/recipe.schema.json"),
-              show_default=True)
+              show_default=True, help="where the schema goes (relative to the current folder)")
 @click.option("--check", is_flag=True, help="exit 1 if the file differs from the installed components' schema")
-def schema(out_path: Path, check: bool) -> None:
-    """Write the recipe JSON Schema (with every installed component's params) for editors."""
+@click.option("--strict", is_flag=True, help="a plugin that fails to load is an error (else it is left out)")
+def schema(out_path: Path, check: bool, strict: bool) -> None:
+    """Write the recipe JSON Schema (with every installed component's params, your own plugins'
+    included) for editors; --check compares it in CI."""
     from selectkit.schema import recipe_schema_text
 
     try:
-        text = recipe_schema_text(_registry(False))
+        text = recipe_schema_text(_registry(strict))
     except SelectkitError as exc:
         _fail(exc, 2)
     if check:
-        current = out_path.read_text() if out_path.exists() else None
+        current = out_path.read_text(encoding="utf-8") if out_path.exists() else None
         if current != text:
-            click.echo(f"{out_path} is stale: run `selectkit schema` and commit it", err=True)
+            click.echo(f"{out_path} is stale: run `selectkit schema --out {out_path}` and commit it", err=True)
             sys.exit(1)
         click.echo(f"{out_path}: up to date")
         return
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(text)
+    out_path.write_text(text, encoding="utf-8")
     click.echo(f"wrote {out_path}")
 
 
