@@ -176,7 +176,7 @@ def describe_fault(exc: BaseException, last_written: str | None = None) -> str |
         return f"out of memory{detail} (use a smaller batch, --limit, or a larger machine)"
     number = fault_errno(exc)
     if number is None:
-        return None
+        return (str(exc) or type(exc).__name__) if isinstance(exc, OSError) else None
     reason = (exc.strerror if isinstance(exc, OSError) and exc.strerror else os.strerror(number)).lower()
     paths = [p for p in (getattr(exc, "filename", None), getattr(exc, "filename2", None)) if p is not None]
     text = f"{reason} [errno {number}]"
