@@ -421,7 +421,7 @@ def load_model(spec: ModelSpec, base_dir: str | Path = ".", *, allow_remote_code
         model.to(target)
     except (RuntimeError, AssertionError, ValueError) as exc:  # no such device, or torch built without it
         raise ModelError(f"{label}: cannot place the model on {target!r}: {_first_line(exc)}",
-                         hint="set `device:` on the model (auto, cpu, cuda, cuda:N)") from exc
+                         hint="set the model's `device:` to auto, cpu, cuda or cuda:N") from exc
     model.eval()
     limit = spec.max_length
     max_pos = getattr(model.config, "max_position_embeddings", None)

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import cli
 
+from selectkit.errors import describe_fault
+
 RUN = ("--limit", "200", "--quiet")  # quickstart is model-free; 200 rows keep a run to a second or two
 
 
@@ -116,3 +118,21 @@ def test_a_closed_pipe_is_quiet():
     stderr = proc.stderr.read().decode()
     proc.wait(timeout=60)
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+
+
+def test_fault_lines_for_errors_without_a_path():
+    import polars as pl
+
+    class OutOfMemoryError(RuntimeError):  # torch.OutOfMemoryError, matched by name (no torch import)
+        pass
+
+    assert describe_fault(MemoryError()).startswith("out of memory (use a smaller batch")
+    assert describe_fault(OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")).startswith(
+        "out of memory: CUDA out of memory. Tried to allocate 2 GiB")
+    full = pl.exceptions.ComputeError("parquet: underlying IO error: No space left on device (os error 28)")
+    assert describe_fault(full, "/data/out/.selection.parquet.x1") == (
+        "no space left on device [errno 28] (last file opened for writing: /data/out/.selection.parquet.x1) "
+        "(free some space, or write elsewhere: --out, --cache-dir or SELECTKIT_CACHE_DIR)")
+    assert describe_fault(OSError("the hub is unreachable")) == "the hub is unreachable"
+    assert describe_fault(pl.exceptions.ComputeError("a bug, not a fault")) is None
+    assert describe_fault(ValueError("a bug")) is None

@@ -121,3 +121,14 @@ def test_garbage_weights_are_a_model_error_not_a_traceback(demo, tmp_path):
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"error: model 'lm': cannot load {folder} (weights: pytorch_model.bin): RuntimeError: " in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_device_the_machine_lacks_is_a_model_error(demo, tmp_path):
+    recipe = demo / RECIPE
+    text = recipe.read_text()
+    assert "max_length: 256}" in text
+    recipe.write_text(text.replace("max_length: 256}", 'max_length: 256, device: "cuda:99"}'))
+    result = cli("run", recipe, "--limit", "20", "--out", tmp_path / "out")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "error: model 'lm': cannot place the model on 'cuda:99'" in result.stderr
+    assert "Traceback" not in result.stderr
