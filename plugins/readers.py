@@ -1,15 +1,117 @@
-"""Built-in data readers: jsonl, json, csv, parquet, and `datasets.save_to_disk` folders."""
+"""Built-in data readers: jsonl, json, csv, parquet, and `datasets.save_to_disk` folders.
+
+jsonl and parquet read any row range without reading the rest of the file (a line index for
+jsonl, row groups for parquet), so pools of those formats never need to fit in memory.
+"""
 
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
 
-from selectkit.data import Reader
-from selectkit.errors import require
+import numpy as np
+
+from selectkit.data import InMemory, Reader, RowSource
+from selectkit.errors import DataError, require
 from selectkit.hookspecs import hookimpl
 from selectkit.lazy import lazy_import
 
 pl = lazy_import("polars")  # polars loads when data is read, not when a recipe is validated
+
+_BLOCK = 1 << 22
+
+
+class JsonlRows(RowSource):
+    """Rows of a jsonl file by line index: the byte offset and line number of every
+    `STEP`-th non-blank line, built in one pass; a row range is parsed from its bytes alone."""
+
+    STEP = 1024
+
+    def __init__(self, path: Path):
+        self.path = path
+        marks_at, marks_line, rows = [], [], 0
+        offset, line_no, pending = 0, 0, b""
+        with open(path, "rb") as handle:
+            while True:
+                block = handle.read(_BLOCK)
+                if not block:
+                    break
+                data = pending + block
+                ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+                start = 0
+                for end in ends.tolist():
+                    if data[start:end].strip():
+                        if rows % self.STEP == 0:
+                            marks_at.append(offset + start)
+                            marks_line.append(line_no)
+                        rows += 1
+                    line_no += 1
+                    start = end + 1
+                offset += start
+                pending = data[start:]
+            if pending.strip():
+                if rows % self.STEP == 0:
+                    marks_at.append(offset)
+                    marks_line.append(line_no)
+                rows += 1
+        self.rows = rows
+        self.marks_at, self.marks_line = marks_at, marks_line
+        self._columns: list[str] | None = None
+
+    def _lines(self, lo: int, hi: int) -> tuple[list[bytes], list[int]]:
+        """The raw lines of rows [lo, hi) and their 1-based line numbers."""
+        if hi <= lo:
+            return [], []
+        mark = lo // self.STEP
+        row, line_no = mark * self.STEP, self.marks_line[mark]
+        lines, numbers = [], []
+        with open(self.path, "rb") as handle:
+            handle.seek(self.marks_at[mark])
+            for raw in handle:
+                line_no += 1
+                if not raw.strip():
+                    continue
+                if row >= lo:
+                    lines.append(raw if raw.endswith(b"\n") else raw + b"\n")
+                    numbers.append(line_no)
+                row += 1
+                if row >= hi:
+                    break
+        return lines, numbers
+
+    def slice(self, lo: int, hi: int) -> pl.DataFrame:
+        lines, numbers = self._lines(lo, min(hi, self.rows))
+        if not lines:
+            return pl.DataFrame()
+        try:
+            return pl.read_ndjson(io.BytesIO(b"".join(lines)), infer_schema_length=None)
+        except Exception as exc:  # find the line to blame; polars does not say
+            for raw, number in zip(lines, numbers):
+                try:
+                    value = json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError as bad:
+                    raise DataError(f"{self.path.name}:{number}: not valid UTF-8 (byte {bad.start} of the "
+                                    "line)") from None
+                except ValueError as bad:
+                    raise DataError(f"{self.path.name}:{number}: not valid JSON: {bad}") from None
+                if not isinstance(value, dict):
+                    raise DataError(f"{self.path.name}:{number}: a jsonl line must be a JSON object, "
+                                    f"not {type(value).__name__}") from None
+            raise DataError(f"{self.path.name}: cannot read lines {numbers[0]}-{numbers[-1]}: {exc}") from None
+
+    @property
+    def columns(self) -> list[str]:
+        if self._columns is None:
+            self._columns = list(self.slice(0, min(self.rows, 256)).columns)
+        return self._columns
+
+    def line(self, row: int) -> int:
+        _, numbers = self._lines(row, row + 1)
+        return numbers[0] if numbers else row + 1
+
+    def where(self, row: int) -> str:
+        return f"{self.path.name}:{self.line(row)}"
 
 
 class JsonLines(Reader):
@@ -17,13 +119,35 @@ class JsonLines(Reader):
     suffixes = (".jsonl", ".ndjson", ".jsonl.gz")
 
     def read(self, path: Path) -> pl.DataFrame:
-        return pl.read_ndjson(path, infer_schema_length=None)
+        return self.open(path).slice(0, 1 << 62)
+
+    def open(self, path: Path) -> RowSource:
+        if path.name.endswith(".gz"):
+            return InMemory(path, pl.read_ndjson(path, infer_schema_length=None))
+        return JsonlRows(path)
 
     def count_rows(self, path: Path) -> int | None:
         if path.name.endswith(".gz"):
             return None
         with open(path, "rb") as handle:
             return sum(1 for line in handle if line.strip())
+
+
+class ParquetRows(RowSource):
+    def __init__(self, path: Path):
+        self.path = path
+        self.scan = pl.scan_parquet(path)
+        self.rows = self.scan.select(pl.len()).collect().item()
+
+    def slice(self, lo: int, hi: int) -> pl.DataFrame:
+        return self.scan.slice(lo, max(0, min(hi, self.rows) - lo)).collect()
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.scan.collect_schema().names())
+
+    def column(self, name: str) -> pl.Series:
+        return self.scan.select(name).collect()[name]
 
 
 class Json(Reader):
@@ -49,6 +173,9 @@ class Parquet(Reader):
     def read(self, path: Path) -> pl.DataFrame:
         return pl.read_parquet(path)
 
+    def open(self, path: Path) -> RowSource:
+        return ParquetRows(path)
+
     def count_rows(self, path: Path) -> int | None:
         return pl.scan_parquet(path).select(pl.len()).collect().item()
 
@@ -63,7 +190,8 @@ class HuggingFaceDisk(Reader):
         datasets = require("datasets", "models", "the hf_disk reader")
         dataset = datasets.load_from_disk(str(path))
         if isinstance(dataset, datasets.DatasetDict):
-            raise ValueError(f"a DatasetDict with splits {list(dataset)}: point `path` at one split's folder")
+            raise DataError(f"{path} is a DatasetDict with splits {', '.join(dataset)}: point `path` at one split's "
+                            f"folder, e.g. {path / next(iter(dataset))}")
         return pl.from_arrow(dataset.data.table)
 
 

@@ -26,10 +26,13 @@ def validate(path: str | Path, registry: Registry | None = None, limit: int | No
 
 
 def plan(path: str | Path, *, cache_dir: str | Path | None = None, out_dir: str | Path | None = None,
-         devices=None, registry: Registry | None = None, limit: int | None = None) -> Plan:
-    """Validate and compile a recipe into a Plan (cache status included)."""
+         devices=None, registry: Registry | None = None, limit: int | None = None,
+         options: dict | None = None) -> Plan:
+    """Validate and compile a recipe into a Plan (cache status included). `options` holds the
+    command line's settings that shape the work (shard_rows, trust_remote_code); `limit` is recorded."""
+    options = {**(options or {}), **({"limit": limit} if limit is not None else {})}
     return compile(validate(path, registry, limit), Cache(Path(cache_dir) if cache_dir else None),
-                   Path(out_dir) if out_dir else None, devices)
+                   Path(out_dir) if out_dir else None, devices, options)
 
 
 @dataclass
@@ -39,15 +42,15 @@ class RunOutput:
 
 
 def run(path: str | Path, *, cache_dir: str | Path | None = None, out_dir: str | Path | None = None,
-        devices=None, executor: str = "local", progress: Callable[[str], None] | None = None,
+        devices=None, executor: str | None = None, progress: Callable[[str], None] | None = None,
         registry: Registry | None = None, options: dict | None = None, limit: int | None = None) -> RunOutput:
     """Validate, compile and execute a recipe; write its outputs. Returns the result and files."""
-    from selectkit.outputs import write_outputs
-
-    compiled = plan(path, cache_dir=cache_dir, out_dir=out_dir, devices=devices, registry=registry, limit=limit)
-    registry = compiled.checked.registry
-    result = registry.get("executors", executor)().run(compiled, progress=progress, options=options)
-    return RunOutput(result, write_outputs(result, compiled.out_dir))
+    compiled = plan(path, cache_dir=cache_dir, out_dir=out_dir, devices=devices, registry=registry, limit=limit,
+                    options=options)
+    registry = compiled.registry
+    name = executor or compiled.recipe.execution.executor
+    result = registry.get("executors", name)().run(compiled, progress=progress, options=options)
+    return RunOutput(result, result.files)
 
 
 __all__ = ["Checked", "LoadedRecipe", "Plan", "RunResult", "load", "plan", "run", "validate"]

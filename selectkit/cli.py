@@ -148,17 +148,27 @@ def _with(options):
     return decorate
 
 
+shard_option = click.option("--shard-rows", type=click.IntRange(min=1),
+                            help="rows per shard of the pool (the unit of resume and parallel work)")
+
+
 @main.command()
 @click.argument("recipe", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), help="plan for the first N rows of every source")
+@shard_option
 @_with(device_options)
-def plan(recipe: Path, devices: str | None, assume: str | None, cache_dir: Path | None) -> None:
-    """Show the execution plan: stages, resolved defaults, cache hits, cost estimates."""
+def plan(recipe: Path, fmt: str, limit: int | None, shard_rows: int | None, devices: str | None,
+         assume: str | None, cache_dir: Path | None) -> None:
+    """Show the execution plan: the steps, resolved defaults, cache hits, cost estimates."""
     from selectkit.api import plan as make_plan
 
     try:
-        click.echo(make_plan(recipe, cache_dir=cache_dir, devices=_devices(devices, assume)).render())
+        compiled = make_plan(recipe, cache_dir=cache_dir, devices=_devices(devices, assume), limit=limit,
+                             options={"shard_rows": shard_rows} if shard_rows else None)
     except SelectkitError as exc:
         _fail(exc)
+    click.echo(json.dumps(compiled.to_json(), indent=2) if fmt == "json" else compiled.render())
 
 
 @main.command()
@@ -168,20 +178,22 @@ def plan(recipe: Path, devices: str | None, assume: str | None, cache_dir: Path 
 @click.option("--trust-remote-code", is_flag=True, help="allow models whose recipe entry also allows it")
 @click.option("--quiet", "-q", is_flag=True, help="no progress messages")
 @click.option("--limit", type=click.IntRange(min=1), help="read only the first N rows of every source (a quick trial)")
+@shard_option
 @_with(device_options)
 def run(recipe: Path, out_dir: Path | None, dry_run: bool, trust_remote_code: bool, quiet: bool, limit: int | None,
-        devices: str | None, assume: str | None, cache_dir: Path | None) -> None:
+        shard_rows: int | None, devices: str | None, assume: str | None, cache_dir: Path | None) -> None:
     """Run a recipe and write selection.parquet, the subset and manifest.json."""
     from selectkit import api
 
     inventory = _devices(devices, assume)
+    options = {k: v for k, v in (("trust_remote_code", trust_remote_code or None), ("shard_rows", shard_rows))
+               if v is not None}
     try:
         if dry_run:
             click.echo(api.plan(recipe, cache_dir=cache_dir, out_dir=out_dir, devices=inventory,
-                                limit=limit).render())
+                                limit=limit, options=options).render())
             return
         progress = None if quiet else (lambda message: click.echo(f"  {message}", err=True))
-        options = {"trust_remote_code": True} if trust_remote_code else None
         output = api.run(recipe, cache_dir=cache_dir, out_dir=out_dir, devices=inventory, progress=progress,
                          options=options, limit=limit)
     except SelectkitError as exc:
@@ -197,15 +209,15 @@ def summary(output) -> str:
     recipe = result.plan.recipe
     n, k = len(result.pool), len(result.ranking)
     cached = sum(r.status == "cached" for r in result.reports if r.key)
-    computed = sum(r.status == "computed" for r in result.reports if r.key)
+    computed = sum(r.status in ("computed", "resumed") for r in result.reports if r.key)
     lines = [f"selected {k} of {n} examples ({k / n:.1%}) -> {output.files['selection'].parent}",
-             f"stages: {computed} computed, {cached} from cache"]
+             f"steps: {computed} computed, {cached} from cache"]
     for report in result.reports:
         if report.kind == "select":
             lines.append(f"  {report.label}: kept {report.detail['kept']}")
     column = recipe.output.summarize_by
-    if column and column in result.pool.rows.columns:
-        groups = result.pool.rows[column].cast(str).to_numpy()
+    if column and column in result.pool.columns:
+        groups = result.pool.column(column).cast(str).fill_null("(none)").to_numpy()
         names, pool_counts = np.unique(groups, return_counts=True)
         chosen = dict(zip(*np.unique(groups[result.ranking], return_counts=True)))
         lines.append(f"by {column}:  selected / pool")
@@ -322,13 +334,16 @@ def cache() -> None:
 @click.option("--cache-dir", type=click.Path(path_type=Path))
 def cache_list(cache_dir: Path | None) -> None:
     """List cached artifacts."""
+    import datetime
+
     from selectkit.cache import Cache
 
     store = Cache(cache_dir)
     entries = store.entries()
-    for kind, key, size in entries:
-        click.echo(f"{kind:<12} {key}  {size / 1e6:8.2f} MB")
-    click.echo(f"{len(entries)} artifacts in {store.root}")
+    for e in entries:
+        used = datetime.datetime.fromtimestamp(e.last_used).strftime("%Y-%m-%d %H:%M") if e.last_used else "-"
+        click.echo(f"{e.kind:<12} {e.key}  {e.bytes / 1e6:9.2f} MB  used {used}  {e.label}")
+    click.echo(f"{len(entries)} artifacts, {sum(e.bytes for e in entries) / 1e6:.2f} MB in {store.root}")
 
 
 @cache.command("prune")
@@ -344,10 +359,64 @@ def cache_prune(cache_dir: Path | None, keep_recipes: tuple[Path, ...]) -> None:
     keep: set[str] = set()
     try:
         for recipe in keep_recipes:
-            compiled = api.plan(recipe, cache_dir=cache_dir)
-            keep |= {s.key for s in compiled.stages if s.key}
+            keep |= api.plan(recipe, cache_dir=cache_dir).keys()
     except SelectkitError as exc:
         _fail(exc)
     freed = store.prune(keep)
     click.echo(f"freed {freed / 1e6:.2f} MB from {store.root}")
 
+
+
+# finished runs: report, explain, diff (thin layers over selectkit.report, .explain, .diff) ----------
+run_dir_argument = click.argument("run_dir", type=click.Path(path_type=Path))
+
+
+@main.command()
+@run_dir_argument
+@click.option("--out", "out_path", type=click.Path(path_type=Path),
+              help="where to write (default: RUN_DIR/report.html)")
+@click.option("--no-figures", is_flag=True, help="tables only (the page without matplotlib)")
+def report(run_dir: Path, out_path: Path | None, no_figures: bool) -> None:
+    """Rebuild report.html, a self-contained offline page, from a finished run's files."""
+    from selectkit.report import write_report
+
+    try:
+        path = write_report(run_dir, out=out_path, figures=False if no_figures else None)
+    except SelectkitError as exc:
+        _fail(exc)
+    click.echo(f"wrote {path}")
+
+
+@main.command()
+@run_dir_argument
+@click.argument("ids", nargs=-1, required=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def explain(run_dir: Path, ids: tuple[str, ...], fmt: str) -> None:
+    """Why examples were selected or not: rank, scores and pool percentiles, the stage that dropped them."""
+    from selectkit.explain import explain as explain_ids
+    from selectkit.explain import render_text
+
+    try:
+        records = explain_ids(run_dir, list(ids))
+    except SelectkitError as exc:
+        _fail(exc)
+    click.echo(json.dumps(records, indent=2) if fmt == "json" else render_text(records))
+
+
+@main.command()
+@click.argument("run_a", type=click.Path(path_type=Path))
+@click.argument("run_b", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True)
+@click.option("--top", type=click.IntRange(min=0), default=10, show_default=True,
+              help="examples entering and leaving shown")
+def diff(run_a: Path, run_b: Path, fmt: str, top: int) -> None:
+    """Compare two finished runs: overlap, composition, examples entering and leaving, score shifts."""
+    from selectkit import diff as diffing
+
+    try:
+        result = diffing.diff(run_a, run_b, top=top)
+    except SelectkitError as exc:
+        _fail(exc)
+    renders = {"json": lambda d: json.dumps(d, indent=2), "markdown": diffing.render_markdown,
+               "text": diffing.render_text}
+    click.echo(renders[fmt](result))

@@ -81,6 +81,7 @@ def check(loaded: LoadedRecipe, registry: Registry | None = None) -> Checked:
     scores = {name: node for name, spec in recipe.scores.items()
               if (node := _check_score(name, spec, loaded, registry, out)) is not None}
     stages = _check_stages(loaded, registry, scores, sources, out)
+    _check_output(loaded, sources, out)
     if out.errors:
         raise RecipeErrors(out.errors)
     return Checked(loaded, registry, sources, dict(recipe.models), scores, stages)
@@ -110,6 +111,27 @@ def _check_sources(loaded: LoadedRecipe, registry: Registry, out: _Collector) ->
             rows = min(rows, spec.limit)
         found[name] = SourceNode(name, path, reader.name, spec, rows)
     return found
+
+
+def _check_output(loaded: LoadedRecipe, sources: dict[str, SourceNode], out: _Collector) -> None:
+    """The output folder must not be, hold or lie inside an input (sources, model folders)."""
+    from selectkit.outputs import output_conflicts
+
+    recipe = loaded.recipe
+    out_dir = loaded.resolve_path(recipe.output.dir.replace("{name}", recipe.name))
+    inputs = {f"{name} source": node.path for name, node in sources.items()}
+    try:
+        from selectkit.models import resolve_model_path
+
+        for name, spec in recipe.models.items():
+            for what, path in (("model", spec.path), ("LoRA adapter", spec.lora)):
+                folder = resolve_model_path(path, loaded.base) if path else None
+                if isinstance(folder, Path):
+                    inputs[f"{what} {name!r}"] = folder
+    except SelectkitError:  # a model that does not resolve is reported by _check_models
+        pass
+    for problem in output_conflicts(out_dir, inputs):
+        out.add(problem, ("output", "dir"), hint="choose another output.dir")
 
 
 def _check_models(loaded: LoadedRecipe, out: _Collector) -> None:

@@ -10,15 +10,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from selectkit.budget import BudgetField
-
-if TYPE_CHECKING:  # pragma: no cover
-    from selectkit.data import Dataset
 
 
 class Shape(str, Enum):
@@ -107,8 +104,8 @@ class Component:
 
 
 def rng_for(seed: int, *labels: str) -> np.random.Generator:
-    """A generator seeded from the recipe seed and stable labels (stage name, shard...),
-    so every random choice is reproducible and independent of process count."""
+    """A generator seeded from the recipe seed and stable labels, for draws that do not belong
+    to rows (a k-means seed, a fold split of targets). Per-row draws use `selectkit.noise`."""
     digest = hashlib.sha256("\x1f".join(labels).encode()).digest()
     return np.random.default_rng([seed, int.from_bytes(digest[:8], "little")])
 
@@ -118,38 +115,42 @@ def rng_for(seed: int, *labels: str) -> np.random.Generator:
 
 @dataclass(frozen=True)
 class FeatureRequest:
-    """A per-example feature a scorer needs from a model pass over one data source.
+    """Something a scorer needs from a model pass: a `kind` that some pass provider serves
+    (token_logprobs, loss, embedding, grad_features, ...), over one data source, with settings.
 
-    `data` is "pool" or a target name; `settings` are hashable (name, value) pairs
-    (e.g. (("pooling", "mean"),)). The planner runs each distinct (model, data, kind,
-    settings) once and fuses the forward-only kinds of one model into one pass.
+    `data` is "pool" or a target name; `settings` are hashable (name, value) pairs; `model` names
+    an entry under `models` (None: the scorer's own model). The planner computes each distinct
+    request once and fuses the requests one provider can serve together (e.g. every forward
+    feature of one model over one source comes from one forward pass).
     """
 
-    kind: str  # token_logprobs | loss | embedding | ... (see selectkit.features)
+    kind: str
     data: str = "pool"
     settings: tuple[tuple[str, Any], ...] = ()
+    model: str | None = None
 
 
 @dataclass
 class ScoreContext:
-    """What a scorer may read. `targets` holds only the targets the score names."""
+    """What a scorer may read. `targets` holds only the targets the score names. For a `rowwise`
+    scorer `pool` is one shard (a Dataset) and `stats` the merged `statistics` of every shard;
+    otherwise `pool` is the whole pool (selectkit.pool.Pool: ids, columns, shards) and
+    `features` answers the scorer's `feature_requests`."""
 
-    pool: Dataset
-    targets: dict[str, Dataset]
+    pool: Any
+    targets: dict[str, Any]
     seed: int
-    model: Any = None  # a resolved model spec, for scorers that declare `model_kinds`
-    features: Any = None  # feature store of the model passes (see the model issue)
-    workdir: Any = None  # a scratch folder for shards that survive a killed run
-    models: dict[str, Any] = field(default_factory=dict)  # every ModelSpec of the recipe (for `model_params`)
-    base: Any = None  # the recipe's folder: relative model and data paths resolve against it
-    trust_remote_code: bool = False  # the command line's --trust-remote-code (the recipe must allow it too)
+    model: Any = None  # the scorer's ModelSpec, for scorers that declare `model_kinds`
+    features: Any = None  # selectkit.passes.Features: values of the requested pass outputs
+    stats: Any = None  # merged per-shard statistics (rowwise scorers that declare them)
 
     def rng(self, *labels: str) -> np.random.Generator:
         return rng_for(self.seed, *labels)
 
 
 class Scorer(Component):
-    """Turns pool (and target) data into a Score."""
+    """Turns pool (and target) data into a Score. A scorer computes; it never loads a model
+    (it declares `feature_requests` and a pass provider computes them)."""
 
     kind: ClassVar[str] = "scorer"
     output: ClassVar[Shape] = Shape.VECTOR
@@ -158,14 +159,24 @@ class Scorer(Component):
     model_kinds: ClassVar[tuple[str, ...]] = ()  # model kinds it accepts; empty: needs no model
     model_params: ClassVar[tuple[str, ...]] = ()  # params naming further entries under `models`
     higher_is_better: ClassVar[bool] = True
+    rowwise: ClassVar[bool] = False  # each row's score depends on its own row (and `stats`) only
+    extras: ClassVar[tuple[str, ...]] = ()  # optional extras it needs (checked at validate time)
 
     def output_shape(self) -> Shape:
         """The shape this configured scorer produces (may depend on params)."""
         return self.output
 
     def feature_requests(self, targets: list[str]) -> list[FeatureRequest]:
-        """Model-pass features this scorer reads through `ctx.features` (none by default)."""
+        """Pass outputs this scorer reads through `ctx.features` (none by default)."""
         return []
+
+    def statistics(self, ctx: ScoreContext) -> dict[str, np.ndarray] | None:
+        """Rowwise scorers that need pool-wide statistics: this shard's part (arrays that `merge` combines)."""
+        return None
+
+    def merge(self, parts: list[dict[str, np.ndarray]], ctx: ScoreContext) -> Any:
+        """Combine shards' statistics, in shard order (default: sum each array)."""
+        return {name: sum(p[name] for p in parts) for name in parts[0]} if parts else {}
 
     def run(self, ctx: ScoreContext) -> Score:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -176,7 +187,7 @@ class Scorer(Component):
 
 @dataclass
 class NormalizeContext:
-    pool: Dataset
+    pool: Any  # selectkit.pool.Pool: ids and `column(name)` for per-group statistics
     seed: int
 
 
@@ -195,19 +206,51 @@ class Normalizer(Component):
 
 @dataclass
 class SelectContext:
-    """What a selector stage sees: the surviving candidates (pool indices, ascending),
-    the score it names (over the whole pool), every score, and its budget."""
+    """What a selector stage sees: the surviving candidates (pool indices, in the order of their
+    row keys, so an algorithm that walks them in order gives the same result however the pool's
+    rows are ordered or split), the score it names (over the whole pool), every score, its budget.
+
+    Random draws about rows come from `uniform`/`gumbel`: each candidate's value is a hash of
+    (seed, stage, labels, row id), so a selection does not depend on row order or sharding.
+    Ties are broken by `keys` too (see `best_first`)."""
 
     candidates: np.ndarray
-    pool: Dataset
+    pool: Any  # selectkit.pool.Pool (or a Dataset in unit tests): token_counts, column(name)
     seed: int
     stage: str
     score: Score | None = None
     scores: dict[str, Score] = field(default_factory=dict)
-    targets: dict[str, Dataset] = field(default_factory=dict)
+    targets: dict[str, Any] = field(default_factory=dict)
+    keys: np.ndarray | None = None  # a stable uint64 per pool row (selectkit.noise.row_keys of the ids)
 
     def rng(self, *labels: str) -> np.random.Generator:
+        """A generator for draws that do not belong to rows (a k-means seed, a permutation of clusters)."""
         return rng_for(self.seed, self.stage, *labels)
+
+    def row_keys(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Keys of `rows` (pool indices; default: the candidates)."""
+        from selectkit.noise import row_keys
+
+        if self.keys is None:
+            self.keys = row_keys(self.pool.ids)
+        return self.keys[self.candidates if rows is None else rows]
+
+    def uniform(self, *labels: str, rows: np.ndarray | None = None) -> np.ndarray:
+        """Per-row uniform (0, 1) draws for `rows` (default: the candidates), keyed by row id."""
+        from selectkit.noise import uniform
+
+        return uniform(self.seed, (self.stage, *labels), self.row_keys(rows))
+
+    def gumbel(self, *labels: str, rows: np.ndarray | None = None) -> np.ndarray:
+        from selectkit.noise import gumbel
+
+        return gumbel(self.seed, (self.stage, *labels), self.row_keys(rows))
+
+    def best_first(self, values: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """Positions into `values` (one per row of `rows`, default the candidates) from best to
+        worst; equal values are ordered by row key, never by position."""
+        keys = self.row_keys(rows)
+        return np.lexsort((keys, -np.asarray(values, dtype=np.float64)))
 
     def take(self, order: np.ndarray, budget=None) -> np.ndarray:
         """Cut a best-first order of pool indices to the stage's budget (count, fraction, tokens)."""

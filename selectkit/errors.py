@@ -96,6 +96,10 @@ class SelectkitError(Exception):
         return diagnostic(self.message, code=self.code, location=self.location, hint=self.hint)
 
 
+class SelectkitWarning(UserWarning):
+    """Something a user should know that did not stop the run (recomputed cache entry, skipped rows...)."""
+
+
 class RecipeError(SelectkitError):
     """The recipe is malformed or does not type-check."""
 

@@ -9,7 +9,6 @@ config.json and token lengths sampled from the data. Pure Python: never imports 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -222,7 +221,8 @@ def batch_tokens_that_fit(facts: Any, free_bytes: int, dtype: str, *, weights_lo
 
 @dataclass(frozen=True)
 class PassEstimate:
-    """Cost of one model pass over `examples` rows split evenly over the devices."""
+    """Cost of one model pass over `examples` rows split evenly over the devices (repeated
+    `passes` times: checkpoints, epochs, readings)."""
 
     examples: int
     tokens: float
@@ -237,6 +237,20 @@ class PassEstimate:
     seconds: float | None
     fits: bool
     note: str = ""
+    device_kind: str = "cpu"
+    gpus: int = 0
+    what: str = ""  # e.g. "forward", "forward + backward x 2 checkpoints"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"examples": self.examples, "tokens": self.tokens, "flops": self.flops, "seconds": self.seconds,
+                "peak_bytes": self.peak_bytes, "batch_tokens": self.batch_tokens, "devices": self.device_label,
+                "fits": self.fits, "what": self.what}
+
+    def scaled(self, times: float, what: str) -> PassEstimate:
+        from dataclasses import replace
+
+        return replace(self, flops=self.flops * times, seconds=None if self.seconds is None else self.seconds * times,
+                       what=what)
 
     def as_detail(self) -> dict[str, str]:
         """Human-readable lines for the plan."""
@@ -244,6 +258,7 @@ class PassEstimate:
         if self.device_memory:
             mem += f" of {_bytes(self.device_memory)}"
         detail = {
+            "work": self.what or "forward",
             "devices": self.device_label,
             "tokens": f"≈ {self.tokens:,.0f} ({self.examples:,} examples)",
             "flops": f"{self.flops:.2e}",
@@ -293,32 +308,19 @@ def estimate_model_pass(facts: Any, *, examples: int, mean_tokens: float, invent
     label = str(Inventory(tuple(used), inventory.source))
     rows = max(1, int(batch_tokens // max(mean_tokens, 1)))
     return PassEstimate(examples, tokens, flops, weights, batch_tokens, rows, peak, device.memory_bytes, n, label,
-                        seconds, fits, note)
+                        seconds, fits, note, device.kind, len(inventory.gpus),
+                        "forward + backward" if backward else "forward")
 
 
 # ---------------------------------------------------------------- from a checked recipe
 
 
-def sample_texts(source: Any, registry: Any = None, rows: int = SAMPLE_ROWS) -> list[str]:
-    """The texts of the first `rows` rows of a data source (jsonl read line by line)."""
-    import polars as pl
+def sample_texts(source: Any, rows: int = SAMPLE_ROWS) -> list[str]:
+    """The texts of the first `rows` rows of a source (a selectkit.pool.SourceSpec)."""
+    from selectkit.pool import Table, read_shard
 
-    from selectkit.data import render_texts
-
-    path = Path(source.path)
-    if path.is_file() and path.name.endswith((".jsonl", ".ndjson")):
-        records = []
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                if line.strip():
-                    records.append(json.loads(line))
-                if len(records) >= rows:
-                    break
-        frame = pl.DataFrame(records, infer_schema_length=None)
-    else:
-        readers = {n: e.cls for n, e in registry.components["readers"].items()}
-        frame = readers[source.reader]().read(path).head(rows)
-    return render_texts(frame, source.spec.text, source.name)
+    table = Table(source)
+    return read_shard(table, 0, min(rows, table.rows)).texts if table.rows else []
 
 
 def token_lengths(texts: Sequence[str], spec: Any, base_dir: str | Path) -> list[int]:
@@ -343,32 +345,37 @@ def token_lengths(texts: Sequence[str], spec: Any, base_dir: str | Path) -> list
     return [max(1, math.ceil(len(t) / 4)) + 1 for t in texts]
 
 
-def estimate_pass(checked: Any, model: str, requests: Sequence[Any], devices: Inventory | None = None) -> dict:
-    """Plan detail lines for the pass of `model` over the data its `requests` name."""
+@lru_cache(maxsize=64)
+def _mean_tokens(source: Any, spec_json: str, base_dir: str) -> float:
+    from selectkit.recipe import ModelSpec
+
+    spec = ModelSpec.model_validate_json(spec_json)
+    sample = token_lengths(sample_texts(source), spec, base_dir)
+    limit = spec.max_length
+    return sum(min(n, limit) for n in sample) / max(1, len(sample))
+
+
+def model_pass(model: Any, data: str, ctx: Any, *, backward: bool = False, hidden_states: bool = False,
+               examples: int | None = None) -> PassEstimate | None:
+    """Estimate one pass of `model` (a ModelRef) over `examples` rows of source `data`."""
     from selectkit.models import model_facts
 
-    spec = checked.models[model]
-    facts = model_facts(spec, checked.loaded.base)
+    facts = model_facts(model.spec, model.base)
     if facts is None:
-        return {"estimate": "unavailable (model config not on disk)"}
-    inventory = devices if isinstance(devices, Inventory) else detect_inventory()
-    max_length = min(spec.max_length, facts.max_positions or spec.max_length)
-    examples, tokens = 0, 0.0
-    for data in dict.fromkeys(r.data for r in requests):
-        source = checked.sources[data]
-        sample = token_lengths(sample_texts(source, checked.registry), spec, checked.loaded.base)
-        mean = sum(min(n, max_length) for n in sample) / max(1, len(sample))
-        rows = source.rows if source.rows is not None else _guess_rows(source.path, len(sample))
-        examples += rows
-        tokens += rows * mean
-    backward = any("grad" in r.kind for r in requests)
-    hidden = any(r.kind == "embedding" for r in requests) and spec.kind != "embedding"
-    est = estimate_model_pass(facts, examples=examples, mean_tokens=tokens / max(1, examples), inventory=inventory,
-                              dtype=spec.dtype, max_length=max_length, backward=backward, hidden_states=hidden,
-                              logits=spec.kind != "embedding")
-    detail = {"params": f"{facts.params:,}" + ("" if facts.params_exact else " (estimated from config)")}
-    detail.update(est.as_detail())
-    return detail
+        return None
+    inventory = ctx.inventory if isinstance(ctx.inventory, Inventory) else detect_inventory()
+    max_length = min(model.spec.max_length, facts.max_positions or model.spec.max_length)
+    source = ctx.sources[data]
+    mean = _mean_tokens(source, model.spec.model_dump_json(), str(model.base))
+    rows = examples if examples is not None else (ctx.rows.get(data) or _guess_rows(source.files[0], SAMPLE_ROWS))
+    return estimate_model_pass(facts, examples=rows, mean_tokens=mean, inventory=inventory, dtype=model.spec.dtype,
+                               max_length=max_length, backward=backward, hidden_states=hidden_states,
+                               logits=model.spec.kind != "embedding")
+
+
+def forward_estimate(model: Any, requests: Sequence[Any], data: str, ctx: Any) -> PassEstimate | None:
+    hidden = any(r.kind == "embedding" for r in requests) and model.spec.kind != "embedding"
+    return model_pass(model, data, ctx, hidden_states=hidden)
 
 
 def _guess_rows(path: Path, sampled: int) -> int:

@@ -1,25 +1,32 @@
-"""The local executor: runs a Plan in this process, reusing every cached artifact.
+"""The local executor: walks a Plan's steps in this process, reusing every cached artifact.
 
-It owns the operational concerns (data loading, model passes, caching, progress, timing);
-components only compute. The result feeds `selectkit.outputs`."""
+Steps are pulled on demand from the write step backwards: a step runs only when something
+that is not cached needs its output, so a cached score needs no model pass, and an artifact
+found corrupt on reading is simply computed again (its inputs are pulled then). The executor
+owns the operational concerns (loading models through the one loader, splitting a pass over
+devices, progress, timing); components only compute."""
 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
-from selectkit.compiler import ScoreNode
+from selectkit.cache import score_meta
 from selectkit.components import NormalizeContext, Score, ScoreContext, SelectContext, Selection, Shape
-from selectkit.data import Dataset, load_dataset
-from selectkit.errors import PluginError, SelectkitError
-from selectkit.plan import Plan
+from selectkit.errors import PluginError, SelectkitError, SelectkitWarning
+from selectkit.noise import canonical_order
+from selectkit.passes import Features, PassContext
+from selectkit.plan import Plan, Step
+from selectkit.progress import Reporter, as_reporter
 
 Progress = Callable[[str], None]
+NOT_DROPPED = -1
 
 
 @dataclass
@@ -27,23 +34,32 @@ class StageReport:
     kind: str
     label: str
     key: str | None
-    status: str  # computed | cached
+    status: str  # computed | resumed | cached | not needed
     seconds: float
     detail: dict = field(default_factory=dict)
+    step: str = ""
 
 
 @dataclass
 class RunResult:
     plan: Plan
-    pool: Dataset
-    targets: dict[str, Dataset]
+    pool: Any  # selectkit.pool.Pool
+    targets: dict[str, Any]
     scores: dict[str, Score]
     stage_selections: list[Selection]
-    dropped_by: list[str | None]  # per pool row
+    dropped_code: np.ndarray  # per pool row: index into `dropped_labels`, -1 when kept
+    dropped_labels: list[str]
     ranking: np.ndarray  # selected pool indices, best first
     weights: np.ndarray  # per pool row
     counts: np.ndarray  # per pool row
     reports: list[StageReport]
+    files: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def dropped_by(self) -> list[str | None]:
+        labels = self.dropped_labels
+        return [labels[c] if c >= 0 else None for c in self.dropped_code.tolist()]
 
 
 class Executor:
@@ -51,7 +67,7 @@ class Executor:
 
     name: ClassVar[str]
 
-    def run(self, plan: Plan, progress: Progress | None = None, options: dict | None = None) -> RunResult:
+    def run(self, plan: Plan, progress: Reporter | Progress | None = None, options: dict | None = None) -> RunResult:
         raise NotImplementedError  # pragma: no cover
 
 
@@ -60,139 +76,348 @@ class LocalExecutor(Executor):
 
     name = "local"
 
-    def run(self, plan: Plan, progress: Progress | None = None, options: dict | None = None) -> RunResult:
-        say = progress or (lambda message: None)
-        checked = plan.checked
-        reports: list[StageReport] = []
-        readers = {n: e.cls for n, e in checked.registry.components["readers"].items()}
-        datasets: dict[str, Dataset] = {}
-        for name, src in checked.sources.items():
+    def run(self, plan: Plan, progress: Reporter | Progress | None = None, options: dict | None = None) -> RunResult:
+        run = Run(plan, as_reporter(progress), dict(options or {}))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", SelectkitWarning)
+            result = run.execute()
+        for w in caught:
+            if issubclass(w.category, SelectkitWarning):
+                text = str(w.message)
+                if text not in result.warnings:
+                    result.warnings.append(text)
+                    run.reporter.message(f"warning: {text}")
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        return result
+
+
+class Run:
+    """The state of one run: values of the steps pulled so far, and the selection being built."""
+
+    def __init__(self, plan: Plan, reporter: Reporter, options: dict):
+        self.plan, self.reporter, self.options = plan, reporter, options
+        self.cache = plan.cache
+        self.values: dict[str, Any] = {}
+        self.status: dict[str, tuple[str, float, dict]] = {}
+        self.pool: Any = None
+        self.targets: dict[str, Any] = {}
+        self._loaded: tuple[Any, Any] | None = None  # (args, model): a model reused by consecutive pass steps
+
+    # ------------------------------------------------------------ driving
+    def execute(self) -> RunResult:
+        self.cache.ensure_writable()
+        for step in self.plan.steps:
+            if step.kind == "read":
+                self.get(step.id)
+        finals = [s for s in self.plan.steps if s.kind == "select"]
+        selection = self.get(finals[-1].id) if finals else self._initial()
+        selected = np.zeros(selection["n"], dtype=bool)
+        selected[selection["candidates"]] = True
+        weights = selection["weights"] if selection["weights"] is not None else selected.astype(np.float64)
+        counts = selection["counts"] if selection["counts"] is not None else selected.astype(np.int64)
+        scores = {}
+        for step in self.plan.steps:
+            if step.kind in ("score", "normalize"):
+                name = step.payload.node.name if step.kind == "score" else step.payload.score
+                scores[name] = self.get(step.id)  # the last one of a chain wins: the normalized values
+        result = RunResult(self.plan, self.pool, self.targets, scores, selection["selections"],
+                           selection["dropped"], selection["labels"], selection["ranking"], weights, counts, [])
+        write = [s for s in self.plan.steps if s.kind == "write"]
+        if write:
             started = time.perf_counter()
-            datasets[name] = load_dataset(name, src.path, text=src.spec.text, id_column=src.spec.id,
-                                          limit=src.spec.limit, fmt=src.spec.format, readers=readers)
-            reports.append(StageReport("load", name, None, "computed", time.perf_counter() - started,
-                                       {"rows": len(datasets[name])}))
-            say(f"read {name}: {len(datasets[name])} rows")
-        pool = datasets["pool"]
-        targets = {k: v for k, v in datasets.items() if k != "pool"}
-        stores = self._feature_passes(plan, datasets, reports, say, options or {})
-        self.trust_remote_code = bool((options or {}).get("trust_remote_code"))
-        scores = {name: self._score(plan, node, pool, targets, stores, reports, say)
-                  for name, node in checked.scores.items()}
-        return self._select(plan, pool, targets, scores, reports, say)
+            self.reporter.step_started(write[0])
+            from selectkit.outputs import write_outputs
 
-    # model passes -----------------------------------------------------------------
-    def _feature_passes(self, plan: Plan, datasets, reports, say, options) -> dict:
-        stores = {}
-        checked = plan.checked
-        for model, requests in plan.feature_requests.items():
-            pending = [n for n, node in checked.scores.items()
-                       if node.model == model and not plan.cache.has("scores", plan.score_keys[n])]
-            if not pending:
-                continue
-            from selectkit.features import compute_features
+            self.status[write[0].id] = ("computed", 0.0, {})
+            result.reports = self.reports()
+            result.files = write_outputs(result, write[0].payload.out_dir)
+            self.status[write[0].id] = ("computed", time.perf_counter() - started, {})
+            self.reporter.step_finished(write[0], "computed", time.perf_counter() - started)
+        result.reports = self.reports()
+        return result
 
-            started = time.perf_counter()
-            say(f"model pass: {model} ({', '.join(sorted({r.kind for r in requests}))})")
-            workdir = plan.cache.root / "passes" / model / plan.fingerprints["pool"][:16]
-            args = (checked.models[model], checked.loaded.base, datasets, requests)
-            devices = pass_devices(plan.devices, checked.models[model].device)
-            if len(devices) > 1:  # each device computes every k-th shard; the call below assembles them
-                say(f"model pass {model}: splitting shards over {', '.join(devices)}")
-                with ThreadPoolExecutor(len(devices)) as pool:
-                    jobs = [pool.submit(compute_features, *args, workdir=workdir, progress=say, name=model,
-                                        device=d, worker=(i, len(devices)), **options)
-                            for i, d in enumerate(devices)]
-                    for job in jobs:
-                        job.result()
-            stores[model] = compute_features(*args, workdir=workdir, progress=say, name=model, **options)
-            reports.append(StageReport("model-pass", model, None, "computed", time.perf_counter() - started))
-        return stores
+    def reports(self) -> list[StageReport]:
+        out = []
+        for step in self.plan.steps:
+            status, seconds, detail = self.status.get(step.id, ("not needed", 0.0, {}))
+            kind = "model-pass" if step.kind == "pass" else ("load" if step.kind == "read" else step.kind)
+            label = step.label if step.kind != "read" else step.id.split(":", 1)[1]
+            out.append(StageReport(kind, label, step.key, status, seconds, detail, step.id))
+        return out
 
-    # scores ------------------------------------------------------------------------
-    def _score(self, plan: Plan, node: ScoreNode, pool, targets, stores, reports, say) -> Score:
-        key = plan.score_keys[node.name]
-        cache = plan.cache
+    def get(self, step_id: str) -> Any:
+        if step_id in self.values:
+            return self.values[step_id]
+        step = self.plan.step(step_id)
         started = time.perf_counter()
-        if cache.has("scores", key):
-            score = cache.load_score(key)
-            reports.append(StageReport("score", node.name, key, "cached", time.perf_counter() - started))
-        else:
-            say(f"scoring {node.name} ({node.scorer.name})")
-            ctx = ScoreContext(pool=pool, targets={t: targets[t] for t in node.targets},
-                               seed=plan.recipe.seed, model=plan.checked.models.get(node.model),
-                               features=stores.get(node.model), workdir=cache.root / "work" / key,
-                               models=plan.checked.models, base=plan.checked.loaded.base,
-                               trust_remote_code=self.trust_remote_code)
-            score = check_score(node, node.scorer.run(ctx), len(pool))
-            cache.save_score(key, score)
-            reports.append(StageReport("score", node.name, key, "computed", time.perf_counter() - started))
-        for normalizer, nkey in zip(node.normalizers, plan.normalize_keys[node.name]):
-            started = time.perf_counter()
-            if cache.has("scores", nkey):
-                score = cache.load_score(nkey)
-                status = "cached"
-            else:
-                score = check_score(node, normalizer.run(score, NormalizeContext(pool=pool, seed=plan.recipe.seed)),
-                                    len(pool), what=f"normalizer {normalizer.name!r}")
-                cache.save_score(nkey, score)
-                status = "computed"
-            reports.append(StageReport("normalize", f"{node.name} <- {normalizer.name}", nkey, status,
-                                       time.perf_counter() - started))
-        return score
+        self.reporter.step_started(step)
+        value, status, detail = getattr(self, f"_{step.kind}")(step)
+        seconds = time.perf_counter() - started
+        self.values[step_id] = value
+        self.status[step_id] = (status, seconds, detail)
+        self.reporter.step_finished(step, status, seconds)
+        return value
 
-    # selection -----------------------------------------------------------------------
-    def _select(self, plan: Plan, pool, targets, scores, reports, say) -> RunResult:
-        n = len(pool)
-        candidates = np.arange(n, dtype=np.int64)
-        dropped_by: list[str | None] = [None] * n
-        ranking: np.ndarray | None = None
-        weights = counts = None
-        selections = []
-        for node, key in zip(plan.checked.stages, plan.stage_keys):
-            started = time.perf_counter()
-            params = node.selector.params
-            if plan.cache.has("selections", key):
-                selection = plan.cache.load_selection(key)
-                status = "cached"
-            else:
-                say(f"selecting: {node.label} ({node.selector.name}) over {len(candidates)} candidates")
-                ctx = SelectContext(candidates=candidates, pool=pool, seed=plan.recipe.seed, stage=node.label,
-                                    score=scores.get(params.score) if params.score else None, scores=scores,
-                                    targets=targets)
-                selection = check_selection(node.selector.name, node.selector.run(ctx), candidates)
-                plan.cache.save_selection(key, selection)
-                status = "computed"
-            kept = np.asarray(selection.indices, dtype=np.int64)
-            kept_set = np.zeros(n, dtype=bool)
-            kept_set[kept] = True
-            for i in candidates[~kept_set[candidates]]:
-                dropped_by[i] = node.label
-            if params.budget is not None or ranking is None:
-                ranking = kept
-            else:
-                ranking = ranking[kept_set[ranking]]
-            if selection.weights is not None:
-                weights = np.zeros(n)
-                weights[kept] = selection.weights
-            elif weights is not None:
-                weights = np.where(kept_set, weights, 0.0)
-            if selection.counts is not None:
-                counts = np.zeros(n, dtype=np.int64)
-                counts[kept] = selection.counts
-            elif counts is not None:
-                counts = np.where(kept_set, counts, 0)
-            candidates = np.sort(kept)
-            selections.append(selection)
-            reports.append(StageReport("select", node.label, key, status, time.perf_counter() - started,
-                                       {"kept": len(kept), "diagnostics": selection.diagnostics}))
-        selected = np.zeros(n, dtype=bool)
-        selected[candidates] = True
-        if weights is None:
-            weights = selected.astype(np.float64)
-        if counts is None:
-            counts = selected.astype(np.int64)
-        return RunResult(plan, pool, targets, scores, selections, dropped_by, ranking, weights, counts, reports)
+    # ------------------------------------------------------------ read
+    def _read(self, step: Step):
+        from selectkit.pool import Pool, Table, build_index, read_shard
+
+        source = step.payload.source
+        table = Table(source)
+        if source.name != "pool":
+            ds = read_shard(table, 0, table.rows)
+            if len(ds) == 0:
+                from selectkit.errors import DataError
+
+                raise DataError(f"{source.name}: {', '.join(map(str, source.files))} has no rows")
+            from selectkit.data import check_unique, warn_missing
+
+            check_unique(ds.ids, source.id_column, source.name, table.where)
+            warn_missing(source.name, ds.meta["missing"], source.on_missing)
+            self.targets[source.name] = ds
+            return ds, "computed", {"rows": len(ds)}
+        entry = self.cache.sharded("pool", step.key, step.shards)
+        status = "cached" if entry.complete() else ("resumed" if len(entry.missing()) < step.shards else "computed")
+        index = build_index(table, self.cache, step.key,
+                            progress=lambda done, total: self.reporter.advance(step.id, done, total))
+        self.pool = Pool(source, table, index)
+        return self.pool, status, {"rows": len(self.pool)}
+
+    # ------------------------------------------------------------ passes
+    def pass_context(self, step: Step, device: str | None = None) -> PassContext:
+        options = {**self.options, "device": device}
+        return PassContext(self.cache, self.pool, self.targets, self.plan.seed, self.load_model,
+                           inputs=self._inputs(step), progress=lambda **info: self._pass_event(step, info),
+                           options=options)
+
+    def _pass_event(self, step: Step, info: dict) -> None:
+        done, total = info.pop("done", 0), info.pop("total", None)
+        info.pop("step", None)
+        self.reporter.advance(step.id, done, total, **info)
+
+    def _inputs(self, step: Step) -> dict:
+        out = {}
+        for request, step_id in step.payload.needs.items():
+            out[request] = self.get(step_id)[request]
+        return out
+
+    def load_model(self, ref: Any, **kwargs: Any) -> Any:
+        """The one loader, with the command line's remote-code opt-in; the last model is reused."""
+        from selectkit.models import load_model
+
+        args = (ref.name, ref.fingerprint, tuple(sorted((k, str(v)) for k, v in kwargs.items())))
+        if self._loaded is not None and self._loaded[0] == args:
+            return self._loaded[1]
+        self._loaded = None
+        self.reporter.message(f"loading model {ref.name}")
+        loaded = load_model(ref.spec, ref.base, allow_remote_code=bool(self.options.get("trust_remote_code")),
+                            name=ref.name, **kwargs)
+        self._loaded = (args, loaded)
+        return loaded
+
+    def _pass(self, step: Step):
+        provider = step.payload.provider
+        if provider.complete(step, self.cache):
+            ctx = self.pass_context(step)
+            return provider.load(step, ctx), "cached", {}
+        before = step.shards - len(self.cache.sharded(step.artifact, step.key, step.shards).missing()) \
+            if step.shards else 0
+        devices = pass_devices(self.plan.devices, step.payload.model.spec.device) if step.shards > 1 else []
+        if len(devices) > 1:  # each device computes every k-th missing shard; then one assembles
+            missing = self.cache.sharded(step.artifact, step.key, step.shards).missing()
+            self.reporter.message(f"{step.label}: splitting {len(missing)} shards over {', '.join(devices)}")
+            with ThreadPoolExecutor(len(devices)) as workers:
+                jobs = [workers.submit(provider.run, step, self.pass_context(step, d), missing[i::len(devices)])
+                        for i, d in enumerate(devices)]
+                for job in jobs:
+                    job.result()
+        ctx = self.pass_context(step)
+        provider.run(step, ctx)
+        if step.shards:
+            entry = self.cache.sharded(step.artifact, step.key, step.shards)
+            if not entry.complete():
+                entry.finish(label=step.label)
+        status = "resumed" if before else "computed"
+        return provider.load(step, ctx), status, {"shards_reused": before} if step.shards else {}
+
+    # ------------------------------------------------------------ scores
+    def _score(self, step: Step):
+        payload = step.payload
+        node = payload.node
+        cached = self.cache.load_score(step.key)
+        if cached is not None:
+            return cached, "cached", {}
+        values = {}
+        for request, step_id in payload.requests.items():
+            values[request] = self.get(step_id)[request]
+        features = Features(values, self._canonical, node.model, f"scorer {node.scorer.name!r}")
+        targets = {t: self.targets[t] for t in payload.targets}
+        model = payload.model.spec if payload.model is not None else None
+        if node.scorer.rowwise:
+            score, status = self._rowwise(step, features, targets, model)
+        else:
+            ctx = ScoreContext(pool=self.pool, targets=targets, seed=self.plan.seed, model=model, features=features)
+            score, status = check_score(node, node.scorer.run(ctx), len(self.pool)), "computed"
+        self._warn_nan(node.name, score)
+        self.cache.save_score(step.key, score, label=f"score {node.name} ({node.scorer.name})")
+        return score, status, {}
+
+    def _canonical(self, request):
+        for entry in self.plan.registry.components.get("passes", {}).values():
+            if request.kind in entry.cls.kinds:
+                return entry.cls().canonical(request)
+        return request
+
+    def _rowwise(self, step: Step, features: Features, targets: dict, model: Any) -> tuple[Score, str]:
+        """A rowwise scorer shard by shard: statistics of every shard (merged in shard order),
+        then the scores of every shard; both kept per shard, so a killed run resumes."""
+        node = step.payload.node
+        scorer = node.scorer
+        shards = len(self.pool.shard_ranges)
+        stats = None
+        resumed = False
+        base = dict(targets=targets, seed=self.plan.seed, model=model, features=features)
+        if type(scorer).statistics is not _base_statistics():
+            entry = self.cache.sharded("score-parts", f"{step.key}-stats", shards, label=f"{node.name}: statistics")
+            resumed |= len(entry.missing()) < shards
+            for i in entry.missing():
+                part = scorer.statistics(ScoreContext(pool=self.pool.shard(i), **base))
+                entry.write(i, {k: np.asarray(v) for k, v in (part or {}).items()})
+                self.reporter.advance(step.id, i + 1, shards, unit="statistics shard")
+            parts = entry.read_all()
+            stats = scorer.merge(parts, ScoreContext(pool=self.pool, **base))
+        entry = self.cache.sharded("score-parts", f"{step.key}-values", shards, label=f"{node.name}: values")
+        resumed |= len(entry.missing()) < shards
+        meta: dict[str, Any] | None = None
+        for i in entry.missing():
+            ds = self.pool.shard(i)
+            score = check_score(node, scorer.run(ScoreContext(pool=ds, stats=stats, **base)), len(ds))
+            arrays = {"values": np.asarray(score.values)}
+            entry.write(i, arrays)
+            meta = score_meta(score)
+            self.reporter.advance(step.id, i + 1, shards)
+        if meta is None:  # every shard was cached: the entry's meta (or one shard again) says the shape
+            meta = entry.meta_of_finished() or score_meta(
+                scorer.run(ScoreContext(pool=self.pool.shard(0), stats=stats, **base)))
+        if not entry.complete():
+            entry.finish(**meta)
+        values = np.concatenate([p["values"] for p in entry.read_all()])
+        score = Score(values=values, shape=Shape(meta["shape"]), higher_is_better=meta["higher_is_better"],
+                      columns=tuple(meta["columns"]), tasks=tuple(meta["tasks"]))
+        return check_score(node, score, len(self.pool)), "resumed" if resumed else "computed"
+
+    def _warn_nan(self, name: str, score: Score) -> None:
+        if score.shape is Shape.FEATURES:
+            return
+        values = np.asarray(score.values, dtype=np.float64)
+        bad = np.isnan(values) if values.ndim == 1 else np.isnan(values).all(axis=1)
+        count = int(bad.sum())
+        if count:
+            warnings.warn(f"score {name!r}: {count} of {len(bad)} examples have no value (NaN, e.g. no scored "
+                          "tokens); stages that read it never select them", SelectkitWarning, stacklevel=2)
+
+    def _normalize(self, step: Step):
+        payload = step.payload
+        score = self.get(step.inputs[0])
+        cached = self.cache.load_score(step.key)
+        if cached is not None:
+            return cached, "cached", {}
+        node = self._node(payload.score)
+        out = check_score(node, payload.normalizer.run(score, NormalizeContext(pool=self.pool, seed=self.plan.seed)),
+                          len(self.pool), what=f"normalizer {payload.normalizer.name!r}")
+        self.cache.save_score(step.key, out, label=f"{step.label}")
+        return out, "computed", {}
+
+    def _node(self, name: str):
+        for s in self.plan.steps:
+            if s.kind == "score" and s.payload.node.name == name:
+                return s.payload.node
+        raise KeyError(name)
+
+    # ------------------------------------------------------------ selection
+    def _initial(self) -> dict:
+        n = len(self.pool)
+        labels = []
+        dropped = np.full(n, NOT_DROPPED, dtype=np.int16)
+        usable = np.asarray(self.pool.usable, dtype=bool)
+        if not usable.all():
+            labels.append("on_missing")
+            dropped[~usable] = 0
+        candidates = np.flatnonzero(usable).astype(np.int64)
+        return {"candidates": candidates, "dropped": dropped, "labels": labels, "ranking": candidates,
+                "ranked": False, "weights": None, "counts": None, "selections": [], "n": n}
+
+    def _select(self, step: Step):
+        payload = step.payload
+        node = payload.node
+        previous = payload.previous
+        state = self._initial() if previous.startswith("read:") else dict(self.get(previous))
+        state["selections"] = list(state["selections"])
+        state["dropped"] = state["dropped"].copy()
+        state["labels"] = list(state["labels"])
+        params = node.selector.params
+        scores = {name: self.get(final) for name, final in payload.scores.items()
+                  if final in step.inputs or name == params.score}
+        n = state["n"]
+        candidates = state["candidates"]
+        selection = self.cache.load_selection(step.key)
+        status = "cached"
+        unscorable = 0
+        if selection is None:
+            score = scores.get(params.score) if params.score else None
+            usable = candidates
+            if score is not None and score.shape is not Shape.FEATURES:
+                values = np.asarray(score.values, dtype=np.float64)[candidates]
+                bad = np.isnan(values) if values.ndim == 1 else np.isnan(values).all(axis=1)
+                unscorable = int(bad.sum())
+                usable = candidates[~bad]
+            usable = usable[canonical_order(self.pool.keys[usable])]  # row-key order: never the pool's order
+            ctx = SelectContext(candidates=usable, pool=self.pool, seed=self.plan.seed, stage=node.label,
+                                score=score, scores=scores, targets=self.targets, keys=self.pool.keys)
+            selection = check_selection(node.selector.name, node.selector.run(ctx), usable)
+            if unscorable:
+                selection = Selection(selection.indices, selection.weights, selection.counts,
+                                      {**selection.diagnostics, "unscorable": unscorable})
+            self.cache.save_selection(step.key, selection, label=f"stage {node.label} ({node.selector.name})")
+            status = "computed"
+        kept = np.asarray(selection.indices, dtype=np.int64)
+        kept_set = np.zeros(n, dtype=bool)
+        kept_set[kept] = True
+        gone = candidates[~kept_set[candidates]]
+        if len(gone):
+            state["labels"].append(node.label)
+            state["dropped"][gone] = len(state["labels"]) - 1
+        if params.budget is not None or not state["ranked"]:
+            state["ranking"] = kept
+            state["ranked"] = True
+        else:
+            ranking = state["ranking"]
+            state["ranking"] = ranking[kept_set[ranking]]
+        if selection.weights is not None:
+            weights = np.zeros(n)
+            weights[kept] = selection.weights
+            state["weights"] = weights
+        elif state["weights"] is not None:
+            state["weights"] = np.where(kept_set, state["weights"], 0.0)
+        if selection.counts is not None:
+            counts = np.zeros(n, dtype=np.int64)
+            counts[kept] = selection.counts
+            state["counts"] = counts
+        elif state["counts"] is not None:
+            state["counts"] = np.where(kept_set, state["counts"], 0)
+        state["candidates"] = np.sort(kept)
+        state["selections"].append(selection)
+        return state, status, {"kept": len(kept), "diagnostics": selection.diagnostics}
+
+    def _write(self, step: Step):  # pragma: no cover - the write step is run by `execute`
+        raise AssertionError("write is run by execute()")
+
+
+def _base_statistics():
+    from selectkit.components import Scorer
+
+    return Scorer.statistics
 
 
 def pass_devices(inventory, model_device: str = "auto") -> list[str]:
@@ -207,7 +432,7 @@ def pass_devices(inventory, model_device: str = "auto") -> list[str]:
     return [d.name for d in inventory.devices if d.kind == "cuda" and d.name.startswith("cuda:")]
 
 
-def check_score(node: ScoreNode, score: Score, n: int, what: str | None = None) -> Score:
+def check_score(node: Any, score: Score, n: int, what: str | None = None) -> Score:
     """A component must return what it declared; say which one broke the contract."""
     who = what or f"scorer {node.scorer.name!r}"
     if not isinstance(score, Score):

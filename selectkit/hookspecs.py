@@ -23,6 +23,12 @@ def register_selectors(register):
 
 
 @hookspec
+def register_passes(register):
+    """Register PassProvider subclasses: the model work (forward features, gradients, training)
+    behind the request kinds scorers declare. Only providers load models."""
+
+
+@hookspec
 def register_readers(register):
     """Register Reader subclasses: a file or folder format -> a table of examples."""
 

@@ -339,9 +339,17 @@ def load_failure(label: str, folder: Path | str, exc: BaseException) -> ModelErr
 
 
 def load_model(spec: ModelSpec, base_dir: str | Path = ".", *, allow_remote_code: bool = False,
-               device: str | None = None, name: str | None = None) -> LoadedModel:
-    """Load model and tokenizer for inference. `kind` picks the auto class; custom code runs
-    only when the recipe (`trust_remote_code`) and the caller (`allow_remote_code`) both allow it."""
+               device: str | None = None, name: str | None = None, adapter: str | Path | None = None,
+               merge_lora: bool = True, attn_implementation: str | None = None) -> LoadedModel:
+    """The one model loader: every pass (forward features, gradients, training, unlearning)
+    loads through it. `kind` picks the auto class. Custom model code runs only when the recipe
+    (`trust_remote_code`) and the caller (`allow_remote_code`, the command line) both allow it;
+    weight files load without executing pickled code.
+
+    The spec's `lora` (or `adapter`, a checkpoint's peft folder, which replaces it) is merged
+    into the weights for inference (`merge_lora`), or kept as a separate peft module whose
+    parameters gradient passes differentiate. The model comes back in eval mode, every
+    parameter frozen; callers that train or differentiate choose what to unfreeze."""
     label = _where(spec, name)
     require("torch", "models", label)
     transformers = require("transformers", "models", label)
@@ -362,18 +370,27 @@ def load_model(spec: ModelSpec, base_dir: str | Path = ".", *, allow_remote_code
     common: dict[str, Any] = {"trust_remote_code": trust}
     if spec.revision:
         common["revision"] = spec.revision
+    extra: dict[str, Any] = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
-        model = auto.from_pretrained(str(folder), dtype=getattr(torch, spec.dtype), **common)
+        model = auto.from_pretrained(str(folder), dtype=getattr(torch, spec.dtype), **common, **extra)
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), **common)
     except Exception as exc:  # files from elsewhere may fail in any way: say which, never a traceback
         raise load_failure(label, folder, exc) from exc
-    if spec.lora is not None:
+    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    lora = adapter if adapter is not None else spec.lora
+    if lora is not None:
         peft = require("peft", "models", f"{label} (lora)")
-        lora = resolve_model_path(spec.lora, base_dir)
+        lora_path = resolve_model_path(str(lora), base_dir) if not isinstance(lora, Path) else lora
         try:
-            model = peft.PeftModel.from_pretrained(model, str(lora)).merge_and_unload()
+            model = peft.PeftModel.from_pretrained(model, str(lora_path), is_trainable=not merge_lora)
         except Exception as exc:
-            raise load_failure(f"{label} (lora)", lora, exc) from exc
+            raise load_failure(f"{label} (lora)", lora_path, exc) from exc
+        if merge_lora:
+            model = model.merge_and_unload()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
     target = resolve_device(device or spec.device)
     try:
         model.to(target)
@@ -381,9 +398,14 @@ def load_model(spec: ModelSpec, base_dir: str | Path = ".", *, allow_remote_code
         raise ModelError(f"{label}: cannot place the model on {target!r}: {_first_line(exc)}",
                          hint="set the model's `device:` to auto, cpu, cuda or cuda:N") from exc
     model.eval()
-    limit = spec.max_length
-    max_pos = getattr(model.config, "max_position_embeddings", None)
-    if isinstance(max_pos, int) and max_pos > 0:
-        limit = min(limit, max_pos)  # longer inputs would index past the position table
     pooling = folder_pooling(folder) if isinstance(folder, Path) else None
-    return LoadedModel(spec, model, tokenizer, target, limit, pooling, name)
+    return LoadedModel(spec, model, tokenizer, target, max_length(spec, model.config), pooling, name)
+
+
+def max_length(spec: ModelSpec, config: Any) -> int:
+    """The one truncation rule: the spec's `max_length`, clamped to the model's position table."""
+    limit = spec.max_length
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if isinstance(positions, int) and positions > 0:
+        limit = min(limit, positions)
+    return limit

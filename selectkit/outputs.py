@@ -1,121 +1,378 @@
-"""Writes a run's results: selection.parquet (one row per pool example), the selected subset
-in each requested format, and manifest.json (what ran, on what, with which versions)."""
+"""Writes a run's results as one set: selection.parquet (one row per pool example), the
+selected subset in each requested format, and manifest.json (what ran, on what, with which
+versions).
+
+The set is written into a temporary sibling folder and swapped in with an atomic exchange
+of the two folders, so a reader sees the old set or the new one, never a mix; a failure (a
+full disk) leaves the old set as it was. Inputs are sacred: an output folder that is, holds
+or lies inside an input is refused before anything runs, and a file selectkit did not write
+is never replaced. The subset is assembled shard by shard, so it never needs the pool in memory.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import importlib.metadata
 import json
 import os
 import platform
-import tempfile
+import shutil
+import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import polars as pl
 
 from selectkit import __version__
+from selectkit.cache import jsonable, share
 from selectkit.components import Shape
-from selectkit.execute import RunResult
+from selectkit.errors import SelectkitError
+from selectkit.lazy import lazy_import
+
+pl = lazy_import("polars")
+
+MANIFEST_VERSION = 2
+OUTPUT_NAMES = ("selection.parquet", "subset.parquet", "subset.jsonl", "manifest.json", "report.html")
+LIBRARIES = ("numpy", "polars", "pydantic", "torch", "transformers", "peft", "safetensors", "datasets", "POT",
+             "scikit-learn", "faiss-cpu", "ray", "matplotlib")
+_BUCKET_ROWS = 200_000  # subset rows gathered and sorted at once
 
 
-def selection_table(result: RunResult) -> pl.DataFrame:
+class OutputError(SelectkitError):
+    """The output folder cannot be written as asked (it would touch an input, or a foreign file)."""
+
+
+# ---------------------------------------------------------------- the guard on inputs
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.relative_to(folder)
+        return True
+    except ValueError:
+        return False
+
+
+def output_conflicts(out_dir: Path, inputs: dict[str, Path]) -> list[str]:
+    """Why writing into `out_dir` would touch an input (name -> file or folder), if it would."""
+    out = Path(os.path.abspath(out_dir))
+    problems = []
+    for name, path in inputs.items():
+        src = Path(os.path.abspath(path))
+        real = Path(os.path.realpath(path))
+        if out in (src, real):
+            problems.append(f"output.dir {out} is the {name} itself")
+        elif (src.is_dir() or real.is_dir()) and (_inside(out, src) or _inside(out, real)):
+            problems.append(f"output.dir {out} is inside the {name} folder {src}")
+        elif _inside(src, out) or _inside(real, out):
+            problems.append(f"output.dir {out} contains the {name} ({src}); the output folder is replaced as a "
+                            "whole on every run, so keep inputs elsewhere")
+    if out.exists() and not out.is_dir():
+        problems.append(f"output.dir {out} is a file, not a folder")
+    return problems
+
+
+def foreign_outputs(out_dir: Path) -> list[Path]:
+    """Files in `out_dir` with an output's name that selectkit did not write (per the manifest there)."""
+    if not out_dir.is_dir():
+        return []
+    ours = written_by_selectkit(out_dir)
+    return [out_dir / n for n in OUTPUT_NAMES if (out_dir / n).exists() and n not in ours]
+
+
+def written_by_selectkit(out_dir: Path) -> set[str]:
+    try:
+        manifest = json.loads((out_dir / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(manifest, dict) or manifest.get("written_by") != "selectkit":
+        return set()
+    files = manifest.get("files", {})
+    return {str(v) for v in files.values()} | {"manifest.json"}
+
+
+def check_output(out_dir: Path, inputs: dict[str, Path]) -> None:
+    problems = output_conflicts(out_dir, inputs)
+    if problems:
+        raise OutputError(problems[0], hint="choose another output.dir (or --out)")
+    foreign = foreign_outputs(out_dir)
+    if foreign:
+        raise OutputError(f"{foreign[0]} exists and was not written by selectkit; it would be replaced",
+                          hint="move it away, or choose another output.dir (or --out)")
+
+
+# ---------------------------------------------------------------- tables
+
+
+def selection_table(result: Any) -> pl.DataFrame:
     """id, selected, weight, count, rank, dropped_by, and one `score.<name>[.<column>]` per score."""
     n = len(result.pool)
     rank = np.zeros(n, dtype=np.int64)
     rank[result.ranking] = np.arange(1, len(result.ranking) + 1)
     selected = np.zeros(n, dtype=bool)
     selected[result.ranking] = True
+    codes = np.asarray(result.dropped_code)
+    labels = pl.Series("dropped_by", list(result.dropped_labels) or [""], dtype=pl.String)
+    dropped = labels.gather(pl.Series(np.where(codes >= 0, codes, 0).astype(np.uint32)))
+    dropped = pl.select(pl.when(pl.lit(pl.Series(codes >= 0))).then(pl.lit(dropped)).otherwise(None)
+                        .alias("dropped_by")).to_series()
     columns = {
-        "id": result.pool.ids,
+        "id": result.pool.ids.alias("id"),
         "selected": pl.Series(selected),
         "weight": pl.Series(np.where(selected, result.weights, 0.0).astype(np.float64)),
         "count": pl.Series(np.where(selected, result.counts, 0).astype(np.int64)),
         "rank": pl.Series(rank).replace(0, None).cast(pl.Int64),
-        "dropped_by": pl.Series(result.dropped_by, dtype=pl.String),
+        "dropped_by": dropped,
     }
     for name, score in result.scores.items():
         if score.shape is Shape.VECTOR:
-            columns[f"score.{name}"] = pl.Series(score.values.astype(np.float64))
+            columns[f"score.{name}"] = pl.Series(np.asarray(score.values, dtype=np.float64))
         elif score.shape is Shape.MATRIX:
             values, names = score.task_matrix("mean")
             for j, column in enumerate(names):
-                columns[f"score.{name}.{column}"] = pl.Series(values[:, j].astype(np.float64))
+                columns[f"score.{name}.{column}"] = pl.Series(np.asarray(values[:, j], dtype=np.float64))
         # feature scores are inputs to selectors, not columns: they stay in the cache
+    columns["tokens"] = pl.Series(np.asarray(result.pool.token_counts, dtype=np.int64))
+    output = result.plan.recipe.output if result.plan.recipe else None
+    if output is not None and output.summarize_by and output.summarize_by in result.pool.columns \
+            and output.summarize_by not in columns:
+        columns[output.summarize_by] = result.pool.column(output.summarize_by)
+    if output is not None and output.include_text:
+        columns["text"] = pl.Series("text", result.pool.texts, dtype=pl.String)
     return pl.DataFrame(columns)
 
 
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
+def subset_parts(result: Any, folder: Path) -> list[Path]:
+    """The selected rows with their original fields, best first (repeated by count if asked),
+    as parquet parts in order: each pool shard is read once, rows go to buckets of ranks."""
+    ranking = np.asarray(result.ranking, dtype=np.int64)
+    repeat = bool(result.plan.recipe.output.repeat_by_count) if result.plan.recipe else False
+    pool = result.pool
+    ranges = pool.shard_ranges
+    starts = np.array([lo for lo, _ in ranges] + [len(pool)], dtype=np.int64)
+    buckets = max(1, -(-len(ranking) // _BUCKET_ROWS))
+    order = np.arange(len(ranking))
+    shard_of = np.searchsorted(starts, ranking, side="right") - 1
+    written: dict[int, list[Path]] = {}
+    for i, (lo, hi) in enumerate(ranges):
+        here = np.flatnonzero(shard_of == i)
+        if not len(here):
+            continue
+        frame = pool.table.slice(lo, hi)
+        rows = frame[(ranking[here] - lo).tolist()].with_columns(pl.Series("__rank", order[here]))
+        for b in np.unique(order[here] // _BUCKET_ROWS).tolist():
+            part = rows.filter((pl.col("__rank") // _BUCKET_ROWS) == b)
+            path = folder / f"bucket-{b:05d}-shard-{i:05d}.parquet"
+            part.write_parquet(path, statistics=False)
+            written.setdefault(b, []).append(path)
+    parts = []
+    counts = np.asarray(result.counts)
+    for b in range(buckets):
+        files = written.get(b, [])
+        if not files:
+            continue
+        frames = [pl.read_parquet(f) for f in files]
+        frame = (pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]).sort("__rank")
+        if repeat:
+            reps = counts[ranking[frame["__rank"].to_numpy()]]
+            frame = frame[np.repeat(np.arange(frame.height), reps).tolist()]
+        path = folder / f"part-{b:05d}.parquet"
+        frame.drop("__rank").write_parquet(path, statistics=False)
+        parts.append(path)
+        for f in files:
+            f.unlink()
+    return parts
+
+
+def subset(result: Any) -> pl.DataFrame:
+    """The whole subset in memory (small runs, the Python API)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        parts = subset_parts(result, Path(tmp))
+        return pl.concat([pl.read_parquet(p) for p in parts], how="diagonal_relaxed") if parts else \
+            result.pool.table.slice(0, 0)
+
+
+# ---------------------------------------------------------------- manifest
+
+
+def _version(dist: str) -> str | None:
     try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
-def subset(result: RunResult) -> pl.DataFrame:
-    """The selected rows with their original fields, best first (repeated by count if asked)."""
-    rows = result.pool.rows[result.ranking.tolist()]
-    if result.plan.recipe.output.repeat_by_count:
-        repeats = result.counts[result.ranking]
-        rows = rows[np.repeat(np.arange(len(rows)), repeats).tolist()]
-    return rows
-
-
-def plugin_versions(result: RunResult) -> dict[str, str]:
+def plugin_versions(result: Any) -> dict[str, str]:
     versions = {}
-    for kind in result.plan.checked.registry.components.values():
+    for kind in result.plan.registry.components.values():
         for entry in kind.values():
-            dist = entry.distribution
-            try:
-                versions[dist] = importlib.metadata.version(dist)
-            except importlib.metadata.PackageNotFoundError:
-                versions[dist] = "unknown"
+            versions[entry.distribution] = _version(entry.distribution) or "unknown"
     return dict(sorted(versions.items()))
 
 
-def manifest(result: RunResult, files: dict[str, str]) -> dict:
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that compute, read from package metadata (nothing is imported)."""
+    return {name: v for name in LIBRARIES if (v := _version(name)) is not None}
+
+
+def manifest(result: Any, files: dict[str, str]) -> dict:
     plan = result.plan
-    loaded = plan.checked.loaded
-    stage_counts = [{"stage": r.label, "kept": r.detail.get("kept")} for r in result.reports if r.kind == "select"]
+    loaded = plan.checked.loaded if plan.checked is not None else None
+    reads = {s.payload.source.name: s for s in plan.of_kind("read")}
+    per_stage = [{"stage": r.label, "kept": r.detail.get("kept"), "diagnostics": r.detail.get("diagnostics", {})}
+                 for r in result.reports if r.kind == "select"]
+    models = {}
+    for step in plan.of_kind("pass"):
+        ref = step.payload.model
+        models[ref.name] = {**ref.spec.model_dump(mode="json"), "fingerprint": ref.fingerprint}
+    scores = {}
+    for step in plan.of_kind("score"):
+        node = step.payload.node
+        score = result.scores.get(node.name)
+        scores[node.name] = {"scorer": node.scorer.name, "shape": node.shape.value,
+                             "higher_is_better": bool(score.higher_is_better) if score is not None else None,
+                             "columns": list(score.columns) if score is not None else [],
+                             "normalize": [n.name for n in node.normalizers]}
     return {
-        "recipe": {"file": str(loaded.file), "name": plan.recipe.name, "hash": loaded.hash,
-                   "resolved": loaded.resolved},
+        "format_version": MANIFEST_VERSION,
+        "written_by": "selectkit",
+        "limit": plan.options.get("limit"),
+        "recipe": {"file": str(loaded.file) if loaded else None, "name": plan.name,
+                   "hash": loaded.hash if loaded else None, "resolved": loaded.resolved if loaded else None},
+        "options": {k: v for k, v in sorted(plan.options.items()) if k not in ("device",)},
         "selectkit_version": __version__,
         "plugin_versions": plugin_versions(result),
+        "versions": {"selectkit": __version__, **library_versions()},
         "python": platform.python_version(),
-        "data": {name: {"path": str(src.path), "fingerprint": plan.fingerprints[name],
+        "data": {name: {"path": ", ".join(str(f) for f in step.payload.source.files),
+                        "fingerprint": plan.fingerprints[name],
                         "rows": len(result.pool) if name == "pool" else len(result.targets[name])}
-                 for name, src in plan.checked.sources.items()},
-        "models": {name: spec.model_dump(mode="json") for name, spec in plan.checked.models.items()},
+                 for name, step in reads.items()},
+        "models": models,
+        "scores": scores,
         "cache": str(plan.cache.root),
-        "stages": [{"kind": r.kind, "label": r.label, "key": r.key, "status": r.status,
-                    "seconds": round(r.seconds, 4)} for r in result.reports],
-        "selection": {"pool": len(result.pool), "selected": len(result.ranking), "per_stage": stage_counts},
+        "stages": [{"kind": r.kind, "label": r.label, "step": r.step, "key": r.key, "status": r.status,
+                    "seconds": round(r.seconds, 4), **({"detail": r.detail} if r.detail else {})}
+                   for r in result.reports],
+        "selection": {"pool": len(result.pool), "selected": len(result.ranking), "per_stage": per_stage},
+        "warnings": list(result.warnings),
         "files": files,
     }
 
 
-def write_outputs(result: RunResult, out_dir: Path) -> dict[str, Path]:
-    """Write every output atomically into `out_dir`; returns name -> path."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path] = {}
-    table = selection_table(result)
-    written["selection"] = out_dir / "selection.parquet"
-    _atomic(written["selection"], lambda p: table.write_parquet(p, statistics=False))
-    rows = subset(result)
-    for fmt in result.plan.recipe.output.formats:
-        path = out_dir / f"subset.{fmt}"
-        if fmt == "parquet":
-            _atomic(path, lambda p: rows.write_parquet(p, statistics=False))
+# ---------------------------------------------------------------- the set, atomically
+
+
+def write_outputs(result: Any, out_dir: Path) -> dict[str, Path]:
+    """Write every output into a staging folder, then swap it in for `out_dir`; returns name -> path."""
+    out_dir = Path(os.path.abspath(out_dir))
+    check_output(out_dir, result.plan.inputs() if hasattr(result.plan, "inputs") else {})
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.parent / f".{out_dir.name}.staging-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    share(staging, folder=True)
+    try:
+        names = _write_set(result, staging)
+        _swap_in(staging, out_dir)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        kept = " the previous outputs there are intact" if out_dir.exists() else ""
+        raise SelectkitError(f"could not write the outputs to {out_dir}: {exc.strerror or exc};{kept}") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return {k: out_dir / v for k, v in names.items()}
+
+
+def _write_set(result: Any, folder: Path) -> dict[str, str]:
+    names: dict[str, str] = {"selection": "selection.parquet"}
+    selection_table(result).write_parquet(folder / "selection.parquet", statistics=False)
+    formats = result.plan.recipe.output.formats if result.plan.recipe else ["parquet"]
+    parts_dir = folder / ".parts"
+    parts_dir.mkdir()
+    parts = subset_parts(result, parts_dir)
+    for fmt in formats:
+        path = folder / f"subset.{fmt}"
+        if parts:
+            lazy = pl.scan_parquet([str(p) for p in parts])
+            (lazy.sink_parquet(path, statistics=False) if fmt == "parquet" else lazy.sink_ndjson(path))
         else:
-            _atomic(path, lambda p: rows.write_ndjson(p))
-        written[f"subset.{fmt}"] = path
-    files = {k: v.name for k, v in written.items()}
-    written["manifest"] = out_dir / "manifest.json"
-    data = manifest(result, files)
-    _atomic(written["manifest"], lambda p: p.write_text(json.dumps(data, indent=2, default=str) + "\n"))
-    return written
+            empty = result.pool.table.slice(0, 0)
+            (empty.write_parquet(path, statistics=False) if fmt == "parquet" else empty.write_ndjson(path))
+        names[f"subset.{fmt}"] = path.name
+    shutil.rmtree(parts_dir)
+    report = bool(result.plan.recipe.output.report) if result.plan.recipe else False
+    if report:
+        names["report"] = "report.html"
+    data = manifest(result, dict(names))
+    (folder / "manifest.json").write_text(json.dumps(data, indent=2, default=jsonable) + "\n")
+    if report and not _report(folder, result):
+        del names["report"]
+        data = manifest(result, dict(names))
+        (folder / "manifest.json").write_text(json.dumps(data, indent=2, default=jsonable) + "\n")
+    for path in folder.iterdir():
+        share(path)
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+    names["manifest"] = "manifest.json"
+    return names
+
+
+def _report(folder: Path, result: Any) -> bool:
+    """report.html from the files just written; a report that fails is a warning, never a failed run."""
+    from selectkit.report import write_report
+
+    try:
+        write_report(folder)
+    except (SelectkitError, ImportError, ValueError) as exc:
+        result.warnings.append(f"report.html was not written: {exc}")
+        return False
+    return True
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two folders (Linux renameat2); False where the system cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd = -100
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def _swap_in(staging: Path, out_dir: Path) -> None:
+    """Replace `out_dir` by `staging`; files in `out_dir` that selectkit did not write move along."""
+    if not out_dir.exists():
+        os.rename(staging, out_dir)
+        return
+    ours = written_by_selectkit(out_dir)
+    moved = []
+    for entry in sorted(out_dir.iterdir()):
+        if entry.name not in ours and not (staging / entry.name).exists():
+            os.rename(entry, staging / entry.name)
+            moved.append(entry.name)
+    try:
+        if _exchange(staging, out_dir):
+            shutil.rmtree(staging, ignore_errors=True)  # now the old set
+            return
+        old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(out_dir, old)
+        os.rename(staging, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError:
+        for name in moved:
+            os.rename(staging / name, out_dir / name)
+        raise

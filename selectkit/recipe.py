@@ -37,6 +37,9 @@ class DataSource(Strict):
     id: str | None = Field(None, description="id column; default: the row number")
     limit: PositiveInt | None = Field(None, description="read only the first N rows")
     format: str | None = Field(None, description="reader name when the suffix does not tell (jsonl, csv, ...)")
+    on_missing: Literal["error", "skip", "empty"] = Field(
+        "error", description="a row whose text field is null or absent: error (naming the file and line), skip "
+        "(the row is never selected), or empty (scored as empty text); skipped and emptied rows are counted")
 
 
 class DataSpec(Strict):
@@ -64,21 +67,29 @@ class WarmupSpec(Strict):
     weight_decay: float = Field(0.0, ge=0)
     batch_size: PositiveInt = Field(32, description="examples per optimizer step")
     micro_batch_size: PositiveInt = Field(8, description="examples per forward pass (gradient accumulation)")
-    max_length: PositiveInt | None = Field(None, description="token limit; default: the model's max_length")
     lora: LoraSettings = Field(default_factory=LoraSettings)
+    response: str | None = Field(
+        None, description="column or '{template}' of each example's response: the warmup's loss counts only its "
+        "tokens, as LESS trains (default: every token)")
     seed: int | None = Field(None, description="default: the recipe seed")
 
 
 class ModelSpec(Strict):
     """A model the scorers run: a local folder (or a hub id when the network allows)."""
 
-    path: str
-    kind: Literal["causal-lm", "masked-lm", "embedding"]
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    max_length: PositiveInt = 512
+    path: str = Field(description="a model folder (relative to the recipe), `pkg:<package>` for a model shipped "
+                      "in an installed wheel, or a hub id (needs network)")
+    kind: Literal["causal-lm", "masked-lm", "embedding"] = Field(
+        description="causal-lm: next-token models (perplexity, gradients); masked-lm; embedding: encoders")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="weights' dtype; on GPUs bfloat16/float16 run under autocast, losses and gradient "
+        "projections accumulate in float32")
+    max_length: PositiveInt = Field(
+        512, description="tokens per example, in every pass of this model (forward, gradients, training): longer "
+        "texts are truncated; clamped to the model's position table")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     lora: str | None = Field(None, description="a peft adapter folder loaded on top")
-    revision: str | None = None
+    revision: str | None = Field(None, description="hub revision (hub ids only)")
     trust_remote_code: bool = Field(False, description="also needs --trust-remote-code on the command line")
     checkpoints: list[str] | None = Field(None, description="training checkpoints (peft adapter folders, each "
                                           "optionally with checkpoint.json and optimizer.pt) for influence scorers")
@@ -119,7 +130,20 @@ class OutputSpec(Strict):
     formats: list[Literal["parquet", "jsonl"]] = Field(default_factory=lambda: ["parquet"],
                                                        description="formats of the selected subset")
     repeat_by_count: bool = Field(False, description="repeat subset rows by the selector's `count` column")
-    summarize_by: str | None = Field(None, description="pool column whose selected/pool counts `run` prints")
+    summarize_by: str | None = Field(None, description="pool column whose selected/pool counts `run` prints (and "
+                                     "selection.parquet carries)")
+    report: bool = Field(True, description="write report.html: a self-contained page of the run (figures need "
+                         "the `report` extra)")
+    include_text: bool = Field(False, description="add each example's text to selection.parquet")
+
+
+class ExecutionSpec(Strict):
+    """Where and how the plan runs (never what it computes: these keys do not change results)."""
+
+    executor: str = Field("local", description="local (this machine) or ray (a Ray cluster, extra `ray`)")
+    shard_rows: PositiveInt | None = Field(
+        None, description="rows per shard of the pool: the unit of resume and of parallel work; default 4096 "
+        "when the recipe runs a model, else 65536")
 
 
 class Recipe(Strict):
@@ -132,6 +156,7 @@ class Recipe(Strict):
     scores: dict[str, ScoreSpec] = Field(default_factory=dict)
     select: list[StageSpec] = Field(min_length=1)
     output: OutputSpec = Field(default_factory=OutputSpec)
+    execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
 
     @field_validator("selectkit")
     @classmethod

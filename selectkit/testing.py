@@ -7,6 +7,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import polars as pl
 from pydantic import ValidationError
@@ -104,3 +107,94 @@ def check_selector(cls: type[Selector], params: dict, n: int = 300, shape: Shape
         assert len(kept) <= budget.max_count(len(candidates)), f"{cls.name} exceeded its budget"
     np.testing.assert_array_equal(kept, second.indices, err_msg=f"{cls.name} is not reproducible from the seed")
     return first
+
+
+def score(scorer: Any, pool: Dataset, *, targets: dict[str, Dataset] | None = None, model: Any = None,
+          models: dict[str, Any] | None = None, seed: int = 0, cache_dir: str | Path | None = None,
+          base: str | Path = ".", options: dict | None = None) -> Score:
+    """Run one configured scorer as a recipe would: the passes it requests are planned, computed
+    through the pass providers (cached under `cache_dir`) and handed to its `run`. `model` is its
+    ModelSpec; `models` names further specs its params refer to (e.g. a reference model)."""
+    import tempfile
+
+    from selectkit.cache import Cache
+    from selectkit.compiler import ScoreNode
+    from selectkit.execute import Run
+    from selectkit.passes import ModelRef
+    from selectkit.plan import Plan, Planner
+    from selectkit.progress import Reporter
+    from selectkit.registry import default_registry
+
+    root = Path(cache_dir) if cache_dir is not None else Path(tempfile.mkdtemp(prefix="selectkit-test-"))
+    registry = default_registry()
+    cache = Cache(root / "cache")
+    targets = dict(targets or {})
+    sources = {name: _as_source(name, ds, root / "data", registry) for name, ds in {"pool": pool, **targets}.items()}
+    specs = dict(models or {})
+    if model is not None:
+        specs.setdefault("model", model)
+    refs = {}
+    for name, spec in specs.items():
+        from selectkit.models import model_fingerprint
+
+        refs[name] = ModelRef(name, spec, Path(base), model_fingerprint(spec, base))
+    rows = {name: len(ds) for name, ds in {"pool": pool, **targets}.items()}
+    planner = Planner(registry, sources, rows, refs, seed, None, cache)
+    for name, src in sources.items():
+        planner.read(name, src, None)
+    node = ScoreNode("score", scorer, scorer.output_shape(), list(targets), "model" if model is not None else None, [])
+    planner.scores({"score": node})
+    if planner.errors:
+        raise planner.errors[0]
+    plan = Plan(planner.steps, cache, root / "out", seed, "test", {n: s.fingerprint for n, s in sources.items()},
+                registry, options=dict(options or {}))
+    run = Run(plan, Reporter(), dict(options or {}))
+    for step in plan.of_kind("read"):
+        run.get(step.id)
+    return run.get("score:score")
+
+
+def _as_source(name: str, ds: Dataset, folder: Path, registry: Any) -> Any:
+    """An in-memory Dataset as a parquet source (its texts and ids as columns of their own)."""
+    import hashlib
+
+    from selectkit.pool import SourceSpec
+
+    frame = ds.rows.with_columns(pl.Series("__text__", list(ds.texts), dtype=pl.String),
+                                 ds.ids.alias("__id__"))
+    folder.mkdir(parents=True, exist_ok=True)
+    buffer_path = folder / f"{name}.tmp.parquet"
+    frame.write_parquet(buffer_path, statistics=False)
+    digest = hashlib.sha256(buffer_path.read_bytes()).hexdigest()
+    path = folder / f"{name}-{digest[:16]}.parquet"
+    buffer_path.replace(path)
+    reader = registry.components["readers"]["parquet"].cls
+    return SourceSpec(name, (path,), reader, "__text__", "__id__", None, "error", digest, 1024)
+
+
+def run_scorer(scorer: Any, ctx: ScoreContext, *, cache_dir: str | Path | None = None, models: dict | None = None,
+               options: dict | None = None) -> Score:
+    """`score` for a ScoreContext built by hand (pool, targets, seed, model)."""
+    return score(scorer, ctx.pool, targets=ctx.targets, model=ctx.model, models=models, seed=ctx.seed,
+                 cache_dir=cache_dir, options=options)
+
+
+def features(requests: list, pool: Dataset, *, targets: dict[str, Dataset] | None = None, model: Any = None,
+             seed: int = 0, cache_dir: str | Path | None = None) -> Any:
+    """The pass outputs of `requests` (each with `model=None` for `model`), as a scorer would see them."""
+    from selectkit.components import Scorer
+
+    class _Reader(Scorer):
+        name = "testing.features"
+        model_kinds = ("causal-lm", "masked-lm", "embedding")
+        needs_targets = bool(targets)
+
+        def feature_requests(self, names):
+            return list(requests)
+
+        def run(self, ctx):
+            _Reader.seen = ctx.features
+            return Score(np.zeros(len(ctx.pool)))
+
+    score(_Reader(), pool, targets=targets, model=model, seed=seed, cache_dir=cache_dir)
+    return _Reader.seen

@@ -71,5 +71,5 @@ def test_unknown_suffix_and_unreadable_file(tmp_path):
         load_dataset("pool", odd, text="t", id_column=None, limit=None, fmt=None, readers=READERS)
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{not json\n")
-    with pytest.raises(DataError, match="cannot read"):
+    with pytest.raises(DataError, match=r"bad.jsonl:1: not valid JSON"):
         load_dataset("pool", bad, text="t", id_column=None, limit=None, fmt=None, readers=READERS)

@@ -9,8 +9,8 @@ from model_fixtures import dataset, tiny_causal_lm
 
 from selectkit.estimates import parse_inventory
 from selectkit.execute import pass_devices
-from selectkit.features import compute_features, feature_request
 from selectkit.recipe import ModelSpec
+from selectkit_plugins.passes.forward import compute_features, feature_request
 
 pytest.importorskip("torch")
 

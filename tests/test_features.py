@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from model_fixtures import dataset, tiny_causal_lm
 
-from selectkit.errors import DataError, SelectkitError
-from selectkit.features import compute_features, feature_request, plan_batches
-from selectkit.features import passes as passes_module
+from selectkit.errors import DataError, SelectkitError, SelectkitWarning
 from selectkit.models import load_model
 from selectkit.recipe import ModelSpec
+from selectkit_plugins.passes import forward as passes_module
+from selectkit_plugins.passes.forward import compute_features, feature_request, plan_batches
 
 torch = pytest.importorskip("torch")
 
@@ -153,11 +153,11 @@ def test_killed_run_resumes_from_last_complete_shard(tmp_path, spec, loaded, mon
     real_write = passes_module.write_shard
     written = []
 
-    def dying_write(path, arrays):
+    def dying_write(entry, index, arrays):
         if len(written) == 2:
             raise KeyboardInterrupt("killed")
-        written.append(path)
-        real_write(path, arrays)
+        real_write(entry, index, arrays)
+        written.append(entry.shard_folder(index) / "arrays.npz")
 
     monkeypatch.setattr(passes_module, "write_shard", dying_write)
     with pytest.raises(KeyboardInterrupt):
@@ -187,9 +187,10 @@ def test_complete_pass_needs_no_model_and_bad_shard_is_recomputed(tmp_path, spec
     assert first.stats.model_loaded
     again = compute_features(spec, ".", {"pool": ds}, LM_REQUESTS[:1], tmp_path, shard_size=2)
     assert not again.stats.model_loaded and again.stats.shards_reused == 2
-    shard = sorted(tmp_path.rglob("shard-00001.npz"))[0]
-    shard.write_bytes(shard.read_bytes()[:20])  # a torn file from a crash without rename
-    fixed = compute_features(spec, ".", {"pool": ds}, LM_REQUESTS[:1], tmp_path, shard_size=2)
+    shard = sorted(tmp_path.rglob("shard-00001/arrays.npz"))[0]
+    shard.write_bytes(shard.read_bytes()[:20])  # a torn file (a disk fault, or someone's copy)
+    with pytest.warns(SelectkitWarning, match="corrupt; computing it again"):
+        fixed = compute_features(spec, ".", {"pool": ds}, LM_REQUESTS[:1], tmp_path, shard_size=2)
     assert fixed.stats.shards_computed == 1
     np.testing.assert_array_equal(fixed.get("loss"), first.get("loss"))
 

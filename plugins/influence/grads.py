@@ -39,47 +39,17 @@ LossFn = Callable[[Callable[..., Any], Batch], "torch.Tensor"]  # (forward, batc
 
 def lm_batch(tokenizer: Any, texts: Sequence[str], prompts: Sequence[str | None] | None = None,
              max_length: int = 512) -> Batch:
-    """Tokenise and right-pad texts; labels are the input ids with padding and the prompt prefix
-    (when `prompts[i]` is given) set to -100. The prompt's tokens are the longest common prefix
-    of the text's ids and the prompt's ids (trailing special tokens dropped), as
-    `selectkit.features` counts them; LESS likewise tokenises the prompt separately."""
-    import torch
+    """Tokenise and right-pad texts; labels mask padding and each prompt (see `selectkit.lm.batch`)."""
+    from selectkit.lm import batch
 
-    enc = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    width = max(len(e) for e in enc)
-    ids = torch.full((len(enc), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(enc), width), dtype=torch.long)
-    labels = torch.full((len(enc), width), -100, dtype=torch.long)
-    special = set(getattr(tokenizer, "all_special_ids", []))
-    for i, e in enumerate(enc):
-        ids[i, :len(e)] = torch.tensor(e)
-        mask[i, :len(e)] = 1
-        labels[i, :len(e)] = torch.tensor(e)
-        if prompts is not None and prompts[i]:
-            p = tokenizer(prompts[i], truncation=True, max_length=max_length)["input_ids"]
-            end = len(p)
-            while end > 0 and p[end - 1] in special:
-                end -= 1
-            n = 0
-            while n < min(end, len(e)) and e[n] == p[n]:
-                n += 1
-            labels[i, :n] = -100
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    return batch(tokenizer, texts, prompts, max_length)
 
 
 def lm_loss(forward: Callable[..., Any], batch: Batch) -> torch.Tensor:
-    """Per-example causal-LM loss: mean cross-entropy over label tokens (HF's default per example).
-    Examples without label tokens get loss 0 (and a zero gradient)."""
-    import torch
+    """Per-example causal-LM loss, 0 (and a zero gradient) without label tokens (`selectkit.lm.example_loss`)."""
+    from selectkit.lm import example_loss
 
-    logits = forward(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logits = logits[:, :-1].float()
-    labels = batch["labels"][:, 1:]
-    valid = labels != -100
-    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")
-    ce = ce * valid
-    return ce.sum(1) / valid.sum(1).clamp(min=1)
+    return example_loss(forward, batch)
 
 
 # ---------------------------------------------------------------- capturing Linear layers

@@ -1,4 +1,6 @@
-"""Params shared by the gradient scorers (pydantic only: importing this never imports torch)."""
+"""Params shared by the gradient scorers (pydantic only: importing this never imports torch).
+
+Truncation is not a param: every pass of a model uses the model spec's `max_length`."""
 
 from __future__ import annotations
 
@@ -9,8 +11,30 @@ from pydantic import Field, PositiveInt
 from selectkit.components import Params
 
 
-class GradientParams(Params):
-    """How per-example gradients are taken and compressed."""
+class GradientBase(Params):
+    """Which gradients are taken: of which parameters, how, in what batches, on which tokens."""
+
+    params: Literal["auto", "lora", "linear"] = Field(
+        "auto", description="parameters differentiated: lora (the adapter's), linear (all nn.Linear), "
+        "auto (lora when the model has an adapter or warmup checkpoints)")
+    method: Literal["hooks", "vmap"] = Field("hooks", description="per-example gradients by layer hooks or torch.func")
+    batch_size: PositiveInt = Field(16, description="examples per gradient pass")
+    response: str | None = Field(
+        None, description="column or '{template}' holding each example's response; its rendered text must end "
+        "the example's text, and only the response's tokens enter the loss (default: every token). Applies to "
+        "pool and targets")
+
+
+class NormParams(GradientBase):
+    """Exact per-example gradient norms (no projection)."""
+
+    factorize_above: PositiveInt | None = Field(
+        1 << 22, description="Linear layers with more weight entries get their norm without forming the gradient "
+        "(ghost norm: same value, less memory); null: never")
+
+
+class ProjectedParams(GradientBase):
+    """How per-example gradients are compressed into features."""
 
     proj_dim: PositiveInt | None = Field(
         1024, description="random projection width (LESS uses 8192 on GPUs); null keeps raw gradients")
@@ -21,19 +45,13 @@ class GradientParams(Params):
         1 << 22, description="Linear layers with more weight entries are projected LoGra-style "
         "(activations and output gradients separately); null: never")
     factor_dim: PositiveInt = Field(32, description="LoGra projection width per side (factor_dim^2 dims per layer)")
-    params: Literal["auto", "lora", "linear"] = Field(
-        "auto", description="parameters differentiated: lora (the adapter's), linear (all nn.Linear), "
-        "auto (lora when the model has an adapter or warmup checkpoints)")
-    method: Literal["hooks", "vmap"] = Field("hooks", description="per-example gradients by layer hooks or torch.func")
-    batch_size: PositiveInt = Field(16, description="examples per gradient pass")
-    max_length: PositiveInt | None = Field(None, description="token limit; default: the model's max_length")
     feature_dtype: Literal["float32", "float16"] = Field("float32", description="stored feature precision")
-    response: str | None = Field(
-        None, description="column or '{template}' holding each example's response; its rendered text must end "
-        "the example's text, and only the response's tokens enter the loss (default: every token). Applies to "
-        "pool and targets")
 
 
-class PairwiseParams(GradientParams):
+class Aggregate(Params):
     aggregate: Literal["mean", "max"] = Field(
         "mean", description="reduce each target's examples (or subtasks) to one column: mean or max")
+
+
+class PairwiseParams(ProjectedParams, Aggregate):
+    """Projected gradients of pool and targets, reduced to one column per target."""

@@ -1,17 +1,14 @@
-"""Gradient features of a list of texts, batched and stored in resumable shards.
+"""Gradient features of a list of texts: the one loop every gradient pass uses.
 
-`featurize_texts` is the one loop every gradient scorer uses: texts -> (N, D) features plus
-exact per-example gradient norms and losses. Within a shard, examples are batched by length
-(less padding) and put back in order; per-example results do not depend on the batching.
+`featurize_texts`: texts -> (N, D) features plus exact per-example gradient norms and losses.
+Examples are batched by length (less padding) and put back in order; per-example results do
+not depend on the batching. The gradients provider calls it once per cached shard.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,9 +26,8 @@ class GradientSettings:
     factor_dim: int = 32
     method: str = "hooks"  # hooks | vmap
     batch_size: int = 16
-    max_length: int = 512
+    max_length: int = 512  # the loaded model's (selectkit.models.max_length): one truncation rule
     dtype: str = "float32"  # stored features: float32 | float16
-    shard_size: int = 1024
     keep_features: bool = True  # False: norms and losses only (self-influence, GraNd)
 
 
@@ -70,52 +66,38 @@ def block_layout(featurizer: Any) -> tuple[list[tuple[str, int, int]], list[int]
     return slices, raw
 
 
-def cache_key(*parts: Any) -> str:
-    text = json.dumps([asdict(p) if hasattr(p, "__dataclass_fields__") else p for p in parts], sort_keys=True,
-                      default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:20]
-
-
 def featurize_texts(model: Any, tokenizer: Any, texts: Sequence[str], settings: GradientSettings, *,
                     prompts: Sequence[str | None] | None = None, adam: Any = None, adam_mode: str = "less",
-                    folder: str | Path | None = None, meta: dict | None = None,
-                    progress: Callable[[str], None] | None = None) -> FeatureSet:
-    """Per-example gradient features of `texts`; with `folder`, computed into resumable shards there."""
+                    featurizer: Any = None) -> FeatureSet:
+    """Per-example gradient features of `texts`, batched by length and put back in order. An
+    example with no counted token (an empty response) has no gradient: its row is NaN."""
     import torch
 
-    from selectkit_plugins.influence.grads import lm_batch
-    from selectkit_plugins.influence.store import ShardStore
+    from selectkit.lm import batch as lm_batch
+    from selectkit.lm import counted_tokens
 
-    feat = lm_featurizer(model, settings, adam, adam_mode)
+    feat = featurizer or lm_featurizer(model, settings, adam, adam_mode)
     slices, raw_sizes = block_layout(feat)
     device = next(model.parameters()).device
     width = feat.dim if settings.keep_features else 0
-
-    def compute(start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        idx = np.arange(start, stop)
-        order = idx[np.argsort([-len(texts[i]) for i in idx], kind="stable")]
-        out_f = np.zeros((stop - start, width), np.float32)
-        out_n = np.zeros(stop - start)
-        out_l = np.zeros(stop - start)
-        for b in range(0, len(order), settings.batch_size):
-            rows = order[b:b + settings.batch_size]
-            batch = lm_batch(tokenizer, [texts[i] for i in rows],
-                             [prompts[i] for i in rows] if prompts is not None else None, settings.max_length)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with torch.enable_grad():
-                got = feat(batch)
-            pos = rows - start
-            if width:
-                out_f[pos] = got.features.detach().cpu().numpy()
-            out_n[pos] = got.norms.detach().cpu().numpy()
-            out_l[pos] = got.losses.detach().cpu().numpy()
-        return out_f, out_n, out_l
-
-    if folder is None:
-        f, n, loss = compute(0, len(texts)) if len(texts) else (np.zeros((0, width), np.float32), np.zeros(0),
-                                                                  np.zeros(0))
-        return FeatureSet(f.astype(settings.dtype), n, loss, slices, raw_sizes)
-    store = ShardStore(folder, {**(meta or {}), "featurizer": feat.key, "settings": asdict(settings)},
-                       n=len(texts), shard_size=settings.shard_size, dtype=settings.dtype)
-    f, n, loss = store.fill(compute, progress).load()
-    return FeatureSet(f, n, loss, slices, raw_sizes)
+    n = len(texts)
+    out_f = np.zeros((n, width), np.float32)
+    out_n = np.zeros(n)
+    out_l = np.zeros(n)
+    counts = np.zeros(n, dtype=np.int64)
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    for b in range(0, n, settings.batch_size):
+        rows = order[b:b + settings.batch_size]
+        batch = lm_batch(tokenizer, [texts[i] for i in rows], [prompts[i] for i in rows] if prompts is not None
+                         else None, settings.max_length)
+        counts[rows] = counted_tokens(batch)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with torch.enable_grad():
+            got = feat(batch)
+        if width:
+            out_f[rows] = got.features.detach().cpu().numpy()
+        out_n[rows] = got.norms.detach().cpu().numpy()
+        out_l[rows] = got.losses.detach().cpu().numpy()
+    empty = counts == 0
+    out_f[empty], out_n[empty], out_l[empty] = np.nan, np.nan, np.nan
+    return FeatureSet(out_f.astype(settings.dtype), out_n, out_l, slices, raw_sizes)

@@ -7,6 +7,7 @@ lowers the target's loss (spec section 0). Self-influence and GraNd are (N,).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -62,8 +63,10 @@ def aggregate(scores: np.ndarray, groups: Sequence[str], within: str = "mean") -
     if len(labels) != scores.shape[1]:
         raise ValueError(f"{len(labels)} group labels for {scores.shape[1]} columns")
     names = list(dict.fromkeys(groups))
-    reduce = np.mean if within == "mean" else np.max
-    return np.stack([reduce(scores[:, labels == g], axis=1) for g in names], axis=1), names
+    reduce = np.nanmean if within == "mean" else np.nanmax
+    with warnings.catch_warnings():  # a pool row without gradient (all NaN) stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.stack([reduce(scores[:, labels == g], axis=1) for g in names], axis=1), names
 
 
 def less_task_scores(scores: np.ndarray, subtasks: Sequence[str], within: str = "mean") -> np.ndarray:

@@ -3,19 +3,20 @@ keep one checkpoint per epoch with its Adam state and mean learning rate
 (Xia et al. 2024; `less/scripts/train/warmup_lora_train.sh`, `base_training_args.sh`).
 
 Defaults follow LESS (5 %, 4 epochs, AdamW lr 2e-5, linear schedule with 3 % warmup, no weight
-decay, LoRA on q/k/v/o) except the LoRA size (r=8, alpha=32 instead of r=128, alpha=512; same
-alpha/r = 4) and the effective batch (32 instead of 128 on 4 GPUs): both are recipe settings.
+decay, LoRA on the attention projections) except the LoRA size (r=8, alpha=32 instead of r=128,
+alpha=512; same alpha/r = 4) and the effective batch (32 instead of 128 on 4 GPUs): both are
+recipe settings. The loss counts only response tokens when the warmup names a `response`.
 
-A checkpoint folder holds the peft adapter (`save_pretrained`), `optimizer.pt` (the torch AdamW
-state dict, its parameter names and the scheduler state) and `checkpoint.json` (epoch, step,
-mean lr of the epoch, betas, eps). Training resumes from the last complete checkpoint.
-The recipe keys (`WarmupSpec`, `LoraSettings`) live in `selectkit.recipe`; this module holds the training.
+Exact resume: an epoch's checkpoint holds everything the next epoch depends on (the adapter,
+the AdamW moments and step counts, the scheduler position); the data order of epoch e is a
+seeded permutation of its own and the dropout generator is reseeded from (seed, epoch), so
+training epochs 1..E in one go or resuming after any epoch gives byte-identical weights.
+Saved with safetensors and JSON only: loading a checkpoint never unpickles anything.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,22 @@ import numpy as np
 
 from selectkit.recipe import WarmupSpec
 
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "state.json"
+ADAPTER_DIR = "adapter"
+FORMAT = "selectkit-warmup-2"
 
-def warmup_indices(n: int, fraction: float, seed: int) -> np.ndarray:
-    """The pool rows trained on: a seeded random draw of max(1, int(fraction * n)) rows, ascending."""
-    from selectkit.components import rng_for
 
+def warmup_rows(keys: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """The pool rows trained on: the max(1, int(fraction * n)) rows with the smallest keyed draw,
+    in key order (so the subset and its order do not depend on the pool's row order)."""
+    from selectkit.noise import canonical_order, uniform
+
+    n = len(keys)
     k = max(1, int(fraction * n))
-    return np.sort(rng_for(seed, "warmup").choice(n, size=k, replace=False))
+    draw = uniform(seed, ("warmup",), keys)
+    chosen = np.argpartition(draw, k - 1)[:k] if k < n else np.arange(n)
+    return chosen[canonical_order(keys[chosen])]
 
 
 def _lr_lambda(total: int, warm: int) -> Callable[[int], float]:
@@ -42,84 +52,108 @@ def _lr_lambda(total: int, warm: int) -> Callable[[int], float]:
     return fn
 
 
-def train_warmup(model: Any, tokenizer: Any, texts: Sequence[str], out_dir: str | Path, spec: WarmupSpec, *,
-                 prompts: Sequence[str | None] | None = None, seed: int = 0, max_length: int = 512,
-                 progress: Callable[[str], None] | None = None) -> list[Path]:
-    """Train a fresh LoRA on `model` (a loaded causal LM, modified in place into a peft model)
-    over `texts` (already the warmup subset) and return the checkpoint folders, one per epoch."""
-    import torch
-    from peft import LoraConfig, get_peft_model
+def epoch_seed(seed: int, epoch: int) -> int:
+    import hashlib
 
-    from selectkit_plugins.influence.grads import lm_batch, lm_loss
+    return int.from_bytes(hashlib.sha256(f"{seed}\x1fwarmup-epoch\x1f{epoch}".encode()).digest()[:7], "little")
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    lora = spec.lora
-    peft_model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                                  target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
-    named = [(n, p) for n, p in peft_model.named_parameters() if p.requires_grad]
-    opt = torch.optim.AdamW([p for _, p in named], lr=spec.learning_rate, weight_decay=spec.weight_decay,
-                            betas=(0.9, 0.999), eps=1e-8)
-    n = len(texts)
-    steps_per_epoch = -(-n // spec.batch_size)
-    total = steps_per_epoch * spec.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, int(np.ceil(spec.warmup_ratio * total))))
-    length = spec.max_length or max_length
-    from selectkit_plugins.influence.checkpoints import epoch_folders
 
-    done = [p for p in epoch_folders(out) if int(p.name.split("-")[1]) <= spec.epochs]
-    start_epoch = 0
-    if done:
-        last = done[-1]
-        state = torch.load(last / "optimizer.pt", weights_only=False)
+class Warmup:
+    """A LoRA on a frozen causal LM, its AdamW optimizer and linear schedule, trained epoch by epoch."""
+
+    def __init__(self, model: Any, tokenizer: Any, texts: Sequence[str], spec: WarmupSpec, *, seed: int,
+                 max_length: int, prompts: Sequence[str | None] | None = None, target_modules: list[str] | None = None):
+        import torch
+        from peft import LoraConfig, get_peft_model
+
+        self.tokenizer, self.texts, self.prompts, self.spec = tokenizer, list(texts), prompts, spec
+        self.seed, self.max_length = seed, max_length
+        torch.manual_seed(epoch_seed(seed, -1))  # the LoRA initialisation
+        lora = spec.lora
+        self.model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                      target_modules=list(target_modules or lora.target_modules),
+                                                      task_type="CAUSAL_LM"))
+        self.named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW([p for _, p in self.named], lr=spec.learning_rate,
+                                     weight_decay=spec.weight_decay, betas=(0.9, 0.999), eps=1e-8)
+        self.steps_per_epoch = -(-len(self.texts) // spec.batch_size)
+        total = self.steps_per_epoch * spec.epochs
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt,
+                                                       _lr_lambda(total, int(np.ceil(spec.warmup_ratio * total))))
+
+    def train_epoch(self, epoch: int, progress: Callable[[int, int, float], None] | None = None) -> dict:
+        """Epoch `epoch` (0-based); returns its mean learning rate and mean loss."""
+        import torch
+
+        from selectkit.lm import batch as lm_batch
+        from selectkit.lm import example_loss
+
+        spec = self.spec
+        torch.manual_seed(epoch_seed(self.seed, epoch))  # dropout: reseeded per epoch, so resume is exact
+        self.model.train()
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.texts))
+        lrs, losses = [], []
+        for s in range(self.steps_per_epoch):
+            rows = order[s * spec.batch_size:(s + 1) * spec.batch_size]
+            lrs.append(self.opt.param_groups[0]["lr"])
+            self.opt.zero_grad(set_to_none=True)
+            total = 0.0
+            for m in range(0, len(rows), spec.micro_batch_size):
+                part = rows[m:m + spec.micro_batch_size]
+                b = lm_batch(self.tokenizer, [self.texts[i] for i in part],
+                             [self.prompts[i] for i in part] if self.prompts is not None else None, self.max_length)
+                b = {k: v.to(self.model.device) for k, v in b.items()}
+                loss = example_loss(self.model, b).sum() / len(rows)
+                loss.backward()
+                total += float(loss.detach())
+            self.opt.step()
+            self.sched.step()
+            losses.append(total)
+            if progress:
+                progress(s + 1, self.steps_per_epoch, total)
+        self.model.eval()
+        return {"lr": float(np.mean(lrs)), "loss": float(np.mean(losses)), "epoch": epoch + 1,
+                "step": (epoch + 1) * self.steps_per_epoch, "examples": len(self.texts)}
+
+    def save(self, folder: Path, info: dict) -> None:
+        """Adapter (peft), optimizer moments (safetensors) and the rest of the state (JSON)."""
+        from safetensors.torch import save_file
+
+        self.model.save_pretrained(str(folder / ADAPTER_DIR))
+        state = self.opt.state_dict()
+        tensors = {}
+        steps = {}
+        for index, st in state["state"].items():
+            tensors[f"{index}.exp_avg"] = st["exp_avg"].detach().cpu().contiguous()
+            tensors[f"{index}.exp_avg_sq"] = st["exp_avg_sq"].detach().cpu().contiguous()
+            steps[str(index)] = float(st["step"])
+        save_file(tensors, str(folder / OPTIMIZER_FILE))
+        group = self.opt.param_groups[0]
+        sched = {k: v for k, v in self.sched.state_dict().items() if k != "lr_lambdas"}
+        meta = {**info, "format": FORMAT, "param_names": [n for n, _ in self.named], "steps": steps,
+                "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in state["param_groups"]],
+                "scheduler": sched, "betas": list(group["betas"]), "eps": group["eps"]}
+        (folder / STATE_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
+
+    def restore(self, folder: Path) -> None:
+        """Continue from an epoch's checkpoint (the inverse of `save`)."""
+        import torch
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        set_peft_model_state_dict(peft_model, load_file(str(last / "adapter_model.safetensors")))
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start_epoch = json.loads((last / "checkpoint.json").read_text())["epoch"]
-    folders = list(done)
-    for epoch in range(start_epoch, spec.epochs):
-        peft_model.train()
-        order = np.random.default_rng([seed, epoch]).permutation(n)
-        lrs = []
-        for s in range(steps_per_epoch):
-            rows = order[s * spec.batch_size:(s + 1) * spec.batch_size]
-            lrs.append(opt.param_groups[0]["lr"])
-            opt.zero_grad(set_to_none=True)
-            for m in range(0, len(rows), spec.micro_batch_size):
-                part = rows[m:m + spec.micro_batch_size]
-                batch = lm_batch(tokenizer, [texts[i] for i in part],
-                                 [prompts[i] for i in part] if prompts is not None else None, length)
-                batch = {k: v.to(peft_model.device) for k, v in batch.items()}
-                (lm_loss(peft_model, batch).sum() / len(rows)).backward()
-            opt.step()
-            sched.step()
-        folder = out / f"epoch-{epoch + 1}"
-        _save_checkpoint(peft_model, opt, sched, named, folder, epoch=epoch + 1, step=(epoch + 1) * steps_per_epoch,
-                         lr=float(np.mean(lrs)), examples=n)
-        folders.append(folder)
-        if progress:
-            progress(f"warmup epoch {epoch + 1}/{spec.epochs}")
-    peft_model.eval()
-    return folders
-
-
-def _save_checkpoint(model, opt, sched, named, folder: Path, **info) -> None:
-    import torch
-
-    tmp = folder.with_name(folder.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(tmp))
-    torch.save({"param_names": [n for n, _ in named], "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict()}, tmp / "optimizer.pt")
-    group = opt.param_groups[0]
-    meta = {**info, "betas": list(group["betas"]), "eps": group["eps"], "format": "selectkit-warmup-1"}
-    (tmp / "checkpoint.json").write_text(json.dumps(meta, indent=1))
-    if folder.exists():
-        import shutil
-
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+        meta = json.loads((folder / STATE_FILE).read_text())
+        set_peft_model_state_dict(self.model, load_file(str(folder / ADAPTER_DIR / "adapter_model.safetensors")))
+        tensors = load_file(str(folder / OPTIMIZER_FILE))
+        state = {"state": {}, "param_groups": []}
+        for index, step in meta["steps"].items():
+            state["state"][int(index)] = {"step": torch.tensor(step), "exp_avg": tensors[f"{index}.exp_avg"],
+                                          "exp_avg_sq": tensors[f"{index}.exp_avg_sq"]}
+        for saved, group in zip(meta["param_groups"], self.opt.state_dict()["param_groups"]):
+            restored = {**saved, "params": group["params"]}
+            if "betas" in restored:
+                restored["betas"] = tuple(restored["betas"])
+            state["param_groups"].append(restored)
+        self.opt.load_state_dict(state)
+        sched = self.sched.state_dict()
+        sched.update(meta["scheduler"])
+        self.sched.load_state_dict(sched)

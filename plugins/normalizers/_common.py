@@ -95,12 +95,13 @@ def group_rows(ctx: NormalizeContext, column: str | None, n: int, name: str) -> 
     """Row indices of each group of a pool column, or None when there is no grouping."""
     if column is None:
         return None
-    rows = ctx.pool.rows
-    if column not in rows.columns:
-        raise DataError(f"{name}: {unknown_message('pool column', column, rows.columns)}")
-    if rows.height != n:
-        raise DataError(f"{name}: group_by column has {rows.height} rows but the score has {n}")
-    codes, _ = group_codes(rows[column])
+    columns = list(ctx.pool.columns)
+    if column not in columns:
+        raise DataError(f"{name}: {unknown_message('pool column', column, columns)}")
+    series = ctx.pool.column(column)
+    if len(series) != n:
+        raise DataError(f"{name}: group_by column has {len(series)} rows but the score has {n}")
+    codes, _ = group_codes(series)
     order = np.argsort(codes, kind="stable")
     return np.split(order, np.cumsum(np.bincount(codes))[:-1])
 

@@ -23,5 +23,5 @@ def store(ctx: ScoreContext, scorer: str) -> Any:
     """The model pass's feature store, or a clear error when the scorer runs without one."""
     if ctx.features is None:
         raise SelectkitError(f"scorer {scorer!r} reads model features, but no model pass ran; run it through "
-                             "selectkit.run(), or give ScoreContext.features from selectkit.features.compute_features")
+                             "selectkit.run(), or selectkit.testing.score() in a test")
     return ctx.features

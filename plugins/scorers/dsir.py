@@ -245,37 +245,70 @@ def log_ratio(target_counts: np.ndarray, raw_counts: np.ndarray, smoothing: floa
     return out
 
 
+def _median_positive(histogram: np.ndarray) -> float:
+    """The median of the positive values counted by `histogram` (np.median's convention: the mean
+    of the two middle values for an even count); 1 when there are none."""
+    counts = np.asarray(histogram, dtype=np.int64).copy()
+    counts[0] = 0
+    total = int(counts.sum())
+    if total == 0:
+        return 1.0
+    cumulative = np.cumsum(counts)
+    lower = int(np.searchsorted(cumulative, (total + 1) // 2))
+    upper = int(np.searchsorted(cumulative, total // 2 + 1))
+    return (lower + upper) / 2.0
+
+
 class DSIR(Scorer):
     """Log importance weight log p_target(x)/p_pool(x) under hashed bag-of-ngrams models (DSIR);
-    higher is more target-like. O(total tokens) time, O(n-grams) memory for the pool."""
+    higher is more target-like. Runs shard by shard: pool n-gram counts are summed over shards
+    first (exact in any order), then each shard is scored. O(total tokens) time; memory bounded
+    by a shard and the bucket tables, not by the pool."""
 
     name = "dsir"
     Params = DSIRParams
     needs_targets = True
     output = Shape.VECTOR
+    rowwise = True
 
     def output_shape(self) -> Shape:
         return Shape.MATRIX if self.params.per_target else Shape.VECTOR
 
-    def run(self, ctx: ScoreContext) -> Score:
+    def statistics(self, ctx: ScoreContext) -> dict[str, np.ndarray]:
+        """This shard's bucket counts (the pool's bag-of-ngrams model) and its histogram of n-gram counts
+        per document (for the pool's median length): both sum exactly over shards."""
+        pool = featurize(ctx.pool.texts, self.params)
+        grams = pool.ngram_counts(self.params.ngrams)
+        return {"raw": pool.bucket_counts(self.params.num_buckets),
+                "lengths": np.bincount(grams.astype(np.int64), minlength=1)}
+
+    def merge(self, parts: list[dict[str, np.ndarray]], ctx: ScoreContext) -> dict[str, np.ndarray]:
+        """Pool statistics plus the targets' log ratios (targets are small: featurized here, once)."""
         p = self.params
         if not ctx.targets:
             raise DataError("dsir needs target data: name at least one target under the score's `targets`")
-        pool = featurize(ctx.pool.texts, p)
-        raw_counts = pool.bucket_counts(p.num_buckets)
+        raw = sum(part["raw"] for part in parts)
+        width = max(len(part["lengths"]) for part in parts)
+        lengths = sum(np.pad(part["lengths"], (0, width - len(part["lengths"]))) for part in parts)
         target_counts = {name: featurize(ds.texts, p).bucket_counts(p.num_buckets) for name, ds in ctx.targets.items()}
-        if p.per_target:
-            names = tuple(target_counts)
-            columns = [self._score(pool, log_ratio(c, raw_counts, p.smoothing)) for c in target_counts.values()]
-            return Score(values=np.stack(columns, axis=1), shape=Shape.MATRIX, columns=names, tasks=names)
-        pooled = sum(target_counts.values())
-        return Score(values=self._score(pool, log_ratio(pooled, raw_counts, p.smoothing)))
+        ratios = ([log_ratio(c, raw, p.smoothing) for c in target_counts.values()] if p.per_target else
+                  [log_ratio(sum(target_counts.values()), raw, p.smoothing)])
+        return {"ratios": np.stack(ratios), "median": np.array([_median_positive(lengths)]),
+                "names": list(target_counts)}
 
-    def _score(self, pool: NgramFeatures, log_diff: np.ndarray) -> np.ndarray:
+    def run(self, ctx: ScoreContext) -> Score:
+        stats = ctx.stats if ctx.stats is not None else self.merge([self.statistics(ctx)], ctx)
+        pool = featurize(ctx.pool.texts, self.params)
+        columns = [self._score(pool, ratio, float(stats["median"][0])) for ratio in stats["ratios"]]
+        if self.params.per_target:
+            names = tuple(stats["names"])
+            return Score(values=np.stack(columns, axis=1), shape=Shape.MATRIX, columns=names, tasks=names)
+        return Score(values=columns[0])
+
+    def _score(self, pool: NgramFeatures, log_diff: np.ndarray, reference: float) -> np.ndarray:
         values = pool.weighted_sums(log_diff)
         grams = pool.ngram_counts(self.params.ngrams)
         if self.params.length_norm == "mean":
-            reference = float(np.median(grams[grams > 0])) if (grams > 0).any() else 1.0
             prior = self.params.length_prior * reference
             values = np.divide(values * (reference + prior), grams + prior, out=np.zeros_like(values),
                                where=grams + prior > 0)

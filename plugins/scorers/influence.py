@@ -1,8 +1,9 @@
 """Gradient influence of pool examples on target tasks: LESS, TracIn, DataInf, inverse-Hessian
 and EK-FAC. Each returns one column per target (positive = helpful for that target).
 
-The math lives in `selectkit_plugins.influence` (methods spec: /work/shared/methods/influence.md);
-these classes only bind it to recipes. Importing this module does not import torch.
+Each scorer declares the gradient features (or curvature results) it needs; the gradients
+pass provider computes them at every checkpoint of the model. The maths lives in
+`selectkit_plugins.influence`; importing this module does not import torch.
 """
 
 from __future__ import annotations
@@ -12,15 +13,31 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, PositiveInt
 
-from selectkit.components import Score, ScoreContext, Scorer, Shape
+from selectkit.components import FeatureRequest, Score, ScoreContext, Scorer, Shape
 from selectkit.hookspecs import hookimpl
-from selectkit_plugins.influence.params import PairwiseParams
+from selectkit_plugins.influence.params import Aggregate, GradientBase, PairwiseParams
 
 
 class _Pairwise(Scorer):
     output = Shape.MATRIX
     needs_targets = True
     model_kinds = ("causal-lm",)
+    pool_adam = "none"
+
+    def feature_requests(self, targets: list[str]) -> list[FeatureRequest]:
+        from selectkit_plugins.influence.run import gradient_requests
+
+        return gradient_requests(self._gradient_params(), targets, pool_adam=self.pool_adam)
+
+    def _gradient_params(self):
+        from selectkit_plugins.influence.params import ProjectedParams
+
+        return ProjectedParams.model_validate({k: getattr(self.params, k) for k in ProjectedParams.model_fields})
+
+    def _features(self, ctx: ScoreContext):
+        from selectkit_plugins.influence.run import gradient_features
+
+        return gradient_features(ctx, self._gradient_params(), pool_adam=self.pool_adam)
 
     def _matrix(self, ctx: ScoreContext, per_target: dict[str, np.ndarray], subtask_field: str | None = None,
                 ) -> Score:
@@ -48,14 +65,17 @@ class Less(_Pairwise):
     name = "influence.less"
     Params = LessParams
 
+    @property
+    def pool_adam(self) -> str:
+        return self.params.adam_mode
+
     def output_shape(self) -> Shape:
         return Shape.VECTOR if self.params.combine == "max" else Shape.MATRIX
 
     def run(self, ctx: ScoreContext) -> Score:
-        from selectkit_plugins.influence.run import gradient_features
         from selectkit_plugins.influence.scores import less
 
-        feats = gradient_features(ctx, self.params, pool_adam=True, adam_mode=self.params.adam_mode)
+        feats = self._features(ctx)
         lrs = [f.checkpoint.lr for f in feats]
         per_target = {t: less([f.pool.features for f in feats], [f.targets[t].features for f in feats], lrs)
                       for t in ctx.targets}
@@ -77,10 +97,9 @@ class TracIn(_Pairwise):
     Params = TracInParams
 
     def run(self, ctx: ScoreContext) -> Score:
-        from selectkit_plugins.influence.run import gradient_features
         from selectkit_plugins.influence.scores import tracin, unit_rows
 
-        feats = gradient_features(ctx, self.params)
+        feats = self._features(ctx)
         lrs = [f.checkpoint.lr for f in feats]
         prep = unit_rows if self.params.normalize else (lambda x: x)
         per_target = {t: tracin([prep(f.pool.features) for f in feats], [prep(f.targets[t].features) for f in feats],
@@ -103,10 +122,9 @@ class DataInf(_Pairwise):
     Params = DataInfParams
 
     def run(self, ctx: ScoreContext) -> Score:
-        from selectkit_plugins.influence.run import gradient_features
         from selectkit_plugins.influence.scores import checkpoint_weights, datainf
 
-        feats = gradient_features(ctx, self.params)
+        feats = self._features(ctx)
         weights = checkpoint_weights([f.checkpoint.lr for f in feats])
         per_target = {}
         for t in ctx.targets:
@@ -119,8 +137,7 @@ class DataInf(_Pairwise):
         return self._matrix(ctx, per_target)
 
 
-class InverseHessianParams(PairwiseParams):
-    proj_dim: PositiveInt | None = Field(None, description="unused: exact gradients are required")
+class InverseHessianParams(GradientBase, Aggregate):
     solver: Literal["cg", "lissa", "explicit"] = Field(
         "cg", description="cg or lissa from Hessian-vector products; explicit builds H (small models only)")
     curvature: Literal["ggn", "hessian"] = Field(
@@ -134,7 +151,23 @@ class InverseHessianParams(PairwiseParams):
     explicit_max_params: PositiveInt = Field(4096, description="refuse `explicit` above this many parameters")
 
 
-class InverseHessian(_Pairwise):
+class _Curvature(_Pairwise):
+    """Influence functions whose whole computation (curvature fit, solves) is one provider step."""
+
+    kind = ""
+
+    def feature_requests(self, targets: list[str]) -> list[FeatureRequest]:
+        from selectkit_plugins.passes.gradients import gradient_request
+
+        return [gradient_request(self.kind, "pool", {**self.params.model_dump(mode="json"), "targets": targets})]
+
+    def run(self, ctx: ScoreContext) -> Score:
+        request = self.feature_requests(list(ctx.targets))[0]
+        per_target = ctx.features.get(request.kind, "pool", **dict(request.settings))
+        return self._matrix(ctx, {t: per_target[t] for t in ctx.targets})
+
+
+class InverseHessian(_Curvature):
     """Influence functions (Koh & Liang 2017): g_pool^T (H + damping I)^-1 g_target with H the
     Gauss-Newton matrix (default) or exact Hessian of the mean loss over a pool sample, at the
     last checkpoint, w.r.t. the trainable (LoRA) parameters. Positive = helpful. For small
@@ -142,15 +175,10 @@ class InverseHessian(_Pairwise):
 
     name = "influence.inverse_hessian"
     Params = InverseHessianParams
-
-    def run(self, ctx: ScoreContext) -> Score:
-        from selectkit_plugins.influence.lm import inverse_hessian_lm
-
-        per_target = inverse_hessian_lm(ctx, self.params)
-        return self._matrix(ctx, per_target)
+    kind = "ihvp_influence"
 
 
-class EKFACParams(PairwiseParams):
+class EKFACParams(GradientBase, Aggregate):
     damping: float | None = Field(None, gt=0, description="added to Lambda; null: 0.1 * mean(Lambda) (kronfluence)")
     fisher: Literal["empirical", "sampled"] = Field(
         "empirical", description="gradients for the factors: true labels, or labels sampled from the model")
@@ -158,18 +186,14 @@ class EKFACParams(PairwiseParams):
     factor_examples: PositiveInt | None = Field(1024, description="pool rows (seeded sample) the factors are fit on")
 
 
-class EKFAC(_Pairwise):
+class EKFAC(_Curvature):
     """EK-FAC influence (George et al. 2018; Grosse et al. 2023) on the trainable Linear layers
     (LoRA leaves), at the last checkpoint, with kronfluence's conventions (per-token covariances,
     per-example eigenvalue correction). Positive = helpful."""
 
     name = "influence.ekfac"
     Params = EKFACParams
-
-    def run(self, ctx: ScoreContext) -> Score:
-        from selectkit_plugins.influence.lm import ekfac_lm
-
-        return self._matrix(ctx, ekfac_lm(ctx, self.params))
+    kind = "ekfac_influence"
 
 
 @hookimpl

@@ -21,6 +21,7 @@ class Length(Scorer):
 
     name = "length"
     Params = LengthParams
+    rowwise = True
 
     def run(self, ctx: ScoreContext) -> Score:
         if self.params.unit == "tokens":

@@ -13,8 +13,8 @@ import numpy as np
 from pydantic import Field
 
 from selectkit.components import FeatureRequest, Params, Score, ScoreContext, Scorer
-from selectkit.features import feature_request
 from selectkit.hookspecs import hookimpl
+from selectkit_plugins.passes.forward import feature_request
 from selectkit_plugins.scorers._model import response_field, store
 
 

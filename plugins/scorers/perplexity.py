@@ -6,17 +6,14 @@ PPL(x) = exp(-(1/T) Σ_t log p(x_t | x_<t)) over the counted tokens (methods/inf
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from pydantic import Field
 
 from selectkit.components import FeatureRequest, Params, Score, ScoreContext, Scorer
-from selectkit.errors import SelectkitError
-from selectkit.features import compute_features, feature_request
 from selectkit.hookspecs import hookimpl
+from selectkit_plugins.passes.forward import feature_request
 from selectkit_plugins.scorers._model import response_field, store
 
 
@@ -31,7 +28,8 @@ class PerplexityParams(Params):
 
 class Perplexity(Scorer):
     """Perplexity under a causal LM; lower is more likely (higher_is_better false). One
-    forward pass per batch, shared with the other scorers of the same model."""
+    forward pass per batch, shared with the other scorers of the same model; a reference model
+    gets its own planned pass."""
 
     name = "perplexity"
     Params = PerplexityParams
@@ -40,28 +38,19 @@ class Perplexity(Scorer):
     higher_is_better = False
 
     def feature_requests(self, targets: list[str]) -> list[FeatureRequest]:
-        return [feature_request("loss", "pool", response=self.params.response)]
+        own = [feature_request("loss", "pool", response=self.params.response)]
+        if self.params.reference_model is None:
+            return own
+        return own + [feature_request("loss", "pool", model=self.params.reference_model, response=self.params.response)]
 
     def run(self, ctx: ScoreContext) -> Score:
-        nll = np.asarray(store(ctx, self.name).get("loss", "pool", response=self.params.response), np.float64)
+        features = store(ctx, self.name)
+        nll = np.asarray(features.get("loss", "pool", response=self.params.response), np.float64)
         if self.params.reference_model is not None:
-            nll = nll - self._reference(ctx)
+            nll = nll - np.asarray(features.get("loss", "pool", model=self.params.reference_model,
+                                                response=self.params.response), np.float64)
         values = np.exp(nll) if self.params.unit == "perplexity" else nll
         return Score(values=values, higher_is_better=False)
-
-    def _reference(self, ctx: ScoreContext) -> np.ndarray:
-        """The reference model's NLL: its own pass, sharded under the scorer's workdir."""
-        name = self.params.reference_model
-        spec = ctx.models.get(name)
-        if spec is None:
-            raise SelectkitError(f"perplexity: reference_model {name!r} is not under `models`")
-        if spec.kind != "causal-lm":
-            raise SelectkitError(f"perplexity: reference_model {name!r} is a {spec.kind}, not a causal-lm")
-        request = feature_request("loss", "pool", response=self.params.response)
-        workdir = Path(ctx.workdir) if ctx.workdir is not None else Path(tempfile.mkdtemp(prefix="selectkit-ref-"))
-        ref = compute_features(spec, ctx.base or ".", {"pool": ctx.pool}, [request], workdir / f"model-{name}",
-                               name=name)
-        return np.asarray(ref.get("loss", "pool", response=self.params.response), np.float64)
 
 
 @hookimpl

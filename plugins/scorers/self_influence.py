@@ -8,47 +8,49 @@ softmax(tau * score). Importing this module does not import torch.
 
 from __future__ import annotations
 
-from pydantic import Field
-
-from selectkit.components import Score, ScoreContext, Scorer
+from selectkit.components import FeatureRequest, Score, ScoreContext, Scorer
 from selectkit.hookspecs import hookimpl
-from selectkit_plugins.influence.params import GradientParams
+from selectkit_plugins.influence.params import NormParams
 
 
-class NormParams(GradientParams):
-    proj_dim: int | None = Field(None, description="unused: norms are exact")
+class _Norms(Scorer):
+    model_kinds = ("causal-lm",)
+    Params = NormParams
+
+    def feature_requests(self, targets: list[str]) -> list[FeatureRequest]:
+        from selectkit_plugins.influence.run import gradient_requests
+
+        return gradient_requests(self.params, [], with_targets=False, keep_features=False, proj_dim=None)
+
+    def norms(self, ctx: ScoreContext):
+        from selectkit_plugins.influence.run import gradient_features
+
+        feats = gradient_features(ctx, self.params, with_targets=False, keep_features=False, proj_dim=None)
+        return [f.pool.norms for f in feats], [f.checkpoint.lr for f in feats]
 
 
-class SelfInfluence(Scorer):
+class SelfInfluence(_Norms):
     """TracIn self-influence (Pruthi et al. 2020; PRESENCE, Thakkar et al. 2023):
     sum over checkpoints of lr * ||grad loss(z)||^2. Higher = more self-influence."""
 
     name = "self_influence"
-    Params = NormParams
-    model_kinds = ("causal-lm",)
 
     def run(self, ctx: ScoreContext) -> Score:
-        from selectkit_plugins.influence.run import gradient_features
         from selectkit_plugins.influence.scores import self_influence
 
-        feats = gradient_features(ctx, self.params, with_targets=False, keep_features=False, proj_dim=None)
-        return Score(values=self_influence([f.pool.norms for f in feats], [f.checkpoint.lr for f in feats]))
+        return Score(values=self_influence(*self.norms(ctx)))
 
 
-class GraNd(Scorer):
+class GraNd(_Norms):
     """GraNd (Paul et al. 2021): mean over checkpoints of ||grad loss(z)||. Higher = harder
     (data-diet keeps the highest; drop a small top share to remove noise)."""
 
     name = "grand"
-    Params = NormParams
-    model_kinds = ("causal-lm",)
 
     def run(self, ctx: ScoreContext) -> Score:
-        from selectkit_plugins.influence.run import gradient_features
         from selectkit_plugins.influence.scores import grand
 
-        feats = gradient_features(ctx, self.params, with_targets=False, keep_features=False, proj_dim=None)
-        return Score(values=grand([f.pool.norms for f in feats]))
+        return Score(values=grand(self.norms(ctx)[0]))
 
 
 @hookimpl

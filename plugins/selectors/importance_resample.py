@@ -2,7 +2,8 @@
 
 The DSIR resampling step (Xie et al., 2023) as a generic selector, via Gumbel top-k: the top k of
 score/temperature + Gumbel(0, 1) is a sample of k without replacement ∝ exp(score/temperature).
-Unlike the reference package, the noise comes from the recipe seed, never the global RNG.
+Unlike the reference package, the noise comes from the recipe seed, never the global RNG, and each
+row's noise is a hash of (seed, stage, row id): the sample is the same however the pool is ordered or split.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class ImportanceResample(Selector):
     the recipe. Candidates with a NaN or -inf score are never taken. O(N log N) time, O(N) memory."""
 
     name = "importance_resample"
+    version = "2"
     Params = ImportanceResampleParams
     accepts = frozenset({Shape.VECTOR})
     budget_rule = "required"
@@ -38,9 +40,9 @@ class ImportanceResample(Selector):
         usable = ~np.isnan(values) & (values > -np.inf)
         keys = values / self.params.temperature
         if not self.params.deterministic:
-            keys = keys + ctx.rng("gumbel").gumbel(size=len(keys))
+            keys = keys + ctx.gumbel("gumbel")  # per-row noise keyed by row id: partition-independent
         keys = np.where(usable, keys, -np.inf)
-        order = np.argsort(-keys, kind="stable")
+        order = ctx.best_first(keys)
         order = candidates[order[: int(usable.sum())]]
         chosen = ctx.take(order, self.params.budget)
         return Selection(indices=chosen, diagnostics={"unscorable": int((~usable).sum())})

@@ -44,6 +44,7 @@ class SensitivitySampling(Selector):
     Scales as k-means plus O(N); no N×N matrix."""
 
     name = "sensitivity_sampling"
+    version = "2"
     Params = SensitivityParams
     accepts = frozenset({Shape.FEATURES})
     score_params = {"loss": frozenset({Shape.VECTOR})}

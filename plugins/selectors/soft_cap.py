@@ -25,9 +25,10 @@ class SoftCap(Selector):
     Deviation from the reference: the batch is drawn by Gumbel-top-B (O(N) by argpartition)
     instead of `rng.choice(replace=False, p=...)`; both give the same successive-sampling
     (Plackett-Luce) distribution. Scales as O(draws / batch_size · N) time and O(N) memory.
-    NaN scores are never drawn. Seeded through `ctx.rng` only."""
+    NaN scores are never drawn. Each batch's noise per row is keyed by (seed, stage, batch, row id)."""
 
     name = "soft_cap"
+    version = "2"
     draws_with_replacement = True
     Params = SoftCapParams
     accepts = frozenset({Shape.VECTOR})
@@ -43,30 +44,37 @@ class SoftCap(Selector):
             "tokens": lambda: None,
         }[budget.kind]()
         tokens = np.asarray(ctx.pool.token_counts)[ctx.candidates] if total is None else None
-        counts = soft_cap_counts(logits, ctx.rng("soft_cap"), p.repetition_penalty, p.batch_size,
+        counts = soft_cap_counts(logits, lambda batch: ctx.gumbel("soft_cap", str(batch)), p.repetition_penalty,
+                                 p.batch_size,
                                  total=total, tokens=tokens, token_budget=budget.value if tokens is not None else None)
         drawn = np.flatnonzero(counts)
-        order = drawn[np.lexsort((drawn, -np.nan_to_num(oriented[drawn], nan=-np.inf), -counts[drawn]))]
+        keys = ctx.row_keys()[drawn]
+        order = drawn[np.lexsort((keys, -np.nan_to_num(oriented[drawn], nan=-np.inf), -counts[drawn]))]
         return Selection(indices=ctx.candidates[order], counts=counts[order],
                          diagnostics={"draws": int(counts.sum()), "unique": len(order),
                                       "max_count": int(counts.max(initial=0))})
 
 
-def soft_cap_counts(logits: np.ndarray, rng: np.random.Generator, penalty: float, batch_size: int, *,
+def soft_cap_counts(logits: np.ndarray, noise, penalty: float, batch_size: int, *,
                     total: int | None, tokens: np.ndarray | None = None,
                     token_budget: float | None = None) -> np.ndarray:
     """Draw counts per entry of `logits` (-inf entries are never drawn): `total` draws, or, when
-    `total` is None, draws while their token total stays within `token_budget`."""
+    `total` is None, draws while their token total stays within `token_budget`. `noise(b)` gives
+    batch b's Gumbel noise per entry (a Generator works too: its draws are used in turn)."""
+    if isinstance(noise, np.random.Generator):
+        rng = noise
+        noise = lambda _b: rng.gumbel(size=len(logits))  # noqa: E731
     logits = np.array(logits, dtype=np.float64, copy=True)
     counts = np.zeros(len(logits), dtype=np.int64)
-    drawn, used = 0, 0.0
+    drawn, used, batches = 0, 0.0, 0
     remaining = np.inf if total is None else total
     while drawn < remaining:
         drawable = int(np.isfinite(logits).sum())
         size = int(min(batch_size, remaining - drawn, drawable))
         if size <= 0:
             break
-        keys = logits + rng.gumbel(size=len(logits))
+        keys = logits + noise(batches)
+        batches += 1
         batch = np.argpartition(-keys, size - 1)[:size]
         if tokens is not None:  # keep the batch's best-keyed draws while the tokens fit
             batch = batch[np.argsort(-keys[batch], kind="stable")]

@@ -74,10 +74,10 @@ class Stratified(Selector):
         """Stratum id per candidate and the strata's labels."""
         p = self.params
         if p.column is not None:
-            rows = ctx.pool.rows
-            if p.column not in rows.columns:
-                raise DataError(f"stratified: {unknown_message('pool column', p.column, rows.columns)}")
-            codes, labels = group_codes(rows[p.column])
+            columns = list(ctx.pool.columns)
+            if p.column not in columns:
+                raise DataError(f"stratified: {unknown_message('pool column', p.column, columns)}")
+            codes, labels = group_codes(ctx.pool.column(p.column))
             used, strata = np.unique(codes[ctx.candidates], return_inverse=True)
             return strata.astype(np.int64), [labels[c] for c in used]
         if p.bin_score not in ctx.scores:

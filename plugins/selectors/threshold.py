@@ -24,7 +24,7 @@ class ThresholdParams(SelectorParams):
 
 class Threshold(Selector):
     """Filter by raw score bounds; quantiles are taken over the current candidates. NaN scores
-    are dropped. Keeps pool order. O(N)."""
+    are dropped. Keeps the candidates' order. O(N)."""
 
     name = "threshold"
     Params = ThresholdParams
@@ -43,7 +43,7 @@ class Threshold(Selector):
             keep &= values <= high
         kept = ctx.candidates[keep]
         if p.budget is not None:
-            order = kept[np.argsort(-ctx.score.oriented()[kept], kind="stable")]
+            order = kept[np.argsort(-ctx.score.oriented()[kept], kind="stable")]  # ties: candidate (key) order
             kept = np.sort(ctx.take(order, p.budget))
         return Selection(indices=kept)
 

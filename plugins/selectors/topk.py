@@ -10,7 +10,7 @@ from selectkit.hookspecs import hookimpl
 
 
 def best_first(values: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """Candidates ordered by value, highest first; ties keep pool order (stable), NaN last."""
+    """Candidates ordered by value, highest first; ties keep candidate order (row-key order), NaN last."""
     v = values[candidates]
     v = np.where(np.isnan(v), -np.inf, v)
     return candidates[np.argsort(-v, kind="stable")]
@@ -25,8 +25,8 @@ class TopKParams(SelectorParams):
 
 
 class TopK(Selector):
-    """Keep the highest-scoring candidates. Ties break by pool order (stable), so results
-    are deterministic. Scales as O(N log N) time and O(N) memory."""
+    """Keep the highest-scoring candidates. Ties break by row key (stable over the candidates' order),
+    so results are deterministic and independent of row order. O(N log N) time, O(N) memory."""
 
     name = "topk"
     Params = TopKParams
@@ -48,7 +48,7 @@ def _cap_groups(order: np.ndarray, ctx: SelectContext, params: TopKParams) -> np
         raise ValueError("max_group_fraction needs group_by")
     limit = params.budget.max_count(len(ctx.candidates)) if params.budget else len(order)
     cap = max(1, int(np.floor(params.max_group_fraction * limit)))
-    groups = ctx.pool.rows[params.group_by].cast(str).to_numpy()[order]
+    groups = ctx.pool.column(params.group_by).cast(str).to_numpy()[order]
     _, inverse = np.unique(groups, return_inverse=True)
     seen = np.zeros(inverse.max() + 1, dtype=np.int64)
     keep = np.zeros(len(order), dtype=bool)

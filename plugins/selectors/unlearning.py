@@ -33,6 +33,7 @@ class Unlearning(Selector):
     in seeded random order, so a partly kept last group is a uniform sample of it. O(N log N)."""
 
     name = "unlearning"
+    version = "2"
     Params = UnlearningParams
     accepts = frozenset({Shape.VECTOR})
 
@@ -41,9 +42,9 @@ class Unlearning(Selector):
         cand = ctx.candidates
         values = ctx.score.oriented()[cand].astype(np.float64)
         if p.group_by is not None:
-            if p.group_by not in ctx.pool.rows.columns:
+            if p.group_by not in ctx.pool.columns:
                 raise DataError(f"{self.name}: pool has no column {p.group_by!r}")
-            keys = ctx.pool.rows[p.group_by].cast(str).fill_null("").to_numpy()[cand]
+            keys = ctx.pool.column(p.group_by).cast(str).fill_null("").to_numpy()[cand]
         else:
             keys = values
         names, group = np.unique(keys, return_inverse=True)

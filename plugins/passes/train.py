@@ -1,0 +1,137 @@
+"""The training pass provider: the checkpoints a model's gradient scorers read.
+
+`checkpoints` of a model are its `warmup` (a LoRA trained here on a keyed sample of the pool,
+one checkpoint per epoch, each epoch a cache shard: a killed warmup resumes after its last
+finished epoch and ends byte-identical), its `checkpoints:` folders (read, never written), or
+the model itself as one checkpoint of weight 1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from selectkit.components import FeatureRequest
+from selectkit.hookspecs import hookimpl
+from selectkit.passes import ModelRef, PassContext, PassPlan, PassProvider, PlanContext
+
+
+class Train(PassProvider):
+    """Warmup training (LESS) and the checkpoint list of a model."""
+
+    name = "train"
+    version = "2"
+    kinds = {"checkpoints": {}}
+
+    def plan(self, model: ModelRef, requests: list[FeatureRequest], ctx: PlanContext) -> list[PassPlan]:
+        spec = model.spec
+        if spec.warmup is not None:
+            from selectkit.estimates import model_pass
+            from selectkit.models import model_fingerprint
+
+            warm = spec.warmup
+            base = model_fingerprint(spec.model_copy(update={"lora": None}), model.base)
+            seed = warm.seed if warm.seed is not None else ctx.seed
+            rows = ctx.rows.get("pool")
+            examples = max(1, int(warm.fraction * rows)) if rows else None
+            estimate = model_pass(model, "pool", ctx, backward=True, examples=examples)
+            if estimate is not None:
+                estimate = estimate.scaled(warm.epochs, f"LoRA training: {warm.epochs} epochs of forward + backward")
+            return [PassPlan("warmup", f"warmup {model.name}: LoRA on {warm.fraction:.0%} of the pool, "
+                                       f"{warm.epochs} epochs", requests, "pool",
+                             ["warmup", base, ctx.sources["pool"].fingerprint, warm.model_dump(mode="json"), seed],
+                             shards=warm.epochs, estimate=estimate, artifact="train",
+                             settings={"seed": seed, "detail": {"epochs": warm.epochs, "lr": warm.learning_rate,
+                                                                "lora": warm.lora.model_dump(mode="json")}})]
+        if spec.checkpoints:
+            from selectkit.data import fingerprint_path
+
+            folders = [_resolve(model, c) for c in spec.checkpoints]
+            prints = [fingerprint_path(f) if f.exists() else str(f) for f in folders]
+            return [PassPlan("given", f"checkpoints of {model.name}: {len(folders)} folders", requests, None,
+                             ["given", prints], artifact="given", settings={"folders": [str(f) for f in folders]})]
+        return [PassPlan("model", f"{model.name} as its only checkpoint", requests, None, ["model"],
+                         artifact="given")]
+
+    def complete(self, step: Any, cache: Any) -> bool:
+        if step.artifact == "given":
+            return True
+        return cache.sharded("train", step.key, step.shards).complete()
+
+    def run(self, step: Any, ctx: PassContext, shards: list[int] | None = None) -> None:
+        if step.artifact == "given":
+            return
+        from selectkit.lm import prompts_of
+        from selectkit.pool import take
+        from selectkit_plugins.influence.warmup import Warmup, warmup_rows
+
+        payload = step.payload
+        spec = payload.model.spec
+        warm = spec.warmup
+        entry = ctx.cache.sharded("train", step.key, step.shards, label=step.label)
+        missing = entry.missing()
+        if not missing:
+            return
+        seed = payload.settings["seed"]
+        rows = warmup_rows(ctx.pool.keys, warm.fraction, seed)
+        data = take(ctx.pool, rows)
+        from dataclasses import replace
+
+        fresh = replace(payload.model, spec=spec.model_copy(update={"lora": None}),
+                        fingerprint=payload.model.fingerprint + ":no-lora")
+        lm = ctx.load_model(fresh)  # the warmup trains a new LoRA on the base model
+        run = Warmup(lm.model, lm.tokenizer, data.texts, warm, seed=seed, max_length=lm.max_length,
+                     prompts=prompts_of(data, warm.response), target_modules=_targets(lm, warm))
+        first = missing[0]
+        if first > 0:
+            previous = entry.open(first - 1)
+            if previous is None:  # pragma: no cover - missing() said it was there
+                raise RuntimeError("warmup checkpoint vanished")
+            run.restore(previous)
+        for epoch in range(first, warm.epochs):
+            info = run.train_epoch(epoch, progress=lambda s, total, loss, e=epoch: ctx.say(
+                done=s, total=total, unit=f"epoch {e + 1}/{warm.epochs} step", loss=loss))
+            if not entry.done(epoch):
+                with entry.stage(epoch) as staging:
+                    run.save(staging.folder, info)
+                    staging.commit()
+        ctx.say(done=warm.epochs, total=warm.epochs, unit="epoch")
+
+    def load(self, step: Any, ctx: PassContext) -> dict[FeatureRequest, Any]:
+        from selectkit_plugins.influence.checkpoints import Checkpoint, read_checkpoints, warmup_checkpoint
+
+        if step.artifact == "given":
+            folders = step.payload.settings.get("folders")
+            value = read_checkpoints(folders) if folders else [Checkpoint("model")]
+        else:
+            entry = ctx.cache.sharded("train", step.key, step.shards)
+            value = []
+            for epoch in range(step.shards):
+                folder = entry.open(epoch)
+                if folder is None:
+                    raise RuntimeError(f"warmup epoch {epoch + 1} is missing from the cache; run again")
+                value.append(warmup_checkpoint(folder, f"epoch-{epoch + 1}"))
+        return {r: value for r in step.payload.requests}
+
+
+def _targets(lm: Any, warm: Any) -> list[str] | None:
+    """The LoRA's target modules: the recipe's, else the architecture's attention projections."""
+    if warm.lora.target_modules:
+        return list(warm.lora.target_modules)
+    from selectkit_plugins.influence.layers import default_lora_targets
+
+    return default_lora_targets(lm.model.config.model_type)
+
+
+def _resolve(model: ModelRef, path: str):
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else model.base / p
+
+
+CHECKPOINTS = FeatureRequest("checkpoints", "pool")
+
+
+@hookimpl
+def register_passes(register):
+    register(Train)
