@@ -29,11 +29,12 @@ def _fail(exc: SelectkitError, code: int = 1) -> None:
 
 
 class _Writes:
-    """The file this process last opened for writing, seen through the `open` audit event: a
-    write that fails (disk full, file too large) raises an error without a path, and Rust
-    libraries (polars) report none either, so the error line names this file instead."""
+    """The folders this process wrote into, one per file system, seen through audit events (files
+    opened for writing, folders made): a write that fails (disk full, file too large) raises an
+    error without a path, and Rust libraries (polars) open files unseen, so the error line names
+    these folders instead."""
 
-    last: str | None = None
+    folders: dict[int, str] = {}  # st_dev -> the folder last written into on that file system
     watching = False
 
     @classmethod
@@ -44,9 +45,20 @@ class _Writes:
 
     @classmethod
     def _note(cls, event: str, args: tuple) -> None:
-        if event == "open" and len(args) == 3 and isinstance(args[2], int) and args[2] & (os.O_WRONLY | os.O_RDWR):
-            if isinstance(args[0], str | bytes | os.PathLike):
-                cls.last = os.fsdecode(args[0])
+        writing = event == "open" and len(args) == 3 and isinstance(args[2], int) and \
+            args[2] & (os.O_WRONLY | os.O_RDWR)
+        if (writing or event == "os.mkdir") and isinstance(args[0], str | bytes | os.PathLike):
+            folder = os.path.dirname(os.path.abspath(os.fsdecode(args[0])))
+            try:
+                device = os.stat(folder).st_dev
+            except OSError:
+                return
+            cls.folders.pop(device, None)
+            cls.folders[device] = folder
+
+    @classmethod
+    def recent(cls) -> list[str]:
+        return list(reversed(cls.folders.values()))
 
 
 class _Commands(click.Group):
@@ -57,7 +69,7 @@ class _Commands(click.Group):
         try:
             return super().invoke(ctx)
         except Exception as exc:
-            text = describe_fault(exc, _Writes.last)
+            text = describe_fault(exc, _Writes.recent())
             if text is None or ctx.params.get("debug") or fault_errno(exc) == errno.EPIPE:
                 raise  # a bug (report it with the traceback), --debug, or a closed pipe (click handles it)
             click.echo(f"error: {text}", err=True)

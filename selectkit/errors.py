@@ -171,10 +171,18 @@ def fault_errno(exc: BaseException) -> int | None:
     return None
 
 
-def describe_fault(exc: BaseException, last_written: str | None = None) -> str | None:
+def _free_bytes(folder: str) -> int:
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return 1 << 62
+    return stats.f_bavail * stats.f_frsize
+
+
+def describe_fault(exc: BaseException, written: list[str] | tuple[str, ...] = ()) -> str | None:
     """One line for a fault of the machine (disk full, read-only, permissions, out of memory), or
-    None when `exc` is not one. `last_written` names the file last opened for writing, for errors
-    that carry no path (a failed write reports none)."""
+    None when `exc` is not one. A failed write reports no path, so `written` (the folders the
+    command wrote into, one per file system) is named instead; the fullest first when space ran out."""
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         detail = f": {exc}" if str(exc) else ""
         return f"out of memory{detail} (use a smaller batch, --limit, or a larger machine)"
@@ -186,7 +194,9 @@ def describe_fault(exc: BaseException, last_written: str | None = None) -> str |
     text = f"{reason} [errno {number}]"
     if paths:
         text += ": " + " -> ".join(map(os.fsdecode, paths))
-    elif last_written:
-        text += f" (last file opened for writing: {last_written})"
+    elif written:
+        if number in (errno_codes.ENOSPC, errno_codes.EDQUOT):
+            written = sorted(written, key=_free_bytes)
+        text += f" (writing under {', '.join(written)})"
     hint = _FAULT_HINTS.get(number)
     return text + (f" ({hint})" if hint else "")
