@@ -246,7 +246,7 @@ def plugins(name: str | None, fmt: str, strict: bool) -> None:
     """List installed components and their params; with NAME, everything about one component."""
     from selectkit.errors import PluginError
     from selectkit.registry import unknown_message
-    from selectkit.schema import describe_component, describe_components
+    from selectkit.schema import describe_component, describe_components, render_component, render_listing
 
     try:
         registry = _registry(strict)
@@ -263,52 +263,9 @@ def plugins(name: str | None, fmt: str, strict: bool) -> None:
     if fmt == "json":
         click.echo(json.dumps(listing, indent=2))
     elif name is None:
-        click.echo(_render_listing(listing))
+        click.echo(render_listing(listing))
     else:
-        click.echo("\n\n".join(_render_component(c) for c in listing))
-
-
-def _param_line(p: dict) -> str:
-    default = "required" if p["required"] else f"= {json.dumps(p['default'])}"
-    return f"{p['name']}: {p['type']} {default}"
-
-
-def _render_listing(listing: dict) -> str:
-    lines = []
-    for kind, components in listing.items():
-        lines.append(f"{kind}:")
-        for c in components:
-            lines.append(f"  {c['name']:<26} {c['summary']}  [{c['distribution']}]".rstrip())
-            lines += [f"      {_param_line(p)}" + (f"  # {p['description']}" if p["description"] else "")
-                      for p in c["params"]]
-    return "\n".join(lines)
-
-
-_CONTRACT = [("accepts", "accepts"), ("produces", "produces"), ("model_kinds", "model kinds"),
-             ("model_params", "params naming models"), ("targets", "targets"), ("higher_is_better", "higher is better"),
-             ("score_params", "params naming scores"), ("budget", "budget"),
-             ("draws_with_replacement", "draws with replacement")]
-
-
-def _render_component(c: dict) -> str:
-    lines = [f"{c['name']}  ({c['kind']} from {c['distribution']}, version {c['version']})", ""]
-    lines += [c["doc"] or "(no description)", ""]
-    for key, label in _CONTRACT:
-        if key in c:
-            value = c[key]
-            if isinstance(value, bool):
-                value = "yes" if value else "no"
-            elif isinstance(value, list):
-                value = ", ".join(value) or "none"
-            elif isinstance(value, dict):
-                value = "; ".join(f"{k}: {', '.join(v)}" for k, v in value.items()) or "none"
-            lines.append(f"{label + ':':<24}{value}")
-    lines += ["", "params:" if c["params"] else "params: none"]
-    for p in c["params"]:
-        lines.append(f"  {_param_line(p)}")
-        if p["description"]:
-            lines.append(f"      {p['description']}")
-    return "\n".join(lines)
+        click.echo("\n\n".join(render_component(c) for c in listing))
 
 
 @main.command()

@@ -144,3 +144,48 @@ def describe_component(registry: Registry, kind: str, name: str) -> dict:
     return {"name": name, "kind": kind[:-1], "distribution": entry.distribution, "plugin": entry.plugin,
             "version": getattr(entry.cls, "version", None), "doc": inspect.cleandoc(entry.cls.__doc__ or ""),
             "params": param_rows(entry.cls), **_contract(entry.cls)}
+
+
+def _param_line(p: dict) -> str:
+    default = "required" if p["required"] else f"= {json.dumps(p['default'])}"
+    return f"{p['name']}: {p['type']} {default}"
+
+
+def render_listing(listing: dict) -> str:
+    """`selectkit plugins`: per kind, each component's first sentence and one line per param."""
+    lines = []
+    for kind, components in listing.items():
+        lines.append(f"{kind}:")
+        for c in components:
+            lines.append(f"  {c['name']:<26} {c['summary']}  [{c['distribution']}]".rstrip())
+            lines += [f"      {_param_line(p)}" + (f"  # {p['description']}" if p["description"] else "")
+                      for p in c["params"]]
+    return "\n".join(lines)
+
+
+_CONTRACT = [("accepts", "accepts"), ("produces", "produces"), ("model_kinds", "model kinds"),
+             ("model_params", "params naming models"), ("targets", "targets"), ("higher_is_better", "higher is better"),
+             ("score_params", "params naming scores"), ("budget", "budget"),
+             ("draws_with_replacement", "draws with replacement")]
+
+
+def render_component(c: dict) -> str:
+    """`selectkit plugins NAME`: the whole docstring, the declared contract, then every param."""
+    lines = [f"{c['name']}  ({c['kind']} from {c['distribution']}, version {c['version']})", ""]
+    lines += [c["doc"] or "(no description)", ""]
+    for key, label in _CONTRACT:
+        if key in c:
+            value = c[key]
+            if isinstance(value, bool):
+                value = "yes" if value else "no"
+            elif isinstance(value, list):
+                value = ", ".join(value) or "none"
+            elif isinstance(value, dict):
+                value = "; ".join(f"{k}: {', '.join(v)}" for k, v in value.items()) or "none"
+            lines.append(f"{label + ':':<24}{value}")
+    lines += ["", "params:" if c["params"] else "params: none"]
+    for p in c["params"]:
+        lines.append(f"  {_param_line(p)}")
+        if p["description"]:
+            lines.append(f"      {p['description']}")
+    return "\n".join(lines)
