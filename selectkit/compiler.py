@@ -131,7 +131,7 @@ def _check_output(loaded: LoadedRecipe, sources: dict[str, SourceNode], out: _Co
     except SelectkitError:  # a model that does not resolve is reported by _check_models
         pass
     for problem in output_conflicts(out_dir, inputs):
-        out.add(problem, ("output", "dir"), hint="choose another output.dir")
+        out.add(problem, ("output", "dir"), hint="choose another output.dir", code="output-folder")
 
 
 def _check_models(loaded: LoadedRecipe, out: _Collector) -> None:

@@ -55,6 +55,7 @@ CODES: dict[str, Code] = {c.name: c for c in [
     Code("SK304", "budget", "a budget is missing, malformed, impossible, or given to a stage that takes none"),
     Code("SK401", "data-file", "a data source is missing or unreadable"),
     Code("SK402", "model-files", "a model folder is missing, malformed, unsafe or does not fit its kind"),
+    Code("SK403", "output-folder", "the output folder is, holds or lies inside an input (data or model)"),
     Code("SK900", "error", "any other error"),
     Code("SK950", "plugin-skipped", "warning: a plugin failed to load and was skipped"),
     Code("SK951", "warning", "any other warning"),

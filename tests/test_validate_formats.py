@@ -63,6 +63,18 @@ def test_errors_have_start_and_end_positions(tmp_path):
     assert (error["line"], error["column"], error["end_line"], error["end_column"]) == (line, 1, line, 6)
 
 
+def test_an_output_folder_over_the_inputs_has_its_code(demo):
+    recipe = demo / "quickstart.yaml"
+    text = recipe.read_text()
+    assert "  dir: ../out/quickstart\n" in text
+    recipe.write_text(text.replace("  dir: ../out/quickstart\n", "  dir: data\n"))  # the folder of the pool
+    code, report = validate_json(recipe)
+    assert code == 1
+    errors = report["recipes"][0]["errors"]  # one per input inside it: the pool and the target
+    assert {(e["code"], e["name"]) for e in errors} == {("SK403", "output-folder")}
+    assert any("contains the pool source" in e["message"] for e in errors)
+
+
 def test_valid_recipes_and_warnings_in_json(tmp_path):
     site = fake_distribution(tmp_path / "site", "brokenplugin", "broken_plugin", "raise RuntimeError('boom')\n")
     code, report = validate_json(RECIPES / "quickstart.yaml", env={"PYTHONPATH": str(site)})
