@@ -115,6 +115,8 @@ class JsonlRows(RowSource):
 
 
 class JsonLines(Reader):
+    """JSON lines (one object per line, blank lines skipped); any row range read by a line index."""
+
     name = "jsonl"
     suffixes = (".jsonl", ".ndjson", ".jsonl.gz")
 
@@ -151,6 +153,8 @@ class ParquetRows(RowSource):
 
 
 class Json(Reader):
+    """A JSON array of objects, read whole."""
+
     name = "json"
     suffixes = (".json",)
 
@@ -159,6 +163,8 @@ class Json(Reader):
 
 
 class Csv(Reader):
+    """Comma- (or, for .tsv, tab-) separated values with a header row, read whole."""
+
     name = "csv"
     suffixes = (".csv", ".tsv")
 
@@ -167,6 +173,8 @@ class Csv(Reader):
 
 
 class Parquet(Reader):
+    """Apache Parquet; any row range read by row groups (the format for pools larger than memory)."""
+
     name = "parquet"
     suffixes = (".parquet",)
 

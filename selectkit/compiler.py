@@ -59,6 +59,7 @@ class Checked:
     scores: dict[str, ScoreNode]
     stages: list[StageNode]
     warnings: list[str] = field(default_factory=list)
+    missing_extras: dict[str, list[str]] = field(default_factory=dict)
 
 
 class _Collector:
@@ -84,7 +85,26 @@ def check(loaded: LoadedRecipe, registry: Registry | None = None) -> Checked:
     _check_output(loaded, sources, out)
     if out.errors:
         raise RecipeErrors(out.errors)
-    return Checked(loaded, registry, sources, dict(recipe.models), scores, stages)
+    checked = Checked(loaded, registry, sources, dict(recipe.models), scores, stages)
+    checked.missing_extras = _extras(checked)
+    checked.warnings.extend(f"{', '.join(who)} need(s) the '{extra}' extra, which is not installed "
+                            f"(pip install 'selectkit[{extra}]')" for extra, who in checked.missing_extras.items())
+    return checked
+
+
+def _extras(checked: Checked) -> dict[str, list[str]]:
+    """Optional extras the recipe's components need and this environment lacks (extra -> who needs
+    it): a warning for `validate` (a light CI job), an error for `plan` and `run`."""
+    from selectkit.errors import missing_extras
+
+    needs: dict[str, list[str]] = {}
+    components = [(f"scorer {n.scorer.name!r}", n.scorer, bool(n.models())) for n in checked.scores.values()]
+    components += [(f"selector {s.selector.name!r}", s.selector, False) for s in checked.stages]
+    for label, component, uses_model in components:
+        for extra in (*component.extras, *(("models",) if uses_model else ())):
+            if label not in needs.setdefault(extra, []):
+                needs[extra].append(label)
+    return {extra: who for extra, who in needs.items() if missing_extras([extra])}
 
 
 def _check_sources(loaded: LoadedRecipe, registry: Registry, out: _Collector) -> dict[str, SourceNode]:

@@ -10,12 +10,18 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from selectkit.budget import BudgetField
+
+if TYPE_CHECKING:  # pragma: no cover - annotations only: importing components stays cheap
+    from selectkit.data import Dataset
+    from selectkit.passes import Features
+    from selectkit.pool import Pool
+    from selectkit.recipe import ModelSpec
 
 
 class Shape(str, Enum):
@@ -93,6 +99,7 @@ class Component:
     name: ClassVar[str]
     version: ClassVar[str] = "1"
     Params: ClassVar[type[Params]] = Params
+    extras: ClassVar[tuple[str, ...]] = ()  # optional extras it needs (models, ot, cluster, ...): checked by validate
 
     def __init__(self, params: Params | None = None):
         self.params = params if params is not None else self.Params()
@@ -137,12 +144,12 @@ class ScoreContext:
     otherwise `pool` is the whole pool (selectkit.pool.Pool: ids, columns, shards) and
     `features` answers the scorer's `feature_requests`."""
 
-    pool: Any
-    targets: dict[str, Any]
+    pool: Pool | Dataset
+    targets: dict[str, Dataset]
     seed: int
-    model: Any = None  # the scorer's ModelSpec, for scorers that declare `model_kinds`
-    features: Any = None  # selectkit.passes.Features: values of the requested pass outputs
-    stats: Any = None  # merged per-shard statistics (rowwise scorers that declare them)
+    model: ModelSpec | None = None  # the scorer's model, for scorers that declare `model_kinds`
+    features: Features | None = None  # values of the requested pass outputs
+    stats: dict[str, Any] | None = None  # merged per-shard statistics (rowwise scorers that declare them)
 
     def rng(self, *labels: str) -> np.random.Generator:
         return rng_for(self.seed, *labels)
@@ -160,7 +167,6 @@ class Scorer(Component):
     model_params: ClassVar[tuple[str, ...]] = ()  # params naming further entries under `models`
     higher_is_better: ClassVar[bool] = True
     rowwise: ClassVar[bool] = False  # each row's score depends on its own row (and `stats`) only
-    extras: ClassVar[tuple[str, ...]] = ()  # optional extras it needs (checked at validate time)
 
     def output_shape(self) -> Shape:
         """The shape this configured scorer produces (may depend on params)."""
@@ -187,7 +193,7 @@ class Scorer(Component):
 
 @dataclass
 class NormalizeContext:
-    pool: Any  # selectkit.pool.Pool: ids and `column(name)` for per-group statistics
+    pool: Pool | Dataset  # ids and `column(name)` for per-group statistics
     seed: int
 
 
@@ -215,12 +221,12 @@ class SelectContext:
     Ties are broken by `keys` too (see `best_first`)."""
 
     candidates: np.ndarray
-    pool: Any  # selectkit.pool.Pool (or a Dataset in unit tests): token_counts, column(name)
+    pool: Pool | Dataset  # token_counts, column(name), ids
     seed: int
     stage: str
     score: Score | None = None
     scores: dict[str, Score] = field(default_factory=dict)
-    targets: dict[str, Any] = field(default_factory=dict)
+    targets: dict[str, Dataset] = field(default_factory=dict)
     keys: np.ndarray | None = None  # a stable uint64 per pool row (selectkit.noise.row_keys of the ids)
 
     def rng(self, *labels: str) -> np.random.Generator:

@@ -136,6 +136,24 @@ class MissingExtraError(SelectkitError):
         )
 
 
+EXTRAS: dict[str, tuple[str, ...]] = {
+    # extra -> the modules it brings that a component imports (checked with find_spec: nothing is imported)
+    "models": ("torch", "transformers", "safetensors", "peft"),
+    "ot": ("ot",),
+    "cluster": ("sklearn",),
+    "faiss": ("faiss",),
+    "report": ("matplotlib",),
+    "ray": ("ray",),
+}
+
+
+def missing_extras(extras: tuple[str, ...] | list[str]) -> list[str]:
+    """The extras among `extras` whose modules are not installed (cheap: no import)."""
+    import importlib.util
+
+    return [e for e in extras if any(importlib.util.find_spec(m) is None for m in EXTRAS.get(e, (e,)))]
+
+
 def require(module: str, extra: str, component: str):
     """Import `module` or raise a MissingExtraError naming the extra that provides it."""
     import importlib

@@ -42,6 +42,12 @@ GPUS: dict[str, tuple[float, float]] = {
 # benchmarks/bench_perplexity.py: ~10 GFLOP/s per core on a loaded 2-core machine, ~50 idle).
 CPU_TFLOPS_PER_CORE = 0.02
 GPU_MFU = 0.4  # assumed model-FLOPs utilisation of a forward pass on a GPU
+CPU_FULL_SPEED_HIDDEN = 768  # narrower models reach a proportionally smaller share of the CPU's speed
+LOAD_SECONDS = 1.0  # fixed cost of a step that loads a model (process-level imports excluded)
+LOAD_BYTES_PER_S = 400e6  # reading weights from disk into memory
+# seconds per FLOP against a plain pass, measured with benchmarks/bench_estimates.py on the demo recipes
+GRADIENT_OVERHEAD = 4.0  # per-example gradients (hooks), Adam transform and random projection
+TRAIN_OVERHEAD = 3.0  # optimizer steps, gradient accumulation, one checkpoint written per epoch
 CUDA_OVERHEAD = int(1.5 * GiB)  # CUDA context, allocator slack, kernels' workspaces
 PADDING = 1.05  # length-sorted batches pad about this much
 SAMPLE_ROWS = 256
@@ -246,11 +252,13 @@ class PassEstimate:
                 "peak_bytes": self.peak_bytes, "batch_tokens": self.batch_tokens, "devices": self.device_label,
                 "fits": self.fits, "what": self.what}
 
-    def scaled(self, times: float, what: str) -> PassEstimate:
+    def scaled(self, times: float, what: str, overhead: float = 1.0) -> PassEstimate:
+        """`times` such passes; `overhead`: seconds per FLOP relative to a plain pass (e.g. per-example
+        gradients with their projections cost more than the FLOPs of a forward + backward say)."""
         from dataclasses import replace
 
-        return replace(self, flops=self.flops * times, seconds=None if self.seconds is None else self.seconds * times,
-                       what=what)
+        seconds = None if self.seconds is None else self.seconds * times * overhead
+        return replace(self, flops=self.flops * times, seconds=seconds, what=what)
 
     def as_detail(self) -> dict[str, str]:
         """Human-readable lines for the plan."""
@@ -303,8 +311,11 @@ def estimate_model_pass(facts: Any, *, examples: int, mean_tokens: float, invent
     per_token = activation_bytes_per_token(facts, dtype, backward=backward, hidden_states=hidden_states,
                                            max_length=max_length, logits=logits)
     peak = weights * (4 if backward else 1) + batch_tokens * per_token + overhead
-    throughput = sum((d.peak_tflops or 0) for d in used) * 1e12 * (GPU_MFU if device.kind == "cuda" else 1.0)
+    utilisation = GPU_MFU if device.kind == "cuda" else min(1.0, facts.hidden / CPU_FULL_SPEED_HIDDEN)
+    throughput = sum((d.peak_tflops or 0) for d in used) * 1e12 * max(utilisation, 1e-3)
     seconds = flops / throughput if throughput > 0 and all(d.peak_tflops for d in used) else None
+    if seconds is not None:
+        seconds += LOAD_SECONDS + weights / LOAD_BYTES_PER_S
     label = str(Inventory(tuple(used), inventory.source))
     rows = max(1, int(batch_tokens // max(mean_tokens, 1)))
     return PassEstimate(examples, tokens, flops, weights, batch_tokens, rows, peak, device.memory_bytes, n, label,

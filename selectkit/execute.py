@@ -8,6 +8,7 @@ devices, progress, timing); components only compute."""
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from collections.abc import Callable
@@ -77,19 +78,23 @@ class LocalExecutor(Executor):
     name = "local"
 
     def run(self, plan: Plan, progress: Reporter | Progress | None = None, options: dict | None = None) -> RunResult:
-        run = Run(plan, as_reporter(progress), dict(options or {}))
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", SelectkitWarning)
-            result = run.execute()
-        for w in caught:
-            if issubclass(w.category, SelectkitWarning):
-                text = str(w.message)
-                if text not in result.warnings:
-                    result.warnings.append(text)
-                    run.reporter.message(f"warning: {text}")
-            else:
-                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-        return result
+        return execute(Run(plan, as_reporter(progress), dict(options or {})))
+
+
+def execute(run: Run) -> RunResult:
+    """Run every step the outputs need, collecting selectkit's warnings into the result."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SelectkitWarning)
+        result = run.execute()
+    for w in caught:
+        if issubclass(w.category, SelectkitWarning):
+            text = str(w.message)
+            if text not in result.warnings:
+                result.warnings.append(text)
+                run.reporter.message(f"warning: {text}")
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return result
 
 
 class Run:
@@ -159,6 +164,36 @@ class Run:
         self.reporter.step_finished(step, status, seconds)
         return value
 
+    # ------------------------------------------------------------ where shards are computed (a cluster overrides)
+    def map_index(self, step: Step, table: Any, missing: list[int]) -> None:
+        """Index the listed shards of the pool into the step's cache entry."""
+        from selectkit.pool import index_into, shard_ranges
+
+        ranges = shard_ranges(table.rows, table.spec.shard_rows)
+        for done, i in enumerate(missing, 1):
+            index_into(self.cache.sharded("pool", step.key, step.shards), table, i, ranges[i])
+            self.reporter.advance(step.id, done, len(missing), unit="index shard")
+
+    def map_pass(self, step: Step, missing: list[int]) -> None:
+        """Compute the listed shards of a sharded pass (split over this machine's GPUs)."""
+        provider = step.payload.provider
+        devices = pass_devices(self.plan.devices, step.payload.model.spec.device) if len(missing) > 1 else []
+        if len(devices) > 1:  # each device computes every k-th missing shard
+            self.reporter.message(f"{step.label}: splitting {len(missing)} shards over {', '.join(devices)}")
+            with ThreadPoolExecutor(len(devices)) as workers:
+                jobs = [workers.submit(provider.run, step, self.pass_context(step, d), missing[i::len(devices)])
+                        for i, d in enumerate(devices)]
+                for job in jobs:
+                    job.result()
+        provider.run(step, self.pass_context(step), missing)
+
+    def map_scores(self, step: Step, phase: str, entry: Any, missing: list[int], base: dict, stats: Any) -> None:
+        """Compute a rowwise scorer's `statistics` or `values` for the listed shards into `entry`."""
+        node = step.payload.node
+        for done, i in enumerate(missing, 1):
+            entry.write(i, shard_score(node, phase, self.pool.shard(i), base, stats))
+            self.reporter.advance(step.id, done, len(missing), unit=f"{phase} shard")
+
     # ------------------------------------------------------------ read
     def _read(self, step: Step):
         from selectkit.pool import Pool, Table, build_index, read_shard
@@ -178,9 +213,11 @@ class Run:
             self.targets[source.name] = ds
             return ds, "computed", {"rows": len(ds)}
         entry = self.cache.sharded("pool", step.key, step.shards)
-        status = "cached" if entry.complete() else ("resumed" if len(entry.missing()) < step.shards else "computed")
-        index = build_index(table, self.cache, step.key,
-                            progress=lambda done, total: self.reporter.advance(step.id, done, total))
+        missing = entry.missing()
+        status = "cached" if entry.complete() else ("resumed" if len(missing) < step.shards else "computed")
+        if missing:
+            self.map_index(step, table, missing)
+        index = build_index(table, self.cache, step.key)
         self.pool = Pool(source, table, index)
         return self.pool, status, {"rows": len(self.pool)}
 
@@ -221,19 +258,13 @@ class Run:
         if provider.complete(step, self.cache):
             ctx = self.pass_context(step)
             return provider.load(step, ctx), "cached", {}
-        before = step.shards - len(self.cache.sharded(step.artifact, step.key, step.shards).missing()) \
-            if step.shards else 0
-        devices = pass_devices(self.plan.devices, step.payload.model.spec.device) if step.shards > 1 else []
-        if len(devices) > 1:  # each device computes every k-th missing shard; then one assembles
-            missing = self.cache.sharded(step.artifact, step.key, step.shards).missing()
-            self.reporter.message(f"{step.label}: splitting {len(missing)} shards over {', '.join(devices)}")
-            with ThreadPoolExecutor(len(devices)) as workers:
-                jobs = [workers.submit(provider.run, step, self.pass_context(step, d), missing[i::len(devices)])
-                        for i, d in enumerate(devices)]
-                for job in jobs:
-                    job.result()
+        missing = self.cache.sharded(step.artifact, step.key, step.shards).missing() if step.shards else []
+        before = step.shards - len(missing) if step.shards else 0
         ctx = self.pass_context(step)
-        provider.run(step, ctx)
+        if step.shards and missing:
+            self.map_pass(step, missing)
+        elif not step.shards:
+            provider.run(step, ctx)
         if step.shards:
             entry = self.cache.sharded(step.artifact, step.key, step.shards)
             if not entry.complete():
@@ -280,29 +311,21 @@ class Run:
         base = dict(targets=targets, seed=self.plan.seed, model=model, features=features)
         if type(scorer).statistics is not _base_statistics():
             entry = self.cache.sharded("score-parts", f"{step.key}-stats", shards, label=f"{node.name}: statistics")
-            resumed |= len(entry.missing()) < shards
-            for i in entry.missing():
-                part = scorer.statistics(ScoreContext(pool=self.pool.shard(i), **base))
-                entry.write(i, {k: np.asarray(v) for k, v in (part or {}).items()})
-                self.reporter.advance(step.id, i + 1, shards, unit="statistics shard")
-            parts = entry.read_all()
-            stats = scorer.merge(parts, ScoreContext(pool=self.pool, **base))
+            missing = entry.missing()
+            resumed |= len(missing) < shards
+            if missing:
+                self.map_scores(step, "statistics", entry, missing, base, None)
+            stats = scorer.merge(entry.read_all(), ScoreContext(pool=self.pool, **base))  # in shard order
         entry = self.cache.sharded("score-parts", f"{step.key}-values", shards, label=f"{node.name}: values")
-        resumed |= len(entry.missing()) < shards
-        meta: dict[str, Any] | None = None
-        for i in entry.missing():
-            ds = self.pool.shard(i)
-            score = check_score(node, scorer.run(ScoreContext(pool=ds, stats=stats, **base)), len(ds))
-            arrays = {"values": np.asarray(score.values)}
-            entry.write(i, arrays)
-            meta = score_meta(score)
-            self.reporter.advance(step.id, i + 1, shards)
-        if meta is None:  # every shard was cached: the entry's meta (or one shard again) says the shape
-            meta = entry.meta_of_finished() or score_meta(
-                scorer.run(ScoreContext(pool=self.pool.shard(0), stats=stats, **base)))
+        missing = entry.missing()
+        resumed |= len(missing) < shards
+        if missing:
+            self.map_scores(step, "values", entry, missing, base, stats)
+        parts = entry.read_all()
+        meta = json.loads(bytes(parts[0]["meta"]).decode())  # shape, orientation, columns: as the scorer said
         if not entry.complete():
             entry.finish(**meta)
-        values = np.concatenate([p["values"] for p in entry.read_all()])
+        values = np.concatenate([p["values"] for p in parts])
         score = Score(values=values, shape=Shape(meta["shape"]), higher_is_better=meta["higher_is_better"],
                       columns=tuple(meta["columns"]), tasks=tuple(meta["tasks"]))
         return check_score(node, score, len(self.pool)), "resumed" if resumed else "computed"
@@ -418,6 +441,16 @@ def _base_statistics():
     from selectkit.components import Scorer
 
     return Scorer.statistics
+
+
+def shard_score(node: Any, phase: str, ds: Any, base: dict, stats: Any) -> dict[str, np.ndarray]:
+    """One shard of a rowwise scorer: its statistics, or its values (checked against the declaration)."""
+    scorer = node.scorer
+    if phase == "statistics":
+        return {k: np.asarray(v) for k, v in (scorer.statistics(ScoreContext(pool=ds, **base)) or {}).items()}
+    score = check_score(node, scorer.run(ScoreContext(pool=ds, stats=stats, **base)), len(ds))
+    return {"values": np.asarray(score.values),
+            "meta": np.frombuffer(json.dumps(score_meta(score)).encode(), dtype=np.uint8)}
 
 
 def pass_devices(inventory, model_device: str = "auto") -> list[str]:

@@ -13,10 +13,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from selectkit.components import FeatureRequest
 from selectkit.errors import SelectkitError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from selectkit.cache import Cache
+    from selectkit.data import Dataset
+    from selectkit.estimates import Inventory, PassEstimate
+    from selectkit.models import LoadedModel
+    from selectkit.pool import Pool, SourceSpec
+    from selectkit.recipe import ModelSpec
+    from selectkit.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -24,7 +33,7 @@ class ModelRef:
     """A model as the planner resolved it: its name, spec, folder base and content fingerprint."""
 
     name: str
-    spec: Any  # selectkit.recipe.ModelSpec
+    spec: ModelSpec
     base: Path
     fingerprint: str
 
@@ -40,7 +49,7 @@ class PassPlan:
     key_parts: list[Any]
     needs: list[FeatureRequest] = field(default_factory=list)  # outputs of other providers it reads
     shards: int = 0
-    estimate: Any = None  # selectkit.estimates.StepEstimate
+    estimate: PassEstimate | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     artifact: str = "passes"
 
@@ -50,11 +59,11 @@ class PlanContext:
     """What a provider may consult while planning (no model is loaded)."""
 
     models: dict[str, ModelRef]
-    sources: dict[str, Any]  # name -> selectkit.pool.SourceSpec
+    sources: dict[str, SourceSpec]
     rows: dict[str, int | None]
     seed: int
-    inventory: Any
-    registry: Any
+    inventory: Inventory | None
+    registry: Registry
 
     def shard_count(self, data: str) -> int:
         from selectkit.pool import shard_ranges
@@ -67,12 +76,12 @@ class PlanContext:
 class PassContext:
     """What a provider sees while running: data, the cache, upstream pass outputs, the loader."""
 
-    cache: Any
-    pool: Any  # selectkit.pool.Pool
-    targets: dict[str, Any]  # name -> Dataset
+    cache: Cache
+    pool: Pool
+    targets: dict[str, Dataset]
     seed: int
-    load_model: Callable[..., Any]  # (ModelRef, **options) -> LoadedModel, with the remote-code rule applied
-    inputs: dict[FeatureRequest, Any] = field(default_factory=dict)
+    load_model: Callable[..., LoadedModel]  # (ModelRef, **options), with the remote-code rule applied
+    inputs: dict[FeatureRequest, Any] = field(default_factory=dict)  # upstream requests -> their values
     devices: list[str] = field(default_factory=list)
     progress: Callable[..., None] | None = None
     options: dict[str, Any] = field(default_factory=dict)

@@ -190,6 +190,10 @@ def compile(checked: Checked, cache: Cache | None = None, out_dir: Path | None =
     """Build the Plan; reads file bytes for fingerprints and a few rows for estimates, never a model."""
     options = dict(options or {})
     recipe = checked.loaded.recipe
+    for extra, who in checked.missing_extras.items():
+        from selectkit.errors import MissingExtraError
+
+        raise MissingExtraError(extra if extra != "models" else "torch", extra, " and ".join(who))
     cache = cache or Cache()
     if out_dir is None:
         out_dir = checked.loaded.resolve_path(recipe.output.dir.replace("{name}", recipe.name)).resolve()

@@ -92,6 +92,14 @@ class Table:
         return pl.Series(name, [None] * frame.height)
 
 
+def concat_series(parts: list) -> pl.Series:
+    """Series of shards one after another, types widened where shards disagree (int and float ids)."""
+    if len(parts) == 1:
+        return parts[0]
+    name = parts[0].name
+    return pl.concat([p.alias(name).to_frame() for p in parts], how="vertical_relaxed").to_series()
+
+
 def shard_ranges(rows: int, shard_rows: int) -> list[tuple[int, int]]:
     """Fixed row ranges [lo, hi) of `shard_rows` rows (the last one shorter)."""
     step = max(1, int(shard_rows))
@@ -135,7 +143,7 @@ def build_index(table: Table, cache: Any, key: str, progress=None) -> PoolIndex:
     ranges = shard_ranges(table.rows, table.spec.shard_rows)
     entry = cache.sharded("pool", key, len(ranges), label=f"pool index: {table.spec.name}", rows=table.rows)
     for i in entry.missing():
-        _index_into(entry, table, i, ranges[i])
+        index_into(entry, table, i, ranges[i])
         if progress:
             progress(i + 1, len(ranges))
     index = load_index(entry, table, ranges)
@@ -144,7 +152,7 @@ def build_index(table: Table, cache: Any, key: str, progress=None) -> PoolIndex:
     return index
 
 
-def _index_into(entry: Any, table: Table, i: int, bounds: tuple[int, int]) -> None:
+def index_into(entry: Any, table: Table, i: int, bounds: tuple[int, int]) -> None:
     from selectkit.cache import npz_bytes
 
     ids, arrays = index_shard(table, *bounds)
@@ -161,13 +169,13 @@ def load_index(entry: Any, table: Table, ranges: list[tuple[int, int]]) -> PoolI
     for i in range(entry.count):
         folder = entry.open(i)
         if folder is None:  # corrupt (reported and removed by `open`): index it again
-            _index_into(entry, table, i, ranges[i])
+            index_into(entry, table, i, ranges[i])
             folder = entry.open(i)
         ids.append(pl.read_parquet(folder / "ids.parquet")["id"])
         arrays.append(read_npz(folder / "arrays.npz"))
     if not arrays:
         raise DataError(f"{table.spec.name}: {', '.join(str(f) for f in table.spec.files)} has no rows")
-    all_ids = pl.concat(ids, how="vertical_relaxed") if len(ids) > 1 else ids[0]
+    all_ids = concat_series(ids)
     check_unique(all_ids, table.spec.id_column, table.spec.name, table.where)
     index = PoolIndex(all_ids, *(np.concatenate([a[k] for a in arrays]) for k in ("keys", "tokens", "usable")),
                       missing=int(sum(int(a["missing"][0]) for a in arrays)))
@@ -182,7 +190,7 @@ class Pool:
 
     spec: SourceSpec
     table: Table
-    index: PoolIndex
+    index: PoolIndex | None = None  # None on a worker that only reads shards
     _columns_cache: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -198,7 +206,7 @@ class Pool:
         return self.spec.files[0] if self.spec.files else None
 
     def __len__(self) -> int:
-        return len(self.index.keys)
+        return self.table.rows
 
     @property
     def ids(self):
@@ -237,7 +245,7 @@ class Pool:
             if name not in self.columns:
                 raise DataError(f"{self.name}: no column {name!r} (columns: {', '.join(self.columns)})")
             parts = [self.table.column(name, lo, hi) for lo, hi in self.shard_ranges]
-            self._columns_cache[name] = pl.concat(parts, how="vertical_relaxed") if len(parts) > 1 else parts[0]
+            self._columns_cache[name] = concat_series(parts)
         return self._columns_cache[name]
 
     def where(self, row: int) -> str:
@@ -283,6 +291,6 @@ def take(pool: Pool, rows: np.ndarray) -> Dataset:
                        fingerprint=pool.fingerprint)
     order = where.tolist()  # position in the concatenation of each requested row
     frame = pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
-    all_ids = pl.concat(ids) if len(ids) > 1 else ids[0]
+    all_ids = concat_series(ids)
     return Dataset(name=pool.name, rows=frame[order], ids=all_ids.gather(order), texts=[texts[j] for j in order],
                    fingerprint=pool.fingerprint, usable=pool.usable[rows])

@@ -53,8 +53,9 @@ class LoraSettings(Strict):
     r: PositiveInt = Field(8, description="LoRA rank (LESS: 128)")
     alpha: float = Field(32, gt=0, description="LoRA alpha (LESS: 512)")
     dropout: float = Field(0.1, ge=0, lt=1, description="LoRA dropout during warmup (features use eval mode)")
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
-                                      description="module names LoRA wraps")
+    target_modules: list[str] | None = Field(
+        None, description="module names LoRA wraps; default: the architecture's attention projections (q/k/v/o "
+        "for Llama and Qwen, c_attn and attn.c_proj for GPT-2, query_key_value and dense for GPT-NeoX, ...)")
 
 
 class WarmupSpec(Strict):

@@ -1,5 +1,6 @@
 """Cluster-diverse selectors: kmeans_diverse (kMQ), sensitivity_sampling, cluster_bandit (Quad), dedup.
-Known answers from methods/selectors.md §4 (E7), §6a, §6b (E8), §6c on planted synthetic data."""
+Known answers on planted synthetic data (clusters, outliers and losses whose right selection is known
+by construction)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Property tests of the normalizers (methods spec §9): each one's defining invariant."""
+"""Property tests of the normalizers: each one's defining invariant."""
 
 from __future__ import annotations
 

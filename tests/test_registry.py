@@ -129,3 +129,12 @@ def test_plugin_modules_do_not_import_heavy_libraries():
                 names = [node.module]
             for name in names:
                 assert name.split(".")[0] not in heavy, f"{path.relative_to(ROOT)} imports {name} at module level"
+
+
+def test_readme_component_table_is_current():
+    """The README's component table is generated from the registry: a new or renamed component,
+    or a changed summary, fails here until `python -m selectkit.catalog --write README.md` runs."""
+    from selectkit.catalog import block
+
+    readme = (ROOT / "README.md").read_text()
+    assert block(load_registry(strict=True)) in readme, "run: python -m selectkit.catalog --write README.md"

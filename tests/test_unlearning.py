@@ -1,6 +1,6 @@
 """UnTrac / UnTrac-Inv and the group selector on a toy with leave-one-source-out (LDO) ground truth.
 
-Setup after methods/selectors.md §5 (E10): four training sources and a target drawn like the first one.
+Setup: four training sources and a target drawn like the first one.
 Each text is one letter pair "x>y" over a 12-letter alphabet: `same` maps y = x+1 (the target's task),
 `upper` does the same on upper-case letters (input-shifted), `noise` has random y, `flip` maps y = x+5
 (label-flipped). A tiny byte-level Llama is trained on all four, and once more without each source; the

@@ -109,28 +109,15 @@ def _match(name: str, index: dict[str, int]) -> str | None:
     return hits[0] if len(hits) == 1 else None
 
 
-def set_trainable(model: Any, mode: str, has_adapter: bool) -> None:
-    """Unfreeze what a gradient pass differentiates: `lora` (the adapter's parameters), `linear`
-    (every nn.Linear weight and bias, except an lm_head tied to the input embeddings), or `auto`
-    (lora when there is an adapter)."""
-    from torch import nn
+def unfreeze(model: Any, mode: str, has_adapter: bool) -> None:
+    """Unfreeze what a gradient pass differentiates (`layers.trainable_modules`): `lora` (the
+    adapter's parameters), `linear` (every Linear and Conv1D weight and bias, except an lm_head tied
+    to the input embeddings), or `auto` (lora when there is an adapter)."""
+    from selectkit_plugins.influence.layers import set_trainable, trainable_modules
 
     mode = mode if mode != "auto" else ("lora" if has_adapter else "linear")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    if mode == "lora":
-        if not has_adapter:
-            raise SelectkitError("params 'lora' needs a LoRA adapter (models.<name>.lora or warmup checkpoints)")
-        for n, p in model.named_parameters():
-            if "lora_" in n:
-                p.requires_grad_(True)
-    elif mode == "linear":
-        out_emb = model.get_output_embeddings()
-        in_emb = model.get_input_embeddings()
-        tied = out_emb is not None and in_emb is not None and out_emb.weight is in_emb.weight
-        for m in model.modules():
-            if isinstance(m, nn.Linear) and not (tied and m is out_emb):
-                for p in m.parameters():
-                    p.requires_grad_(True)
-    else:
+    if mode not in ("lora", "linear"):
         raise SelectkitError(f"unknown gradient params {mode!r} (auto, lora or linear)")
+    if mode == "lora" and not has_adapter:
+        raise SelectkitError("params 'lora' needs a LoRA adapter (models.<name>.lora or warmup checkpoints)")
+    set_trainable(model, trainable_modules(model, mode))

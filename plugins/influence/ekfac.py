@@ -1,4 +1,4 @@
-"""EK-FAC influence on Linear layers (George et al. 2018; Grosse et al. 2023), with
+"""EK-FAC influence on Linear and Conv1D layers (George et al. 2018; Grosse et al. 2023), with
 kronfluence's conventions (`module/tracker/factor.py`, `factor/eigen.py`):
 
     A = sum_tokens a a^T / #tokens,  S = sum_tokens g g^T / #tokens        (per token)
@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class EKFACLayer:
-    """Streaming factors of one Linear layer; inputs a (B, T, d_in) (bias column already added),
+    """Streaming factors of one Linear (or Conv1D) layer; inputs a (B, T, d_in) (bias column already added),
     output gradients g (B, T, d_out), optional token mask (B, T) and example weights (B,)."""
 
     def __init__(self, d_in: int, d_out: int):
@@ -113,7 +113,7 @@ class EKFACLayer:
 def _layer_inputs(records, modules) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     import torch
 
-    from selectkit_plugins.influence.grads import with_bias_column
+    from selectkit_plugins.influence.hooks import with_bias_column
 
     out = {}
     for name, module in modules.items():
@@ -130,13 +130,28 @@ def _token_mask(batch: Batch, a: torch.Tensor) -> torch.Tensor | None:
     return mask
 
 
-def fit_ekfac(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch], modules: dict[str, nn.Linear],
-              ) -> dict[str, EKFACLayer]:
-    """Fit A, S, their eigenbases and Lambda for each tracked Linear layer (two passes over `batches`)."""
-    from selectkit_plugins.influence.grads import capture
+def _check_layers(model: nn.Module, modules: dict[str, nn.Module]) -> None:
+    from selectkit_plugins.influence.layers import GradientSupportError, layer_kind, model_type
 
+    for name, m in modules.items():
+        if layer_kind(m) not in ("linear", "conv1d"):
+            raise GradientSupportError(f"{model_type(model)}: EK-FAC factors cover Linear and Conv1D layers; {name} is "
+                                       f"a {type(m).__name__}", hint="freeze it or leave it out of the tracked layers")
+
+
+def fit_ekfac(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch], modules: dict[str, nn.Module],
+              ) -> dict[str, EKFACLayer]:
+    """Fit A, S, their eigenbases and Lambda for each tracked Linear or Conv1D layer (two passes
+    over `batches`). A Conv1D (weight stored (d_in, d_out)) is handled as the linear map it is."""
+    from selectkit_plugins.influence.hooks import capture
+    from selectkit_plugins.influence.layers import layer_dims
+
+    _check_layers(model, modules)
     batches = list(batches)
-    layers = {n: EKFACLayer(m.in_features + int(m.bias is not None), m.out_features) for n, m in modules.items()}
+    layers = {}
+    for n, m in modules.items():
+        d_in, d_out = layer_dims(m)
+        layers[n] = EKFACLayer(d_in + int(m.bias is not None), d_out)
     for batch in batches:
         _, records = capture(model, modules, loss_fn, batch)
         for name, (a, g) in _layer_inputs(records, modules).items():
@@ -150,15 +165,16 @@ def fit_ekfac(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch], modul
     return layers
 
 
-def ekfac_scores(model: nn.Module, loss_fn: LossFn, layers: dict[str, EKFACLayer], modules: dict[str, nn.Linear],
+def ekfac_scores(model: nn.Module, loss_fn: LossFn, layers: dict[str, EKFACLayer], modules: dict[str, nn.Module],
                  train: Iterable[Batch], targets: Iterable[Batch], *, damping: float | None = None,
                  kfac: bool = False, query_loss_fn: LossFn | None = None) -> np.ndarray:
     """(N_train, M_target) EK-FAC influence; positive = helpful. Target gradients are
     preconditioned once and kept (M x sum_l d_out d_in floats)."""
     import torch
 
-    from selectkit_plugins.influence.grads import capture
+    from selectkit_plugins.influence.hooks import capture
 
+    _check_layers(model, modules)
     pre: dict[str, list[torch.Tensor]] = {n: [] for n in modules}
     for batch in targets:
         _, records = capture(model, modules, query_loss_fn or loss_fn, batch)

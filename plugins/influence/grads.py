@@ -2,14 +2,17 @@
 
 Two ways to get per-example gradients of a batch in one forward and one backward pass:
 
-* `hooks` (default, Linear layers only, e.g. LoRA's lora_A/lora_B leaves): forward hooks keep
-  each tracked layer's input activations a (B, T, d_in) and output tensors; one
-  `autograd.grad` of the summed per-example losses gives the output gradients g (B, T, d_out);
-  the per-example weight gradient is G_b = sum_t g_bt a_bt^T (a batched matmul). Layers above
-  `factorize_above` entries are projected LoGra-style (activations and output gradients
-  separately), so their per-example gradients are never formed.
-* `vmap`: torch.func `vmap(grad(...))` over the batch, for models with non-Linear trainable
-  parameters (embeddings, norms) or small test models.
+* `hooks` (default; Linear, transformers' Conv1D and Embedding layers, e.g. LoRA's lora_A/lora_B
+  leaves; the layer maths is in `hooks.py`): forward hooks keep each tracked layer's inputs a and output tensors; one
+  `autograd.grad` of the summed per-example losses gives the output gradients g; both are
+  regrouped by example to (B, T, d) whatever the layer saw (OPT's MLP sees (B*T, d)). The
+  per-example weight gradient is G_b = sum_t g_bt a_bt^T for Linear, its transpose for Conv1D
+  (weight stored (d_in, d_out)), and the g_bt scatter-added by token id for Embedding; layers
+  sharing a weight (tied embeddings) add up. Layers above `factorize_above` entries are projected
+  LoGra-style (activations and output gradients separately), so their per-example gradients are
+  never formed.
+* `vmap`: torch.func `vmap(grad(...))` over the batch, for models with other trainable
+  parameters (norms) or small test models.
 
 Both are checked against `per_example_grads_loop` (one `backward` per example). The loss is
 per example (for causal LMs: the mean over label tokens, prompt and padding masked), so one
@@ -19,16 +22,34 @@ no cross-example coupling (true for transformers in eval mode, not for BatchNorm
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from selectkit_plugins.influence.adam import AdamState, adam_transform
+from selectkit_plugins.influence.hooks import (
+    capture,
+    ghost_sq_norm,
+    gradient_layers,
+    group_rows,
+    joined,
+    layer_of,
+    linear_grad,
+    linear_modules,
+    weight_grad,
+    with_bias_column,
+)
+from selectkit_plugins.influence.layers import LAYER_TYPES, GradientSupportError, layer_dims, layer_kind, model_type
 from selectkit_plugins.influence.projection import Kind, KroneckerProjector, Projector
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
+
+__all__ = ["Batch", "Block", "GradientBatch", "GradientFeaturizer", "LossFn", "capture", "ghost_sq_norm",
+           "gradient_layers", "group_rows", "linear_grad", "linear_modules", "lm_batch", "lm_loss",
+           "per_example_grads_loop", "weight_grad", "with_bias_column"]  # layer helpers re-exported from hooks
 
 Batch = dict[str, Any]
 LossFn = Callable[[Callable[..., Any], Batch], "torch.Tensor"]  # (forward, batch) -> per-example losses (B,)
@@ -52,86 +73,22 @@ def lm_loss(forward: Callable[..., Any], batch: Batch) -> torch.Tensor:
     return example_loss(forward, batch)
 
 
-# ---------------------------------------------------------------- capturing Linear layers
-
-
-def linear_modules(model: nn.Module, names: Sequence[str] | None = None) -> dict[str, nn.Linear]:
-    """Linear layers to track: the given names, or every nn.Linear whose weight is trainable
-    (for a peft model that is exactly the lora_A/lora_B leaves)."""
-    from torch import nn
-
-    found = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-    if names is not None:
-        missing = [n for n in names if n not in found]
-        if missing:
-            raise ValueError(f"not Linear layers of the model: {missing[:3]}")
-        return {n: found[n] for n in names}
-    return {n: m for n, m in found.items() if m.weight.requires_grad}
-
-
-def capture(model: nn.Module, modules: dict[str, nn.Linear], loss_fn: LossFn, batch: Batch,
-            ) -> tuple[torch.Tensor, dict[str, list[tuple[torch.Tensor, torch.Tensor]]]]:
-    """One forward + backward; returns per-example losses (B,) and, per tracked layer, a list
-    (one item per call) of (input activations (B, T, d_in), output gradients (B, T, d_out))."""
-    import torch
-
-    inputs: dict[str, list[torch.Tensor]] = {n: [] for n in modules}
-    outputs: dict[str, list[torch.Tensor]] = {n: [] for n in modules}
-
-    def hook(name):
-        def fn(_module, args, out):
-            inputs[name].append(args[0].detach())
-            outputs[name].append(out)
-        return fn
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in modules.items()]
+@contextmanager
+def _no_padding_check(model: nn.Module) -> Iterator[None]:
+    """transformers' one-time "padding without an attention mask" warning reads token values
+    (GPT-2 calls it), data-dependent control flow vmap cannot trace: switch it off meanwhile."""
+    patched = [m for m in model.modules() if hasattr(type(m), "warn_if_padding_and_no_attention_mask")]
+    for m in patched:
+        m.warn_if_padding_and_no_attention_mask = _skip
     try:
-        losses = loss_fn(model, batch)
+        yield
     finally:
-        for h in handles:
-            h.remove()
-    flat = [(n, i, o) for n in modules for i, o in enumerate(outputs[n]) if o.requires_grad]
-    grads = torch.autograd.grad(losses.sum(), [o for _, _, o in flat], allow_unused=True) if flat else []
-    got = {(n, i): g for (n, i, _), g in zip(flat, grads)}
-    records: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-    for n in modules:
-        pairs = []
-        for i, (a, o) in enumerate(zip(inputs[n], outputs[n])):
-            g = got.get((n, i))
-            g = torch.zeros_like(o) if g is None else g.detach()
-            pairs.append((_as_3d(a), _as_3d(g)))
-        records[n] = pairs
-    return losses.detach(), records
+        for m in patched:
+            del m.warn_if_padding_and_no_attention_mask
 
 
-def _as_3d(x: torch.Tensor) -> torch.Tensor:
-    """(B, d) -> (B, 1, d); (B, ..., d) -> (B, T, d)."""
-    if x.dim() == 2:
-        return x.unsqueeze(1)
-    return x.reshape(x.shape[0], -1, x.shape[-1])
-
-
-def with_bias_column(a: torch.Tensor) -> torch.Tensor:
-    import torch
-
-    return torch.cat([a, torch.ones_like(a[..., :1])], dim=-1)
-
-
-def linear_grad(a: torch.Tensor, g: torch.Tensor, bias: bool) -> torch.Tensor:
-    """Per-example gradient of a Linear layer, flattened as [W.view(-1), b]: (B, d_out*d_in [+ d_out])."""
-    import torch
-
-    w = torch.bmm(g.transpose(1, 2), a)  # (B, d_out, d_in)
-    flat = w.reshape(w.shape[0], -1)
-    return torch.cat([flat, g.sum(1)], dim=1) if bias else flat
-
-
-def ghost_sq_norm(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """||sum_t g_t a_t^T||_F^2 = sum_{t,t'} (a_t.a_t')(g_t.g_t') without forming the gradient
-    (Goodfellow 2015 / "ghost norm"); O(B T^2 (d_in + d_out))."""
-    import torch
-
-    return (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
+def _skip(*_args: Any, **_kwargs: Any) -> None:
+    return None
 
 
 def per_example_grads_loop(model: nn.Module, loss_fn: LossFn, batch: Batch, params: Sequence[str]) -> torch.Tensor:
@@ -159,10 +116,12 @@ class Block:
     name: str
     params: tuple[str, ...]
     size: int
-    d_in: int = 0  # Linear blocks: input width (+1 with bias)
+    d_in: int = 0  # layer blocks: input width of the linear map (+1 with bias; an Embedding's rows)
     d_out: int = 0
-    bias: bool = False
+    bias: bool = False  # the bias is `name`'s
     factorized: bool = False
+    kind: str = "param"  # linear | conv1d | embedding (hooks) | param (vmap)
+    tied: tuple[str, ...] = ()  # other layers using the same weight (tied embeddings): their gradients add up
 
 
 @dataclass
@@ -189,20 +148,17 @@ class GradientFeaturizer:
         self.adam, self.adam_mode = adam, adam_mode
         self.proj_dim, self.layout = proj_dim, layout
         if method == "hooks":
-            self.modules = linear_modules(model, modules)
-            self.blocks = [self._linear_block(n, m, factorize_above) for n, m in self.modules.items()]
-            tracked = {p for b in self.blocks for p in b.params}
-            loose = [n for n, p in model.named_parameters() if p.requires_grad and n not in tracked]
-            if loose:
-                raise ValueError(f"trainable parameters outside tracked Linear layers ({loose[:3]}...): "
-                                 "use method='vmap' or freeze them")
+            self.modules = gradient_layers(model, modules)
+            self.blocks = self._layer_blocks(factorize_above)
         elif method == "vmap":
             self.modules = {}
             self.blocks = [Block(n, (n,), p.numel()) for n, p in model.named_parameters() if p.requires_grad]
         else:
             raise ValueError(f"unknown per-example gradient method {method!r} (hooks or vmap)")
         if not self.blocks:
-            raise ValueError("the model has no trainable parameters to take gradients of")
+            raise GradientSupportError(f"{model_type(model)}: the model has no trainable parameters to take "
+                                       "gradients of", hint="params: lora needs an adapter; params: linear trains "
+                                       f"{LAYER_TYPES} layers")
         self.raw_blocks = [b for b in self.blocks if not b.factorized]
         self.raw_dim = sum(b.size for b in self.raw_blocks)
         if adam is not None and len(self.raw_blocks) != len(self.blocks):
@@ -235,13 +191,70 @@ class GradientFeaturizer:
             at += kp.dim_out
         self.dim = at
 
-    def _linear_block(self, name: str, module: nn.Linear, factorize_above: int | None) -> Block:
-        bias = module.bias is not None and module.bias.requires_grad
-        params = (f"{name}.weight",) + ((f"{name}.bias",) if bias else ())
-        d_in = module.in_features + int(bias)
-        size = module.weight.numel() + (module.bias.numel() if bias else 0)
-        big = factorize_above is not None and size > factorize_above
-        return Block(name, params, size, d_in, module.out_features, bias, big)
+    def _layer_blocks(self, factorize_above: int | None) -> list[Block]:
+        """One block per tracked weight; layers sharing a weight (tied input and output embeddings)
+        form one block whose gradient is the sum of theirs. Every trainable parameter must be in a block."""
+        model, kind_of = self.model, model_type(self.model)
+        pname = {id(p): n for n, p in model.named_parameters()}
+        owner: dict[int, tuple[str, Any]] = {}
+        foreign: dict[int, str] = {}  # weights also held by a layer of another type
+        for mname, m in model.named_modules():
+            for pn, p in m.named_parameters(recurse=False):
+                owner.setdefault(id(p), (mname, m))
+                if pn == "weight" and layer_kind(m) is None:
+                    foreign[id(p)] = f"{mname} ({type(m).__name__})"
+        users: dict[int, list[str]] = {}
+        for mname, m in model.named_modules():
+            if layer_kind(m) is not None:
+                users.setdefault(id(m.weight), []).append(mname)
+        every = dict(model.named_modules())
+        blocks, seen = [], set()
+        for name, module in list(self.modules.items()):
+            if id(module.weight) in seen:
+                continue
+            seen.add(id(module.weight))
+            group = users[id(module.weight)]
+            if id(module.weight) in foreign:
+                raise GradientSupportError(f"{kind_of}: the weight of {name} is shared with "
+                                           f"{foreign[id(module.weight)]}, and per-example gradients by hooks "
+                                           f"cover {LAYER_TYPES} layers only",
+                                           hint="freeze it, or use method: vmap")
+            for other in group:
+                self.modules.setdefault(other, every[other])
+            with_bias = [n for n in group if getattr(every[n], "bias", None) is not None
+                         and every[n].bias.requires_grad]
+            if len(with_bias) > 1:
+                raise GradientSupportError(f"{kind_of}: layers {with_bias} share a weight and each has a trainable "
+                                           "bias; freeze the biases")
+            head = with_bias[0] if with_bias else (name if name in group else group[0])
+            m = every[head]
+            kind = layer_kind(m)
+            if kind == "embedding" and (m.max_norm is not None or m.scale_grad_by_freq):
+                raise GradientSupportError(f"{kind_of}: embedding {head} uses max_norm or scale_grad_by_freq, "
+                                           "which per-example gradients by hooks do not model", hint="use method: vmap")
+            bias = bool(with_bias)
+            params = (pname[id(m.weight)],) + ((pname[id(m.bias)],) if bias else ())
+            d_in, d_out = layer_dims(m)
+            size = m.weight.numel() + (m.bias.numel() if bias else 0)
+            big = factorize_above is not None and size > factorize_above
+            tied = tuple(n for n in group if n != head)
+            if big and tied:
+                raise GradientSupportError(f"{kind_of}: the weight shared by {[head, *tied]} (tied embeddings) has "
+                                           f"{size} entries, above factorize_above, and shared weights cannot be "
+                                           "factorised", hint="freeze the embeddings or raise factorize_above")
+            blocks.append(Block(head, params, size, d_in + int(bias), d_out, bias, big, kind, tied))
+        tracked = {p for b in blocks for p in b.params}
+        loose = [n for n, p in model.named_parameters() if p.requires_grad and n not in tracked]
+        if loose:
+            mname, m = owner[id(dict(model.named_parameters())[loose[0]])]
+            mname, cls = layer_of(model, mname, m)
+            where = mname or "the model itself"
+            raise GradientSupportError(
+                f"{kind_of}: trainable parameter {loose[0]} belongs to a {cls} layer ({where}), and "
+                f"per-example gradients by hooks cover {LAYER_TYPES} layers only"
+                + (f" ({len(loose)} such parameters)" if len(loose) > 1 else ""),
+                hint="freeze it (params: lora or linear), or use method: vmap")
+        return blocks
 
     @property
     def param_names(self) -> list[str]:
@@ -264,15 +277,21 @@ class GradientFeaturizer:
         if self.method == "vmap":
             return self._vmap(batch)
         losses, records = capture(self.model, self.modules, self.loss_fn, batch)
+        n = losses.shape[0]
         parts, factored = [], {}
         for b in self.blocks:
-            pairs = records[b.name]
-            a = torch.cat([x for x, _ in pairs], dim=1)
-            g = torch.cat([y for _, y in pairs], dim=1)
             if b.factorized:
+                a, g = joined(records[b.name], self.modules[b.name], n)
                 factored[b.name] = (with_bias_column(a) if b.bias else a, g)
-            else:
-                parts.append(linear_grad(a, g, b.bias))
+                continue
+            w, g = None, None
+            for name in (b.name, *b.tied):
+                module = self.modules[name]
+                a, g_m = joined(records[name], module, n)
+                part = weight_grad(layer_kind(module), a, g_m, module.weight.shape[0])
+                w = part if w is None else w + part
+                g = g_m if name == b.name else g
+            parts.append(torch.cat([w, g.sum(1)], dim=1) if b.bias else w)
         n = losses.shape[0]
         raw = torch.cat(parts, dim=1) if parts else torch.zeros(n, 0, dtype=losses.dtype, device=losses.device)
         return raw, factored, losses
@@ -291,7 +310,15 @@ class GradientFeaturizer:
             return loss, loss
 
         tensors = {k: v for k, v in batch.items() if hasattr(v, "shape")}
-        grads, losses = vmap(grad(one, has_aux=True), in_dims=(None, 0))(params, tensors)
+        try:
+            with _no_padding_check(self.model):
+                grads, losses = vmap(grad(one, has_aux=True), in_dims=(None, 0))(params, tensors)
+        except torch.OutOfMemoryError:
+            raise
+        except (RuntimeError, NotImplementedError) as exc:  # data-dependent control flow, ops without a batch rule
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise GradientSupportError(f"{model_type(self.model)}: per-example gradients by vmap failed: {first}",
+                                       hint="use method: hooks") from exc
         raw = torch.cat([grads[n].reshape(grads[n].shape[0], -1) for n in names], dim=1)
         return raw, {}, losses.detach()
 
@@ -301,7 +328,7 @@ class GradientFeaturizer:
         raw, factored, losses = self.raw(batch)
         sq = (raw.to(torch.float64) ** 2).sum(1)
         for a, g in factored.values():
-            sq = sq + ghost_sq_norm(a.to(torch.float64), g.to(torch.float64))
+            sq = sq + ghost_sq_norm(a.to(torch.float64) if a.dtype.is_floating_point else a, g.to(torch.float64))
         x = adam_transform(raw, self.adam, self.adam_mode) if self.adam is not None else raw
         parts = [x[:, s].to(torch.float32) if p is None else p(x[:, s]) for s, p in self.projectors]
         parts += [self.kron[name](a, g) for name, (a, g) in factored.items()]

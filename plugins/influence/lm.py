@@ -128,7 +128,8 @@ def ekfac_lm(lm: Any, pool: Any, targets: dict[str, Any], p: dict[str, Any], *, 
     model = lm.model
     modules = linear_modules(model)
     if not modules:
-        raise SelectkitError("influence.ekfac needs trainable Linear layers (a LoRA adapter or params: linear)")
+        raise SelectkitError("influence.ekfac needs trainable Linear or Conv1D layers (a LoRA adapter or "
+                             "params: linear)")
     sample = take(pool, sample_rows(pool, p.get("factor_examples"), seed, "ekfac"))
     loss = sampled_lm_loss(seed) if p["fisher"] == "sampled" else lm_loss
     layers = fit_ekfac(model, loss, batches(lm, sample, p.get("response"), p["batch_size"]), modules)

@@ -81,6 +81,21 @@ class Projector:
         blocks = [self.block(b) for b in range(math.ceil(self.dim_in / self.block_rows))]
         return torch.cat(blocks) / math.sqrt(self.dim_out)
 
+    def take(self, idx: torch.Tensor) -> torch.Tensor:
+        """Rows `idx` (integers, any shape) of the scaled matrix: the projection of one-hot
+        vectors e_idx without forming them (an Embedding's inputs); float32 on idx's device."""
+        import torch
+
+        flat = idx.reshape(-1).cpu()
+        out = torch.zeros(flat.shape[0], self.dim_out, dtype=torch.float64)
+        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.dim_in):
+            raise ValueError(f"projector rows are 0..{self.dim_in - 1}, got indices up to {int(flat.max())}")
+        for b in torch.unique(flat // self.block_rows).tolist():
+            sel = (flat // self.block_rows) == b
+            out[sel] = self.block(b)[flat[sel] - b * self.block_rows]
+        out.div_(math.sqrt(self.dim_out))
+        return out.to(torch.float32).reshape(*idx.shape, self.dim_out).to(idx.device)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Project the last dim of `x` (any leading dims); returns float32 on x's device."""
         import torch
@@ -102,7 +117,9 @@ class KroneckerProjector:
     """LoGra-style factorised projection of a Linear layer's gradient G = sum_t g_t a_t^T
     (Choe et al. 2024, "What is Your Data Worth to GPT?"): project activations (d_in -> k_in)
     and output gradients (d_out -> k_out) separately; P_out^T G P_in = sum_t (P_out^T g_t)(P_in^T a_t)^T
-    is the projection of vec(G) by P_out (x) P_in, computed without ever forming G.
+    is the projection of vec(G) by P_out (x) P_in, computed without ever forming G. G is always
+    the linear map's (d_out, d_in) gradient: for a Conv1D the transpose of its stored weight, for
+    an Embedding (d, num_embeddings) with one-hot inputs, so P_in^T a_t is a row of P_in.
     """
 
     def __init__(self, d_in: int, d_out: int, k_in: int, k_out: int, *, seed: int = 0, kind: Kind = "rademacher",
@@ -119,9 +136,10 @@ class KroneckerProjector:
         return f"kron({self.p_out.key},{self.p_in.key})"
 
     def __call__(self, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """a (B, T, d_in), g (B, T, d_out) -> (B, k_out * k_in) float32, row-major (out, in)."""
+        """a (B, T, d_in), g (B, T, d_out) -> (B, k_out * k_in) float32, row-major (out, in).
+        Integer `a` (B, T) are an Embedding's token ids, i.e. one-hot inputs of width d_in."""
         import torch
 
-        pa = self.p_in(a).to(torch.float64)
+        pa = (self.p_in(a) if a.dtype.is_floating_point else self.p_in.take(a)).to(torch.float64)
         pg = self.p_out(g).to(torch.float64)
         return torch.einsum("bto,bti->boi", pg, pa).reshape(a.shape[0], -1).to(torch.float32)

@@ -1,5 +1,5 @@
 """Shared machinery of the column-wise normalizers: the NaN policy, per-column and per-group
-statistics. Every statistic is computed on the pool the score covers (methods spec §9)."""
+statistics. Every statistic is computed on the pool the score covers."""
 
 from __future__ import annotations
 

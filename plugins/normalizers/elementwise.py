@@ -1,4 +1,4 @@
-"""The basic normalizers: zscore, minmax, rank, clip and sign_flip (methods spec §9).
+"""The basic normalizers: zscore, minmax, rank, clip and sign_flip.
 
 Each keeps the score's shape; a matrix is normalized per column over the pool rows (`axis: pool`)
 or over all entries (`axis: all`), optionally within groups of a pool column (`group_by`), so

@@ -1,6 +1,6 @@
 """instance_zscore (BIDS, Dai et al., arXiv 2501.12147): z-score every target column of a
 pool x target matrix over the pool rows, so targets and tasks whose influence is intrinsically
-larger stop dominating (methods spec §1)."""
+larger stop dominating."""
 
 from __future__ import annotations
 

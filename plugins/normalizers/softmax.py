@@ -1,5 +1,5 @@
 """softmax: p = softmax(x / temperature) per column or within groups, computed in log space
-(MATES uses temperature 0.5, FLYT 1, kMQ within each cluster; methods spec §9)."""
+(MATES uses temperature 0.5, FLYT 1, kMQ within each cluster)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """whiten (TAROT, Feng et al., ICML 2025): whiten pool and target features with their pooled
-covariance so no single dominant direction decides similarity (methods spec §2, `get_wfd`)."""
+covariance so no single dominant direction decides similarity (TAROT's `get_wfd`)."""
 
 from __future__ import annotations
 

@@ -53,6 +53,7 @@ class Gradients(PassProvider):
 
         if model.spec.kind != "causal-lm":
             raise SelectkitError(f"model {model.name!r} is a {model.spec.kind}; gradient scorers need a causal-lm")
+        _check_support(model, requests)
         spec = model.spec
         checkpoints = spec.warmup.epochs if spec.warmup is not None else len(spec.checkpoints or []) or 1
         needs = [CHECKPOINTS] if spec.warmup is not None or spec.checkpoints else []
@@ -64,7 +65,10 @@ class Gradients(PassProvider):
                 rows = ctx.shard_count(r.data)
                 estimate = model_pass(model, r.data, ctx, backward=True)
                 if estimate is not None:
-                    estimate = estimate.scaled(checkpoints, f"per-example gradients x {checkpoints} checkpoint(s)")
+                    from selectkit.estimates import GRADIENT_OVERHEAD
+
+                    estimate = estimate.scaled(checkpoints, f"per-example gradients x {checkpoints} checkpoint(s)",
+                                               GRADIENT_OVERHEAD)
                 what = "norms" if not settings.get("keep_features", True) else "features"
                 adam = f", Adam ({settings['adam']})" if settings.get("adam", "none") != "none" else ""
                 out.append(PassPlan(f"{r.data}:{tag}", f"gradient {what} of {model.name} over {r.data} at "
@@ -78,7 +82,10 @@ class Gradients(PassProvider):
                 targets = list(settings.get("targets", ()))
                 estimate = model_pass(model, "pool", ctx, backward=True)
                 if estimate is not None:
-                    estimate = estimate.scaled(2.0, f"{r.kind}: curvature fit + pool and target gradients")
+                    from selectkit.estimates import GRADIENT_OVERHEAD
+
+                    estimate = estimate.scaled(2.0, f"{r.kind}: curvature fit + pool and target gradients",
+                                               GRADIENT_OVERHEAD)
                 out.append(PassPlan(f"{r.kind}:{tag}", f"{r.kind} of {model.name} for {', '.join(targets)}", [r],
                                     "pool",
                                     [r.kind, model.fingerprint, ctx.sources["pool"].fingerprint,
@@ -102,7 +109,7 @@ class Gradients(PassProvider):
         return [Checkpoint("model")]
 
     def _model(self, step: Any, ctx: PassContext, checkpoint: Any, mode: str, eager: bool = False) -> Any:
-        from selectkit_plugins.influence.checkpoints import set_trainable
+        from selectkit_plugins.influence.checkpoints import unfreeze
 
         kwargs: dict[str, Any] = {"merge_lora": False}
         if checkpoint.adapter is not None:
@@ -111,7 +118,7 @@ class Gradients(PassProvider):
             kwargs["attn_implementation"] = "eager"
         lm = ctx.load_model(step.payload.model, **kwargs)
         has_adapter = checkpoint.adapter is not None or step.payload.model.spec.lora is not None
-        set_trainable(lm.model, mode, has_adapter)
+        unfreeze(lm.model, mode, has_adapter)
         return lm
 
     def run(self, step: Any, ctx: PassContext, shards: list[int] | None = None) -> None:
@@ -193,6 +200,21 @@ class CheckpointGradients:
     @property
     def lr(self) -> float:
         return self.checkpoint.lr
+
+
+def _check_support(model: ModelRef, requests: list[FeatureRequest]) -> None:
+    """An architecture the gradient maths cannot handle is a plan-time error naming it (torch-free)."""
+    from selectkit.models import read_config, resolve_model_path
+    from selectkit_plugins.influence.layers import gradient_support
+
+    folder = resolve_model_path(model.spec.path, model.base)
+    if isinstance(folder, str):
+        return  # a hub id: checked when it loads
+    config = read_config(folder, f"model {model.name!r}")
+    for params in sorted({dict(r.settings).get("params", "auto") for r in requests}):
+        problem = gradient_support(config, params)
+        if problem:
+            raise SelectkitError(f"model {model.name!r}: {problem}")
 
 
 def _gradient_settings(settings: dict[str, Any], seed: int, max_length: int) -> Any:

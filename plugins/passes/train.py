@@ -35,13 +35,17 @@ class Train(PassProvider):
             examples = max(1, int(warm.fraction * rows)) if rows else None
             estimate = model_pass(model, "pool", ctx, backward=True, examples=examples)
             if estimate is not None:
-                estimate = estimate.scaled(warm.epochs, f"LoRA training: {warm.epochs} epochs of forward + backward")
+                from selectkit.estimates import TRAIN_OVERHEAD
+
+                estimate = estimate.scaled(warm.epochs, f"LoRA training: {warm.epochs} epochs of forward + backward",
+                                           TRAIN_OVERHEAD)
             return [PassPlan("warmup", f"warmup {model.name}: LoRA on {warm.fraction:.0%} of the pool, "
                                        f"{warm.epochs} epochs", requests, "pool",
                              ["warmup", base, ctx.sources["pool"].fingerprint, warm.model_dump(mode="json"), seed],
                              shards=warm.epochs, estimate=estimate, artifact="train",
                              settings={"seed": seed, "detail": {"epochs": warm.epochs, "lr": warm.learning_rate,
-                                                                "lora": warm.lora.model_dump(mode="json")}})]
+                                                                "lora": warm.lora.model_dump(mode="json"),
+                                                                "lora targets": planned_targets(model)}})]
         if spec.checkpoints:
             from selectkit.data import fingerprint_path
 
@@ -113,13 +117,28 @@ class Train(PassProvider):
         return {r: value for r in step.payload.requests}
 
 
-def _targets(lm: Any, warm: Any) -> list[str] | None:
+def _targets(lm: Any, warm: Any) -> list[str]:
     """The LoRA's target modules: the recipe's, else the architecture's attention projections."""
     if warm.lora.target_modules:
         return list(warm.lora.target_modules)
     from selectkit_plugins.influence.layers import default_lora_targets
 
-    return default_lora_targets(lm.model.config.model_type)
+    return default_lora_targets(lm.model.config.model_type, lm.model)
+
+
+def planned_targets(model: ModelRef) -> str:
+    """What the plan shows for the LoRA targets (read from config.json, torch-free)."""
+    lora = model.spec.warmup.lora
+    if lora.target_modules:
+        return ", ".join(lora.target_modules)
+    from selectkit.models import read_config, resolve_model_path
+    from selectkit_plugins.influence.layers import LORA_TARGETS
+
+    folder = resolve_model_path(model.spec.path, model.base)
+    model_type = read_config(folder).get("model_type") if not isinstance(folder, str) else None
+    known = LORA_TARGETS.get(model_type)
+    return ", ".join(known) + f" (default for {model_type})" if known else \
+        f"the attention projections found when the model loads ({model_type})"
 
 
 def _resolve(model: ModelRef, path: str):

@@ -1,6 +1,6 @@
 """EL2N for sequences (Paul et al. 2021; Fayyaz et al. 2022, "BERT on a Data Diet"): per token
 the L2 distance between the predicted next-token distribution and the one-hot next token,
-averaged over the counted tokens (methods/influence.md §7).
+averaged over the counted tokens.
 
 One model, no averaging over training runs: score with a model trained (or fine-tuned for at
 least an epoch, as Fayyaz et al. advise) on the data the scores are used for.

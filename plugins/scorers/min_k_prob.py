@@ -1,5 +1,5 @@
 """Min-K% Prob (Shi et al. 2023, "Detecting Pretraining Data from Large Language Models"):
-the mean log-prob of the ⌈k·N⌉ least likely tokens of an example (methods/influence.md §7).
+the mean log-prob of the ⌈k·N⌉ least likely tokens of an example.
 
 Deviation: the reference code takes int(k·N) tokens (none for short texts); we take ⌈k·N⌉ so
 every example with a counted token gets a value. k = 1 gives the mean log-likelihood.

@@ -1,7 +1,7 @@
 """Perplexity (or mean token NLL) of each pool example under a causal LM, optionally minus a
 reference model's (cross-entropy difference, Moore & Lewis 2010).
 
-PPL(x) = exp(-(1/T) Σ_t log p(x_t | x_<t)) over the counted tokens (methods/influence.md §7).
+PPL(x) = exp(-(1/T) Σ_t log p(x_t | x_<t)) over the counted tokens.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """balanced (BIDS, Dai, Zhang, Ma, Peng; arXiv 2501.12147): pick, step by step, the example that
-most helps the task the selection currently serves worst (methods spec §1).
+most helps the task the selection currently serves worst.
 
 No BIDS code is public; the iterative utility is reconstructed from the paper's description
 (spec §1, [inferred]), so both readings are offered: `rule: marginal` takes

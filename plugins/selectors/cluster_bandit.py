@@ -45,6 +45,7 @@ class ClusterBandit(Selector):
     neighbours come from a radius search over the centroids, never a dense k×k matrix."""
 
     name = "cluster_bandit"
+    extras = ("cluster",)
     version = "2"
     Params = ClusterBanditParams
     accepts = frozenset({Shape.FEATURES})

@@ -46,6 +46,7 @@ class KMeansDiverse(Selector):
     Scales as k-means (O(N·k·D·niter), faiss from `kmeans.faiss_min_points`) plus O(N log N); no N×N matrix."""
 
     name = "kmeans_diverse"
+    extras = ("cluster",)
     version = "2"
     Params = KMeansDiverseParams
     accepts = frozenset({Shape.FEATURES})

@@ -1,6 +1,6 @@
 """optimal_transport (TAROT, Feng, Nie, Liu, Alahi; ICML 2025): select the candidates whose
-distribution is closest, in optimal-transport distance, to the targets' (methods spec §2;
-reference `vita-epfl/TAROT` `tarot/data_selector.py`).
+distribution is closest, in optimal-transport distance, to the targets' (reference `vita-epfl/TAROT`
+`tarot/data_selector.py`).
 
 Geometry: rows are L2-normalized, similarity is the cosine, the OT ground cost sqrt(|2 - 2 cos|).
 TAROT whitens first: put the `whiten` normalizer before this stage (or set `whiten:` here, not
@@ -72,6 +72,7 @@ class OptimalTransport(Selector):
     no pool x target matrix is held. Seeded through `ctx.rng` only."""
 
     name = "optimal_transport"
+    extras = ("ot",)
     Params = OptimalTransportParams
     accepts = frozenset({Shape.FEATURES})
     budget_rule = "optional"

@@ -1,5 +1,5 @@
 """round_robin_targets (Influence Distillation, Nikdan et al., 2025): targets take turns, each
-taking its highest-scoring example not yet selected (methods spec §7; reference code
+taking its highest-scoring example not yet selected (reference code
 `infdist/distil.py::_perform_selection_rr`)."""
 
 from __future__ import annotations

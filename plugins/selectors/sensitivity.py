@@ -5,7 +5,7 @@ bound every example's loss by `v(x) = λ·d(x, c(x))^z + l̂_c(x)` (Hölder cont
 embedding), then draw `m` examples i.i.d. with `p ∝ v` and weight each draw `1/(m·p)`: the weighted sum
 `Σ counts·weights·loss` is an unbiased estimate of the candidates' total loss (divide by N for the mean).
 No reference code is public: the formula follows the paper's abstract and standard sensitivity sampling
-(methods/selectors.md §6b, [inferred]); `mixture` is the half-and-half variant of the coreset literature.
+(our reading, not checked against an implementation); `mixture` is the half-and-half variant of the coreset literature.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ class SensitivitySampling(Selector):
     Scales as k-means plus O(N); no N×N matrix."""
 
     name = "sensitivity_sampling"
+    extras = ("cluster",)
     version = "2"
     Params = SensitivityParams
     accepts = frozenset({Shape.FEATURES})

@@ -1,6 +1,6 @@
 """soft_cap (FLYT Soft Cap Sampling, Shechter & Carmon, NeurIPS 2025): sample a training set with
 repetition from softmax(score), lowering an example's logit each time it is drawn so no example is
-repeated hundreds of times (methods spec §6d; reference `formll/FLYT/examples.ipynb`)."""
+repeated hundreds of times (reference `formll/FLYT/examples.ipynb`)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """stratified: the top (or bottom) fraction of every stratum, where strata are a pool column
 (source, cluster) or quantile bins of a score. Learning-percentage selection (Mekala et al.,
-ACL 2024) takes the lowest x% per k-means cluster this way (methods spec §8)."""
+ACL 2024) takes the lowest x% per k-means cluster this way."""
 
 from __future__ import annotations
 
