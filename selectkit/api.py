@@ -17,9 +17,9 @@ from selectkit.registry import Registry, default_registry
 def validate(path: str | Path, registry: Registry | None = None, limit: int | None = None) -> Checked:
     """Load a recipe and type-check it against the installed components. No data or model is read.
     `limit` caps every data source to its first rows (a quick trial of a recipe)."""
-    loaded = load(path)
-    if limit is not None:
-        data = loaded.recipe.data
+    loaded = load(path, collect=True)
+    data = getattr(loaded.recipe, "data", None)
+    if limit is not None and data is not None:
         for source in [data.pool, *data.targets.values()]:
             source.limit = min(source.limit or limit, limit)
     return check(loaded, registry or default_registry())
@@ -48,8 +48,11 @@ def run(path: str | Path, *, cache_dir: str | Path | None = None, out_dir: str |
     compiled = plan(path, cache_dir=cache_dir, out_dir=out_dir, devices=devices, registry=registry, limit=limit,
                     options=options)
     registry = compiled.registry
-    name = executor or compiled.recipe.execution.executor
-    result = registry.get("executors", name)().run(compiled, progress=progress, options=options)
+    execution = compiled.recipe.execution
+    name = executor or (options or {}).get("executor") or compiled.options.get("executor") or execution.executor
+    settings = {k: v for k, v in execution.model_dump().items() if k != "executor" and v is not None}
+    result = registry.get("executors", name)().run(compiled, progress=progress, options={**settings,
+                                                                                          **(options or {})})
     return RunOutput(result, result.files)
 
 

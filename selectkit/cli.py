@@ -117,9 +117,9 @@ def validate(paths: tuple[Path, ...], fmt: str, strict: bool) -> None:
         result = {"path": str(path), "valid": False, "errors": [], "warnings": []}
         try:
             checked = validate_recipe(path, registry)
-            result["valid"] = True
-            result["warnings"] = [diagnostic(w, code="warning", severity="warning", path=str(path))
-                                  for w in checked.warnings]
+            result["valid"] = not (strict and checked.warnings)  # --strict: warnings are errors
+            result["warnings"] = [diagnostic(w, code="warning", severity="error" if strict else "warning",
+                                             path=str(path)) for w in checked.warnings]
         except RecipeErrors as exc:
             if _debug():
                 raise
@@ -162,6 +162,10 @@ def _with(options):
 
 shard_option = click.option("--shard-rows", type=click.IntRange(min=1),
                             help="rows per shard of the pool (the unit of resume and parallel work)")
+executor_options = [
+    click.option("--executor", help="local (default: the recipe's execution.executor) or ray"),
+    click.option("--address", help="ray: the cluster to join (auto, ray://HOST:PORT); default: a local one"),
+]
 
 
 @main.command()
@@ -169,15 +173,18 @@ shard_option = click.option("--shard-rows", type=click.IntRange(min=1),
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), help="plan for the first N rows of every source")
 @shard_option
+@_with(executor_options)
 @_with(device_options)
-def plan(recipe: Path, fmt: str, limit: int | None, shard_rows: int | None, devices: str | None,
-         assume: str | None, cache_dir: Path | None) -> None:
+def plan(recipe: Path, fmt: str, limit: int | None, shard_rows: int | None, executor: str | None,
+         address: str | None, devices: str | None, assume: str | None, cache_dir: Path | None) -> None:
     """Show the execution plan: the steps, resolved defaults, cache hits, cost estimates."""
     from selectkit.api import plan as make_plan
 
+    options = {k: v for k, v in (("shard_rows", shard_rows), ("executor", executor), ("address", address))
+               if v is not None}
     try:
         compiled = make_plan(recipe, cache_dir=cache_dir, devices=_devices(devices, assume), limit=limit,
-                             options={"shard_rows": shard_rows} if shard_rows else None)
+                             options=options)
     except SelectkitError as exc:
         _fail(exc)
     click.echo(json.dumps(compiled.to_json(), indent=2) if fmt == "json" else compiled.render())
@@ -191,23 +198,30 @@ def plan(recipe: Path, fmt: str, limit: int | None, shard_rows: int | None, devi
 @click.option("--quiet", "-q", is_flag=True, help="no progress messages")
 @click.option("--limit", type=click.IntRange(min=1), help="read only the first N rows of every source (a quick trial)")
 @shard_option
+@_with(executor_options)
 @_with(device_options)
 def run(recipe: Path, out_dir: Path | None, dry_run: bool, trust_remote_code: bool, quiet: bool, limit: int | None,
-        shard_rows: int | None, devices: str | None, assume: str | None, cache_dir: Path | None) -> None:
+        shard_rows: int | None, executor: str | None, address: str | None, devices: str | None,
+        assume: str | None, cache_dir: Path | None) -> None:
     """Run a recipe and write selection.parquet, the subset and manifest.json."""
     from selectkit import api
 
     inventory = _devices(devices, assume)
-    options = {k: v for k, v in (("trust_remote_code", trust_remote_code or None), ("shard_rows", shard_rows))
-               if v is not None}
+    options = {k: v for k, v in (("trust_remote_code", trust_remote_code or None), ("shard_rows", shard_rows),
+                                 ("executor", executor), ("address", address)) if v is not None}
     try:
         if dry_run:
             click.echo(api.plan(recipe, cache_dir=cache_dir, out_dir=out_dir, devices=inventory,
                                 limit=limit, options=options).render())
             return
-        progress = None if quiet else (lambda message: click.echo(f"  {message}", err=True))
-        output = api.run(recipe, cache_dir=cache_dir, out_dir=out_dir, devices=inventory, progress=progress,
-                         options=options, limit=limit)
+        from selectkit.progress import for_terminal
+
+        progress = for_terminal(quiet)
+        try:
+            output = api.run(recipe, cache_dir=cache_dir, out_dir=out_dir, devices=inventory, progress=progress,
+                             options=options, limit=limit)
+        finally:
+            progress.close()
     except SelectkitError as exc:
         _fail(exc)
     click.echo(summary(output))

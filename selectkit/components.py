@@ -100,6 +100,8 @@ class Component:
     version: ClassVar[str] = "1"
     Params: ClassVar[type[Params]] = Params
     extras: ClassVar[tuple[str, ...]] = ()  # optional extras it needs (models, ot, cluster, ...): checked by validate
+    distributed: ClassVar[bool] = True  # False: cannot run on a cluster executor (say why in distributed_reason)
+    distributed_reason: ClassVar[str] = ""
 
     def __init__(self, params: Params | None = None):
         self.params = params if params is not None else self.Params()
@@ -150,6 +152,7 @@ class ScoreContext:
     model: ModelSpec | None = None  # the scorer's model, for scorers that declare `model_kinds`
     features: Features | None = None  # values of the requested pass outputs
     stats: dict[str, Any] | None = None  # merged per-shard statistics (rowwise scorers that declare them)
+    scores: dict[str, Score] = field(default_factory=dict)  # the scores named by `input_scores`
 
     def rng(self, *labels: str) -> np.random.Generator:
         return rng_for(self.seed, *labels)
@@ -175,6 +178,14 @@ class Scorer(Component):
     def feature_requests(self, targets: list[str]) -> list[FeatureRequest]:
         """Pass outputs this scorer reads through `ctx.features` (none by default)."""
         return []
+
+    def input_scores(self) -> list[str]:
+        """Other scores of the recipe this scorer reads through `ctx.scores` (none by default)."""
+        return []
+
+    def input_path(self, ref: str) -> tuple:
+        """Where under `with:` the reference `ref` is written (for error locations)."""
+        return ()
 
     def statistics(self, ctx: ScoreContext) -> dict[str, np.ndarray] | None:
         """Rowwise scorers that need pool-wide statistics: this shard's part (arrays that `merge` combines)."""

@@ -48,6 +48,7 @@ class PassPlan:
     data: str | None  # the data source it maps over (None: not row-sharded)
     key_parts: list[Any]
     needs: list[FeatureRequest] = field(default_factory=list)  # outputs of other providers it reads
+    reads: list[str] = field(default_factory=list)  # further data sources it reads whole (targets)
     shards: int = 0
     estimate: PassEstimate | None = None
     settings: dict[str, Any] = field(default_factory=dict)
@@ -117,6 +118,7 @@ class PassProvider:
     name: ClassVar[str]
     version: ClassVar[str] = "1"
     kinds: ClassVar[dict[str, dict[str, Any]]] = {}
+    parallel: ClassVar[bool] = True  # its shards are independent (False: in order, e.g. training epochs)
 
     def canonical(self, request: FeatureRequest) -> FeatureRequest:
         """The request with defaults filled in, so equal work compares equal."""

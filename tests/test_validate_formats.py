@@ -75,6 +75,23 @@ def test_an_output_folder_over_the_inputs_has_its_code(demo):
     assert any("contains the pool source" in e["message"] for e in errors)
 
 
+def test_score_cycles_and_data_content_have_their_codes(tmp_path):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text('{"id": "a", "body": "x"}\n{"id": "b", "body": "y"}\n')
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""selectkit: 1
+name: codes
+data: {{pool: {{path: {pool}, id: id}}}}
+scores:
+  a: {{use: combine, with: {{scores: {{b: 1.0}}}}}}
+  b: {{use: combine, with: {{scores: {{a: 1.0}}}}}}
+select: [{{use: topk, with: {{score: a, budget: 1}}}}]
+""")
+    _, report = validate_json(recipe)
+    names = {e["name"]: e["code"] for e in report["recipes"][0]["errors"]}
+    assert names.get("score-cycle") == "SK305" and names.get("data-content") == "SK404", names
+
+
 def test_valid_recipes_and_warnings_in_json(tmp_path):
     site = fake_distribution(tmp_path / "site", "brokenplugin", "broken_plugin", "raise RuntimeError('boom')\n")
     code, report = validate_json(RECIPES / "quickstart.yaml", env={"PYTHONPATH": str(site)})

@@ -90,7 +90,7 @@ class Gradients(PassProvider):
                                     "pool",
                                     [r.kind, model.fingerprint, ctx.sources["pool"].fingerprint,
                                      [(t, ctx.sources[t].fingerprint) for t in targets], describe(r), ctx.seed],
-                                    needs=needs, shards=0, estimate=estimate, artifact="passes",
+                                    needs=needs, shards=0, estimate=estimate, artifact="passes", reads=targets,
                                     settings={"targets": targets, "detail": {"request": describe(r)}}))
         return out
 

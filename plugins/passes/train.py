@@ -20,6 +20,7 @@ class Train(PassProvider):
 
     name = "train"
     version = "2"
+    parallel = False  # epoch e starts from epoch e - 1
     kinds = {"checkpoints": {}}
 
     def plan(self, model: ModelRef, requests: list[FeatureRequest], ctx: PlanContext) -> list[PassPlan]:

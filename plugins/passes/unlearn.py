@@ -212,6 +212,48 @@ def _target_texts(targets: dict, names: Sequence[str], limit: int | None, seed: 
     return texts
 
 
+def _estimate(model: ModelRef, kind: str, p: dict, targets: list[str], ctx: PlanContext) -> Any:
+    """Ascent steps (forward + backward, as training) plus the loss readings (forwards), per run;
+    UnTrac runs once per group (the distinct values of `group_by`, or `clusters`)."""
+    from dataclasses import replace
+
+    from selectkit.estimates import LOAD_BYTES_PER_S, LOAD_SECONDS, TRAIN_OVERHEAD, model_pass
+
+    ascent_rows = p["steps"] * p["batch_size"] * p["grad_accum"]
+    readings = (-(-p["steps"] // p["eval_every"]) if p.get("eval_every") else 1) + 1
+    read_on = targets[0] if kind == "unlearn_groups" and targets else "pool"
+    ascent = model_pass(model, read_on if kind == "unlearn_inv" else "pool", ctx, backward=True, examples=ascent_rows)
+    if ascent is None:
+        return None
+    limit = p.get("max_target_examples")
+    rows = sum(ctx.rows.get(t) or 0 for t in targets) if kind == "unlearn_groups" else ctx.rows.get("pool") or 0
+    reading = model_pass(model, read_on, ctx, examples=min(rows, limit) if limit and kind == "unlearn_groups"
+                         else rows)
+    if kind == "unlearn_groups":
+        runs = p.get("clusters") or _groups(ctx, p.get("group_by"))
+    else:
+        runs = len(targets) if p.get("per_target") else 1
+    load = LOAD_SECONDS + ascent.weights_bytes / LOAD_BYTES_PER_S  # the model loads once for every run
+    seconds = None
+    if ascent.seconds is not None and reading is not None and reading.seconds is not None:
+        seconds = load + runs * ((ascent.seconds - load) * TRAIN_OVERHEAD + readings * (reading.seconds - load))
+    flops = runs * (ascent.flops + readings * (reading.flops if reading is not None else 0))
+    what = (f"{runs} gradient-ascent run(s) of {p['steps']} steps, {readings} loss readings each")
+    return replace(ascent, flops=flops, seconds=seconds, what=what)
+
+
+def _groups(ctx: PlanContext, column: str | None) -> int:
+    """Distinct values of the pool's group column (read once at plan time; 1 when unknown)."""
+    if column is None:
+        return 1
+    from selectkit.pool import Table
+
+    try:
+        return max(1, Table(ctx.sources["pool"]).column(column).n_unique())
+    except Exception:  # noqa: BLE001 - an estimate never fails a plan
+        return 1
+
+
 class Unlearn(PassProvider):
     """Gradient ascent on pool groups (UnTrac) or on the targets (UnTrac-Inv)."""
 
@@ -220,20 +262,13 @@ class Unlearn(PassProvider):
     kinds = {"unlearn_groups": GROUPS, "unlearn_inv": INV}
 
     def plan(self, model: ModelRef, requests: list[FeatureRequest], ctx: PlanContext) -> list[PassPlan]:
-        from selectkit.estimates import model_pass
 
         out = []
         for r in requests:
             p = dict(r.settings)
             needs = [CLUSTER_FEATURES] if r.kind == "unlearn_groups" and p.get("clusters") else []
             targets = list(p.get("targets", ()))
-            ascent_rows = p["steps"] * p["batch_size"] * p["grad_accum"]
-            estimate = model_pass(model, "pool", ctx, backward=True, examples=ascent_rows)
-            readings = -(-p["steps"] // p["eval_every"]) if p.get("eval_every") else 1
-            if estimate is not None:
-                what = (f"gradient ascent ({p['steps']} steps) per group" if r.kind == "unlearn_groups" else
-                        f"gradient ascent ({p['steps']} steps) + {readings + 1} loss readings of the pool")
-                estimate = estimate.scaled(1.0, what)
+            estimate = _estimate(model, r.kind, p, targets, ctx)
             from selectkit.cache import cache_key
 
             what = "UnTrac per group" if r.kind == "unlearn_groups" else "UnTrac-Inv"
@@ -242,7 +277,7 @@ class Unlearn(PassProvider):
                                 [r], "pool", [r.kind, model.fingerprint, ctx.sources["pool"].fingerprint,
                                               [(t, ctx.sources[t].fingerprint) for t in targets], describe(r),
                                               ctx.seed],
-                                needs=needs, estimate=estimate,
+                                needs=needs, estimate=estimate, reads=targets,
                                 settings={"targets": targets, "detail": {"request": describe(r)}}))
         return out
 
