@@ -344,8 +344,9 @@ def load_model(spec: ModelSpec, base_dir: str | Path = ".", *, allow_remote_code
     except (OSError, ValueError) as exc:
         raise ModelError(f"{label}: cannot load {folder}: {exc}") from None
     except Exception as exc:  # a hostile or broken weight file must not end in a traceback
-        if type(exc).__name__ in ("UnpicklingError", "SafetensorError", "HeaderTooLarge", "EOFError"):
-            raise ModelError(f"{label}: cannot load the weights in {folder}: {exc}") from None
+        if type(exc).__name__ in _WEIGHT_ERRORS:
+            raise ModelError(f"{label}: cannot load the weights in {folder}{_pickled(folder)}: "
+                             f"{unsafe_load_reason(exc)}") from None
         raise
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -358,6 +359,11 @@ def load_model(spec: ModelSpec, base_dir: str | Path = ".", *, allow_remote_code
             model = peft.PeftModel.from_pretrained(model, str(lora_path), is_trainable=not merge_lora)
         except (OSError, ValueError) as exc:
             raise ModelError(f"{label}: cannot load the LoRA adapter {lora_path}: {exc}") from None
+        except Exception as exc:  # an adapter_model.bin that would run code
+            if type(exc).__name__ in _WEIGHT_ERRORS:
+                raise ModelError(f"{label}: cannot load the LoRA adapter {lora_path}{_pickled(lora_path)}: "
+                                 f"{unsafe_load_reason(exc)}") from None
+            raise
         if merge_lora:
             model = model.merge_and_unload()
     for parameter in model.parameters():
@@ -367,6 +373,26 @@ def load_model(spec: ModelSpec, base_dir: str | Path = ".", *, allow_remote_code
     model.eval()
     pooling = folder_pooling(folder) if isinstance(folder, Path) else None
     return LoadedModel(spec, model, tokenizer, target, max_length(spec, model.config), pooling, name)
+
+
+_WEIGHT_ERRORS = ("UnpicklingError", "SafetensorError", "HeaderTooLarge", "EOFError")
+
+
+def unsafe_load_reason(exc: BaseException) -> str:
+    """torch's weights_only refusal in one line: what the file would have run, without torch's
+    advice to load it unsafely. Other load errors: their first line."""
+    text = str(exc)
+    for line in text.splitlines():
+        if "WeightsUnpickler error:" in line:
+            what = line.split("WeightsUnpickler error:", 1)[1].split(". Please use", 1)[0].strip()
+            return f"refused, not a plain tensor file: unpickling it could run code ({what})"
+    return (text.splitlines() or [type(exc).__name__])[0]
+
+
+def _pickled(folder: Any) -> str:
+    """ (the pickle-format weight files of a folder), for messages."""
+    names = sorted(p.name for pattern in ("*.bin", "*.pt", "*.pth") for p in Path(folder).glob(pattern))
+    return f" ({', '.join(names)})" if names else ""
 
 
 def max_length(spec: ModelSpec, config: Any) -> int:

@@ -78,7 +78,9 @@ def adam_state(checkpoint: Checkpoint, param_names: Sequence[str]) -> AdamState:
         try:
             saved = torch.load(checkpoint.optimizer, weights_only=True, map_location="cpu")
         except Exception as exc:  # an unsafe pickle raises here, before any of its code runs
-            raise SelectkitError(f"{checkpoint.optimizer}: refused to load ({type(exc).__name__}: {exc})",
+            from selectkit.models import unsafe_load_reason
+
+            raise SelectkitError(f"{checkpoint.optimizer}: cannot load: {unsafe_load_reason(exc)}",
                                  hint="an optimizer.pt must be a plain state dict of tensors (weights_only)") from None
         try:
             names = saved["param_names"]
