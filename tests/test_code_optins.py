@@ -5,8 +5,8 @@ Through the real CLI on real, hostile files: a checkpoint's `optimizer.pt`, a mo
 a marker file are refused by name and the marker never appears; a model folder whose config.json
 `auto_map`s a custom modeling file (which creates a marker when imported) is refused by every
 pass that loads models (forward, gradients, the LESS warmup's training, unlearning) unless the
-recipe's `trust_remote_code` and `--trust-remote-code` are both given, and then it loads. The
-warmup writes its checkpoints to the cache without a single pickle.
+recipe's `trust_remote_code` and `--trust-remote-code` are both given, and then it loads (and
+trains: the warmup writes its checkpoints to the cache without a single pickle).
 """
 
 from __future__ import annotations
@@ -196,22 +196,15 @@ def test_custom_model_code_needs_the_recipe_opt_in(work):
     assert not marker.exists()
 
 
-def test_custom_model_code_loads_with_both_opt_ins(work):
+def test_with_both_opt_ins_custom_code_trains_and_the_warmup_cache_holds_no_pickle(work):
+    """One LESS run with a warmup on the custom-code model: the code loads (the marker the refusals
+    never let appear), and the warmup's checkpoints in the cache are safetensors and JSON only."""
     marker = work / "MARKER"
     remote_code_model(work / "lm", marker)
-    result = cli("run", recipe(work, "trust_remote_code: true", "{use: perplexity, model: lm}"),
-                 "--trust-remote-code")
+    result = cli("run", recipe(work, f"trust_remote_code: true, warmup: {WARMUP}", LESS), "--trust-remote-code")
     assert "the command did not" not in result.stderr
     assert result.returncode == 0, result.stderr
-    assert marker.read_text() == "custom code ran"  # the same marker the refusals never let appear
-
-
-# ---------------------------------------------------------------- what selectkit itself writes
-
-
-def test_the_warmup_checkpoints_in_the_cache_hold_no_pickle(work):
-    result = cli("run", recipe(work, f"warmup: {WARMUP}", LESS))
-    assert result.returncode == 0, result.stderr
+    assert marker.read_text() == "custom code ran"
     cache = Path(os.environ["SELECTKIT_CACHE_DIR"])
     train = sorted(p for p in (cache / "train").rglob("*") if p.is_file())
     names = {p.name for p in train}
