@@ -322,17 +322,25 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
+def unsafe_load_reason(exc: BaseException) -> str | None:
+    """torch's weights_only refusal in one line (what the pickle would have run), without torch's
+    advice to load it unsafely; None when `exc` is not such a refusal."""
+    if type(exc).__name__ != "UnpicklingError" and "weights only load failed" not in str(exc).lower():
+        return None
+    return next((line.split(". Please use", 1)[0] for line in (x.strip().removeprefix("WeightsUnpickler error:").strip()
+                                                             for x in str(exc).splitlines())
+                 if line and not line.startswith(_TORCH_BOILERPLATE)), "not plain tensors")
+
+
 def load_failure(label: str, folder: Path | str, exc: BaseException) -> ModelError:
     """A ModelError for a model that failed to load, naming its files; a pickle weight file that
     torch refuses to unpickle (it could run code) gets its own message."""
     weights = sorted(p.name for x in WEIGHT_PATTERNS for p in folder.glob(x)) if isinstance(folder, Path) else []
-    if type(exc).__name__ == "UnpicklingError" or "weights only load failed" in str(exc).lower():
+    reason = unsafe_load_reason(exc)
+    if reason is not None:
         files = ", ".join(w for w in weights if w.endswith((".bin", ".pt", ".pth"))) or "a pickle weight file"
-        reason = next((line for line in (x.strip().removeprefix("WeightsUnpickler error:").strip()
-                                         for x in str(exc).splitlines())
-                       if line and not line.startswith(_TORCH_BOILERPLATE)), "not plain tensors")
         return ModelError(f"{label}: refused to load {files} in {folder}: torch's safe unpickler (weights_only) "
-                          f"rejected it ({reason}); a pickle file can run code when loaded, so selectkit never "
+                          f"rejected it ({reason}); unpickling it could run code, so selectkit never "
                           "loads one unsafely", hint="get the weights as .safetensors from a source you trust")
     files = f" (weights: {', '.join(weights)})" if weights else ""
     return ModelError(f"{label}: cannot load {folder}{files}: {type(exc).__name__}: {_first_line(exc)}")

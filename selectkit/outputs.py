@@ -63,13 +63,16 @@ def output_conflicts(out_dir: Path, inputs: dict[str, Path]) -> list[str]:
         real = Path(os.path.realpath(path))
         if out in (src, real):
             problems.append(f"output.dir {out} is the {name} itself")
-        elif (src.is_dir() or real.is_dir()) and (_inside(out, src) or _inside(out, real)):
-            problems.append(f"output.dir {out} is inside the {name} folder {src}")
+        elif _inside(out, src) or _inside(out, real):
+            what = "folder" if src.is_dir() or real.is_dir() else "file"
+            problems.append(f"output.dir {out} is inside the {name} {what} {src}")
         elif _inside(src, out) or _inside(real, out):
             problems.append(f"output.dir {out} contains the {name} ({src}); the output folder is replaced as a "
                             "whole on every run, so keep inputs elsewhere")
-    if out.exists() and not out.is_dir():
-        problems.append(f"output.dir {out} is a file, not a folder")
+    blocker = next((p for p in (out, *out.parents) if p.exists()), None)  # the nearest part that exists
+    if blocker is not None and not blocker.is_dir():
+        problems.append(f"output.dir {out} is a file, not a folder" if blocker == out else
+                        f"output.dir {out} cannot be made: {blocker} is a file, not a folder")
     return problems
 
 
@@ -277,14 +280,24 @@ def write_outputs(result: Any, out_dir: Path) -> dict[str, Path]:
     try:
         names = _write_set(result, staging)
         _swap_in(staging, out_dir)
-    except OSError as exc:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        reason = _write_failure(exc)
+        if reason is None:
+            raise
         kept = " the previous outputs there are intact" if out_dir.exists() else ""
-        raise SelectkitError(f"could not write the outputs to {out_dir}: {exc.strerror or exc};{kept}") from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        raise SelectkitError(f"could not write the outputs to {out_dir}: {reason};{kept}") from None
     return {k: out_dir / v for k, v in names.items()}
+
+
+def _write_failure(exc: BaseException) -> str | None:
+    """Why writing failed, when the system refused it (a full disk, no permission); None for a bug.
+    polars reports such failures as its own errors that carry the system's message."""
+    if isinstance(exc, OSError):
+        return str(exc.strerror or exc)
+    if isinstance(exc, pl.exceptions.PolarsError) and "os error" in str(exc):
+        return str(exc).rsplit("IO error: ", 1)[-1].strip()
+    return None
 
 
 def _write_set(result: Any, folder: Path) -> dict[str, str]:

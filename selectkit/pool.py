@@ -21,9 +21,11 @@ from selectkit.data import (
     RowSource,
     check_unique,
     count_tokens,
+    not_text_message,
     open_rows,
     read_ids,
     render_texts,
+    text_columns,
     warn_missing,
 )
 from selectkit.errors import DataError
@@ -84,6 +86,19 @@ class Table:
         k = int(np.searchsorted(self.starts, row, side="right") - 1)
         return self.parts[k].where(row - int(self.starts[k]))
 
+    def not_text(self, frame: pl.DataFrame, lo: int, columns: list[str]) -> tuple[int, str, str] | None:
+        """RowSource.not_text over the parts that rows [lo, lo + frame.height) span (global rows)."""
+        hi = lo + frame.height
+        for k, part in enumerate(self.parts):
+            a, b = int(self.starts[k]), int(self.starts[k + 1])
+            if b <= lo or a >= hi:
+                continue
+            start = max(lo, a)
+            bad = part.not_text(frame.slice(start - lo, min(hi, b) - start), start - a, columns)
+            if bad is not None:
+                return a + bad[0], bad[1], bad[2]
+        return None
+
     def column(self, name: str, lo: int = 0, hi: int | None = None) -> pl.Series:
         hi = self.rows if hi is None else hi
         frame = self.slice(lo, hi)
@@ -110,6 +125,8 @@ def read_shard(table: Table, lo: int, hi: int) -> Dataset:
     """Rows [lo, hi) with their ids and rendered texts (every data problem named by line)."""
     spec = table.spec
     frame = table.slice(lo, hi)
+    if (bad := table.not_text(frame, lo, text_columns(spec.text))) is not None:
+        raise DataError(not_text_message(table.where(bad[0]), bad[1], bad[2]))
     rendered = render_texts(frame, spec.text, spec.name, on_missing=spec.on_missing, where=table.where, first_row=lo,
                             known_columns=table.columns)
     ids = read_ids(frame, spec.id_column, lo, spec.name, table.where)
