@@ -184,9 +184,9 @@ _OS_ERROR_IN_TEXT = re.compile(r"\(os error (\d+)\)")  # how Rust libraries (pol
 
 def fault_errno(exc: BaseException) -> int | None:
     """The errno behind an environment fault: an OSError, or a Rust library's error that wraps one."""
-    if isinstance(exc, OSError):
+    if isinstance(exc, OSError) and exc.errno is not None:
         return exc.errno
-    if type(exc).__module__.split(".")[0] == "polars":
+    if isinstance(exc, OSError) or type(exc).__module__.split(".")[0] == "polars":  # "... (os error 28)"
         match = _OS_ERROR_IN_TEXT.search(str(exc))
         return int(match.group(1)) if match else None
     return None

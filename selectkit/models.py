@@ -325,11 +325,14 @@ def _first_line(exc: BaseException) -> str:
 def unsafe_load_reason(exc: BaseException) -> str | None:
     """torch's weights_only refusal in one line (what the pickle would have run), without torch's
     advice to load it unsafely; None when `exc` is not such a refusal."""
-    if type(exc).__name__ != "UnpicklingError" and "weights only load failed" not in str(exc).lower():
+    text = str(exc)
+    if type(exc).__name__ != "UnpicklingError" and "weights only load failed" not in text.lower():
         return None
-    return next((line.split(". Please use", 1)[0] for line in (x.strip().removeprefix("WeightsUnpickler error:").strip()
-                                                             for x in str(exc).splitlines())
-                 if line and not line.startswith(_TORCH_BOILERPLATE)), "not plain tensors")
+    for line in text.splitlines():
+        if "WeightsUnpickler error:" in line:
+            return line.split("WeightsUnpickler error:", 1)[1].split(". Please use", 1)[0].strip()
+    return next((line.strip() for line in text.splitlines()
+                 if line.strip() and not line.strip().startswith(_TORCH_BOILERPLATE)), "not plain tensors")
 
 
 def load_failure(label: str, folder: Path | str, exc: BaseException) -> ModelError:
