@@ -44,7 +44,7 @@ def recipe_schema_text(registry: Registry) -> str:
 def describe_components(registry: Registry) -> dict[str, list[dict]]:
     """name, summary, distribution and params (name, type, default, description) per component."""
     listing: dict[str, list[dict]] = {}
-    for kind in ("scorers", "normalizers", "selectors", "readers", "executors"):
+    for kind in ("scorers", "normalizers", "selectors", "verifiers", "readers", "executors"):
         listing[kind] = []
         for name in registry.names(kind):
             entry = registry.components[kind][name]
