@@ -146,10 +146,11 @@ def agreement_lr() -> list[dict]:
 
 def agreement_lm(per_task: int) -> list[dict]:
     """Tier 2: tiny LM + LoRA warmup; Spearman of pool scores with influence.inverse_hessian (GGN, CG)."""
-    from influence_fixtures import Spec, dataset, pretrained_lm, rows
+    from influence_fixtures import dataset, pretrained_lm, rows
 
     from selectkit.components import ScoreContext
-    from selectkit.recipe import LoraSettings, WarmupSpec
+    from selectkit.recipe import LoraSettings, ModelSpec, WarmupSpec
+    from selectkit.testing import run_scorer
     from selectkit_plugins.scorers.influence import EKFAC, DataInf, InverseHessian, Less, TracIn
 
     work = Path(tempfile.mkdtemp(prefix="bench-influence-"))
@@ -158,14 +159,14 @@ def agreement_lm(per_task: int) -> list[dict]:
                       lora=LoraSettings(r=4, alpha=16, dropout=0.0, target_modules=["q_proj", "v_proj"]))
     targets = {t: dataset(t, rows(5, seed=7 + i, tasks=(t,))) for i, t in enumerate(("reverse", "add", "upper"))}
     ctx = ScoreContext(pool=dataset("pool", rows(per_task, seed=1)), targets=targets, seed=0,
-                       model=Spec(str(folder), warmup=warm), workdir=work / "work" / "x")
+                       model=ModelSpec(path=str(folder), kind="causal-lm", max_length=64, device="cpu", warmup=warm))
     timed = {}
     for name, scorer in (("inverse-Hessian (GGN, CG)", InverseHessian(InverseHessian.Params(hessian_examples=128))),
                          ("EK-FAC", EKFAC(EKFAC.Params())), ("DataInf", DataInf(DataInf.Params())),
                          ("TracIn (k=1024)", TracIn(TracIn.Params())), ("LESS (k=1024)", Less(Less.Params())),
                          ("LESS (k=8192)", Less(Less.Params(proj_dim=8192)))):
         start = time.perf_counter()
-        timed[name] = (scorer.run(ctx).values, time.perf_counter() - start)
+        timed[name] = (run_scorer(scorer, ctx, cache_dir=work / "work").values, time.perf_counter() - start)
     ref_values = timed["inverse-Hessian (GGN, CG)"][0]
     tasks = ctx.pool.rows["task"].to_list()
     out = []

@@ -28,7 +28,8 @@ class JsonlRows(RowSource):
 
     STEP = 1024
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, stop: int | None = None):
+        """Index the whole file, or only its first `stop` rows (validate's cheap look at a file)."""
         self.path = path
         marks_at, marks_line, rows = [], [], 0
         offset, line_no, pending = 0, 0, b""
@@ -50,6 +51,9 @@ class JsonlRows(RowSource):
                     start = end + 1
                 offset += start
                 pending = data[start:]
+                if stop is not None and rows >= stop:
+                    pending = b""
+                    break
             if pending.strip():
                 if rows % self.STEP == 0:
                     marks_at.append(offset)
@@ -134,6 +138,13 @@ class JsonLines(Reader):
         with open(path, "rb") as handle:
             return sum(1 for line in handle if line.strip())
 
+    def head(self, path: Path, rows: int):
+        """The first lines only (no index of the whole file)."""
+        if path.name.endswith(".gz"):
+            return super().head(path, rows)
+        source = JsonlRows(path, stop=rows)
+        return source.slice(0, rows), source.where
+
 
 class ParquetRows(RowSource):
     def __init__(self, path: Path):
@@ -171,6 +182,10 @@ class Csv(Reader):
     def read(self, path: Path) -> pl.DataFrame:
         return pl.read_csv(path, separator="\t" if path.suffix == ".tsv" else ",", infer_schema_length=10000)
 
+    def head(self, path: Path, rows: int):
+        frame = pl.read_csv(path, separator="\t" if path.suffix == ".tsv" else ",", n_rows=rows)
+        return frame, lambda row: f"{path.name} row {row + 1}"
+
 
 class Parquet(Reader):
     """Apache Parquet; any row range read by row groups (the format for pools larger than memory)."""
@@ -186,6 +201,10 @@ class Parquet(Reader):
 
     def count_rows(self, path: Path) -> int | None:
         return pl.scan_parquet(path).select(pl.len()).collect().item()
+
+    def head(self, path: Path, rows: int):
+        source = ParquetRows(path)
+        return source.slice(0, rows), source.where
 
 
 class HuggingFaceDisk(Reader):

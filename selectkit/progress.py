@@ -67,6 +67,60 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+class RichReporter(Reporter):
+    """A live display on a terminal: one line per running step with a bar, the rate and the time
+    left, finished steps printed above it (cached ones as cached)."""
+
+    def __init__(self, console=None):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.console = console or Console(stderr=True)
+        self.progress = Progress(TextColumn("[bold]{task.fields[kind]}[/] {task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TextColumn("{task.fields[unit]}"),
+                                 TextColumn("{task.fields[info]}"), TextColumn("ETA"), TimeRemainingColumn(),
+                                 console=self.console, transient=True)
+        self.tasks: dict[str, int] = {}
+        self.progress.start()
+
+    def step_started(self, step: Any) -> None:
+        self.tasks[step.id] = self.progress.add_task(step.label, total=None, kind=step.kind, unit="", info="")
+
+    def step_finished(self, step: Any, status: str, seconds: float) -> None:
+        task = self.tasks.pop(step.id, None)
+        if task is not None:
+            self.progress.remove_task(task)
+        self.console.print(f"[bold]{step.kind}[/] {step.label}: {status}" + (f" in {seconds:.1f} s"
+                                                                          if status != "cached" else ""))
+
+    def advance(self, step_id: str, done: int, total: int | None = None, **info: Any) -> None:
+        task = self.tasks.get(step_id)
+        if task is None:
+            return
+        unit = info.pop("unit", "shard")
+        extra = ", ".join(f"{k.replace('_', ' ')} {_fmt(v)}" for k, v in info.items())
+        self.progress.update(task, completed=done, total=total, unit=unit, info=extra)
+
+    def message(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False)
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def for_terminal(quiet: bool, stream=None) -> Reporter:
+    """The reporter a command uses: nothing with -q, a live display on a terminal, else a line
+    every few seconds (CI logs)."""
+    import sys
+
+    stream = stream or sys.stderr
+    if quiet:
+        return Reporter()
+    if stream.isatty():
+        return RichReporter()
+    return LineReporter(lambda text: print(text, file=stream, flush=True), every=5.0)
+
+
 def as_reporter(progress: Reporter | Callable[[str], None] | None) -> Reporter:
     if progress is None:
         return Reporter()

@@ -111,6 +111,10 @@ class ComponentRef(Strict):
     with_: dict[str, Any] = Field(default_factory=dict, alias="with")
 
 
+class CombineWeights(Strict):
+    weights: dict[str, float] = Field(description="weight of each target column (columns not named count 0)")
+
+
 class ScoreSpec(Strict):
     use: str = Field(description="scorer name")
     model: str | None = Field(None, description="name of an entry under `models`")
@@ -118,6 +122,9 @@ class ScoreSpec(Strict):
     with_: dict[str, Any] = Field(default_factory=dict, alias="with")
     normalize: list[str | ComponentRef] = Field(default_factory=list,
                                                       description="normalizers applied in order")
+    combine: Literal["max", "mean", "min", "sum"] | CombineWeights | None = Field(
+        None, description="collapse a per-target (matrix) score into one value per example, after the "
+        "normalizers: max, mean, min, sum, or {weights: {target: w}} (a weighted sum)")
 
 
 class StageSpec(Strict):
@@ -183,14 +190,20 @@ class Recipe(Strict):
 
 
 class LoadedRecipe:
-    """A validated Recipe with where it came from (file, folder, source map, hash)."""
+    """A validated Recipe with where it came from (file, folder, source map, hash). When loaded
+    with `collect=True`, `errors` holds the structural errors and `recipe` the parts that
+    validated on their own, so the semantic checks can report everything in one pass; `broken`
+    names the entries left out (references to them are not reported again)."""
 
-    def __init__(self, recipe: Recipe, file: Path, source_map: SourceMap, text: str):
+    def __init__(self, recipe: Recipe, file: Path, source_map: SourceMap, text: str,
+                 errors: list[RecipeError] | None = None, broken: dict[str, set[str]] | None = None):
         self.recipe = recipe
         self.file = file
         self.base = file.parent
         self.source_map = source_map
         self.text = text
+        self.errors = list(errors or [])
+        self.broken = broken or {"models": set(), "scores": set(), "targets": set(), "sections": set()}
 
     def resolve_path(self, path: str) -> Path:
         p = Path(path).expanduser()
@@ -209,8 +222,9 @@ class LoadedRecipe:
         return hashlib.sha256(json.dumps(self.resolved, sort_keys=True).encode()).hexdigest()
 
 
-def load(path: str | Path) -> LoadedRecipe:
-    """Read and validate a recipe file's structure. Raises RecipeError(s) with locations."""
+def load(path: str | Path, collect: bool = False) -> LoadedRecipe:
+    """Read and validate a recipe file's structure. Raises RecipeError(s) with locations; with
+    `collect`, structural errors are kept on the result instead (see LoadedRecipe)."""
     file = Path(path)
     if not file.is_file():
         raise RecipeError(f"recipe not found: {file}")
@@ -223,8 +237,67 @@ def load(path: str | Path) -> LoadedRecipe:
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
-        raise RecipeErrors(pydantic_errors(exc, smap, Recipe)) from None
+        errors = pydantic_errors(exc, smap, Recipe)
+        if not collect:
+            raise RecipeErrors(errors) from None
+        recipe, broken = salvage(data)
+        return LoadedRecipe(recipe, file, smap, text, errors, broken)
     return LoadedRecipe(recipe, file, smap, text)
+
+
+def salvage(data: dict) -> tuple[Recipe, dict[str, set[str]]]:
+    """The parts of an invalid recipe that validate on their own (entry by entry for models,
+    scores, targets and stages), and the names of what was left out."""
+    from pydantic import TypeAdapter
+
+    broken: dict[str, set[str]] = {"models": set(), "scores": set(), "targets": set(), "sections": set()}
+    values: dict[str, Any] = {}
+
+    def entries(kind: str, raw: Any, model: type[BaseModel]) -> dict:
+        if not isinstance(raw, dict):
+            broken["sections"].add(kind)
+            return {}
+        good = {}
+        for key, value in raw.items():
+            try:
+                good[key] = model.model_validate(value)
+            except ValidationError:
+                broken[kind].add(str(key))
+        return good
+
+    for name, field in Recipe.model_fields.items():
+        key = field.alias or name
+        if key not in data:
+            continue
+        raw = data[key]
+        try:
+            if name in ("models", "scores"):
+                values[name] = entries(name, raw, ModelSpec if name == "models" else ScoreSpec)
+            elif name == "select":
+                values[name] = [_valid(StageSpec, item) for item in raw] if isinstance(raw, list) else []
+            elif name == "data" and isinstance(raw, dict):
+                pool = _valid(DataSource, raw.get("pool"))
+                targets = entries("targets", raw.get("targets", {}), DataSource)
+                values[name] = DataSpec.model_construct(pool=pool, targets=targets)
+            else:
+                values[name] = TypeAdapter(field.annotation).validate_python(raw)
+        except (ValidationError, TypeError, ValueError):
+            broken["sections"].add(name)
+    placeholders = {"data": DataSpec.model_construct(pool=None, targets={}), "select": [], "name": "recipe",
+                    "selectkit": FORMAT_VERSION}
+    for name, field in Recipe.model_fields.items():
+        if name not in values and field.is_required():
+            broken["sections"].add(name)
+            values[name] = placeholders[name]
+    recipe = Recipe.model_construct(**values)
+    return recipe, broken
+
+
+def _valid(model: type[BaseModel], value: Any) -> Any:
+    try:
+        return model.model_validate(value)
+    except ValidationError:
+        return None
 
 
 def migrate(data: dict, smap: SourceMap) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,20 +70,3 @@ def pretrained_lm(folder: Path, steps: int = 60, hidden: int = 32, seed: int = 0
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
-
-
-@dataclass
-class Spec:
-    """A ModelSpec with the fields the lead adds for influence (`checkpoints`, `warmup`)."""
-
-    path: str
-    kind: str = "causal-lm"
-    dtype: str = "float32"
-    max_length: int = 64
-    device: str = "cpu"
-    lora: str | None = None
-    revision: str | None = None
-    trust_remote_code: bool = False
-    checkpoints: list[str] | None = None
-    warmup: Any = None
-    extra: dict = field(default_factory=dict)
