@@ -77,7 +77,9 @@ class Contamination(Scorer):
 
 def calibrated_threshold(reference: np.ndarray, fpr: float) -> float:
     """The smallest observed value with at most `fpr` of `reference` strictly above it."""
-    return float(np.quantile(np.asarray(reference, np.float64), 1 - fpr, method="higher"))
+    ordered = np.sort(np.asarray(reference, np.float64))
+    above = int(np.floor(fpr * len(ordered) + 1e-9))  # at most this many may lie above the threshold
+    return float(ordered[len(ordered) - 1 - min(above, len(ordered) - 1)])
 
 
 @hookimpl
