@@ -1,11 +1,12 @@
 """The trajectory pass provider: per-example forward features along a training run.
 
-Kind `checkpoint_losses` (settings: `run`, `response`): for the model before training and after
-each checkpoint of a training run (the `train` provider's: the model's `warmup`, one checkpoint
+Kind `checkpoint_losses` (settings: `run`, `response`, `points`): for the model before training
+and after each checkpoint of a training run (the `train` provider's: the model's `warmup`, one checkpoint
 per epoch, or its `checkpoints:` folders), every pool example's mean token loss and mean token
 EL2N. Value: {"names": [before, epoch-1, ...], "loss": (C + 1, N), "el2n": (C + 1, N)}; row 0 is
-the model the training started from (the model without its `lora`). Learning percentage reads
-the loss curve; EL2N averaged over runs reads the last row of each run.
+the model the training started from (the model without its `lora`). `points: last` computes only
+the last checkpoint's row (value rows: [last]). Learning percentage reads the loss curve; EL2N
+averaged over runs reads the last checkpoint of each run.
 
 The forward computation is the forward provider's (`compute_shard`, one forward pass per batch
 for both features); this provider only loads the checkpoints. Sharded over (checkpoint x pool
@@ -24,7 +25,8 @@ from selectkit.errors import SelectkitError
 from selectkit.hookspecs import hookimpl
 from selectkit.passes import ModelRef, PassContext, PassPlan, PassProvider, PlanContext, describe
 
-KINDS: dict[str, dict[str, Any]] = {"checkpoint_losses": {"run": None, "response": None}}
+KINDS: dict[str, dict[str, Any]] = {"checkpoint_losses": {"run": None, "response": None, "points": "all"}}
+POINTS = ("all", "last")
 VERSION = "1"
 
 
@@ -45,23 +47,29 @@ class Trajectory(PassProvider):
         if spec.warmup is None and not spec.checkpoints:
             raise SelectkitError(f"model {model.name!r} has no training run: give it a `warmup` (trained on the "
                                  "pool, one checkpoint per epoch) or `checkpoints:` folders")
-        points = (spec.warmup.epochs if spec.warmup is not None else len(spec.checkpoints)) + 1
+        trained = spec.warmup.epochs if spec.warmup is not None else len(spec.checkpoints)
         rows = ctx.shard_count("pool")
         out = []
         for r in requests:
             run = dict(r.settings).get("run")
+            which = dict(r.settings).get("points", "all")
+            if which not in POINTS:
+                raise SelectkitError(f"checkpoint_losses points {which!r} is not one of {', '.join(POINTS)}")
+            points = trained + 1 if which == "all" else 1
             estimate = model_pass(model, "pool", ctx)
             if estimate is not None:
                 estimate = estimate.scaled(points, f"forward over the pool at {points} points of training")
             out.append(PassPlan(
                 name=f"pool:{cache_key(describe(r))[:8]}",
-                label=f"losses of {model.name} over pool before training and at {points - 1} checkpoint(s)"
+                label=(f"losses of {model.name} over pool before training and at {points - 1} checkpoint(s)"
+                       if which == "all" else f"losses of {model.name} over pool at its last checkpoint")
                       + (f" of run {run + 1}" if run else ""),
                 requests=[r], data="pool", shards=points * rows,
                 needs=[FeatureRequest("checkpoints", "pool", (("run", run),) if run else ())],
                 key_parts=["checkpoint_losses", VERSION, model.fingerprint, ctx.sources["pool"].fingerprint,
                            ctx.sources["pool"].shard_rows, describe(r)],
-                settings={"points": points, "row_shards": rows, "detail": {"request": describe(r)}},
+                settings={"points": points, "first": trained + 1 - points, "row_shards": rows,
+                          "detail": {"request": describe(r)}},
                 estimate=estimate))
         return out
 
@@ -85,13 +93,14 @@ class Trajectory(PassProvider):
         start = replace(ref, spec=ref.spec.model_copy(update={"lora": None}), fingerprint=ref.fingerprint + ":no-lora")
         device = ctx.options.get("device")
         stats = PassStats()
-        for point in sorted({i // rows for i in todo}):
+        first = step.payload.settings.get("first", 0)
+        for point in sorted({first + i // rows for i in todo}):
             if point == 0:
                 lm = ctx.load_model(start, device=device)
             else:
                 adapter = checkpoints[point - 1].adapter
                 lm = ctx.load_model(ref, device=device, **({"adapter": adapter} if adapter is not None else {}))
-            for i in (i for i in todo if i // rows == point):
+            for i in (i for i in todo if first + i // rows == point):
                 ds = ctx.shard("pool", i % rows, step.payload.shard_rows)
                 arrays = compute_shard(lm, ds, reqs, stats, ctx.options.get("batch_tokens"),
                                        ctx.options.get("batch_size"))
@@ -102,7 +111,8 @@ class Trajectory(PassProvider):
         rows = step.payload.settings["row_shards"]
         points = step.payload.settings["points"]
         entry = ctx.cache.sharded("passes", step.key, step.shards)
-        value: dict[str, Any] = {"names": ["before"] + [c.name for c in self._checkpoints(ctx)]}
+        first = step.payload.settings.get("first", 0)
+        value: dict[str, Any] = {"names": (["before"] + [c.name for c in self._checkpoints(ctx)])[first:]}
         for name in ("loss", "el2n"):
             value[name] = np.stack([np.concatenate([part[name] for part in entry.read_all(range(c * rows,
                                                                                              (c + 1) * rows))])

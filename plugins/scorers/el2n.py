@@ -41,7 +41,7 @@ def trajectory_requests(runs: int, response: str | None) -> list[FeatureRequest]
     """`checkpoint_losses` of training runs 0..runs-1 (run 0: the warmup as configured)."""
     out = []
     for run in range(runs):
-        settings = {"response": response, **({"run": run} if run else {})}
+        settings = {"response": response, "points": "last", **({"run": run} if run else {})}
         out.append(FeatureRequest("checkpoint_losses", "pool",
                                   tuple(sorted((k, v) for k, v in settings.items() if v is not None))))
     return out
