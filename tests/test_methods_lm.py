@@ -136,3 +136,26 @@ def test_contamination_flags_members_more_than_unseen_text(tmp_path, variant):
     member_rate, other_rate = flags[:50].mean(), flags[50:].mean()
     assert other_rate <= 0.2, other_rate  # fpr 0.1 on the calibration text; held-out text is alike
     assert member_rate >= other_rate + 0.1, (member_rate, other_rate)  # at the time of writing: 0.18 vs 0.06 (standard), 0.22 vs 0.0 (plus)
+
+
+def test_smart_easy_flags_items_the_model_answers_confidently(tmp_path):
+    """mcq.jsonl asks for the next word of a statement the demo LM was trained on. Marking a
+    distractor as the answer instead can never be 'easy' (the model would have to prefer it with
+    p > threshold over the true word it was trained on far more rarely); keep_fraction 1 keeps all."""
+    from selectkit_plugins.scorers.smart import ChoicesOnly, Easy
+
+    rows = [json.loads(line) for line in (DEMO_DATA / "mcq.jsonl").read_text().splitlines()][:24]
+    n = len(rows)
+    data = dict(question=[r["question"] for r in rows] * 2, choices=[r["choices"] for r in rows] * 2,
+                answer=[r["answer"] for r in rows] + [(r["answer"] + 1) % len(r["choices"]) for r in rows])
+    pool = rows_dataset("pool", data["question"], **{k: v for k, v in data.items() if k != "question"},
+                        question=data["question"])
+    short = ModelSpec(path=str(TINY_LM), kind="causal-lm", max_length=128)
+    easy = score(Easy(Easy.Params(keep_fraction=0.0, threshold=0.5)), pool, model=short, cache_dir=tmp_path).values
+    assert set(np.unique(easy)) <= {0.0, 1.0}
+    assert easy[:n].mean() >= easy[n:].mean() + 0.2, (easy[:n].mean(), easy[n:].mean())
+    assert easy[:n].sum() > 0 and (easy[:n] + easy[n:] <= 1).all()  # one answer per item can be confident
+    kept = score(Easy(Easy.Params(keep_fraction=1.0, threshold=0.5)), pool, model=short, cache_dir=tmp_path).values
+    assert (kept == 0).all()
+    leaks = score(ChoicesOnly(ChoicesOnly.Params(threshold=0.5)), pool, model=short, cache_dir=tmp_path).values
+    assert set(np.unique(leaks)) <= {0.0, 1.0} and (leaks[:n] + leaks[n:] <= 1).all()

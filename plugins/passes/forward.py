@@ -15,7 +15,8 @@ count (default: every token); no counted token gives NaN. They also take `text`:
 `{template}` scored instead of the source's text (e.g. IFD's answer alone); every distinct
 `text` is its own set of token sequences, batched in the same step. `choice_logprobs` (N, C):
 log p(choice | prompt) summed over each choice's tokens, for `prompt` (a template) followed by
-`separator` and each of `choices` (a list column, or a fixed list), NaN where a row has fewer
+`separator` and each of `choices` (a list column, or a fixed list; `literal_prompt: true`: `prompt`
+is the same literal text for every row, not a template), NaN where a row has fewer
 choices or a choice lost every token to truncation. `embedding` (N, D) with `pooling`
 auto|mean|cls|last (auto: the folder's sentence-transformers pooling, else last for causal LMs,
 mean otherwise) and `normalize` (L2, default true).
@@ -44,7 +45,7 @@ KINDS: dict[str, dict[str, Any]] = {
     "loss": {"response": None, "text": None},
     "el2n": {"response": None, "text": None},
     "token_zscores": {"response": None, "text": None},
-    "choice_logprobs": {"prompt": None, "choices": None, "separator": " "},
+    "choice_logprobs": {"prompt": None, "choices": None, "separator": " ", "literal_prompt": False},
     "embedding": {"pooling": "auto", "normalize": True},
 }
 TOKEN_KINDS = frozenset({"token_logprobs", "loss", "el2n", "token_zscores"})
@@ -211,7 +212,8 @@ def _variant(request: FeatureRequest) -> tuple:
     """Which token sequences a request reads: the source's texts, a rendered `text`, or a choice list."""
     settings = dict(request.settings)
     if request.kind == "choice_logprobs":
-        return ("choices", settings["prompt"], settings["choices"], settings.get("separator", " "))
+        return ("choices", settings["prompt"], settings["choices"], settings.get("separator", " "),
+                bool(settings.get("literal_prompt")))
     return ("text", settings.get("text") if request.kind in TOKEN_KINDS else None)
 
 
@@ -223,8 +225,8 @@ def _sequences(ds: Any, variant: tuple) -> tuple[list[str], list[str] | None, np
     if variant[0] == "text":
         texts = ds.texts if variant[1] is None else render(ds, variant[1])
         return list(texts), None, np.arange(n)
-    _, prompt, choices, separator = variant
-    prompts = render(ds, prompt)
+    _, prompt, choices, separator, literal = variant
+    prompts = [prompt] * n if literal else render(ds, prompt)
     if isinstance(choices, tuple):
         lists = [list(choices)] * n
     else:

@@ -50,10 +50,12 @@ class EasyParams(SmartParams):
 
 
 class ChoicesOnlyParams(SmartParams):
-    prompt: str = Field("Answer:", description="template of the prompt without the question (the choices alone)")
+    prompt: str = Field("Answer:", description="literal text each choice continues, without the question (the "
+                        "choices alone)")
 
 
 class _Smart(Scorer):
+    literal: bool = False  # the prompt is literal text, the same for every row
     model_kinds = ("causal-lm",)
     model_params = ("models",)
     higher_is_better = True
@@ -68,7 +70,8 @@ class _Smart(Scorer):
         p = self.params
         choices = tuple(p.choices) if isinstance(p.choices, list) else p.choices
         return FeatureRequest("choice_logprobs", "pool", tuple(sorted(
-            {"prompt": self.prompt(), "choices": choices, "separator": p.separator}.items())), model)
+            {"prompt": self.prompt(), "choices": choices, "separator": p.separator,
+             **({"literal_prompt": True} if self.literal else {})}.items())), model)
 
     def feature_requests(self, targets: list[str]) -> list[FeatureRequest]:
         return [self.request(m) for m in self.ensemble(None)]
@@ -170,6 +173,7 @@ class ChoicesOnly(_Smart):
 
     name = "smart.choices_only"
     Params = ChoicesOnlyParams
+    literal = True
 
     def prompt(self) -> str:
         return self.params.prompt
