@@ -7,8 +7,8 @@ s(A | Q) scores the answer's tokens after the question (the example's text, whic
 the rendered `response`); s(A) scores the answer's tokens alone (the rendered `response` as its
 own text). High IFD: the question helps little to predict the answer, so the example is hard to
 follow and worth training on; Cherry LLM keeps the highest. IFD >= 1 means the question does not
-help at all (the answer is no more likely with it): Superfiltering drops those first, which is a
-`threshold` stage with `max: 1` before the stage that keeps the highest.
+help at all (the answer is no more likely with it): Superfiltering drops IFD > 1 first, which is a
+`threshold` stage with `max: 1` before the stage that keeps the highest (IFD = 1 exactly stays).
 
 Passes: two `loss` requests of the forward provider, `loss(response=R)` over the example texts
 and `loss(text=R)` over the answers alone; both sit in the model's one forward step over the
