@@ -66,6 +66,11 @@ def test_completions_do_not_depend_on_batching(tmp_path):
     b = b_store.get("completions", "pool", **dict(request.settings))
     assert a == b and len(a) == len(pool) and all(len(c) == 3 for c in a)
     assert len({c for cs in a for c in cs}) > 3  # sampled, not greedy copies
-    c = features([request], pool, model=DEMO, cache_dir=tmp_path / "c", seed=1).get(
-        "completions", "pool", **dict(request.settings))
-    assert c != a
+    from selectkit.noise import row_keys
+    from selectkit_plugins.passes.generate import stream_seeds
+
+    keys = row_keys(pool.ids)
+    seeds = stream_seeds(0, "tag", keys, 3)
+    assert len(np.unique(seeds)) == seeds.size  # one stream per (row, sample)
+    np.testing.assert_array_equal(stream_seeds(0, "tag", keys[::-1], 3), seeds[::-1])  # keyed by row, not place
+    assert not np.array_equal(stream_seeds(1, "tag", keys, 3), seeds)
