@@ -81,7 +81,7 @@ def test_ifd_ranks_responses_the_prompt_does_not_predict_first(tmp_path):
     assert (top >= n).mean() >= 0.8  # figure at the time of writing: 0.875
     rank = np.argsort(np.argsort(values))  # AUROC of IFD for "unpredictable"
     auroc = (rank[n:].sum() - n * (n - 1) / 2) / (n * n)
-    assert auroc >= 0.9, auroc
+    assert auroc >= 0.9, auroc  # at the time of writing: 0.926 (means 0.79 vs 1.10)
 
 
 def test_min_k_plus_zscores_match_the_full_distribution_and_short_texts_get_a_value(tmp_path):
@@ -135,7 +135,8 @@ def test_contamination_flags_members_more_than_unseen_text(tmp_path, variant):
     assert set(np.unique(flags)) <= {0.0, 1.0}
     member_rate, other_rate = flags[:50].mean(), flags[50:].mean()
     assert other_rate <= 0.2, other_rate  # fpr 0.1 on the calibration text; held-out text is alike
-    assert member_rate >= other_rate + 0.1, (member_rate, other_rate)  # at the time of writing: 0.18 vs 0.06 (standard), 0.22 vs 0.0 (plus)
+    # at the time of writing: 0.18 vs 0.06 (standard), 0.22 vs 0.0 (plus)
+    assert member_rate >= other_rate + 0.1, (member_rate, other_rate)
 
 
 def test_smart_easy_flags_items_the_model_answers_confidently(tmp_path):
@@ -153,7 +154,7 @@ def test_smart_easy_flags_items_the_model_answers_confidently(tmp_path):
     short = ModelSpec(path=str(TINY_LM), kind="causal-lm", max_length=128)
     easy = score(Easy(Easy.Params(keep_fraction=0.0, threshold=0.5)), pool, model=short, cache_dir=tmp_path).values
     assert set(np.unique(easy)) <= {0.0, 1.0}
-    assert easy[:n].mean() >= easy[n:].mean() + 0.2, (easy[:n].mean(), easy[n:].mean())
+    assert easy[:n].mean() >= easy[n:].mean() + 0.2, (easy[:n].mean(), easy[n:].mean())  # now: 0.71 vs 0.125
     assert easy[:n].sum() > 0 and (easy[:n] + easy[n:] <= 1).all()  # one answer per item can be confident
     kept = score(Easy(Easy.Params(keep_fraction=1.0, threshold=0.5)), pool, model=short, cache_dir=tmp_path).values
     assert (kept == 0).all()

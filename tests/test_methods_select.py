@@ -130,7 +130,8 @@ def test_smart_confidence_by_hand():
     logp = np.concatenate([logp, [[np.log(0.95), np.log(0.05), np.nan]]])
     np.testing.assert_allclose(choice_probabilities(logp)[3], [0.95, 0.05, 0.0])  # no third choice: probability 0
     np.testing.assert_array_equal(model_confident(logp, np.array([0, 0, 0, 0]), 0.8), [1, 0, 0, 1])
-    np.testing.assert_array_equal(model_confident(logp, np.array([0, 1, 2, 1]), 0.8), [1, 0, 0, 0])  # 0.8 is not above 0.8
+    # row 2: p = 0.8 is not above 0.8
+    np.testing.assert_array_equal(model_confident(logp, np.array([0, 1, 2, 1]), 0.8), [1, 0, 0, 0])
 
 
 def test_smart_answer_forms():

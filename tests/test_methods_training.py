@@ -11,8 +11,8 @@ from selectkit.recipe import ModelSpec, WarmupSpec
 from selectkit.testing import features, score
 from selectkit_plugins.scorers._model import drop_top
 from selectkit_plugins.scorers.el2n import EL2N
-from selectkit_plugins.scorers.self_influence import GraNd
 from selectkit_plugins.scorers.learning_percentage import LearningPercentage, learning_percentage
+from selectkit_plugins.scorers.self_influence import GraNd
 
 pytest.importorskip("torch")
 
