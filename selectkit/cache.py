@@ -310,6 +310,8 @@ class Cache:
             arrays["weights"] = np.asarray(selection.weights, dtype=np.float64)
         if selection.counts is not None:
             arrays["counts"] = np.asarray(selection.counts, dtype=np.int64)
+        for name, values in selection.columns.items():
+            arrays[f"column:{name}"] = np.asarray(values)
         self.write_arrays("selections", key, arrays, diagnostics=selection.diagnostics, **meta)
 
     def load_selection(self, key: str) -> Selection | None:
@@ -317,8 +319,9 @@ class Cache:
         if got is None:
             return None
         arrays, meta = got
+        columns = {k.removeprefix("column:"): v for k, v in arrays.items() if k.startswith("column:")}
         return Selection(indices=arrays["indices"], weights=arrays.get("weights"), counts=arrays.get("counts"),
-                         diagnostics=meta.get("diagnostics", {}))
+                         diagnostics=meta.get("diagnostics", {}), columns=columns)
 
     # ------------------------------------------------------------ maintenance
     def entries(self) -> list[EntryInfo]:

@@ -14,7 +14,7 @@ START, END = "<!-- components:start -->", "<!-- components:end -->"
 
 ABBREVIATIONS = ("al.", "e.g.", "i.e.", "i.i.d.", "vs.", "w.r.t.", "cf.", "etc.")
 KINDS = {"scorers": "scorer", "normalizers": "normalizer", "selectors": "selector", "passes": "pass provider",
-         "readers": "reader"}
+         "verifiers": "verifier", "readers": "reader"}
 
 
 def summary(cls: type) -> str:
@@ -30,7 +30,7 @@ def summary(cls: type) -> str:
 def table(registry: Registry | None = None) -> str:
     registry = registry or default_registry()
     rows = ["| kind | component | what it does | needs |", "|---|---|---|---|"]
-    for kind in ("scorers", "normalizers", "selectors", "passes", "readers"):
+    for kind in KINDS:
         for name in sorted(registry.components[kind]):
             cls = registry.components[kind][name].cls
             needs = list(getattr(cls, "extras", ()))

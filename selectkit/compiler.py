@@ -44,8 +44,16 @@ class ScoreNode:
 
     def models(self) -> list[str]:
         """Every model this score reads: its own and those its params name."""
-        named = [getattr(self.scorer.params, p, None) for p in self.scorer.model_params]
-        return [m for m in [self.model, *named] if m]
+        return [m for m in [self.model, *named_models(self.scorer)] if m]
+
+
+def named_models(scorer: Any) -> list[str]:
+    """The model names a scorer's `model_params` hold (each param one name or a list of names)."""
+    out: list[str] = []
+    for param in scorer.model_params:
+        value = getattr(scorer.params, param, None)
+        out.extend(value if isinstance(value, (list, tuple)) else [value] if value else [])
+    return out
 
 
 @dataclass
@@ -293,9 +301,16 @@ def _check_score(name: str, spec, loaded: LoadedRecipe, registry: Registry, out:
         out.add(f"scorer {spec.use!r} uses no model; remove `model:`", where + ("model",), code="model-mismatch")
     if scorer is not None:
         for param in cls.model_params:
-            ref = getattr(scorer.params, param, None)
-            if ref is not None and ref not in recipe.models and ref not in loaded.broken["models"]:
-                out.add(unknown_message("model", ref, recipe.models), where + ("with", param), code="unknown-name")
+            refs = getattr(scorer.params, param, None)
+            for i, ref in enumerate(refs if isinstance(refs, (list, tuple)) else [refs]):
+                if ref is None or ref in loaded.broken["models"]:
+                    continue
+                if ref not in recipe.models:
+                    at = where + ("with", param) + ((i,) if isinstance(refs, (list, tuple)) else ())
+                    out.add(unknown_message("model", ref, recipe.models), at, code="unknown-name")
+                elif cls.model_kinds and recipe.models[ref].kind not in cls.model_kinds:
+                    out.add(f"scorer {spec.use!r} needs models of kind {' or '.join(cls.model_kinds)}, but "
+                            f"{ref!r} is {recipe.models[ref].kind!r}", where + ("with", param), code="model-mismatch")
     # targets
     targets: list[str] = []
     data = getattr(recipe, "data", None)

@@ -84,12 +84,16 @@ class Score:
 
 @dataclass(frozen=True)
 class Selection:
-    """What a selector stage keeps: pool indices best-first, optional weights and repeat counts."""
+    """What a selector stage keeps: pool indices best-first, optional weights and repeat counts, and
+    optional `columns`: per kept row, further values the run writes into selection.parquet and the
+    subset under their names (a 1-D array: one value per row; a 2-D integer array: a list per row,
+    negative entries being padding), e.g. rs2's `round`. A later stage's columns replace them."""
 
     indices: np.ndarray
     weights: np.ndarray | None = None
     counts: np.ndarray | None = None
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class Component:
@@ -292,4 +296,18 @@ class Selector(Component):
     draws_with_replacement: ClassVar[bool] = False  # a count budget may then exceed the pool
 
     def run(self, ctx: SelectContext) -> Selection:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------- verifiers
+
+
+class Verifier(Component):
+    """Checks one generated completion against an example's reference answer (a verifiable reward:
+    exact match, a regex, a number). Scorers that sample completions (e.g. `pass_rate`) name one
+    in their params; it runs on the CPU, after the generation pass."""
+
+    kind: ClassVar[str] = "verifier"
+
+    def check(self, completion: str, reference: str) -> bool:  # pragma: no cover - abstract
         raise NotImplementedError

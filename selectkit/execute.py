@@ -56,6 +56,7 @@ class RunResult:
     reports: list[StageReport]
     files: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    columns: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # stage columns: (rows, values)
 
     @property
     def dropped_by(self) -> list[str | None]:
@@ -132,7 +133,8 @@ class Run:
                 name = step.payload.node.name if step.kind == "score" else step.payload.score
                 scores[name] = self.get(step.id)  # the last one of a chain wins: the normalized values
         result = RunResult(self.plan, self.pool, self.targets, scores, selection["selections"],
-                           selection["dropped"], selection["labels"], selection["ranking"], weights, counts, [])
+                           selection["dropped"], selection["labels"], selection["ranking"], weights, counts, [],
+                           columns=selection.get("columns", {}))
         write = [s for s in self.plan.steps if s.kind == "write"]
         if write:
             started = time.perf_counter()
@@ -388,7 +390,7 @@ class Run:
             dropped[~usable] = 0
         candidates = np.flatnonzero(usable).astype(np.int64)
         return {"candidates": candidates, "dropped": dropped, "labels": labels, "ranking": candidates,
-                "ranked": False, "weights": None, "counts": None, "selections": [], "n": n}
+                "ranked": False, "weights": None, "counts": None, "selections": [], "n": n, "columns": {}}
 
     def _select(self, step: Step):
         payload = step.payload
@@ -424,7 +426,7 @@ class Run:
             selection = check_selection(node.selector.name, node.selector.run(ctx), usable)
             if unscorable:
                 selection = Selection(selection.indices, selection.weights, selection.counts,
-                                      {**selection.diagnostics, "unscorable": unscorable})
+                                      {**selection.diagnostics, "unscorable": unscorable}, selection.columns)
             self.cache.save_selection(step.key, selection, label=f"stage {node.label} ({node.selector.name})")
             status = "computed"
         kept = np.asarray(selection.indices, dtype=np.int64)
@@ -452,6 +454,10 @@ class Run:
             state["counts"] = counts
         elif state["counts"] is not None:
             state["counts"] = np.where(kept_set, state["counts"], 0)
+        columns = {name: (rows[kept_set[rows]], values[kept_set[rows]])
+                   for name, (rows, values) in state.get("columns", {}).items()}
+        columns.update({name: (kept, np.asarray(values)) for name, values in selection.columns.items()})
+        state["columns"] = columns
         state["candidates"] = np.sort(kept)
         state["selections"].append(selection)
         return state, status, {"kept": len(kept), "diagnostics": selection.diagnostics}
@@ -529,6 +535,10 @@ def check_selection(name: str, selection: Selection, candidates: np.ndarray) -> 
         value = getattr(selection, field_name)
         if value is not None and len(value) != len(kept):
             raise PluginError(f"selector {name!r} returned {len(value)} {field_name} for {len(kept)} examples")
+    for column, value in selection.columns.items():
+        if np.ndim(value) not in (1, 2) or len(value) != len(kept):
+            raise PluginError(f"selector {name!r} returned column {column!r} of shape {np.shape(value)} for "
+                              f"{len(kept)} examples (one value or one list per kept example)")
     return selection
 
 

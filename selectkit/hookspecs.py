@@ -29,6 +29,12 @@ def register_passes(register):
 
 
 @hookspec
+def register_verifiers(register):
+    """Register Verifier subclasses: a generated completion + a reference answer -> pass or fail
+    (the checks behind sampled-completion scorers such as pass_rate)."""
+
+
+@hookspec
 def register_readers(register):
     """Register Reader subclasses: a file or folder format -> a table of examples."""
 

@@ -19,15 +19,21 @@ from selectkit.errors import DataError
 _LOGIT_CHUNK = 1 << 23  # float32 logits reduced at once (32 MiB): bounds the reduction's extra memory
 
 
-def prompts_of(ds: Any, response: str | None) -> list[str] | None:
-    """Each example's prompt: its text minus its rendered `response` (which must end the text)."""
-    if response is None:
-        return None
+def render(ds: Any, template: str) -> list[str]:
+    """Each example's rendering of a column name or `{template}` (missing fields render empty)."""
     from selectkit.data import render_texts
 
-    responses = render_texts(ds.rows, response, ds.name, on_missing="empty").texts
+    return render_texts(ds.rows, template, ds.name, on_missing="empty").texts
+
+
+def prompts_of(ds: Any, response: str | None, texts: Sequence[str] | None = None) -> list[str] | None:
+    """Each example's prompt: its text (or `texts[i]`) minus its rendered `response`, which must
+    end the text."""
+    if response is None:
+        return None
+    responses = render(ds, response)
     out = []
-    for i, (text, resp) in enumerate(zip(ds.texts, responses)):
+    for i, (text, resp) in enumerate(zip(ds.texts if texts is None else texts, responses)):
         if not text.endswith(resp):
             raise DataError(f"{ds.name}: example {ds.ids[i]!r}: the text does not end with its response "
                             f"({response!r}); make the text template end with the response")
@@ -44,19 +50,27 @@ def encode(tokenizer: Any, texts: Sequence[str], max_length: int,
     starts = np.zeros(len(ids), dtype=np.int64)
     if prompts is None:
         return ids, starts
-    special = set(getattr(tokenizer, "all_special_ids", []))
     todo = [i for i, p in enumerate(prompts) if p]
     if todo:
-        encoded = tokenizer([prompts[i] for i in todo], truncation=True, max_length=max_length)["input_ids"]
-        for i, p in zip(todo, encoded):
-            end = len(p)
-            while end > 0 and p[end - 1] in special:
-                end -= 1
-            n, limit = 0, min(end, len(ids[i]))
+        for i, p in zip(todo, prompt_ids(tokenizer, [prompts[i] for i in todo], max_length)):
+            n, limit = 0, min(len(p), len(ids[i]))
             while n < limit and ids[i][n] == p[n]:
                 n += 1
             starts[i] = n
     return ids, starts
+
+
+def prompt_ids(tokenizer: Any, prompts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Token ids of texts that something follows (a response, a generated completion): truncated
+    to `max_length`, trailing special tokens (an end-of-sequence marker) dropped."""
+    special = set(getattr(tokenizer, "all_special_ids", []))
+    out = []
+    for p in tokenizer(list(prompts), truncation=True, max_length=max_length)["input_ids"]:
+        end = len(p)
+        while end > 0 and p[end - 1] in special:
+            end -= 1
+        out.append(list(p[:end]))
+    return out
 
 
 def pad(tokenizer: Any, ids: Sequence[Sequence[int]], starts: np.ndarray | None = None) -> dict:
@@ -110,14 +124,18 @@ def counted_tokens(batch: dict) -> np.ndarray:
     return (batch["labels"][:, 1:] != -100).sum(1).cpu().numpy()
 
 
-def token_logprobs(logits: Any, input_ids: Any, el2n: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """Per position t < T-1: log p(x_{t+1} | x_<=t) and, if asked, ||p_t - onehot(x_{t+1})||_2,
-    in float32, reduced in row chunks so the upcast and the softmax stay small."""
+def token_logprobs(logits: Any, input_ids: Any, el2n: bool = False, zscores: bool = False,
+                   ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Per position t < T-1: log p(x_{t+1} | x_<=t), and if asked ||p_t - onehot(x_{t+1})||_2 (EL2N)
+    and the Min-K%++ z-score (log p(x_{t+1}) - mu_t) / sigma_t with mu_t = E_{z~p_t}[log p_t(z)] and
+    sigma_t^2 = Var_{z~p_t}[log p_t(z)] over the whole vocabulary (0 where sigma_t = 0: a uniform or
+    one-hot distribution). Float32, reduced in row chunks so the upcast and the softmax stay small;
+    no logits leave this function."""
     import torch
 
     rows, width, vocab = logits.shape
     step = max(1, _LOGIT_CHUNK // max(1, (width - 1) * vocab))
-    lps, norms = [], []
+    lps, norms, zs = [], [], []
     for a in range(0, rows, step):
         z = logits[a: a + step, :-1].float()
         y = input_ids[a: a + step, 1:].unsqueeze(-1)
@@ -128,8 +146,19 @@ def token_logprobs(logits: Any, input_ids: Any, el2n: bool = False) -> tuple[np.
             # ||p - e_y||^2 = sum p^2 - 2 p_y + 1, with sum p^2 = exp(lse(2z) - 2 lse(z))
             sum_sq = torch.exp(torch.logsumexp(2 * z, dim=-1) - 2 * lse)
             norms.append((sum_sq - 2 * lp.exp() + 1).clamp_min(0).sqrt())
+        if zscores:
+            logp = z - lse.unsqueeze(-1)
+            p = logp.exp()
+            live = p > 0  # masked (-inf) logits carry no mass: 0 * inf is not NaN here
+            mu = torch.where(live, p * logp, 0.0).sum(-1)
+            var = torch.where(live, p * (logp - mu.unsqueeze(-1)).square(), 0.0).sum(-1)  # two-pass: >= 0
+            sigma = var.sqrt()
+            ok = sigma > 1e-6 * mu.abs().clamp_min(1.0)
+            zs.append(torch.where(ok, (lp - mu) / torch.where(ok, sigma, torch.ones_like(sigma)),
+                                  torch.zeros_like(lp)))
     lp_all = torch.cat(lps).cpu().numpy()
-    return lp_all, (torch.cat(norms).cpu().numpy() if el2n else None)
+    return (lp_all, torch.cat(norms).cpu().numpy() if el2n else None,
+            torch.cat(zs).cpu().numpy() if zscores else None)
 
 
 def length_order(lengths: Sequence[int]) -> np.ndarray:

@@ -141,6 +141,9 @@ def selection_table(result: Any, lo: int = 0, hi: int | None = None) -> pl.DataF
             for j, column in enumerate(names):
                 columns[f"score.{name}.{column}"] = pl.Series(np.asarray(values[rows, j], dtype=np.float64))
         # feature scores are inputs to selectors, not columns: they stay in the cache
+    for name, (at, values) in getattr(result, "columns", {}).items():
+        column = stage_column(n, at, values).slice(lo, hi - lo)
+        columns[name if name not in columns else f"selection.{name}"] = column
     columns["tokens"] = pl.Series(np.asarray(result.pool.token_counts[rows], dtype=np.int64))
     output = result.plan.recipe.output if result.plan.recipe else None
     if output is not None and output.summarize_by and output.summarize_by in result.pool.columns \
@@ -175,6 +178,19 @@ def write_selection(result: Any, path: Path, parts_dir: Path) -> None:
         os.unlink(part)
 
 
+def stage_column(n: int, rows: np.ndarray, values: np.ndarray) -> pl.Series:
+    """A selector's column over all n pool rows (null where it gave no value): 1-D values as they
+    are, a 2-D integer array as one list per row without its negative (padding) entries."""
+    values = np.asarray(values)
+    if values.ndim == 2:
+        lists: list = [None] * n
+        for r, row in zip(np.asarray(rows).tolist(), values.tolist()):
+            lists[r] = [int(v) for v in row if v >= 0]
+        return pl.Series(lists, dtype=pl.List(pl.Int64))
+    full = pl.Series(values[:0]).extend_constant(None, n)
+    return full.scatter(np.asarray(rows, dtype=np.int64), pl.Series(values)) if len(rows) else full
+
+
 def subset_parts(result: Any, folder: Path) -> list[Path]:
     """The selected rows with their original fields, best first (repeated by count if asked),
     as parquet parts in order: each pool shard is read once, rows go to buckets of ranks."""
@@ -199,6 +215,8 @@ def subset_parts(result: Any, folder: Path) -> list[Path]:
             part.write_parquet(path, statistics=False)
             written.setdefault(b, []).append(path)
     parts = []
+    stage = {name: stage_column(len(pool), rows, values) for name, (rows, values) in getattr(result, "columns",
+                                                                                            {}).items()}
     counts = np.asarray(result.counts)
     for b in range(buckets):
         files = written.get(b, [])
@@ -206,6 +224,9 @@ def subset_parts(result: Any, folder: Path) -> list[Path]:
             continue
         frames = [pl.read_parquet(f) for f in files]
         frame = (pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]).sort("__rank")
+        for name, column in stage.items():
+            frame = frame.with_columns(column.gather(ranking[frame["__rank"].to_numpy()]).alias(
+                name if name not in frame.columns else f"selection.{name}"))
         if repeat:
             reps = counts[ranking[frame["__rank"].to_numpy()]]
             frame = frame[np.repeat(np.arange(frame.height), reps).tolist()]
@@ -338,6 +359,9 @@ def _write_set(result: Any, folder: Path) -> dict[str, str]:
             (empty.write_parquet(path, statistics=False) if fmt == "parquet" else empty.write_ndjson(path))
         names[f"subset.{fmt}"] = path.name
     shutil.rmtree(parts_dir)
+    split = result.plan.recipe.output.split_by if result.plan.recipe else None
+    if split is not None:
+        names.update(split_subset(result, folder, split, formats))
     report = bool(result.plan.recipe.output.report) if result.plan.recipe else False
     if report:
         names["report"] = "report.html"
@@ -353,6 +377,29 @@ def _write_set(result: Any, folder: Path) -> dict[str, str]:
             os.fsync(handle.fileno())
     names["manifest"] = "manifest.json"
     return names
+
+
+def split_subset(result: Any, folder: Path, column: str, formats: list[str]) -> dict[str, str]:
+    """One subset file per value of a selector's column (a list column: per value it holds), e.g.
+    rs2's `round`: subset.round-1.jsonl, subset.round-2.jsonl, ... in the subset's order."""
+    if column not in getattr(result, "columns", {}):
+        raise SelectkitError(f"output.split_by: no stage wrote a column {column!r} "
+                             f"(columns: {', '.join(result.columns) or 'none'})")
+    name = column if column not in result.pool.columns else f"selection.{column}"
+    whole = pl.read_parquet(folder / "subset.parquet") if "parquet" in formats else pl.read_ndjson(
+        folder / "subset.jsonl")
+    listed = whole.schema[name] == pl.List(pl.Int64)
+    values = np.unique(np.concatenate([np.asarray(v) for v in whole[name].drop_nulls().to_list()]) if listed
+                       else whole[name].drop_nulls().to_numpy())
+    written = {}
+    for value in values.tolist():
+        part = whole.filter(pl.col(name).list.contains(value) if listed else pl.col(name) == value)
+        for fmt in formats:
+            file = f"subset.{column}-{value}.{fmt}"
+            (part.write_parquet(folder / file, statistics=False) if fmt == "parquet" else part.write_ndjson(
+                folder / file))
+            written[f"subset.{column}-{value}.{fmt}"] = file
+    return written
 
 
 def _report(folder: Path, result: Any) -> bool:

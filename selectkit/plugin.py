@@ -14,10 +14,11 @@
         register(Vowels)
 
 Components: `Scorer` (declares `feature_requests` for model work, never loads a model),
-`Normalizer`, `Selector`; pass providers: `PassProvider` (the only code that loads models, through
-`PassContext.load_model`); data formats: `Reader`/`RowSource`. Results: `Score` (with `Shape`),
-`Selection`. Contexts: `ScoreContext`, `NormalizeContext`, `SelectContext`, `PassContext`. Errors
-a user can cause: `SelectkitError` and its kinds. `selectkit.testing` has the conformance checks.
+`Normalizer`, `Selector`, `Verifier` (a completion vs a reference answer); pass providers:
+`PassProvider` (the only code that loads models, through `PassContext.load_model`); data formats:
+`Reader`/`RowSource`. Results: `Score` (with `Shape`), `Selection`. Contexts: `ScoreContext`,
+`NormalizeContext`, `SelectContext`, `PassContext`. Errors a user can cause: `SelectkitError` and its
+kinds. `selectkit.testing` has the conformance checks.
 """
 
 from pydantic import Field
@@ -37,6 +38,7 @@ from selectkit.components import (
     Selector,
     SelectorParams,
     Shape,
+    Verifier,
 )
 from selectkit.data import Dataset, Reader, RowSource
 from selectkit.errors import DataError, MissingExtraError, PluginError, RecipeError, SelectkitError, require
@@ -47,6 +49,6 @@ __all__ = [
     "Budget", "BudgetField", "Component", "DataError", "Dataset", "FeatureRequest", "Features", "Field",
     "MissingExtraError", "ModelRef", "NormalizeContext", "Normalizer", "Params", "PassContext", "PassPlan",
     "PassProvider", "PlanContext", "PluginError", "Reader", "RecipeError", "RowSource", "Score", "ScoreContext",
-    "Scorer", "SelectContext", "Selection", "Selector", "SelectorParams", "SelectkitError", "Shape", "hookimpl",
-    "require",
+    "Scorer", "SelectContext", "Selection", "Selector", "SelectorParams", "SelectkitError", "Shape", "Verifier",
+    "hookimpl", "require",
 ]

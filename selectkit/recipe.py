@@ -143,6 +143,15 @@ class OutputSpec(Strict):
     report: bool = Field(True, description="write report.html: a self-contained page of the run (figures need "
                          "the `report` extra)")
     include_text: bool = Field(False, description="add each example's text to selection.parquet")
+    split_by: str | None = Field(None, description="a column a selector writes (e.g. rs2's `round`): also write "
+                                 "one subset file per value, subset.<column>-<value>.<format>")
+
+    @model_validator(mode="after")
+    def _split_without_repeats(self):
+        if self.split_by is not None and self.repeat_by_count:
+            raise ValueError("split_by writes each example once per value; it cannot be combined with "
+                             "repeat_by_count")
+        return self
 
 
 class ExecutionSpec(Strict):

@@ -14,7 +14,7 @@ import pluggy
 from selectkit import hookspecs
 from selectkit.errors import PluginError
 
-KINDS = ("scorers", "normalizers", "selectors", "passes", "readers", "executors")
+KINDS = ("scorers", "normalizers", "selectors", "passes", "verifiers", "readers", "executors")
 ENTRY_POINT_GROUP = "selectkit"
 
 

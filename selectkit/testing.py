@@ -180,7 +180,7 @@ def run_scorer(scorer: Any, ctx: ScoreContext, *, cache_dir: str | Path | None =
 
 
 def features(requests: list, pool: Dataset, *, targets: dict[str, Dataset] | None = None, model: Any = None,
-             seed: int = 0, cache_dir: str | Path | None = None) -> Any:
+             seed: int = 0, cache_dir: str | Path | None = None, options: dict | None = None) -> Any:
     """The pass outputs of `requests` (each with `model=None` for `model`), as a scorer would see them."""
     from selectkit.components import Scorer
 
@@ -196,5 +196,5 @@ def features(requests: list, pool: Dataset, *, targets: dict[str, Dataset] | Non
             _Reader.seen = ctx.features
             return Score(np.zeros(len(ctx.pool)))
 
-    score(_Reader(), pool, targets=targets, model=model, seed=seed, cache_dir=cache_dir)
+    score(_Reader(), pool, targets=targets, model=model, seed=seed, cache_dir=cache_dir, options=options)
     return _Reader.seen

@@ -10,6 +10,11 @@ import pytest
 from conftest import RECIPES, cli
 
 RECIPE_FILES = sorted(RECIPES.glob("*.yaml"))
+# recipes that train or sample per example run on a smaller slice (the suite's time budget)
+LIMITS = {"learning_percentage": 80, "el2n_prune": 80, "grpo_hard": 100, "smart": 100}
+# two LoRA trainings or a training with a forward pass per epoch: their mechanisms are tested in
+# process by test_methods_training.py; the whole recipe runs with -m slow
+SLOW = {"learning_percentage", "el2n_prune"}
 
 
 @pytest.fixture(scope="module")
@@ -17,15 +22,18 @@ def shared_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("shared-cache")
 
 
-@pytest.mark.parametrize("recipe", RECIPE_FILES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("recipe", [pytest.param(r, marks=pytest.mark.slow) if r.stem in SLOW else r
+                                    for r in RECIPE_FILES], ids=lambda p: p.stem)
 def test_recipe_runs_on_a_slice(recipe, shared_cache, tmp_path):
     out = tmp_path / "out"
-    result = cli("run", "-q", recipe, "--limit", "300", "--out", out, env={"SELECTKIT_CACHE_DIR": str(shared_cache)})
+    limit = LIMITS.get(recipe.stem, 300)
+    result = cli("run", "-q", recipe, "--limit", str(limit), "--out", out,
+                 env={"SELECTKIT_CACHE_DIR": str(shared_cache)})
     assert result.returncode == 0, result.stdout + result.stderr
     table = pl.read_parquet(out / "selection.parquet")
-    assert table.height == 300
+    assert table.height == limit
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["data"]["pool"]["rows"] == 300
+    assert manifest["data"]["pool"]["rows"] == limit
     selected = table.filter(pl.col("selected"))
-    assert 0 < selected.height < 300
+    assert 0 < selected.height < limit
     assert sorted(selected["rank"].to_list()) == list(range(1, selected.height + 1))

@@ -1,16 +1,25 @@
-"""The forward pass provider: per-example token log-probs, loss, EL2N and pooled embeddings,
-every kind one model computes over one data source coming from ONE forward pass per batch.
+"""The forward pass provider: per-example token log-probs, loss, EL2N, Min-K%++ token z-scores,
+multiple-choice log-likelihoods and pooled embeddings, every kind one model computes over one data
+source coming from ONE provider step (one forward pass per batch of each token sequence it needs).
 
 Batches are length-sorted inside each shard (little padding) and bounded by padded tokens, so
 memory is bounded by the batch. Each shard is a cache sub-entry written atomically; a rerun
 computes only missing (or corrupt) shards, in any order and on any device, with equal results.
 
 Kinds (settings, defaults in KINDS): `token_logprobs` (ragged float32 per example), `loss` (N,)
-mean token NLL, `el2n` (N,) mean ||p - onehot||_2: these need a causal LM and take `response`,
-a column or `{template}` whose rendered text ends each example's text; only tokens after that
-point count (default: every token); no counted token gives NaN. `embedding` (N, D) with
-`pooling` auto|mean|cls|last (auto: the folder's sentence-transformers pooling, else last for
-causal LMs, mean otherwise) and `normalize` (L2, default true).
+mean token NLL, `el2n` (N,) mean ||p - onehot||_2, `token_zscores` (ragged: Min-K%++'s
+(log p - mu) / sigma per token, mu and sigma over the full next-token distribution, computed
+inside the pass so no logits are stored): these need a causal LM and take `response`, a column
+or `{template}` whose rendered text ends each example's text; only tokens after that point
+count (default: every token); no counted token gives NaN. They also take `text`: a column or
+`{template}` scored instead of the source's text (e.g. IFD's answer alone); every distinct
+`text` is its own set of token sequences, batched in the same step. `choice_logprobs` (N, C):
+log p(choice | prompt) summed over each choice's tokens, for `prompt` (a template) followed by
+`separator` and each of `choices` (a list column, or a fixed list; `literal_prompt: true`: `prompt`
+is the same literal text for every row, not a template), NaN where a row has fewer
+choices or a choice lost every token to truncation. `embedding` (N, D) with `pooling`
+auto|mean|cls|last (auto: the folder's sentence-transformers pooling, else last for causal LMs,
+mean otherwise) and `normalize` (L2, default true).
 """
 
 from __future__ import annotations
@@ -26,20 +35,23 @@ import numpy as np
 
 from selectkit.cache import Cache, cache_key
 from selectkit.components import FeatureRequest
-from selectkit.errors import SelectkitError
+from selectkit.errors import DataError, SelectkitError
 from selectkit.hookspecs import hookimpl
 from selectkit.models import LoadedModel, ModelError
 from selectkit.passes import ModelRef, PassContext, PassPlan, PassProvider, PlanContext, describe
 
 KINDS: dict[str, dict[str, Any]] = {
-    "token_logprobs": {"response": None},
-    "loss": {"response": None},
-    "el2n": {"response": None},
+    "token_logprobs": {"response": None, "text": None},
+    "loss": {"response": None, "text": None},
+    "el2n": {"response": None, "text": None},
+    "token_zscores": {"response": None, "text": None},
+    "choice_logprobs": {"prompt": None, "choices": None, "separator": " ", "literal_prompt": False},
     "embedding": {"pooling": "auto", "normalize": True},
 }
-LM_KINDS = frozenset({"token_logprobs", "loss", "el2n"})
+TOKEN_KINDS = frozenset({"token_logprobs", "loss", "el2n", "token_zscores"})
+LM_KINDS = TOKEN_KINDS | {"choice_logprobs"}
 POOLINGS = ("auto", "mean", "cls", "last")
-RAGGED = frozenset({"token_logprobs"})
+RAGGED = frozenset({"token_logprobs", "token_zscores"})
 VERSION = "2"  # enters keys: bump when a kind's computation changes
 MAX_BATCH_ROWS = 256
 
@@ -77,10 +89,19 @@ class Forward(PassProvider):
     kinds = KINDS
 
     def canonical(self, request: FeatureRequest) -> FeatureRequest:
+        if request.kind == "choice_logprobs":
+            settings = dict(request.settings)
+            if isinstance(settings.get("choices"), list):  # a fixed list of choices: hashable, like every setting
+                settings["choices"] = tuple(settings["choices"])
+            request = FeatureRequest(request.kind, request.data, tuple(sorted(settings.items())), request.model)
         out = super().canonical(request)
-        pooling = dict(out.settings).get("pooling", "auto")
+        settings = dict(out.settings)
+        pooling = settings.get("pooling", "auto")
         if out.kind == "embedding" and pooling not in POOLINGS:
             raise SelectkitError(f"embedding pooling {pooling!r} is not one of {', '.join(POOLINGS)}")
+        if out.kind == "choice_logprobs" and (settings.get("prompt") is None or not settings.get("choices")):
+            raise SelectkitError("choice_logprobs needs a `prompt` template and `choices` (a list column or a "
+                                 "fixed list of strings)")
         return out
 
     def plan(self, model: ModelRef, requests: list[FeatureRequest], ctx: PlanContext) -> list[PassPlan]:
@@ -135,9 +156,17 @@ def write_shard(entry: Any, index: int, arrays: dict[str, np.ndarray]) -> None:
 
 
 def _estimate(model: ModelRef, reqs: list[FeatureRequest], data: str, ctx: PlanContext) -> Any:
+    """One forward pass per set of token sequences the step feeds (the source's texts, each other
+    `text`, and each choice list, counted as 4 choices when a column holds them)."""
     from selectkit.estimates import forward_estimate
 
-    return forward_estimate(model, reqs, data, ctx)
+    estimate = forward_estimate(model, reqs, data, ctx)
+    variants = {_variant(r) for r in reqs}
+    passes = sum(len(v[2]) if v[0] == "choices" and isinstance(v[2], tuple) else 4 if v[0] == "choices" else 1
+                 for v in variants)
+    if estimate is None or passes <= 1:
+        return estimate
+    return estimate.scaled(passes, f"forward over {len(variants)} sets of token sequences (about {passes} passes)")
 
 
 # ---------------------------------------------------------------- one shard
@@ -179,24 +208,123 @@ def default_batch_tokens(lm: LoadedModel, hidden_states: bool = False) -> int:
     return max(lm.max_length, min(fit, cap))
 
 
+def _variant(request: FeatureRequest) -> tuple:
+    """Which token sequences a request reads: the source's texts, a rendered `text`, or a choice list."""
+    settings = dict(request.settings)
+    if request.kind == "choice_logprobs":
+        return ("choices", settings["prompt"], settings["choices"], settings.get("separator", " "),
+                bool(settings.get("literal_prompt")))
+    return ("text", settings.get("text") if request.kind in TOKEN_KINDS else None)
+
+
+def _sequences(ds: Any, variant: tuple) -> tuple[list[str], list[str] | None, np.ndarray]:
+    """The texts of a variant, their prompts (choices: what precedes each choice), and the owner row of each."""
+    from selectkit.lm import render
+
+    n = len(ds)
+    if variant[0] == "text":
+        texts = ds.texts if variant[1] is None else render(ds, variant[1])
+        return list(texts), None, np.arange(n)
+    _, prompt, choices, separator, literal = variant
+    prompts = [prompt] * n if literal else render(ds, prompt)
+    if isinstance(choices, tuple):
+        lists = [list(choices)] * n
+    else:
+        if choices not in ds.rows.columns:
+            raise DataError(f"{ds.name}: no column {choices!r} holding the choices (columns: "
+                            f"{', '.join(ds.rows.columns)})")
+        lists = [None if v is None or isinstance(v, str) else [str(c) for c in v] for v in ds.rows[choices].to_list()]
+        bad = next((i for i, v in enumerate(lists) if v is None), None)
+        if bad is not None:
+            raise DataError(f"{ds.name}: example {ds.ids[bad]!r}: column {choices!r} must hold a list of choices")
+    texts, heads, owner = [], [], []
+    for i, (head, options) in enumerate(zip(prompts, lists)):
+        for c in options:
+            heads.append(head + separator)
+            texts.append(head + separator + c)
+            owner.append(i)
+    return texts, heads, np.asarray(owner, dtype=np.int64)
+
+
 def compute_shard(lm: LoadedModel, ds: Any, reqs: Sequence[FeatureRequest], stats: PassStats,
                   batch_tokens: int | None = None, batch_size: int | None = None) -> dict[str, np.ndarray]:
     """Every requested feature of the examples of `ds`, packed into the arrays of one shard."""
-    import torch
-
-    from selectkit.lm import encode, prompts_of, token_logprobs
+    from selectkit.lm import encode, prompts_of
 
     n = len(ds)
-    ids, _ = encode(lm.tokenizer, ds.texts, lm.max_length)
-    lengths = np.array([len(x) for x in ids], dtype=np.int64)
-    need_lm = any(r.kind in LM_KINDS for r in reqs)
-    need_el2n = any(r.kind == "el2n" for r in reqs)
+    tok = lm.tokenizer
     poolings = sorted({_pooling(lm, dict(r.settings)["pooling"]) for r in reqs if r.kind == "embedding"})
     hidden_needed = bool(poolings) and lm.spec.kind != "embedding"
     batch_tokens = batch_tokens or default_batch_tokens(lm, hidden_needed)
     batch_size = batch_size or MAX_BATCH_ROWS
+    variants = list(dict.fromkeys(_variant(r) for r in reqs))
+    if poolings and ("text", None) not in variants:
+        variants.insert(0, ("text", None))
+    outputs: dict[tuple, dict[str, Any]] = {}
+    for variant in variants:
+        mine = [r for r in reqs if _variant(r) == variant]
+        texts, heads, owner = _sequences(ds, variant)
+        ids, _ = encode(tok, texts, lm.max_length)
+        out = _forward(lm, ids, stats, batch_tokens, batch_size,
+                       need_lm=any(r.kind in LM_KINDS for r in mine), el2n=any(r.kind == "el2n" for r in mine),
+                       zscores=any(r.kind == "token_zscores" for r in mine),
+                       poolings=poolings if variant == ("text", None) else [])
+        out.update(texts=texts, heads=heads, owner=owner)
+        outputs[variant] = out
+    arrays: dict[str, np.ndarray] = {}
+    starts: dict[tuple, np.ndarray] = {}
+    for j, r in enumerate(reqs):
+        settings = dict(r.settings)
+        slot = f"f{j}"
+        variant = _variant(r)
+        got = outputs[variant]
+        if r.kind == "embedding":
+            pooled = got["pooled"]
+            width = lm.model.config.hidden_size if not pooled else next(iter(pooled.values())).shape[1]
+            vec = pooled.get(_pooling(lm, settings["pooling"]), np.zeros((n, width), np.float32))
+            if settings.get("normalize"):
+                norms = np.linalg.norm(vec, axis=1, keepdims=True)
+                vec = vec / np.where(norms > 0, norms, 1.0)
+            arrays[slot] = vec.astype(np.float32)
+            continue
+        resp = settings.get("response") if r.kind in TOKEN_KINDS else None
+        if (variant, resp) not in starts:
+            prompts = got["heads"] if variant[0] == "choices" else prompts_of(ds, resp, got["texts"])
+            starts[(variant, resp)] = (encode(tok, got["texts"], lm.max_length, prompts)[1] if prompts is not None
+                                       else np.zeros(len(got["texts"]), dtype=np.int64))
+        first = np.maximum(starts[(variant, resp)] - 1, 0)  # logprob j predicts token j + 1
+        source = got[{"el2n": "el2n", "token_zscores": "z"}.get(r.kind, "lp")]
+        counted = [source[i][first[i]:] for i in range(len(source))]
+        if r.kind in RAGGED:
+            arrays.update(pack_ragged(counted, slot))
+        elif r.kind == "loss":
+            arrays[slot] = np.array([-c.astype(np.float64).mean() if len(c) else np.nan for c in counted])
+        elif r.kind == "el2n":
+            arrays[slot] = np.array([c.astype(np.float64).mean() if len(c) else np.nan for c in counted])
+        else:  # choice_logprobs: (n, most choices), NaN-padded
+            owner = got["owner"]
+            width = int(np.bincount(owner, minlength=n).max()) if len(owner) else 0
+            table = np.full((n, max(width, 1)), np.nan)
+            slot_of = np.arange(len(owner)) - np.searchsorted(owner, owner)  # position among the row's choices
+            for k, c in enumerate(counted):
+                table[owner[k], slot_of[k]] = c.astype(np.float64).sum() if len(c) else np.nan
+            arrays[slot] = table
+    return arrays
+
+
+def _forward(lm: LoadedModel, ids: list[list[int]], stats: PassStats, batch_tokens: int, batch_size: int, *,
+             need_lm: bool, el2n: bool, zscores: bool, poolings: list[str]) -> dict[str, Any]:
+    """Batched forward passes over token sequences `ids`: per-token log-probs (and EL2N, z-scores)
+    for LM features, pooled last hidden states for embeddings."""
+    import torch
+
+    from selectkit.lm import token_logprobs
+
+    n = len(ids)
+    lengths = np.array([len(x) for x in ids], dtype=np.int64)
     token_lp: list[np.ndarray] = [np.zeros(0, np.float32)] * n
     token_el2n: list[np.ndarray] = [np.zeros(0, np.float32)] * n
+    token_z: list[np.ndarray] = [np.zeros(0, np.float32)] * n
     pooled: dict[str, np.ndarray] = {}
     tok = lm.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
@@ -230,43 +358,19 @@ def compute_shard(lm: LoadedModel, ds: Any, reqs: Sequence[FeatureRequest], stat
             stats.tokens += int(lengths[rows].sum())
             stats.padded_tokens += len(rows) * width
             if need_lm:
-                lp, el2n = token_logprobs(out.logits, input_ids, need_el2n)
+                lp, norms, z = token_logprobs(out.logits, input_ids, el2n, zscores)
                 for j, r in enumerate(rows):
                     token_lp[r] = lp[j, : lengths[r] - 1]
-                    if el2n is not None:
-                        token_el2n[r] = el2n[j, : lengths[r] - 1]
+                    if norms is not None:
+                        token_el2n[r] = norms[j, : lengths[r] - 1]
+                    if z is not None:
+                        token_z[r] = z[j, : lengths[r] - 1]
             if poolings:
                 for mode in poolings:
                     vec = _pool(hidden, torch.from_numpy(mask).to(hidden.device), mode)
                     block = pooled.setdefault(mode, np.zeros((n, vec.shape[1]), np.float32))
                     block[rows] = vec.float().cpu().numpy()
-    starts: dict[str | None, np.ndarray] = {None: np.zeros(n, dtype=np.int64)}
-    for r in reqs:
-        resp = dict(r.settings).get("response")
-        if r.kind in LM_KINDS and resp not in starts:
-            starts[resp] = encode(tok, ds.texts, lm.max_length, prompts_of(ds, resp))[1]
-    arrays: dict[str, np.ndarray] = {}
-    for j, r in enumerate(reqs):
-        settings = dict(r.settings)
-        slot = f"f{j}"
-        if r.kind == "embedding":
-            width = lm.model.config.hidden_size if not pooled else next(iter(pooled.values())).shape[1]
-            vec = pooled.get(_pooling(lm, settings["pooling"]), np.zeros((n, width), np.float32))
-            if settings.get("normalize"):
-                norms = np.linalg.norm(vec, axis=1, keepdims=True)
-                vec = vec / np.where(norms > 0, norms, 1.0)
-            arrays[slot] = vec.astype(np.float32)
-            continue
-        first = np.maximum(starts[settings.get("response")] - 1, 0)  # logprob j predicts token j + 1
-        source = token_el2n if r.kind == "el2n" else token_lp
-        counted = [source[i][first[i]:] for i in range(n)]
-        if r.kind == "token_logprobs":
-            arrays.update(pack_ragged(counted, slot))
-        elif r.kind == "loss":
-            arrays[slot] = np.array([-c.astype(np.float64).mean() if len(c) else np.nan for c in counted])
-        else:
-            arrays[slot] = np.array([c.astype(np.float64).mean() if len(c) else np.nan for c in counted])
-    return arrays
+    return {"lp": token_lp, "el2n": token_el2n, "z": token_z, "pooled": pooled}
 
 
 def pack_ragged(values: list[np.ndarray], slot: str) -> dict[str, np.ndarray]:

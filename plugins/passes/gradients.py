@@ -24,7 +24,7 @@ from selectkit.errors import SelectkitError
 from selectkit.hookspecs import hookimpl
 from selectkit.passes import ModelRef, PassContext, PassPlan, PassProvider, PlanContext, describe
 
-BASE = {"params": "auto", "method": "hooks", "batch_size": 16, "response": None}
+BASE = {"params": "auto", "method": "hooks", "batch_size": 16, "response": None, "run": None}
 FEATURES = {**BASE, "proj_dim": 1024, "proj_kind": "rademacher", "layout": "joint", "factorize_above": 1 << 22,
             "factor_dim": 32, "feature_dtype": "float32", "adam": "none", "keep_features": True}
 EKFAC = {**BASE, "damping": None, "fisher": "empirical", "kfac": False, "factor_examples": 1024, "targets": ()}
@@ -56,10 +56,12 @@ class Gradients(PassProvider):
         _check_support(model, requests)
         spec = model.spec
         checkpoints = spec.warmup.epochs if spec.warmup is not None else len(spec.checkpoints or []) or 1
-        needs = [CHECKPOINTS] if spec.warmup is not None or spec.checkpoints else []
+        trained = spec.warmup is not None or spec.checkpoints
         out = []
         for r in requests:
             settings = dict(r.settings)
+            run = settings.get("run")
+            needs = [FeatureRequest("checkpoints", "pool", (("run", run),) if run else ())] if trained or run else []
             tag = _tag(r)
             if r.kind == "grad_features":
                 rows = ctx.shard_count(r.data)

@@ -4,6 +4,11 @@
 one checkpoint per epoch, each epoch a cache shard: a killed warmup resumes after its last
 finished epoch and ends byte-identical), its `checkpoints:` folders (read, never written), or
 the model itself as one checkpoint of weight 1.
+
+The `run` setting asks for independent trainings of the same warmup (EL2N / GraNd averaged over
+seeded runs, Paul et al. 2021): run 0 (or none) is the warmup as configured; run r > 0 trains it
+again with a seed derived from (the warmup's seed, r), so its pool sample, LoRA initialisation,
+data order and dropout all differ. Each run is its own planned step, resumable per epoch.
 """
 
 from __future__ import annotations
@@ -21,9 +26,25 @@ class Train(PassProvider):
     name = "train"
     version = "2"
     parallel = False  # epoch e starts from epoch e - 1
-    kinds = {"checkpoints": {}}
+    kinds = {"checkpoints": {"run": None}}
 
     def plan(self, model: ModelRef, requests: list[FeatureRequest], ctx: PlanContext) -> list[PassPlan]:
+        runs: dict[int, list[FeatureRequest]] = {}
+        for r in requests:
+            runs.setdefault(int(dict(r.settings).get("run") or 0), []).append(r)
+        if set(runs) != {0}:
+            from selectkit.errors import SelectkitError
+
+            if model.spec.warmup is None:
+                raise SelectkitError(f"model {model.name!r}: several training runs need a `warmup` to repeat "
+                                     "(models.<name>.warmup)")
+        out = []
+        for run, reqs in sorted(runs.items()):
+            out.extend(self._plan_run(model, reqs, ctx, run))
+        return out
+
+    def _plan_run(self, model: ModelRef, requests: list[FeatureRequest], ctx: PlanContext,
+                  run: int) -> list[PassPlan]:
         spec = model.spec
         if spec.warmup is not None:
             from selectkit.estimates import model_pass
@@ -32,6 +53,8 @@ class Train(PassProvider):
             warm = spec.warmup
             base = model_fingerprint(spec.model_copy(update={"lora": None}), model.base)
             seed = warm.seed if warm.seed is not None else ctx.seed
+            if run:
+                seed = run_seed(seed, run)
             rows = ctx.rows.get("pool")
             examples = max(1, int(warm.fraction * rows)) if rows else None
             estimate = model_pass(model, "pool", ctx, backward=True, examples=examples)
@@ -40,9 +63,11 @@ class Train(PassProvider):
 
                 estimate = estimate.scaled(warm.epochs, f"LoRA training: {warm.epochs} epochs of forward + backward",
                                            TRAIN_OVERHEAD)
-            return [PassPlan("warmup", f"warmup {model.name}: LoRA on {warm.fraction:.0%} of the pool, "
-                                       f"{warm.epochs} epochs", requests, "pool",
-                             ["warmup", base, ctx.sources["pool"].fingerprint, warm.model_dump(mode="json"), seed],
+            label = f"warmup {model.name}" + (f" (run {run + 1})" if run else "")
+            return [PassPlan("warmup" + (f"-run-{run}" if run else ""),
+                             f"{label}: LoRA on {warm.fraction:.0%} of the pool, {warm.epochs} epochs", requests,
+                             "pool", ["warmup", base, ctx.sources["pool"].fingerprint, warm.model_dump(mode="json"),
+                                      seed],
                              shards=warm.epochs, estimate=estimate, artifact="train",
                              settings={"seed": seed, "detail": {"epochs": warm.epochs, "lr": warm.learning_rate,
                                                                 "lora": warm.lora.model_dump(mode="json"),
@@ -147,6 +172,13 @@ def _resolve(model: ModelRef, path: str):
 
     p = Path(path).expanduser()
     return p if p.is_absolute() else model.base / p
+
+
+def run_seed(seed: int, run: int) -> int:
+    """The seed of training run `run` > 0 of a warmup whose own seed is `seed`."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(f"{seed}\x1fwarmup-run\x1f{run}".encode()).digest()[:4], "little")
 
 
 CHECKPOINTS = FeatureRequest("checkpoints", "pool")
