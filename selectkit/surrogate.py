@@ -29,9 +29,9 @@ MLP_HIDDEN = 128
 
 @dataclass
 class LabelSample:
-    """Pool rows the oracle scores (ascending), which of them are held out, and their clusters."""
+    """Pool rows the oracle scores, which of them are held out, and their clusters."""
 
-    rows: np.ndarray  # (L,) pool indices, ascending
+    rows: np.ndarray  # (L,) pool indices, in row-key order (whatever the pool's order)
     holdout: np.ndarray  # (L,) bool
     clusters: np.ndarray  # (L,) cluster of each labelled row (0 when not stratified)
     n_clusters: int
@@ -93,7 +93,7 @@ def label_sample(keys: np.ndarray, features: np.ndarray | None, usable: np.ndarr
     for c, m in enumerate(labelled):
         held[m[np.argsort(second[m], kind="stable")[: hq[c]]]] = True
     rows = candidates[picked]
-    order = np.argsort(rows, kind="stable")
+    order = canonical_order(keys[rows])  # row-key order: the oracle sees the same rows in the same order
     return LabelSample(rows[order].astype(np.int64), held[order], cluster_of[order], k)
 
 

@@ -33,7 +33,7 @@ def test_label_sample_is_keyed_by_row_id_not_position():
     a = label_sample(keys, x, usable, 50, 0.2, seed=3, name="s")
     perm = np.random.default_rng(1).permutation(500)
     b = label_sample(keys[perm], x[perm], usable, 50, 0.2, seed=3, name="s")
-    assert set(ids.gather(a.rows)) == set(ids.gather(perm[b.rows]))
+    assert ids.gather(a.rows).to_list() == ids.gather(perm[b.rows]).to_list()  # same rows, same order
     held_a = set(ids.gather(a.rows[a.holdout]))
     assert held_a == set(ids.gather(perm[b.rows[b.holdout]]))
     assert len(a.rows) == 50 and a.holdout.sum() == 10
