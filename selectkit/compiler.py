@@ -37,11 +37,12 @@ class ScoreNode:
     combine: Any = None  # how a matrix collapses to a vector (recipe `combine:`), or None
     inputs: list[str] = field(default_factory=list)  # other scores this scorer reads (e.g. `combine`)
     surrogate: Any = None  # selectkit.recipe.SurrogateSpec: the scorer runs on a label sample only
+    features: str | None = None  # the surrogate's features score (`<model>.embedding` when it names a model)
 
     @property
     def after(self) -> list[str]:
         """Scores computed before this one: its inputs, and its surrogate's features."""
-        return [*self.inputs, *([self.surrogate.features] if self.surrogate is not None else [])]
+        return [*self.inputs, *([self.features or self.surrogate.features] if self.surrogate is not None else [])]
 
     @property
     def columns(self) -> list[str]:
@@ -98,7 +99,7 @@ def check(loaded: LoadedRecipe, registry: Registry | None = None) -> Checked:
     scores = {name: node for name, spec in recipe.scores.items()
               if (node := _check_score(name, spec, loaded, registry, out)) is not None}
     _check_score_inputs(loaded, scores, out)
-    _check_surrogates(loaded, scores, sources, out)
+    _check_surrogates(loaded, registry, scores, sources, out)
     stages = _check_stages(loaded, registry, scores, sources, out) if "select" not in broken else []
     if "output" not in broken and sources:
         _check_output(loaded, sources, out)
@@ -359,12 +360,13 @@ def _check_score(name: str, spec, loaded: LoadedRecipe, registry: Registry, out:
     return ScoreNode(name, scorer, shape, targets, spec.model, normalizers, spec.combine, inputs, spec.surrogate)
 
 
-def _check_surrogates(loaded: LoadedRecipe, scores: dict[str, ScoreNode], sources: dict[str, SourceNode],
-                      out: _Collector) -> None:
+def _check_surrogates(loaded: LoadedRecipe, registry: Registry, scores: dict[str, ScoreNode],
+                      sources: dict[str, SourceNode], out: _Collector) -> None:
     """A surrogate needs an oracle that costs a model pass, features that are a features score of
-    their own (not surrogates), and a label sample the pool can hold with enough rows to train on."""
+    their own (not surrogates) or a model (its pooled embeddings), and a label sample the pool can
+    hold with enough rows to train on."""
     recipe = loaded.recipe
-    for name, node in scores.items():
+    for name, node in list(scores.items()):
         spec = node.surrogate
         if spec is None:
             continue
@@ -374,10 +376,14 @@ def _check_surrogates(loaded: LoadedRecipe, scores: dict[str, ScoreNode], source
                     "itself; remove `surrogate:` (surrogates are for model-based scorers such as influence)", where,
                     at_key=True)
         ref = spec.features
-        if ref not in recipe.scores:
-            hint = (f"{ref!r} is a model: add a features score (`{ref}_features: {{use: embedding, model: {ref}}}`) "
-                    "and name it here" if ref in recipe.models else None)
-            out.add(unknown_message("score", ref, recipe.scores), where + ("features",), hint=hint)
+        if ref not in recipe.scores and ref in recipe.models:  # a model: its embeddings, as `use: embedding`
+            hidden = f"{ref}.embedding"
+            if hidden not in scores:
+                cls = registry.get("scorers", "embedding")
+                scores[hidden] = ScoreNode(hidden, cls(cls.Params()), Shape.FEATURES, [], ref, [])
+            node.features = hidden
+        elif ref not in recipe.scores:
+            out.add(unknown_message("score or model", ref, [*recipe.scores, *recipe.models]), where + ("features",))
         elif ref == name:
             out.add(f"score {name!r} cannot be its own surrogate's features", where + ("features",))
         elif ref in scores:

@@ -483,13 +483,14 @@ class Planner:
         from dataclasses import replace
 
         spec = node.surrogate
-        if spec.features not in self.score_final:
+        feature_score = node.features or spec.features
+        if feature_score not in self.score_final:
             return  # the features score failed its own planning (reported there)
         rows = self.rows.get("pool")
         if rows is None:
             raise RecipeError(f"score {name!r}: a surrogate needs the pool's row count before reading")
         labels = spec.labels.max_count(rows) if spec.labels.kind == "fraction" else min(int(spec.labels.value), rows)
-        features = self.score_final[spec.features]
+        features = self.score_final[feature_score]
         source = f"labels:{name}"
         sample_id = f"sample:{name}"
         settings = spec.model_dump(mode="json", include={"labels", "holdout", "stratify", "clusters"})
@@ -500,7 +501,7 @@ class Planner:
                       key=skey, artifact="scores", cached=self.cache.has("scores", skey),
                       detail={"labels": f"{labels} of {rows} pool rows ({labels / rows:.1%})",
                               "holdout": f"{round(spec.holdout * labels)} of them (never used to fit or tune)",
-                              "stratify": f"k-means on {spec.features}, {clusters} clusters" if spec.stratify ==
+                              "stratify": f"k-means on {feature_score}, {clusters} clusters" if spec.stratify ==
                               "cluster" else "none (keyed draw)"},
                       payload=SamplePayload(name, spec, labels, features, source)))
         self.sources[source] = replace(self.sources["pool"], name=source, fingerprint=skey)
@@ -534,7 +535,7 @@ class Planner:
         key = cache_key("surrogate", SURROGATE_VERSION, okey, self.by_id[features].key,
                         spec.model_dump(mode="json", include={"model", "folds"}), self.seed,
                         budget.model_dump(mode="json") if budget is not None else None)
-        detail = {"predictor": f"{spec.model} on {spec.features} (settings by {spec.folds}-fold CV in the training "
+        detail = {"predictor": f"{spec.model} on {feature_score} (settings by {spec.folds}-fold CV in the training "
                                "part)", "shape": node.shape.value,
                   "agreement": "held-out Spearman, Pearson, precision@" + (f"budget of {stage}" if stage else "10%")}
         self.add(Step(f"score:{name}", "score", f"{name} (surrogate of {scorer.name})",

@@ -120,8 +120,8 @@ class SurrogateSpec(Strict):
     """`scores.<name>.surrogate`: run the (expensive) scorer only on a seeded label sample and predict it
     for the rest of the pool from cheap features (MATES, NN-CIFT, Influence Distillation)."""
 
-    features: str = Field(description="the score (a features score such as `use: embedding`) whose rows the "
-                          "predictor reads")
+    features: str = Field(description="what the predictor reads: a features score (such as `use: embedding`), or "
+                          "a model under `models` (its pooled embeddings, planned as score `<model>.embedding`)")
     model: Literal["ridge", "knn", "mlp"] = Field(
         "ridge", description="ridge: closed-form ridge, one output per target column; knn: mean of the nearest "
         "labelled neighbours (cosine); mlp: a one-hidden-layer MLP (NN-CIFT; needs the `cluster` extra)")
