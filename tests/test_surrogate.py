@@ -205,8 +205,11 @@ def test_a_tiny_run_marks_oracle_values_and_reports_agreement(tmp_path):
 def test_mates_recipe_tracks_the_full_less_oracle(demo):
     """recipes/mates.yaml (ridge on MiniLM, 10% labels) against recipes/less.yaml (the full oracle),
     sharing the warmup and the target's gradients through the cache. Measured (seed 0): held-out
-    Spearman 0.xx, precision@budget 0.xx, Spearman on the 1,176 unlabelled rows 0.xx, overlap of the
-    two top-5% selections 0.xx; the floors below sit under those figures."""
+    Spearman 0.215 (95% -0.20 to 0.56, 26 rows), precision@budget 0.0 (k = 1: 5% of 26 rows),
+    Spearman on the 1,176 unlabelled rows 0.035, overlap of the two top-5% selections 0.077 (5 of
+    65; chance is 0.05). The demo's LESS score (a 2-layer tiny LM) is barely predictable from MiniLM
+    embeddings (nor from the tiny LM's own: unlabelled Spearman 0.05), and the run says so with a
+    warning. The floors sit under the measured figures; the warning is part of the known answer."""
     pytest.importorskip("torch")
     from selectkit import api
 
@@ -224,8 +227,9 @@ def test_mates_recipe_tracks_the_full_less_oracle(demo):
     top_full, top_sur = set(full.result.ranking.tolist()), set(sur.result.ranking.tolist())
     overlap = len(top_full & top_sur) / len(top_full)
     print(f"held-out {a}; unlabelled Spearman {unlabelled:.3f}; overlap {overlap:.3f}")
-    assert a["spearman"] >= FLOOR_HELDOUT_SPEARMAN and unlabelled >= FLOOR_UNLABELLED_SPEARMAN
-    assert a["precision_at_budget"] >= FLOOR_PRECISION and overlap >= FLOOR_OVERLAP
+    assert a["spearman"] >= 0.1 and unlabelled >= 0.0
+    assert a["precision_at_budget"] >= 0.0 and overlap >= 0.05
+    assert any("barely tracks its oracle" in w for w in report["warnings"])
     # the same sample with random features: Spearman near 0 and a warning
     from selectkit.surrogate import LabelSample
 
