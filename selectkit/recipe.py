@@ -13,9 +13,18 @@ import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from selectkit.budget import BudgetField
 from selectkit.errors import Location, RecipeError, RecipeErrors
@@ -128,8 +137,11 @@ class SurrogateSpec(Strict):
     labels: BudgetField = Field(
         "5%", validate_default=True,
         description="rows the oracle scores: a count or a percentage of the pool (the label sample)")
-    holdout: float = Field(0.2, gt=0, lt=1, description="share of the label sample held out to measure agreement "
-                           "(never used to choose the predictor's settings)")
+    holdout: Annotated[float, WithJsonSchema({"anyOf": [
+        {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+        {"type": "string", "pattern": r"^\d+(\.\d+)?%$"}]})] = Field(
+        0.2, gt=0, lt=1, description="share of the label sample held out to measure agreement, 0.2 or '20%' (never "
+        "used to choose the predictor's settings)")
     stratify: Literal["cluster", "none"] = Field(
         "cluster", description="cluster: the label sample and its held-out part are spread over k-means clusters "
         "of the features in proportion to their sizes (needs the `cluster` extra); none: a plain keyed draw")
