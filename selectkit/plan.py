@@ -7,6 +7,10 @@ when it maps over rows, its number of shards (fixed row ranges chosen here, neve
 engine). Every piece of work a run does is a step, so `selectkit plan` shows all of it,
 `cache prune --keep` keeps exactly what a recipe needs, and any executor (local, Ray) walks
 the same steps with the same keys. Executors read steps, never the checked recipe.
+
+A score with a `surrogate:` becomes  sample (a keyed label sample, a derived data source
+`labels:<score>`) -> pass(..., data=labels:<score>) -> oracle (the scorer on those rows) ->
+score (the predictor fills in the pool) -> normalize: the oracle's model work covers the sample only.
 """
 
 from __future__ import annotations
