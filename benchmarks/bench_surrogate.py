@@ -44,11 +44,10 @@ scores:
     model: lm
     targets: [politics]
     with: {{proj_dim: 256, normalize: true, aggregate: mean}}
-    combine: max
     {surrogate}
 select:
   - use: topk
-    with: {{score: infl, budget: 10%}}
+    with: {{score: infl.politics, budget: 10%}}
 output: {{dir: {out}, report: false}}
 """
 
@@ -117,10 +116,12 @@ def main() -> None:
     parser.add_argument("--model", default="ridge", choices=["ridge", "knn", "mlp"])
     parser.add_argument("--plan-only", action="store_true", help="planned costs only (no model runs)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--work", type=Path, help="keep pools, recipes and the cache here (default: a temp folder)")
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
+        folder = args.work or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
         os.environ["SELECTKIT_CACHE_DIR"] = str(folder / "cache")
         for rows in args.rows:
             pool = make_pool(rows, folder)

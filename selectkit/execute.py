@@ -632,7 +632,7 @@ def check_score(node: Any, score: Score, n: int, what: str | None = None) -> Sco
         raise PluginError(f"{who} declared a {score.shape.value} but returned shape {values.shape}")
     if score.shape is Shape.MATRIX and not (len(score.columns) == len(score.tasks) == values.shape[1]):
         raise PluginError(f"{who} returned a matrix without one column name and task per column")
-    if score.shape is not node.shape and what is None:
+    if what is None and score.shape is not node.scorer.output_shape():  # node.shape is after `combine`
         raise PluginError(f"{who} declared a {node.shape.value} score but returned a {score.shape.value}")
     return score
 
