@@ -180,7 +180,7 @@ def test_plan_runs_the_oracle_over_the_label_sample_only(tmp_path):
     assert "score:lm.embedding" in sample.inputs and by_model.step("score:lm.embedding").kind == "score"
 
 
-@pytest.mark.slow  # ~25-50 s on the shared 2-core machine: torch, a model and two runs
+@pytest.mark.slow  # 18-50 s (torch, a model, two runs); the default suite runs recipes/mates.yaml end to end instead
 def test_a_tiny_run_marks_oracle_values_and_reports_agreement(tmp_path):
     pytest.importorskip("torch")
     from selectkit import api
