@@ -241,6 +241,10 @@ def summary(output) -> str:
     for report in result.reports:
         if report.kind == "select":
             lines.append(f"  {report.label}: kept {report.detail['kept']}")
+    from selectkit.surrogate import describe_agreement
+
+    for name, agreement in getattr(result, "surrogates", {}).items():
+        lines.extend(describe_agreement(name, agreement))
     column = recipe.output.summarize_by
     if column and column in result.pool.columns:
         groups = result.pool.column(column).cast(str).fill_null("(none)").to_numpy()

@@ -36,6 +36,13 @@ class ScoreNode:
     normalizers: list[Normalizer]
     combine: Any = None  # how a matrix collapses to a vector (recipe `combine:`), or None
     inputs: list[str] = field(default_factory=list)  # other scores this scorer reads (e.g. `combine`)
+    surrogate: Any = None  # selectkit.recipe.SurrogateSpec: the scorer runs on a label sample only
+    features: str | None = None  # the surrogate's features score (`<model>.embedding` when it names a model)
+
+    @property
+    def after(self) -> list[str]:
+        """Scores computed before this one: its inputs, and its surrogate's features."""
+        return [*self.inputs, *([self.features or self.surrogate.features] if self.surrogate is not None else [])]
 
     @property
     def columns(self) -> list[str]:
@@ -101,6 +108,7 @@ def check(loaded: LoadedRecipe, registry: Registry | None = None) -> Checked:
     scores = {name: node for name, spec in recipe.scores.items()
               if (node := _check_score(name, spec, loaded, registry, out)) is not None}
     _check_score_inputs(loaded, scores, out)
+    _check_surrogates(loaded, registry, scores, sources, out)
     stages = _check_stages(loaded, registry, scores, sources, out) if "select" not in broken else []
     if "output" not in broken and sources:
         _check_output(loaded, sources, out)
@@ -137,12 +145,21 @@ def _extras(checked: Checked) -> dict[str, list[str]]:
 
     needs: dict[str, list[str]] = {}
     components = [(f"scorer {n.scorer.name!r}", n.scorer, bool(n.models())) for n in checked.scores.values()]
+    components += [(f"surrogate of {n.name!r}", _SurrogateNeeds(n.surrogate), False)
+                   for n in checked.scores.values() if n.surrogate is not None]
     components += [(f"selector {s.selector.name!r}", s.selector, False) for s in checked.stages]
     for label, component, uses_model in components:
         for extra in (*component.extras, *(("models",) if uses_model else ())):
             if label not in needs.setdefault(extra, []):
                 needs[extra].append(label)
     return {extra: who for extra, who in needs.items() if missing_extras([extra])}
+
+
+class _SurrogateNeeds:
+    """The extras a surrogate needs: scikit-learn for k-means strata and the MLP."""
+
+    def __init__(self, spec):
+        self.extras = ("cluster",) if spec.stratify == "cluster" or spec.model == "mlp" else ()
 
 
 def _check_sources(loaded: LoadedRecipe, registry: Registry, out: _Collector) -> dict[str, SourceNode]:
@@ -360,7 +377,59 @@ def _check_score(name: str, spec, loaded: LoadedRecipe, registry: Registry, out:
                             code="unknown-name")
             shape = Shape.VECTOR
     inputs = list(scorer.input_scores()) if scorer is not None else []
-    return ScoreNode(name, scorer, shape, targets, spec.model, normalizers, spec.combine, inputs)
+    return ScoreNode(name, scorer, shape, targets, spec.model, normalizers, spec.combine, inputs, spec.surrogate)
+
+
+def _check_surrogates(loaded: LoadedRecipe, registry: Registry, scores: dict[str, ScoreNode],
+                      sources: dict[str, SourceNode], out: _Collector) -> None:
+    """A surrogate needs an oracle that costs a model pass, features that are a features score of
+    their own (not surrogates) or a model (its pooled embeddings), and a label sample the pool can
+    hold with enough rows to train on."""
+    recipe = loaded.recipe
+    for name, node in list(scores.items()):
+        spec = node.surrogate
+        if spec is None:
+            continue
+        where = ("scores", name, "surrogate")
+        if not node.scorer.model_kinds:
+            out.add(f"scorer {node.scorer.name!r} runs no model pass, so a surrogate would cost more than the score "
+                    "itself; remove `surrogate:` (surrogates are for model-based scorers such as influence)", where,
+                    at_key=True)
+        ref = spec.features
+        if ref not in recipe.scores and ref in recipe.models:  # a model: its embeddings, as `use: embedding`
+            hidden = f"{ref}.embedding"
+            if hidden not in scores:
+                cls = registry.get("scorers", "embedding")
+                scores[hidden] = ScoreNode(hidden, cls(cls.Params()), Shape.FEATURES, [], ref, [])
+            node.features = hidden
+        elif ref not in recipe.scores:
+            out.add(unknown_message("score or model", ref, [*recipe.scores, *recipe.models]), where + ("features",))
+        elif ref == name:
+            out.add(f"score {name!r} cannot be its own surrogate's features", where + ("features",))
+        elif ref in scores:
+            feat = scores[ref]
+            if feat.shape is not Shape.FEATURES:
+                out.add(f"surrogate features must be a features score (such as `use: embedding`), but {ref!r} "
+                        f"({feat.scorer.name}) is a {feat.shape.value}", where + ("features",))
+            elif feat.surrogate is not None:
+                out.add(f"surrogate features {ref!r} are themselves a surrogate", where + ("features",))
+        rows = sources["pool"].rows if "pool" in sources else None
+        labels = spec.labels
+        if rows is not None:
+            count = labels.max_count(rows) if labels.kind == "fraction" else int(labels.value)
+            if labels.kind == "count" and count > rows:
+                out.add(f"surrogate labels of {count} rows is larger than the pool ({rows} rows)",
+                        where + ("labels",))
+            elif count - round(spec.holdout * count) < max(spec.folds, 4) or round(spec.holdout * count) < 3:
+                out.add(f"surrogate labels of {count} rows leave {count - round(spec.holdout * count)} to train on and "
+                        f"{round(spec.holdout * count)} held out: too few to fit and judge a predictor (at least "
+                        f"{max(spec.folds, 4)} and 3)", where + ("labels",), hint="raise `labels`")
+            elif count >= rows:
+                out.warnings.append(f"{loaded.locate(where + ('labels',))}: surrogate for {name!r} labels the whole "
+                                    "pool: the oracle runs on every row and nothing is saved")
+        elif labels.kind == "fraction":
+            out.add("surrogate labels as a percentage needs the pool's row count, which this format does not tell "
+                    "before reading; give a count", where + ("labels",))
 
 
 def _check_score_inputs(loaded: LoadedRecipe, scores: dict[str, ScoreNode], out: _Collector) -> None:
@@ -386,7 +455,7 @@ def _check_score_inputs(loaded: LoadedRecipe, scores: dict[str, ScoreNode], out:
                     code="score-cycle")
             return
         seen[name] = 1
-        for ref in scores[name].inputs:
+        for ref in scores[name].after:
             visit(ref, (*trail, name))
         seen[name] = 2
 

@@ -23,7 +23,7 @@ from selectkit.components import NormalizeContext, Score, ScoreContext, SelectCo
 from selectkit.errors import PluginError, SelectkitError, SelectkitWarning
 from selectkit.noise import canonical_order
 from selectkit.passes import Features, PassContext
-from selectkit.plan import Plan, Step
+from selectkit.plan import Plan, Step, SurrogatePayload
 from selectkit.progress import Reporter, as_reporter
 
 Progress = Callable[[str], None]
@@ -57,6 +57,8 @@ class RunResult:
     files: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     columns: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # stage columns: (rows, values)
+    oracle: dict[str, np.ndarray] = field(default_factory=dict)  # surrogate score -> rows holding oracle values
+    surrogates: dict[str, dict] = field(default_factory=dict)  # surrogate score -> its held-out agreement
 
     @property
     def dropped_by(self) -> list[str | None]:
@@ -83,10 +85,20 @@ class LocalExecutor(Executor):
 
 
 def execute(run: Run) -> RunResult:
-    """Run every step the outputs need, collecting selectkit's warnings into the result."""
+    """Run every step the outputs need, collect selectkit's warnings into the result, then write
+    the outputs (so the manifest and report hold every warning of the run)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SelectkitWarning)
         result = run.execute()
+    _collect(run, result, caught)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SelectkitWarning)
+        run.write(result)
+    _collect(run, result, caught)
+    return result
+
+
+def _collect(run: Run, result: RunResult, caught: list) -> None:
     library: dict[tuple[str, str], int] = {}
     for w in caught:
         if issubclass(w.category, SelectkitWarning):
@@ -100,7 +112,6 @@ def execute(run: Run) -> RunResult:
             library[key] = library.get(key, 0) + 1
     for (category, text), count in library.items():
         run.reporter.message(f"note: {category} from a library{f' (x{count})' if count > 1 else ''}: {text}")
-    return result
 
 
 class Run:
@@ -114,6 +125,7 @@ class Run:
         self.pool: Any = None
         self.targets: dict[str, Any] = {}
         self._loaded: tuple[Any, Any] | None = None  # (args, model): a model reused by consecutive pass steps
+        self.surrogate_fits: dict[str, dict] = {}  # surrogate step -> {"oracle": mask, "report": agreement}
 
     # ------------------------------------------------------------ driving
     def execute(self) -> RunResult:
@@ -135,6 +147,16 @@ class Run:
         result = RunResult(self.plan, self.pool, self.targets, scores, selection["selections"],
                            selection["dropped"], selection["labels"], selection["ranking"], weights, counts, [],
                            columns=selection.get("columns", {}))
+        for step in self.plan.steps:
+            if step.kind == "score" and isinstance(step.payload, SurrogatePayload):
+                fit = self.surrogate_fits[step.id]
+                result.oracle[step.payload.node.name] = fit["oracle"]
+                result.surrogates[step.payload.node.name] = fit["report"]
+        result.reports = self.reports()
+        return result
+
+    def write(self, result: RunResult) -> None:
+        """The write step: the outputs as one set (when the plan has one)."""
         write = [s for s in self.plan.steps if s.kind == "write"]
         if write:
             started = time.perf_counter()
@@ -147,7 +169,6 @@ class Run:
             self.status[write[0].id] = ("computed", time.perf_counter() - started, {})
             self.reporter.step_finished(write[0], "computed", time.perf_counter() - started)
         result.reports = self.reports()
-        return result
 
     def reports(self) -> list[StageReport]:
         out = []
@@ -272,6 +293,9 @@ class Run:
 
     def _pass(self, step: Step):
         provider = step.payload.provider
+        for upstream in step.inputs:  # a pass over a label sample needs the sample's rows
+            if self.plan.step(upstream).kind == "sample":
+                self.get(upstream)
         if provider.complete(step, self.cache):
             ctx = self.pass_context(step)
             return provider.load(step, ctx), "cached", {}
@@ -290,8 +314,117 @@ class Run:
         return provider.load(step, ctx), status, {"shards_reused": before} if step.shards else {}
 
     # ------------------------------------------------------------ scores
+    # ------------------------------------------------------------ surrogates
+    def _sample(self, step: Step):
+        """The label sample: rows (keyed by row id, cluster-stratified), held in `targets` under its
+        source name so that pass providers map over it like any other source."""
+        from selectkit.pool import take
+        from selectkit.surrogate import LabelSample, label_sample
+
+        payload = step.payload
+        got = self.cache.read_arrays("scores", step.key)
+        status = "cached"
+        if got is not None:
+            sample = LabelSample.of(got[0])
+        else:
+            spec = payload.spec
+            features = self.get(payload.features)
+            usable = np.asarray(self.pool.usable, dtype=bool)
+            if int(usable.sum()) < payload.labels:
+                raise SelectkitError(f"surrogate for {payload.name!r}: {payload.labels} labels asked, but the pool "
+                                     f"has only {int(usable.sum())} usable rows")
+            sample = label_sample(self.pool.keys, np.asarray(features.values), usable, payload.labels, spec.holdout,
+                                  self.plan.seed, payload.name, spec.stratify, spec.clusters)
+            self.cache.write_arrays("scores", step.key, sample.arrays(), label=f"label sample of {payload.name}")
+            status = "computed"
+        ds = take(self.pool, sample.rows)
+        ds.name = payload.source
+        self.targets[payload.source] = ds
+        return sample, status, {"labels": len(sample.rows), "holdout": int(sample.holdout.sum()),
+                                "clusters": sample.n_clusters}
+
+    def _oracle(self, step: Step):
+        """The expensive scorer on the label sample only; its features were planned over the sample."""
+        from dataclasses import replace
+
+        payload = step.payload
+        node = payload.node
+        self.get(step.inputs[0])  # the sample
+        ds = self.targets[payload.rows]
+        cached = self.cache.load_score(step.key)
+        if cached is not None:
+            return cached, "cached", {}
+        values = {}
+        for request, step_id in payload.requests.items():
+            seen_as = replace(request, data="pool") if request.data == payload.rows else request
+            values[seen_as] = self.get(step_id)[request]
+        features = Features(values, canonical_request, node.model, f"scorer {node.scorer.name!r}")
+        targets = {t: self.targets[t] for t in payload.targets}
+        base = dict(targets=targets, seed=self.plan.seed, model=payload.model.spec if payload.model else None,
+                    features=features)
+        stats = None
+        if node.scorer.rowwise and type(node.scorer).statistics is not _base_statistics():
+            ctx = ScoreContext(pool=ds, **base)
+            stats = node.scorer.merge([node.scorer.statistics(ctx) or {}], ctx)
+        score = node.scorer.run(ScoreContext(pool=ds, stats=stats, **base))
+        score = check_score(node, score, len(ds), what=f"scorer {node.scorer.name!r}")
+        self.cache.save_score(step.key, score, label=f"oracle {node.name} ({node.scorer.name}) on its label sample")
+        return score, "computed", {"rows": len(ds)}
+
+    def _surrogate(self, step: Step):
+        from selectkit.surrogate import agreement_warnings, fit_predict
+
+        payload = step.payload
+        node = payload.node
+        sample = self.get(payload.sample)
+        got = self.cache.read_arrays("scores", step.key)
+        if got is not None:
+            arrays, meta = got
+            score = self.cache.load_score(step.key)
+            fit = {"oracle": arrays["oracle"].astype(bool), "report": meta["surrogate"]}
+            self.surrogate_fits[step.id] = fit
+            self._report_surrogate(node.name, fit["report"], payload.spec)
+            return score, "cached", {"surrogate": fit["report"]}
+        oracle = self.get(payload.oracle)
+        features = self.get(payload.features)
+        budget = payload.budget
+        n = int(np.asarray(self.pool.usable, dtype=bool).sum())
+        if budget is None:
+            share = 0.1
+        elif budget.kind == "count":
+            share = min(1.0, budget.value / max(1, n))
+        elif budget.kind == "fraction":
+            share = float(budget.value)
+        else:
+            share = min(1.0, budget.value / max(1, int(np.asarray(self.pool.token_counts).sum())))
+        values = np.asarray(oracle.values, dtype=np.float64)
+        oriented = values if oracle.higher_is_better else -values
+        fit = fit_predict(np.asarray(features.values), oriented, sample, self.pool.keys, payload.spec.model,
+                          payload.spec.folds, self.plan.seed, node.name, share, tuple(oracle.columns))
+        fit.report["budget"] = {"stage": payload.budget_stage, "share": round(share, 6)}
+        fit.report["warnings"] = agreement_warnings(node.name, fit.report, payload.spec.warn_below)
+        out = fit.values if oracle.higher_is_better else -fit.values
+        score = check_score(node, oracle.with_values(out), len(self.pool), what=f"surrogate {node.name!r}")
+        from selectkit.cache import score_meta
+
+        self.cache.write_arrays("scores", step.key, {"values": np.asarray(score.values), "oracle": fit.oracle},
+                                label=f"surrogate {node.name}", surrogate=fit.report, **score_meta(score))
+        self.surrogate_fits[step.id] = {"oracle": fit.oracle, "report": fit.report}
+        self._report_surrogate(node.name, fit.report, payload.spec)
+        return score, "computed", {"surrogate": fit.report}
+
+    def _report_surrogate(self, name: str, report: dict, spec: Any) -> None:
+        from selectkit.surrogate import describe_agreement
+
+        for line in describe_agreement(name, report):
+            self.reporter.message(line)
+        for text in report.get("warnings", []):
+            warnings.warn(text, SelectkitWarning, stacklevel=2)
+
     def _score(self, step: Step):
         payload = step.payload
+        if isinstance(payload, SurrogatePayload):
+            return self._surrogate(step)
         node = payload.node
         cached = self.cache.load_score(step.key)
         if cached is not None:
@@ -518,7 +651,7 @@ def check_score(node: Any, score: Score, n: int, what: str | None = None) -> Sco
         raise PluginError(f"{who} declared a {score.shape.value} but returned shape {values.shape}")
     if score.shape is Shape.MATRIX and not (len(score.columns) == len(score.tasks) == values.shape[1]):
         raise PluginError(f"{who} returned a matrix without one column name and task per column")
-    if score.shape is not node.shape and what is None:
+    if what is None and score.shape is not node.scorer.output_shape():  # node.shape is after `combine`
         raise PluginError(f"{who} declared a {node.shape.value} score but returned a {score.shape.value}")
     return score
 

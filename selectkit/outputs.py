@@ -144,6 +144,8 @@ def selection_table(result: Any, lo: int = 0, hi: int | None = None) -> pl.DataF
     for name, (at, values) in getattr(result, "columns", {}).items():
         column = stage_column(n, at, values).slice(lo, hi - lo)
         columns[name if name not in columns else f"selection.{name}"] = column
+    for name, mask in getattr(result, "oracle", {}).items():  # a surrogate: which values the oracle computed
+        columns[f"oracle.{name}"] = pl.Series(np.asarray(mask[rows], dtype=bool))
     columns["tokens"] = pl.Series(np.asarray(result.pool.token_counts[rows], dtype=np.int64))
     output = result.plan.recipe.output if result.plan.recipe else None
     if output is not None and output.summarize_by and output.summarize_by in result.pool.columns \
@@ -289,6 +291,8 @@ def manifest(result: Any, files: dict[str, str]) -> dict:
                              "higher_is_better": bool(score.higher_is_better) if score is not None else None,
                              "columns": list(score.columns) if score is not None else [],
                              "normalize": [n.name for n in node.normalizers]}
+        if node.surrogate is not None:
+            scores[node.name]["surrogate"] = node.surrogate.model_dump(mode="json")
     return {
         "format_version": MANIFEST_VERSION,
         "written_by": "selectkit",
@@ -306,6 +310,7 @@ def manifest(result: Any, files: dict[str, str]) -> dict:
                  for name, step in reads.items()},
         "models": models,
         "scores": scores,
+        **({"surrogates": result.surrogates} if getattr(result, "surrogates", None) else {}),
         "cache": str(plan.cache.root),
         "stages": [{"kind": r.kind, "label": r.label, "step": r.step, "key": r.key, "status": r.status,
                     "seconds": round(r.seconds, 4), **({"detail": r.detail} if r.detail else {})}

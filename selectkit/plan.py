@@ -7,6 +7,10 @@ when it maps over rows, its number of shards (fixed row ranges chosen here, neve
 engine). Every piece of work a run does is a step, so `selectkit plan` shows all of it,
 `cache prune --keep` keeps exactly what a recipe needs, and any executor (local, Ray) walks
 the same steps with the same keys. Executors read steps, never the checked recipe.
+
+A score with a `surrogate:` becomes  sample (a keyed label sample, a derived data source
+`labels:<score>`) -> pass(..., data=labels:<score>) -> oracle (the scorer on those rows) ->
+score (the predictor fills in the pool) -> normalize: the oracle's model work covers the sample only.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from selectkit.pool import SourceSpec, shard_ranges
 DEFAULT_SHARD_ROWS_MODEL = 4096
 DEFAULT_SHARD_ROWS = 65536
 READ_VERSION = "1"
+SURROGATE_VERSION = "1"
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,7 @@ class Resources:
 @dataclass
 class Step:
     id: str
-    kind: str  # read | pass | score | normalize | select | write
+    kind: str  # read | pass | sample | oracle | score | normalize | select | write
     label: str
     inputs: tuple[str, ...] = ()
     key: str | None = None
@@ -84,6 +89,31 @@ class ScorePayload:
     requests: dict[FeatureRequest, str]  # canonical request -> pass step id
     model: ModelRef | None
     targets: list[str]
+    rows: str | None = None  # an oracle: the label-sample source its pool requests were planned over
+
+
+@dataclass
+class SamplePayload:
+    """The label sample of a surrogate score: which pool rows its oracle runs on."""
+
+    name: str
+    spec: Any  # selectkit.recipe.SurrogateSpec
+    labels: int
+    features: str  # the step holding the features score
+    source: str  # the data source name its passes map over ("labels:<score>")
+
+
+@dataclass
+class SurrogatePayload:
+    """A surrogate score: the oracle's values on the sample, a predictor's on the rest of the pool."""
+
+    node: ScoreNode
+    spec: Any
+    sample: str
+    oracle: str
+    features: str
+    budget: Any = None  # the budget of the first stage that reads this score (precision@budget), or None
+    budget_stage: str | None = None
 
 
 @dataclass
@@ -214,6 +244,7 @@ def compile(checked: Checked, cache: Cache | None = None, out_dir: Path | None =
                       devices, cache)
     for name, src in sources.items():
         planner.read(name, src, checked.sources[name])
+    planner.stages = list(checked.stages)
     planner.scores(checked.scores)
     planner.selection(checked.stages)
     selects = [s.id for s in planner.steps if s.kind == "select"]
@@ -303,6 +334,11 @@ class Planner:
         self.errors: list[SelectkitError] = []
         self.serving: dict[FeatureRequest, str] = {}  # canonical request -> pass step id
         self.ctx = PlanContext(models, sources, rows, seed, devices, registry)
+        self.stages: list[StageNode] = []  # for a surrogate's precision@budget
+        self.data_steps: dict[str, str] = {}  # derived data sources (label samples) -> the step making them
+
+    def data_step(self, data: str) -> str:
+        return self.data_steps.get(data, f"read:{data}")
 
     def add(self, step: Step) -> Step:
         if step.id in self.by_id:
@@ -356,8 +392,8 @@ class Planner:
             needed = [self.provider_for(r.kind).canonical(FeatureRequest(r.kind, r.data, r.settings, model.name))
                       for r in plan.needs]
             needs = self.passes(model, needed)
-        upstream = sorted({*needs.values(), *([f"read:{plan.data}"] if plan.data else []),
-                           *(f"read:{t}" for t in plan.reads)})
+        upstream = sorted({*needs.values(), *([self.data_step(plan.data)] if plan.data else []),
+                           *(self.data_step(t) for t in plan.reads)})
         key_parts = [*plan.key_parts, sorted(self.by_id[s].key or s for s in needs.values())]
         key = cache_key("pass", provider.name, provider.version, key_parts)
         step_id = f"pass:{provider.name}:{model.name}:{plan.name}"
@@ -389,7 +425,9 @@ class Planner:
             except SelectkitError as exc:
                 self.errors.append(exc)
         by_model: dict[str, list[FeatureRequest]] = {}
-        for reqs in wanted.values():
+        for name, reqs in wanted.items():
+            if nodes[name].surrogate is not None:
+                continue  # planned over its label sample, once the sample's step exists
             for r in reqs:
                 if r not in by_model.setdefault(r.model, []):
                     by_model[r.model].append(r)
@@ -400,6 +438,13 @@ class Planner:
                 self.errors.append(exc)
         for name in _dependency_order(nodes):
             node = nodes[name]
+            if node.surrogate is not None:
+                if name in wanted:
+                    try:
+                        self.surrogate(name, node, wanted[name])
+                    except SelectkitError as exc:
+                        self.errors.append(exc)
+                continue
             if name in wanted and all(r in self.serving for r in wanted[name]):
                 self.score(name, node, {r: self.serving[r] for r in wanted[name]})
 
@@ -435,7 +480,83 @@ class Planner:
         self.add(Step(f"score:{name}", "score", name, inputs=tuple(inputs), key=key, artifact="scores", shards=shards,
                       cached=self.cache.has("scores", key), detail=detail,
                       payload=ScorePayload(node, requests, model, node.targets)))
-        previous, prev_key = f"score:{name}", key
+        self._normalizers(name, node, f"score:{name}", key)
+
+    def surrogate(self, name: str, node: ScoreNode, requests: list[FeatureRequest]) -> None:
+        """sample -> the oracle's passes over the sample only -> oracle -> surrogate score -> normalizers."""
+        from dataclasses import replace
+
+        spec = node.surrogate
+        feature_score = node.features or spec.features
+        if feature_score not in self.score_final:
+            return  # the features score failed its own planning (reported there)
+        rows = self.rows.get("pool")
+        if rows is None:
+            raise RecipeError(f"score {name!r}: a surrogate needs the pool's row count before reading")
+        labels = spec.labels.max_count(rows) if spec.labels.kind == "fraction" else min(int(spec.labels.value), rows)
+        features = self.score_final[feature_score]
+        source = f"labels:{name}"
+        sample_id = f"sample:{name}"
+        settings = spec.model_dump(mode="json", include={"labels", "holdout", "stratify", "clusters"})
+        skey = cache_key("sample", SURROGATE_VERSION, self.by_id[features].key, self.by_id["read:pool"].key, settings,
+                         labels, self.seed)
+        clusters = spec.clusters or _default_clusters(labels)
+        self.add(Step(sample_id, "sample", f"{name}: label sample for its oracle", inputs=(features, "read:pool"),
+                      key=skey, artifact="scores", cached=self.cache.has("scores", skey),
+                      detail={"labels": f"{labels} of {rows} pool rows ({labels / rows:.1%})",
+                              "holdout": f"{round(spec.holdout * labels)} of them (never used to fit or tune)",
+                              "stratify": f"k-means on {feature_score}, {clusters} clusters" if spec.stratify ==
+                              "cluster" else "none (keyed draw)"},
+                      payload=SamplePayload(name, spec, labels, features, source)))
+        self.sources[source] = replace(self.sources["pool"], name=source, fingerprint=skey)
+        self.rows[source] = labels
+        self.data_steps[source] = sample_id
+        moved = [replace(r, data=source) if r.data == "pool" else r for r in requests]
+        by_model: dict[str, list[FeatureRequest]] = {}
+        for r in moved:
+            by_model.setdefault(r.model, []).append(r)
+        for model, reqs in by_model.items():
+            self.passes(self.models[model], reqs)
+        for r in moved:
+            step = self.by_id[self.serving[r]]
+            if r.data == source and step.payload.data != source:
+                raise RecipeError(f"scorer {node.scorer.name!r} cannot run on a label sample: its {step.label!r} "
+                                  "reads the whole pool at once; remove `surrogate:`")
+        scorer = node.scorer
+        served = {r: self.serving[r] for r in moved}
+        okey = cache_key("oracle", scorer.name, scorer.version, scorer.params.model_dump(mode="json"), skey,
+                         [(t, self.sources[t].fingerprint) for t in node.targets],
+                         [self.models[m].fingerprint for m in node.models()], self.seed)
+        model = self.models.get(node.model) if node.model else None
+        oracle_id = f"oracle:{name}"
+        self.add(Step(oracle_id, "oracle", f"{name}: {scorer.name} on its label sample only",
+                      inputs=(sample_id, *(f"read:{t}" for t in node.targets), *served.values()), key=okey,
+                      artifact="scores", cached=self.cache.has("scores", okey),
+                      detail={"scorer": scorer.name, "params": scorer.params.model_dump(mode="json"),
+                              "rows": f"{labels} (the label sample)", **({"model": node.model} if node.model else {})},
+                      payload=ScorePayload(node, served, model, node.targets, rows=source)))
+        budget, stage = self._budget_of(name)
+        key = cache_key("surrogate", SURROGATE_VERSION, okey, self.by_id[features].key,
+                        spec.model_dump(mode="json", include={"model", "folds"}), self.seed,
+                        budget.model_dump(mode="json") if budget is not None else None)
+        detail = {"predictor": f"{spec.model} on {feature_score} (settings by {spec.folds}-fold CV in the training "
+                               "part)", "shape": node.shape.value,
+                  "agreement": "held-out Spearman, Pearson, precision@" + (f"budget of {stage}" if stage else "10%")}
+        self.add(Step(f"score:{name}", "score", f"{name} (surrogate of {scorer.name})",
+                      inputs=(oracle_id, sample_id, features), key=key, artifact="scores",
+                      cached=self.cache.has("scores", key), detail=detail,
+                      payload=SurrogatePayload(node, spec, sample_id, oracle_id, features, budget, stage)))
+        self._normalizers(name, node, f"score:{name}", key)
+
+    def _budget_of(self, name: str) -> tuple[Any, str | None]:
+        """The budget of the first stage that reads score `name` and sets one."""
+        for stage in self.stages:
+            refs = [r.partition(".")[0] for r in _score_refs(stage.selector)]
+            if name in refs and stage.selector.params.budget is not None:
+                return stage.selector.params.budget, stage.label
+        return None, None
+
+    def _normalizers(self, name: str, node: ScoreNode, previous: str, prev_key: str) -> None:
         for i, normalizer in enumerate(node.normalizers, 1):
             nkey = cache_key("normalize", prev_key, normalizer.name, normalizer.version,
                              normalizer.params.model_dump(mode="json"), self.seed)
@@ -485,6 +606,12 @@ class Planner:
             previous_id, previous = step_id, key
 
 
+def _default_clusters(labels: int) -> int:
+    from selectkit.surrogate import default_clusters
+
+    return default_clusters(labels)
+
+
 def _base_statistics():
     from selectkit.components import Scorer
 
@@ -498,7 +625,7 @@ def _dependency_order(nodes: dict[str, ScoreNode]) -> list[str]:
     def visit(name: str, depth: int = 0) -> None:
         if name in done or name not in nodes or depth > len(nodes):
             return
-        for ref in nodes[name].inputs:
+        for ref in nodes[name].after:
             visit(ref, depth + 1)
         done.append(name)
 

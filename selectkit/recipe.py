@@ -13,10 +13,20 @@ import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
+from selectkit.budget import BudgetField
 from selectkit.errors import Location, RecipeError, RecipeErrors
 from selectkit.yamlsource import SourceMap, load_yaml, read_recipe_text
 
@@ -115,6 +125,51 @@ class CombineWeights(Strict):
     weights: dict[str, float] = Field(description="weight of each target column (columns not named count 0)")
 
 
+class SurrogateSpec(Strict):
+    """`scores.<name>.surrogate`: run the (expensive) scorer only on a seeded label sample and predict it
+    for the rest of the pool from cheap features (MATES, NN-CIFT, Influence Distillation)."""
+
+    features: str = Field(description="what the predictor reads: a features score (such as `use: embedding`), or "
+                          "a model under `models` (its pooled embeddings, planned as score `<model>.embedding`)")
+    model: Literal["ridge", "knn", "mlp"] = Field(
+        "ridge", description="ridge: closed-form ridge, one output per target column; knn: mean of the nearest "
+        "labelled neighbours (cosine); mlp: a one-hidden-layer MLP (NN-CIFT; needs the `cluster` extra)")
+    labels: BudgetField = Field(
+        "5%", validate_default=True,
+        description="rows the oracle scores: a count or a percentage of the pool (the label sample)")
+    holdout: Annotated[float, WithJsonSchema({"anyOf": [
+        {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+        {"type": "string", "pattern": r"^\d+(\.\d+)?%$"}]})] = Field(
+        0.2, gt=0, lt=1, description="share of the label sample held out to measure agreement, 0.2 or '20%' (never "
+        "used to choose the predictor's settings)")
+    stratify: Literal["cluster", "none"] = Field(
+        "cluster", description="cluster: the label sample and its held-out part are spread over k-means clusters "
+        "of the features in proportion to their sizes (needs the `cluster` extra); none: a plain keyed draw")
+    clusters: PositiveInt | None = Field(None, description="k-means clusters for stratify: cluster (default: "
+                                         "labels / 10, between 2 and 32)")
+    folds: int = Field(5, ge=2, le=20, description="cross-validation folds inside the training part that choose "
+                       "the predictor's settings (ridge penalty, k, MLP weight decay)")
+    warn_below: float = Field(0.3, ge=-1, le=1, description="warn when the held-out Spearman is below this, or "
+                              "its 95% interval includes 0")
+
+    @field_validator("holdout", mode="before")
+    @classmethod
+    def _percent(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().endswith("%"):
+            try:
+                return float(value.strip()[:-1]) / 100
+            except ValueError:
+                raise ValueError(f"cannot read holdout {value!r}: write a share like 0.2 or '20%'") from None
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _no_tokens(cls, value: Any) -> Any:
+        if value.kind == "tokens":
+            raise ValueError("labels is a count or a percentage of the pool, not tokens")
+        return value
+
+
 class ScoreSpec(Strict):
     use: str = Field(description="scorer name")
     model: str | None = Field(None, description="name of an entry under `models`")
@@ -125,6 +180,9 @@ class ScoreSpec(Strict):
     combine: Literal["max", "mean", "min", "sum"] | CombineWeights | None = Field(
         None, description="collapse a per-target (matrix) score into one value per example, after the "
         "normalizers: max, mean, min, sum, or {weights: {target: w}} (a weighted sum)")
+    surrogate: SurrogateSpec | None = Field(
+        None, description="score only a seeded label sample with this scorer and predict the rest from cheap "
+        "features; held-out agreement goes to the manifest and console")
 
 
 class StageSpec(Strict):

@@ -332,7 +332,7 @@ class Run:
 
     def pool_column(self, name: str) -> pl.Series | None:
         """A pool field aligned with the table: from selection.parquet when written there, else the pool file."""
-        if name in self.table.columns and name not in RESERVED and not name.startswith(("score.", "raw.")):
+        if name in self.table.columns and name not in RESERVED and not name.startswith(("score.", "raw.", "oracle.")):
             return self.table[name]
         pool = self.pool
         if pool and name in pool[0].columns:

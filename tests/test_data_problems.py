@@ -107,8 +107,6 @@ def test_on_missing_skip_never_selects_those_rows_and_counts_them(tmp_path):
     assert set(pl.read_ndjson(tmp_path / "out" / "subset.jsonl")["id"]) == {f"r{i}" for i in range(12)} - {"r4", "r7"}
 
 
-@pytest.mark.xfail(strict=True, reason="execute.py: LocalExecutor.run collects SelectkitWarnings only after "
-                                       "run.execute() has written manifest.json, so the manifest never lists them")
 def test_on_missing_warning_is_recorded_in_the_manifest(tmp_path):
     jsonl(tmp_path / "data" / "pool.jsonl", titled())
     result = cli("run", recipe(tmp_path, text=TEMPLATE, on_missing="skip"))
