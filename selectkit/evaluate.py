@@ -207,7 +207,8 @@ def evaluate(path: str | Path, *, out_dir: str | Path | None = None, cache_dir: 
     eval_sets[POOL_SAMPLE] = [texts[i] for i in sample]
     encoded = {name: proxy.encode_texts(v) for name, v in eval_sets.items()}
     nbytes = {name: np.array([len(e) - 1 for e in v], dtype=np.float64) for name, v in encoded.items()}
-    arms = ["selection", "random"] + (["stratified"] if groups is not None else []) + (["null"] if spec.null else [])
+    arms = ["selection", "random", *(["stratified"] if groups is not None else []),
+            *(["null"] if spec.random_vs_random else [])]
     bits: dict[str, dict[str, list[np.ndarray]]] = {a: {s: [] for s in eval_sets} for a in arms}
     arm_info: dict[str, list[dict]] = {a: [] for a in arms}
     k = spec.random_subsets

@@ -168,7 +168,8 @@ class ProxySpec(Strict):
     hidden: PositiveInt = Field(32, description="hidden size (the MLP is twice as wide)")
     heads: PositiveInt = Field(2, description="attention heads (must divide hidden)")
     seq_len: int = Field(64, ge=8, description="tokens per training sequence (arms are packed into sequences)")
-    epochs: PositiveInt = Field(3, description="passes over each arm's tokens")
+    epochs: PositiveInt = Field(1, description="passes over each arm's tokens (more epochs leave the early plateau at "
+                                "a seed-dependent step: more training noise at this size)")
     batch_size: PositiveInt = Field(8, description="sequences per optimizer step")
     learning_rate: float = Field(3e-3, gt=0, description="AdamW peak learning rate (linear warmup and decay)")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="linear lr warmup share of all steps")
@@ -197,7 +198,8 @@ class EvaluateSpec(Strict):
     random_subsets: PositiveInt = Field(5, description="k: random subsets matched on tokens, one per seed pair")
     stratified: bool = Field(True, description="also a random subset with the selection's mix over "
                              "output.summarize_by (needs summarize_by)")
-    null: bool = Field(True, description="also k more random subsets: the random-vs-random null (calibration)")
+    random_vs_random: bool = Field(True, description="also k more random subsets against the random arms: the "
+                                   "null that calibrates the CI")
     pool_sample: PositiveInt = Field(100, description="pool rows held out of every arm and evaluated on "
                                      "(collateral damage)")
     ngram: PositiveInt = Field(8, description="word n-gram length of the contamination check")
