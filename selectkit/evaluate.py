@@ -104,14 +104,6 @@ def evaluate(path: str | Path, *, out_dir: str | Path | None = None, cache_dir: 
         raise SelectkitError("eval measures the selection on held-out parts of the targets, and this recipe has "
                              "none", loaded.locate(("data",), at_key=True), "add a target under data.targets")
     chosen = spec.targets or targets
-    for i, name in enumerate(chosen):
-        if name not in recipe.data.targets:
-            import difflib
-
-            close = difflib.get_close_matches(name, targets, n=1)
-            raise SelectkitError(f"evaluate.targets: unknown target {name!r}" +
-                                 (f"; did you mean {close[0]!r}?" if close else ""),
-                                 loaded.locate(("evaluate", "targets", i)), f"targets: {', '.join(targets)}")
     if spec.stratified and recipe.output.summarize_by is None:
         say("note: no output.summarize_by, so no stratified arm")
     out = Path(out_dir) if out_dir else loaded.resolve_path(recipe.output.dir.replace("{name}", recipe.name) + "-eval")

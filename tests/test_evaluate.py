@@ -63,7 +63,11 @@ def runs(tmp_path_factory):
     wrong = recipe(folder, "wrong", "  dsir: {use: dsir, targets: [hamlet]}\n",
                    "  - use: topk\n    with: {score: dsir, budget: 10%}\n", {**SMALL, "targets": ["politics"]},
                    targets="    hamlet: {path: data/hamlet.jsonl}\n")
-    return {"folder": folder, "right": evaluation(right), "wrong": evaluation(wrong)}
+    console = cli("eval", right, "-q")  # the text form; its results are in the run's manifest
+    assert console.returncode == 0, console.stderr
+    manifest = json.loads((folder / "out" / "right-eval" / "run" / "manifest.json").read_text())
+    return {"folder": folder, "right": manifest["evaluation"], "console": console.stdout, "manifest": manifest,
+            "wrong": evaluation(wrong)}
 
 
 def test_quickstart_beats_random_on_held_out_politics(runs):
@@ -78,8 +82,7 @@ def test_quickstart_beats_random_on_held_out_politics(runs):
     scoring = pl.read_ndjson(split["scoring_file"])["id"].to_list()
     heldout = pl.read_ndjson(Path(split["scoring_file"]).with_name("politics.heldout.jsonl"))["id"].to_list()
     assert not set(scoring) & set(heldout) and len(scoring) == 75
-    manifest = json.loads((runs["folder"] / "out" / "right-eval" / "run" / "manifest.json").read_text())
-    assert manifest["evaluation"]["verdicts"] == result["verdicts"]
+    manifest = runs["manifest"]
     assert manifest["recipe"]["resolved"]["evaluate"]["random_subsets"] == 2  # the block is in the hashed recipe
     assert manifest["data"]["politics"]["rows"] == 75
     assert "DataDecide" in result["caveat"]
@@ -102,10 +105,9 @@ def test_random_vs_random_is_inconclusive(runs):
         assert runs[name]["sets"]["politics"]["random_vs_random"]["verdict"] == "inconclusive"
 
 
-def test_console_output_names_the_verdict_and_the_caveat(runs, tmp_path):
-    done = cli("eval", runs["folder"] / "right.yaml", "-q")
-    assert done.returncode == 0, done.stderr
-    assert "verdict: better" in done.stdout and "80%" in done.stdout and "contamination" in done.stdout
+def test_console_output_names_the_verdict_and_the_caveat(runs):
+    text = runs["console"]
+    assert "verdict: better" in text and "80%" in text and "contamination" in text and "95% CI" in text
 
 
 # statistics ------------------------------------------------------------------------------------------
@@ -154,9 +156,10 @@ def test_a_recipe_without_targets_is_a_clean_error(tmp_path):
 def test_an_unknown_evaluate_target_is_located_with_a_suggestion(demo):
     path = recipe(demo, "bad", "  dsir: {use: dsir, targets: [politics]}\n",
                   "  - use: topk\n    with: {score: dsir, budget: 10}\n", {"targets": ["politcs"]})
-    done = cli("eval", path)
-    assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert "bad.yaml:" in done.stderr and "did you mean 'politics'" in done.stderr
+    for command in ("validate", "eval"):
+        done = cli(command, path)
+        assert done.returncode == 1 and "Traceback" not in done.stderr
+        assert "bad.yaml:" in done.stderr and "did you mean 'politics'" in done.stderr
 
 
 def test_evaluate_settings_are_checked_by_validate(demo):
