@@ -33,6 +33,7 @@ from selectkit.errors import SelectkitError
 from selectkit.recipe import EvaluateSpec
 
 POOL_SAMPLE = "pool sample"
+MIN_STEPS = 50  # fewer optimizer steps leave the default proxy near its uniform-byte start (measured on the demo)
 
 
 @dataclass
@@ -96,14 +97,14 @@ def evaluate(path: str | Path, *, out_dir: str | Path | None = None, cache_dir: 
     loaded, registry = checked.loaded, checked.registry
     recipe = loaded.recipe
     spec = recipe.evaluate or EvaluateSpec()
-    require("torch", "models", "selectkit eval (the proxy model)")
-    require("transformers", "models", "selectkit eval (the proxy model)")
     seed = spec.seed if spec.seed is not None else recipe.seed
     targets = list(recipe.data.targets)
     if not targets:
         raise SelectkitError("eval measures the selection on held-out parts of the targets, and this recipe has "
                              "none", loaded.locate(("data",), at_key=True), "add a target under data.targets")
     chosen = spec.targets or targets
+    require("torch", "models", "selectkit eval (the proxy model)")
+    require("transformers", "models", "selectkit eval (the proxy model)")
     if spec.stratified and recipe.output.summarize_by is None:
         say("note: no output.summarize_by, so no stratified arm")
     out = Path(out_dir) if out_dir else loaded.resolve_path(recipe.output.dir.replace("{name}", recipe.name) + "-eval")
@@ -163,9 +164,9 @@ def evaluate(path: str | Path, *, out_dir: str | Path | None = None, cache_dir: 
         raise SelectkitError(f"the selection holds {budget} proxy tokens, too few to train on (at least "
                              f"{proxy_spec.seq_len * 2}: two sequences of evaluate.proxy.seq_len)")
     pool_tokens = int(lengths[available].sum())
-    groups = None
+    groups = None  # the summarize_by column: each arm's mix, and the strata of the stratified arm
     column = recipe.output.summarize_by
-    if spec.stratified and column and column in pool.columns:
+    if column and column in pool.columns:
         groups = pool.column(column).cast(str).fill_null("(missing)").to_numpy()
 
     def ordered(rows: np.ndarray, labels: tuple) -> np.ndarray:
@@ -199,7 +200,7 @@ def evaluate(path: str | Path, *, out_dir: str | Path | None = None, cache_dir: 
     eval_sets[POOL_SAMPLE] = [texts[i] for i in sample]
     encoded = {name: proxy.encode_texts(v) for name, v in eval_sets.items()}
     nbytes = {name: np.array([len(e) - 1 for e in v], dtype=np.float64) for name, v in encoded.items()}
-    arms = ["selection", "random", *(["stratified"] if groups is not None else []),
+    arms = ["selection", "random", *(["stratified"] if spec.stratified and groups is not None else []),
             *(["null"] if spec.random_vs_random else [])]
     bits: dict[str, dict[str, list[np.ndarray]]] = {a: {s: [] for s in eval_sets} for a in arms}
     arm_info: dict[str, list[dict]] = {a: [] for a in arms}
@@ -273,6 +274,10 @@ def evaluate(path: str | Path, *, out_dir: str | Path | None = None, cache_dir: 
     if budget < int(lengths[chosen_rows].sum()):
         warnings.append(f"the selection's {int(lengths[chosen_rows].sum()):,} tokens were cut to "
                         f"evaluate.proxy.max_tokens = {budget:,} per arm")
+    steps = -(-(budget // proxy_spec.seq_len) // proxy_spec.batch_size) * proxy_spec.epochs
+    if steps < MIN_STEPS:
+        warnings.append(f"each proxy trained only {steps} optimizer steps (the selection's {budget:,} tokens): too "
+                        "few to move far from its initialisation; raise evaluate.proxy.epochs")
     if pool_tokens < 2 * budget:
         warnings.append("the selection holds half the pool's tokens or more: random arms overlap it heavily")
     results["warnings"] = warnings
