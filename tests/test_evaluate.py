@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from conftest import RECIPES, cli
 
 from selectkit import evalstats
 from selectkit.evaluate import overlap, split_target
 from selectkit.noise import row_keys
-from tests.conftest import cli
 
 # small enough for the default suite: each run trains 3 pairs x 3 arms of the default 23k-parameter proxy on a 5%
 # selection's tokens (two pairs are too few for the pair level of the bootstrap: the null's CI comes out too narrow)
@@ -52,8 +52,6 @@ def runs(tmp_path_factory):
     lines are short, and 5% of them trains the proxy for too few steps to tell anything), evaluated on the
     held-out political statements."""
     import shutil
-
-    from tests.conftest import RECIPES
 
     folder = tmp_path_factory.mktemp("eval")
     shutil.copytree(RECIPES / "data", folder / "data")
