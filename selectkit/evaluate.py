@@ -33,7 +33,6 @@ from selectkit.errors import SelectkitError
 from selectkit.recipe import EvaluateSpec
 
 POOL_SAMPLE = "pool sample"
-MIN_STEPS = 50  # fewer optimizer steps leave the default proxy near its uniform-byte start (measured on the demo)
 
 
 @dataclass
@@ -205,6 +204,7 @@ def evaluate(path: str | Path, *, out_dir: str | Path | None = None, cache_dir: 
     bits: dict[str, dict[str, list[np.ndarray]]] = {a: {s: [] for s in eval_sets} for a in arms}
     arm_info: dict[str, list[dict]] = {a: [] for a in arms}
     k = spec.random_subsets
+    passes = proxy.epochs(proxy_spec, budget // proxy_spec.seq_len)
     train_started = time.perf_counter()
     with proxy.threads(proxy_spec.threads):
         for i in range(k):
@@ -219,7 +219,7 @@ def evaluate(path: str | Path, *, out_dir: str | Path | None = None, cache_dir: 
                 rows = rows_of[arm]
                 sequences = proxy.pack(proxy.encode_texts([texts[r] for r in rows]), budget, proxy_spec.seq_len)
                 say(f"pair {i + 1}/{k}: training the proxy on the {arm} arm ({len(rows)} examples, "
-                    f"{sequences.size:,} tokens x {proxy_spec.epochs} epochs)")
+                    f"{sequences.size:,} tokens x {passes} epoch{'s' if passes > 1 else ''})")
                 model = proxy.train(proxy_spec, sequences, pair_seed)
                 for name in eval_sets:
                     bits[arm][name].append(proxy.bits(model, encoded[name], proxy_spec.seq_len))
@@ -256,7 +256,7 @@ def evaluate(path: str | Path, *, out_dir: str | Path | None = None, cache_dir: 
                      for name in chosen}
     results = {
         "settings": spec.model_dump(mode="json"), "seed": seed,
-        "proxy": {"config": proxy.config(proxy_spec), "tokens_per_arm": budget, "epochs": proxy_spec.epochs,
+        "proxy": {"config": proxy.config(proxy_spec), "tokens_per_arm": budget, "epochs": passes,
                   "parameters": _parameters(proxy.config(proxy_spec))},
         "split": split_info, "pool_sample": int(len(sample)), "pool_tokens_available": pool_tokens,
         "contamination": {"ngram": spec.ngram, "targets": contamination},
@@ -274,10 +274,6 @@ def evaluate(path: str | Path, *, out_dir: str | Path | None = None, cache_dir: 
     if budget < int(lengths[chosen_rows].sum()):
         warnings.append(f"the selection's {int(lengths[chosen_rows].sum()):,} tokens were cut to "
                         f"evaluate.proxy.max_tokens = {budget:,} per arm")
-    steps = -(-(budget // proxy_spec.seq_len) // proxy_spec.batch_size) * proxy_spec.epochs
-    if steps < MIN_STEPS:
-        warnings.append(f"each proxy trained only {steps} optimizer steps (the selection's {budget:,} tokens): too "
-                        "few to move far from its initialisation; raise evaluate.proxy.epochs")
     if pool_tokens < 2 * budget:
         warnings.append("the selection holds half the pool's tokens or more: random arms overlap it heavily")
     results["warnings"] = warnings

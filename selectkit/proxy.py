@@ -43,9 +43,15 @@ def config(spec: ProxySpec) -> dict:
             "bos_token_id": SEPARATOR, "tie_word_embeddings": True}
 
 
+def epochs(spec: ProxySpec, sequences: int) -> int:
+    """`spec.epochs`, or more when one pass over `sequences` is under `spec.min_steps` optimizer steps."""
+    per_epoch = max(1, -(-sequences // spec.batch_size))
+    return max(spec.epochs, -(-spec.min_steps // per_epoch))
+
+
 def train(spec: ProxySpec, sequences: np.ndarray, seed: int,
           progress: Callable[[int, int], None] | None = None) -> Any:
-    """A fresh proxy (initialised from `seed`) trained `spec.epochs` times over `sequences`, in a
+    """A fresh proxy (initialised from `seed`) trained `epochs(spec, ...)` times over `sequences`, in a
     seeded order per epoch: two arms with the same seed and sequence count see the same schedule."""
     import torch
 
@@ -58,14 +64,15 @@ def train(spec: ProxySpec, sequences: np.ndarray, seed: int,
     opt = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=spec.weight_decay,
                             betas=(0.9, 0.999), eps=1e-8)
     steps = -(-len(data) // spec.batch_size)
-    total = steps * spec.epochs
+    passes = epochs(spec, len(data))
+    total = steps * passes
     sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(total, int(np.ceil(spec.warmup_ratio * total))))
 
     def make_batch(rows):
         ids = data[torch.as_tensor(np.asarray(rows))]
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
 
-    for epoch in range(spec.epochs):
+    for epoch in range(passes):
         order = np.random.default_rng([seed, epoch]).permutation(len(data))
         train_epoch(model, opt, sched, order, batch_size=spec.batch_size, micro_batch_size=spec.batch_size,
                     make_batch=make_batch, clip=spec.clip,

@@ -170,6 +170,9 @@ class ProxySpec(Strict):
     seq_len: int = Field(64, ge=8, description="tokens per training sequence (arms are packed into sequences)")
     epochs: PositiveInt = Field(1, description="passes over each arm's tokens (more epochs leave the early plateau at "
                                 "a seed-dependent step: more training noise at this size)")
+    min_steps: PositiveInt = Field(
+        60, description="optimizer steps at least: a small selection is passed over more epochs (every arm alike), "
+        "since fewer steps leave the proxy near its uniform-byte start")
     batch_size: PositiveInt = Field(8, description="sequences per optimizer step")
     learning_rate: float = Field(3e-3, gt=0, description="AdamW peak learning rate (linear warmup and decay)")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="linear lr warmup share of all steps")
