@@ -274,6 +274,9 @@ def evaluate(path: str | Path, *, out_dir: str | Path | None = None, cache_dir: 
     if budget < int(lengths[chosen_rows].sum()):
         warnings.append(f"the selection's {int(lengths[chosen_rows].sum()):,} tokens were cut to "
                         f"evaluate.proxy.max_tokens = {budget:,} per arm")
+    if k < 3:
+        warnings.append(f"{k} seed pair{'s' if k > 1 else ''}: too few to measure the training noise; the CI "
+                        "holds mostly the evaluation texts' spread (random_subsets: 5 or more)")
     if pool_tokens < 2 * budget:
         warnings.append("the selection holds half the pool's tokens or more: random arms overlap it heavily")
     results["warnings"] = warnings

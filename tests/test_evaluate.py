@@ -16,9 +16,9 @@ from selectkit import evalstats
 from selectkit.evaluate import overlap, split_target
 from selectkit.noise import row_keys
 
-# small enough for the default suite: each run trains 3 pairs x 3 arms of the default 23k-parameter proxy on a 5%
-# selection's tokens (two pairs are too few for the pair level of the bootstrap: the null's CI comes out too narrow)
-SMALL = {"random_subsets": 3, "stratified": False, "pool_sample": 50, "bootstrap": 500, "permutations": 500,
+# small enough for the default suite: each run trains 4 pairs x 3 arms of the default 23k-parameter proxy on a 5%
+# selection's tokens (two pairs are too few for the pair level of the bootstrap: the null's CI came out too narrow)
+SMALL = {"random_subsets": 4, "stratified": False, "pool_sample": 50, "bootstrap": 500, "permutations": 500,
          "proxy": {"epochs": 1}}  # the default proxy
 
 
@@ -83,7 +83,7 @@ def test_quickstart_beats_random_on_held_out_politics(runs):
     heldout = pl.read_ndjson(Path(split["scoring_file"]).with_name("politics.heldout.jsonl"))["id"].to_list()
     assert not set(scoring) & set(heldout) and len(scoring) == 75
     manifest = runs["manifest"]
-    assert manifest["recipe"]["resolved"]["evaluate"]["random_subsets"] == 3  # the block is in the hashed recipe
+    assert manifest["recipe"]["resolved"]["evaluate"]["random_subsets"] == 4  # the block is in the hashed recipe
     assert manifest["data"]["politics"]["rows"] == 75
     assert "DataDecide" in result["caveat"]
     page = (runs["folder"] / "out" / "right-eval" / "run" / "report.html").read_text()
@@ -123,6 +123,7 @@ def test_compare_finds_a_real_difference_and_not_a_null_one():
     noise = base + nbytes * rng.normal(0, 0.05, size=(5, 80))
     null = evalstats.compare("a", noise, "b", base, nbytes, bootstrap=1000, permutations=1000, seed=1)
     assert null.verdict == "inconclusive" and null.ci_low < 0 < null.ci_high
+    assert evalstats.small_k_factor(5) == pytest.approx(2.571 / 1.96 * (5 / 4) ** 0.5, rel=1e-3)
     again = evalstats.compare("a", noise, "b", base, nbytes, bootstrap=1000, permutations=1000, seed=1)
     assert again == null  # seeded
 
