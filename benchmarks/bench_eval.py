@@ -3,7 +3,7 @@ distribution of random vs random over seeds (a `random` selector's subset evalua
 arms: the selection path itself, so every verdict that is not "inconclusive" is a false positive).
 
     .venv/bin/python benchmarks/bench_eval.py                      # quickstart + 20 random seeds
-    .venv/bin/python benchmarks/bench_eval.py --seeds 5 --skip-quickstart
+    .venv/bin/python benchmarks/bench_eval.py --seeds 10 --first-seed 10 --skip-quickstart
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ def evaluate(recipe: Path, out: Path, cache: Path) -> tuple[float, dict]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--skip-quickstart", action="store_true")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
@@ -69,7 +70,7 @@ def main() -> None:
                   f"selection - random {c['difference']:+.4f} bpb [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] "
                   f"-> {c['verdict']}", flush=True)
         verdicts, rows = collections.Counter(), []
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             recipe = tmp_path / f"random-{seed}.yaml"
             recipe.write_text(RANDOM_RECIPE.format(seed=seed, data=ROOT / "recipes" / "data", out=tmp_path))
             seconds, result = evaluate(recipe, tmp_path / f"eval-{seed}", tmp_path / "cache")
