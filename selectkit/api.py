@@ -47,13 +47,26 @@ def run(path: str | Path, *, cache_dir: str | Path | None = None, out_dir: str |
     """Validate, compile and execute a recipe; write its outputs. Returns the result and files."""
     compiled = plan(path, cache_dir=cache_dir, out_dir=out_dir, devices=devices, registry=registry, limit=limit,
                     options=options)
-    registry = compiled.registry
-    execution = compiled.recipe.execution
-    name = executor or (options or {}).get("executor") or compiled.options.get("executor") or execution.executor
-    settings = {k: v for k, v in execution.model_dump().items() if k != "executor" and v is not None}
-    result = registry.get("executors", name)().run(compiled, progress=progress, options={**settings,
-                                                                                          **(options or {})})
+    result = run_plan(compiled, executor=executor, progress=progress, options=options)
     return RunOutput(result, result.files)
 
 
-__all__ = ["Checked", "LoadedRecipe", "Plan", "RunResult", "load", "plan", "run", "validate"]
+def run_plan(compiled: Plan, *, executor: str | None = None, progress: Callable[[str], None] | None = None,
+             options: dict | None = None) -> RunResult:
+    """Execute a compiled Plan with its executor (the recipe's, or `executor`) and write its outputs."""
+    execution = compiled.recipe.execution
+    name = executor or (options or {}).get("executor") or compiled.options.get("executor") or execution.executor
+    settings = {k: v for k, v in execution.model_dump().items() if k != "executor" and v is not None}
+    return compiled.registry.get("executors", name)().run(compiled, progress=progress,
+                                                          options={**settings, **(options or {})})
+
+
+def evaluate(path: str | Path, **kwargs):
+    """`selectkit eval`: the selection against token-matched random subsets on held-out target parts
+    (see selectkit.evaluate)."""
+    from selectkit.evaluate import evaluate as run_evaluation
+
+    return run_evaluation(path, **kwargs)
+
+
+__all__ = ["Checked", "LoadedRecipe", "Plan", "RunResult", "evaluate", "load", "plan", "run", "run_plan", "validate"]

@@ -256,6 +256,30 @@ def summary(output) -> str:
     return "\n".join(lines)
 
 
+@main.command("eval")
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path),
+              help="eval folder: split/ (the target parts) and run/ (default: output.dir + '-eval')")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="no progress messages")
+@click.option("--trust-remote-code", is_flag=True, help="allow models whose recipe entry also allows it")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="artifact cache (default: ~/.cache/selectkit)")
+def evaluate(recipe: Path, out_dir: Path | None, fmt: str, quiet: bool, trust_remote_code: bool,
+             cache_dir: Path | None) -> None:
+    """Does the selection beat random data? Hold out part of each target, train a small proxy LM on the
+    selection and on token-matched random subsets, compare bits per byte with a bootstrap CI."""
+    from selectkit import api
+    from selectkit.evaluate import render
+
+    options = {"trust_remote_code": True} if trust_remote_code else {}
+    say = (lambda line: None) if quiet or fmt == "json" else (lambda line: click.echo(line, err=True))
+    try:
+        evaluation = api.evaluate(recipe, out_dir=out_dir, cache_dir=cache_dir, say=say, options=options)
+    except SelectkitError as exc:
+        _fail(exc)
+    click.echo(json.dumps(evaluation.results, indent=2) if fmt == "json" else render(evaluation))
+
+
 @main.command()
 @click.argument("name", required=False)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)

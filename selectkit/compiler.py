@@ -112,6 +112,7 @@ def check(loaded: LoadedRecipe, registry: Registry | None = None) -> Checked:
     stages = _check_stages(loaded, registry, scores, sources, out) if "select" not in broken else []
     if "output" not in broken and sources:
         _check_output(loaded, sources, out)
+    _check_evaluate(loaded, out)
     if out.errors:
         raise RecipeErrors(_by_line(out.errors))
     if recipe.execution.executor != "local":
@@ -244,6 +245,22 @@ def _check_output(loaded: LoadedRecipe, sources: dict[str, SourceNode], out: _Co
         pass
     for problem in output_conflicts(out_dir, inputs):
         out.add(problem, ("output", "dir"), hint="choose another output.dir", code="output-folder")
+
+
+def _check_evaluate(loaded: LoadedRecipe, out: _Collector) -> None:
+    """`evaluate.targets` name targets of the recipe (for `selectkit eval`)."""
+    spec = getattr(loaded.recipe, "evaluate", None)
+    data = getattr(loaded.recipe, "data", None)
+    if spec is None or not spec.targets or data is None or "targets" in loaded.broken["sections"]:
+        return
+    known = list(data.targets) + sorted(loaded.broken["targets"])
+    for i, name in enumerate(spec.targets):
+        if name not in known:
+            import difflib
+
+            close = difflib.get_close_matches(name, known, n=1)
+            out.add(f"evaluate.targets: unknown target {name!r}" + (f"; did you mean {close[0]!r}?" if close else ""),
+                    ("evaluate", "targets", i), hint=None if close else f"targets: {', '.join(known) or 'none'}")
 
 
 def _check_models(loaded: LoadedRecipe, out: _Collector) -> None:

@@ -420,3 +420,17 @@ def max_length(spec: ModelSpec, config: Any) -> int:
     if isinstance(positions, int) and positions > 0:
         limit = min(limit, positions)
     return limit
+
+
+def new_causal_lm(config: dict, seed: int) -> Any:
+    """A causal LM built from scratch from a config dict (`model_type` picks the architecture),
+    its weights initialised from `seed`: the proxy models `selectkit eval` trains."""
+    require("torch", "models", "the proxy model")
+    transformers = require("transformers", "models", "the proxy model")
+    import torch
+
+    transformers.utils.logging.set_verbosity_error()
+    settings = dict(config)
+    cfg = transformers.AutoConfig.for_model(settings.pop("model_type"), **settings)
+    torch.manual_seed(seed)
+    return transformers.AutoModelForCausalLM.from_config(cfg)

@@ -227,6 +227,58 @@ class ExecutionSpec(Strict):
         "when the recipe runs a model, else 65536")
 
 
+class ProxySpec(Strict):
+    """`evaluate.proxy`: the small causal LM every arm trains from scratch (a Llama config the tool
+    builds, byte-level tokens as the demo model's ByT5 tokenizer): CPU-friendly by default."""
+
+    layers: PositiveInt = Field(1, description="transformer layers")
+    hidden: PositiveInt = Field(32, description="hidden size (the MLP is twice as wide)")
+    heads: PositiveInt = Field(2, description="attention heads (must divide hidden)")
+    seq_len: int = Field(64, ge=8, description="tokens per training sequence (arms are packed into sequences)")
+    epochs: PositiveInt = Field(1, description="passes over each arm's tokens (more epochs leave the early plateau at "
+                                "a seed-dependent step: more training noise at this size)")
+    min_steps: PositiveInt = Field(
+        60, description="optimizer steps at least: a small selection is passed over more epochs (every arm alike), "
+        "since fewer steps leave the proxy near its uniform-byte start")
+    batch_size: PositiveInt = Field(8, description="sequences per optimizer step")
+    learning_rate: float = Field(3e-3, gt=0, description="AdamW peak learning rate (linear warmup and decay)")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="linear lr warmup share of all steps")
+    weight_decay: float = Field(0.0, ge=0)
+    clip: float | None = Field(1.0, gt=0, description="gradient-norm clipping (null: none)")
+    max_tokens: PositiveInt = Field(
+        262144, description="tokens per arm and epoch at most: a larger selection is trained on a keyed sample "
+        "of its tokens (every arm gets the same number)")
+    threads: PositiveInt = Field(1, description="torch CPU threads (1 is fastest for a model this small on a "
+                                 "busy machine)")
+
+    @model_validator(mode="after")
+    def _heads_divide(self):
+        if self.hidden % self.heads:
+            raise ValueError(f"heads ({self.heads}) must divide hidden ({self.hidden})")
+        return self
+
+
+class EvaluateSpec(Strict):
+    """`evaluate:` for `selectkit eval`: hold out part of each target, train the same proxy model on the
+    selection and on random subsets with the same tokens, and compare bits per byte on the held-out parts."""
+
+    heldout: float = Field(0.25, gt=0, lt=1, description="share of each target held out for evaluation "
+                           "(seeded by row id); the recipe scores against the rest")
+    targets: list[str] | None = Field(None, description="targets evaluated on (default: all)")
+    random_subsets: PositiveInt = Field(5, description="k: random subsets matched on tokens, one per seed pair")
+    stratified: bool = Field(True, description="also a random subset with the selection's mix over "
+                             "output.summarize_by (needs summarize_by)")
+    random_vs_random: bool = Field(True, description="also k more random subsets against the random arms: the "
+                                   "null that calibrates the CI")
+    pool_sample: PositiveInt = Field(100, description="pool rows held out of every arm and evaluated on "
+                                     "(collateral damage)")
+    ngram: PositiveInt = Field(8, description="word n-gram length of the contamination check")
+    bootstrap: PositiveInt = Field(2000, description="two-level bootstrap replicates")
+    permutations: PositiveInt = Field(5000, description="paired permutation test resamples")
+    seed: int | None = Field(None, description="default: the recipe seed")
+    proxy: ProxySpec = Field(default_factory=ProxySpec)
+
+
 class Recipe(Strict):
     selectkit: int = Field(description="recipe format version")
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -238,6 +290,7 @@ class Recipe(Strict):
     select: list[StageSpec] = Field(min_length=1)
     output: OutputSpec = Field(default_factory=OutputSpec)
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
+    evaluate: EvaluateSpec | None = Field(None, description="settings of `selectkit eval` (defaults when absent)")
 
     @field_validator("selectkit")
     @classmethod

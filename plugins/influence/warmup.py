@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from selectkit.recipe import WarmupSpec
+from selectkit.training import linear_schedule, train_epoch
 
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
@@ -41,15 +42,6 @@ def warmup_rows(keys: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     draw = uniform(seed, ("warmup",), keys)
     chosen = np.argpartition(draw, k - 1)[:k] if k < n else np.arange(n)
     return chosen[canonical_order(keys[chosen])]
-
-
-def _lr_lambda(total: int, warm: int) -> Callable[[int], float]:
-    """transformers' get_linear_schedule_with_warmup."""
-    def fn(step: int) -> float:
-        if step < warm:
-            return step / max(1, warm)
-        return max(0.0, (total - step) / max(1, total - warm))
-    return fn
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -79,38 +71,25 @@ class Warmup:
         self.steps_per_epoch = -(-len(self.texts) // spec.batch_size)
         total = self.steps_per_epoch * spec.epochs
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt,
-                                                       _lr_lambda(total, int(np.ceil(spec.warmup_ratio * total))))
+                                                       linear_schedule(total, int(np.ceil(spec.warmup_ratio * total))))
 
     def train_epoch(self, epoch: int, progress: Callable[[int, int, float], None] | None = None) -> dict:
         """Epoch `epoch` (0-based); returns its mean learning rate and mean loss."""
         import torch
 
         from selectkit.lm import batch as lm_batch
-        from selectkit.lm import example_loss
 
         spec = self.spec
         torch.manual_seed(epoch_seed(self.seed, epoch))  # dropout: reseeded per epoch, so resume is exact
         self.model.train()
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.texts))
-        lrs, losses = [], []
-        for s in range(self.steps_per_epoch):
-            rows = order[s * spec.batch_size:(s + 1) * spec.batch_size]
-            lrs.append(self.opt.param_groups[0]["lr"])
-            self.opt.zero_grad(set_to_none=True)
-            total = 0.0
-            for m in range(0, len(rows), spec.micro_batch_size):
-                part = rows[m:m + spec.micro_batch_size]
-                b = lm_batch(self.tokenizer, [self.texts[i] for i in part],
-                             [self.prompts[i] for i in part] if self.prompts is not None else None, self.max_length)
-                b = {k: v.to(self.model.device) for k, v in b.items()}
-                loss = example_loss(self.model, b).sum() / len(rows)
-                loss.backward()
-                total += float(loss.detach())
-            self.opt.step()
-            self.sched.step()
-            losses.append(total)
-            if progress:
-                progress(s + 1, self.steps_per_epoch, total)
+
+        def make_batch(part):
+            return lm_batch(self.tokenizer, [self.texts[i] for i in part],
+                            [self.prompts[i] for i in part] if self.prompts is not None else None, self.max_length)
+
+        lrs, losses = train_epoch(self.model, self.opt, self.sched, order, batch_size=spec.batch_size,
+                                  micro_batch_size=spec.micro_batch_size, make_batch=make_batch, progress=progress)
         self.model.eval()
         return {"lr": float(np.mean(lrs)), "loss": float(np.mean(losses)), "epoch": epoch + 1,
                 "step": (epoch + 1) * self.steps_per_epoch, "examples": len(self.texts)}

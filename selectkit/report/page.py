@@ -21,6 +21,7 @@ def build(run: Run, figures: bool, embeddings: tuple | None = None) -> str:
     groups = run.pool_column(run.summarize_by) if run.summarize_by else None
     group_values = None if groups is None else groups.cast(str).fill_null("(missing)").to_numpy()
     parts = [("header", "Run", header(run)),
+             ("evaluation", "Evaluation", evaluation(run)),
              ("warnings", "Warnings", warnings(run, group_values)),
              ("funnel", "Funnel", funnel(run, figures)),
              ("composition", "Composition", composition(run, group_values, figures)),
@@ -82,6 +83,46 @@ def header(run: Run) -> str:
     grid = "".join(f"<div>{b}</div>" for b in blocks)
     return (f'<header class="top" id="header"><h1>{h.esc(f"selectkit report: {run.name}")}</h1>'
             f'<p class="lead">{h.esc(lead)}</p><div class="grid">{grid}</div></header>\n')
+
+
+# evaluation -------------------------------------------------------------------------------
+COMPARISONS = (("selection_vs_random", "selection − random"), ("selection_vs_stratified", "selection − stratified"),
+               ("random_vs_random", "random − random (null)"))
+
+
+def evaluation(run: Run) -> str:
+    """`selectkit eval`'s results (manifest `evaluation`): verdicts, bits per byte per arm, CIs, contamination."""
+    ev = run.manifest.get("evaluation")
+    if not isinstance(ev, dict):
+        return ""
+    proxy = ev.get("proxy") or {}
+    blocks = [h.pairs([("proxy", f"{h.num(proxy.get('parameters'))}-parameter Llama from scratch"),
+                       ("tokens per arm and epoch", proxy.get("tokens_per_arm")), ("epochs", proxy.get("epochs")),
+                       ("seed pairs", len((ev.get("arms") or {}).get("selection") or [])),
+                       ("pool rows held out of every arm", ev.get("pool_sample"))])]
+    rows = []
+    for name, entry in (ev.get("sets") or {}).items():
+        for key, label in COMPARISONS:
+            c = entry.get(key)
+            if c:
+                rows.append((name, label, c.get("bpb_a"), c.get("bpb_b"), c.get("difference"),
+                             f"[{h.num(c.get('ci_low'))}, {h.num(c.get('ci_high'))}]", c.get("p_value"),
+                             c.get("verdict")))
+    blocks.append(h.table(["evaluated on", "comparison", "bpb A", "bpb B", "A − B", "95% CI", "p", "verdict"], rows,
+                          numeric=[2, 3, 4, 6]))
+    contamination = (ev.get("contamination") or {}).get("targets") or {}
+    if contamination:
+        n = (ev.get("contamination") or {}).get("ngram")
+        blocks.append(f"<h3>Contamination ({h.esc(n)}-grams)</h3>" + h.table(
+            ["held-out target", "examples sharing one with the pool", "with the selection", "n-grams found in pool"],
+            [(t, h.pct(c["pool"]["examples_with_overlap"]), h.pct(c["selection"]["examples_with_overlap"]),
+              h.pct(c["pool"]["ngrams_found"])) for t, c in contamination.items()]))
+    notes = [*(ev.get("warnings") or []), ev.get("caveat") or ""]
+    blocks.append("<ul>" + "".join(f"<li>{h.esc(n)}</li>" for n in notes if n) + "</ul>")
+    verdicts = ", ".join(f"{k}: {v}" for k, v in (ev.get("verdicts") or {}).items())
+    return h.section("evaluation", "Evaluation", "".join(blocks),
+                     f"selectkit eval: the proxy trained on the selection against token-matched random subsets, "
+                     f"bits per byte on held-out data (lower is better); verdicts {verdicts}")
 
 
 # warnings ---------------------------------------------------------------------------------
