@@ -107,7 +107,7 @@ def bits(model: Any, encoded: Sequence[Sequence[int]], seq_len: int, batch: int 
                 ids[r, :len(w)] = torch.from_numpy(np.asarray(w, dtype=np.int64))
                 mask[r, :len(w)] = 1
             logits = model(input_ids=ids, attention_mask=mask).logits
-            lp, _ = token_logprobs(logits, ids)
+            lp, _, _ = token_logprobs(logits, ids)
             lp = np.where(mask[:, 1:].numpy() > 0, lp, 0.0)
             np.add.at(out, np.asarray(owner)[order[a:a + batch]], -lp.sum(1) / math.log(2))
     return out
