@@ -169,8 +169,14 @@ def test_cutoffs_are_marked_with_the_values_the_stages_used(runs, tmp_path):
     ppl_bound = table.filter(pl.col("dropped_by").is_null() | (pl.col("dropped_by") != "threshold"))["score.ppl"].max()
     mink_bound = table.filter(pl.col("dropped_by").is_null())["score.mink"].min()
     cuts = {row[0]: row[1] for row in tables(page)["scores"][1][1:]}
-    assert cuts["threshold"] == f"score.ppl <= {ppl_bound:.6g} (observed)"
-    assert cuts["topk"] == f"score.mink >= {mink_bound:.6g} (observed)"
+    stages = {s["stage"]: s["diagnostics"] for s in json.loads((run / "manifest.json").read_text())["selection"][
+        "per_stage"]}
+    recorded = stages["threshold"]["cutoff"]["high"]  # the stage's rule: the 0.9 quantile of its candidates
+    dropped = table.filter(pl.col("dropped_by") == "threshold")["score.ppl"].min()
+    assert ppl_bound <= recorded < dropped
+    assert cuts["threshold"] == f"score.ppl <= {recorded:.6g}"  # the recorded value, not an observed one
+    assert stages["topk"]["cutoff"]["low"] == pytest.approx(mink_bound)
+    assert cuts["topk"] == f"score.mink >= {mink_bound:.6g}"
     text = page.read_text()
     assert "cut: threshold" in text and "cut: topk" in text  # the dashed lines' legends in the figures
 

@@ -45,7 +45,8 @@ class Threshold(Selector):
         if p.budget is not None:
             order = kept[np.argsort(-ctx.score.oriented()[kept], kind="stable")]  # ties: candidate (key) order
             kept = np.sort(ctx.take(order, p.budget))
-        return Selection(indices=kept)
+        cutoff = {"low": max(bounds_low) if bounds_low else None, "high": min(bounds_high) if bounds_high else None}
+        return Selection(indices=kept, diagnostics={"cutoff": cutoff, "nan": int(np.isnan(values).sum())})
 
 
 def _quantile(values: np.ndarray, q: float | None) -> float | None:

@@ -39,7 +39,18 @@ class TopK(Selector):
         order = best_first(values, ctx.candidates)
         if self.params.max_group_fraction is not None:
             order = _cap_groups(order, ctx, self.params)
-        return Selection(indices=ctx.take(order, self.params.budget))
+        kept = ctx.take(order, self.params.budget)
+        return Selection(indices=kept, diagnostics={"cutoff": _cutoff(ctx, kept, self.params.prefer)})
+
+
+def _cutoff(ctx: SelectContext, kept: np.ndarray, prefer: str) -> dict:
+    """The last kept value, in the score's own units: kept rows lie on its `low` side or `high` side."""
+    raw = np.asarray(ctx.score.values, dtype=np.float64)[kept]
+    raw = raw[~np.isnan(raw)]
+    if not len(raw):
+        return {"low": None, "high": None}
+    high_side = ctx.score.higher_is_better != (prefer == "worst")  # kept are the high values
+    return {"low": float(raw.min()), "high": None} if high_side else {"low": None, "high": float(raw.max())}
 
 
 def _cap_groups(order: np.ndarray, ctx: SelectContext, params: TopKParams) -> np.ndarray:
