@@ -351,8 +351,8 @@ def test_smollm2_loads_and_scores_perplexity_like_plain_transformers(tmp_path):
     copy: identical weights and tokens, and the perplexity scorer equals a hand-written loss."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("gguf")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from model_fixtures import dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from selectkit.cache import Cache
     from selectkit.models import load_model
