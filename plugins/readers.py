@@ -104,6 +104,27 @@ class JsonlRows(RowSource):
                                     f"not {type(value).__name__}") from None
             raise DataError(f"{self.path.name}: cannot read lines {numbers[0]}-{numbers[-1]}: {exc}") from None
 
+    def not_text(self, frame: pl.DataFrame, lo: int, columns: list[str]) -> tuple[int, str, str] | None:
+        """polars reads a field that holds text in some lines and objects or arrays in others as
+        text (the JSON printed): find such a line, checking only values that look like JSON."""
+        suspects: dict[int, list[str]] = {}
+        for name in columns:
+            if name in frame.columns and frame.schema[name] == pl.String:
+                col = frame[name]
+                looks = (col.str.starts_with("{") & col.str.ends_with("}")) | \
+                    (col.str.starts_with("[") & col.str.ends_with("]"))
+                for i in np.flatnonzero(looks.fill_null(False).to_numpy()).tolist():
+                    suspects.setdefault(i, []).append(name)
+        if not suspects:
+            return None
+        lines, _ = self._lines(lo, lo + frame.height)
+        for i in sorted(suspects):
+            value = json.loads(lines[i])
+            for name in suspects[i]:
+                if isinstance(value.get(name), dict | list):
+                    return lo + i, name, "a JSON object" if isinstance(value[name], dict) else "a JSON array"
+        return None
+
     @property
     def columns(self) -> list[str]:
         if self._columns is None:

@@ -1,78 +1,137 @@
 """The `selectkit` command: a thin layer over the Python API. User errors print
-`file:line:col: message` and exit non-zero, never a traceback."""
+`file:line:col: message` and exit non-zero, never a traceback; so do faults of the machine
+(disk full, read-only or missing folders, permissions), unless `--debug` asks for the traceback."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sys
 from pathlib import Path
 
 import click
 
-from selectkit.errors import RecipeErrors, SelectkitError
+from selectkit.errors import RecipeErrors, SelectkitError, describe_fault, diagnostic, fault_errno
+
+
+def _debug() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.find_root().params.get("debug"))
 
 
 def _fail(exc: SelectkitError, code: int = 1) -> None:
+    if _debug():
+        raise exc
     for line in str(exc).splitlines():
         click.echo(f"error: {line}" if not line[:1].isspace() else line, err=True)
     sys.exit(code)
 
 
-def _registry(strict: bool):
+class _Writes:
+    """The folders this process wrote into, one per file system, seen through audit events (files
+    opened for writing, folders made): a write that fails (disk full, file too large) raises an
+    error without a path, and Rust libraries (polars) open files unseen, so the error line names
+    these folders instead."""
+
+    folders: dict[int, str] = {}  # st_dev -> the folder last written into on that file system
+    watching = False
+
+    @classmethod
+    def watch(cls) -> None:
+        if not cls.watching:
+            sys.addaudithook(cls._note)
+            cls.watching = True
+
+    @classmethod
+    def _note(cls, event: str, args: tuple) -> None:
+        writing = event == "open" and len(args) == 3 and isinstance(args[2], int) and \
+            args[2] & (os.O_WRONLY | os.O_RDWR)
+        if (writing or event == "os.mkdir") and isinstance(args[0], str | bytes | os.PathLike):
+            folder = os.path.dirname(os.path.abspath(os.fsdecode(args[0])))
+            try:
+                device = os.stat(folder).st_dev
+            except OSError:
+                return
+            cls.folders.pop(device, None)
+            cls.folders[device] = folder
+
+    @classmethod
+    def recent(cls) -> list[str]:
+        return list(reversed(cls.folders.values()))
+
+
+class _Commands(click.Group):
+    """The top-level group: a fault of the machine becomes one `error:` line and exit 1."""
+
+    def invoke(self, ctx: click.Context):
+        _Writes.watch()
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            text = describe_fault(exc, _Writes.recent())
+            if text is None or ctx.params.get("debug") or fault_errno(exc) == errno.EPIPE:
+                raise  # a bug (report it with the traceback), --debug, or a closed pipe (click handles it)
+            click.echo(f"error: {text}", err=True)
+            sys.exit(1)
+
+
+def _registry(strict: bool, show_warnings: bool = True):
     from selectkit.registry import default_registry
 
     registry = default_registry(strict=strict)
-    for name, problem in registry.broken:
-        click.echo(f"warning: plugin {name} failed to load and was skipped: {problem}", err=True)
+    if show_warnings:
+        for warning in _plugin_warnings(registry):
+            click.echo(f"warning: {warning['message']}", err=True)
     return registry
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _plugin_warnings(registry) -> list[dict]:
+    return [diagnostic(f"plugin {name} failed to load and was skipped: {problem}", code="plugin-skipped",
+                       severity="warning", hint="--strict makes this an error") for name, problem in registry.broken]
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="selectkit")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="show the traceback of any error (for bug reports)")
+def main(debug: bool) -> None:
     """Declarative data selection: validate, plan and run YAML recipes."""
 
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text", show_default=True,
+              help="json: a versioned document with error codes; github: workflow commands (annotations)")
 @click.option("--strict", is_flag=True, help="a plugin that fails to load is an error, not a warning")
 def validate(paths: tuple[Path, ...], fmt: str, strict: bool) -> None:
     """Check recipes without running anything (exit 0: all valid, 1: some invalid)."""
     from selectkit.api import validate as validate_recipe
+    from selectkit.diagnostics import report
 
     try:
-        registry = _registry(strict)
+        registry = _registry(strict, show_warnings=False)
     except SelectkitError as exc:
         _fail(exc, 2)
     results = []
     for path in paths:
+        result = {"path": str(path), "valid": False, "errors": [], "warnings": []}
         try:
             checked = validate_recipe(path, registry)
-            results.append({"path": str(path), "valid": not (strict and checked.warnings), "errors": [],
-                            "warnings": list(checked.warnings)})
+            result["valid"] = not (strict and checked.warnings)  # --strict: warnings are errors
+            result["warnings"] = [diagnostic(w, code="warning", severity="error" if strict else "warning",
+                                             path=str(path)) for w in checked.warnings]
         except RecipeErrors as exc:
-            results.append({"path": str(path), "valid": False, "errors": [e.as_dict() for e in exc.errors]})
+            if _debug():
+                raise
+            result["errors"] = [e.as_dict() for e in exc.errors]
         except SelectkitError as exc:
+            if _debug():
+                raise
             error = exc.as_dict()
             error["path"] = error["path"] or str(path)
-            results.append({"path": str(path), "valid": False, "errors": [error]})
-    if fmt == "json":
-        click.echo(json.dumps(results, indent=2))
-    for result in results:
-        for warning in result.get("warnings", []):
-            if fmt == "text":
-                click.echo(f"{result['path']}: {'error' if strict else 'warning'}: {warning}", err=True)
-        if fmt == "text" and result["valid"]:
-            click.echo(f"{result['path']}: ok")
-        for e in result["errors"]:
-            where = f"{e['path']}:{e['line']}:{e['column']}" if e["line"] else e["path"]
-            message = e["message"] + (f" ({e['hint']})" if e["hint"] else "")
-            if fmt == "text":
-                click.echo(f"{where}: error: {message}", err=True)
-            elif fmt == "github":
-                click.echo(f"::error file={e['path']},line={e['line'] or 1},col={e['column'] or 1}::"
-                           f"{message.replace(chr(10), ' ')}")
+            result["errors"] = [error]
+        results.append(result)
+    report(results, _plugin_warnings(registry), fmt, click.echo, lambda line: click.echo(line, err=True))
     sys.exit(0 if all(r["valid"] for r in results) else 1)
 
 
@@ -194,49 +253,58 @@ def summary(output) -> str:
 
 
 @main.command()
+@click.argument("name", required=False)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--strict", is_flag=True, help="a plugin that fails to load is an error")
-def plugins(fmt: str, strict: bool) -> None:
-    """List installed components and their params."""
-    from selectkit.schema import describe_components
+def plugins(name: str | None, fmt: str, strict: bool) -> None:
+    """List installed components and their params; with NAME, everything about one component."""
+    from selectkit.errors import PluginError
+    from selectkit.registry import unknown_message
+    from selectkit.schema import describe_component, describe_components, render_component, render_listing
 
     try:
-        listing = describe_components(_registry(strict))
+        registry = _registry(strict)
+        if name is None:
+            listing = describe_components(registry)
+        else:
+            listing = [describe_component(registry, kind, name) for kind in registry.components
+                       if name in registry.components[kind]]
+            if not listing:
+                known = {n for kind in registry.components.values() for n in kind}
+                raise PluginError(unknown_message("component", name, known))
     except SelectkitError as exc:
         _fail(exc, 2)
     if fmt == "json":
         click.echo(json.dumps(listing, indent=2))
-        return
-    for kind, components in listing.items():
-        click.echo(f"{kind}:")
-        for c in components:
-            click.echo(f"  {c['name']:<26} {c['summary']}  [{c['distribution']}]")
-            for p in c["params"]:
-                click.echo(f"      {p['name']}: {p['type']} = {p['default']}" + (f"  # {p['description']}"
-                                                                              if p["description"] else ""))
+    elif name is None:
+        click.echo(render_listing(listing))
+    else:
+        click.echo("\n\n".join(render_component(c) for c in listing))
 
 
 @main.command()
 @click.option("--out", "out_path", type=click.Path(path_type=Path), default=Path("schemas/recipe.schema.json"),
-              show_default=True)
+              show_default=True, help="where the schema goes (relative to the current folder)")
 @click.option("--check", is_flag=True, help="exit 1 if the file differs from the installed components' schema")
-def schema(out_path: Path, check: bool) -> None:
-    """Write the recipe JSON Schema (with every installed component's params) for editors."""
+@click.option("--strict", is_flag=True, help="a plugin that fails to load is an error (else it is left out)")
+def schema(out_path: Path, check: bool, strict: bool) -> None:
+    """Write the recipe JSON Schema (with every installed component's params, your own plugins'
+    included) for editors; --check compares it in CI."""
     from selectkit.schema import recipe_schema_text
 
     try:
-        text = recipe_schema_text(_registry(False))
+        text = recipe_schema_text(_registry(strict))
     except SelectkitError as exc:
         _fail(exc, 2)
     if check:
-        current = out_path.read_text() if out_path.exists() else None
+        current = out_path.read_text(encoding="utf-8") if out_path.exists() else None
         if current != text:
-            click.echo(f"{out_path} is stale: run `selectkit schema` and commit it", err=True)
+            click.echo(f"{out_path} is stale: run `selectkit schema --out {out_path}` and commit it", err=True)
             sys.exit(1)
         click.echo(f"{out_path}: up to date")
         return
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(text)
+    out_path.write_text(text, encoding="utf-8")
     click.echo(f"wrote {out_path}")
 
 

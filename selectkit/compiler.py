@@ -75,8 +75,9 @@ class _Collector:
         self.errors: list[SelectkitError] = []
         self.warnings: list[str] = []
 
-    def add(self, message: str, path: tuple, at_key: bool = False, hint: str | None = None) -> None:
-        self.errors.append(RecipeError(message, self.loaded.locate(path, at_key), hint))
+    def add(self, message: str, path: tuple, at_key: bool = False, hint: str | None = None,
+            code: str = "error") -> None:
+        self.errors.append(RecipeError(message, self.loaded.locate(path, at_key), hint, code=code))
 
 
 def check(loaded: LoadedRecipe, registry: Registry | None = None) -> Checked:
@@ -147,18 +148,18 @@ def _check_sources(loaded: LoadedRecipe, registry: Registry, out: _Collector) ->
         files = source_files(path)
         if not files or not all(f.exists() for f in files):
             out.add(f"{name}: file not found: {path}" if not any(c in path.name for c in "*?[") else
-                    f"{name}: no file matches {path}", where + ("path",))
+                    f"{name}: no file matches {path}", where + ("path",), code="data-file")
             continue
         try:
             reader = pick_reader(files[0], readers, spec.format, name)
         except DataError as exc:
-            out.add(exc.message, where + ("format" if spec.format else "path",))
+            out.add(exc.message, where + ("format" if spec.format else "path",), code=exc.code)
             continue
         try:
             counts = [reader.count_rows(f) for f in files]
             rows = sum(counts) if all(c is not None for c in counts) else None
         except Exception as exc:  # unreadable file: say so now, not after the model pass
-            out.add(f"{name}: cannot read {path}: {exc}", where + ("path",))
+            out.add(f"{name}: cannot read {path}: {exc}", where + ("path",), code="data-file")
             continue
         if rows is not None and spec.limit is not None:
             rows = min(rows, spec.limit)
@@ -178,23 +179,23 @@ def _check_rows(name: str, file: Path, reader: Any, spec: Any, where: tuple, out
     try:
         frame, where_row = reader.head(file, HEAD_ROWS)
     except DataError as exc:
-        out.add(exc.message, where + ("path",), hint=exc.hint)
+        out.add(exc.message, where + ("path",), hint=exc.hint, code=exc.code)
         return False
     except Exception as exc:  # noqa: BLE001 - any reader failure is the file's problem, said at its key
-        out.add(f"{name}: cannot read {file}: {exc}", where + ("path",))
+        out.add(f"{name}: cannot read {file}: {exc}", where + ("path",), code="data-file")
         return False
     ok = True
     try:
         check_columns(list(frame.columns), spec.text, name)
         render_texts(frame, spec.text, name, on_missing=spec.on_missing, where=where_row)
     except DataError as exc:
-        out.add(exc.message, where + ("text",), hint=exc.hint)
+        out.add(exc.message, where + ("text",), hint=exc.hint, code="data-content")
         ok = False
     try:
         ids = read_ids(frame, spec.id, 0, name, where_row)
         check_unique(ids, spec.id, name, where_row)
     except DataError as exc:
-        out.add(exc.message, where + ("id",) if spec.id else where, hint=exc.hint)
+        out.add(exc.message, where + ("id",) if spec.id else where, hint=exc.hint, code="data-content")
         ok = False
     return ok
 
@@ -217,7 +218,7 @@ def _check_output(loaded: LoadedRecipe, sources: dict[str, SourceNode], out: _Co
     except SelectkitError:  # a model that does not resolve is reported by _check_models
         pass
     for problem in output_conflicts(out_dir, inputs):
-        out.add(problem, ("output", "dir"), hint="choose another output.dir")
+        out.add(problem, ("output", "dir"), hint="choose another output.dir", code="output-folder")
 
 
 def _check_models(loaded: LoadedRecipe, out: _Collector) -> None:
@@ -237,7 +238,7 @@ def _check_models(loaded: LoadedRecipe, out: _Collector) -> None:
                 out.warnings.append(f"{where}: model {name!r} was not checked: {exc.message} (the `models` extra "
                                     "installs it and checks the model; --strict makes this an error)")
                 continue
-            out.add(exc.message, ("models", name, "path"), hint=exc.hint)
+            out.add(exc.message, ("models", name, "path"), hint=exc.hint, code=exc.code)
 
 
 def _by_line(errors: list[SelectkitError]) -> list[SelectkitError]:
@@ -257,7 +258,7 @@ def _component(kind: str, name: str, registry: Registry, out: _Collector, where:
     try:
         return registry.get(kind, name)
     except PluginError:
-        out.add(unknown_message(kind[:-1], name, registry.components[kind]), where)
+        out.add(unknown_message(kind[:-1], name, registry.components[kind]), where, code="unknown-component")
         return None
 
 
@@ -280,20 +281,21 @@ def _check_score(name: str, spec, loaded: LoadedRecipe, registry: Registry, out:
     if cls.model_kinds:
         if spec.model is None:
             out.add(f"scorer {spec.use!r} needs a model (one of kinds: {', '.join(cls.model_kinds)}); "
-                    "add `model: <name>`", where, at_key=True)
+                    "add `model: <name>`", where, at_key=True, code="model-mismatch")
         elif spec.model not in recipe.models:
             if spec.model not in loaded.broken["models"]:
-                out.add(unknown_message("model", spec.model, recipe.models), where + ("model",))
+                out.add(unknown_message("model", spec.model, recipe.models), where + ("model",), code="unknown-name")
         elif recipe.models[spec.model].kind not in cls.model_kinds:
             out.add(f"scorer {spec.use!r} needs a model of kind {' or '.join(cls.model_kinds)}, "
-                    f"but {spec.model!r} is {recipe.models[spec.model].kind!r}", where + ("model",))
+                    f"but {spec.model!r} is {recipe.models[spec.model].kind!r}", where + ("model",),
+                    code="model-mismatch")
     elif spec.model is not None:
-        out.add(f"scorer {spec.use!r} uses no model; remove `model:`", where + ("model",))
+        out.add(f"scorer {spec.use!r} uses no model; remove `model:`", where + ("model",), code="model-mismatch")
     if scorer is not None:
         for param in cls.model_params:
             ref = getattr(scorer.params, param, None)
             if ref is not None and ref not in recipe.models and ref not in loaded.broken["models"]:
-                out.add(unknown_message("model", ref, recipe.models), where + ("with", param))
+                out.add(unknown_message("model", ref, recipe.models), where + ("with", param), code="unknown-name")
     # targets
     targets: list[str] = []
     data = getattr(recipe, "data", None)
@@ -303,14 +305,16 @@ def _check_score(name: str, spec, loaded: LoadedRecipe, registry: Registry, out:
             targets = known_targets
             if not targets and not cls.targets_optional:
                 out.add(f"scorer {spec.use!r} scores against targets, but `data.targets` is empty",
-                        where + ("targets",) if spec.targets else where, at_key=spec.targets is None)
+                        where + ("targets",) if spec.targets else where, at_key=spec.targets is None,
+                        code="targets-mismatch")
         else:
             for i, t in enumerate(spec.targets):
                 if t not in known_targets and t not in loaded.broken["targets"] and data is not None:
-                    out.add(unknown_message("target", t, known_targets), where + ("targets", i))
+                    out.add(unknown_message("target", t, known_targets), where + ("targets", i), code="unknown-name")
             targets = list(spec.targets)
     elif spec.targets is not None:
-        out.add(f"scorer {spec.use!r} does not use targets; remove `targets:`", where + ("targets",))
+        out.add(f"scorer {spec.use!r} does not use targets; remove `targets:`", where + ("targets",),
+                code="targets-mismatch")
     if scorer is None:
         return None
     shape = scorer.output_shape()
@@ -326,18 +330,19 @@ def _check_score(name: str, spec, loaded: LoadedRecipe, registry: Registry, out:
             continue
         if shape not in ncls.accepts:
             out.add(f"normalizer {ref.use!r} does not accept a {shape.value} score "
-                    f"(accepts: {', '.join(sorted(s.value for s in ncls.accepts))})", at)
+                    f"(accepts: {', '.join(sorted(s.value for s in ncls.accepts))})", at, code="shape-mismatch")
             continue
         normalizers.append(normalizer)
     if spec.combine is not None:
         if shape is not Shape.MATRIX:
             out.add(f"`combine` collapses a per-target (matrix) score, but {spec.use!r} gives a {shape.value}",
-                    where + ("combine",))
+                    where + ("combine",), code="shape-mismatch")
         else:
             weights = getattr(spec.combine, "weights", None)
             for column in weights or {}:
                 if column not in targets:
-                    out.add(unknown_message("column", column, targets), where + ("combine", "weights", column))
+                    out.add(unknown_message("column", column, targets), where + ("combine", "weights", column),
+                            code="unknown-name")
             shape = Shape.VECTOR
     inputs = list(scorer.input_scores()) if scorer is not None else []
     return ScoreNode(name, scorer, shape, targets, spec.model, normalizers, spec.combine, inputs)
@@ -350,18 +355,20 @@ def _check_score_inputs(loaded: LoadedRecipe, scores: dict[str, ScoreNode], out:
         for ref in node.inputs:
             where = ("scores", name, "with", *node.scorer.input_path(ref))
             if ref not in recipe.scores:
-                out.add(unknown_message("score", ref, recipe.scores), where)
+                out.add(unknown_message("score", ref, recipe.scores), where, code="unknown-name")
             elif ref == name:
-                out.add(f"score {name!r} cannot read itself", where)
+                out.add(f"score {name!r} cannot read itself", where, code="score-cycle")
             elif ref in scores and scores[ref].shape is not Shape.VECTOR:
-                out.add(_vector_hint(node.scorer.name, "an input", ref, scores[ref], recipe), where)
+                out.add(_vector_hint(node.scorer.name, "an input", ref, scores[ref], recipe), where,
+                        code="shape-mismatch")
     seen: dict[str, int] = {}
 
     def visit(name: str, trail: tuple[str, ...]) -> None:
         if seen.get(name) == 2 or name not in scores:
             return
         if seen.get(name) == 1:
-            out.add(f"scores read each other in a cycle: {' -> '.join((*trail, name))}", ("scores", trail[0]))
+            out.add(f"scores read each other in a cycle: {' -> '.join((*trail, name))}", ("scores", trail[0]),
+                    code="score-cycle")
             return
         seen[name] = 1
         for ref in scores[name].inputs:
@@ -424,7 +431,8 @@ def _check_stages(loaded: LoadedRecipe, registry: Registry, scores: dict[str, Sc
         refs.update(cls.score_params)
         if cls.needs_score and params.score is None:
             out.add(f"selector {spec.use!r} reads a score: add `score: <name>` under `with:` "
-                    f"(scores: {', '.join(recipe.scores) or 'none defined'})", where + ("with",), at_key=True)
+                    f"(scores: {', '.join(recipe.scores) or 'none defined'})", where + ("with",), at_key=True,
+                    code="missing-key")
         for param, accepts in refs.items():
             ref = getattr(params, param, None)
             if ref is None:
@@ -439,9 +447,11 @@ def _check_stages(loaded: LoadedRecipe, registry: Registry, scores: dict[str, Sc
                     close = _close(column, known)
                     hint = (f"; did you mean {close!r}?" if close else
                             f" (columns: {', '.join(known) or 'none: it is a ' + scores[name].shape.value})")
-                    out.add(f"score {name!r} has no column {column!r}{hint}", where + ("with", param))
+                    out.add(f"score {name!r} has no column {column!r}{hint}", where + ("with", param),
+                            code="unknown-name")
                 else:
-                    out.add(unknown_message("score", ref, recipe.scores), where + ("with", param))
+                    out.add(unknown_message("score", ref, recipe.scores), where + ("with", param),
+                            code="unknown-name")
                 continue
             if resolved is None:
                 continue  # the score itself failed its own checks
@@ -451,28 +461,30 @@ def _check_stages(loaded: LoadedRecipe, registry: Registry, scores: dict[str, Sc
                 wanted = " or ".join(sorted(s.value for s in accepts))
                 if Shape.VECTOR in accepts and shape is Shape.MATRIX:
                     out.add(_vector_hint(f"selector {spec.use!r}", f"`{param}`", name, scores[name], recipe),
-                            where + ("with", param))
+                            where + ("with", param), code="shape-mismatch")
                 else:
                     out.add(f"selector {spec.use!r} needs a {wanted} score for `{param}`, but {ref!r} "
-                            f"({recipe.scores[name].use}) is a {shape.value}", where + ("with", param))
+                            f"({recipe.scores[name].use}) is a {shape.value}", where + ("with", param),
+                            code="shape-mismatch")
         budget = params.budget
         if budget is None and cls.budget_rule == "required":
             out.add(f"selector {spec.use!r} needs a budget: add `budget:` under `with:` "
-                    "(a count, a percentage like '5%', or {fraction|tokens: N})", where + ("with",), at_key=True)
+                    "(a count, a percentage like '5%', or {fraction|tokens: N})", where + ("with",), at_key=True,
+                    code="budget")
         if budget is not None and cls.budget_rule == "none":
-            out.add(f"selector {spec.use!r} takes no budget", where + ("with", "budget"))
+            out.add(f"selector {spec.use!r} takes no budget", where + ("with", "budget"), code="budget")
         if budget is not None:
             budgeted = True
             pool_rows = sources["pool"].rows if "pool" in sources else None
             if (budget.kind == "count" and pool_rows is not None and budget.value > pool_rows
                     and not cls.draws_with_replacement):
                 out.add(f"budget of {int(budget.value)} examples is larger than the pool ({pool_rows} rows)",
-                        where + ("with", "budget"))
+                        where + ("with", "budget"), code="budget")
         nodes.append(StageNode(label, selector, i))
     if not budgeted and not out.errors:
         out.add("no stage sets a budget, so nothing fixes the selection size: add `budget:` to the stage "
                 "that decides it (a count, a percentage like '5%', or {fraction|tokens: N})",
-                ("select",), at_key=True)
+                ("select",), at_key=True, code="budget")
     return nodes
 
 

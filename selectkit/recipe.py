@@ -18,7 +18,7 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from selectkit.errors import Location, RecipeError, RecipeErrors
-from selectkit.yamlsource import SourceMap, load_yaml
+from selectkit.yamlsource import SourceMap, load_yaml, read_recipe_text
 
 FORMAT_VERSION = 1
 # Old format versions upgrade through these, one step at a time: {old_version: fn(dict) -> dict}.
@@ -218,12 +218,12 @@ def load(path: str | Path, collect: bool = False) -> LoadedRecipe:
     `collect`, structural errors are kept on the result instead (see LoadedRecipe)."""
     file = Path(path)
     if not file.is_file():
-        raise RecipeError(f"recipe not found: {file}")
-    text = file.read_text(encoding="utf-8")
+        raise RecipeError(f"recipe not found: {file}", code="recipe-file")
+    text = read_recipe_text(file)
     data, smap = load_yaml(text, str(file))
     if not isinstance(data, dict):
         raise RecipeError("a recipe is a mapping of keys (selectkit, name, data, scores, select, ...)",
-                          smap.locate(()))
+                          smap.locate(()), code="not-a-mapping")
     data = migrate(data, smap)
     try:
         recipe = Recipe.model_validate(data)
@@ -295,7 +295,8 @@ def migrate(data: dict, smap: SourceMap) -> dict:
     """Upgrade an older format version to the current one."""
     version = data.get("selectkit")
     if version is None:
-        raise RecipeError(f"missing 'selectkit: {FORMAT_VERSION}' (the recipe format version)", smap.locate(()))
+        raise RecipeError(f"missing 'selectkit: {FORMAT_VERSION}' (the recipe format version)", smap.locate(()),
+                          code="format-version")
     while isinstance(version, int) and version in MIGRATIONS:
         data = MIGRATIONS[version](data)
         version = data.get("selectkit")
@@ -318,14 +319,20 @@ def pydantic_errors(exc: ValidationError, smap: SourceMap, model: type[BaseModel
                 message += f"; did you mean {close[0]!r}?"
             elif known:
                 hint = f"allowed: {', '.join(known)}"
-            out.append(RecipeError(message, smap.locate(loc, at_key=True), hint))
+            out.append(RecipeError(message, smap.locate(loc, at_key=True), hint, code="unknown-key"))
             continue
         if kind == "missing":
             where = ".".join(str(p) for p in loc[:-1]) or "the recipe"
-            out.append(RecipeError(f"missing key {loc[-1]!r} in {where}", smap.locate(loc[:-1], at_key=True)))
+            out.append(RecipeError(f"missing key {loc[-1]!r} in {where}", smap.locate(loc[:-1], at_key=True),
+                                   code="missing-key"))
             continue
         msg = err["msg"].removeprefix("Value error, ")
-        out.append(RecipeError(f"{'.'.join(str(p) for p in loc)}: {msg}", smap.locate(loc)))
+        code = "invalid-value"
+        if model is Recipe and loc == ("selectkit",):
+            code = "format-version"
+        elif model is not Recipe and "budget" in loc[len(prefix):]:
+            code = "budget"
+        out.append(RecipeError(f"{'.'.join(str(p) for p in loc)}: {msg}", smap.locate(loc), code=code))
     return _dedupe(out)
 
 

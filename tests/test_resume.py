@@ -78,7 +78,8 @@ output: {{dir: out, formats: [parquet]}}
 
 
 def command(recipe, out, cache):
-    env = {**os.environ, "SELECTKIT_CACHE_DIR": str(cache), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "SELECTKIT_CACHE_DIR": str(cache), "PYTHONUNBUFFERED": "1",
+           "SELECTKIT_PROGRESS_EVERY": "0"}  # a line per unit: the kill points must not depend on speed
     args = [sys.executable, "-m", "selectkit", "run", str(recipe), "--out", str(out), "--shard-rows", "40"]
     return args, env
 

@@ -129,3 +129,23 @@ def test_duplicate_ids_are_a_clean_error(demo, tmp_path):
     result = cli("run", demo / "quickstart.yaml", "--out", tmp_path / "o")
     assert result.returncode == 1
     assert "duplicate value 'a'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_selection_written_in_parts_equals_one_table(demo, tmp_path, monkeypatch):
+    """A large pool's selection.parquet is built a slice of rows at a time (bounded memory): the
+    file is the same table as one built whole, include_text and summarize_by columns included."""
+    import selectkit
+    import selectkit.outputs as outputs
+
+    recipe = demo / "quickstart.yaml"
+    assert "summarize_by: domain" in recipe.read_text()
+    recipe.write_text(recipe.read_text().replace("output:", "output:\n  include_text: true", 1))
+    cache = tmp_path / "cache"
+    selectkit.run(recipe, cache_dir=cache, out_dir=tmp_path / "whole")
+    monkeypatch.setattr(outputs, "_SELECTION_ROWS", 37)
+    selectkit.run(recipe, cache_dir=cache, out_dir=tmp_path / "parts")
+    whole = pl.read_parquet(tmp_path / "whole" / "selection.parquet")
+    parts = pl.read_parquet(tmp_path / "parts" / "selection.parquet")
+    assert whole.height > 5 * 37 and {"text", "domain"} <= set(whole.columns)
+    assert parts.equals(whole)
+    assert not (tmp_path / "parts" / ".parts").exists()

@@ -49,8 +49,9 @@ def test_json_and_github_formats():
     result = cli("validate", "--format", "json", good, bad)
     assert result.returncode == 1
     report = json.loads(result.stdout)
-    assert [r["valid"] for r in report] == [True, False]
-    assert expectation(bad)[0] in [e["line"] for e in report[1]["errors"]]
+    assert report["format_version"] == 1 and report["valid"] is False
+    assert [r["valid"] for r in report["recipes"]] == [True, False]
+    assert expectation(bad)[0] in [e["line"] for e in report["recipes"][1]["errors"]]
     result = cli("validate", "--format", "github", bad)
     assert result.returncode == 1
     assert f"::error file={bad},line={expectation(bad)[0]},col=" in result.stdout

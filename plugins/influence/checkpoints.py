@@ -78,7 +78,12 @@ def adam_state(checkpoint: Checkpoint, param_names: Sequence[str]) -> AdamState:
         try:
             saved = torch.load(checkpoint.optimizer, weights_only=True, map_location="cpu")
         except Exception as exc:  # an unsafe pickle raises here, before any of its code runs
-            raise SelectkitError(f"{checkpoint.optimizer}: refused to load ({type(exc).__name__}: {exc})",
+            from selectkit.models import unsafe_load_reason
+
+            reason = unsafe_load_reason(exc)
+            what = f"refused, not a plain tensor file: unpickling it could run code ({reason})" if reason \
+                else str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise SelectkitError(f"{checkpoint.optimizer}: cannot load: {what}",
                                  hint="an optimizer.pt must be a plain state dict of tensors (weights_only)") from None
         try:
             names = saved["param_names"]
