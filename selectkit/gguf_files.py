@@ -18,7 +18,6 @@ converted copy so a GGUF model loads in seconds after the first time.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import mmap
 import struct
 from collections.abc import Iterator
@@ -281,11 +280,10 @@ def file_sha256(file: str | Path) -> str:
 
 @lru_cache(maxsize=64)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """The file's SHA-256, computed once per (path, size, mtime)."""
+    from selectkit.cache import digest_file
+
+    return digest_file(Path(path))
 
 
 # ---------------------------------------------------------------- the converted copy (torch)
