@@ -46,7 +46,9 @@ CPU_FULL_SPEED_HIDDEN = 768  # narrower models reach a proportionally smaller sh
 LOAD_SECONDS = 1.0  # fixed cost of a step that loads a model (process-level imports excluded)
 LOAD_BYTES_PER_S = 400e6  # reading weights from disk into memory
 # seconds per FLOP against a plain pass, measured with benchmarks/bench_estimates.py on the demo recipes
-GRADIENT_OVERHEAD = 4.0  # per-example gradients (hooks), Adam transform and random projection
+GRADIENT_OVERHEAD = 0.5  # per-example gradients (hooks), Adam transform and random projection, per checkpoint
+# (4.0 when measured at load average ~10; 0.5 on a quiet 2-core machine, 2026-12-02: contention slows
+# the hooks' many small ops far more than a plain pass)
 TRAIN_OVERHEAD = 3.0  # optimizer steps, gradient accumulation, one checkpoint written per epoch
 CUDA_OVERHEAD = int(1.5 * GiB)  # CUDA context, allocator slack, kernels' workspaces
 PADDING = 1.05  # length-sorted batches pad about this much
