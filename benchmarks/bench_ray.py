@@ -50,6 +50,11 @@ def timed_run(recipe: Path, out: Path, cache: Path, *args: str) -> float:
 PARTS: dict[str, list[float]] = {}
 
 
+# one authentication mode for the head and every client: Ray >= 2.5x turns token auth on for a
+# client when ~/.ray/auth_token exists, and a head started without it then refuses the client
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
 def start_cluster(cpus: int, temp: Path) -> tuple[str, float]:
     started = time.perf_counter()
     out = subprocess.run(["ray", "start", "--head", f"--num-cpus={cpus}", "--include-dashboard=false",
