@@ -15,8 +15,8 @@ tensors for every library; padding masked out of the loss).
 
 Ground truth (LDS; reported only with at least 5 subsets): --lds-subsets random 50% subsets of
 the train texts; for each, a LoRA fine-tune from the same start (--lds-epochs epochs of Adam,
-lr --lds-lr, batch 8), then every query's loss. A method's LDS is the mean over queries of the Spearman correlation, across subsets,
-between the summed scores of the subset and the negated query loss. An explicit inverse
+lr --lds-lr, batch 8), then every query's loss. A method's LDS is the mean over queries of the Spearman
+correlation, across subsets, between the summed scores of the subset and the negated query loss. An explicit inverse
 Gauss-Newton reference does not fit here (921,600^2 float64 = 6.8 TB), so agreement is reported
 as Spearman with selectkit's scores for the same method.
 

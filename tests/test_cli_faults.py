@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import resource
 import signal
 import subprocess
@@ -108,7 +107,8 @@ def test_debug_shows_the_traceback(demo, tmp_path):
     (tmp_path / "a-file").write_text("not a folder")
     result = cli("--debug", "run", demo / "quickstart.yaml", *RUN, "--out", tmp_path / "a-file" / "out")
     assert result.returncode != 0
-    assert "Traceback" in result.stderr and "OutputError: " in result.stderr and "is a file, not a folder" in result.stderr
+    assert "Traceback" in result.stderr and "OutputError: " in result.stderr
+    assert "is a file, not a folder" in result.stderr
     broken = Path(__file__).parent / "broken_recipes" / "03_unknown_scorer.yaml"
     result = cli("--debug", "validate", broken)
     assert result.returncode != 0 and "Traceback" in result.stderr and "RecipeErrors" in result.stderr

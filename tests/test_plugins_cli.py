@@ -53,7 +53,8 @@ def test_listing_shows_choices_whole_first_sentences_and_json_defaults():
     # first sentences that the docstrings wrap over two lines, shown whole on one
     assert ("Model embeddings of the pool and of the targets it names (all by default, none when the recipe has "
             "none), for feature-based selectors.  [selectkit]") in out
-    assert "GraNd (Paul et al. 2021): mean over checkpoints (and seeded training runs) of ||grad loss(z)||.  [selectkit]" in out
+    assert ("GraNd (Paul et al. 2021): mean over checkpoints (and seeded training runs) of ||grad loss(z)||.  "
+            "[selectkit]") in out
     listing = json.loads(cli("plugins", "--format", "json").stdout)
     dsir = next(c for c in listing["scorers"] if c["name"] == "dsir")
     preset = next(p for p in dsir["params"] if p["name"] == "preset")
