@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from selectkit.components import Score, Selection, Shape
+from selectkit.data import sha256_file as digest_file
 from selectkit.errors import SelectkitError, SelectkitWarning
 
 META = "meta.json"
@@ -87,12 +88,6 @@ def share(path: Path, folder: bool = False) -> None:
         pass
 
 
-def digest_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_bytes_synced(path: Path, data: bytes) -> None:

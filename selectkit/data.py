@@ -223,6 +223,15 @@ def fingerprint_path(path: Path, memo: Path | None = None) -> str:
     return digest.hexdigest()
 
 
+def sha256_file(file: Path) -> str:
+    """The one file digest: sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(file, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _file_digest(file: Path, memo: Path | None) -> str:
     stat = file.stat()
     token = None
@@ -235,11 +244,7 @@ def _file_digest(file: Path, memo: Path | None) -> str:
                 return cached
         except OSError:
             pass
-    h = hashlib.sha256()
-    with open(file, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            h.update(block)
-    value = h.hexdigest()
+    value = sha256_file(file)
     if token is not None:
         try:
             token.parent.mkdir(parents=True, exist_ok=True)

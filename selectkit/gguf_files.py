@@ -281,9 +281,9 @@ def file_sha256(file: str | Path) -> str:
 @lru_cache(maxsize=64)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
     """The file's SHA-256, computed once per (path, size, mtime)."""
-    from selectkit.cache import digest_file
+    from selectkit.data import sha256_file
 
-    return digest_file(Path(path))
+    return sha256_file(Path(path))
 
 
 # ---------------------------------------------------------------- the converted copy (torch)
