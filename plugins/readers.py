@@ -180,8 +180,10 @@ class ParquetRows(RowSource):
     def columns(self) -> list[str]:
         return list(self.scan.collect_schema().names())
 
-    def column(self, name: str) -> pl.Series:
-        return self.scan.select(name).collect()[name]
+    def column(self, name: str, lo: int, hi: int) -> pl.Series | None:
+        if name not in self.columns:
+            return None
+        return self.scan.select(name).slice(lo, max(0, min(hi, self.rows) - lo)).collect()[name]
 
 
 class Json(Reader):

@@ -229,8 +229,6 @@ def run(recipe: Path, out_dir: Path | None, dry_run: bool, trust_remote_code: bo
 
 def summary(output) -> str:
     """Where the selection went, how many were kept, and counts per group when the recipe asks."""
-    import numpy as np
-
     result = output.result
     recipe = result.plan.recipe
     n, k = len(result.pool), len(result.ranking)
@@ -247,12 +245,9 @@ def summary(output) -> str:
         lines.extend(describe_agreement(name, agreement))
     column = recipe.output.summarize_by
     if column and column in result.pool.columns:
-        groups = result.pool.column(column).cast(str).fill_null("(none)").to_numpy()
-        names, pool_counts = np.unique(groups, return_counts=True)
-        chosen = dict(zip(*np.unique(groups[result.ranking], return_counts=True)))
         lines.append(f"by {column}:  selected / pool")
-        for name, total in zip(names, pool_counts):
-            lines.append(f"  {name:<16} {int(chosen.get(name, 0)):>6} / {int(total)}")
+        for name, chosen, total in result.pool.group_counts(column, result.ranking):
+            lines.append(f"  {name:<16} {chosen:>6} / {total}")
     return "\n".join(lines)
 
 

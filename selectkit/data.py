@@ -42,6 +42,11 @@ class RowSource:
     def columns(self) -> list[str]:
         return list(self.slice(0, min(self.rows, 1)).columns) if self.rows else []
 
+    def column(self, name: str, lo: int, hi: int) -> pl.Series | None:
+        """One column of rows [lo, hi), None where the file lacks it (columnar formats read only it)."""
+        frame = self.slice(lo, hi)
+        return frame[name] if name in frame.columns else None
+
     def where(self, row: int) -> str:
         """Where row `row` (0-based) sits, for error messages."""
         return f"{self.path.name} row {row + 1}"

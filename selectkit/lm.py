@@ -10,6 +10,7 @@ so is every score made from it (the executor excludes NaN rows from selection an
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -58,6 +59,32 @@ def encode(tokenizer: Any, texts: Sequence[str], max_length: int,
                 n += 1
             starts[i] = n
     return ids, starts
+
+
+def weights_dtype(model: Any) -> Any:
+    """The dtype the model's weights were loaded in (`models.<name>.dtype`): its input embedding's,
+    so float32 LoRA adapters on a bfloat16 base do not count."""
+    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    weight = getattr(embed, "weight", None)
+    if weight is None:
+        weight = next((p for p in model.parameters() if p.is_floating_point()), None)
+    return None if weight is None else weight.dtype
+
+
+def mixed_precision(model: Any) -> Any:
+    """The autocast every pass runs its forward under: the weights' half dtype (bfloat16, float16)
+    for the matmuls, float32 where autocast keeps it (softmax, norms, losses); nothing for float32
+    weights. CPU autocast has bfloat16 only. Losses, log-probs and gradient products are
+    reduced in float32 (float64 for projections) by the code that reduces them, whatever this says."""
+    import torch
+
+    dtype = weights_dtype(model)
+    if dtype not in (torch.bfloat16, torch.float16):
+        return nullcontext()
+    device = next(model.parameters()).device.type
+    if device == "cuda" or (device == "cpu" and dtype == torch.bfloat16):
+        return torch.autocast(device, dtype=dtype)
+    return nullcontext()
 
 
 def prompt_ids(tokenizer: Any, prompts: Sequence[str], max_length: int) -> list[list[int]]:

@@ -150,7 +150,7 @@ def selection_table(result: Any, lo: int = 0, hi: int | None = None) -> pl.DataF
     output = result.plan.recipe.output if result.plan.recipe else None
     if output is not None and output.summarize_by and output.summarize_by in result.pool.columns \
             and output.summarize_by not in columns:
-        columns[output.summarize_by] = result.pool.column(output.summarize_by).slice(lo, hi - lo)
+        columns[output.summarize_by] = result.pool.table.column(output.summarize_by, lo, hi)
     if output is not None and output.include_text:
         columns["text"] = pl.Series("text", read_texts(result.pool, lo, hi), dtype=pl.String)
     return pl.DataFrame(columns)

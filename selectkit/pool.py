@@ -100,11 +100,19 @@ class Table:
         return None
 
     def column(self, name: str, lo: int = 0, hi: int | None = None) -> pl.Series:
-        hi = self.rows if hi is None else hi
-        frame = self.slice(lo, hi)
-        if name in frame.columns:
-            return frame[name]
-        return pl.Series(name, [None] * frame.height)
+        """One column of rows [lo, hi) (null in the files that lack it), reading only that column."""
+        hi = min(self.rows if hi is None else hi, self.rows)
+        parts = []
+        for k, part in enumerate(self.parts):
+            a, b = int(self.starts[k]), int(self.starts[k + 1])
+            if b <= lo or a >= hi:
+                continue
+            start, stop = max(lo, a) - a, min(hi, b) - a
+            series = part.column(name, start, stop)
+            parts.append(series if series is not None else pl.Series(name, [None] * (stop - start)))
+        if not parts:
+            return pl.Series(name, [])
+        return parts[0] if len(parts) == 1 else concat_series(parts)
 
 
 def concat_series(parts: list) -> pl.Series:
@@ -272,6 +280,20 @@ class Pool:
             parts = [self.table.column(name, lo, hi) for lo, hi in self.shard_ranges]
             self._columns_cache[name] = concat_series(parts)
         return self._columns_cache[name]
+
+    def group_counts(self, name: str, rows: np.ndarray) -> list[tuple[str, int, int]]:
+        """(value, count among `rows`, count in the pool) per value of a column, nulls as "(none)",
+        sorted by value: read shard by shard, so memory grows with the values, not the pool."""
+        rows = np.sort(np.asarray(rows, dtype=np.int64))
+        pool_counts: dict[str, int] = {}
+        chosen: dict[str, int] = {}
+        for lo, hi in self.shard_ranges:
+            values = self.table.column(name, lo, hi).cast(pl.String).fill_null("(none)")
+            here = rows[np.searchsorted(rows, lo):np.searchsorted(rows, hi)] - lo
+            for counts, series in ((pool_counts, values), (chosen, values.gather(here))):
+                for value, count in series.value_counts().iter_rows():
+                    counts[value] = counts.get(value, 0) + count
+        return [(value, chosen.get(value, 0), total) for value, total in sorted(pool_counts.items())]
 
     def where(self, row: int) -> str:
         return self.table.where(row)

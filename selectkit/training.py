@@ -1,6 +1,6 @@
 """The one causal-LM training loop: optimizer steps over batches of rows in a given order, with
-gradient accumulation over micro-batches and the per-example loss of `selectkit.lm`. LESS's LoRA
-warmup and `selectkit eval`'s proxy models both train through it."""
+gradient accumulation over micro-batches and the per-example loss of `selectkit.lm`, under the
+weights' mixed precision. LESS's LoRA warmup and `selectkit eval`'s proxy models both train through it."""
 
 from __future__ import annotations
 
@@ -26,10 +26,13 @@ def train_epoch(model: Any, opt: Any, sched: Any, order: np.ndarray, *, batch_si
     the mean per-example loss over its rows. Returns each step's learning rate and loss."""
     import torch
 
-    from selectkit.lm import example_loss
+    from selectkit.lm import example_loss, mixed_precision, weights_dtype
 
     steps = -(-len(order) // batch_size)
     params = [p for group in opt.param_groups for p in group["params"]]
+    # float16 weights on a GPU: scale the loss so small gradients do not flush to zero
+    scaler = torch.amp.GradScaler("cuda", enabled=weights_dtype(model) == torch.float16
+                                  and model.device.type == "cuda")
     lrs, losses = [], []
     for s in range(steps):
         rows = order[s * batch_size:(s + 1) * batch_size]
@@ -39,12 +42,15 @@ def train_epoch(model: Any, opt: Any, sched: Any, order: np.ndarray, *, batch_si
         for m in range(0, len(rows), micro_batch_size):
             b = make_batch(rows[m:m + micro_batch_size])
             b = {k: v.to(model.device) for k, v in b.items()}
-            loss = example_loss(model, b).sum() / len(rows)
-            loss.backward()
+            with mixed_precision(model):
+                loss = example_loss(model, b).sum() / len(rows)
+            scaler.scale(loss).backward()
             total += float(loss.detach())
         if clip is not None:
+            scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(params, clip)
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         sched.step()
         losses.append(total)
         if progress:

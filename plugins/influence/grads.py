@@ -291,7 +291,7 @@ class GradientFeaturizer:
                 part = weight_grad(layer_kind(module), a, g_m, module.weight.shape[0])
                 w = part if w is None else w + part
                 g = g_m if name == b.name else g
-            parts.append(torch.cat([w, g.sum(1)], dim=1) if b.bias else w)
+            parts.append(torch.cat([w, g.float().sum(1)], dim=1) if b.bias else w)
         n = losses.shape[0]
         raw = torch.cat(parts, dim=1) if parts else torch.zeros(n, 0, dtype=losses.dtype, device=losses.device)
         return raw, factored, losses
@@ -319,7 +319,7 @@ class GradientFeaturizer:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise GradientSupportError(f"{model_type(self.model)}: per-example gradients by vmap failed: {first}",
                                        hint="use method: hooks") from exc
-        raw = torch.cat([grads[n].reshape(grads[n].shape[0], -1) for n in names], dim=1)
+        raw = torch.cat([grads[n].reshape(grads[n].shape[0], -1).float() for n in names], dim=1)
         return raw, {}, losses.detach()
 
     def __call__(self, batch: Batch) -> GradientBatch:

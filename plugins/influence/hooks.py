@@ -151,13 +151,15 @@ def linear_grad(a: torch.Tensor, g: torch.Tensor, bias: bool) -> torch.Tensor:
 def weight_grad(kind: str, a: torch.Tensor, g: torch.Tensor, rows: int | None = None) -> torch.Tensor:
     """Per-example weight gradient, flattened in the weight's storage order (B, numel):
     Linear (d_out, d_in): sum_t g_t a_t^T; Conv1D (d_in, d_out): sum_t a_t g_t^T (the transpose);
-    Embedding (rows, d) from token ids a (B, T): the output gradients scatter-added by token id."""
+    Embedding (rows, d) from token ids a (B, T): the output gradients scatter-added by token id.
+    Float32 whatever the activations' dtype."""
     import torch
 
+    g = g.float()  # half-precision activations (autocast): the sum over tokens accumulates in float32
     if kind == "linear":
-        return torch.bmm(g.transpose(1, 2), a.to(g.dtype)).flatten(1)
+        return torch.bmm(g.transpose(1, 2), a.float()).flatten(1)
     if kind == "conv1d":
-        return torch.bmm(a.to(g.dtype).transpose(1, 2), g).flatten(1)
+        return torch.bmm(a.float().transpose(1, 2), g).flatten(1)
     if kind == "embedding":
         out = g.new_zeros(g.shape[0], rows, g.shape[-1])
         return out.scatter_add_(1, a.unsqueeze(-1).expand(-1, -1, g.shape[-1]), g).flatten(1)

@@ -27,9 +27,12 @@ def sample_rows(pool: Any, limit: int | None, seed: int, label: str) -> np.ndarr
     return chosen[canonical_order(pool.keys[chosen])]
 
 
-def batches(lm: Any, ds: Any, response: str | None, batch_size: int) -> list[dict]:
+def batches(lm: Any, ds: Any, response: str | None, batch_size: int | str) -> list[dict]:
+    """Batches of `batch_size` rows in order on the model's device (auto: 16; the second-order
+    solvers keep every batch of their sample, so the device budget does not size them)."""
     from selectkit.lm import batch, prompts_of
 
+    batch_size = 16 if batch_size == "auto" else int(batch_size)
     prompts = prompts_of(ds, response)
     device = next(lm.model.parameters()).device
     out = []
@@ -62,7 +65,8 @@ def inverse_hessian_lm(lm: Any, pool: Any, targets: dict[str, Any], p: dict[str,
 
     model = lm.model
     settings = GradientSettings(proj_dim=None, layout="joint", factorize_above=None, seed=seed,
-                                batch_size=p["batch_size"], max_length=lm.max_length)
+                                batch_size=16 if p["batch_size"] == "auto" else p["batch_size"],
+                                max_length=lm.max_length)
     feat = lm_featurizer(model, settings)
     names = feat.param_names
     device = next(model.parameters()).device

@@ -18,7 +18,9 @@ class GradientBase(Params):
         "auto", description="parameters differentiated: lora (the adapter's), linear (all nn.Linear), "
         "auto (lora when the model has an adapter or warmup checkpoints)")
     method: Literal["hooks", "vmap"] = Field("hooks", description="per-example gradients by layer hooks or torch.func")
-    batch_size: PositiveInt = Field(16, description="examples per gradient pass")
+    batch_size: PositiveInt | Literal["auto"] = Field(
+        "auto", description="examples per gradient batch; auto: as many as the device's memory fits by the "
+        "planner's estimate (padded tokens and per-example gradient entries; at most 16 on CPU, 256 on CUDA)")
     response: str | None = Field(
         None, description="column or '{template}' holding each example's response; its rendered text must end "
         "the example's text, and only the response's tokens enter the loss (default: every token). Applies to "

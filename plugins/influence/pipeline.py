@@ -25,7 +25,9 @@ class GradientSettings:
     factorize_above: int | None = 1 << 22  # LoGra-project Linear layers with more weight entries
     factor_dim: int = 32
     method: str = "hooks"  # hooks | vmap
-    batch_size: int = 16
+    batch_size: int = 16  # rows per batch; 0: batches of at most batch_tokens padded tokens and max_rows rows
+    batch_tokens: int = 0
+    max_rows: int = 16
     max_length: int = 512  # the loaded model's (selectkit.models.max_length): one truncation rule
     dtype: str = "float32"  # stored features: float32 | float16
     keep_features: bool = True  # False: norms and losses only (self-influence, GraNd)
@@ -73,8 +75,7 @@ def featurize_texts(model: Any, tokenizer: Any, texts: Sequence[str], settings: 
     example with no counted token (an empty response) has no gradient: its row is NaN."""
     import torch
 
-    from selectkit.lm import batch as lm_batch
-    from selectkit.lm import counted_tokens
+    from selectkit.lm import counted_tokens, encode, mixed_precision, pad
 
     feat = featurizer or lm_featurizer(model, settings, adam, adam_mode)
     slices, raw_sizes = block_layout(feat)
@@ -85,14 +86,12 @@ def featurize_texts(model: Any, tokenizer: Any, texts: Sequence[str], settings: 
     out_n = np.zeros(n)
     out_l = np.zeros(n)
     counts = np.zeros(n, dtype=np.int64)
-    order = np.argsort([-len(t) for t in texts], kind="stable")
-    for b in range(0, n, settings.batch_size):
-        rows = order[b:b + settings.batch_size]
-        batch = lm_batch(tokenizer, [texts[i] for i in rows], [prompts[i] for i in rows] if prompts is not None
-                         else None, settings.max_length)
+    ids, starts = encode(tokenizer, texts, settings.max_length, prompts)
+    for rows in _batches(np.array([len(x) for x in ids], dtype=np.int64), settings):
+        batch = pad(tokenizer, [ids[i] for i in rows], starts[rows])
         counts[rows] = counted_tokens(batch)
         batch = {k: v.to(device) for k, v in batch.items()}
-        with torch.enable_grad():
+        with torch.enable_grad(), mixed_precision(model):
             got = feat(batch)
         if width:
             out_f[rows] = got.features.detach().cpu().numpy()
@@ -101,3 +100,13 @@ def featurize_texts(model: Any, tokenizer: Any, texts: Sequence[str], settings: 
     empty = counts == 0
     out_f[empty], out_n[empty], out_l[empty] = np.nan, np.nan, np.nan
     return FeatureSet(out_f.astype(settings.dtype), out_n, out_l, slices, raw_sizes)
+
+
+def _batches(lengths: np.ndarray, settings: GradientSettings) -> list[np.ndarray]:
+    """Rows of each batch, longest first: `batch_size` rows at a time, or (batch_size 0) as many as
+    fit `batch_tokens` padded tokens and `max_rows` rows (the device's budget, `gradient_batches`)."""
+    from selectkit_plugins.passes.forward import plan_batches
+
+    if settings.batch_size:
+        return plan_batches(lengths, settings.batch_size * max(1, int(lengths.max(initial=1))), settings.batch_size)
+    return plan_batches(lengths, settings.batch_tokens, settings.max_rows)

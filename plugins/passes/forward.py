@@ -24,7 +24,6 @@ mean otherwise) and `normalize` (L2, default true).
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -184,28 +183,49 @@ def plan_batches(lengths: np.ndarray, batch_tokens: int, batch_size: int) -> lis
     return batches
 
 
-def default_batch_tokens(lm: LoadedModel, hidden_states: bool = False) -> int:
-    """Padded tokens per batch: what fits in 256 MiB of activations on CPU (at most 16k tokens),
-    or in 80% of the free memory on CUDA (at most 128k tokens)."""
-    from selectkit.estimates import (
-        CPU_ACTIVATION_BUDGET,
-        MAX_BATCH_TOKENS_CPU,
-        MAX_BATCH_TOKENS_CUDA,
-        batch_tokens_that_fit,
-    )
-    from selectkit.models import facts_from_config
+def activation_budget(lm: LoadedModel) -> tuple[int, int]:
+    """(bytes, most padded tokens) one batch may take: 256 MiB of activations and 16k tokens on CPU,
+    80% of the free memory and 128k tokens on CUDA."""
+    from selectkit.estimates import CPU_ACTIVATION_BUDGET, MAX_BATCH_TOKENS_CPU, MAX_BATCH_TOKENS_CUDA
 
-    facts = facts_from_config(lm.model.config.to_dict())
     if str(lm.device).startswith("cuda"):
         import torch
 
         free, _ = torch.cuda.mem_get_info(torch.device(lm.device))
-        budget, cap = int(free * 0.8), MAX_BATCH_TOKENS_CUDA
-    else:
-        budget, cap = CPU_ACTIVATION_BUDGET, MAX_BATCH_TOKENS_CPU
+        return int(free * 0.8), MAX_BATCH_TOKENS_CUDA
+    return CPU_ACTIVATION_BUDGET, MAX_BATCH_TOKENS_CPU
+
+
+def default_batch_tokens(lm: LoadedModel, hidden_states: bool = False) -> int:
+    """Padded tokens per forward batch: what the planner's activation estimate fits in the budget."""
+    from selectkit.estimates import batch_tokens_that_fit
+    from selectkit.models import facts_from_config
+
+    facts = facts_from_config(lm.model.config.to_dict())
+    budget, cap = activation_budget(lm)
     fit = batch_tokens_that_fit(facts, budget, lm.spec.dtype, weights_loaded=True, hidden_states=hidden_states,
                                 max_length=lm.max_length, logits=lm.spec.kind != "embedding")
     return max(lm.max_length, min(fit, cap))
+
+
+GRADIENT_ROWS_CPU, GRADIENT_ROWS_CUDA = 16, 256
+
+
+def gradient_batches(lm: LoadedModel, raw_dim: int) -> tuple[int, int]:
+    """(padded tokens, rows) per per-example-gradient batch from the planner's estimate: a third of
+    the budget for forward + backward activations, the rest for each row's raw gradient entries
+    (float32, with the Adam and float64 norm copies: 16 bytes an entry); 16 rows at most on CPU,
+    256 on CUDA, and always at least one example of max_length tokens."""
+    from selectkit.estimates import batch_tokens_that_fit
+    from selectkit.models import facts_from_config
+
+    facts = facts_from_config(lm.model.config.to_dict())
+    budget, cap = activation_budget(lm)
+    tokens = batch_tokens_that_fit(facts, budget // 3, lm.spec.dtype, weights_loaded=True, backward=True,
+                                   max_length=lm.max_length)
+    most = GRADIENT_ROWS_CUDA if str(lm.device).startswith("cuda") else GRADIENT_ROWS_CPU
+    rows = int(max(1, min(most, (budget - budget // 3) // max(1, 16 * raw_dim))))
+    return max(lm.max_length, min(tokens, cap)), rows
 
 
 def _variant(request: FeatureRequest) -> tuple:
@@ -318,7 +338,7 @@ def _forward(lm: LoadedModel, ids: list[list[int]], stats: PassStats, batch_toke
     for LM features, pooled last hidden states for embeddings."""
     import torch
 
-    from selectkit.lm import token_logprobs
+    from selectkit.lm import mixed_precision, token_logprobs
 
     n = len(ids)
     lengths = np.array([len(x) for x in ids], dtype=np.int64)
@@ -328,11 +348,9 @@ def _forward(lm: LoadedModel, ids: list[list[int]], stats: PassStats, batch_toke
     pooled: dict[str, np.ndarray] = {}
     tok = lm.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    autocast = (torch.autocast("cuda", dtype=getattr(torch, lm.spec.dtype))
-                if str(lm.device).startswith("cuda") and lm.spec.dtype != "float32" else contextlib.nullcontext())
     body = lm.model if lm.spec.kind == "embedding" else lm.model.base_model
     real = np.flatnonzero(lengths > 0)  # an empty tokenization has nothing to score
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), mixed_precision(lm.model):
         for batch in plan_batches(lengths[real], batch_tokens, batch_size):
             rows = real[batch]
             width = int(lengths[rows].max())

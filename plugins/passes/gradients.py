@@ -24,7 +24,7 @@ from selectkit.errors import SelectkitError
 from selectkit.hookspecs import hookimpl
 from selectkit.passes import ModelRef, PassContext, PassPlan, PassProvider, PlanContext, describe
 
-BASE = {"params": "auto", "method": "hooks", "batch_size": 16, "response": None, "run": None}
+BASE = {"params": "auto", "method": "hooks", "batch_size": "auto", "response": None, "run": None}
 FEATURES = {**BASE, "proj_dim": 1024, "proj_kind": "rademacher", "layout": "joint", "factorize_above": 1 << 22,
             "factor_dim": 32, "feature_dtype": "float32", "adam": "none", "keep_features": True}
 EKFAC = {**BASE, "damping": None, "fisher": "empirical", "kfac": False, "factor_examples": 1024, "targets": ()}
@@ -146,6 +146,13 @@ class Gradients(PassProvider):
                 ck = checkpoints[c]
                 adam = adam_state(ck, feat.param_names) if ck.optimizer is not None else AdamState.zeros(feat.raw_dim)
                 feat = lm_featurizer(lm.model, gs, adam, mode)
+            if settings["batch_size"] == "auto":
+                from dataclasses import replace
+
+                from selectkit_plugins.passes.forward import gradient_batches
+
+                tokens, most = gradient_batches(lm, feat.raw_dim)
+                gs = replace(gs, batch_size=0, batch_tokens=tokens, max_rows=most)
             slices, raw = block_layout(feat)
             layout = json.dumps({"slices": slices, "raw_sizes": raw}).encode()
             for i in (i for i in todo if i // rows == c):
@@ -225,7 +232,8 @@ def _gradient_settings(settings: dict[str, Any], seed: int, max_length: int) -> 
     return GradientSettings(proj_dim=settings.get("proj_dim"), proj_kind=settings["proj_kind"], seed=seed,
                             layout=settings["layout"], factorize_above=settings.get("factorize_above"),
                             factor_dim=settings["factor_dim"], method=settings["method"],
-                            batch_size=settings["batch_size"], max_length=max_length,
+                            batch_size=settings["batch_size"] if settings["batch_size"] != "auto" else 16,
+                            max_length=max_length,
                             dtype=settings["feature_dtype"], keep_features=settings["keep_features"])
 
 

@@ -40,9 +40,10 @@ def _device(model: Any) -> torch.device:
 
 def _token_nll(model: Any, enc: dict) -> torch.Tensor:
     """Mean next-token NLL per sequence (B,), padding excluded; NaN where no token is predicted."""
-    from selectkit.lm import example_loss
+    from selectkit.lm import example_loss, mixed_precision
 
-    return example_loss(model, enc, empty=float("nan"))
+    with mixed_precision(model):
+        return example_loss(model, enc, empty=float("nan"))
 
 
 def _encode(tokenizer: Any, texts: Sequence[str], max_length: int, device: Any) -> dict:
