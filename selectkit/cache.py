@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -97,11 +96,11 @@ def write_bytes_synced(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
-def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    """Arrays as an .npz (no pickled objects: object arrays are refused when read)."""
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Arrays as an .npz written straight to the file (no in-memory copy of a 10M-row score; no
+    pickled objects: object arrays are refused when read)."""
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -128,6 +127,9 @@ class Staging:
     def add_bytes(self, name: str, data: bytes) -> None:
         write_bytes_synced(self.folder / name, data)
         share(self.folder / name)
+
+    def add_arrays(self, name: str, arrays: dict[str, np.ndarray]) -> None:
+        self.add_file(name, lambda path: write_npz(path, arrays))
 
     def add_file(self, name: str, write: Writer) -> None:
         path = self.folder / name
@@ -264,7 +266,7 @@ class Cache:
 
     def write_arrays(self, kind: str, key: str, arrays: dict[str, np.ndarray], **meta: Any) -> None:
         with self.stage(kind, key, **meta) as staging:
-            staging.add_bytes("arrays.npz", npz_bytes(arrays))
+            staging.add_arrays("arrays.npz", arrays)
             staging.commit()
 
     def read_arrays(self, kind: str, key: str) -> tuple[dict[str, np.ndarray], dict] | None:
@@ -393,7 +395,7 @@ class Sharded:
     def write(self, index: int, arrays: dict[str, np.ndarray]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         with Staging(self.shard_folder(index), {"shard": index}) as staging:
-            staging.add_bytes("arrays.npz", npz_bytes(arrays))
+            staging.add_arrays("arrays.npz", arrays)
             staging.commit()
 
     def stage(self, index: int) -> Staging:

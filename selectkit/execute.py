@@ -547,12 +547,8 @@ class Run:
         unscorable = 0
         if selection is None:
             score = scores.get(params.score) if params.score else None
-            usable = candidates
-            if score is not None and score.shape is not Shape.FEATURES:
-                values = np.asarray(score.values, dtype=np.float64)[candidates]
-                bad = np.isnan(values) if values.ndim == 1 else np.isnan(values).all(axis=1)
-                unscorable = int(bad.sum())
-                usable = candidates[~bad]
+            usable = scorable(score, candidates)
+            unscorable = len(candidates) - len(usable)
             usable = usable[canonical_order(self.pool.keys[usable])]  # row-key order: never the pool's order
             ctx = SelectContext(candidates=usable, pool=self.pool, seed=self.plan.seed, stage=node.label,
                                 score=score, scores=scores, targets=self.targets, keys=self.pool.keys)
@@ -597,6 +593,16 @@ class Run:
 
     def _write(self, step: Step):  # pragma: no cover - the write step is run by `execute`
         raise AssertionError("write is run by execute()")
+
+
+def scorable(score: Score | None, candidates: np.ndarray) -> np.ndarray:
+    """The candidates with a value in `score` (all of them for a feature score or none): NaN rows
+    are never selected. Its temporaries die here, before the selector runs."""
+    if score is None or score.shape is Shape.FEATURES:
+        return candidates
+    values = np.asarray(score.values)
+    bad = np.isnan(values[candidates]) if values.ndim == 1 else np.isnan(values[candidates]).all(axis=1)
+    return candidates[~bad] if bad.any() else candidates
 
 
 def canonical_request(request: Any) -> Any:

@@ -178,12 +178,10 @@ def build_index(table: Table, cache: Any, key: str, progress=None) -> PoolIndex:
 
 
 def index_into(entry: Any, table: Table, i: int, bounds: tuple[int, int]) -> None:
-    from selectkit.cache import npz_bytes
-
     ids, arrays = index_shard(table, *bounds)
     with entry.stage(i) as staging:
         staging.add_file("ids.parquet", lambda p, frame=ids: frame.write_parquet(p, statistics=False))
-        staging.add_bytes("arrays.npz", npz_bytes(arrays))
+        staging.add_arrays("arrays.npz", arrays)
         staging.commit()
 
 
