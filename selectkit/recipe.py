@@ -93,8 +93,8 @@ class ModelSpec(Strict):
     kind: Literal["causal-lm", "masked-lm", "embedding"] = Field(
         description="causal-lm: next-token models (perplexity, gradients); masked-lm; embedding: encoders")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="weights' dtype; on GPUs bfloat16/float16 run under autocast, losses and gradient "
-        "projections accumulate in float32")
+        "float32", description="weights' dtype; bfloat16/float16 run every pass under autocast (CPU: bfloat16 "
+        "only), with losses, log-probs and per-example gradient products summed in float32")
     max_length: PositiveInt = Field(
         512, description="tokens per example, in every pass of this model (forward, gradients, training): longer "
         "texts are truncated; clamped to the model's position table")
