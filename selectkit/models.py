@@ -16,12 +16,14 @@ cache so later loads skip the conversion.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
 import math
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -426,6 +428,15 @@ def load_failure(label: str, folder: Path | str, exc: BaseException) -> ModelErr
     return ModelError(f"{label}: cannot load {folder}{files}: {type(exc).__name__}: {_first_line(exc)}")
 
 
+@contextlib.contextmanager
+def peft_quietly():
+    """peft reads `is_gradient_checkpointing`, which transformers deprecates with a FutureWarning on
+    every adapter it wraps: a warning between two libraries, nothing a recipe can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def load_model(spec: ModelSpec, base_dir: str | Path = ".", *, allow_remote_code: bool = False,
                device: str | None = None, name: str | None = None, adapter: str | Path | None = None,
                merge_lora: bool = True, attn_implementation: str | None = None,
@@ -484,7 +495,8 @@ def load_model(spec: ModelSpec, base_dir: str | Path = ".", *, allow_remote_code
         peft = require("peft", "models", f"{label} (lora)")
         lora_path = resolve_model_path(str(lora), base_dir) if not isinstance(lora, Path) else lora
         try:
-            model = peft.PeftModel.from_pretrained(model, str(lora_path), is_trainable=not merge_lora)
+            with peft_quietly():
+                model = peft.PeftModel.from_pretrained(model, str(lora_path), is_trainable=not merge_lora)
         except Exception as exc:
             raise load_failure(f"{label} (lora)", lora_path, exc) from exc
         if merge_lora:

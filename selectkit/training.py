@@ -11,7 +11,10 @@ import numpy as np
 
 
 def linear_schedule(total: int, warm: int) -> Callable[[int], float]:
-    """transformers' get_linear_schedule_with_warmup, as a LambdaLR factor."""
+    """transformers' get_linear_schedule_with_warmup, as a LambdaLR factor; the warmup never spans
+    every step (its first step has rate 0: a run of one step would not train at all)."""
+    warm = min(warm, max(0, total - 1))
+
     def fn(step: int) -> float:
         if step < warm:
             return step / max(1, warm)

@@ -61,8 +61,28 @@ def test_less_is_weighted_cosine_and_aggregates_like_matching_py():
 
 
 def test_checkpoint_weights_reject_bad_rates():
-    with pytest.raises(ValueError):
+    from selectkit.errors import SelectkitError
+
+    with pytest.raises(SelectkitError, match="positive sum"):
         scores.checkpoint_weights([0.0, 0.0])
+
+
+def test_the_warmup_schedule_is_transformers_and_a_one_step_run_trains():
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    from selectkit.training import linear_schedule
+
+    for total, warm in ((100, 3), (10, 1), (7, 0)):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        hf = get_linear_schedule_with_warmup(opt, warm, total)
+        ours = linear_schedule(total, warm)
+        for step in range(total):
+            assert ours(step) == pytest.approx(hf.get_last_lr()[0])
+            opt.step()
+            hf.step()
+    # a 5-example warmup in batches of 8 is one step: ceil(0.03 * 1) = 1 warmup step would give it rate 0
+    assert linear_schedule(1, 1)(0) == 1.0
 
 
 def _sherman_morrison_sum(g, v, lam):

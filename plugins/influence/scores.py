@@ -12,12 +12,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from selectkit.errors import SelectkitError
+
 
 def checkpoint_weights(lrs: Sequence[float]) -> np.ndarray:
     """LESS's checkpoint weights: learning rates renormalised to sum to 1."""
     w = np.asarray(lrs, dtype=np.float64)
     if w.ndim != 1 or len(w) == 0 or np.any(w < 0) or w.sum() <= 0:
-        raise ValueError(f"checkpoint learning rates must be non-negative with a positive sum, got {list(lrs)}")
+        raise SelectkitError(f"checkpoint learning rates must be non-negative with a positive sum, got {list(lrs)}",
+                             hint="each checkpoint is weighted by its epoch's mean learning rate: give checkpoints "
+                             "a positive `lr` in their checkpoint.json")
     return w / w.sum()
 
 

@@ -58,13 +58,16 @@ class Warmup:
         import torch
         from peft import LoraConfig, get_peft_model
 
+        from selectkit.models import peft_quietly
+
         self.tokenizer, self.texts, self.prompts, self.spec = tokenizer, list(texts), prompts, spec
         self.seed, self.max_length = seed, max_length
         torch.manual_seed(epoch_seed(seed, -1))  # the LoRA initialisation
         lora = spec.lora
-        self.model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                                      target_modules=list(target_modules or lora.target_modules),
-                                                      task_type="CAUSAL_LM"))
+        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                            target_modules=list(target_modules or lora.target_modules), task_type="CAUSAL_LM")
+        with peft_quietly():
+            self.model = get_peft_model(model, config)
         self.named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW([p for _, p in self.named], lr=spec.learning_rate,
                                      weight_decay=spec.weight_decay, betas=(0.9, 0.999), eps=1e-8)

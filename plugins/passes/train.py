@@ -24,7 +24,7 @@ class Train(PassProvider):
     """Warmup training (LESS) and the checkpoint list of a model."""
 
     name = "train"
-    version = "2"
+    version = "3"  # 3: a one-step warmup trains (its only step no longer has rate 0)
     parallel = False  # epoch e starts from epoch e - 1
     kinds = {"checkpoints": {"run": None}}
 
