@@ -167,5 +167,6 @@ output: {{dir: out, formats: [parquet], report: false}}
 """)
     return path
 
+
 if __name__ == "__main__":
     main()

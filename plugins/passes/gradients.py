@@ -152,7 +152,7 @@ class Gradients(PassProvider):
                 from selectkit_plugins.passes.forward import gradient_batches
 
                 tokens, most = gradient_batches(lm, feat.raw_dim)
-                gs = replace(gs, batch_size=0, batch_tokens=tokens, max_rows=most)
+                gs = replace(gs, batch_tokens=tokens, max_rows=most)
             slices, raw = block_layout(feat)
             layout = json.dumps({"slices": slices, "raw_sizes": raw}).encode()
             for i in (i for i in todo if i // rows == c):
@@ -232,8 +232,8 @@ def _gradient_settings(settings: dict[str, Any], seed: int, max_length: int) -> 
     return GradientSettings(proj_dim=settings.get("proj_dim"), proj_kind=settings["proj_kind"], seed=seed,
                             layout=settings["layout"], factorize_above=settings.get("factorize_above"),
                             factor_dim=settings["factor_dim"], method=settings["method"],
-                            batch_size=settings["batch_size"] if settings["batch_size"] != "auto" else 16,
-                            max_length=max_length,
+                            batch_size=0 if settings["batch_size"] == "auto" else settings["batch_size"],
+                            max_length=max_length,  # auto (0): sized from the loaded model, see `run`
                             dtype=settings["feature_dtype"], keep_features=settings["keep_features"])
 
 
