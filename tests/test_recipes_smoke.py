@@ -13,8 +13,10 @@ RECIPE_FILES = sorted(RECIPES.glob("*.yaml"))
 # recipes that train or sample per example run on a smaller slice (the suite's time budget)
 LIMITS = {"learning_percentage": 80, "el2n_prune": 80, "grpo_hard": 100, "smart": 100}
 # two LoRA trainings or a training with a forward pass per epoch: their mechanisms are tested in
-# process by test_methods_training.py; the whole recipe runs with -m slow
-SLOW = {"learning_percentage", "el2n_prune"}
+# process by test_methods_training.py; the whole recipe runs with -m slow. less.yaml (a warmup and
+# gradients, ~40 s): test_resume kills and resumes a LESS recipe in the default run, and
+# tests/test_ray.py (in .ci/run) runs less.yaml to the end on both executors
+SLOW = {"learning_percentage", "el2n_prune", "less"}
 
 
 @pytest.fixture(scope="module")
