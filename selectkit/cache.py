@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from selectkit.components import Score, Selection, Shape
-from selectkit.data import sha256_file as digest_file
+from selectkit.data import sha256_file
 from selectkit.errors import SelectkitError, SelectkitWarning
 
 META = "meta.json"
@@ -85,8 +85,6 @@ def share(path: Path, folder: bool = False) -> None:
         os.chmod(path, (0o777 if folder else 0o666) & ~umask())
     except OSError:  # pragma: no cover - a file system without modes
         pass
-
-
 
 
 def write_bytes_synced(path: Path, data: bytes) -> None:
@@ -148,7 +146,7 @@ class Staging:
         files = {}
         for path in sorted(p for p in self.folder.rglob("*") if p.is_file()):
             name = path.relative_to(self.folder).as_posix()
-            files[name] = {"size": path.stat().st_size, "sha256": digest_file(path)}
+            files[name] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
             share(path)
         for path in self.folder.rglob("*"):
             if path.is_dir():
@@ -184,7 +182,7 @@ def verify(folder: Path) -> dict | None:
         files = meta["files"]
         for name, info in files.items():
             path = folder / name
-            if path.stat().st_size != info["size"] or digest_file(path) != info["sha256"]:
+            if path.stat().st_size != info["size"] or sha256_file(path) != info["sha256"]:
                 return None
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -9,6 +9,7 @@ a time (`pool.shard(i)` -> a Dataset with that shard's rows and texts). Whole-po
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -70,14 +71,17 @@ class Table:
             seen.update(dict.fromkeys(part.columns))
         return list(seen)
 
-    def slice(self, lo: int, hi: int) -> pl.DataFrame:
+    def spans(self, lo: int, hi: int) -> Iterator[tuple[RowSource, int, int, int]]:
+        """(file, its first row, its last row + 1, the file's global offset) for each file that global
+        rows [lo, hi) touch, in order."""
         hi = min(hi, self.rows)
-        frames = []
         for k, part in enumerate(self.parts):
             a, b = int(self.starts[k]), int(self.starts[k + 1])
-            if b <= lo or a >= hi:
-                continue
-            frames.append(part.slice(max(lo, a) - a, min(hi, b) - a))
+            if b > lo and a < hi:
+                yield part, max(lo, a) - a, min(hi, b) - a, a
+
+    def slice(self, lo: int, hi: int) -> pl.DataFrame:
+        frames = [part.slice(start, stop) for part, start, stop, _ in self.spans(lo, hi)]
         if not frames:
             return pl.DataFrame()
         return frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
@@ -88,26 +92,16 @@ class Table:
 
     def not_text(self, frame: pl.DataFrame, lo: int, columns: list[str]) -> tuple[int, str, str] | None:
         """RowSource.not_text over the parts that rows [lo, lo + frame.height) span (global rows)."""
-        hi = lo + frame.height
-        for k, part in enumerate(self.parts):
-            a, b = int(self.starts[k]), int(self.starts[k + 1])
-            if b <= lo or a >= hi:
-                continue
-            start = max(lo, a)
-            bad = part.not_text(frame.slice(start - lo, min(hi, b) - start), start - a, columns)
+        for part, start, stop, offset in self.spans(lo, lo + frame.height):
+            bad = part.not_text(frame.slice(offset + start - lo, stop - start), start, columns)
             if bad is not None:
-                return a + bad[0], bad[1], bad[2]
+                return offset + bad[0], bad[1], bad[2]
         return None
 
     def column(self, name: str, lo: int = 0, hi: int | None = None) -> pl.Series:
         """One column of rows [lo, hi) (null in the files that lack it), reading only that column."""
-        hi = min(self.rows if hi is None else hi, self.rows)
         parts = []
-        for k, part in enumerate(self.parts):
-            a, b = int(self.starts[k]), int(self.starts[k + 1])
-            if b <= lo or a >= hi:
-                continue
-            start, stop = max(lo, a) - a, min(hi, b) - a
+        for part, start, stop, _ in self.spans(lo, self.rows if hi is None else hi):
             series = part.column(name, start, stop)
             parts.append(series if series is not None else pl.Series(name, [None] * (stop - start)))
         if not parts:
@@ -271,12 +265,11 @@ class Pool:
         return read_shard(self.table, lo, hi)
 
     def column(self, name: str) -> pl.Series:
-        """One column over every row (read shard by shard, kept for reuse)."""
+        """One column over every row (kept for reuse)."""
         if name not in self._columns_cache:
             if name not in self.columns:
                 raise DataError(f"{self.name}: no column {name!r} (columns: {', '.join(self.columns)})")
-            parts = [self.table.column(name, lo, hi) for lo, hi in self.shard_ranges]
-            self._columns_cache[name] = concat_series(parts)
+            self._columns_cache[name] = self.table.column(name)  # that column alone, file by file
         return self._columns_cache[name]
 
     def group_counts(self, name: str, rows: np.ndarray) -> list[tuple[str, int, int]]:

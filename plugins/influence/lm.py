@@ -27,12 +27,17 @@ def sample_rows(pool: Any, limit: int | None, seed: int, label: str) -> np.ndarr
     return chosen[canonical_order(pool.keys[chosen])]
 
 
+def fixed_rows(batch_size: int | str) -> int:
+    """Rows per batch of the second-order solvers: they keep every batch of their sample, so the
+    device budget (`batch_size: auto`) does not size them; auto is 16."""
+    return 16 if batch_size == "auto" else int(batch_size)
+
+
 def batches(lm: Any, ds: Any, response: str | None, batch_size: int | str) -> list[dict]:
-    """Batches of `batch_size` rows in order on the model's device (auto: 16; the second-order
-    solvers keep every batch of their sample, so the device budget does not size them)."""
+    """Batches of `batch_size` rows (`fixed_rows`) in order on the model's device."""
     from selectkit.lm import batch, prompts_of
 
-    batch_size = 16 if batch_size == "auto" else int(batch_size)
+    batch_size = fixed_rows(batch_size)
     prompts = prompts_of(ds, response)
     device = next(lm.model.parameters()).device
     out = []
@@ -65,8 +70,7 @@ def inverse_hessian_lm(lm: Any, pool: Any, targets: dict[str, Any], p: dict[str,
 
     model = lm.model
     settings = GradientSettings(proj_dim=None, layout="joint", factorize_above=None, seed=seed,
-                                batch_size=16 if p["batch_size"] == "auto" else p["batch_size"],
-                                max_length=lm.max_length)
+                                batch_size=fixed_rows(p["batch_size"]), max_length=lm.max_length)
     feat = lm_featurizer(model, settings)
     names = feat.param_names
     device = next(model.parameters()).device
