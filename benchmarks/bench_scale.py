@@ -115,10 +115,12 @@ def _hwm_kib(pid: int) -> int:
     return 0
 
 
-def run(path: Path, cache: Path) -> dict:
-    """One `selectkit run` in a fresh process: wall time and its peak RSS (VmHWM, polled: the
-    rusage of a child also counts the parent's pages it had before exec)."""
-    shutil.rmtree(cache, ignore_errors=True)
+def run(path: Path, cache: Path, fresh: bool = True) -> dict:
+    """One `selectkit run` in a fresh process (and, unless `fresh` is False, a fresh cache): wall
+    time and its peak RSS (VmHWM, polled: the rusage of a child also counts the parent's pages it
+    had before exec)."""
+    if fresh:
+        shutil.rmtree(cache, ignore_errors=True)
     env = {**os.environ, "SELECTKIT_CACHE_DIR": str(cache)}
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "selectkit", "run", "-q", str(path)], env=env,
