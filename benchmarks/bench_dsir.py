@@ -70,8 +70,8 @@ def generate(directory: Path, n_pool: int, n_target: int, seed: int = 0) -> None
 
 
 def run_selectkit(data: Path, budget: int, preset: str) -> dict:
-    from selectkit.components import ScoreContext, SelectContext
-    from selectkit.data import load_dataset
+    from selectkit.contract.components import ScoreContext, SelectContext
+    from selectkit.data.sources import load_dataset
     from selectkit_plugins.readers import JsonLines
     from selectkit_plugins.scorers.dsir import DSIR, DSIRParams
     from selectkit_plugins.selectors.importance_resample import ImportanceResample, ImportanceResampleParams

@@ -5,7 +5,7 @@ and each model step's estimated seconds are set beside the seconds the manifest 
     .venv/bin/python benchmarks/bench_estimates.py --only less perplexity_filter --limit 600
 
 Goal (issue 9): within 2x for model passes on CPU. The CPU figure the estimates use is
-`selectkit.estimates.CPU_TFLOPS_PER_CORE` (calibrated with this script).
+`selectkit.planning.estimates.CPU_TFLOPS_PER_CORE` (calibrated with this script).
 """
 
 from __future__ import annotations

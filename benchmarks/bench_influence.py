@@ -60,8 +60,8 @@ def _model(hidden: int, rank: int):
 
 
 def throughput(n: int, batch_size: int, repeats: int, hidden: int, rank: int) -> list[dict]:
-    from selectkit_plugins.influence.grads import GradientFeaturizer, lm_batch, lm_loss, per_example_grads_loop
-    from selectkit_plugins.influence.pipeline import _unmasked_lm_loss
+    from selectkit_plugins.lib.influence.grads import GradientFeaturizer, lm_batch, lm_loss, per_example_grads_loop
+    from selectkit_plugins.lib.influence.pipeline import _unmasked_lm_loss
 
     model, tok = _model(hidden, rank)
     texts = _texts(n, 0)
@@ -111,10 +111,10 @@ def agreement_lr() -> list[dict]:
     """Tier 0: digits LR (1000 train, lambda=1), 20 test points; Spearman with the exact IF."""
     import influence_reference as ref
 
-    from selectkit_plugins.influence.ekfac import EKFACLayer
-    from selectkit_plugins.influence.hessian import inverse_hessian_scores
-    from selectkit_plugins.influence.projection import Projector
-    from selectkit_plugins.influence.scores import datainf, unit_rows
+    from selectkit_plugins.lib.influence.ekfac import EKFACLayer
+    from selectkit_plugins.lib.influence.hessian import inverse_hessian_scores
+    from selectkit_plugins.lib.influence.projection import Projector
+    from selectkit_plugins.lib.influence.scores import datainf, unit_rows
 
     x, y, xt, yt = ref.load_split("digits", 1000)
     model = ref.fit(x, y, 1.0)
@@ -148,8 +148,8 @@ def agreement_lm(per_task: int) -> list[dict]:
     """Tier 2: tiny LM + LoRA warmup; Spearman of pool scores with influence.inverse_hessian (GGN, CG)."""
     from influence_fixtures import dataset, pretrained_lm, rows
 
-    from selectkit.components import ScoreContext
-    from selectkit.recipe import LoraSettings, ModelSpec, WarmupSpec
+    from selectkit.contract.components import ScoreContext
+    from selectkit.recipe.spec import LoraSettings, ModelSpec, WarmupSpec
     from selectkit.testing import run_scorer
     from selectkit_plugins.scorers.influence import EKFAC, DataInf, InverseHessian, Less, TracIn
 

@@ -8,7 +8,7 @@ selectkit pass over N and 10·N texts, which should stay flat.
 
 The model is a Llama built from a config (hidden 384, 6 layers, ~14M parameters) over a BPE
 vocabulary of 8192 trained on the demo pool. On CUDA the script also prints MFU against the
-GPU's dense bf16 peak (selectkit.estimates.GPUS).
+GPU's dense bf16 peak (selectkit.planning.estimates.GPUS).
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def hf_batched(model, tok, texts, max_length, batch_size=32):
 def selectkit_pass(lm, spec, texts, shard_size=1024):
     import polars as pl
 
-    from selectkit.data import Dataset
+    from selectkit.data.sources import Dataset
     from selectkit_plugins.passes.forward import compute_features, feature_request
 
     ds = Dataset("pool", pl.DataFrame({"text": texts}), pl.Series("id", range(len(texts))), texts, "")
@@ -107,8 +107,8 @@ def speed(args) -> dict:
     import numpy as np
     import torch
 
-    from selectkit.models import load_model
-    from selectkit.recipe import ModelSpec
+    from selectkit.models.loader import load_model
+    from selectkit.recipe.spec import ModelSpec
 
     folder = build_model(WORK / f"llama-{args.hidden}x{args.layers}", args.hidden, args.layers, args.vocab)
     spec = ModelSpec(path=str(folder), kind="causal-lm", max_length=args.max_length)
@@ -146,7 +146,7 @@ def speed(args) -> dict:
     report = {"params": params, "texts": len(texts), "tokens": tokens, "median_s": med,
               "runs_s": times, "repeats": args.repeats}
     if lm.device.startswith("cuda"):
-        from selectkit.estimates import gpu_by_name
+        from selectkit.planning.estimates import gpu_by_name
 
         match = gpu_by_name(torch.cuda.get_device_name())
         if match:
@@ -157,12 +157,12 @@ def speed(args) -> dict:
 
 def memory_child(n: int, max_length: int) -> None:
     """Run one pass over n texts (the pool repeated) and print this process's peak RSS in MB."""
-    from selectkit.recipe import ModelSpec
+    from selectkit.recipe.spec import ModelSpec
 
     spec = ModelSpec(path=str(ROOT / "recipes/models/tiny-lm"), kind="causal-lm", max_length=max_length)
     base = pool_texts()
     texts = [f"{base[i % len(base)]} #{i}" for i in range(n)]
-    from selectkit.models import load_model
+    from selectkit.models.loader import load_model
 
     lm = load_model(spec, ".")
     selectkit_pass(lm, spec, texts, shard_size=200)  # full shards at both sizes: only the count grows

@@ -102,7 +102,8 @@ def main() -> None:
     sizes = [r for r in results if isinstance(r, int)]
     if len(sizes) >= 2:
         a, b = sizes[0], sizes[-1]
-        print(f"peak RSS with report: {b:,} rows / {a:,} rows = x{results[b]['peak_rss_mb'] / results[a]['peak_rss_mb']:.2f}")
+        ratio = results[b]["peak_rss_mb"] / results[a]["peak_rss_mb"]
+        print(f"peak RSS with report: {b:,} rows / {a:,} rows = x{ratio:.2f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from selectkit.data import source_fingerprint
-from selectkit.report import write_report
+from selectkit.data.sources import source_fingerprint
+from selectkit.results.report import write_report
 
 WORDS = np.array("the a of to and in selection data model score pool target token budget stage recipe seed".split())
 

@@ -46,8 +46,8 @@ def synthesize(shape: str, n: int, seed: int = 0):
     """A Score of the given shape over n rows, and a pool Dataset with a `group` column."""
     import polars as pl
 
-    from selectkit.components import Score, Shape
-    from selectkit.data import Dataset
+    from selectkit.contract.components import Score, Shape
+    from selectkit.data.sources import Dataset
 
     rng = np.random.default_rng(seed)
     if shape == "vector":
@@ -67,8 +67,8 @@ def synthesize(shape: str, n: int, seed: int = 0):
 
 def child(kind: str, name: str, sizes: list[int]) -> None:
     """Run one component at every size, printing one JSON line per size (or a skip line)."""
-    from selectkit.components import NormalizeContext, SelectContext
-    from selectkit.registry import load_registry
+    from selectkit.contract.components import NormalizeContext, SelectContext
+    from selectkit.contract.registry import load_registry
 
     def emit(**row: Any) -> None:
         print(json.dumps(row), flush=True)
@@ -139,7 +139,7 @@ def main() -> None:
     if args.child:
         return child(args.child[0], args.child[1], sizes)
 
-    from selectkit.registry import load_registry
+    from selectkit.contract.registry import load_registry
 
     registry = load_registry()
     results: dict[str, Any] = {}

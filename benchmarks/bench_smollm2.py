@@ -39,7 +39,7 @@ def rows(file: str, limit: int | None = None) -> list[dict]:
 def dataset(name: str, items: list[dict]):
     import polars as pl
 
-    from selectkit.data import Dataset
+    from selectkit.data.sources import Dataset
 
     frame = pl.DataFrame({"id": [str(r["id"]) for r in items], "text": [r["text"] for r in items],
                           "domain": [r.get("domain", "") for r in items]})
@@ -86,7 +86,7 @@ def reference_nll(texts: list[str], max_length: int) -> list[float]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from selectkit.models import resolve_model_path
+    from selectkit.models.loader import resolve_model_path
 
     folder = resolve_model_path(MODEL)
     file = next(folder.glob("*.gguf")).name
@@ -120,8 +120,8 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from selectkit.models import load_model
-    from selectkit.recipe import ModelSpec
+    from selectkit.models.loader import load_model
+    from selectkit.recipe.spec import ModelSpec
     from selectkit.testing import score
 
     torch.set_num_threads(args.threads)

@@ -81,9 +81,9 @@ if extra[:1] == ["--analyze"]:
 
 import torch  # noqa: E402 - the analysis alone needs no torch
 
-from selectkit.lm import batch as lm_batch  # noqa: E402
-from selectkit.models import load_model  # noqa: E402
-from selectkit.recipe import ModelSpec  # noqa: E402
+from selectkit.models.lm import batch as lm_batch  # noqa: E402
+from selectkit.models.loader import load_model  # noqa: E402
+from selectkit.recipe.spec import ModelSpec  # noqa: E402
 from selectkit_plugins.passes.unlearn import ascend  # noqa: E402
 
 rows = [json.loads(x) for x in (ROOT / "recipes/data/pool.jsonl").read_text().splitlines()]

@@ -28,7 +28,7 @@ def main() -> None:
     args = parser.parse_args()
     # steady state: bytecode cached, as after a user's first run (this machine sets
     # PYTHONDONTWRITEBYTECODE, which would otherwise recompile every module on each start)
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "selectkit"), str(ROOT / "plugins")],
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "selectkit"), str(ROOT / "selectkit_plugins")],
                    check=True)
     recipes = [str(ROOT / "recipes" / "quickstart.yaml")] if args.one else sorted(
         str(p) for p in (ROOT / "recipes").glob("*.yaml"))

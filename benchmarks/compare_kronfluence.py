@@ -34,7 +34,7 @@ def main() -> None:
     from kronfluence.arguments import FactorArguments, ScoreArguments
     from kronfluence.task import Task
 
-    from selectkit_plugins.influence.ekfac import EKFACLayer
+    from selectkit_plugins.lib.influence.ekfac import EKFACLayer
 
     torch.set_num_threads(2)
     x, y, xt, yt = ref.load_split("digits", 1000)
@@ -121,8 +121,8 @@ def lora_lm() -> list[tuple]:
     from influence_fixtures import rows as task_rows
     from transformers import AutoModelForCausalLM
 
-    from selectkit_plugins.influence.ekfac import ekfac_scores, fit_ekfac
-    from selectkit_plugins.influence.grads import linear_modules, lm_batch, lm_loss
+    from selectkit_plugins.lib.influence.ekfac import ekfac_scores, fit_ekfac
+    from selectkit_plugins.lib.influence.grads import linear_modules, lm_batch, lm_loss
 
     work = Path(tempfile.mkdtemp(prefix="kf-lm-"))
     folder = pretrained_lm(work / "lm", steps=30)

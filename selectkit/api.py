@@ -6,12 +6,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from selectkit.cache import Cache
-from selectkit.compiler import Checked, check
-from selectkit.execute import RunResult
-from selectkit.plan import Plan, compile
-from selectkit.recipe import LoadedRecipe, load
-from selectkit.registry import Registry, default_registry
+from selectkit.contract.registry import Registry, default_registry
+from selectkit.execution.local import RunResult
+from selectkit.planning.check import Checked, check
+from selectkit.planning.compile import Plan, compile
+from selectkit.recipe.spec import LoadedRecipe, load
+from selectkit.storage.cache import Cache
 
 
 def validate(path: str | Path, registry: Registry | None = None, limit: int | None = None) -> Checked:
@@ -63,8 +63,8 @@ def run_plan(compiled: Plan, *, executor: str | None = None, progress: Callable[
 
 def evaluate(path: str | Path, **kwargs):
     """`selectkit eval`: the selection against token-matched random subsets on held-out target parts
-    (see selectkit.evaluate)."""
-    from selectkit.evaluate import evaluate as run_evaluation
+    (see selectkit.evaluation.evaluate)."""
+    from selectkit.evaluation.evaluate import evaluate as run_evaluation
 
     return run_evaluation(path, **kwargs)
 

@@ -23,8 +23,8 @@ kinds. `selectkit.testing` has the conformance checks.
 
 from pydantic import Field
 
-from selectkit.budget import Budget, BudgetField
-from selectkit.components import (
+from selectkit.contract.budget import Budget, BudgetField
+from selectkit.contract.components import (
     Component,
     FeatureRequest,
     NormalizeContext,
@@ -40,10 +40,10 @@ from selectkit.components import (
     Shape,
     Verifier,
 )
-from selectkit.data import Dataset, Reader, RowSource
+from selectkit.contract.hookspecs import hookimpl
+from selectkit.contract.passes import Features, ModelRef, PassContext, PassPlan, PassProvider, PlanContext
+from selectkit.data.sources import Dataset, Reader, RowSource
 from selectkit.errors import DataError, MissingExtraError, PluginError, RecipeError, SelectkitError, require
-from selectkit.hookspecs import hookimpl
-from selectkit.passes import Features, ModelRef, PassContext, PassPlan, PassProvider, PlanContext
 
 __all__ = [
     "Budget", "BudgetField", "Component", "DataError", "Dataset", "FeatureRequest", "Features", "Field",

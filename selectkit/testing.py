@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 from pydantic import ValidationError
 
-from selectkit.components import (
+from selectkit.contract.components import (
     Component,
     NormalizeContext,
     Score,
@@ -24,7 +24,7 @@ from selectkit.components import (
     Selector,
     Shape,
 )
-from selectkit.data import Dataset
+from selectkit.data.sources import Dataset
 
 WORDS = ("data selection picks examples for training language models with scores from influence "
          "perplexity embeddings and importance weights across many domains of text").split()
@@ -117,13 +117,13 @@ def score(scorer: Any, pool: Dataset, *, targets: dict[str, Dataset] | None = No
     ModelSpec; `models` names further specs its params refer to (e.g. a reference model)."""
     import tempfile
 
-    from selectkit.cache import Cache
-    from selectkit.compiler import ScoreNode
-    from selectkit.execute import Run
-    from selectkit.passes import ModelRef
-    from selectkit.plan import Plan, Planner
-    from selectkit.progress import Reporter
-    from selectkit.registry import default_registry
+    from selectkit.contract.passes import ModelRef
+    from selectkit.contract.registry import default_registry
+    from selectkit.execution.local import Run
+    from selectkit.execution.progress import Reporter
+    from selectkit.planning.check import ScoreNode
+    from selectkit.planning.compile import Plan, Planner
+    from selectkit.storage.cache import Cache
 
     root = Path(cache_dir) if cache_dir is not None else Path(tempfile.mkdtemp(prefix="selectkit-test-"))
     registry = default_registry()
@@ -135,7 +135,7 @@ def score(scorer: Any, pool: Dataset, *, targets: dict[str, Dataset] | None = No
         specs.setdefault("model", model)
     refs = {}
     for name, spec in specs.items():
-        from selectkit.models import model_fingerprint
+        from selectkit.models.loader import model_fingerprint
 
         refs[name] = ModelRef(name, spec, Path(base), model_fingerprint(spec, base))
     rows = {name: len(ds) for name, ds in {"pool": pool, **targets}.items()}
@@ -158,7 +158,7 @@ def _as_source(name: str, ds: Dataset, folder: Path, registry: Any) -> Any:
     """An in-memory Dataset as a parquet source (its texts and ids as columns of their own)."""
     import hashlib
 
-    from selectkit.pool import SourceSpec
+    from selectkit.data.pool import SourceSpec
 
     frame = ds.rows.with_columns(pl.Series("__text__", list(ds.texts), dtype=pl.String),
                                  ds.ids.alias("__id__"))
@@ -182,7 +182,7 @@ def run_scorer(scorer: Any, ctx: ScoreContext, *, cache_dir: str | Path | None =
 def features(requests: list, pool: Dataset, *, targets: dict[str, Dataset] | None = None, model: Any = None,
              seed: int = 0, cache_dir: str | Path | None = None, options: dict | None = None) -> Any:
     """The pass outputs of `requests` (each with `model=None` for `model`), as a scorer would see them."""
-    from selectkit.components import Scorer
+    from selectkit.contract.components import Scorer
 
     class _Reader(Scorer):
         name = "testing.features"

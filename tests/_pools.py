@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from selectkit.components import NormalizeContext, Score, SelectContext
-from selectkit.data import Dataset
+from selectkit.contract.components import NormalizeContext, Score, SelectContext
+from selectkit.data.sources import Dataset
 
 
 def pool(n: int, texts: list[str] | None = None, **columns) -> Dataset:

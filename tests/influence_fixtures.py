@@ -36,7 +36,7 @@ def rows(per_task: int, seed: int, tasks: tuple[str, ...] = TASKS) -> list[dict]
 def dataset(name: str, data: list[dict]) -> Any:
     import polars as pl
 
-    from selectkit.data import Dataset
+    from selectkit.data.sources import Dataset
 
     frame = pl.DataFrame(data)
     texts = frame["text"].to_list()
@@ -50,7 +50,7 @@ def pretrained_lm(folder: Path, steps: int = 60, hidden: int = 32, seed: int = 0
     import torch
     from transformers import ByT5Tokenizer, LlamaConfig, LlamaForCausalLM
 
-    from selectkit_plugins.influence.grads import lm_batch, lm_loss
+    from selectkit_plugins.lib.influence.grads import lm_batch, lm_loss
 
     torch.manual_seed(seed)
     tok = ByT5Tokenizer()

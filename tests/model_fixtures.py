@@ -7,7 +7,7 @@ from pathlib import Path
 
 import polars as pl
 
-from selectkit.data import Dataset
+from selectkit.data.sources import Dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_DATA = ROOT / "recipes" / "data"

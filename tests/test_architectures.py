@@ -18,16 +18,10 @@ from influence_fixtures import rows
 from scipy.stats import spearmanr
 
 from selectkit.errors import SelectkitError
-from selectkit.models import ModelError
-from selectkit_plugins.influence.ekfac import ekfac_scores, fit_ekfac
-from selectkit_plugins.influence.grads import (
-    GradientFeaturizer,
-    group_rows,
-    linear_modules,
-    lm_batch,
-    lm_loss,
-)
-from selectkit_plugins.influence.layers import (
+from selectkit.models.loader import ModelError
+from selectkit_plugins.lib.influence.ekfac import ekfac_scores, fit_ekfac
+from selectkit_plugins.lib.influence.grads import GradientFeaturizer, group_rows, linear_modules, lm_batch, lm_loss
+from selectkit_plugins.lib.influence.layers import (
     GradientSupportError,
     default_lora_targets,
     gradient_support,
@@ -35,7 +29,7 @@ from selectkit_plugins.influence.layers import (
     set_trainable,
     trainable_modules,
 )
-from selectkit_plugins.influence.pipeline import GradientSettings, _unmasked_lm_loss, featurize_texts
+from selectkit_plugins.lib.influence.pipeline import GradientSettings, _unmasked_lm_loss, featurize_texts
 
 torch.set_num_threads(2)
 ARCHS = ("gpt2", "opt", "gpt_neox", "llama", "qwen2")
@@ -388,9 +382,9 @@ def test_lora_on_embeddings_is_a_clear_error_by_hooks_and_works_by_vmap(tok):
 
 
 def test_trainable_modules_per_architecture(tok, tmp_path):
-    from selectkit.models import load_model
-    from selectkit.recipe import ModelSpec
-    from selectkit_plugins.influence.checkpoints import unfreeze
+    from selectkit.models.loader import load_model
+    from selectkit.recipe.spec import ModelSpec
+    from selectkit_plugins.lib.influence.checkpoints import unfreeze
 
     gpt2 = build("gpt2")
     chosen = trainable_modules(gpt2, "linear")
@@ -445,7 +439,7 @@ def test_default_lora_targets_unknown_and_gradient_support_without_torch():
     quant = {"model_type": "llama", "architectures": ["LlamaForCausalLM"],
              "quantization_config": {"quant_method": "gptq"}}
     assert gradient_support(quant) is None and "quantized weights (gptq)" in gradient_support(quant, "linear")
-    code = ("import sys; from selectkit_plugins.influence.layers import default_lora_targets, gradient_support; "
+    code = ("import sys; from selectkit_plugins.lib.influence.layers import default_lora_targets, gradient_support; "
             "assert gradient_support({'model_type': 'gpt2'}) is None and default_lora_targets('opt'); "
             "assert 'torch' not in sys.modules, 'layers imported torch'")
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -460,8 +454,8 @@ def test_tracin_scorer_runs_on_gpt2_and_opt(arch, tok, tmp_path):
     Conv1D layer equals the mean over target examples of the loop gradients' dot products."""
     from influence_fixtures import dataset
 
-    from selectkit.components import ScoreContext
-    from selectkit.recipe import ModelSpec
+    from selectkit.contract.components import ScoreContext
+    from selectkit.recipe.spec import ModelSpec
     from selectkit.testing import run_scorer
     from selectkit_plugins.scorers.influence import TracIn
 

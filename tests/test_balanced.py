@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from _pools import norm_ctx, pool, select_ctx
 
-from selectkit.components import Score, Shape
+from selectkit.contract.components import Score, Shape
 from selectkit_plugins.normalizers.instance_zscore import InstanceZScore
 from selectkit_plugins.selectors._column_queues import ColumnQueues
 from selectkit_plugins.selectors.balanced import Balanced, balanced_order

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from selectkit.budget import Budget, BudgetField
+from selectkit.contract.budget import Budget, BudgetField
 
 adapter = TypeAdapter(BudgetField)
 

@@ -16,8 +16,8 @@ import polars as pl
 import pytest
 from conftest import cli
 
-from selectkit.cache import Cache, Staging
-from selectkit.components import Score, Shape
+from selectkit.contract.components import Score, Shape
+from selectkit.storage.cache import Cache, Staging
 
 
 def _statuses(out: Path) -> dict[str, str]:

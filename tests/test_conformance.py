@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from selectkit.components import Shape
-from selectkit.registry import load_registry
+from selectkit.contract.components import Shape
+from selectkit.contract.registry import load_registry
 from selectkit.testing import check_normalizer, check_params_strict, check_selector
 
 REGISTRY = load_registry(strict=True)

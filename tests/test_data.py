@@ -7,9 +7,9 @@ import json
 import polars as pl
 import pytest
 
-from selectkit.data import load_dataset
+from selectkit.contract.registry import load_registry
+from selectkit.data.sources import load_dataset
 from selectkit.errors import DataError
-from selectkit.registry import load_registry
 
 READERS = {n: e.cls for n, e in load_registry().components["readers"].items()}
 ROWS = [{"qid": f"q{i}", "question": f"what is {i}+{i}?", "answer": str(2 * i)} for i in range(5)]

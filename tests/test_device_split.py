@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from model_fixtures import dataset, tiny_causal_lm
 
-from selectkit.estimates import parse_inventory
-from selectkit.execute import pass_devices
-from selectkit.recipe import ModelSpec
+from selectkit.execution.local import pass_devices
+from selectkit.planning.estimates import parse_inventory
+from selectkit.recipe.spec import ModelSpec
 from selectkit_plugins.passes.forward import compute_features, feature_request
 
 pytest.importorskip("torch")

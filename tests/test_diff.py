@@ -10,7 +10,7 @@ import pytest
 from conftest import cli
 from finished_runs import demo_runs
 
-from selectkit.diff import _md_cell
+from selectkit.results.diff import _md_cell
 
 
 @pytest.fixture(scope="session")

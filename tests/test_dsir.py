@@ -13,9 +13,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from selectkit.budget import parse_budget
-from selectkit.components import Score, ScoreContext, SelectContext, Shape
-from selectkit.data import Dataset, load_dataset
+from selectkit.contract.budget import parse_budget
+from selectkit.contract.components import Score, ScoreContext, SelectContext, Shape
+from selectkit.data.sources import Dataset, load_dataset
 from selectkit.errors import DataError, RecipeError
 from selectkit_plugins.readers import JsonLines
 from selectkit_plugins.scorers.dsir import DSIR, DSIRParams, featurize
@@ -268,7 +268,7 @@ def test_token_and_fraction_budgets():
 
 
 def test_components_are_registered():
-    from selectkit.registry import load_registry
+    from selectkit.contract.registry import load_registry
 
     registry = load_registry()
     assert registry.get("scorers", "dsir") is DSIR

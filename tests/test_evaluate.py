@@ -12,9 +12,9 @@ import polars as pl
 import pytest
 from conftest import RECIPES, cli
 
-from selectkit import evalstats
-from selectkit.evaluate import overlap, split_target
-from selectkit.noise import row_keys
+from selectkit.contract.keyed_random import row_keys
+from selectkit.evaluation import stats as evalstats
+from selectkit.evaluation.evaluate import overlap, split_target
 
 # small enough for the default suite: each run trains 4 pairs x 3 arms of the default 23k-parameter proxy on a 5%
 # selection's tokens (two pairs are too few for the pair level of the bootstrap: the null's CI came out too narrow)

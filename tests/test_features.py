@@ -9,8 +9,8 @@ import pytest
 from model_fixtures import dataset, tiny_causal_lm
 
 from selectkit.errors import DataError, SelectkitError, SelectkitWarning
-from selectkit.models import load_model
-from selectkit.recipe import ModelSpec
+from selectkit.models.loader import load_model
+from selectkit.recipe.spec import ModelSpec
 from selectkit_plugins.passes import forward as passes_module
 from selectkit_plugins.passes.forward import compute_features, feature_request, plan_batches
 

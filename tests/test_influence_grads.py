@@ -9,16 +9,16 @@ import pytest
 import torch
 from model_fixtures import tiny_causal_lm
 
-from selectkit_plugins.influence.adam import adam_transform
-from selectkit_plugins.influence.checkpoints import Checkpoint, adam_state
-from selectkit_plugins.influence.grads import (
+from selectkit_plugins.lib.influence.adam import adam_transform
+from selectkit_plugins.lib.influence.checkpoints import Checkpoint, adam_state
+from selectkit_plugins.lib.influence.grads import (
     GradientFeaturizer,
     ghost_sq_norm,
     lm_batch,
     lm_loss,
     per_example_grads_loop,
 )
-from selectkit_plugins.influence.pipeline import GradientSettings, _unmasked_lm_loss, featurize_texts
+from selectkit_plugins.lib.influence.pipeline import GradientSettings, _unmasked_lm_loss, featurize_texts
 
 torch.set_num_threads(2)
 TEXTS = ["reverse: abc -> cba", "add: 12+7 -> 19", "upper: hello there -> HELLO THERE", "x"]

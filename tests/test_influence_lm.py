@@ -11,10 +11,10 @@ import pytest
 import torch
 from influence_fixtures import dataset, pretrained_lm, rows
 
-from selectkit.components import ScoreContext, Shape
-from selectkit.recipe import LoraSettings, ModelSpec, WarmupSpec
+from selectkit.contract.components import ScoreContext, Shape
+from selectkit.recipe.spec import LoraSettings, ModelSpec, WarmupSpec
 from selectkit.testing import features, run_scorer
-from selectkit_plugins.influence.run import gradient_requests
+from selectkit_plugins.lib.influence.run import gradient_requests
 from selectkit_plugins.scorers.influence import EKFAC, DataInf, InverseHessian, Less, TracIn
 from selectkit_plugins.scorers.self_influence import GraNd, SelfInfluence
 
@@ -94,8 +94,8 @@ def test_gauss_newton_vector_products_match_the_explicit_matrix(ctx):
     from torch.func import functional_call, jacfwd
     from transformers import AutoModelForCausalLM, ByT5Tokenizer
 
-    from selectkit_plugins.influence.grads import lm_batch
-    from selectkit_plugins.influence.hessian import lm_ggn_vp
+    from selectkit_plugins.lib.influence.grads import lm_batch
+    from selectkit_plugins.lib.influence.hessian import lm_ggn_vp
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(ctx.model.path, attn_implementation="eager", dtype=torch.float64)
@@ -132,7 +132,7 @@ def test_warmup_resumes_from_any_epoch_exactly(ctx, tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, ByT5Tokenizer
 
-    from selectkit_plugins.influence.warmup import Warmup
+    from selectkit_plugins.lib.influence.warmup import Warmup
 
     spec = WarmupSpec(fraction=0.5, epochs=3, learning_rate=1e-3, batch_size=8, micro_batch_size=4,
                       lora=LoraSettings(r=4, alpha=16, dropout=0.3, target_modules=["q_proj", "v_proj"]))

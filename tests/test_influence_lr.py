@@ -9,8 +9,8 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from selectkit_plugins.influence.ekfac import EKFACLayer
-from selectkit_plugins.influence.hessian import inverse_hessian_scores
+from selectkit_plugins.lib.influence.ekfac import EKFACLayer
+from selectkit_plugins.lib.influence.hessian import inverse_hessian_scores
 
 torch.set_num_threads(2)
 

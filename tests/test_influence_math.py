@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from selectkit_plugins.influence import scores
-from selectkit_plugins.influence.adam import AdamState, adam_transform
-from selectkit_plugins.influence.hessian import conjugate_gradient, inverse_hessian_scores, lissa
+from selectkit_plugins.lib.influence import scores
+from selectkit_plugins.lib.influence.adam import AdamState, adam_transform
+from selectkit_plugins.lib.influence.hessian import conjugate_gradient, inverse_hessian_scores, lissa
 
 torch.set_num_threads(2)
 
@@ -71,7 +71,7 @@ def test_the_warmup_schedule_is_transformers_and_a_one_step_run_trains():
     import torch
     from transformers import get_linear_schedule_with_warmup
 
-    from selectkit.training import linear_schedule
+    from selectkit.models.training import linear_schedule
 
     for total, warm in ((100, 3), (10, 1), (7, 0)):
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
@@ -160,7 +160,7 @@ def test_cg_reports_negative_curvature():
 def test_explicit_hessian_of_logistic_regression_matches_the_closed_form():
     import influence_reference as ref
 
-    from selectkit_plugins.influence.hessian import explicit_hessian
+    from selectkit_plugins.lib.influence.hessian import explicit_hessian
 
     x, y, _, _ = ref.load_split("wine", 60)
     model = ref.fit(x, y, 2.0)

@@ -12,8 +12,8 @@ import polars as pl
 import pytest
 from model_fixtures import DEMO_DATA, TINY_LM
 
-from selectkit.data import Dataset
-from selectkit.recipe import ModelSpec
+from selectkit.data.sources import Dataset
+from selectkit.recipe.spec import ModelSpec
 from selectkit.testing import features, score
 from selectkit_plugins.scorers.pass_rate import PassRate
 
@@ -55,7 +55,7 @@ def test_pass_rate_scores_prompts_the_model_cannot_complete_higher(tmp_path):
 
 
 def test_completions_do_not_depend_on_batching(tmp_path):
-    from selectkit.components import FeatureRequest
+    from selectkit.contract.components import FeatureRequest
 
     pool, _ = _pool(3)
     request = FeatureRequest("completions", "pool", tuple(sorted(
@@ -66,7 +66,7 @@ def test_completions_do_not_depend_on_batching(tmp_path):
     b = b_store.get("completions", "pool", **dict(request.settings))
     assert a == b and len(a) == len(pool) and all(len(c) == 3 for c in a)
     assert len({c for cs in a for c in cs}) > 3  # sampled, not greedy copies
-    from selectkit.noise import row_keys
+    from selectkit.contract.keyed_random import row_keys
     from selectkit_plugins.passes.generate import stream_seeds
 
     keys = row_keys(pool.ids)

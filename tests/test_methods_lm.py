@@ -12,8 +12,8 @@ import pytest
 from conftest import RECIPES
 from model_fixtures import DEMO_DATA, TINY_LM
 
-from selectkit.data import Dataset
-from selectkit.recipe import ModelSpec
+from selectkit.data.sources import Dataset
+from selectkit.recipe.spec import ModelSpec
 from selectkit.testing import features, score
 from selectkit_plugins.passes.forward import feature_request
 from selectkit_plugins.scorers.contamination import Contamination, calibrated_threshold
@@ -87,8 +87,8 @@ def test_ifd_ranks_responses_the_prompt_does_not_predict_first(tmp_path):
 def test_min_k_plus_zscores_match_the_full_distribution_and_short_texts_get_a_value(tmp_path):
     import torch
 
-    from selectkit.lm import token_logprobs
-    from selectkit.models import load_model
+    from selectkit.models.lm import token_logprobs
+    from selectkit.models.loader import load_model
 
     texts = ["I will win.", "Stocks rallied on Tuesday and the senator said the budget would pass.", "a"]
     pool = rows_dataset("pool", texts)

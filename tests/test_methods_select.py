@@ -11,7 +11,7 @@ import pytest
 from _pools import select_ctx
 from conftest import RECIPES, cli
 
-from selectkit.data import Dataset
+from selectkit.data.sources import Dataset
 from selectkit_plugins.selectors.rs2 import RS2
 
 
@@ -79,7 +79,7 @@ def test_rs2_recipe_writes_one_subset_per_round(tmp_path):
 
 
 def test_verifiers_by_hand():
-    from selectkit.registry import default_registry
+    from selectkit.contract.registry import default_registry
 
     reg = default_registry()
 

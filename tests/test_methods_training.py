@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from model_fixtures import dataset, tiny_causal_lm
 
-from selectkit.recipe import ModelSpec, WarmupSpec
+from selectkit.recipe.spec import ModelSpec, WarmupSpec
 from selectkit.testing import features, score
 from selectkit_plugins.scorers._model import drop_top
 from selectkit_plugins.scorers.el2n import EL2N

@@ -16,10 +16,10 @@ import yaml
 from conftest import cli
 from model_fixtures import TINY_LM
 
-from selectkit.lm import mixed_precision, weights_dtype
-from selectkit_plugins.influence.checkpoints import unfreeze
-from selectkit_plugins.influence.hooks import weight_grad
-from selectkit_plugins.influence.pipeline import GradientSettings, featurize_texts
+from selectkit.models.lm import mixed_precision, weights_dtype
+from selectkit_plugins.lib.influence.checkpoints import unfreeze
+from selectkit_plugins.lib.influence.hooks import weight_grad
+from selectkit_plugins.lib.influence.pipeline import GradientSettings, featurize_texts
 
 torch.set_num_threads(2)
 TEXTS = ["reverse: abc -> cba", "add: 12+7 -> 19", "upper: hello there -> HELLO THERE", "x",
@@ -69,8 +69,8 @@ def test_bfloat16_weights_run_under_autocast_with_float32_results(lm):
 
 
 def test_auto_gradient_batches_fit_the_budget_and_do_not_change_features(lm):
-    from selectkit.models import LoadedModel
-    from selectkit.recipe import ModelSpec
+    from selectkit.models.loader import LoadedModel
+    from selectkit.recipe.spec import ModelSpec
     from selectkit_plugins.passes.forward import GRADIENT_ROWS_CPU, gradient_batches
 
     model, tok = lm
@@ -88,8 +88,8 @@ def test_auto_gradient_batches_fit_the_budget_and_do_not_change_features(lm):
 
 
 def test_lora_warmup_on_bfloat16_weights_trains_float32_adapters(lm):
-    from selectkit.recipe import WarmupSpec
-    from selectkit_plugins.influence.warmup import Warmup
+    from selectkit.recipe.spec import WarmupSpec
+    from selectkit_plugins.lib.influence.warmup import Warmup
 
     _, tok = lm
     base = type(lm[0]).from_pretrained(TINY_LM, dtype=torch.bfloat16)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import cli
 
-from selectkit.models import ModelError, check_model
-from selectkit.recipe import ModelSpec
+from selectkit.models.loader import ModelError, check_model
+from selectkit.recipe.spec import ModelSpec
 
 RECIPE = "perplexity_filter.yaml"  # models.lm: models/tiny-lm (line 12)
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from model_fixtures import ROOT, dataset, demo_dataset, tiny_causal_lm
 
-from selectkit.components import ScoreContext, Shape
+from selectkit.contract.components import ScoreContext, Shape
 from selectkit.errors import SelectkitError
-from selectkit.recipe import ModelSpec
+from selectkit.recipe.spec import ModelSpec
 from selectkit.testing import score as run_scorer
 from selectkit_plugins.passes.forward import compute_features
 from selectkit_plugins.scorers.el2n import EL2N

@@ -11,15 +11,7 @@ import pytest
 from model_fixtures import ROOT, TINY_LM, tiny_causal_lm
 
 from selectkit.errors import SelectkitError
-from selectkit.estimates import (
-    GPUS,
-    LOAD_BYTES_PER_S,
-    LOAD_SECONDS,
-    estimate_model_pass,
-    parse_inventory,
-    pass_flops,
-)
-from selectkit.models import (
+from selectkit.models.loader import (
     ModelError,
     check_model,
     facts_from_config,
@@ -27,7 +19,15 @@ from selectkit.models import (
     model_fingerprint,
     resolve_model_path,
 )
-from selectkit.recipe import ModelSpec
+from selectkit.planning.estimates import (
+    GPUS,
+    LOAD_BYTES_PER_S,
+    LOAD_SECONDS,
+    estimate_model_pass,
+    parse_inventory,
+    pass_flops,
+)
+from selectkit.recipe.spec import ModelSpec
 
 
 def spec(path, kind="causal-lm", **kw) -> ModelSpec:
@@ -95,9 +95,9 @@ def test_validate_time_calls_never_import_torch():
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from selectkit.recipe import ModelSpec\n"
-        "from selectkit.models import check_model, model_facts, model_fingerprint\n"
-        "from selectkit.estimates import estimate_model_pass, parse_inventory, token_lengths\n"
+        "from selectkit.recipe.spec import ModelSpec\n"
+        "from selectkit.models.loader import check_model, model_facts, model_fingerprint\n"
+        "from selectkit.planning.estimates import estimate_model_pass, parse_inventory, token_lengths\n"
         "import selectkit_plugins.passes.forward, selectkit_plugins.passes.gradients\n"
         "import selectkit_plugins.passes.train, selectkit_plugins.passes.unlearn\n"
         "import selectkit_plugins.scorers.perplexity, selectkit_plugins.scorers.min_k_prob\n"
@@ -144,7 +144,7 @@ def test_fingerprint_follows_weights_not_location(folder, tmp_path):
 
 def test_load_model_kinds_dtype_and_remote_code(tmp_path):
     torch = pytest.importorskip("torch")
-    from selectkit.models import load_model
+    from selectkit.models.loader import load_model
 
     lm = load_model(spec(TINY_LM, dtype="bfloat16", max_length=4096), ".")
     assert lm.device == "cpu" and next(lm.model.parameters()).dtype == torch.bfloat16
@@ -164,7 +164,7 @@ def test_lora_adapter_is_applied(tmp_path):
     peft = pytest.importorskip("peft")
     from transformers import AutoModelForCausalLM
 
-    from selectkit.models import load_model
+    from selectkit.models.loader import load_model
 
     base = tiny_causal_lm(tmp_path / "base")
     torch.manual_seed(1)

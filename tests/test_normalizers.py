@@ -7,7 +7,7 @@ import pytest
 from _pools import norm_ctx
 from pydantic import ValidationError
 
-from selectkit.components import Score, Shape
+from selectkit.contract.components import Score, Shape
 from selectkit.errors import DataError
 from selectkit_plugins.normalizers.elementwise import Clip, MinMax, Rank, SignFlip, ZScore, rank_fraction
 from selectkit_plugins.normalizers.instance_zscore import ColumnMoments, InstanceZScore
@@ -209,7 +209,7 @@ def test_log_is_monotone_and_refuses_nonpositive():
 
 
 def test_every_normalizer_is_registered_with_strict_params():
-    from selectkit.registry import load_registry
+    from selectkit.contract.registry import load_registry
 
     registry = load_registry()
     for name in ("zscore", "minmax", "rank", "clip", "sign_flip", "robust_zscore", "instance_zscore", "whiten",

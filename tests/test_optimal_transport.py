@@ -7,7 +7,7 @@ import ot
 import pytest
 from _pools import norm_ctx, pool, select_ctx
 
-from selectkit.components import Score, Shape
+from selectkit.contract.components import Score, Shape
 from selectkit.errors import DataError
 from selectkit_plugins.normalizers.whiten import Whiten
 from selectkit_plugins.selectors._transport import OTSettings, cost, neighbours, source_potentials, unit_rows

@@ -11,9 +11,9 @@ import pytest
 from conftest import ROOT, cli
 from test_registry import fake_distribution
 
-from selectkit import components
-from selectkit.registry import default_registry
-from selectkit.schema import summary_of
+from selectkit.contract import components
+from selectkit.contract.registry import default_registry
+from selectkit.recipe.schema import summary_of
 
 TEAM_PLUGIN = '''
     from typing import Literal
@@ -21,8 +21,8 @@ TEAM_PLUGIN = '''
     import numpy as np
     from pydantic import Field
 
-    from selectkit.components import Params, Score, Scorer
-    from selectkit.hookspecs import hookimpl
+    from selectkit.contract.components import Params, Score, Scorer
+    from selectkit.contract.hookspecs import hookimpl
 
 
     class Vowels(Scorer):

@@ -142,9 +142,9 @@ def test_plan_shows_how_each_step_runs_on_ray(tmp_path):
 
 def test_a_component_that_cannot_run_distributed_is_refused_at_its_line(tmp_path):
     from selectkit.api import validate
-    from selectkit.components import Score, Scorer
+    from selectkit.contract.components import Score, Scorer
+    from selectkit.contract.registry import load_registry
     from selectkit.errors import RecipeErrors
-    from selectkit.registry import load_registry
 
     class LocalOnly(Scorer):
         """Keeps state in this process."""

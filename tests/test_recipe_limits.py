@@ -13,8 +13,8 @@ import pytest
 from conftest import cli
 
 from selectkit.errors import RecipeError, RecipeErrors
-from selectkit.recipe import load
-from selectkit.yamlsource import MAX_ALIASES, MAX_DEPTH, MAX_RECIPE_BYTES
+from selectkit.recipe.spec import load
+from selectkit.recipe.yamlsource import MAX_ALIASES, MAX_DEPTH, MAX_RECIPE_BYTES
 
 HEADER = "selectkit: 1\nname: bounded\n"
 
@@ -24,7 +24,7 @@ HEADER = "selectkit: 1\nname: bounded\n"
 _MEASURED = ("import atexit, re, sys\n"
              "atexit.register(lambda: print('VmHWM', re.search(r'VmHWM:\\s+(\\d+)', "
              "open('/proc/self/status').read()).group(1), file=sys.stderr))\n"
-             "from selectkit.cli import main\n"
+             "from selectkit.cli.commands import main\n"
              "sys.argv[0] = 'selectkit'\n"
              "main()\n")
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, cli
 
-from selectkit import hookspecs
+from selectkit.contract import hookspecs
+from selectkit.contract.registry import KINDS, Registry, load_registry
 from selectkit.errors import PluginError
-from selectkit.registry import KINDS, Registry, load_registry
 
 
 def fake_distribution(root: Path, dist: str, module: str, source: str) -> Path:
@@ -40,8 +40,8 @@ def test_broken_plugin_is_skipped_with_a_warning_and_fails_under_strict(tmp_path
 
 def test_name_clash_names_both_distributions(tmp_path):
     site = fake_distribution(tmp_path / "site", "clashplugin", "clash_plugin", """
-        from selectkit.components import Scorer
-        from selectkit.hookspecs import hookimpl
+        from selectkit.contract.components import Scorer
+        from selectkit.contract.hookspecs import hookimpl
 
         class Impostor(Scorer):
             name = "length"
@@ -60,8 +60,8 @@ def test_name_clash_names_both_distributions(tmp_path):
 def test_third_party_component_is_usable_in_a_recipe(tmp_path):
     site = fake_distribution(tmp_path / "site", "vowelplugin", "vowel_plugin", """
         import numpy as np
-        from selectkit.components import Score, Scorer
-        from selectkit.hookspecs import hookimpl
+        from selectkit.contract.components import Score, Scorer
+        from selectkit.contract.hookspecs import hookimpl
 
         class Vowels(Scorer):
             '''Share of vowels in the text.'''
@@ -119,7 +119,9 @@ def test_same_plugin_twice_is_an_error():
 def test_plugin_modules_do_not_import_heavy_libraries():
     """Importing a built-in plugin must stay cheap: torch & co. are imported inside `run`."""
     heavy = {"torch", "transformers", "ot", "sklearn", "sentence_transformers", "faiss", "datasets", "peft"}
-    for path in (ROOT / "plugins").rglob("*.py"):
+    files = sorted((ROOT / "selectkit_plugins").rglob("*.py"))
+    assert len(files) > 40, "the built-in plugins were not found"
+    for path in files:
         tree = ast.parse(path.read_text())
         for node in tree.body:  # module level only
             names = []
@@ -133,8 +135,8 @@ def test_plugin_modules_do_not_import_heavy_libraries():
 
 def test_readme_component_table_is_current():
     """The README's component table is generated from the registry: a new or renamed component,
-    or a changed summary, fails here until `python -m selectkit.catalog --write README.md` runs."""
-    from selectkit.catalog import block
+    or a changed summary, fails here until `python -m selectkit.cli.catalog --write README.md` runs."""
+    from selectkit.cli.catalog import block
 
     readme = (ROOT / "README.md").read_text()
-    assert block(load_registry(strict=True)) in readme, "run: python -m selectkit.catalog --write README.md"
+    assert block(load_registry(strict=True)) in readme, "run: python -m selectkit.cli.catalog --write README.md"

@@ -18,7 +18,7 @@ import pytest
 from conftest import cli
 from finished_runs import copy_run, demo_runs, find_chromium, load_page, report_screenshot
 
-from selectkit.report import write_report
+from selectkit.results.report import write_report
 
 SECTIONS = ["header", "warnings", "funnel", "composition", "scores", "correlations", "lengths", "examples",
             "diagnostics"]
@@ -224,7 +224,7 @@ def test_page_size_is_bounded_by_design_not_by_pool_size(runs, tmp_path):
 # graceful degradation ---------------------------------------------------------------------------------
 def test_page_without_matplotlib_keeps_every_table(runs, chromium, tmp_path):
     """With matplotlib unimportable (as without the `report` extra) the page still has every section and table."""
-    code = ("import sys; sys.modules['matplotlib'] = None; from selectkit.cli import main; "
+    code = ("import sys; sys.modules['matplotlib'] = None; from selectkit.cli.commands import main; "
             f"sys.argv = ['selectkit', 'report', {str(runs['perplexity'])!r}, '--out', {str(tmp_path / 'r.html')!r}]; "
             "main()")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -331,7 +331,7 @@ def test_report_errors_are_clear(runs, tmp_path, case):
 
 
 def test_report_cli_does_not_import_torch(runs, tmp_path):
-    code = ("import sys; from selectkit.cli import main; "
+    code = ("import sys; from selectkit.cli.commands import main; "
             f"sys.argv = ['selectkit', 'report', {str(runs['quickstart'])!r}, '--out', {str(tmp_path / 'r.html')!r}]\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\nprint(json.dumps(sorted(m for m in sys.modules "
             "if m.split('.')[0] in ('torch', 'transformers'))))")

@@ -135,7 +135,7 @@ def test_selection_written_in_parts_equals_one_table(demo, tmp_path, monkeypatch
     """A large pool's selection.parquet is built a slice of rows at a time (bounded memory): the
     file is the same table as one built whole, include_text and summarize_by columns included."""
     import selectkit
-    import selectkit.outputs as outputs
+    import selectkit.execution.outputs as outputs
 
     recipe = demo / "quickstart.yaml"
     assert "summarize_by: domain" in recipe.read_text()

@@ -8,7 +8,7 @@ import pytest
 from _pools import pool, select_ctx
 from pydantic import ValidationError
 
-from selectkit.components import Score, Shape
+from selectkit.contract.components import Score, Shape
 from selectkit.errors import DataError
 from selectkit_plugins.selectors.round_robin_targets import RoundRobinTargets, round_robin_order
 from selectkit_plugins.selectors.soft_cap import SoftCap
@@ -154,7 +154,7 @@ def test_stratified_by_score_bins_and_param_checks():
 
 
 def test_every_selector_is_registered():
-    from selectkit.registry import load_registry
+    from selectkit.contract.registry import load_registry
 
     registry = load_registry()
     for name in ("balanced", "optimal_transport", "soft_cap", "round_robin_targets", "stratified"):

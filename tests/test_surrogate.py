@@ -11,9 +11,9 @@ import polars as pl
 import pytest
 from conftest import RECIPES, cli
 
+from selectkit.contract.keyed_random import row_keys
 from selectkit.errors import RecipeErrors
-from selectkit.noise import row_keys
-from selectkit.surrogate import agreement_warnings, fit_predict, label_sample, precision_at, spearman
+from selectkit.execution.surrogate import agreement_warnings, fit_predict, label_sample, precision_at, spearman
 
 pytest.importorskip("sklearn")
 
@@ -150,7 +150,7 @@ def _recipe(tmp_path: Path, surrogate: str = "{features: emb, labels: 25%}", ora
     ("{features: emb, model: forest}", "perplexity", "surrogate.model"),
 ])
 def test_recipe_errors_are_located(tmp_path, surrogate, oracle, message):
-    from selectkit.compiler import validate
+    from selectkit.planning.check import validate
 
     with pytest.raises(RecipeErrors) as err:
         validate(_recipe(tmp_path, surrogate, oracle))
@@ -231,7 +231,7 @@ def test_mates_recipe_tracks_the_full_less_oracle(demo):
     assert a["precision_at_budget"] >= 0.0 and overlap >= 0.05
     assert any("barely tracks its oracle" in w for w in report["warnings"])
     # the same sample with random features: Spearman near 0 and a warning
-    from selectkit.surrogate import LabelSample
+    from selectkit.execution.surrogate import LabelSample
 
     keys = sur.result.pool.keys
     rows = np.flatnonzero(oracle)

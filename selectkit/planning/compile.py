@@ -1,0 +1,653 @@
+"""Compile a checked recipe into a Plan: an explicit DAG of typed steps.
+
+    read(source) -> pass(provider, model, data, settings) -> score -> normalize -> select -> write
+
+Each step has its inputs (step ids), cache key, cache kind, resources, a cost estimate and,
+when it maps over rows, its number of shards (fixed row ranges chosen here, never by an
+engine). Every piece of work a run does is a step, so `selectkit plan` shows all of it,
+`cache prune --keep` keeps exactly what a recipe needs, and any executor (local, Ray) walks
+the same steps with the same keys. Executors read steps, never the checked recipe.
+
+A score with a `surrogate:` becomes  sample (a keyed label sample, a derived data source
+`labels:<score>`) -> pass(..., data=labels:<score>) -> oracle (the scorer on those rows) ->
+score (the predictor fills in the pool) -> normalize: the oracle's model work covers the sample only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from selectkit import __version__
+from selectkit.contract.components import FeatureRequest, Normalizer
+from selectkit.contract.passes import ModelRef, PassPlan, PassProvider, PlanContext, describe
+from selectkit.data.pool import SourceSpec, shard_ranges
+from selectkit.errors import PluginError, RecipeError, RecipeErrors, SelectkitError
+from selectkit.planning.check import Checked, ScoreNode, StageNode
+from selectkit.storage.cache import Cache, cache_key
+
+DEFAULT_SHARD_ROWS_MODEL = 4096
+DEFAULT_SHARD_ROWS = 65536
+READ_VERSION = "1"
+SURROGATE_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class Resources:
+    device: str = "cpu"  # cpu | cuda
+    memory_bytes: int | None = None
+    gpus: int = 0
+
+
+@dataclass
+class Step:
+    id: str
+    kind: str  # read | pass | sample | oracle | score | normalize | select | write
+    label: str
+    inputs: tuple[str, ...] = ()
+    key: str | None = None
+    artifact: str | None = None  # the cache kind of its output
+    shards: int = 0  # > 0: computed and resumed by shards of rows
+    resources: Resources = field(default_factory=Resources)
+    estimate: Any = None  # selectkit.planning.estimates.StepEstimate
+    cached: bool = False
+    detail: dict[str, Any] = field(default_factory=dict)
+    payload: Any = None  # what the executor needs (typed per kind, below)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {"id": self.id, "kind": self.kind, "label": self.label, "inputs": list(self.inputs), "key": self.key,
+               "artifact": self.artifact, "shards": self.shards, "cached": self.cached,
+               "resources": {"device": self.resources.device, "memory_bytes": self.resources.memory_bytes,
+                             "gpus": self.resources.gpus},
+               "detail": json.loads(json.dumps(self.detail, default=str))}
+        if self.estimate is not None:
+            out["estimate"] = self.estimate.as_json()
+        return out
+
+
+@dataclass
+class ReadPayload:
+    source: SourceSpec
+
+
+@dataclass
+class PassPayload:
+    provider: PassProvider
+    model: ModelRef
+    requests: list[FeatureRequest]
+    data: str | None
+    shard_rows: int
+    settings: dict[str, Any]
+    needs: dict[FeatureRequest, str]  # request -> the step that computes it
+
+
+@dataclass
+class ScorePayload:
+    node: ScoreNode
+    requests: dict[FeatureRequest, str]  # canonical request -> pass step id
+    model: ModelRef | None
+    targets: list[str]
+    rows: str | None = None  # an oracle: the label-sample source its pool requests were planned over
+
+
+@dataclass
+class SamplePayload:
+    """The label sample of a surrogate score: which pool rows its oracle runs on."""
+
+    name: str
+    spec: Any  # selectkit.recipe.spec.SurrogateSpec
+    labels: int
+    features: str  # the step holding the features score
+    source: str  # the data source name its passes map over ("labels:<score>")
+
+
+@dataclass
+class SurrogatePayload:
+    """A surrogate score: the oracle's values on the sample, a predictor's on the rest of the pool."""
+
+    node: ScoreNode
+    spec: Any
+    sample: str
+    oracle: str
+    features: str
+    budget: Any = None  # the budget of the first stage that reads this score (precision@budget), or None
+    budget_stage: str | None = None
+
+
+@dataclass
+class NormalizePayload:
+    score: str
+    normalizer: Normalizer
+
+
+@dataclass
+class SelectPayload:
+    node: StageNode
+    scores: dict[str, str]  # score name -> the step holding its final (normalized) values
+    previous: str  # the stage before (or read:pool for the first)
+    columns: dict[str, tuple[str, str]] = field(default_factory=dict)  # "name.column" -> (name, column)
+
+
+@dataclass
+class WritePayload:
+    out_dir: Path
+    output: Any  # selectkit.recipe.spec.OutputSpec
+
+
+@dataclass
+class Plan:
+    steps: list[Step]
+    cache: Cache
+    out_dir: Path
+    seed: int
+    name: str
+    fingerprints: dict[str, str]
+    registry: Any
+    devices: Any = None
+    checked: Checked | None = None  # for rendering and the manifest only: executors read steps
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def recipe(self):
+        return self.checked.loaded.recipe if self.checked is not None else None
+
+    def step(self, step_id: str) -> Step:
+        for s in self.steps:
+            if s.id == step_id:
+                return s
+        raise KeyError(step_id)
+
+    def locate(self, path: tuple) -> Any:
+        """The recipe location of a key path (None for a plan built without a recipe file)."""
+        return self.checked.loaded.locate(path) if self.checked is not None else None
+
+    def of_kind(self, kind: str) -> list[Step]:
+        return [s for s in self.steps if s.kind == kind]
+
+    def inputs(self) -> dict[str, Path]:
+        """Every file or folder the plan reads (sources and models): outputs must never touch them."""
+        from selectkit.models.loader import resolve_model_path
+
+        out: dict[str, Path] = {}
+        for step in self.of_kind("read"):
+            for i, file in enumerate(step.payload.source.files):
+                out[f"{step.payload.source.name} source" + (f" ({i + 1})" if i else "")] = Path(file)
+        for step in self.of_kind("pass"):
+            ref = step.payload.model
+            for what, path in (("model", ref.spec.path), ("LoRA adapter", ref.spec.lora),
+                               *(("checkpoint", c) for c in (ref.spec.checkpoints or []))):
+                if path is None:
+                    continue
+                folder = resolve_model_path(path, ref.base)
+                if isinstance(folder, Path):
+                    out[f"{what} {ref.name!r}" if what != "checkpoint" else f"checkpoint {path}"] = folder
+        return out
+
+    def keys(self) -> set[str]:
+        """Every cache key the plan reads or writes (what `cache prune --keep` keeps)."""
+        return {s.key for s in self.steps if s.key}
+
+    def render(self) -> str:
+        """The DAG as text: each step with its inputs, cache status, resolved settings and costs."""
+        head = [f"plan for {self.name}" + (f" ({self.checked.loaded.file})" if self.checked else ""),
+                f"  seed: {self.seed}", f"  cache: {self.cache.root}", f"  output: {self.out_dir}"]
+        if self.devices is not None:
+            head.append(f"  devices: {self.devices}")
+        lines = head + [""]
+        index = {s.id: i for i, s in enumerate(self.steps, 1)}
+        for i, step in enumerate(self.steps, 1):
+            status = "cached" if step.cached else ("to compute" if step.key else "")
+            lines.append(f"{i:>2}. [{step.kind}] {step.label}" + (f"  ({status})" if status else ""))
+            if step.inputs:
+                lines.append(f"      after: {', '.join(str(index[x]) for x in step.inputs if x in index)}")
+            if step.shards:
+                lines.append(f"      shards: {step.shards}")
+            for name, value in step.detail.items():
+                lines.append(f"      {name}: {value}")
+            if step.estimate is not None:
+                for name, value in step.estimate.as_detail().items():
+                    lines.append(f"      {name}: {value}")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format_version": 1, "recipe": self.name, "seed": self.seed, "cache": str(self.cache.root),
+                "output": str(self.out_dir), "devices": str(self.devices) if self.devices is not None else None,
+                "steps": [s.as_dict() for s in self.steps]}
+
+
+# ---------------------------------------------------------------- compile
+
+
+def compile(checked: Checked, cache: Cache | None = None, out_dir: Path | None = None, devices: Any = None,
+            options: dict[str, Any] | None = None) -> Plan:
+    """Build the Plan; reads file bytes for fingerprints and a few rows for estimates, never a model."""
+    options = dict(options or {})
+    recipe = checked.loaded.recipe
+    for extra, who in checked.missing_extras.items():
+        from selectkit.errors import MissingExtraError
+
+        raise MissingExtraError(extra if extra != "models" else "torch", extra, " and ".join(who))
+    executor = _executor(checked, options)
+    cache = cache or Cache()
+    if out_dir is None:
+        out_dir = checked.loaded.resolve_path(recipe.output.dir.replace("{name}", recipe.name)).resolve()
+    memo = cache.root / "fingerprints" if cache.root.is_dir() else None
+    uses_model = any(node.models() for node in checked.scores.values())
+    shard_rows = int(options.get("shard_rows") or recipe.execution.shard_rows
+                     or (DEFAULT_SHARD_ROWS_MODEL if uses_model else DEFAULT_SHARD_ROWS))
+    sources = _sources(checked, shard_rows, memo)
+    fps = {name: s.fingerprint for name, s in sources.items()}
+    models = _models(checked)
+    planner = Planner(checked.registry, sources, {n: checked.sources[n].rows for n in sources}, models, recipe.seed,
+                      devices, cache)
+    for name, src in sources.items():
+        planner.read(name, src, checked.sources[name])
+    planner.stages = list(checked.stages)
+    planner.scores(checked.scores)
+    planner.selection(checked.stages)
+    selects = [s.id for s in planner.steps if s.kind == "select"]
+    planner.add(Step("write", "write", str(out_dir), inputs=(*selects[-1:], *planner.score_final.values()),
+                     detail={"formats": ", ".join(recipe.output.formats)},
+                     payload=WritePayload(Path(out_dir), recipe.output)))
+    if planner.errors:
+        raise RecipeErrors(planner.errors)
+    plan = Plan(planner.steps, cache, Path(out_dir), recipe.seed, recipe.name, fps, checked.registry, devices,
+                checked, options)
+    plan.options["shard_rows"] = shard_rows
+    plan.options["executor"] = executor.name
+    describe = getattr(executor, "describe", None)
+    if describe is not None:
+        for step in plan.steps:
+            step.detail["runs"] = describe(step)
+    from selectkit.execution.outputs import check_output
+
+    check_output(plan.out_dir, plan.inputs())
+    return plan
+
+
+def _executor(checked: Checked, options: dict[str, Any]) -> Any:
+    """The executor the run will use; one that cannot run a component of the recipe is refused now,
+    at the component's line, not after compute began."""
+    from selectkit.contract.registry import unknown_message
+    from selectkit.errors import missing_extras
+
+    loaded = checked.loaded
+    name = options.get("executor") or loaded.recipe.execution.executor
+    known = checked.registry.components["executors"]
+    if name not in known:
+        raise RecipeError(unknown_message("executor", name, known), loaded.locate(("execution", "executor")))
+    cls = known[name].cls
+    if name == "ray" and missing_extras(["ray"]):
+        from selectkit.errors import MissingExtraError
+
+        raise MissingExtraError("ray", "ray", "executor: ray")
+    from selectkit.planning.check import distribution_problems
+
+    problems = distribution_problems(checked, name)
+    if problems:
+        raise RecipeErrors(problems)
+    return cls
+
+
+def _sources(checked: Checked, shard_rows: int, memo: Path | None) -> dict[str, SourceSpec]:
+    from selectkit.data.sources import source_files, source_fingerprint
+
+    readers = {n: e.cls for n, e in checked.registry.components["readers"].items()}
+    out = {}
+    for name, node in checked.sources.items():
+        files = tuple(source_files(node.path))
+        spec = node.spec
+        fp = source_fingerprint(list(files), text=spec.text, id_column=spec.id, limit=spec.limit, reader=node.reader,
+                                on_missing=spec.on_missing, memo=memo)
+        out[name] = SourceSpec(name, files, readers[node.reader], spec.text, spec.id, spec.limit, spec.on_missing, fp,
+                               shard_rows)
+    return out
+
+
+def _models(checked: Checked) -> dict[str, ModelRef]:
+    used = {m for node in checked.scores.values() for m in node.models()}
+    out = {}
+    for name in sorted(used):
+        spec = checked.models[name]
+        try:
+            from selectkit.models.loader import model_fingerprint
+
+            fp = model_fingerprint(spec, checked.loaded.base)
+        except ImportError:  # pragma: no cover
+            fp = cache_key(spec.model_dump(mode="json"))
+        out[name] = ModelRef(name, spec, Path(checked.loaded.base), fp)
+    return out
+
+
+class Planner:
+    """Accumulates steps; finds shared pass work once (same provider step -> same id)."""
+
+    def __init__(self, registry: Any, sources: dict[str, SourceSpec], rows: dict[str, int | None],
+                 models: dict[str, ModelRef], seed: int, devices: Any, cache: Cache):
+        self.registry, self.sources, self.rows, self.models = registry, sources, rows, models
+        self.seed, self.devices, self.cache = seed, devices, cache
+        self.steps: list[Step] = []
+        self.by_id: dict[str, Step] = {}
+        self.score_final: dict[str, str] = {}
+        self.errors: list[SelectkitError] = []
+        self.serving: dict[FeatureRequest, str] = {}  # canonical request -> pass step id
+        self.ctx = PlanContext(models, sources, rows, seed, devices, registry)
+        self.stages: list[StageNode] = []  # for a surrogate's precision@budget
+        self.data_steps: dict[str, str] = {}  # derived data sources (label samples) -> the step making them
+
+    def data_step(self, data: str) -> str:
+        return self.data_steps.get(data, f"read:{data}")
+
+    def add(self, step: Step) -> Step:
+        if step.id in self.by_id:
+            return self.by_id[step.id]
+        order = {s.id: i for i, s in enumerate(self.steps)}
+        step.inputs = tuple(sorted(dict.fromkeys(step.inputs), key=lambda x: order.get(x, len(order))))
+        self.steps.append(step)
+        self.by_id[step.id] = step
+        return step
+
+    # -------------------------------------------------------------- read
+    def read(self, name: str, src: SourceSpec, node: Any) -> None:
+        rows = self.rows.get(name)
+        shards = len(shard_ranges(rows, src.shard_rows)) if rows and name == "pool" else 0
+        key = cache_key("pool", READ_VERSION, src.fingerprint, src.shard_rows) if name == "pool" else None
+        cached = key is not None and self.cache.sharded("pool", key, shards).complete()
+        detail = {"files": ", ".join(str(f) for f in src.files), "rows": rows if rows is not None else
+                  "unknown until read", "text": src.text, "id": src.id_column or "row number"}
+        if src.on_missing != "error":
+            detail["on_missing"] = src.on_missing
+        self.add(Step(f"read:{name}", "read", f"{name}: {', '.join(f.name for f in src.files)}", key=key,
+                      artifact="pool" if key else None, shards=shards, cached=cached, detail=detail,
+                      payload=ReadPayload(src)))
+
+    # -------------------------------------------------------------- passes
+    def provider_for(self, kind: str) -> PassProvider:
+        for entry in self.registry.components.get("passes", {}).values():
+            if kind in entry.cls.kinds:
+                return entry.cls()
+        known = sorted(k for e in self.registry.components.get("passes", {}).values() for k in e.cls.kinds)
+        raise PluginError(f"no pass provider serves {kind!r} (served: {', '.join(known) or 'none'})")
+
+    def passes(self, model: ModelRef, requests: list[FeatureRequest]) -> dict[FeatureRequest, str]:
+        """Plan the steps that answer `requests` (canonical, one model); returns request -> step id."""
+        answer: dict[FeatureRequest, str] = {}
+        todo = [r for r in requests if r not in self.serving]
+        by_provider: dict[str, tuple[PassProvider, list[FeatureRequest]]] = {}
+        for r in todo:
+            provider = self.provider_for(r.kind)
+            by_provider.setdefault(provider.name, (provider, []))[1].append(r)
+        for provider, reqs in by_provider.values():
+            for plan in provider.plan(model, reqs, self.ctx):
+                self._pass_step(provider, model, plan)
+        for r in requests:
+            answer[r] = self.serving[r]
+        return answer
+
+    def _pass_step(self, provider: PassProvider, model: ModelRef, plan: PassPlan) -> None:
+        needs: dict[FeatureRequest, str] = {}
+        if plan.needs:
+            needed = [self.provider_for(r.kind).canonical(FeatureRequest(r.kind, r.data, r.settings, model.name))
+                      for r in plan.needs]
+            needs = self.passes(model, needed)
+        upstream = sorted({*needs.values(), *([self.data_step(plan.data)] if plan.data else []),
+                           *(self.data_step(t) for t in plan.reads)})
+        key_parts = [*plan.key_parts, sorted(self.by_id[s].key or s for s in needs.values())]
+        key = cache_key("pass", provider.name, provider.version, key_parts)
+        step_id = f"pass:{provider.name}:{model.name}:{plan.name}"
+        shard_rows = self.sources[plan.data].shard_rows if plan.data else 0
+        estimate = plan.estimate
+        resources = Resources()
+        if estimate is not None:
+            resources = Resources(estimate.device_kind, estimate.peak_bytes, estimate.gpus)
+            if not estimate.fits:
+                self.errors.append(RecipeError(f"model {model.name!r}: {estimate.note or 'does not fit'} "
+                                               f"({estimate.device_label})"))
+        step = Step(step_id, "pass", plan.label, inputs=tuple(upstream), key=key, artifact=plan.artifact,
+                    shards=plan.shards, resources=resources, estimate=estimate,
+                    detail={"model": f"{model.name} ({model.spec.path})", **plan.settings.get("detail", {})},
+                    payload=PassPayload(provider, model, plan.requests, plan.data, shard_rows, plan.settings, needs))
+        step.cached = provider.complete(step, self.cache)
+        self.add(step)
+        for r in plan.requests:
+            self.serving[r] = step_id
+
+    # -------------------------------------------------------------- scores
+    def scores(self, nodes: dict[str, ScoreNode]) -> None:
+        """Collect every scorer's requests first, so each provider plans all the work of one model
+        at once (one fused forward pass per model and source), then add the score steps."""
+        wanted: dict[str, list[FeatureRequest]] = {}
+        for name, node in nodes.items():
+            try:
+                wanted[name] = self._requests(node)
+            except SelectkitError as exc:
+                self.errors.append(exc)
+        by_model: dict[str, list[FeatureRequest]] = {}
+        for name, reqs in wanted.items():
+            if nodes[name].surrogate is not None:
+                continue  # planned over its label sample, once the sample's step exists
+            for r in reqs:
+                if r not in by_model.setdefault(r.model, []):
+                    by_model[r.model].append(r)
+        for model, reqs in by_model.items():
+            try:
+                self.passes(self.models[model], reqs)
+            except SelectkitError as exc:
+                self.errors.append(exc)
+        for name in _dependency_order(nodes):
+            node = nodes[name]
+            if node.surrogate is not None:
+                if name in wanted:
+                    try:
+                        self.surrogate(name, node, wanted[name])
+                    except SelectkitError as exc:
+                        self.errors.append(exc)
+                continue
+            if name in wanted and all(r in self.serving for r in wanted[name]):
+                self.score(name, node, {r: self.serving[r] for r in wanted[name]})
+
+    def _requests(self, node: ScoreNode) -> list[FeatureRequest]:
+        out = []
+        for r in node.scorer.feature_requests(node.targets):
+            owner = r.model or node.model
+            if owner is None or owner not in self.models:
+                raise PluginError(f"scorer {node.scorer.name!r} requested {describe(r)}, but model {owner!r} "
+                                  "is not under `models`")
+            out.append(self.provider_for(r.kind).canonical(FeatureRequest(r.kind, r.data, r.settings, owner)))
+        return out
+
+    def score(self, name: str, node: ScoreNode, requests: dict[FeatureRequest, str]) -> None:
+        scorer = node.scorer
+        model = self.models.get(node.model) if node.model else None
+        inputs = sorted({"read:pool", *(f"read:{t}" for t in node.targets), *requests.values(),
+                         *(self.score_final[r] for r in node.inputs if r in self.score_final)})
+        key = cache_key("score", scorer.name, scorer.version, scorer.params.model_dump(mode="json"),
+                        self.sources["pool"].fingerprint, [(t, self.sources[t].fingerprint) for t in node.targets],
+                        [self.models[m].fingerprint for m in node.models()], self.seed,
+                        self.sources["pool"].shard_rows if scorer.rowwise else None)
+        detail: dict[str, Any] = {"scorer": scorer.name, "params": scorer.params.model_dump(mode="json"),
+                                  "shape": node.shape.value}
+        if node.targets:
+            detail["targets"] = ", ".join(node.targets)
+        if node.model:
+            detail["model"] = node.model
+        if scorer.rowwise:
+            detail["runs"] = "per shard of the pool" + (" (with pool statistics)"
+                                                       if type(scorer).statistics is not _base_statistics() else "")
+        shards = self.by_id["read:pool"].shards if scorer.rowwise else 0
+        self.add(Step(f"score:{name}", "score", name, inputs=tuple(inputs), key=key, artifact="scores", shards=shards,
+                      cached=self.cache.has("scores", key), detail=detail,
+                      payload=ScorePayload(node, requests, model, node.targets)))
+        self._normalizers(name, node, f"score:{name}", key)
+
+    def surrogate(self, name: str, node: ScoreNode, requests: list[FeatureRequest]) -> None:
+        """sample -> the oracle's passes over the sample only -> oracle -> surrogate score -> normalizers."""
+        from dataclasses import replace
+
+        spec = node.surrogate
+        feature_score = node.features or spec.features
+        if feature_score not in self.score_final:
+            return  # the features score failed its own planning (reported there)
+        rows = self.rows.get("pool")
+        if rows is None:
+            raise RecipeError(f"score {name!r}: a surrogate needs the pool's row count before reading")
+        labels = spec.labels.max_count(rows) if spec.labels.kind == "fraction" else min(int(spec.labels.value), rows)
+        features = self.score_final[feature_score]
+        source = f"labels:{name}"
+        sample_id = f"sample:{name}"
+        settings = spec.model_dump(mode="json", include={"labels", "holdout", "stratify", "clusters"})
+        skey = cache_key("sample", SURROGATE_VERSION, self.by_id[features].key, self.by_id["read:pool"].key, settings,
+                         labels, self.seed)
+        clusters = spec.clusters or _default_clusters(labels)
+        self.add(Step(sample_id, "sample", f"{name}: label sample for its oracle", inputs=(features, "read:pool"),
+                      key=skey, artifact="scores", cached=self.cache.has("scores", skey),
+                      detail={"labels": f"{labels} of {rows} pool rows ({labels / rows:.1%})",
+                              "holdout": f"{round(spec.holdout * labels)} of them (never used to fit or tune)",
+                              "stratify": f"k-means on {feature_score}, {clusters} clusters" if spec.stratify ==
+                              "cluster" else "none (keyed draw)"},
+                      payload=SamplePayload(name, spec, labels, features, source)))
+        self.sources[source] = replace(self.sources["pool"], name=source, fingerprint=skey)
+        self.rows[source] = labels
+        self.data_steps[source] = sample_id
+        moved = [replace(r, data=source) if r.data == "pool" else r for r in requests]
+        by_model: dict[str, list[FeatureRequest]] = {}
+        for r in moved:
+            by_model.setdefault(r.model, []).append(r)
+        for model, reqs in by_model.items():
+            self.passes(self.models[model], reqs)
+        for r in moved:
+            step = self.by_id[self.serving[r]]
+            if r.data == source and step.payload.data != source:
+                raise RecipeError(f"scorer {node.scorer.name!r} cannot run on a label sample: its {step.label!r} "
+                                  "reads the whole pool at once; remove `surrogate:`")
+        scorer = node.scorer
+        served = {r: self.serving[r] for r in moved}
+        okey = cache_key("oracle", scorer.name, scorer.version, scorer.params.model_dump(mode="json"), skey,
+                         [(t, self.sources[t].fingerprint) for t in node.targets],
+                         [self.models[m].fingerprint for m in node.models()], self.seed)
+        model = self.models.get(node.model) if node.model else None
+        oracle_id = f"oracle:{name}"
+        self.add(Step(oracle_id, "oracle", f"{name}: {scorer.name} on its label sample only",
+                      inputs=(sample_id, *(f"read:{t}" for t in node.targets), *served.values()), key=okey,
+                      artifact="scores", cached=self.cache.has("scores", okey),
+                      detail={"scorer": scorer.name, "params": scorer.params.model_dump(mode="json"),
+                              "rows": f"{labels} (the label sample)", **({"model": node.model} if node.model else {})},
+                      payload=ScorePayload(node, served, model, node.targets, rows=source)))
+        budget, stage = self._budget_of(name)
+        key = cache_key("surrogate", SURROGATE_VERSION, okey, self.by_id[features].key,
+                        spec.model_dump(mode="json", include={"model", "folds"}), self.seed,
+                        budget.model_dump(mode="json") if budget is not None else None)
+        detail = {"predictor": f"{spec.model} on {feature_score} (settings by {spec.folds}-fold CV in the training "
+                               "part)", "shape": node.shape.value,
+                  "agreement": "held-out Spearman, Pearson, precision@" + (f"budget of {stage}" if stage else "10%")}
+        self.add(Step(f"score:{name}", "score", f"{name} (surrogate of {scorer.name})",
+                      inputs=(oracle_id, sample_id, features), key=key, artifact="scores",
+                      cached=self.cache.has("scores", key), detail=detail,
+                      payload=SurrogatePayload(node, spec, sample_id, oracle_id, features, budget, stage)))
+        self._normalizers(name, node, f"score:{name}", key)
+
+    def _budget_of(self, name: str) -> tuple[Any, str | None]:
+        """The budget of the first stage that reads score `name` and sets one."""
+        for stage in self.stages:
+            refs = [r.partition(".")[0] for r in _score_refs(stage.selector)]
+            if name in refs and stage.selector.params.budget is not None:
+                return stage.selector.params.budget, stage.label
+        return None, None
+
+    def _normalizers(self, name: str, node: ScoreNode, previous: str, prev_key: str) -> None:
+        for i, normalizer in enumerate(node.normalizers, 1):
+            nkey = cache_key("normalize", prev_key, normalizer.name, normalizer.version,
+                             normalizer.params.model_dump(mode="json"), self.seed)
+            step_id = f"normalize:{name}:{i}"
+            self.add(Step(step_id, "normalize", f"{name} <- {normalizer.name}", inputs=(previous,), key=nkey,
+                          artifact="scores", cached=self.cache.has("scores", nkey),
+                          detail={"params": normalizer.params.model_dump(mode="json")},
+                          payload=NormalizePayload(name, normalizer)))
+            previous, prev_key = step_id, nkey
+        if node.combine is not None:
+            from selectkit.planning.collapse import Collapse
+
+            collapse = Collapse.of(node.combine)
+            nkey = cache_key("combine", prev_key, collapse.params.model_dump(mode="json"))
+            step_id = f"normalize:{name}:combine"
+            self.add(Step(step_id, "normalize", f"{name} <- combine ({collapse.params.how})", inputs=(previous,),
+                          key=nkey, artifact="scores", cached=self.cache.has("scores", nkey),
+                          detail={"params": collapse.params.model_dump(mode="json")},
+                          payload=NormalizePayload(name, collapse)))
+            previous = step_id
+        self.score_final[name] = previous
+
+    # -------------------------------------------------------------- selection
+    def selection(self, stages: list[StageNode]) -> None:
+        finals = {n: self.by_id[s].key for n, s in self.score_final.items()}
+        all_scores = sorted(finals.items())
+        previous_id, previous = "read:pool", cache_key("candidates", self.by_id["read:pool"].key)
+        rows = self.rows.get("pool")
+        from selectkit.planning.check import resolve_score
+
+        nodes = {s.payload.node.name: s.payload.node for s in self.steps if s.kind == "score"}
+        for node in stages:
+            selector = node.selector
+            refs = {ref: resolve_score(ref, nodes) for ref in _score_refs(selector)}
+            columns = {ref: r for ref, r in refs.items() if r is not None and r[1] is not None}
+            used = sorted({r[0] for r in refs.values() if r is not None and r[0] in self.score_final})
+            key = cache_key("select", previous, node.label, selector.name, selector.version,
+                            selector.params.model_dump(mode="json"), all_scores, self.seed, __version__)
+            detail = {"selector": selector.name, "params": selector.params.model_dump(mode="json")}
+            budget = selector.params.budget
+            if budget is not None:
+                detail["budget"] = _describe_budget(budget, rows, first=previous_id == "read:pool")
+            step_id = f"select:{node.index}:{node.label}"
+            self.add(Step(step_id, "select", node.label, inputs=(previous_id, *(self.score_final[s] for s in used)),
+                          key=key, artifact="selections", cached=self.cache.has("selections", key), detail=detail,
+                          payload=SelectPayload(node, dict(self.score_final), previous_id, columns)))
+            previous_id, previous = step_id, key
+
+
+def _default_clusters(labels: int) -> int:
+    from selectkit.execution.surrogate import default_clusters
+
+    return default_clusters(labels)
+
+
+def _base_statistics():
+    from selectkit.contract.components import Scorer
+
+    return Scorer.statistics
+
+
+def _dependency_order(nodes: dict[str, ScoreNode]) -> list[str]:
+    """Score names with every score a scorer reads before it (recipe order otherwise)."""
+    done: list[str] = []
+
+    def visit(name: str, depth: int = 0) -> None:
+        if name in done or name not in nodes or depth > len(nodes):
+            return
+        for ref in nodes[name].after:
+            visit(ref, depth + 1)
+        done.append(name)
+
+    for name in nodes:
+        visit(name)
+    return done
+
+
+def _score_refs(selector: Any) -> list[str]:
+    names = [getattr(selector.params, "score", None)]
+    names += [getattr(selector.params, p, None) for p in getattr(selector, "score_params", {})]
+    return [n for n in names if n]
+
+
+def _describe_budget(budget: Any, rows: int | None, first: bool) -> str:
+    if budget.kind == "count":
+        return f"{int(budget.value)} examples"
+    if budget.kind == "tokens":
+        return f"{int(budget.value):,} whitespace tokens"
+    text = f"{budget.value:.4g} of the stage's candidates"
+    if first and rows:
+        text += f" = {budget.max_count(rows)} of {rows} rows"
+    elif rows:
+        text += f" (at most {budget.max_count(rows)} of the pool's {rows} rows)"
+    return text

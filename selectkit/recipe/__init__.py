@@ -1,0 +1,1 @@
+"""The recipe format: pydantic models (spec), safe YAML with positions (yamlsource), JSON Schema."""

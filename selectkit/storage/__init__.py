@@ -1,0 +1,1 @@
+"""Where artifacts live: the content-addressed cache and the one file digest and cache key."""

@@ -1,0 +1,460 @@
+"""The content-addressed artifact cache: every step's output is an entry `root/<kind>/<key>/`.
+
+An entry is a folder of files plus `meta.json` holding each file's size and sha256. It is
+written into a temporary sibling and renamed into place, so it is complete or absent; when
+several writers race for one key the first complete rename wins and the others discard theirs.
+A read checks every checksum: a truncated or altered entry is reported as a warning, removed
+and computed again, never read as data. Sharded entries (model passes, score shards) hold one
+such sub-entry per shard, so a killed run keeps every finished shard. Files follow the umask,
+so a team can share a cache folder through a group.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from selectkit.contract.components import Score, Selection, Shape
+from selectkit.data.sources import sha256_file
+from selectkit.errors import SelectkitError, SelectkitWarning
+
+META = "meta.json"
+USED = ".used"  # touched on every read: `cache list` shows it as the last use
+CACHE_ENV = "SELECTKIT_CACHE_DIR"
+
+
+def cache_key(*parts: Any) -> str:
+    """The one cache key: sha256 of the parts as canonical JSON, 32 hex digits."""
+    text = json.dumps(parts, sort_keys=True, default=_key_default, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _key_default(value: Any) -> Any:
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if hasattr(value, "__dataclass_fields__"):
+        from dataclasses import asdict
+
+        return asdict(value)
+    return str(value)
+
+
+def jsonable(value: Any) -> Any:
+    """JSON fallback for numpy scalars and arrays in diagnostics."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def default_cache_dir() -> Path:
+    """$SELECTKIT_CACHE_DIR, else $XDG_CACHE_HOME/selectkit, else ~/.cache/selectkit."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "selectkit"
+
+
+class CacheError(SelectkitError):
+    """The cache folder cannot be created or written."""
+
+
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def share(path: Path, folder: bool = False) -> None:
+    """Give a file made by mkstemp/mkdtemp (0600/0700) the mode the umask allows."""
+    try:
+        os.chmod(path, (0o777 if folder else 0o666) & ~umask())
+    except OSError:  # pragma: no cover - a file system without modes
+        pass
+
+
+def write_bytes_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Arrays as an .npz written straight to the file (no in-memory copy of a 10M-row score; no
+    pickled objects: object arrays are refused when read)."""
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+Writer = Callable[[Path], None]  # writes one file at the given path
+
+
+class Staging:
+    """A temporary folder that becomes an entry: add files, then `commit`."""
+
+    def __init__(self, final: Path, meta: dict):
+        self.final = final
+        final.parent.mkdir(parents=True, exist_ok=True)
+        self.folder = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+        share(self.folder, folder=True)
+        self.meta = dict(meta)
+
+    def path(self, name: str) -> Path:
+        return self.folder / name
+
+    def add_bytes(self, name: str, data: bytes) -> None:
+        write_bytes_synced(self.folder / name, data)
+        share(self.folder / name)
+
+    def add_arrays(self, name: str, arrays: dict[str, np.ndarray]) -> None:
+        self.add_file(name, lambda path: write_npz(path, arrays))
+
+    def add_file(self, name: str, write: Writer) -> None:
+        path = self.folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(path)
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+        share(path)
+
+    def add_folder(self, name: str, source: Path) -> None:
+        """Move a finished folder (e.g. saved with save_pretrained) into the entry."""
+        os.replace(source, self.folder / name)
+
+    def commit(self) -> bool:
+        """Seal checksums and rename into place; False when another writer got there first."""
+        files = {}
+        for path in sorted(p for p in self.folder.rglob("*") if p.is_file()):
+            name = path.relative_to(self.folder).as_posix()
+            files[name] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
+            share(path)
+        for path in self.folder.rglob("*"):
+            if path.is_dir():
+                share(path, folder=True)
+        meta = {**self.meta, "files": files, "created": round(time.time(), 3)}
+        write_bytes_synced(self.folder / META, json.dumps(meta, sort_keys=True, indent=1,
+                                                           default=jsonable).encode())
+        share(self.folder / META)
+        try:
+            os.rename(self.folder, self.final)
+        except OSError as exc:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST) and self.final.is_dir():
+                return False  # a concurrent writer won; its content is the same by construction
+            raise
+        return True
+
+    def discard(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def __enter__(self) -> Staging:
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        if kind is not None or self.folder.exists():
+            self.discard()
+
+
+def verify(folder: Path) -> dict | None:
+    """The entry's meta when every file matches its recorded size and checksum, else None."""
+    try:
+        meta = json.loads((folder / META).read_text(encoding="utf-8"))
+        files = meta["files"]
+        for name, info in files.items():
+            path = folder / name
+            if path.stat().st_size != info["size"] or sha256_file(path) != info["sha256"]:
+                return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return meta
+
+
+def remove(folder: Path) -> None:
+    """Remove an entry so that readers never see half of it: rename away first."""
+    trash = folder.with_name(f".trash-{folder.name}-{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(folder, trash)
+    except OSError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class EntryInfo:
+    kind: str
+    key: str
+    bytes: int
+    label: str
+    last_used: float | None
+
+
+class Cache:
+    """Entries under `root/<kind>/<key>/`; see the module docstring for the guarantees."""
+
+    def __init__(self, root: Path | None = None):
+        self.root = Path(root).expanduser() if root is not None else default_cache_dir()
+
+    # ------------------------------------------------------------ setup
+    def ensure_writable(self) -> None:
+        """Create the root (or say clearly why it cannot be), then prove it takes a file."""
+        where = f"the cache folder {self.root} (set {CACHE_ENV} to choose another)"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = Path(tempfile.mkstemp(prefix=".probe-", dir=self.root)[1])
+            probe.unlink()
+        except FileExistsError:
+            raise CacheError(f"cannot use {where}: a file of that name exists") from None
+        except NotADirectoryError:
+            raise CacheError(f"cannot use {where}: part of the path is a file, not a folder") from None
+        except PermissionError:
+            raise CacheError(f"cannot use {where}: permission denied") from None
+        except OSError as exc:
+            raise CacheError(f"cannot use {where}: {exc.strerror or exc}") from None
+
+    def folder(self, kind: str, key: str) -> Path:
+        return self.root / kind / key
+
+    # ------------------------------------------------------------ plain entries
+    def has(self, kind: str, key: str) -> bool:
+        """Cheap presence check (checksums are verified when the entry is read)."""
+        return (self.folder(kind, key) / META).is_file()
+
+    def stage(self, kind: str, key: str, **meta: Any) -> Staging:
+        return Staging(self.folder(kind, key), {"kind": kind, "key": key, **meta})
+
+    def open(self, kind: str, key: str) -> Path | None:
+        """The entry's folder after verifying it; None when absent. A corrupt entry is reported,
+        removed and treated as absent, so the caller computes it again."""
+        folder = self.folder(kind, key)
+        if not (folder / META).is_file():
+            return None
+        if verify(folder) is None:
+            warnings.warn(f"cache entry {kind}/{key} is corrupt or incomplete; computing it again",
+                          SelectkitWarning, stacklevel=2)
+            remove(folder)
+            return None
+        self.touch(folder)
+        return folder
+
+    def touch(self, folder: Path) -> None:
+        try:
+            (folder / USED).touch()
+        except OSError:  # a read-only shared cache still reads
+            pass
+
+    def write_arrays(self, kind: str, key: str, arrays: dict[str, np.ndarray], **meta: Any) -> None:
+        with self.stage(kind, key, **meta) as staging:
+            staging.add_arrays("arrays.npz", arrays)
+            staging.commit()
+
+    def read_arrays(self, kind: str, key: str) -> tuple[dict[str, np.ndarray], dict] | None:
+        folder = self.open(kind, key)
+        if folder is None:
+            return None
+        meta = json.loads((folder / META).read_text())
+        try:
+            return read_npz(folder / "arrays.npz"), meta
+        except (OSError, ValueError, EOFError) as exc:  # checksums matched, yet unreadable: someone else's bytes
+            warnings.warn(f"cache entry {kind}/{key} is unreadable ({exc}); computing it again", SelectkitWarning,
+                          stacklevel=2)
+            remove(folder)
+            return None
+
+    # ------------------------------------------------------------ sharded entries
+    def sharded(self, kind: str, key: str, shards: int, **meta: Any) -> Sharded:
+        return Sharded(self, kind, key, shards, meta)
+
+    # ------------------------------------------------------------ scores and selections
+    def save_score(self, key: str, score: Score, **meta: Any) -> None:
+        arrays = {"values": np.asarray(score.values)}
+        arrays.update({f"target:{t}": v for t, v in score.target_features.items()})
+        self.write_arrays("scores", key, arrays, **meta, **score_meta(score))
+
+    def load_score(self, key: str) -> Score | None:
+        got = self.read_arrays("scores", key)
+        if got is None:
+            return None
+        arrays, meta = got
+        return Score(values=arrays["values"], shape=Shape(meta["shape"]), higher_is_better=meta["higher_is_better"],
+                     columns=tuple(meta["columns"]), tasks=tuple(meta["tasks"]),
+                     target_features={t: arrays[f"target:{t}"] for t in meta["targets"]})
+
+    def save_selection(self, key: str, selection: Selection, **meta: Any) -> None:
+        arrays = {"indices": np.asarray(selection.indices, dtype=np.int64)}
+        if selection.weights is not None:
+            arrays["weights"] = np.asarray(selection.weights, dtype=np.float64)
+        if selection.counts is not None:
+            arrays["counts"] = np.asarray(selection.counts, dtype=np.int64)
+        for name, values in selection.columns.items():
+            arrays[f"column:{name}"] = np.asarray(values)
+        self.write_arrays("selections", key, arrays, diagnostics=selection.diagnostics, **meta)
+
+    def load_selection(self, key: str) -> Selection | None:
+        got = self.read_arrays("selections", key)
+        if got is None:
+            return None
+        arrays, meta = got
+        columns = {k.removeprefix("column:"): v for k, v in arrays.items() if k.startswith("column:")}
+        return Selection(indices=arrays["indices"], weights=arrays.get("weights"), counts=arrays.get("counts"),
+                         diagnostics=meta.get("diagnostics", {}), columns=columns)
+
+    # ------------------------------------------------------------ maintenance
+    def entries(self) -> list[EntryInfo]:
+        """Every complete entry (kind, key, size, label, last use), sorted by kind and key."""
+        found: list[EntryInfo] = []
+        if not self.root.is_dir():
+            return found
+        for kind_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for folder in sorted(p for p in kind_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+                if (folder / META).is_file():
+                    try:
+                        label = str(json.loads((folder / META).read_text()).get("label", ""))
+                    except (OSError, ValueError):
+                        label = "(unreadable meta.json)"
+                elif any(folder.glob("shard-*")):
+                    label = "(incomplete: some shards)"
+                else:
+                    continue
+                used = folder / USED
+                stamp = used if used.exists() else folder
+                found.append(EntryInfo(kind_dir.name, folder.name, size, label, stamp.stat().st_mtime))
+        return found
+
+    def prune(self, keep: set[str] | None = None) -> int:
+        """Delete every entry whose key is not in `keep` (all when None), and leftovers of
+        killed writers; returns bytes freed. An entry `<key>-<part>` belongs to step `<key>`."""
+        freed = 0
+        for entry in self.entries():
+            if keep is None or entry.key.split("-", 1)[0] not in keep:
+                remove(self.folder(entry.kind, entry.key))
+                freed += entry.bytes
+        if self.root.is_dir():
+            for kind_dir in (p for p in self.root.iterdir() if p.is_dir()):
+                for stale in kind_dir.glob(".t*-*"):
+                    if _stale(stale):
+                        shutil.rmtree(stale, ignore_errors=True)
+        return freed
+
+
+def _stale(path: Path, age: float = 3600.0) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime > age
+    except OSError:
+        return False
+
+
+def score_meta(score: Score) -> dict:
+    return {"shape": score.shape.value, "higher_is_better": score.higher_is_better,
+            "columns": list(score.columns), "tasks": list(score.tasks), "targets": list(score.target_features)}
+
+
+class Sharded:
+    """An entry made of shards, each a verified sub-entry `shard-NNNNN/`; `meta.json` of the
+    entry itself is written once all shards are in (`finish`), so `Cache.has` means complete."""
+
+    def __init__(self, cache: Cache, kind: str, key: str, shards: int, meta: dict):
+        self.cache, self.kind, self.key, self.count = cache, kind, key, int(shards)
+        self.folder = cache.folder(kind, key)
+        self.meta = {"kind": kind, "key": key, "shards": self.count, **meta}
+
+    def shard_folder(self, index: int) -> Path:
+        return self.folder / f"shard-{index:05d}"
+
+    def done(self, index: int) -> bool:
+        return (self.shard_folder(index) / META).is_file()
+
+    def missing(self) -> list[int]:
+        return [i for i in range(self.count) if not self.done(i)]
+
+    def complete(self) -> bool:
+        return (self.folder / META).is_file()
+
+    def write(self, index: int, arrays: dict[str, np.ndarray]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with Staging(self.shard_folder(index), {"shard": index}) as staging:
+            staging.add_arrays("arrays.npz", arrays)
+            staging.commit()
+
+    def stage(self, index: int) -> Staging:
+        """For shards that are folders of files (e.g. checkpoints): add files, then commit."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return Staging(self.shard_folder(index), {"shard": index})
+
+    def open(self, index: int) -> Path | None:
+        """A verified shard folder, or None (a corrupt shard is reported and removed)."""
+        folder = self.shard_folder(index)
+        if not (folder / META).is_file():
+            return None
+        if verify(folder) is None:
+            warnings.warn(f"shard {index} of cache entry {self.kind}/{self.key} is corrupt; computing it again",
+                          SelectkitWarning, stacklevel=2)
+            remove(folder)
+            if self.complete():  # the entry is no longer whole
+                (self.folder / META).unlink(missing_ok=True)
+            return None
+        return folder
+
+    def read(self, index: int) -> dict[str, np.ndarray] | None:
+        folder = self.open(index)
+        if folder is None:
+            return None
+        try:
+            return read_npz(folder / "arrays.npz")
+        except (OSError, ValueError, EOFError):
+            remove(folder)
+            return None
+
+    def finish(self, **meta: Any) -> None:
+        """Mark the entry complete (every shard verified present)."""
+        if self.missing():
+            raise SelectkitError(f"cache entry {self.kind}/{self.key} has missing shards {self.missing()[:5]}")
+        body = {**self.meta, **meta, "created": round(time.time(), 3)}
+        final = self.folder / META
+        tmp = self.folder / f".meta-{uuid.uuid4().hex[:8]}"
+        write_bytes_synced(tmp, json.dumps(body, sort_keys=True, indent=1, default=jsonable).encode())
+        share(tmp)
+        os.replace(tmp, final)
+        self.cache.touch(self.folder)
+
+    def meta_of_finished(self) -> dict | None:
+        try:
+            return json.loads((self.folder / META).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def verified(self) -> bool:
+        """True when complete and every shard's checksums hold (each corrupt shard is removed)."""
+        if not self.complete():
+            return False
+        return all(self.open(i) is not None for i in range(self.count))
+
+    def read_all(self, indices: Iterable[int] | None = None) -> list[dict[str, np.ndarray]]:
+        out = []
+        for i in range(self.count) if indices is None else indices:
+            arrays = self.read(i)
+            if arrays is None:
+                raise SelectkitError(f"shard {i} of cache entry {self.kind}/{self.key} is missing or corrupt; "
+                                     "run the recipe again to recompute it")
+            out.append(arrays)
+        return out

@@ -1,0 +1,141 @@
+"""LESS's warmup stage: train a LoRA on a seeded random fraction of the pool for a few epochs and
+keep one checkpoint per epoch with its Adam state and mean learning rate
+(Xia et al. 2024; `less/scripts/train/warmup_lora_train.sh`, `base_training_args.sh`).
+
+Defaults follow LESS (5 %, 4 epochs, AdamW lr 2e-5, linear schedule with 3 % warmup, no weight
+decay, LoRA on the attention projections) except the LoRA size (r=8, alpha=32 instead of r=128,
+alpha=512; same alpha/r = 4) and the effective batch (32 instead of 128 on 4 GPUs): both are
+recipe settings. The loss counts only response tokens when the warmup names a `response`.
+
+Exact resume: an epoch's checkpoint holds everything the next epoch depends on (the adapter,
+the AdamW moments and step counts, the scheduler position); the data order of epoch e is a
+seeded permutation of its own and the dropout generator is reseeded from (seed, epoch), so
+training epochs 1..E in one go or resuming after any epoch gives byte-identical weights.
+Saved with safetensors and JSON only: loading a checkpoint never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from selectkit.models.training import linear_schedule, train_epoch
+from selectkit.recipe.spec import WarmupSpec
+
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "state.json"
+ADAPTER_DIR = "adapter"
+FORMAT = "selectkit-warmup-2"
+
+
+def warmup_rows(keys: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """The pool rows trained on: the max(1, int(fraction * n)) rows with the smallest keyed draw,
+    in key order (so the subset and its order do not depend on the pool's row order)."""
+    from selectkit.contract.keyed_random import canonical_order, uniform
+
+    n = len(keys)
+    k = max(1, int(fraction * n))
+    draw = uniform(seed, ("warmup",), keys)
+    chosen = np.argpartition(draw, k - 1)[:k] if k < n else np.arange(n)
+    return chosen[canonical_order(keys[chosen])]
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(f"{seed}\x1fwarmup-epoch\x1f{epoch}".encode()).digest()[:7], "little")
+
+
+class Warmup:
+    """A LoRA on a frozen causal LM, its AdamW optimizer and linear schedule, trained epoch by epoch."""
+
+    def __init__(self, model: Any, tokenizer: Any, texts: Sequence[str], spec: WarmupSpec, *, seed: int,
+                 max_length: int, prompts: Sequence[str | None] | None = None, target_modules: list[str] | None = None):
+        import torch
+        from peft import LoraConfig, get_peft_model
+
+        from selectkit.models.loader import peft_quietly
+
+        self.tokenizer, self.texts, self.prompts, self.spec = tokenizer, list(texts), prompts, spec
+        self.seed, self.max_length = seed, max_length
+        torch.manual_seed(epoch_seed(seed, -1))  # the LoRA initialisation
+        lora = spec.lora
+        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                            target_modules=list(target_modules or lora.target_modules), task_type="CAUSAL_LM")
+        with peft_quietly():
+            self.model = get_peft_model(model, config)
+        self.named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW([p for _, p in self.named], lr=spec.learning_rate,
+                                     weight_decay=spec.weight_decay, betas=(0.9, 0.999), eps=1e-8)
+        self.steps_per_epoch = -(-len(self.texts) // spec.batch_size)
+        total = self.steps_per_epoch * spec.epochs
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt,
+                                                       linear_schedule(total, int(np.ceil(spec.warmup_ratio * total))))
+
+    def train_epoch(self, epoch: int, progress: Callable[[int, int, float], None] | None = None) -> dict:
+        """Epoch `epoch` (0-based); returns its mean learning rate and mean loss."""
+        import torch
+
+        from selectkit.models.lm import batch as lm_batch
+
+        spec = self.spec
+        torch.manual_seed(epoch_seed(self.seed, epoch))  # dropout: reseeded per epoch, so resume is exact
+        self.model.train()
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.texts))
+
+        def make_batch(part):
+            return lm_batch(self.tokenizer, [self.texts[i] for i in part],
+                            [self.prompts[i] for i in part] if self.prompts is not None else None, self.max_length)
+
+        lrs, losses = train_epoch(self.model, self.opt, self.sched, order, batch_size=spec.batch_size,
+                                  micro_batch_size=spec.micro_batch_size, make_batch=make_batch, progress=progress)
+        self.model.eval()
+        return {"lr": float(np.mean(lrs)), "loss": float(np.mean(losses)), "epoch": epoch + 1,
+                "step": (epoch + 1) * self.steps_per_epoch, "examples": len(self.texts)}
+
+    def save(self, folder: Path, info: dict) -> None:
+        """Adapter (peft), optimizer moments (safetensors) and the rest of the state (JSON)."""
+        from safetensors.torch import save_file
+
+        self.model.save_pretrained(str(folder / ADAPTER_DIR))
+        state = self.opt.state_dict()
+        tensors = {}
+        steps = {}
+        for index, st in state["state"].items():
+            tensors[f"{index}.exp_avg"] = st["exp_avg"].detach().cpu().contiguous()
+            tensors[f"{index}.exp_avg_sq"] = st["exp_avg_sq"].detach().cpu().contiguous()
+            steps[str(index)] = float(st["step"])
+        save_file(tensors, str(folder / OPTIMIZER_FILE))
+        group = self.opt.param_groups[0]
+        sched = {k: v for k, v in self.sched.state_dict().items() if k != "lr_lambdas"}
+        meta = {**info, "format": FORMAT, "param_names": [n for n, _ in self.named], "steps": steps,
+                "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in state["param_groups"]],
+                "scheduler": sched, "betas": list(group["betas"]), "eps": group["eps"]}
+        (folder / STATE_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
+
+    def restore(self, folder: Path) -> None:
+        """Continue from an epoch's checkpoint (the inverse of `save`)."""
+        import torch
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        meta = json.loads((folder / STATE_FILE).read_text())
+        set_peft_model_state_dict(self.model, load_file(str(folder / ADAPTER_DIR / "adapter_model.safetensors")))
+        tensors = load_file(str(folder / OPTIMIZER_FILE))
+        state = {"state": {}, "param_groups": []}
+        for index, step in meta["steps"].items():
+            state["state"][int(index)] = {"step": torch.tensor(step), "exp_avg": tensors[f"{index}.exp_avg"],
+                                          "exp_avg_sq": tensors[f"{index}.exp_avg_sq"]}
+        for saved, group in zip(meta["param_groups"], self.opt.state_dict()["param_groups"]):
+            restored = {**saved, "params": group["params"]}
+            if "betas" in restored:
+                restored["betas"] = tuple(restored["betas"])
+            state["param_groups"].append(restored)
+        self.opt.load_state_dict(state)
+        sched = self.sched.state_dict()
+        sched.update(meta["scheduler"])
+        self.sched.load_state_dict(sched)

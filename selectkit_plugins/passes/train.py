@@ -1,0 +1,189 @@
+"""The training pass provider: the checkpoints a model's gradient scorers read.
+
+`checkpoints` of a model are its `warmup` (a LoRA trained here on a keyed sample of the pool,
+one checkpoint per epoch, each epoch a cache shard: a killed warmup resumes after its last
+finished epoch and ends byte-identical), its `checkpoints:` folders (read, never written), or
+the model itself as one checkpoint of weight 1.
+
+The `run` setting asks for independent trainings of the same warmup (EL2N / GraNd averaged over
+seeded runs, Paul et al. 2021): run 0 (or none) is the warmup as configured; run r > 0 trains it
+again with a seed derived from (the warmup's seed, r), so its pool sample, LoRA initialisation,
+data order and dropout all differ. Each run is its own planned step, resumable per epoch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from selectkit.contract.components import FeatureRequest
+from selectkit.contract.hookspecs import hookimpl
+from selectkit.contract.passes import ModelRef, PassContext, PassPlan, PassProvider, PlanContext
+
+
+class Train(PassProvider):
+    """Warmup training (LESS) and the checkpoint list of a model."""
+
+    name = "train"
+    version = "3"  # 3: a one-step warmup trains (its only step no longer has rate 0)
+    parallel = False  # epoch e starts from epoch e - 1
+    kinds = {"checkpoints": {"run": None}}
+
+    def plan(self, model: ModelRef, requests: list[FeatureRequest], ctx: PlanContext) -> list[PassPlan]:
+        runs: dict[int, list[FeatureRequest]] = {}
+        for r in requests:
+            runs.setdefault(int(dict(r.settings).get("run") or 0), []).append(r)
+        if set(runs) != {0}:
+            from selectkit.errors import SelectkitError
+
+            if model.spec.warmup is None:
+                raise SelectkitError(f"model {model.name!r}: several training runs need a `warmup` to repeat "
+                                     "(models.<name>.warmup)")
+        out = []
+        for run, reqs in sorted(runs.items()):
+            out.extend(self._plan_run(model, reqs, ctx, run))
+        return out
+
+    def _plan_run(self, model: ModelRef, requests: list[FeatureRequest], ctx: PlanContext,
+                  run: int) -> list[PassPlan]:
+        spec = model.spec
+        if spec.warmup is not None:
+            from selectkit.models.loader import model_fingerprint
+            from selectkit.planning.estimates import model_pass
+
+            warm = spec.warmup
+            base = model_fingerprint(spec.model_copy(update={"lora": None}), model.base)
+            seed = warm.seed if warm.seed is not None else ctx.seed
+            if run:
+                seed = run_seed(seed, run)
+            rows = ctx.rows.get("pool")
+            examples = max(1, int(warm.fraction * rows)) if rows else None
+            estimate = model_pass(model, "pool", ctx, backward=True, examples=examples)
+            if estimate is not None:
+                from selectkit.planning.estimates import TRAIN_OVERHEAD
+
+                estimate = estimate.scaled(warm.epochs, f"LoRA training: {warm.epochs} epochs of forward + backward",
+                                           TRAIN_OVERHEAD)
+            label = f"warmup {model.name}" + (f" (run {run + 1})" if run else "")
+            return [PassPlan("warmup" + (f"-run-{run}" if run else ""),
+                             f"{label}: LoRA on {warm.fraction:.0%} of the pool, {warm.epochs} epochs", requests,
+                             "pool", ["warmup", base, ctx.sources["pool"].fingerprint, warm.model_dump(mode="json"),
+                                      seed],
+                             shards=warm.epochs, estimate=estimate, artifact="train",
+                             settings={"seed": seed, "detail": {"epochs": warm.epochs, "lr": warm.learning_rate,
+                                                                "lora": warm.lora.model_dump(mode="json"),
+                                                                "lora targets": planned_targets(model)}})]
+        if spec.checkpoints:
+            from selectkit.data.sources import fingerprint_path
+
+            folders = [_resolve(model, c) for c in spec.checkpoints]
+            prints = [fingerprint_path(f) if f.exists() else str(f) for f in folders]
+            return [PassPlan("given", f"checkpoints of {model.name}: {len(folders)} folders", requests, None,
+                             ["given", prints], artifact="given", settings={"folders": [str(f) for f in folders]})]
+        return [PassPlan("model", f"{model.name} as its only checkpoint", requests, None, ["model"],
+                         artifact="given")]
+
+    def complete(self, step: Any, cache: Any) -> bool:
+        if step.artifact == "given":
+            return True
+        return cache.sharded("train", step.key, step.shards).complete()
+
+    def run(self, step: Any, ctx: PassContext, shards: list[int] | None = None) -> None:
+        if step.artifact == "given":
+            return
+        from selectkit.data.pool import take
+        from selectkit.models.lm import prompts_of
+        from selectkit_plugins.lib.influence.warmup import Warmup, warmup_rows
+
+        payload = step.payload
+        spec = payload.model.spec
+        warm = spec.warmup
+        entry = ctx.cache.sharded("train", step.key, step.shards, label=step.label)
+        missing = entry.missing()
+        if not missing:
+            return
+        seed = payload.settings["seed"]
+        rows = warmup_rows(ctx.pool.keys, warm.fraction, seed)
+        data = take(ctx.pool, rows)
+        from dataclasses import replace
+
+        fresh = replace(payload.model, spec=spec.model_copy(update={"lora": None}),
+                        fingerprint=payload.model.fingerprint + ":no-lora")
+        lm = ctx.load_model(fresh)  # the warmup trains a new LoRA on the base model
+        run = Warmup(lm.model, lm.tokenizer, data.texts, warm, seed=seed, max_length=lm.max_length,
+                     prompts=prompts_of(data, warm.response), target_modules=_targets(lm, warm))
+        first = missing[0]
+        if first > 0:
+            previous = entry.open(first - 1)
+            if previous is None:  # pragma: no cover - missing() said it was there
+                raise RuntimeError("warmup checkpoint vanished")
+            run.restore(previous)
+        for epoch in range(first, warm.epochs):
+            info = run.train_epoch(epoch, progress=lambda s, total, loss, e=epoch: ctx.say(
+                done=s, total=total, unit=f"epoch {e + 1}/{warm.epochs} step", loss=loss))
+            if not entry.done(epoch):
+                with entry.stage(epoch) as staging:
+                    run.save(staging.folder, info)
+                    staging.commit()
+        ctx.say(done=warm.epochs, total=warm.epochs, unit="epoch")
+
+    def load(self, step: Any, ctx: PassContext) -> dict[FeatureRequest, Any]:
+        from selectkit_plugins.lib.influence.checkpoints import Checkpoint, read_checkpoints, warmup_checkpoint
+
+        if step.artifact == "given":
+            folders = step.payload.settings.get("folders")
+            value = read_checkpoints(folders) if folders else [Checkpoint("model")]
+        else:
+            entry = ctx.cache.sharded("train", step.key, step.shards)
+            value = []
+            for epoch in range(step.shards):
+                folder = entry.open(epoch)
+                if folder is None:
+                    raise RuntimeError(f"warmup epoch {epoch + 1} is missing from the cache; run again")
+                value.append(warmup_checkpoint(folder, f"epoch-{epoch + 1}"))
+        return {r: value for r in step.payload.requests}
+
+
+def _targets(lm: Any, warm: Any) -> list[str]:
+    """The LoRA's target modules: the recipe's, else the architecture's attention projections."""
+    if warm.lora.target_modules:
+        return list(warm.lora.target_modules)
+    from selectkit_plugins.lib.influence.layers import default_lora_targets
+
+    return default_lora_targets(lm.model.config.model_type, lm.model)
+
+
+def planned_targets(model: ModelRef) -> str:
+    """What the plan shows for the LoRA targets (read from config.json, torch-free)."""
+    lora = model.spec.warmup.lora
+    if lora.target_modules:
+        return ", ".join(lora.target_modules)
+    from selectkit.models.loader import read_config, resolve_model_path
+    from selectkit_plugins.lib.influence.layers import LORA_TARGETS
+
+    folder = resolve_model_path(model.spec.path, model.base)
+    model_type = read_config(folder).get("model_type") if not isinstance(folder, str) else None
+    known = LORA_TARGETS.get(model_type)
+    return ", ".join(known) + f" (default for {model_type})" if known else \
+        f"the attention projections found when the model loads ({model_type})"
+
+
+def _resolve(model: ModelRef, path: str):
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else model.base / p
+
+
+def run_seed(seed: int, run: int) -> int:
+    """The seed of training run `run` > 0 of a warmup whose own seed is `seed`."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(f"{seed}\x1fwarmup-run\x1f{run}".encode()).digest()[:4], "little")
+
+
+CHECKPOINTS = FeatureRequest("checkpoints", "pool")
+
+
+@hookimpl
+def register_passes(register):
+    register(Train)

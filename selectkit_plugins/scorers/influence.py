@@ -1,0 +1,202 @@
+"""Gradient influence of pool examples on target tasks: LESS, TracIn, DataInf, inverse-Hessian
+and EK-FAC. Each returns one column per target (positive = helpful for that target).
+
+Each scorer declares the gradient features (or curvature results) it needs; the gradients
+pass provider computes them at every checkpoint of the model. The maths lives in
+`selectkit_plugins.lib.influence`; importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, PositiveInt
+
+from selectkit.contract.components import FeatureRequest, Score, ScoreContext, Scorer, Shape
+from selectkit.contract.hookspecs import hookimpl
+from selectkit_plugins.lib.influence.params import Aggregate, GradientBase, PairwiseParams
+
+
+class _Pairwise(Scorer):
+    output = Shape.MATRIX
+    needs_targets = True
+    model_kinds = ("causal-lm",)
+    pool_adam = "none"
+
+    def feature_requests(self, targets: list[str]) -> list[FeatureRequest]:
+        from selectkit_plugins.lib.influence.run import gradient_requests
+
+        return gradient_requests(self._gradient_params(), targets, pool_adam=self.pool_adam)
+
+    def _gradient_params(self):
+        from selectkit_plugins.lib.influence.params import ProjectedParams
+
+        return ProjectedParams.model_validate({k: getattr(self.params, k) for k in ProjectedParams.model_fields})
+
+    def _features(self, ctx: ScoreContext):
+        from selectkit_plugins.lib.influence.run import gradient_features
+
+        return gradient_features(ctx, self._gradient_params(), pool_adam=self.pool_adam)
+
+    def _matrix(self, ctx: ScoreContext, per_target: dict[str, np.ndarray], subtask_field: str | None = None,
+                ) -> Score:
+        from selectkit_plugins.lib.influence.run import target_columns
+
+        values, names = target_columns(ctx, per_target, self.params.aggregate, subtask_field)
+        return Score(values=values, shape=Shape.MATRIX, columns=names, tasks=names)
+
+
+class LessParams(PairwiseParams):
+    adam_mode: Literal["less", "paper"] = Field(
+        "less", description="less: the reference code's Adam feature (eps inside sqrt, no bias correction); "
+        "paper: bias-corrected m/(sqrt(v)+eps)")
+    subtask_field: str | None = Field(
+        None, description="target column naming subtasks: mean (aggregate) within each, then max across them")
+    combine: Literal["none", "max"] = Field(
+        "none", description="none: one column per target; max: one vector, the max over targets (LESS)")
+
+
+class Less(_Pairwise):
+    """LESS (Xia et al. 2024): lr-weighted cosine between Adam-preconditioned pool gradients and
+    SGD target gradients over warmup checkpoints. Positive = aligned (helpful). Cost: one
+    gradient pass per checkpoint over pool and targets; N x M dot products."""
+
+    name = "influence.less"
+    Params = LessParams
+
+    @property
+    def pool_adam(self) -> str:
+        return self.params.adam_mode
+
+    def output_shape(self) -> Shape:
+        return Shape.VECTOR if self.params.combine == "max" else Shape.MATRIX
+
+    def run(self, ctx: ScoreContext) -> Score:
+        from selectkit_plugins.lib.influence.scores import less
+
+        feats = self._features(ctx)
+        lrs = [f.checkpoint.lr for f in feats]
+        per_target = {t: less([f.pool.features for f in feats], [f.targets[t].features for f in feats], lrs)
+                      for t in ctx.targets}
+        score = self._matrix(ctx, per_target, self.params.subtask_field)
+        if self.params.combine == "max":
+            return Score(values=score.values.max(axis=1))
+        return score
+
+
+class TracInParams(PairwiseParams):
+    normalize: bool = Field(False, description="cosine instead of dot products (grad-cos)")
+
+
+class TracIn(_Pairwise):
+    """TracInCP (Pruthi et al. 2020): sum over checkpoints of lr * <g(pool), g(target)>, on
+    projected gradients. Positive = proponent (helpful)."""
+
+    name = "influence.tracin"
+    Params = TracInParams
+
+    def run(self, ctx: ScoreContext) -> Score:
+        from selectkit_plugins.lib.influence.scores import tracin, unit_rows
+
+        feats = self._features(ctx)
+        lrs = [f.checkpoint.lr for f in feats]
+        prep = unit_rows if self.params.normalize else (lambda x: x)
+        per_target = {t: tracin([prep(f.pool.features) for f in feats], [prep(f.targets[t].features) for f in feats],
+                                lrs) for t in ctx.targets}
+        return self._matrix(ctx, per_target)
+
+
+class DataInfParams(PairwiseParams):
+    layout: Literal["joint", "per_block"] = Field("per_block", description="per_block: DataInf's layer blocks")
+    damping: float | None = Field(
+        None, gt=0, description="lambda for every block; null: DataInf's layer-wise 0.1 * mean(g^2)")
+
+
+class DataInf(_Pairwise):
+    """DataInf (Kwon et al. 2024): closed-form Sherman-Morrison inverse of the damped per-block
+    empirical Fisher, on per-block (projected) gradients; checkpoints combined with weights
+    lr / sum(lr). Positive = helpful (the reference code returns the negation)."""
+
+    name = "influence.datainf"
+    Params = DataInfParams
+
+    def run(self, ctx: ScoreContext) -> Score:
+        from selectkit_plugins.lib.influence.scores import checkpoint_weights, datainf
+
+        feats = self._features(ctx)
+        weights = checkpoint_weights([f.checkpoint.lr for f in feats])
+        per_target = {}
+        for t in ctx.targets:
+            total = 0.0
+            for f, w in zip(feats, weights):
+                slices = [(a, b) for _, a, b in f.pool.slices]
+                total = total + w * datainf(f.pool.features, f.targets[t].features, slices,
+                                            raw_sizes=f.pool.raw_sizes, damping=self.params.damping)
+            per_target[t] = total
+        return self._matrix(ctx, per_target)
+
+
+class InverseHessianParams(GradientBase, Aggregate):
+    solver: Literal["cg", "lissa", "explicit"] = Field(
+        "cg", description="cg or lissa from Hessian-vector products; explicit builds H (small models only)")
+    curvature: Literal["ggn", "hessian"] = Field(
+        "ggn", description="ggn: Gauss-Newton J^T H_logits J (positive semi-definite; a LoRA's Hessian is "
+        "indefinite); hessian: the exact Hessian (convex models, or large damping)")
+    damping: float = Field(0.01, gt=0, description="added to the mean-loss curvature: (H + damping I)^-1")
+    hessian_examples: PositiveInt | None = Field(256, description="pool rows (seeded sample) the Hessian averages")
+    max_iter: PositiveInt = Field(100, description="CG iterations, or LiSSA depth")
+    tol: float = Field(1e-6, gt=0, description="CG relative residual")
+    lissa_scale: float = Field(10.0, gt=0, description="LiSSA scale (above the largest eigenvalue of H + damping)")
+    explicit_max_params: PositiveInt = Field(4096, description="refuse `explicit` above this many parameters")
+
+
+class _Curvature(_Pairwise):
+    """Influence functions whose whole computation (curvature fit, solves) is one provider step."""
+
+    kind = ""
+
+    def feature_requests(self, targets: list[str]) -> list[FeatureRequest]:
+        from selectkit_plugins.passes.gradients import gradient_request
+
+        return [gradient_request(self.kind, "pool", {**self.params.model_dump(mode="json"), "targets": targets})]
+
+    def run(self, ctx: ScoreContext) -> Score:
+        request = self.feature_requests(list(ctx.targets))[0]
+        per_target = ctx.features.get(request.kind, "pool", **dict(request.settings))
+        return self._matrix(ctx, {t: per_target[t] for t in ctx.targets})
+
+
+class InverseHessian(_Curvature):
+    """Influence functions (Koh & Liang 2017): g_pool^T (H + damping I)^-1 g_target with H the
+    Gauss-Newton matrix (default) or exact Hessian of the mean loss over a pool sample, at the
+    last checkpoint, w.r.t. the trainable (LoRA) parameters. Positive = helpful. For small
+    models or adapters: one iHVP per target task (mean aggregation) or per target example (max)."""
+
+    name = "influence.inverse_hessian"
+    Params = InverseHessianParams
+    kind = "ihvp_influence"
+
+
+class EKFACParams(GradientBase, Aggregate):
+    damping: float | None = Field(None, gt=0, description="added to Lambda; null: 0.1 * mean(Lambda) (kronfluence)")
+    fisher: Literal["empirical", "sampled"] = Field(
+        "empirical", description="gradients for the factors: true labels, or labels sampled from the model")
+    kfac: bool = Field(False, description="K-FAC eigenvalues (no eigenvalue correction)")
+    factor_examples: PositiveInt | None = Field(1024, description="pool rows (seeded sample) the factors are fit on")
+
+
+class EKFAC(_Curvature):
+    """EK-FAC influence (George et al. 2018; Grosse et al. 2023) on the trainable Linear layers
+    (LoRA leaves), at the last checkpoint, with kronfluence's conventions (per-token covariances,
+    per-example eigenvalue correction). Positive = helpful."""
+
+    name = "influence.ekfac"
+    Params = EKFACParams
+    kind = "ekfac_influence"
+
+
+@hookimpl
+def register_scorers(register):
+    for cls in (Less, TracIn, DataInf, InverseHessian, EKFAC):
+        register(cls)

@@ -1,0 +1,36 @@
+"""Length of each example, in characters or whitespace tokens."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from selectkit.contract.components import Params, Score, ScoreContext, Scorer
+from selectkit.contract.hookspecs import hookimpl
+
+
+class LengthParams(Params):
+    unit: Literal["chars", "tokens"] = Field("tokens", description="characters, or whitespace-separated tokens")
+
+
+class Length(Scorer):
+    """Example length (chars or whitespace tokens); higher is longer. Useful for thresholds
+    and as a control score. O(total characters)."""
+
+    name = "length"
+    Params = LengthParams
+    rowwise = True
+
+    def run(self, ctx: ScoreContext) -> Score:
+        if self.params.unit == "tokens":
+            values = ctx.pool.token_counts.astype(np.float64)
+        else:
+            values = np.fromiter((len(t) for t in ctx.pool.texts), dtype=np.float64, count=len(ctx.pool))
+        return Score(values=values, higher_is_better=True)
+
+
+@hookimpl
+def register_scorers(register):
+    register(Length)

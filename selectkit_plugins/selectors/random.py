@@ -1,0 +1,28 @@
+"""Uniform random subset, seeded from the recipe: the baseline every method must beat."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from selectkit.contract.components import SelectContext, Selection, Selector, SelectorParams
+from selectkit.contract.hookspecs import hookimpl
+
+
+class Random(Selector):
+    """A uniformly random subset of the candidates: each row's draw is keyed by (seed, stage, row id),
+    so the subset does not depend on row order or sharding. O(N log N)."""
+
+    name = "random"
+    version = "2"
+    Params = SelectorParams
+    needs_score = False
+    accepts = frozenset()
+
+    def run(self, ctx: SelectContext) -> Selection:
+        order = ctx.candidates[np.argsort(ctx.uniform("random"), kind="stable")]
+        return Selection(indices=ctx.take(order, self.params.budget))
+
+
+@hookimpl
+def register_selectors(register):
+    register(Random)
