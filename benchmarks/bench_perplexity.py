@@ -94,7 +94,8 @@ def selectkit_pass(lm, spec, texts, shard_size=1024):
     import polars as pl
 
     from selectkit.data.sources import Dataset
-    from selectkit_plugins.passes.forward import compute_features, feature_request
+    from selectkit.testing import compute_features
+    from selectkit_plugins.passes.forward import feature_request
 
     ds = Dataset("pool", pl.DataFrame({"text": texts}), pl.Series("id", range(len(texts))), texts, "")
     with tempfile.TemporaryDirectory(dir=WORK) as tmp:

@@ -128,8 +128,7 @@ def settings_of(args) -> dict:
 
 def converted_model() -> Path:
     """The float32 safetensors copy of SmolLM2 that the one loader keeps (written on first load)."""
-    from selectkit.models.gguf import open_converted
-    from selectkit.models.loader import gguf_file, load_model, resolve_model_path
+    from selectkit.models.loader import gguf_file, load_model, open_converted, resolve_model_path
     from selectkit.recipe.spec import ModelSpec
     from selectkit.storage.cache import Cache
 

@@ -10,12 +10,8 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     # The API is imported on first use so `import selectkit` stays cheap.
-    if name in {"load", "validate", "plan", "run"}:
+    if name in {"load", "validate", "plan", "run", "run_plan"}:
         from selectkit import api
 
         return getattr(api, name)
-    if name == "compile":
-        from selectkit.planning.compile import compile
-
-        return compile
     raise AttributeError(name)

@@ -1,4 +1,4 @@
-"""The Python API the CLI is a thin layer over: load, validate, compile, run."""
+"""The Python API the CLI is a thin layer over: load, validate, plan, run."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pathlib import Path
 
 from selectkit.contract.registry import Registry, default_registry
 from selectkit.execution.local import RunResult
-from selectkit.planning.check import Checked, check
-from selectkit.planning.compile import Plan, compile
+from selectkit.planning.check import check
+from selectkit.planning.compile import compile_plan
+from selectkit.planning.steps import Checked, Plan
 from selectkit.recipe.spec import LoadedRecipe, load
 from selectkit.storage.cache import Cache
 
@@ -18,10 +19,8 @@ def validate(path: str | Path, registry: Registry | None = None, limit: int | No
     """Load a recipe and type-check it against the installed components. No data or model is read.
     `limit` caps every data source to its first rows (a quick trial of a recipe)."""
     loaded = load(path, collect=True)
-    data = getattr(loaded.recipe, "data", None)
-    if limit is not None and data is not None:
-        for source in [data.pool, *data.targets.values()]:
-            source.limit = min(source.limit or limit, limit)
+    if limit is not None:
+        loaded = loaded.with_sources(lambda name, source: {"limit": min(source.limit or limit, limit)})
     return check(loaded, registry or default_registry())
 
 
@@ -31,8 +30,8 @@ def plan(path: str | Path, *, cache_dir: str | Path | None = None, out_dir: str 
     """Validate and compile a recipe into a Plan (cache status included). `options` holds the
     command line's settings that shape the work (shard_rows, trust_remote_code); `limit` is recorded."""
     options = {**(options or {}), **({"limit": limit} if limit is not None else {})}
-    return compile(validate(path, registry, limit), Cache(Path(cache_dir) if cache_dir else None),
-                   Path(out_dir) if out_dir else None, devices, options)
+    return compile_plan(validate(path, registry, limit), Cache(Path(cache_dir) if cache_dir else None),
+                        Path(out_dir) if out_dir else None, devices, options)
 
 
 @dataclass
@@ -61,12 +60,4 @@ def run_plan(compiled: Plan, *, executor: str | None = None, progress: Callable[
                                                           options={**settings, **(options or {})})
 
 
-def evaluate(path: str | Path, **kwargs):
-    """`selectkit eval`: the selection against token-matched random subsets on held-out target parts
-    (see selectkit.evaluation.evaluate)."""
-    from selectkit.evaluation.evaluate import evaluate as run_evaluation
-
-    return run_evaluation(path, **kwargs)
-
-
-__all__ = ["Checked", "LoadedRecipe", "Plan", "RunResult", "evaluate", "load", "plan", "run", "run_plan", "validate"]
+__all__ = ["Checked", "LoadedRecipe", "Plan", "RunResult", "load", "plan", "run", "run_plan", "validate"]

@@ -128,6 +128,12 @@ class PluginError(SelectkitError):
     """A plugin failed to load, or two plugins register the same name."""
 
 
+class ModelError(SelectkitError):
+    """A model named in the recipe is missing, malformed or does not fit its declared kind."""
+
+    default_code = "model-files"
+
+
 class MissingExtraError(SelectkitError):
     """A component needs an optional dependency that is not installed."""
 
@@ -222,3 +228,15 @@ def describe_fault(exc: BaseException, written: list[str] | tuple[str, ...] = ()
         text += f" (writing under {', '.join(written)})"
     hint = _FAULT_HINTS.get(number)
     return text + (f" ({hint})" if hint else "")
+
+
+def unknown_message(what: str, name: str, known) -> str:
+    import difflib
+
+    message = f"unknown {what} {name!r}"
+    close = difflib.get_close_matches(str(name), list(known), n=1)
+    if close:
+        message += f"; did you mean {close[0]!r}?"
+    elif known:
+        message += f" (known: {', '.join(sorted(known))})"
+    return message

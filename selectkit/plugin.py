@@ -1,11 +1,15 @@
-"""Everything a plugin needs, on one page.
+"""Everything a plugin imports, on one page: `from selectkit.plugin import ...` and nothing else.
 
-    from selectkit.plugin import Scorer, Score, Params, Field, hookimpl
+    import numpy as np
+
+    from selectkit.plugin import Score, ScoreContext, Scorer, hookimpl
 
     class Vowels(Scorer):
         '''Share of vowels in the text.'''
+
         name = "vowels"
-        rowwise = True                      # each row's score depends on its own row only
+        rowwise = True  # each row's score depends on its own row only
+
         def run(self, ctx: ScoreContext) -> Score:
             return Score(np.array([sum(c in "aeiou" for c in t) / max(len(t), 1) for t in ctx.pool.texts]))
 
@@ -13,12 +17,20 @@
     def register_scorers(register):
         register(Vowels)
 
-Components: `Scorer` (declares `feature_requests` for model work, never loads a model),
-`Normalizer`, `Selector`, `Verifier` (a completion vs a reference answer); pass providers:
-`PassProvider` (the only code that loads models, through `PassContext.load_model`); data formats:
-`Reader`/`RowSource`. Results: `Score` (with `Shape`), `Selection`. Contexts: `ScoreContext`,
-`NormalizeContext`, `SelectContext`, `PassContext`. Errors a user can cause: `SelectkitError` and its
-kinds. `selectkit.testing` has the conformance checks.
+Components: `Scorer` (declares `feature_requests` for model work, never loads a model), `Normalizer`,
+`Selector`, `Verifier` (a completion vs a reference answer), each with a pydantic `Params` (unknown
+keys forbidden). What they return: `Score` (with its `Shape`), `Selection`. What they are handed:
+`ScoreContext`, `NormalizeContext`, `SelectContext`, whose data are `Rows` and `Pool` (Protocols).
+
+Pass providers (the only code that loads models): `ShardedPass` (write `plan`, `compute` per shard and
+`assemble`; the base owns the cache entry, resume, progress and devices) or `PassProvider`; they plan
+`PassPlan`s with a `PlanContext` and run a `PassWork` with a `PassContext` (its `model()` is the one
+loader). The causal-LM toolkit they share is below. Data formats: `Reader`/`RowSource`/`InMemory`.
+
+Randomness is keyed by row identity (`row_keys`, `uniform`, `gumbel`; `rng_for` for draws that are not
+about rows). Errors a user can cause are `SelectkitError`s (`DataError`, `RecipeError`, `ModelError`...):
+the CLI prints them without a traceback. `selectkit.testing` has the conformance checks. docs/plugins.md
+is the guide, with a scorer, a selector and a sharded pass provider that its tests run.
 """
 
 from pydantic import Field
@@ -26,7 +38,6 @@ from pydantic import Field
 from selectkit.contract.budget import Budget, BudgetField
 from selectkit.contract.components import (
     Component,
-    FeatureRequest,
     NormalizeContext,
     Normalizer,
     Params,
@@ -40,15 +51,70 @@ from selectkit.contract.components import (
     Shape,
     Verifier,
 )
+from selectkit.contract.features import FeatureRequest, Features, describe
 from selectkit.contract.hookspecs import hookimpl
-from selectkit.contract.passes import Features, ModelRef, PassContext, PassPlan, PassProvider, PlanContext
-from selectkit.data.sources import Dataset, Reader, RowSource
-from selectkit.errors import DataError, MissingExtraError, PluginError, RecipeError, SelectkitError, require
+from selectkit.contract.keyed_random import canonical_order, gumbel, label_hash, mix64, rng_for, row_keys, uniform
+from selectkit.contract.lazy import lazy_import
+from selectkit.contract.passes import (
+    ModelRef,
+    PassContext,
+    PassPlan,
+    PassProvider,
+    PassStats,
+    PassWork,
+    PlanContext,
+    Shard,
+    ShardedPass,
+)
+from selectkit.contract.protocols import Model, Pool, Rows, Shards, Source, StepStore
+from selectkit.contract.readers import InMemory, Reader, RowSource
+from selectkit.contract.registry import find_component
+from selectkit.errors import (
+    DataError,
+    MissingExtraError,
+    ModelError,
+    PluginError,
+    RecipeError,
+    SelectkitError,
+    require,
+    unknown_message,
+)
+
+# the causal-LM toolkit pass providers share (each imports torch inside, when it runs)
+from selectkit.models.lm import (
+    batch,
+    counted_tokens,
+    encode,
+    example_loss,
+    mixed_precision,
+    pad,
+    plan_batches,
+    prompt_ids,
+    prompts_of,
+    render,
+    token_logprobs,
+)
+from selectkit.models.loader import peft_quietly, unsafe_load_reason
+from selectkit.models.training import linear_schedule, train_epoch
+from selectkit.storage.digest import cache_key, path_fingerprint
 
 __all__ = [
-    "Budget", "BudgetField", "Component", "DataError", "Dataset", "FeatureRequest", "Features", "Field",
-    "MissingExtraError", "ModelRef", "NormalizeContext", "Normalizer", "Params", "PassContext", "PassPlan",
-    "PassProvider", "PlanContext", "PluginError", "Reader", "RecipeError", "RowSource", "Score", "ScoreContext",
-    "Scorer", "SelectContext", "Selection", "Selector", "SelectorParams", "SelectkitError", "Shape", "Verifier",
-    "hookimpl", "require",
+    # components
+    "Component", "Params", "Field", "Shape", "Score", "Selection", "Scorer", "Normalizer", "Selector",
+    "SelectorParams", "Verifier", "ScoreContext", "NormalizeContext", "SelectContext", "Budget", "BudgetField",
+    "Rows", "Pool", "find_component",
+    # model work
+    "FeatureRequest", "Features", "describe", "PassProvider", "ShardedPass", "PassPlan", "PassWork", "PlanContext",
+    "PassContext", "Shard", "PassStats", "ModelRef", "Model", "Shards", "StepStore", "Source",
+    # data formats
+    "Reader", "RowSource", "InMemory",
+    # registration, randomness, identity, cheap imports
+    "hookimpl", "row_keys", "uniform", "gumbel", "rng_for", "canonical_order", "label_hash", "mix64", "cache_key",
+    "path_fingerprint", "lazy_import",
+    # errors
+    "SelectkitError", "DataError", "RecipeError", "PluginError", "ModelError", "MissingExtraError", "require",
+    "unknown_message",
+    # the causal-LM toolkit
+    "render", "prompts_of", "encode", "prompt_ids", "pad", "batch", "plan_batches", "counted_tokens", "example_loss",
+    "token_logprobs", "mixed_precision", "train_epoch", "linear_schedule", "peft_quietly", "unsafe_load_reason",
 ]

@@ -1,8 +1,11 @@
 """Conformance kit for plugin authors: checks that a component honours its declarations
-(strict params, shapes, determinism, budgets, candidates). Use from your own tests:
+(strict params, shapes, determinism, budgets, candidates), and runners that compute a scorer or
+pass outside a recipe exactly as a run does. Use from your own tests:
 
     from selectkit.testing import check_selector
     check_selector(MySelector, {"score": "s", "budget": 10})
+
+It handles components through `selectkit.plugin`, as a plugin does; only the runners reach the runtime.
 """
 
 from __future__ import annotations
@@ -14,17 +17,18 @@ import numpy as np
 import polars as pl
 from pydantic import ValidationError
 
-from selectkit.contract.components import (
+from selectkit.data.sources import Dataset
+from selectkit.plugin import (
     Component,
     NormalizeContext,
     Score,
     ScoreContext,
+    Scorer,
     SelectContext,
     Selection,
     Selector,
     Shape,
 )
-from selectkit.data.sources import Dataset
 
 WORDS = ("data selection picks examples for training language models with scores from influence "
          "perplexity embeddings and importance weights across many domains of text").split()
@@ -121,8 +125,8 @@ def score(scorer: Any, pool: Dataset, *, targets: dict[str, Dataset] | None = No
     from selectkit.contract.registry import default_registry
     from selectkit.execution.local import Run
     from selectkit.execution.progress import Reporter
-    from selectkit.planning.check import ScoreNode
-    from selectkit.planning.compile import Plan, Planner
+    from selectkit.planning.compile import Planner
+    from selectkit.planning.steps import Plan, ScoreNode
     from selectkit.storage.cache import Cache
 
     root = Path(cache_dir) if cache_dir is not None else Path(tempfile.mkdtemp(prefix="selectkit-test-"))
@@ -182,7 +186,6 @@ def run_scorer(scorer: Any, ctx: ScoreContext, *, cache_dir: str | Path | None =
 def features(requests: list, pool: Dataset, *, targets: dict[str, Dataset] | None = None, model: Any = None,
              seed: int = 0, cache_dir: str | Path | None = None, options: dict | None = None) -> Any:
     """The pass outputs of `requests` (each with `model=None` for `model`), as a scorer would see them."""
-    from selectkit.contract.components import Scorer
 
     class _Reader(Scorer):
         name = "testing.features"
@@ -198,3 +201,99 @@ def features(requests: list, pool: Dataset, *, targets: dict[str, Dataset] | Non
 
     score(_Reader(), pool, targets=targets, model=model, seed=seed, cache_dir=cache_dir, options=options)
     return _Reader.seen
+
+
+class FeatureStore:
+    """What `compute_features` computed: `get(kind, data, **settings)`, and the providers' `stats`."""
+
+    def __init__(self, model: str, values: dict, stats: Any):
+        self.model, self.values, self.stats = model, values, stats
+
+    def get(self, kind: str, data: str = "pool", **settings: Any) -> Any:
+        from selectkit.contract.features import FeatureRequest, describe
+        from selectkit.contract.registry import default_registry
+        from selectkit.errors import SelectkitError
+
+        request = default_registry().provider(kind)().canonical(FeatureRequest.of(kind, data, **settings))
+        if request not in self.values:
+            known = ", ".join(describe(r) for r in self.values) or "none"
+            raise SelectkitError(f"model {self.model!r}: feature {describe(request)} was not computed "
+                                 f"(computed: {known})")
+        return self.values[request]
+
+
+def compute_features(model_spec: Any, base_dir: str | Path, datasets: dict[str, Dataset], requests: list,
+                     workdir: str | Path, *, batch_tokens: int | None = None, batch_size: int | None = None,
+                     shard_size: int = 1024, progress: Any = None, trust_remote_code: bool = False,
+                     device: str | None = None, model: Any = None, name: str | None = None,
+                     worker: tuple[int, int] = (0, 1)) -> FeatureStore:
+    """Sharded passes outside a recipe: `requests` (one model's) over in-memory `datasets`, planned and
+    computed by their providers exactly as a run does (the provider's own loop), cached under `workdir`.
+    `model` reuses a loaded model; `worker=(i, k)` computes only shards i, i+k, ... (one of k devices),
+    and a later call with the default assembles them without loading the model."""
+    from dataclasses import dataclass
+
+    from selectkit.contract.features import FeatureRequest
+    from selectkit.contract.passes import ModelRef, PassContext, PassStats, PassWork, PlanContext
+    from selectkit.contract.registry import default_registry
+    from selectkit.errors import SelectkitError
+    from selectkit.execution.local import ModelLoader
+    from selectkit.models.loader import model_fingerprint
+    from selectkit.storage.cache import Cache
+    from selectkit.storage.digest import cache_key
+
+    @dataclass(frozen=True)
+    class Source:  # what keys and plans need of an in-memory data source
+        name: str
+        fingerprint: str
+        shard_rows: int
+        files: tuple = ()
+
+    label = name or str(model_spec.path)
+    registry = default_registry()
+    ref = ModelRef(label, model_spec, Path(base_dir), model_fingerprint(model_spec, base_dir))
+    wanted = [registry.provider(r.kind)().canonical(FeatureRequest(r.kind, r.data, r.settings, label))
+              for r in requests]
+    for r in wanted:
+        if r.data not in datasets:
+            raise SelectkitError(f"feature {r.kind}[{r.data}]: no data source {r.data!r} was given to the pass")
+    sources = {n: Source(n, ds.fingerprint or _texts_identity(ds), shard_size) for n, ds in datasets.items()}
+    rows = {n: len(ds) for n, ds in datasets.items()}
+    plan_ctx = PlanContext({label: ref}, sources, rows, 0,
+                           shard_counter=lambda data: max(1, -(-rows[data] // shard_size)))
+    loader = (lambda ref, **options: model) if model is not None else ModelLoader(trust_remote_code, progress)
+    cache = Cache(Path(workdir))
+    stats = PassStats()
+    values: dict = {}
+    by_provider: dict[type, list] = {}
+    for r in dict.fromkeys(wanted):
+        by_provider.setdefault(registry.provider(r.kind), []).append(r)
+    for cls, reqs in by_provider.items():
+        provider = cls()
+        for plan in provider.plan(ref, reqs, plan_ctx):
+            key = cache_key("pass", provider.name, provider.version, [*plan.key_parts, []])
+            work = PassWork(plan.label, ref, tuple(plan.requests), plan.data, plan.shards, plan.row_shards,
+                            plan.points, shard_size, tuple(plan.reads), plan.config, plan.artifact)
+            store = cache.store(plan.artifact, key)
+            ctx = PassContext(store, datasets.get("pool"), dict(datasets), 0, loader, device=device,
+                              batch_tokens=batch_tokens, batch_size=batch_size)
+            provider.run(work, ctx, list(range(worker[0], work.shards, worker[1])))
+            if worker == (0, 1):
+                entry = store.shards(work.shards)
+                if not entry.complete():
+                    entry.finish(label=work.label)
+                values.update(provider.load(work, ctx))
+        for field_name, value in provider.stats.as_dict().items():
+            setattr(stats, field_name, getattr(stats, field_name) + value if field_name != "model_loaded"
+                    else getattr(stats, field_name) or value)
+    values = {FeatureRequest(r.kind, r.data, r.settings, None): v for r, v in values.items()}
+    return FeatureStore(label, values, stats)
+
+
+def _texts_identity(ds: Dataset) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for text in ds.texts:
+        digest.update(text.encode("utf-8", "surrogatepass") + b"\x1f")
+    return digest.hexdigest()

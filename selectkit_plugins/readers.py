@@ -12,10 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from selectkit.contract.hookspecs import hookimpl
-from selectkit.contract.lazy import lazy_import
-from selectkit.data.sources import InMemory, Reader, RowSource
-from selectkit.errors import DataError, require
+from selectkit.plugin import DataError, InMemory, Reader, RowSource, hookimpl, lazy_import, require
 
 pl = lazy_import("polars")  # polars loads when data is read, not when a recipe is validated
 

@@ -16,8 +16,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from selectkit.contract.components import Params, Verifier
-from selectkit.contract.hookspecs import hookimpl
+from selectkit.plugin import Params, Verifier, hookimpl
 
 NUMBER = re.compile(r"-?(?:\d[\d,]*)?\.?\d+(?:[eE][-+]?\d+)?")
 

@@ -17,8 +17,7 @@ import torch
 from influence_fixtures import rows
 from scipy.stats import spearmanr
 
-from selectkit.errors import SelectkitError
-from selectkit.models.loader import ModelError
+from selectkit.errors import ModelError, SelectkitError
 from selectkit_plugins.lib.influence.ekfac import ekfac_scores, fit_ekfac
 from selectkit_plugins.lib.influence.grads import GradientFeaturizer, group_rows, linear_modules, lm_batch, lm_loss
 from selectkit_plugins.lib.influence.layers import (

@@ -17,6 +17,7 @@ import pytest
 from conftest import cli
 
 from selectkit.contract.components import Score, Shape
+from selectkit.execution.artifacts import load_score, save_score
 from selectkit.storage.cache import Cache, Staging
 
 
@@ -37,8 +38,8 @@ def _run(recipe: Path, out: Path, cache: Path, *args: str):
 def test_entry_is_complete_or_absent_and_checksummed(tmp_path):
     cache = Cache(tmp_path)
     score = Score(np.arange(5.0))
-    cache.save_score("k1", score)
-    assert cache.load_score("k1").values.tolist() == [0, 1, 2, 3, 4]
+    save_score(cache, "k1", score)
+    assert load_score(cache, "k1").values.tolist() == [0, 1, 2, 3, 4]
     meta = json.loads((tmp_path / "scores" / "k1" / "meta.json").read_text())
     assert set(meta["files"]) == {"arrays.npz"} and len(meta["files"]["arrays.npz"]["sha256"]) == 64
     # flip one byte of the data: the checksum catches it, the entry goes, a warning says so
@@ -47,7 +48,7 @@ def test_entry_is_complete_or_absent_and_checksummed(tmp_path):
     raw[-5] ^= 0xFF
     data.write_bytes(bytes(raw))
     with pytest.warns(UserWarning, match="corrupt or incomplete; computing it again"):
-        assert cache.load_score("k1") is None
+        assert load_score(cache, "k1") is None
     assert not (tmp_path / "scores" / "k1").exists()
 
 
@@ -56,7 +57,7 @@ def test_killed_writer_leaves_no_entry(tmp_path):
     staging = cache.stage("scores", "k2")
     staging.add_bytes("arrays.npz", b"half")
     # the process dies here: the staging folder stays, but no entry appears
-    assert not cache.has("scores", "k2") and cache.load_score("k2") is None
+    assert not cache.has("scores", "k2") and load_score(cache, "k2") is None
     assert [e.key for e in cache.entries()] == []
 
 
@@ -67,7 +68,7 @@ def test_concurrent_writers_of_one_key(tmp_path):
 
     def write():
         try:
-            cache.save_score("same", score)
+            save_score(cache, "same", score)
         except BaseException as exc:  # noqa: BLE001 - any failure fails the test
             errors.append(exc)
 
@@ -77,7 +78,7 @@ def test_concurrent_writers_of_one_key(tmp_path):
     for t in threads:
         t.join()
     assert not errors, errors[:3]
-    np.testing.assert_array_equal(cache.load_score("same").values, score.values)
+    np.testing.assert_array_equal(load_score(cache, "same").values, score.values)
     leftovers = [p.name for p in (tmp_path / "scores").iterdir() if p.name != "same"]
     assert leftovers == []  # every losing writer cleaned up its staging folder
 
@@ -100,7 +101,7 @@ def test_sharded_entry_resumes_and_replaces_a_corrupt_shard(tmp_path):
 def test_files_follow_the_umask(tmp_path):
     old = os.umask(0o002)
     try:
-        Cache(tmp_path).save_score("u", Score(np.zeros(3)))
+        save_score(Cache(tmp_path), "u", Score(np.zeros(3)))
     finally:
         os.umask(old)
     folder = tmp_path / "scores" / "u"

@@ -10,7 +10,8 @@ from model_fixtures import dataset, tiny_causal_lm
 from selectkit.execution.local import pass_devices
 from selectkit.planning.estimates import parse_inventory
 from selectkit.recipe.spec import ModelSpec
-from selectkit_plugins.passes.forward import compute_features, feature_request
+from selectkit.testing import compute_features
+from selectkit_plugins.passes.forward import feature_request
 
 pytest.importorskip("torch")
 

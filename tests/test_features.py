@@ -10,9 +10,10 @@ from model_fixtures import dataset, tiny_causal_lm
 
 from selectkit.errors import DataError, SelectkitError, SelectkitWarning
 from selectkit.models.loader import load_model
+from selectkit.plugin import plan_batches
 from selectkit.recipe.spec import ModelSpec
-from selectkit_plugins.passes import forward as passes_module
-from selectkit_plugins.passes.forward import compute_features, feature_request, plan_batches
+from selectkit.testing import compute_features
+from selectkit_plugins.passes.forward import Forward, feature_request
 
 torch = pytest.importorskip("torch")
 
@@ -150,19 +151,19 @@ def test_response_only_tokens(tmp_path, spec, loaded):
 def test_killed_run_resumes_from_last_complete_shard(tmp_path, spec, loaded, monkeypatch):
     ds = dataset("pool", TEXTS)
     full = compute_features(spec, ".", {"pool": ds}, LM_REQUESTS, tmp_path / "full", model=loaded, shard_size=2)
-    real_write = passes_module.write_shard
+    real_write = Forward.write
     written = []
 
-    def dying_write(entry, index, arrays):
+    def dying_write(self, entry, index, arrays):
         if len(written) == 2:
             raise KeyboardInterrupt("killed")
-        real_write(entry, index, arrays)
+        real_write(self, entry, index, arrays)
         written.append(entry.shard_folder(index) / "arrays.npz")
 
-    monkeypatch.setattr(passes_module, "write_shard", dying_write)
+    monkeypatch.setattr(Forward, "write", dying_write)
     with pytest.raises(KeyboardInterrupt):
         compute_features(spec, ".", {"pool": ds}, LM_REQUESTS, tmp_path / "run", model=loaded, shard_size=2)
-    monkeypatch.setattr(passes_module, "write_shard", real_write)
+    monkeypatch.setattr(Forward, "write", real_write)
     stamps = {p: p.stat().st_mtime_ns for p in written}
     calls = []
     handle = loaded.model.register_forward_hook(lambda *args: calls.append(1))

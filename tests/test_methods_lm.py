@@ -40,9 +40,9 @@ def test_plan_fuses_ifd_min_k_plus_and_perplexity_into_one_forward_step():
     built = plan(RECIPES / "ifd.yaml")
     passes = [s for s in built.steps if s.kind == "pass"]
     assert len(passes) == 1, [s.label for s in passes]
-    described = passes[0].label + " " + " ".join(map(str, passes[0].payload.requests))
+    described = passes[0].label + " " + " ".join(map(str, passes[0].payload.work.requests))
     assert "token_zscores" in described and "loss" in described
-    kinds = sorted((r.kind, tuple(sorted(dict(r.settings)))) for r in passes[0].payload.requests)
+    kinds = sorted((r.kind, tuple(sorted(dict(r.settings)))) for r in passes[0].payload.work.requests)
     assert kinds == [("loss", ("response",)), ("loss", ("text",)), ("token_zscores", ("response",))]
 
 

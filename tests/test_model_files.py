@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import cli
 
-from selectkit.models.loader import ModelError, check_model
+from selectkit.errors import ModelError
+from selectkit.models.loader import check_model
 from selectkit.recipe.spec import ModelSpec
 
 RECIPE = "perplexity_filter.yaml"  # models.lm: models/tiny-lm (line 12)

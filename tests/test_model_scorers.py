@@ -9,8 +9,8 @@ from model_fixtures import ROOT, dataset, demo_dataset, tiny_causal_lm
 from selectkit.contract.components import ScoreContext, Shape
 from selectkit.errors import SelectkitError
 from selectkit.recipe.spec import ModelSpec
+from selectkit.testing import compute_features
 from selectkit.testing import score as run_scorer
-from selectkit_plugins.passes.forward import compute_features
 from selectkit_plugins.scorers.el2n import EL2N
 from selectkit_plugins.scorers.embedding import Embedding
 from selectkit_plugins.scorers.embedding_similarity import EmbeddingSimilarity, _topk_numpy, topk_mean
@@ -164,7 +164,7 @@ output: {{dir: {tmp_path}/out}}
 """)
     compiled = plan(recipe, cache_dir=tmp_path / "cache")
     passes = compiled.of_kind("pass")  # one fused pass per model and source: lm/pool, emb/pool, emb/politics
-    assert sorted((p.payload.model.name, p.payload.data) for p in passes) == [
+    assert sorted((p.payload.work.model.name, p.payload.work.data) for p in passes) == [
         ("emb", "politics"), ("emb", "pool"), ("lm", "pool")]
     assert all(p.estimate is not None and p.estimate.flops > 0 for p in passes)
     messages: list[str] = []

@@ -10,15 +10,8 @@ import sys
 import pytest
 from model_fixtures import ROOT, TINY_LM, tiny_causal_lm
 
-from selectkit.errors import SelectkitError
-from selectkit.models.loader import (
-    ModelError,
-    check_model,
-    facts_from_config,
-    model_facts,
-    model_fingerprint,
-    resolve_model_path,
-)
+from selectkit.errors import ModelError, SelectkitError
+from selectkit.models.loader import check_model, facts_from_config, model_facts, model_fingerprint, resolve_model_path
 from selectkit.planning.estimates import (
     GPUS,
     LOAD_BYTES_PER_S,

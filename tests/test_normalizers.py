@@ -9,7 +9,8 @@ from pydantic import ValidationError
 
 from selectkit.contract.components import Score, Shape
 from selectkit.errors import DataError
-from selectkit_plugins.normalizers.elementwise import Clip, MinMax, Rank, SignFlip, ZScore, rank_fraction
+from selectkit_plugins.lib.columns import rank_fraction
+from selectkit_plugins.normalizers.elementwise import Clip, MinMax, Rank, SignFlip, ZScore
 from selectkit_plugins.normalizers.instance_zscore import ColumnMoments, InstanceZScore
 from selectkit_plugins.normalizers.log import Log
 from selectkit_plugins.normalizers.robust_zscore import RobustZScore

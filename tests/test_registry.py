@@ -40,8 +40,7 @@ def test_broken_plugin_is_skipped_with_a_warning_and_fails_under_strict(tmp_path
 
 def test_name_clash_names_both_distributions(tmp_path):
     site = fake_distribution(tmp_path / "site", "clashplugin", "clash_plugin", """
-        from selectkit.contract.components import Scorer
-        from selectkit.contract.hookspecs import hookimpl
+        from selectkit.plugin import Scorer, hookimpl
 
         class Impostor(Scorer):
             name = "length"
@@ -60,8 +59,7 @@ def test_name_clash_names_both_distributions(tmp_path):
 def test_third_party_component_is_usable_in_a_recipe(tmp_path):
     site = fake_distribution(tmp_path / "site", "vowelplugin", "vowel_plugin", """
         import numpy as np
-        from selectkit.contract.components import Score, Scorer
-        from selectkit.contract.hookspecs import hookimpl
+        from selectkit.plugin import Score, Scorer, hookimpl
 
         class Vowels(Scorer):
             '''Share of vowels in the text.'''

@@ -171,7 +171,7 @@ def test_plan_runs_the_oracle_over_the_label_sample_only(tmp_path):
     kinds = [s.kind for s in plan.steps]
     assert kinds.count("sample") == 1 and kinds.count("oracle") == 1
     loss = next(s for s in plan.of_kind("pass") if "loss" in s.label)
-    assert loss.payload.data == "labels:ppl" and "sample:ppl" in loss.inputs
+    assert loss.payload.work.data == "labels:ppl" and "sample:ppl" in loss.inputs
     assert loss.estimate is None or "30 examples" in str(loss.estimate.as_detail())
     text = plan.render()
     assert "labels: 30 of 120 pool rows" in text and "[oracle] ppl" in text

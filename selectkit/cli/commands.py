@@ -12,7 +12,15 @@ from pathlib import Path
 
 import click
 
-from selectkit.errors import RecipeErrors, SelectkitError, describe_fault, diagnostic, fault_errno
+from selectkit.errors import (
+    PluginError,
+    RecipeErrors,
+    SelectkitError,
+    describe_fault,
+    diagnostic,
+    fault_errno,
+    unknown_message,
+)
 
 
 def _debug() -> bool:
@@ -263,13 +271,12 @@ def evaluate(recipe: Path, out_dir: Path | None, fmt: str, quiet: bool, trust_re
              cache_dir: Path | None) -> None:
     """Does the selection beat random data? Hold out part of each target, train a small proxy LM on the
     selection and on token-matched random subsets, compare bits per byte with a bootstrap CI."""
-    from selectkit import api
-    from selectkit.evaluation.evaluate import render
+    from selectkit.evaluation.evaluate import evaluate, render
 
     options = {"trust_remote_code": True} if trust_remote_code else {}
     say = (lambda line: None) if quiet or fmt == "json" else (lambda line: click.echo(line, err=True))
     try:
-        evaluation = api.evaluate(recipe, out_dir=out_dir, cache_dir=cache_dir, say=say, options=options)
+        evaluation = evaluate(recipe, out_dir=out_dir, cache_dir=cache_dir, say=say, options=options)
     except SelectkitError as exc:
         _fail(exc)
     click.echo(json.dumps(evaluation.results, indent=2) if fmt == "json" else render(evaluation))
@@ -281,8 +288,6 @@ def evaluate(recipe: Path, out_dir: Path | None, fmt: str, quiet: bool, trust_re
 @click.option("--strict", is_flag=True, help="a plugin that fails to load is an error")
 def plugins(name: str | None, fmt: str, strict: bool) -> None:
     """List installed components and their params; with NAME, everything about one component."""
-    from selectkit.contract.registry import unknown_message
-    from selectkit.errors import PluginError
     from selectkit.recipe.schema import describe_component, describe_components, render_component, render_listing
 
     try:

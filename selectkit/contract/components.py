@@ -7,7 +7,6 @@ Importing a component module must stay cheap: import torch & co. inside `run`.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -16,12 +15,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from selectkit.contract.budget import BudgetField
+from selectkit.contract.features import FeatureRequest
+from selectkit.contract.keyed_random import gumbel, rng_for, row_keys, uniform
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only: importing components stays cheap
-    from selectkit.contract.passes import Features
-    from selectkit.data.pool import Pool
-    from selectkit.data.sources import Dataset
-    from selectkit.recipe.spec import ModelSpec
+    from selectkit.contract.features import Features
+    from selectkit.contract.protocols import Pool, Rows
 
 
 class Shape(str, Enum):
@@ -116,44 +115,20 @@ class Component:
         return doc.splitlines()[0] if doc else ""
 
 
-def rng_for(seed: int, *labels: str) -> np.random.Generator:
-    """A generator seeded from the recipe seed and stable labels, for draws that do not belong
-    to rows (a k-means seed, a fold split of targets). Per-row draws use `selectkit.contract.keyed_random`."""
-    digest = hashlib.sha256("\x1f".join(labels).encode()).digest()
-    return np.random.default_rng([seed, int.from_bytes(digest[:8], "little")])
-
-
 # ---------------------------------------------------------------- scorers
-
-
-@dataclass(frozen=True)
-class FeatureRequest:
-    """Something a scorer needs from a model pass: a `kind` that some pass provider serves
-    (token_logprobs, loss, embedding, grad_features, ...), over one data source, with settings.
-
-    `data` is "pool" or a target name; `settings` are hashable (name, value) pairs; `model` names
-    an entry under `models` (None: the scorer's own model). The planner computes each distinct
-    request once and fuses the requests one provider can serve together (e.g. every forward
-    feature of one model over one source comes from one forward pass).
-    """
-
-    kind: str
-    data: str = "pool"
-    settings: tuple[tuple[str, Any], ...] = ()
-    model: str | None = None
 
 
 @dataclass
 class ScoreContext:
     """What a scorer may read. `targets` holds only the targets the score names. For a `rowwise`
-    scorer `pool` is one shard (a Dataset) and `stats` the merged `statistics` of every shard;
-    otherwise `pool` is the whole pool (selectkit.data.pool.Pool: ids, columns, shards) and
+    scorer `pool` is one shard (Rows) and `stats` the merged `statistics` of every shard;
+    otherwise `pool` is the whole pool (a `Pool`: ids, keys, columns, shards) and
     `features` answers the scorer's `feature_requests`."""
 
-    pool: Pool | Dataset
-    targets: dict[str, Dataset]
+    pool: Pool | Rows
+    targets: dict[str, Rows]
     seed: int
-    model: ModelSpec | None = None  # the scorer's model, for scorers that declare `model_kinds`
+    model: Any = None  # the ModelSpec of the scorer's model, for scorers that declare `model_kinds`
     features: Features | None = None  # values of the requested pass outputs
     stats: dict[str, Any] | None = None  # merged per-shard statistics (rowwise scorers that declare them)
     scores: dict[str, Score] = field(default_factory=dict)  # the scores named by `input_scores`
@@ -191,6 +166,11 @@ class Scorer(Component):
         """Where under `with:` the reference `ref` is written (for error locations)."""
         return ()
 
+    @classmethod
+    def has_statistics(cls) -> bool:
+        """True when the scorer computes pool-wide `statistics` (rowwise scorers: a pass before its values)."""
+        return cls.statistics is not Scorer.statistics
+
     def statistics(self, ctx: ScoreContext) -> dict[str, np.ndarray] | None:
         """Rowwise scorers that need pool-wide statistics: this shard's part (arrays that `merge` combines)."""
         return None
@@ -208,7 +188,7 @@ class Scorer(Component):
 
 @dataclass
 class NormalizeContext:
-    pool: Pool | Dataset  # ids and `column(name)` for per-group statistics
+    pool: Pool | Rows  # ids and `column(name)` for per-group statistics
     seed: int
 
 
@@ -236,13 +216,13 @@ class SelectContext:
     Ties are broken by `keys` too (see `best_first`)."""
 
     candidates: np.ndarray
-    pool: Pool | Dataset  # token_counts, column(name), ids
+    pool: Pool | Rows  # token_counts, column(name), ids
     seed: int
     stage: str
     score: Score | None = None
     scores: dict[str, Score] = field(default_factory=dict)
-    targets: dict[str, Dataset] = field(default_factory=dict)
-    keys: np.ndarray | None = None  # a stable uint64 per pool row (selectkit.contract.keyed_random.row_keys of the ids)
+    targets: dict[str, Rows] = field(default_factory=dict)
+    keys: np.ndarray | None = None  # a stable uint64 per pool row (`row_keys` of the ids)
 
     def rng(self, *labels: str) -> np.random.Generator:
         """A generator for draws that do not belong to rows (a k-means seed, a permutation of clusters)."""
@@ -250,21 +230,15 @@ class SelectContext:
 
     def row_keys(self, rows: np.ndarray | None = None) -> np.ndarray:
         """Keys of `rows` (pool indices; default: the candidates)."""
-        from selectkit.contract.keyed_random import row_keys
-
         if self.keys is None:
             self.keys = row_keys(self.pool.ids)
         return self.keys[self.candidates if rows is None else rows]
 
     def uniform(self, *labels: str, rows: np.ndarray | None = None) -> np.ndarray:
         """Per-row uniform (0, 1) draws for `rows` (default: the candidates), keyed by row id."""
-        from selectkit.contract.keyed_random import uniform
-
         return uniform(self.seed, (self.stage, *labels), self.row_keys(rows))
 
     def gumbel(self, *labels: str, rows: np.ndarray | None = None) -> np.ndarray:
-        from selectkit.contract.keyed_random import gumbel
-
         return gumbel(self.seed, (self.stage, *labels), self.row_keys(rows))
 
     def best_first(self, values: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:

@@ -84,3 +84,10 @@ def canonical_order(keys: np.ndarray) -> np.ndarray:
     """Positions that sort rows by key: the same rows come out in the same order whatever
     order or shards they arrived in (for algorithms that must see rows in some order)."""
     return np.argsort(np.asarray(keys, dtype=np.uint64), kind="stable")
+
+
+def rng_for(seed: int, *labels: str) -> np.random.Generator:
+    """A generator seeded from the recipe seed and stable labels, for draws that do not belong
+    to rows (a k-means seed, a fold split of targets). Per-row draws use `uniform`/`gumbel`."""
+    digest = hashlib.sha256("\x1f".join(labels).encode()).digest()
+    return np.random.default_rng([seed, int.from_bytes(digest[:8], "little")])

@@ -3,7 +3,6 @@ so a broken plugin is reported by name and skipped instead of breaking every com
 
 from __future__ import annotations
 
-import difflib
 import importlib.metadata
 import types
 from dataclasses import dataclass, field
@@ -12,7 +11,7 @@ from typing import Any
 import pluggy
 
 from selectkit.contract import hookspecs
-from selectkit.errors import PluginError
+from selectkit.errors import PluginError, unknown_message
 
 KINDS = ("scorers", "normalizers", "selectors", "passes", "verifiers", "readers", "executors")
 ENTRY_POINT_GROUP = "selectkit"
@@ -74,15 +73,13 @@ class Registry:
     def names(self, kind: str) -> list[str]:
         return sorted(self.components[kind])
 
-
-def unknown_message(what: str, name: str, known) -> str:
-    message = f"unknown {what} {name!r}"
-    close = difflib.get_close_matches(str(name), list(known), n=1)
-    if close:
-        message += f"; did you mean {close[0]!r}?"
-    elif known:
-        message += f" (known: {', '.join(sorted(known))})"
-    return message
+    def provider(self, kind: str) -> type:
+        """The pass provider class that serves request kind `kind`, or a PluginError naming the kinds served."""
+        for entry in self.components["passes"].values():
+            if kind in entry.cls.kinds:
+                return entry.cls
+        known = sorted(k for e in self.components["passes"].values() for k in e.cls.kinds)
+        raise PluginError(f"no pass provider serves {kind!r} (served: {', '.join(known) or 'none'})")
 
 
 def _new_manager() -> pluggy.PluginManager:
@@ -120,3 +117,9 @@ def default_registry(strict: bool = False) -> Registry:
     if _cached is None or strict:
         _cached = load_registry(strict=strict)
     return _cached
+
+
+def find_component(kind: str, name: str) -> type:
+    """The installed component class of `kind` (scorers, selectors, verifiers, ...) named `name`, or a
+    PluginError with a did-you-mean (for components whose params name another component)."""
+    return default_registry().get(kind, name)

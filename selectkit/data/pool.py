@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from selectkit.contract.lazy import lazy_import
+from selectkit.contract.readers import RowSource
 from selectkit.data.sources import (
     Dataset,
-    RowSource,
     check_unique,
     count_tokens,
     not_text_message,
@@ -263,6 +263,10 @@ class Pool:
 
     def slice(self, lo: int, hi: int) -> Dataset:
         return read_shard(self.table, lo, hi)
+
+    def take(self, rows: np.ndarray) -> Dataset:
+        """Rows by index, in the order given, reading only the shards that hold them."""
+        return take(self, rows)
 
     def column(self, name: str) -> pl.Series:
         """One column over every row (kept for reuse)."""

@@ -12,86 +12,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import string
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar
 
 import numpy as np
 
 from selectkit.contract.lazy import lazy_import
+from selectkit.contract.readers import Reader, RowSource
 from selectkit.errors import DataError, SelectkitWarning
+from selectkit.storage.digest import path_fingerprint
 
 pl = lazy_import("polars")  # polars loads when data is read, not when a recipe is validated
 
 ON_MISSING = ("error", "skip", "empty")
-
-
-class RowSource:
-    """Random access to the rows of one file: `rows`, `columns`, `slice(lo, hi)` and `where(row)`."""
-
-    rows: int
-    path: Path
-
-    def slice(self, lo: int, hi: int) -> pl.DataFrame:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    @property
-    def columns(self) -> list[str]:
-        return list(self.slice(0, min(self.rows, 1)).columns) if self.rows else []
-
-    def column(self, name: str, lo: int, hi: int) -> pl.Series | None:
-        """One column of rows [lo, hi), None where the file lacks it (columnar formats read only it)."""
-        frame = self.slice(lo, hi)
-        return frame[name] if name in frame.columns else None
-
-    def where(self, row: int) -> str:
-        """Where row `row` (0-based) sits, for error messages."""
-        return f"{self.path.name} row {row + 1}"
-
-    def not_text(self, frame: pl.DataFrame, lo: int, columns: list[str]) -> tuple[int, str, str] | None:
-        """(row, column, what) of the first row of `frame` (rows `lo`.. of this file) whose value in
-        one of `columns` is a list or an object in the file although the column reads as text."""
-        return None
-
-
-class InMemory(RowSource):
-    """A whole file read at once (json, csv and folders: formats without cheap random access)."""
-
-    def __init__(self, path: Path, frame: pl.DataFrame):
-        self.path, self.frame, self.rows = path, frame, frame.height
-
-    def slice(self, lo: int, hi: int) -> pl.DataFrame:
-        return self.frame.slice(lo, max(0, hi - lo))
-
-    @property
-    def columns(self) -> list[str]:
-        return list(self.frame.columns)
-
-
-class Reader:
-    """A file format. `read` returns every row; `open` gives row-range access (default: read it all)."""
-
-    name: ClassVar[str]
-    suffixes: ClassVar[tuple[str, ...]] = ()
-    reads_folders: ClassVar[bool] = False
-
-    def read(self, path: Path) -> pl.DataFrame:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def count_rows(self, path: Path) -> int | None:
-        """Row count without reading the data, when the format allows (for validate-time checks)."""
-        return None
-
-    def open(self, path: Path) -> RowSource:
-        return InMemory(path, self.read(path))
-
-    def head(self, path: Path, rows: int) -> tuple[pl.DataFrame, Any]:
-        """The first `rows` rows (cheap where the format allows) and `where(row)` for messages."""
-        source = self.open(path)
-        return source.slice(0, min(rows, source.rows)), source.where
 
 
 @dataclass
@@ -122,6 +57,13 @@ class Dataset:
 
     def column(self, name: str) -> pl.Series:
         return self.rows[name]
+
+    def slice(self, lo: int, hi: int) -> Dataset:
+        """Rows [lo, hi) (`meta.first_row` says where they start)."""
+        hi = min(hi, len(self))
+        return Dataset(name=self.name, rows=self.rows.slice(lo, hi - lo), ids=self.ids.slice(lo, hi - lo),
+                       texts=self.texts[lo:hi], fingerprint=self.fingerprint, path=self.path,
+                       usable=None if self.usable is None else self.usable[lo:hi], meta={"first_row": lo})
 
 
 def count_tokens(texts: list[str]) -> np.ndarray:
@@ -217,56 +159,12 @@ def warn_missing(source: str, count: int, on_missing: str) -> None:
 # ---------------------------------------------------------------- identity
 
 
-def fingerprint_path(path: Path, memo: Path | None = None) -> str:
-    """sha256 over a file's bytes, or over every file of a folder (names and bytes). With `memo`
-    (a folder in the cache), a file whose size, mtime and inode are unchanged is not re-read."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
-        digest.update(_file_digest(file, memo).encode())
-    return digest.hexdigest()
-
-
-def sha256_file(file: Path) -> str:
-    """The one file digest: sha256 of a file's bytes, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(file, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _file_digest(file: Path, memo: Path | None) -> str:
-    stat = file.stat()
-    token = None
-    if memo is not None:
-        ident = f"{file.resolve()}\x1f{stat.st_size}\x1f{stat.st_mtime_ns}\x1f{stat.st_ino}\x1f{stat.st_ctime_ns}"
-        token = memo / hashlib.sha256(ident.encode()).hexdigest()[:32]
-        try:
-            cached = token.read_text().strip()
-            if len(cached) == 64:
-                return cached
-        except OSError:
-            pass
-    value = sha256_file(file)
-    if token is not None:
-        try:
-            token.parent.mkdir(parents=True, exist_ok=True)
-            tmp = token.with_name(f".{token.name}.{os.getpid()}")
-            tmp.write_text(value)
-            os.replace(tmp, token)
-        except OSError:  # a read-only cache only loses the shortcut
-            pass
-    return value
-
-
 def source_fingerprint(path: Path | list[Path], *, text: str, id_column: str | None, limit: int | None, reader: str,
                        on_missing: str = "error", memo: Path | None = None) -> str:
     """Identity of a source as read: its bytes plus the settings that shape the examples."""
     paths = path if isinstance(path, list) else [path]
     settings = json.dumps([text, id_column, limit, reader, on_missing])
-    body = "".join(fingerprint_path(p, memo) for p in paths)
+    body = "".join(path_fingerprint(p, memo) for p in paths)
     return hashlib.sha256((body + settings).encode()).hexdigest()
 
 

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from selectkit.errors import SelectkitError
-from selectkit.evaluation import stats as evalstats
+from selectkit.errors import SelectkitError, require
+from selectkit.evaluation import proxy, stats
 from selectkit.recipe.spec import EvaluateSpec
 
 POOL_SAMPLE = "pool sample"
@@ -84,10 +84,8 @@ def evaluate(path: str | Path, *, out_dir: str | Path | None = None, cache_dir: 
              registry: Any = None, say: Callable[[str], None] | None = None, options: dict | None = None) -> Evaluation:
     """Run `selectkit eval` on the recipe at `path`; write the run and its evaluation under `out_dir`."""
     from selectkit.api import run_plan, validate
-    from selectkit.data.sources import load_dataset
-    from selectkit.errors import require
     from selectkit.planning.check import check
-    from selectkit.planning.compile import compile
+    from selectkit.planning.compile import compile_plan
     from selectkit.storage.cache import Cache
 
     say = say or (lambda _: None)
@@ -97,191 +95,225 @@ def evaluate(path: str | Path, *, out_dir: str | Path | None = None, cache_dir: 
     recipe = loaded.recipe
     spec = recipe.evaluate or EvaluateSpec()
     seed = spec.seed if spec.seed is not None else recipe.seed
-    targets = list(recipe.data.targets)
-    if not targets:
+    if not recipe.data.targets:
         raise SelectkitError("eval measures the selection on held-out parts of the targets, and this recipe has "
                              "none", loaded.locate(("data",), at_key=True), "add a target under data.targets")
-    chosen = spec.targets or targets
     require("torch", "models", "selectkit eval (the proxy model)")
     require("transformers", "models", "selectkit eval (the proxy model)")
     if spec.stratified and recipe.output.summarize_by is None:
         say("note: no output.summarize_by, so no stratified arm")
     out = Path(out_dir) if out_dir else loaded.resolve_path(recipe.output.dir.replace("{name}", recipe.name) + "-eval")
     out = Path(os.path.abspath(out))
-    (out / "split").mkdir(parents=True, exist_ok=True)
-
-    # 1. split the targets; the recipe reads the scoring parts
-    readers = {n: e.cls for n, e in registry.components["readers"].items()}
-    heldout: dict[str, list[str]] = {}
-    split_info = {}
-    for name in targets:
-        source = recipe.data.targets[name]
-        ds = load_dataset(name, loaded.resolve_path(source.path), text=source.text, id_column=source.id,
-                          limit=source.limit, fmt=source.format, readers=readers, on_missing=source.on_missing)
-        from selectkit.contract.keyed_random import row_keys
-
-        mask = split_target(row_keys(ds.ids), spec.heldout, seed, name)
-        scoring = out / "split" / f"{name}.jsonl"
-        _write_rows(ds.rows.filter(~mask), scoring)
-        _write_rows(ds.rows.filter(mask), out / "split" / f"{name}.heldout.jsonl")
-        usable = ds.usable if ds.usable is not None else np.ones(len(ds), bool)
-        heldout[name] = [t for t, keep, ok in zip(ds.texts, mask, usable) if keep and ok and t]
-        split_info[name] = {"rows": len(ds), "heldout": int(mask.sum()), "scoring": int((~mask).sum()),
-                            "scoring_file": str(scoring)}
-        recipe.data.targets[name] = source.model_copy(update={"path": str(scoring), "format": "jsonl",
-                                                              "limit": None})
-    checked = check(loaded, registry)
+    heldout, split_info, scoring = split_targets(loaded, registry, spec.heldout, seed, out / "split")
     run_dir = out / "run"
-    plan = compile(checked, Cache(Path(cache_dir) if cache_dir else None), run_dir, None, dict(options or {}))
-    parts = ", ".join(f"{n}: {split_info[n]['scoring']}" for n in targets)
+    plan = compile_plan(check(scoring, registry), Cache(Path(cache_dir) if cache_dir else None), run_dir, None,
+                        dict(options or {}))
+    parts = ", ".join(f"{n}: {info['scoring']}" for n, info in split_info.items())
     say(f"running the recipe on the scoring parts ({parts} rows) -> {run_dir}")
     result = run_plan(plan, options=options)
 
-    # 2. the arms
-    from selectkit.contract.keyed_random import canonical_order, uniform
-    from selectkit.evaluation import proxy
+    arms = Arms(result, spec, seed, recipe.output.summarize_by)
+    chosen = spec.targets or list(recipe.data.targets)
+    eval_sets: dict[str, list[str]] = {name: heldout[name] for name in chosen}
+    eval_sets[POOL_SAMPLE] = [arms.texts[i] for i in arms.sample]
+    train_started = time.perf_counter()
+    bits, arm_info, nbytes = train_arms(arms, eval_sets, spec, seed, say)
+    train_seconds = time.perf_counter() - train_started
+    sets = compare_arms(bits, nbytes, eval_sets, spec, seed, arms.names)
+    selection_texts = [arms.texts[i] for i in np.unique(arms.chosen)]
+    pool_texts = [arms.texts[i] for i in np.flatnonzero(arms.usable)]
+    contamination = {name: {"pool": overlap(heldout[name], pool_texts, spec.ngram),
+                            "selection": overlap(heldout[name], selection_texts, spec.ngram)} for name in chosen}
+    proxy_config = proxy.config(spec.proxy)
+    results = {
+        "settings": spec.model_dump(mode="json"), "seed": seed,
+        "proxy": {"config": proxy_config, "tokens_per_arm": arms.budget, "epochs": arms.epochs,
+                  "parameters": _parameters(proxy_config)},
+        "split": split_info, "pool_sample": int(len(arms.sample)), "pool_tokens_available": arms.pool_tokens,
+        "contamination": {"ngram": spec.ngram, "targets": contamination},
+        "arms": arm_info, "sets": sets,
+        "verdicts": {name: sets[name]["verdict"] for name in chosen},
+        "caveat": stats.DATADECIDE,
+        "seconds": {"total": round(time.perf_counter() - started, 2), "training": round(train_seconds, 2)},
+    }
+    results["warnings"] = _warnings(sets, arms, spec)
+    _record(run_dir, results, bool(recipe.output.report))
+    return Evaluation(results, run_dir, out)
 
-    pool = result.pool
-    keys = pool.keys
-    texts = pool.texts
-    usable = np.asarray(pool.usable, bool) & np.array([bool(t) for t in texts])
-    lengths = np.array([len(t.encode("utf-8")) + 1 for t in texts], dtype=np.int64)
-    draw = uniform(seed, ("evaluate", "pool-sample"), keys)
-    draw[~usable] = np.inf
-    sample = np.argsort(draw, kind="stable")[:min(spec.pool_sample, max(0, int(usable.sum()) - 1))]
-    sample = sample[canonical_order(keys[sample])]
-    available = usable.copy()
-    available[sample] = False
-    ranking = np.asarray(result.ranking, dtype=np.int64)
-    chosen_rows = np.repeat(ranking, np.asarray(result.counts)[ranking].clip(min=1).astype(np.int64))
-    chosen_rows = chosen_rows[available[chosen_rows]]
-    if not len(chosen_rows):
-        raise SelectkitError("the selection has no example outside the pool sample eval holds out to train on")
-    proxy_spec = spec.proxy
-    budget = min(int(lengths[chosen_rows].sum()), proxy_spec.max_tokens)
-    if budget < proxy_spec.seq_len * 2:
-        raise SelectkitError(f"the selection holds {budget} proxy tokens, too few to train on (at least "
-                             f"{proxy_spec.seq_len * 2}: two sequences of evaluate.proxy.seq_len)")
-    pool_tokens = int(lengths[available].sum())
-    groups = None  # the summarize_by column: each arm's mix, and the strata of the stratified arm
-    column = recipe.output.summarize_by
-    if column and column in pool.columns:
-        groups = pool.column(column).cast(str).fill_null("(missing)").to_numpy()
 
-    def ordered(rows: np.ndarray, labels: tuple) -> np.ndarray:
-        u = uniform(seed, ("evaluate", *labels), keys[rows])
+def split_targets(loaded: Any, registry: Any, share: float, seed: int, folder: Path
+                  ) -> tuple[dict[str, list[str]], dict[str, dict], Any]:
+    """Split each target by a keyed draw into a scoring part (written to `folder`) and a held-out part;
+    returns the held-out texts, what was split, and a copy of the recipe that reads the scoring parts."""
+    from selectkit.contract.keyed_random import row_keys
+    from selectkit.data.sources import load_dataset
+
+    folder.mkdir(parents=True, exist_ok=True)
+    readers = {n: e.cls for n, e in registry.components["readers"].items()}
+    heldout: dict[str, list[str]] = {}
+    info: dict[str, dict] = {}
+    for name, source in loaded.recipe.data.targets.items():
+        ds = load_dataset(name, loaded.resolve_path(source.path), text=source.text, id_column=source.id,
+                          limit=source.limit, fmt=source.format, readers=readers, on_missing=source.on_missing)
+        mask = split_target(row_keys(ds.ids), share, seed, name)
+        scoring = folder / f"{name}.jsonl"
+        _write_rows(ds.rows.filter(~mask), scoring)
+        _write_rows(ds.rows.filter(mask), folder / f"{name}.heldout.jsonl")
+        usable = ds.usable if ds.usable is not None else np.ones(len(ds), bool)
+        heldout[name] = [t for t, keep, ok in zip(ds.texts, mask, usable) if keep and ok and t]
+        info[name] = {"rows": len(ds), "heldout": int(mask.sum()), "scoring": int((~mask).sum()),
+                      "scoring_file": str(scoring)}
+    scoring = loaded.with_sources(lambda name, source: {"path": info[name]["scoring_file"], "format": "jsonl",
+                                                        "limit": None} if name in info else {})
+    return heldout, info, scoring
+
+
+class Arms:
+    """The training arms of a finished run: a keyed pool sample held out of every arm, the selection
+    (repeated by its counts), and random and stratified subsets with the same tokens."""
+
+    def __init__(self, result: Any, spec: Any, seed: int, summarize_by: str | None):
+        from selectkit.contract.keyed_random import canonical_order, uniform
+
+        pool = result.pool
+        self.seed, self.keys, self.texts = seed, pool.keys, pool.texts
+        self.usable = np.asarray(pool.usable, bool) & np.array([bool(t) for t in self.texts])
+        self.lengths = np.array([len(t.encode("utf-8")) + 1 for t in self.texts], dtype=np.int64)
+        draw = uniform(seed, ("evaluate", "pool-sample"), self.keys)
+        draw[~self.usable] = np.inf
+        sample = np.argsort(draw, kind="stable")[:min(spec.pool_sample, max(0, int(self.usable.sum()) - 1))]
+        self.sample = sample[canonical_order(self.keys[sample])]
+        available = self.usable.copy()
+        available[self.sample] = False
+        ranking = np.asarray(result.ranking, dtype=np.int64)
+        chosen = np.repeat(ranking, np.asarray(result.counts)[ranking].clip(min=1).astype(np.int64))
+        self.chosen = chosen[available[chosen]]
+        if not len(self.chosen):
+            raise SelectkitError("the selection has no example outside the pool sample eval holds out to train on")
+        self.selection_tokens = int(self.lengths[self.chosen].sum())
+        self.budget = min(self.selection_tokens, spec.proxy.max_tokens)
+        if self.budget < spec.proxy.seq_len * 2:
+            raise SelectkitError(f"the selection holds {self.budget} proxy tokens, too few to train on (at least "
+                                 f"{spec.proxy.seq_len * 2}: two sequences of evaluate.proxy.seq_len)")
+        self.epochs = proxy.epochs(spec.proxy, self.budget // spec.proxy.seq_len)
+        self.pool_tokens = int(self.lengths[available].sum())
+        self.candidates = np.flatnonzero(available)
+        self.groups = None  # the summarize_by column: each arm's mix, and the strata of the stratified arm
+        if summarize_by and summarize_by in pool.columns:
+            self.groups = pool.column(summarize_by).cast(str).fill_null("(missing)").to_numpy()
+        self.names = ["selection", "random", *(["stratified"] if spec.stratified and self.groups is not None else []),
+                      *(["null"] if spec.random_vs_random else [])]
+
+    def ordered(self, rows: np.ndarray, labels: tuple) -> np.ndarray:
+        u = uniform_of(self.seed, labels, self.keys[rows])
         return rows[np.lexsort((np.arange(len(rows)), u))]
 
-    def prefix(rows: np.ndarray, tokens: int) -> np.ndarray:
-        end = int(np.searchsorted(np.cumsum(lengths[rows]), tokens) + 1)
+    def prefix(self, rows: np.ndarray, tokens: int) -> np.ndarray:
+        end = int(np.searchsorted(np.cumsum(self.lengths[rows]), tokens) + 1)
         return rows[:end]
 
-    candidates = np.flatnonzero(available)
+    def random(self, labels: tuple) -> np.ndarray:
+        return self.prefix(self.ordered(self.candidates, labels), self.budget)
 
-    def random_arm(labels: tuple) -> np.ndarray:
-        return prefix(ordered(candidates, labels), budget)
-
-    def stratified_arm(i: int, selection: np.ndarray) -> np.ndarray:
-        share = {}
-        for g, t in zip(groups[selection], lengths[selection]):
+    def stratified(self, i: int) -> np.ndarray:
+        """Random rows with the selection's token mix over the groups, topped up at random."""
+        share: dict[str, int] = {}
+        for g, t in zip(self.groups[self.chosen], self.lengths[self.chosen]):
             share[g] = share.get(g, 0) + int(t)
-        parts, taken = [], np.zeros(len(keys), bool)
+        parts, taken = [], np.zeros(len(self.keys), bool)
         for g in sorted(share):
-            rows = ordered(candidates[groups[candidates] == g], ("stratified", i, g))
-            part = prefix(rows, int(round(share[g] * budget / max(1, sum(share.values())))))
+            rows = self.ordered(self.candidates[self.groups[self.candidates] == g], ("stratified", i, g))
+            part = self.prefix(rows, int(round(share[g] * self.budget / max(1, sum(share.values())))))
             parts.append(part)
             taken[part] = True
-        rest = ordered(candidates[~taken[candidates]], ("stratified-fill", i))
-        arm = np.concatenate(parts + [rest]) if parts else rest
-        return prefix(arm, budget)
+        rest = self.ordered(self.candidates[~taken[self.candidates]], ("stratified-fill", i))
+        return self.prefix(np.concatenate(parts + [rest]) if parts else rest, self.budget)
 
-    eval_sets: dict[str, list[str]] = {name: heldout[name] for name in chosen}
-    eval_sets[POOL_SAMPLE] = [texts[i] for i in sample]
+    def rows(self, i: int) -> dict[str, np.ndarray]:
+        """Each arm's rows for seed pair `i`."""
+        out = {"selection": self.ordered(self.chosen, ("selection-order", i)), "random": self.random(("random", i))}
+        if "stratified" in self.names:
+            out["stratified"] = self.ordered(self.stratified(i), ("stratified-order", i))
+        if "null" in self.names:
+            out["null"] = self.random(("null", i))
+        return out
+
+
+def uniform_of(seed: int, labels: tuple, keys: np.ndarray) -> np.ndarray:
+    from selectkit.contract.keyed_random import uniform
+
+    return uniform(seed, ("evaluate", *labels), keys)
+
+
+def train_arms(arms: Arms, eval_sets: dict[str, list[str]], spec: Any, seed: int, say: Callable[[str], None]
+               ) -> tuple[dict, dict, dict]:
+    """Per seed pair, train the proxy from the same initialisation on every arm and read its bits on
+    every evaluation set: (bits[arm][set], each arm's examples and mix, each set's bytes)."""
+    proxy_spec = spec.proxy
     encoded = {name: proxy.encode_texts(v) for name, v in eval_sets.items()}
     nbytes = {name: np.array([len(e) - 1 for e in v], dtype=np.float64) for name, v in encoded.items()}
-    arms = ["selection", "random", *(["stratified"] if spec.stratified and groups is not None else []),
-            *(["null"] if spec.random_vs_random else [])]
-    bits: dict[str, dict[str, list[np.ndarray]]] = {a: {s: [] for s in eval_sets} for a in arms}
-    arm_info: dict[str, list[dict]] = {a: [] for a in arms}
+    bits: dict[str, dict[str, list[np.ndarray]]] = {a: {s: [] for s in eval_sets} for a in arms.names}
+    info: dict[str, list[dict]] = {a: [] for a in arms.names}
     k = spec.random_subsets
-    passes = proxy.epochs(proxy_spec, budget // proxy_spec.seq_len)
-    train_started = time.perf_counter()
     with proxy.threads(proxy_spec.threads):
         for i in range(k):
             pair_seed = seed_of(seed, "pair", i)
-            selection = ordered(chosen_rows, ("selection-order", i))
-            rows_of = {"selection": selection, "random": random_arm(("random", i))}
-            if "stratified" in arms:
-                rows_of["stratified"] = ordered(stratified_arm(i, chosen_rows), ("stratified-order", i))
-            if "null" in arms:
-                rows_of["null"] = random_arm(("null", i))
-            for arm in arms:
-                rows = rows_of[arm]
-                sequences = proxy.pack(proxy.encode_texts([texts[r] for r in rows]), budget, proxy_spec.seq_len)
+            for arm, rows in arms.rows(i).items():
+                sequences = proxy.pack(proxy.encode_texts([arms.texts[r] for r in rows]), arms.budget,
+                                       proxy_spec.seq_len)
                 say(f"pair {i + 1}/{k}: training the proxy on the {arm} arm ({len(rows)} examples, "
-                    f"{sequences.size:,} tokens x {passes} epoch{'s' if passes > 1 else ''})")
+                    f"{sequences.size:,} tokens x {arms.epochs} epoch{'s' if arms.epochs > 1 else ''})")
                 model = proxy.train(proxy_spec, sequences, pair_seed)
                 for name in eval_sets:
                     bits[arm][name].append(proxy.bits(model, encoded[name], proxy_spec.seq_len))
-                info = {"pair": i, "examples": int(len(rows)), "tokens": int(sequences.size)}
-                if groups is not None:
-                    values, counts = np.unique(groups[rows], return_counts=True)
-                    info["mix"] = {str(v): int(c) for v, c in zip(values, counts)}
-                arm_info[arm].append(info)
-    train_seconds = time.perf_counter() - train_started
+                entry = {"pair": i, "examples": int(len(rows)), "tokens": int(sequences.size)}
+                if arms.groups is not None:
+                    values, counts = np.unique(arms.groups[rows], return_counts=True)
+                    entry["mix"] = {str(v): int(c) for v, c in zip(values, counts)}
+                info[arm].append(entry)
+    return bits, info, nbytes
 
-    # 3. statistics
+
+def compare_arms(bits: dict, nbytes: dict, eval_sets: dict, spec: Any, seed: int, names: list[str]) -> dict:
+    """Per evaluation set: bits per byte of every arm, selection vs random (and stratified, and the
+    random-vs-random null) with CIs and p-values, and the verdict."""
     sets = {}
     for name in eval_sets:
         stat_seed = seed_of(seed, "stats", name)
 
         def versus(a: str, b: str, name: str = name, stat_seed: int = stat_seed) -> dict:
-            return evalstats.compare(a, np.stack(bits[a][name]), b, np.stack(bits[b][name]), nbytes[name],
-                                     bootstrap=spec.bootstrap, permutations=spec.permutations,
-                                     seed=stat_seed).as_dict()
+            return stats.compare(a, np.stack(bits[a][name]), b, np.stack(bits[b][name]), nbytes[name],
+                                 bootstrap=spec.bootstrap, permutations=spec.permutations, seed=stat_seed).as_dict()
 
         entry = {"examples": len(eval_sets[name]), "bytes": int(nbytes[name].sum()),
-                 "bpb": {a: round(float(evalstats.bpb(np.stack(bits[a][name]), nbytes[name]).mean()), 6)
-                         for a in arms},
+                 "bpb": {a: round(float(stats.bpb(np.stack(bits[a][name]), nbytes[name]).mean()), 6) for a in names},
                  "selection_vs_random": versus("selection", "random")}
-        if "stratified" in arms:
+        if "stratified" in names:
             entry["selection_vs_stratified"] = versus("selection", "stratified")
-        if "null" in arms:
+        if "null" in names:
             entry["random_vs_random"] = versus("null", "random")
         entry["verdict"] = entry["selection_vs_random"]["verdict"]
         sets[name] = entry
-    selection_texts = [texts[i] for i in np.unique(chosen_rows)]
-    contamination = {name: {"pool": overlap(heldout[name], [texts[i] for i in np.flatnonzero(usable)], spec.ngram),
-                            "selection": overlap(heldout[name], selection_texts, spec.ngram)}
-                     for name in chosen}
-    results = {
-        "settings": spec.model_dump(mode="json"), "seed": seed,
-        "proxy": {"config": proxy.config(proxy_spec), "tokens_per_arm": budget, "epochs": passes,
-                  "parameters": _parameters(proxy.config(proxy_spec))},
-        "split": split_info, "pool_sample": int(len(sample)), "pool_tokens_available": pool_tokens,
-        "contamination": {"ngram": spec.ngram, "targets": contamination},
-        "arms": arm_info, "sets": sets,
-        "verdicts": {name: sets[name]["verdict"] for name in chosen},
-        "caveat": evalstats.DATADECIDE,
-        "seconds": {"total": round(time.perf_counter() - started, 2), "training": round(train_seconds, 2)},
-    }
-    warnings = []
+    return sets
+
+
+def _warnings(sets: dict, arms: Arms, spec: Any) -> list[str]:
+    out = []
     for name, entry in sets.items():
         null = entry.get("random_vs_random")
         if null and null["verdict"] != "inconclusive":
-            warnings.append(f"{name}: random vs random came out {null['verdict']!r}: at this scale the CI is too "
-                            "narrow to trust; raise random_subsets or the proxy's epochs")
-    if budget < int(lengths[chosen_rows].sum()):
-        warnings.append(f"the selection's {int(lengths[chosen_rows].sum()):,} tokens were cut to "
-                        f"evaluate.proxy.max_tokens = {budget:,} per arm")
+            out.append(f"{name}: random vs random came out {null['verdict']!r}: at this scale the CI is too "
+                       "narrow to trust; raise random_subsets or the proxy's epochs")
+    if arms.budget < arms.selection_tokens:
+        out.append(f"the selection's {arms.selection_tokens:,} tokens were cut to "
+                   f"evaluate.proxy.max_tokens = {arms.budget:,} per arm")
+    k = spec.random_subsets
     if k < 3:
-        warnings.append(f"{k} seed pair{'s' if k > 1 else ''}: too few to measure the training noise; the CI "
-                        "holds mostly the evaluation texts' spread (random_subsets: 5 or more)")
-    if pool_tokens < 2 * budget:
-        warnings.append("the selection holds half the pool's tokens or more: random arms overlap it heavily")
-    results["warnings"] = warnings
-    _record(run_dir, results, bool(recipe.output.report))
-    return Evaluation(results, run_dir, out)
+        out.append(f"{k} seed pair{'s' if k > 1 else ''}: too few to measure the training noise; the CI "
+                   "holds mostly the evaluation texts' spread (random_subsets: 5 or more)")
+    if arms.pool_tokens < 2 * arms.budget:
+        out.append("the selection holds half the pool's tokens or more: random arms overlap it heavily")
+    return out
 
 
 def _parameters(config: dict) -> int:

@@ -19,12 +19,26 @@ from typing import Any, ClassVar
 import numpy as np
 
 from selectkit.contract.components import NormalizeContext, Score, ScoreContext, SelectContext, Selection, Shape
+from selectkit.contract.features import FeatureRequest, Features
+from selectkit.contract.hookspecs import hookimpl
 from selectkit.contract.keyed_random import canonical_order
-from selectkit.contract.passes import Features, PassContext
-from selectkit.errors import PluginError, SelectkitError, SelectkitWarning
+from selectkit.contract.passes import ModelRef, PassContext
+from selectkit.errors import DataError, PluginError, SelectkitError, SelectkitWarning
+from selectkit.execution.artifacts import load_score, load_selection, save_score, save_selection, score_meta, score_of
 from selectkit.execution.progress import Reporter, as_reporter
-from selectkit.planning.compile import Plan, Step, SurrogatePayload
-from selectkit.storage.cache import score_meta
+from selectkit.planning.steps import (
+    NormalizePayload,
+    OraclePayload,
+    PassPayload,
+    Plan,
+    ReadPayload,
+    SamplePayload,
+    ScorePayload,
+    SelectPayload,
+    Step,
+    SurrogatePayload,
+    WritePayload,
+)
 
 Progress = Callable[[str], None]
 NOT_DROPPED = -1
@@ -124,7 +138,7 @@ class Run:
         self.status: dict[str, tuple[str, float, dict]] = {}
         self.pool: Any = None
         self.targets: dict[str, Any] = {}
-        self._loaded: tuple[Any, Any] | None = None  # (args, model): a model reused by consecutive pass steps
+        self.loader = ModelLoader(bool(options.get("trust_remote_code")), reporter.message)
         self.surrogate_fits: dict[str, dict] = {}  # surrogate step -> {"oracle": mask, "report": agreement}
 
     # ------------------------------------------------------------ driving
@@ -141,14 +155,15 @@ class Run:
         counts = selection["counts"] if selection["counts"] is not None else selected.astype(np.int64)
         scores = {}
         for step in self.plan.steps:
-            if step.kind in ("score", "normalize"):
-                name = step.payload.node.name if step.kind == "score" else step.payload.score
+            payload = step.payload
+            if isinstance(payload, ScorePayload | SurrogatePayload | NormalizePayload):
+                name = payload.score if isinstance(payload, NormalizePayload) else payload.node.name
                 scores[name] = self.get(step.id)  # the last one of a chain wins: the normalized values
         result = RunResult(self.plan, self.pool, self.targets, scores, selection["selections"],
                            selection["dropped"], selection["labels"], selection["ranking"], weights, counts, [],
                            columns=selection.get("columns", {}))
         for step in self.plan.steps:
-            if step.kind == "score" and isinstance(step.payload, SurrogatePayload):
+            if isinstance(step.payload, SurrogatePayload):
                 fit = self.surrogate_fits[step.id]
                 result.oracle[step.payload.node.name] = fit["oracle"]
                 result.surrogates[step.payload.node.name] = fit["report"]
@@ -185,12 +200,19 @@ class Run:
         step = self.plan.step(step_id)
         started = time.perf_counter()
         self.reporter.step_started(step)
-        value, status, detail = getattr(self, f"_{step.kind}")(step)
+        value, status, detail = self.handler(step.payload)(step)
         seconds = time.perf_counter() - started
         self.values[step_id] = value
         self.status[step_id] = (status, seconds, detail)
         self.reporter.step_finished(step, status, seconds)
         return value
+
+    def handler(self, payload: Any) -> Callable[[Step], tuple[Any, str, dict]]:
+        """The method that runs a step, by the type of its payload."""
+        handlers = {ReadPayload: self._read, PassPayload: self._pass, SamplePayload: self._sample,
+                    OraclePayload: self._oracle, ScorePayload: self._score, SurrogatePayload: self._surrogate,
+                    NormalizePayload: self._normalize, SelectPayload: self._select, WritePayload: self._write}
+        return handlers[type(payload)]
 
     # ------------------------------------------------------------ where shards are computed (a cluster overrides)
     def map_index(self, step: Step, table: Any, missing: list[int]) -> None:
@@ -203,17 +225,19 @@ class Run:
             self.reporter.advance(step.id, done, len(missing), unit="index shard")
 
     def map_pass(self, step: Step, missing: list[int]) -> None:
-        """Compute the listed shards of a sharded pass (split over this machine's GPUs)."""
-        provider = step.payload.provider
-        devices = pass_devices(self.plan.devices, step.payload.model.spec.device) if len(missing) > 1 else []
+        """Compute the listed shards of a sharded pass (split over this machine's GPUs, each with a loader
+        of its own)."""
+        payload = step.payload
+        devices = pass_devices(self.plan.devices, payload.work.model.spec.device) if len(missing) > 1 else []
         if len(devices) > 1:  # each device computes every k-th missing shard
             self.reporter.message(f"{step.label}: splitting {len(missing)} shards over {', '.join(devices)}")
+            loaders = [ModelLoader(self.loader.allow_remote_code, self.reporter.message) for _ in devices]
             with ThreadPoolExecutor(len(devices)) as workers:
-                jobs = [workers.submit(provider.run, step, self.pass_context(step, d), missing[i::len(devices)])
-                        for i, d in enumerate(devices)]
+                jobs = [workers.submit(payload.provider.run, payload.work, self.pass_context(step, d, loader),
+                                       missing[i::len(devices)]) for i, (d, loader) in enumerate(zip(devices, loaders))]
                 for job in jobs:
                     job.result()
-        provider.run(step, self.pass_context(step), missing)
+        payload.provider.run(payload.work, self.pass_context(step), missing)
 
     def map_scores(self, step: Step, phase: str, entry: Any, missing: list[int], base: dict, stats: Any) -> None:
         """Compute a rowwise scorer's `statistics` or `values` for the listed shards into `entry`."""
@@ -224,8 +248,6 @@ class Run:
 
     # ------------------------------------------------------------ read
     def _read(self, step: Step):
-        from selectkit.errors import DataError
-
         try:
             return self._read_source(step)
         except DataError as exc:  # a bad row found while reading: say which recipe key reads it, too
@@ -241,8 +263,6 @@ class Run:
         if source.name != "pool":
             ds = read_shard(table, 0, table.rows)
             if len(ds) == 0:
-                from selectkit.errors import DataError
-
                 raise DataError(f"{source.name}: {', '.join(map(str, source.files))} has no rows")
             from selectkit.data.sources import check_unique, warn_missing
 
@@ -260,11 +280,10 @@ class Run:
         return self.pool, status, {"rows": len(self.pool)}
 
     # ------------------------------------------------------------ passes
-    def pass_context(self, step: Step, device: str | None = None) -> PassContext:
-        options = {**self.options, "device": device}
-        return PassContext(self.cache, self.pool, self.targets, self.plan.seed, self.load_model,
-                           inputs=self._inputs(step), progress=lambda **info: self._pass_event(step, info),
-                           options=options)
+    def pass_context(self, step: Step, device: str | None = None, loader: ModelLoader | None = None) -> PassContext:
+        return pass_context(self.cache, step, self.pool, self.targets, self.plan.seed, loader or self.loader,
+                            self._inputs(step), self.options, device,
+                            progress=lambda **info: self._pass_event(step, info))
 
     def _pass_event(self, step: Step, info: dict) -> None:
         done, total = info.pop("done", 0), info.pop("total", None)
@@ -272,46 +291,30 @@ class Run:
         self.reporter.advance(step.id, done, total, **info)
 
     def _inputs(self, step: Step) -> dict:
-        out = {}
-        for request, step_id in step.payload.needs.items():
-            out[request] = self.get(step_id)[request]
-        return out
-
-    def load_model(self, ref: Any, **kwargs: Any) -> Any:
-        """The one loader, with the command line's remote-code opt-in; the last model is reused."""
-        from selectkit.models.loader import load_model
-
-        args = (ref.name, ref.fingerprint, tuple(sorted((k, str(v)) for k, v in kwargs.items())))
-        if self._loaded is not None and self._loaded[0] == args:
-            return self._loaded[1]
-        self._loaded = None
-        self.reporter.message(f"loading model {ref.name}")
-        loaded = load_model(ref.spec, ref.base, allow_remote_code=bool(self.options.get("trust_remote_code")),
-                            name=ref.name, **kwargs)
-        self._loaded = (args, loaded)
-        return loaded
+        return {request: self.get(step_id)[request] for request, step_id in step.payload.needs.items()}
 
     def _pass(self, step: Step):
-        provider = step.payload.provider
+        payload = step.payload
+        provider, work = payload.provider, payload.work
         for upstream in step.inputs:  # a pass over a label sample needs the sample's rows
-            if self.plan.step(upstream).kind == "sample":
+            if isinstance(self.plan.step(upstream).payload, SamplePayload):
                 self.get(upstream)
-        if provider.complete(step, self.cache):
-            ctx = self.pass_context(step)
-            return provider.load(step, ctx), "cached", {}
-        missing = self.cache.sharded(step.artifact, step.key, step.shards).missing() if step.shards else []
+        store = self.cache.store(step.artifact, step.key)
+        if provider.complete(work, store):
+            return provider.load(work, self.pass_context(step)), "cached", {}
+        missing = store.shards(step.shards).missing() if step.shards else []
         before = step.shards - len(missing) if step.shards else 0
         ctx = self.pass_context(step)
         if step.shards and missing and provider.parallel:
             self.map_pass(step, missing)
         elif missing or not step.shards:
-            provider.run(step, ctx)
+            provider.run(work, ctx)
         if step.shards:
-            entry = self.cache.sharded(step.artifact, step.key, step.shards)
+            entry = store.shards(step.shards)
             if not entry.complete():
                 entry.finish(label=step.label)
         status = "resumed" if before else "computed"
-        return provider.load(step, ctx), status, {"shards_reused": before} if step.shards else {}
+        return provider.load(work, ctx), status, {"shards_reused": before} if step.shards else {}
 
     # ------------------------------------------------------------ scores
     # ------------------------------------------------------------ surrogates
@@ -351,7 +354,7 @@ class Run:
         node = payload.node
         self.get(step.inputs[0])  # the sample
         ds = self.targets[payload.rows]
-        cached = self.cache.load_score(step.key)
+        cached = load_score(self.cache, step.key)
         if cached is not None:
             return cached, "cached", {}
         values = {}
@@ -363,12 +366,12 @@ class Run:
         base = dict(targets=targets, seed=self.plan.seed, model=payload.model.spec if payload.model else None,
                     features=features)
         stats = None
-        if node.scorer.rowwise and type(node.scorer).statistics is not _base_statistics():
+        if node.scorer.rowwise and node.scorer.has_statistics():
             ctx = ScoreContext(pool=ds, **base)
             stats = node.scorer.merge([node.scorer.statistics(ctx) or {}], ctx)
         score = node.scorer.run(ScoreContext(pool=ds, stats=stats, **base))
         score = check_score(node, score, len(ds), what=f"scorer {node.scorer.name!r}")
-        self.cache.save_score(step.key, score, label=f"oracle {node.name} ({node.scorer.name}) on its label sample")
+        save_score(self.cache, step.key, score, label=f"oracle {node.name} ({node.scorer.name}) on its label sample")
         return score, "computed", {"rows": len(ds)}
 
     def _surrogate(self, step: Step):
@@ -380,7 +383,7 @@ class Run:
         got = self.cache.read_arrays("scores", step.key)
         if got is not None:
             arrays, meta = got
-            score = self.cache.load_score(step.key)
+            score = score_of(arrays, meta)
             fit = {"oracle": arrays["oracle"].astype(bool), "report": meta["surrogate"]}
             self.surrogate_fits[step.id] = fit
             self._report_surrogate(node.name, fit["report"], payload.spec)
@@ -405,7 +408,6 @@ class Run:
         fit.report["warnings"] = agreement_warnings(node.name, fit.report, payload.spec.warn_below)
         out = fit.values if oracle.higher_is_better else -fit.values
         score = check_score(node, oracle.with_values(out), len(self.pool), what=f"surrogate {node.name!r}")
-        from selectkit.storage.cache import score_meta
 
         self.cache.write_arrays("scores", step.key, {"values": np.asarray(score.values), "oracle": fit.oracle},
                                 label=f"surrogate {node.name}", surrogate=fit.report, **score_meta(score))
@@ -423,10 +425,8 @@ class Run:
 
     def _score(self, step: Step):
         payload = step.payload
-        if isinstance(payload, SurrogatePayload):
-            return self._surrogate(step)
         node = payload.node
-        cached = self.cache.load_score(step.key)
+        cached = load_score(self.cache, step.key)
         if cached is not None:
             return cached, "cached", {}
         values = {}
@@ -443,7 +443,7 @@ class Run:
                                scores=inputs)
             score, status = check_score(node, node.scorer.run(ctx), len(self.pool)), "computed"
         self._warn_nan(node.name, score)
-        self.cache.save_score(step.key, score, label=f"score {node.name} ({node.scorer.name})")
+        save_score(self.cache, step.key, score, label=f"score {node.name} ({node.scorer.name})")
         return score, status, {}
 
     def _rowwise(self, step: Step, features: Features, targets: dict, model: Any) -> tuple[Score, str]:
@@ -455,7 +455,7 @@ class Run:
         stats = None
         resumed = False
         base = dict(targets=targets, seed=self.plan.seed, model=model, features=features)
-        if type(scorer).statistics is not _base_statistics():
+        if scorer.has_statistics():
             entry = self.cache.sharded("score-parts", f"{step.key}-stats", shards, label=f"{node.name}: statistics")
             missing = entry.missing()
             resumed |= len(missing) < shards
@@ -489,13 +489,13 @@ class Run:
     def _normalize(self, step: Step):
         payload = step.payload
         score = self.get(step.inputs[0])
-        cached = self.cache.load_score(step.key)
+        cached = load_score(self.cache, step.key)
         if cached is not None:
             return cached, "cached", {}
         node = self._node(payload.score)
         out = check_score(node, payload.normalizer.run(score, NormalizeContext(pool=self.pool, seed=self.plan.seed)),
                           len(self.pool), what=f"normalizer {payload.normalizer.name!r}")
-        self.cache.save_score(step.key, out, label=f"{step.label}")
+        save_score(self.cache, step.key, out, label=f"{step.label}")
         return out, "computed", {}
 
     def _final(self, name: str) -> str:
@@ -542,7 +542,7 @@ class Run:
             scores[ref] = column(self.get(payload.scores[name]), col)
         n = state["n"]
         candidates = state["candidates"]
-        selection = self.cache.load_selection(step.key)
+        selection = load_selection(self.cache, step.key)
         status = "cached"
         unscorable = 0
         if selection is None:
@@ -556,7 +556,7 @@ class Run:
             if unscorable:
                 selection = Selection(selection.indices, selection.weights, selection.counts,
                                       {**selection.diagnostics, "unscorable": unscorable}, selection.columns)
-            self.cache.save_selection(step.key, selection, label=f"stage {node.label} ({node.selector.name})")
+            save_selection(self.cache, step.key, selection, label=f"stage {node.label} ({node.selector.name})")
             status = "computed"
         kept = np.asarray(selection.indices, dtype=np.int64)
         kept_set = np.zeros(n, dtype=bool)
@@ -605,20 +605,47 @@ def scorable(score: Score | None, candidates: np.ndarray) -> np.ndarray:
     return candidates[~bad] if bad.any() else candidates
 
 
-def canonical_request(request: Any) -> Any:
+def canonical_request(request: FeatureRequest) -> FeatureRequest:
     """The request with its provider's defaults filled in (module-level: it travels to workers)."""
     from selectkit.contract.registry import default_registry
 
-    for entry in default_registry().components.get("passes", {}).values():
-        if request.kind in entry.cls.kinds:
-            return entry.cls().canonical(request)
-    return request
+    try:
+        return default_registry().provider(request.kind)().canonical(request)
+    except PluginError:
+        return request
 
 
-def _base_statistics():
-    from selectkit.contract.components import Scorer
+class ModelLoader:
+    """The one loader as a run uses it: the command line's remote-code opt-in applied, and the last
+    model reused while consecutive passes ask for the same one (one loader per worker or device)."""
 
-    return Scorer.statistics
+    def __init__(self, allow_remote_code: bool = False, say: Callable[[str], None] | None = None):
+        self.allow_remote_code, self.say = allow_remote_code, say
+        self.last: tuple[Any, Any] | None = None  # (what was asked, the model)
+
+    def __call__(self, ref: ModelRef, private: bool = False, **options: Any) -> Any:
+        """The model `ref` with `options`; `private`: a fresh copy that is never reused (it will change)."""
+        from selectkit.models.loader import load_model
+
+        asked = (ref.name, ref.fingerprint, tuple(sorted((k, str(v)) for k, v in options.items())))
+        if self.last is not None and self.last[0] == asked and not private:
+            return self.last[1]
+        self.last = None
+        if self.say is not None:
+            self.say(f"loading model {ref.name}")
+        loaded = load_model(ref.spec, ref.base, allow_remote_code=self.allow_remote_code, name=ref.name, **options)
+        if not private:
+            self.last = (asked, loaded)
+        return loaded
+
+
+def pass_context(cache: Any, step: Step, pool: Any, targets: dict, seed: int, loader: ModelLoader, inputs: dict,
+                 options: dict, device: str | None = None, progress: Callable[..., None] | None = None) -> PassContext:
+    """What a provider sees running `step` (here or on a worker): its store, the data, its upstream
+    values, the loader, and the run's device and batch settings."""
+    return PassContext(cache.store(step.artifact, step.key), pool, targets, seed, loader, inputs=inputs,
+                       device=device or options.get("device"), batch_tokens=options.get("batch_tokens"),
+                       batch_size=options.get("batch_size"), progress=progress)
 
 
 def shard_score(node: Any, phase: str, ds: Any, base: dict, stats: Any) -> dict[str, np.ndarray]:
@@ -679,6 +706,11 @@ def check_selection(name: str, selection: Selection, candidates: np.ndarray) -> 
             raise PluginError(f"selector {name!r} returned column {column!r} of shape {np.shape(value)} for "
                               f"{len(kept)} examples (one value or one list per kept example)")
     return selection
+
+
+@hookimpl
+def register_executors(register):
+    register(LocalExecutor)
 
 
 __all__ = ["Executor", "LocalExecutor", "RunResult", "SelectkitError", "StageReport"]

@@ -27,83 +27,17 @@ import numpy as np
 from selectkit import __version__
 from selectkit.contract.components import Shape
 from selectkit.contract.lazy import lazy_import
-from selectkit.errors import SelectkitError
+from selectkit.errors import SelectkitError, describe_fault
+from selectkit.planning.guard import check_output, written_by_selectkit
 from selectkit.storage.cache import jsonable, share
 
 pl = lazy_import("polars")
 
 MANIFEST_VERSION = 2
-OUTPUT_NAMES = ("selection.parquet", "subset.parquet", "subset.jsonl", "manifest.json", "report.html")
 LIBRARIES = ("numpy", "polars", "pydantic", "torch", "transformers", "peft", "safetensors", "datasets", "POT",
              "scikit-learn", "faiss-cpu", "ray", "matplotlib")
 _BUCKET_ROWS = 200_000  # subset rows gathered and sorted at once
 _SELECTION_ROWS = 1 << 20  # selection.parquet rows built at once
-
-
-class OutputError(SelectkitError):
-    """The output folder cannot be written as asked (it would touch an input, or a foreign file)."""
-
-
-# ---------------------------------------------------------------- the guard on inputs
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        path.relative_to(folder)
-        return True
-    except ValueError:
-        return False
-
-
-def output_conflicts(out_dir: Path, inputs: dict[str, Path]) -> list[str]:
-    """Why writing into `out_dir` would touch an input (name -> file or folder), if it would."""
-    out = Path(os.path.abspath(out_dir))
-    problems = []
-    for name, path in inputs.items():
-        src = Path(os.path.abspath(path))
-        real = Path(os.path.realpath(path))
-        if out in (src, real):
-            problems.append(f"output.dir {out} is the {name} itself")
-        elif _inside(out, src) or _inside(out, real):
-            what = "folder" if src.is_dir() or real.is_dir() else "file"
-            problems.append(f"output.dir {out} is inside the {name} {what} {src}")
-        elif _inside(src, out) or _inside(real, out):
-            problems.append(f"output.dir {out} contains the {name} ({src}); the output folder is replaced as a "
-                            "whole on every run, so keep inputs elsewhere")
-    blocker = next((p for p in (out, *out.parents) if p.exists()), None)  # the nearest part that exists
-    if blocker is not None and not blocker.is_dir():
-        problems.append(f"output.dir {out} is a file, not a folder" if blocker == out else
-                        f"output.dir {out} cannot be made: {blocker} is a file, not a folder")
-    return problems
-
-
-def foreign_outputs(out_dir: Path) -> list[Path]:
-    """Files in `out_dir` with an output's name that selectkit did not write (per the manifest there)."""
-    if not out_dir.is_dir():
-        return []
-    ours = written_by_selectkit(out_dir)
-    return [out_dir / n for n in OUTPUT_NAMES if (out_dir / n).exists() and n not in ours]
-
-
-def written_by_selectkit(out_dir: Path) -> set[str]:
-    try:
-        manifest = json.loads((out_dir / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return set()
-    if not isinstance(manifest, dict) or manifest.get("written_by") != "selectkit":
-        return set()
-    files = manifest.get("files", {})
-    return {str(v) for v in files.values()} | {"manifest.json"}
-
-
-def check_output(out_dir: Path, inputs: dict[str, Path]) -> None:
-    problems = output_conflicts(out_dir, inputs)
-    if problems:
-        raise OutputError(problems[0], hint="choose another output.dir (or --out)")
-    foreign = foreign_outputs(out_dir)
-    if foreign:
-        raise OutputError(f"{foreign[0]} exists and was not written by selectkit; it would be replaced",
-                          hint="move it away, or choose another output.dir (or --out)")
 
 
 # ---------------------------------------------------------------- tables
@@ -281,7 +215,7 @@ def manifest(result: Any, files: dict[str, str]) -> dict:
                  for r in result.reports if r.kind == "select"]
     models = {}
     for step in plan.of_kind("pass"):
-        ref = step.payload.model
+        ref = step.payload.work.model
         models[ref.name] = {**ref.spec.model_dump(mode="json"), "fingerprint": ref.fingerprint}
     scores = {}
     for step in plan.of_kind("score"):
@@ -337,7 +271,6 @@ def write_outputs(result: Any, out_dir: Path) -> dict[str, Path]:
         _swap_in(staging, out_dir)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        from selectkit.errors import describe_fault
 
         reason = describe_fault(exc, [str(out_dir.parent)])
         if reason is None:

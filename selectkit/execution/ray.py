@@ -23,8 +23,9 @@ from typing import Any
 
 from selectkit.contract.hookspecs import hookimpl
 from selectkit.errors import SelectkitError, require
-from selectkit.execution.local import Executor, Run, execute, shard_score
+from selectkit.execution.local import Executor, ModelLoader, Run, execute, pass_context, shard_score
 from selectkit.execution.progress import as_reporter
+from selectkit.planning.steps import PassPayload, ReadPayload, ScorePayload, Step
 
 MIN_RAY = (2, 57)
 
@@ -63,12 +64,12 @@ class RayExecutor(Executor):
     @staticmethod
     def describe(step: Any) -> str:
         """How a step runs on Ray (for `selectkit plan --executor ray`)."""
-        if step.kind == "read" and step.shards:
+        if isinstance(step.payload, ReadPayload) and step.shards:
             return f"{step.shards} Ray task(s), one per shard"
-        if step.kind == "pass" and step.shards and step.payload.provider.parallel:
+        if isinstance(step.payload, PassPayload) and step.shards and step.payload.provider.parallel:
             gpus = "1 GPU" if step.resources.device == "cuda" else "0.5 CPU"
             return f"Ray Data actor pool over {step.shards} shard(s), {gpus} per actor, model loaded once per actor"
-        if step.kind == "score" and step.shards:
+        if isinstance(step.payload, ScorePayload) and step.shards:
             return f"{step.shards} Ray task(s) per phase (statistics, values), merged on the driver in shard order"
         return "driver"
 
@@ -77,7 +78,7 @@ class RayExecutor(Executor):
 class PassJob:
     """What an actor needs to compute shards of one pass step (plain data, pickled once per actor)."""
 
-    step: Any
+    step: Step
     cache_root: str
     pool: Any  # SourceSpec
     targets: dict[str, Any]
@@ -90,30 +91,20 @@ class ShardWorker:
     """A Ray Data actor: loads the model on first use, then computes one shard per call."""
 
     def __init__(self, job: PassJob):
-        from selectkit.contract.passes import PassContext
         from selectkit.data.pool import Pool, Table
         from selectkit.storage.cache import Cache
 
         self.job = job
-        self.loaded: tuple[Any, Any] | None = None
         pool = Pool(job.pool, Table(job.pool))
-        self.ctx = PassContext(Cache(Path(job.cache_root)), pool, job.targets, job.seed, self.load_model,
-                               inputs=job.inputs, options=job.options)
-
-    def load_model(self, ref: Any, **kwargs: Any) -> Any:
-        from selectkit.models.loader import load_model
-
-        args = (ref.name, ref.fingerprint, tuple(sorted((k, str(v)) for k, v in kwargs.items())))
-        if self.loaded is None or self.loaded[0] != args:
-            self.loaded = (args, load_model(ref.spec, ref.base, name=ref.name,
-                                            allow_remote_code=bool(self.job.options.get("trust_remote_code")),
-                                            **kwargs))
-        return self.loaded[1]
+        loader = ModelLoader(bool(job.options.get("trust_remote_code")))
+        self.ctx = pass_context(Cache(Path(job.cache_root)), job.step, pool, job.targets, job.seed, loader,
+                                job.inputs, job.options)
 
     def __call__(self, batch: dict) -> dict:
+        payload = self.job.step.payload
         done = []
         for index in batch["shard"]:
-            self.job.step.payload.provider.run(self.job.step, self.ctx, [int(index)])
+            payload.provider.run(payload.work, self.ctx, [int(index)])
             done.append(int(index))
         return {"shard": done}
 

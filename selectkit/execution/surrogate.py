@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from selectkit.contract.keyed_random import canonical_order, row_keys, uniform  # noqa: F401 - row_keys for callers
+from selectkit.recipe.spec import default_clusters
 
 RIDGE_PENALTIES = np.logspace(-3, 3, 13)
 KNN_NEIGHBOURS = (1, 2, 5, 10, 20, 50)
@@ -43,10 +44,6 @@ class LabelSample:
     @classmethod
     def of(cls, arrays: dict[str, np.ndarray]) -> LabelSample:
         return cls(arrays["rows"], arrays["holdout"].astype(bool), arrays["clusters"], int(arrays["n_clusters"][0]))
-
-
-def default_clusters(n_labels: int) -> int:
-    return int(min(32, max(2, n_labels // 10)))
 
 
 def label_sample(keys: np.ndarray, features: np.ndarray | None, usable: np.ndarray, n_labels: int, holdout: float,

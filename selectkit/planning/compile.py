@@ -1,6 +1,6 @@
-"""Compile a checked recipe into a Plan: an explicit DAG of typed steps.
+"""Compile a checked recipe into a Plan (selectkit.planning.steps): an explicit DAG of typed steps.
 
-    read(source) -> pass(provider, model, data, settings) -> score -> normalize -> select -> write
+    read(source) -> pass(provider, model, data) -> score -> normalize -> select -> write
 
 Each step has its inputs (step ids), cache key, cache kind, resources, a cost estimate and,
 when it maps over rows, its number of shards (fixed row ranges chosen here, never by an
@@ -15,18 +15,43 @@ score (the predictor fills in the pool) -> normalize: the oracle's model work co
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from selectkit import __version__
-from selectkit.contract.components import FeatureRequest, Normalizer
-from selectkit.contract.passes import ModelRef, PassPlan, PassProvider, PlanContext, describe
-from selectkit.data.pool import SourceSpec, shard_ranges
-from selectkit.errors import PluginError, RecipeError, RecipeErrors, SelectkitError
-from selectkit.planning.check import Checked, ScoreNode, StageNode
-from selectkit.storage.cache import Cache, cache_key
+from selectkit.contract.features import FeatureRequest, describe
+from selectkit.contract.passes import ModelRef, PassPlan, PassProvider, PassWork, PlanContext
+from selectkit.data.pool import SourceSpec, Table, shard_ranges
+from selectkit.errors import (
+    MissingExtraError,
+    PluginError,
+    RecipeError,
+    RecipeErrors,
+    SelectkitError,
+    missing_extras,
+    unknown_message,
+)
+from selectkit.planning.steps import (
+    Checked,
+    NormalizePayload,
+    OraclePayload,
+    PassPayload,
+    Plan,
+    ReadPayload,
+    Resources,
+    SamplePayload,
+    ScoreNode,
+    ScorePayload,
+    SelectPayload,
+    StageNode,
+    Step,
+    SurrogatePayload,
+    WritePayload,
+)
+from selectkit.recipe.spec import default_clusters
+from selectkit.storage.cache import Cache
+from selectkit.storage.digest import cache_key
 
 DEFAULT_SHARD_ROWS_MODEL = 4096
 DEFAULT_SHARD_ROWS = 65536
@@ -34,200 +59,15 @@ READ_VERSION = "1"
 SURROGATE_VERSION = "1"
 
 
-@dataclass(frozen=True)
-class Resources:
-    device: str = "cpu"  # cpu | cuda
-    memory_bytes: int | None = None
-    gpus: int = 0
-
-
-@dataclass
-class Step:
-    id: str
-    kind: str  # read | pass | sample | oracle | score | normalize | select | write
-    label: str
-    inputs: tuple[str, ...] = ()
-    key: str | None = None
-    artifact: str | None = None  # the cache kind of its output
-    shards: int = 0  # > 0: computed and resumed by shards of rows
-    resources: Resources = field(default_factory=Resources)
-    estimate: Any = None  # selectkit.planning.estimates.StepEstimate
-    cached: bool = False
-    detail: dict[str, Any] = field(default_factory=dict)
-    payload: Any = None  # what the executor needs (typed per kind, below)
-
-    def as_dict(self) -> dict[str, Any]:
-        out = {"id": self.id, "kind": self.kind, "label": self.label, "inputs": list(self.inputs), "key": self.key,
-               "artifact": self.artifact, "shards": self.shards, "cached": self.cached,
-               "resources": {"device": self.resources.device, "memory_bytes": self.resources.memory_bytes,
-                             "gpus": self.resources.gpus},
-               "detail": json.loads(json.dumps(self.detail, default=str))}
-        if self.estimate is not None:
-            out["estimate"] = self.estimate.as_json()
-        return out
-
-
-@dataclass
-class ReadPayload:
-    source: SourceSpec
-
-
-@dataclass
-class PassPayload:
-    provider: PassProvider
-    model: ModelRef
-    requests: list[FeatureRequest]
-    data: str | None
-    shard_rows: int
-    settings: dict[str, Any]
-    needs: dict[FeatureRequest, str]  # request -> the step that computes it
-
-
-@dataclass
-class ScorePayload:
-    node: ScoreNode
-    requests: dict[FeatureRequest, str]  # canonical request -> pass step id
-    model: ModelRef | None
-    targets: list[str]
-    rows: str | None = None  # an oracle: the label-sample source its pool requests were planned over
-
-
-@dataclass
-class SamplePayload:
-    """The label sample of a surrogate score: which pool rows its oracle runs on."""
-
-    name: str
-    spec: Any  # selectkit.recipe.spec.SurrogateSpec
-    labels: int
-    features: str  # the step holding the features score
-    source: str  # the data source name its passes map over ("labels:<score>")
-
-
-@dataclass
-class SurrogatePayload:
-    """A surrogate score: the oracle's values on the sample, a predictor's on the rest of the pool."""
-
-    node: ScoreNode
-    spec: Any
-    sample: str
-    oracle: str
-    features: str
-    budget: Any = None  # the budget of the first stage that reads this score (precision@budget), or None
-    budget_stage: str | None = None
-
-
-@dataclass
-class NormalizePayload:
-    score: str
-    normalizer: Normalizer
-
-
-@dataclass
-class SelectPayload:
-    node: StageNode
-    scores: dict[str, str]  # score name -> the step holding its final (normalized) values
-    previous: str  # the stage before (or read:pool for the first)
-    columns: dict[str, tuple[str, str]] = field(default_factory=dict)  # "name.column" -> (name, column)
-
-
-@dataclass
-class WritePayload:
-    out_dir: Path
-    output: Any  # selectkit.recipe.spec.OutputSpec
-
-
-@dataclass
-class Plan:
-    steps: list[Step]
-    cache: Cache
-    out_dir: Path
-    seed: int
-    name: str
-    fingerprints: dict[str, str]
-    registry: Any
-    devices: Any = None
-    checked: Checked | None = None  # for rendering and the manifest only: executors read steps
-    options: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def recipe(self):
-        return self.checked.loaded.recipe if self.checked is not None else None
-
-    def step(self, step_id: str) -> Step:
-        for s in self.steps:
-            if s.id == step_id:
-                return s
-        raise KeyError(step_id)
-
-    def locate(self, path: tuple) -> Any:
-        """The recipe location of a key path (None for a plan built without a recipe file)."""
-        return self.checked.loaded.locate(path) if self.checked is not None else None
-
-    def of_kind(self, kind: str) -> list[Step]:
-        return [s for s in self.steps if s.kind == kind]
-
-    def inputs(self) -> dict[str, Path]:
-        """Every file or folder the plan reads (sources and models): outputs must never touch them."""
-        from selectkit.models.loader import resolve_model_path
-
-        out: dict[str, Path] = {}
-        for step in self.of_kind("read"):
-            for i, file in enumerate(step.payload.source.files):
-                out[f"{step.payload.source.name} source" + (f" ({i + 1})" if i else "")] = Path(file)
-        for step in self.of_kind("pass"):
-            ref = step.payload.model
-            for what, path in (("model", ref.spec.path), ("LoRA adapter", ref.spec.lora),
-                               *(("checkpoint", c) for c in (ref.spec.checkpoints or []))):
-                if path is None:
-                    continue
-                folder = resolve_model_path(path, ref.base)
-                if isinstance(folder, Path):
-                    out[f"{what} {ref.name!r}" if what != "checkpoint" else f"checkpoint {path}"] = folder
-        return out
-
-    def keys(self) -> set[str]:
-        """Every cache key the plan reads or writes (what `cache prune --keep` keeps)."""
-        return {s.key for s in self.steps if s.key}
-
-    def render(self) -> str:
-        """The DAG as text: each step with its inputs, cache status, resolved settings and costs."""
-        head = [f"plan for {self.name}" + (f" ({self.checked.loaded.file})" if self.checked else ""),
-                f"  seed: {self.seed}", f"  cache: {self.cache.root}", f"  output: {self.out_dir}"]
-        if self.devices is not None:
-            head.append(f"  devices: {self.devices}")
-        lines = head + [""]
-        index = {s.id: i for i, s in enumerate(self.steps, 1)}
-        for i, step in enumerate(self.steps, 1):
-            status = "cached" if step.cached else ("to compute" if step.key else "")
-            lines.append(f"{i:>2}. [{step.kind}] {step.label}" + (f"  ({status})" if status else ""))
-            if step.inputs:
-                lines.append(f"      after: {', '.join(str(index[x]) for x in step.inputs if x in index)}")
-            if step.shards:
-                lines.append(f"      shards: {step.shards}")
-            for name, value in step.detail.items():
-                lines.append(f"      {name}: {value}")
-            if step.estimate is not None:
-                for name, value in step.estimate.as_detail().items():
-                    lines.append(f"      {name}: {value}")
-        return "\n".join(lines)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"format_version": 1, "recipe": self.name, "seed": self.seed, "cache": str(self.cache.root),
-                "output": str(self.out_dir), "devices": str(self.devices) if self.devices is not None else None,
-                "steps": [s.as_dict() for s in self.steps]}
-
-
 # ---------------------------------------------------------------- compile
 
 
-def compile(checked: Checked, cache: Cache | None = None, out_dir: Path | None = None, devices: Any = None,
-            options: dict[str, Any] | None = None) -> Plan:
+def compile_plan(checked: Checked, cache: Cache | None = None, out_dir: Path | None = None, devices: Any = None,
+                 options: dict[str, Any] | None = None) -> Plan:
     """Build the Plan; reads file bytes for fingerprints and a few rows for estimates, never a model."""
     options = dict(options or {})
     recipe = checked.loaded.recipe
     for extra, who in checked.missing_extras.items():
-        from selectkit.errors import MissingExtraError
-
         raise MissingExtraError(extra if extra != "models" else "torch", extra, " and ".join(who))
     executor = _executor(checked, options)
     cache = cache or Cache()
@@ -239,18 +79,18 @@ def compile(checked: Checked, cache: Cache | None = None, out_dir: Path | None =
                      or (DEFAULT_SHARD_ROWS_MODEL if uses_model else DEFAULT_SHARD_ROWS))
     sources = _sources(checked, shard_rows, memo)
     fps = {name: s.fingerprint for name, s in sources.items()}
-    models = _models(checked)
+    models = _models(checked, memo)
     planner = Planner(checked.registry, sources, {n: checked.sources[n].rows for n in sources}, models, recipe.seed,
-                      devices, cache)
+                      devices, cache, memo)
     for name, src in sources.items():
         planner.read(name, src, checked.sources[name])
     planner.stages = list(checked.stages)
     planner.scores(checked.scores)
     planner.selection(checked.stages)
     selects = [s.id for s in planner.steps if s.kind == "select"]
-    planner.add(Step("write", "write", str(out_dir), inputs=(*selects[-1:], *planner.score_final.values()),
-                     detail={"formats": ", ".join(recipe.output.formats)},
-                     payload=WritePayload(Path(out_dir), recipe.output)))
+    planner.add(Step("write", str(out_dir), WritePayload(Path(out_dir), recipe.output),
+                     inputs=(*selects[-1:], *planner.score_final.values()),
+                     detail={"formats": ", ".join(recipe.output.formats)}))
     if planner.errors:
         raise RecipeErrors(planner.errors)
     plan = Plan(planner.steps, cache, Path(out_dir), recipe.seed, recipe.name, fps, checked.registry, devices,
@@ -261,7 +101,7 @@ def compile(checked: Checked, cache: Cache | None = None, out_dir: Path | None =
     if describe is not None:
         for step in plan.steps:
             step.detail["runs"] = describe(step)
-    from selectkit.execution.outputs import check_output
+    from selectkit.planning.guard import check_output
 
     check_output(plan.out_dir, plan.inputs())
     return plan
@@ -270,8 +110,6 @@ def compile(checked: Checked, cache: Cache | None = None, out_dir: Path | None =
 def _executor(checked: Checked, options: dict[str, Any]) -> Any:
     """The executor the run will use; one that cannot run a component of the recipe is refused now,
     at the component's line, not after compute began."""
-    from selectkit.contract.registry import unknown_message
-    from selectkit.errors import missing_extras
 
     loaded = checked.loaded
     name = options.get("executor") or loaded.recipe.execution.executor
@@ -280,8 +118,6 @@ def _executor(checked: Checked, options: dict[str, Any]) -> Any:
         raise RecipeError(unknown_message("executor", name, known), loaded.locate(("execution", "executor")))
     cls = known[name].cls
     if name == "ray" and missing_extras(["ray"]):
-        from selectkit.errors import MissingExtraError
-
         raise MissingExtraError("ray", "ray", "executor: ray")
     from selectkit.planning.check import distribution_problems
 
@@ -306,26 +142,46 @@ def _sources(checked: Checked, shard_rows: int, memo: Path | None) -> dict[str, 
     return out
 
 
-def _models(checked: Checked) -> dict[str, ModelRef]:
-    used = {m for node in checked.scores.values() for m in node.models()}
-    out = {}
-    for name in sorted(used):
-        spec = checked.models[name]
-        try:
-            from selectkit.models.loader import model_fingerprint
+def _models(checked: Checked, memo: Path | None) -> dict[str, ModelRef]:
+    from selectkit.models.loader import model_fingerprint
 
-            fp = model_fingerprint(spec, checked.loaded.base)
-        except ImportError:  # pragma: no cover
-            fp = cache_key(spec.model_dump(mode="json"))
-        out[name] = ModelRef(name, spec, Path(checked.loaded.base), fp)
-    return out
+    used = {m for node in checked.scores.values() for m in node.models()}
+    base = Path(checked.loaded.base)
+    return {name: ModelRef(name, checked.models[name], base, model_fingerprint(checked.models[name], base, memo))
+            for name in sorted(used)}
+
+
+def plan_context(models: dict[str, ModelRef], sources: dict[str, SourceSpec], rows: dict[str, int | None], seed: int,
+                 devices: Any, memo: Path | None = None) -> PlanContext:
+    """What providers consult while planning, with the planner's estimates and torch-free model facts."""
+    from selectkit.models.loader import model_fingerprint, read_config, resolve_model_path
+    from selectkit.planning.estimates import model_pass
+
+    def config(model: ModelRef) -> dict | None:
+        folder = resolve_model_path(model.spec.path, model.base)
+        return None if isinstance(folder, str) else read_config(folder, f"model {model.name!r}")
+
+    def distinct(data: str, column: str) -> int | None:
+        try:
+            return Table(sources[data]).column(column).n_unique()
+        except Exception:  # noqa: BLE001 - an estimate never fails a plan
+            return None
+
+    def shard_count(data: str) -> int:
+        count = rows.get(data)
+        return len(shard_ranges(count, sources[data].shard_rows)) if count else 1
+
+    ctx = PlanContext(models, sources, rows, seed, configs=config, counter=distinct, shard_counter=shard_count,
+                      fingerprints=lambda model: model_fingerprint(model.spec, model.base, memo))
+    ctx.estimator = lambda model, data, context, **kwargs: model_pass(model, data, context, devices, **kwargs)
+    return ctx
 
 
 class Planner:
     """Accumulates steps; finds shared pass work once (same provider step -> same id)."""
 
     def __init__(self, registry: Any, sources: dict[str, SourceSpec], rows: dict[str, int | None],
-                 models: dict[str, ModelRef], seed: int, devices: Any, cache: Cache):
+                 models: dict[str, ModelRef], seed: int, devices: Any, cache: Cache, memo: Path | None = None):
         self.registry, self.sources, self.rows, self.models = registry, sources, rows, models
         self.seed, self.devices, self.cache = seed, devices, cache
         self.steps: list[Step] = []
@@ -333,7 +189,7 @@ class Planner:
         self.score_final: dict[str, str] = {}
         self.errors: list[SelectkitError] = []
         self.serving: dict[FeatureRequest, str] = {}  # canonical request -> pass step id
-        self.ctx = PlanContext(models, sources, rows, seed, devices, registry)
+        self.ctx = plan_context(models, sources, rows, seed, devices, memo)
         self.stages: list[StageNode] = []  # for a surrogate's precision@budget
         self.data_steps: dict[str, str] = {}  # derived data sources (label samples) -> the step making them
 
@@ -359,17 +215,12 @@ class Planner:
                   "unknown until read", "text": src.text, "id": src.id_column or "row number"}
         if src.on_missing != "error":
             detail["on_missing"] = src.on_missing
-        self.add(Step(f"read:{name}", "read", f"{name}: {', '.join(f.name for f in src.files)}", key=key,
-                      artifact="pool" if key else None, shards=shards, cached=cached, detail=detail,
-                      payload=ReadPayload(src)))
+        self.add(Step(f"read:{name}", f"{name}: {', '.join(f.name for f in src.files)}", ReadPayload(src), key=key,
+                      artifact="pool" if key else None, shards=shards, cached=cached, detail=detail))
 
     # -------------------------------------------------------------- passes
     def provider_for(self, kind: str) -> PassProvider:
-        for entry in self.registry.components.get("passes", {}).values():
-            if kind in entry.cls.kinds:
-                return entry.cls()
-        known = sorted(k for e in self.registry.components.get("passes", {}).values() for k in e.cls.kinds)
-        raise PluginError(f"no pass provider serves {kind!r} (served: {', '.join(known) or 'none'})")
+        return self.registry.provider(kind)()
 
     def passes(self, model: ModelRef, requests: list[FeatureRequest]) -> dict[FeatureRequest, str]:
         """Plan the steps that answer `requests` (canonical, one model); returns request -> step id."""
@@ -405,11 +256,12 @@ class Planner:
             if not estimate.fits:
                 self.errors.append(RecipeError(f"model {model.name!r}: {estimate.note or 'does not fit'} "
                                                f"({estimate.device_label})"))
-        step = Step(step_id, "pass", plan.label, inputs=tuple(upstream), key=key, artifact=plan.artifact,
-                    shards=plan.shards, resources=resources, estimate=estimate,
-                    detail={"model": f"{model.name} ({model.spec.path})", **plan.settings.get("detail", {})},
-                    payload=PassPayload(provider, model, plan.requests, plan.data, shard_rows, plan.settings, needs))
-        step.cached = provider.complete(step, self.cache)
+        work = PassWork(plan.label, model, tuple(plan.requests), plan.data, plan.shards, plan.row_shards, plan.points,
+                        shard_rows, tuple(plan.reads), plan.config, plan.artifact)
+        step = Step(step_id, plan.label, PassPayload(provider, work, needs), inputs=tuple(upstream), key=key,
+                    artifact=plan.artifact, shards=plan.shards, resources=resources, estimate=estimate,
+                    detail={"model": f"{model.name} ({model.spec.path})", **plan.detail})
+        step.cached = provider.complete(work, self.cache.store(plan.artifact, key))
         self.add(step)
         for r in plan.requests:
             self.serving[r] = step_id
@@ -474,18 +326,14 @@ class Planner:
         if node.model:
             detail["model"] = node.model
         if scorer.rowwise:
-            detail["runs"] = "per shard of the pool" + (" (with pool statistics)"
-                                                       if type(scorer).statistics is not _base_statistics() else "")
+            detail["runs"] = "per shard of the pool" + (" (with pool statistics)" if scorer.has_statistics() else "")
         shards = self.by_id["read:pool"].shards if scorer.rowwise else 0
-        self.add(Step(f"score:{name}", "score", name, inputs=tuple(inputs), key=key, artifact="scores", shards=shards,
-                      cached=self.cache.has("scores", key), detail=detail,
-                      payload=ScorePayload(node, requests, model, node.targets)))
+        self.add(Step(f"score:{name}", name, ScorePayload(node, requests, model, node.targets), inputs=tuple(inputs),
+                      key=key, artifact="scores", shards=shards, cached=self.cache.has("scores", key), detail=detail))
         self._normalizers(name, node, f"score:{name}", key)
 
     def surrogate(self, name: str, node: ScoreNode, requests: list[FeatureRequest]) -> None:
         """sample -> the oracle's passes over the sample only -> oracle -> surrogate score -> normalizers."""
-        from dataclasses import replace
-
         spec = node.surrogate
         feature_score = node.features or spec.features
         if feature_score not in self.score_final:
@@ -500,14 +348,14 @@ class Planner:
         settings = spec.model_dump(mode="json", include={"labels", "holdout", "stratify", "clusters"})
         skey = cache_key("sample", SURROGATE_VERSION, self.by_id[features].key, self.by_id["read:pool"].key, settings,
                          labels, self.seed)
-        clusters = spec.clusters or _default_clusters(labels)
-        self.add(Step(sample_id, "sample", f"{name}: label sample for its oracle", inputs=(features, "read:pool"),
+        clusters = spec.clusters or default_clusters(labels)
+        self.add(Step(sample_id, f"{name}: label sample for its oracle",
+                      SamplePayload(name, spec, labels, features, source), inputs=(features, "read:pool"),
                       key=skey, artifact="scores", cached=self.cache.has("scores", skey),
                       detail={"labels": f"{labels} of {rows} pool rows ({labels / rows:.1%})",
                               "holdout": f"{round(spec.holdout * labels)} of them (never used to fit or tune)",
                               "stratify": f"k-means on {feature_score}, {clusters} clusters" if spec.stratify ==
-                              "cluster" else "none (keyed draw)"},
-                      payload=SamplePayload(name, spec, labels, features, source)))
+                              "cluster" else "none (keyed draw)"}))
         self.sources[source] = replace(self.sources["pool"], name=source, fingerprint=skey)
         self.rows[source] = labels
         self.data_steps[source] = sample_id
@@ -519,7 +367,7 @@ class Planner:
             self.passes(self.models[model], reqs)
         for r in moved:
             step = self.by_id[self.serving[r]]
-            if r.data == source and step.payload.data != source:
+            if r.data == source and step.payload.work.data != source:
                 raise RecipeError(f"scorer {node.scorer.name!r} cannot run on a label sample: its {step.label!r} "
                                   "reads the whole pool at once; remove `surrogate:`")
         scorer = node.scorer
@@ -529,12 +377,12 @@ class Planner:
                          [self.models[m].fingerprint for m in node.models()], self.seed)
         model = self.models.get(node.model) if node.model else None
         oracle_id = f"oracle:{name}"
-        self.add(Step(oracle_id, "oracle", f"{name}: {scorer.name} on its label sample only",
+        self.add(Step(oracle_id, f"{name}: {scorer.name} on its label sample only",
+                      OraclePayload(node, served, model, node.targets, rows=source),
                       inputs=(sample_id, *(f"read:{t}" for t in node.targets), *served.values()), key=okey,
                       artifact="scores", cached=self.cache.has("scores", okey),
                       detail={"scorer": scorer.name, "params": scorer.params.model_dump(mode="json"),
-                              "rows": f"{labels} (the label sample)", **({"model": node.model} if node.model else {})},
-                      payload=ScorePayload(node, served, model, node.targets, rows=source)))
+                              "rows": f"{labels} (the label sample)", **({"model": node.model} if node.model else {})}))
         budget, stage = self._budget_of(name)
         key = cache_key("surrogate", SURROGATE_VERSION, okey, self.by_id[features].key,
                         spec.model_dump(mode="json", include={"model", "folds"}), self.seed,
@@ -542,10 +390,10 @@ class Planner:
         detail = {"predictor": f"{spec.model} on {feature_score} (settings by {spec.folds}-fold CV in the training "
                                "part)", "shape": node.shape.value,
                   "agreement": "held-out Spearman, Pearson, precision@" + (f"budget of {stage}" if stage else "10%")}
-        self.add(Step(f"score:{name}", "score", f"{name} (surrogate of {scorer.name})",
+        self.add(Step(f"score:{name}", f"{name} (surrogate of {scorer.name})",
+                      SurrogatePayload(node, spec, sample_id, oracle_id, features, budget, stage),
                       inputs=(oracle_id, sample_id, features), key=key, artifact="scores",
-                      cached=self.cache.has("scores", key), detail=detail,
-                      payload=SurrogatePayload(node, spec, sample_id, oracle_id, features, budget, stage)))
+                      cached=self.cache.has("scores", key), detail=detail))
         self._normalizers(name, node, f"score:{name}", key)
 
     def _budget_of(self, name: str) -> tuple[Any, str | None]:
@@ -561,10 +409,9 @@ class Planner:
             nkey = cache_key("normalize", prev_key, normalizer.name, normalizer.version,
                              normalizer.params.model_dump(mode="json"), self.seed)
             step_id = f"normalize:{name}:{i}"
-            self.add(Step(step_id, "normalize", f"{name} <- {normalizer.name}", inputs=(previous,), key=nkey,
-                          artifact="scores", cached=self.cache.has("scores", nkey),
-                          detail={"params": normalizer.params.model_dump(mode="json")},
-                          payload=NormalizePayload(name, normalizer)))
+            self.add(Step(step_id, f"{name} <- {normalizer.name}", NormalizePayload(name, normalizer),
+                          inputs=(previous,), key=nkey, artifact="scores", cached=self.cache.has("scores", nkey),
+                          detail={"params": normalizer.params.model_dump(mode="json")}))
             previous, prev_key = step_id, nkey
         if node.combine is not None:
             from selectkit.planning.collapse import Collapse
@@ -572,10 +419,9 @@ class Planner:
             collapse = Collapse.of(node.combine)
             nkey = cache_key("combine", prev_key, collapse.params.model_dump(mode="json"))
             step_id = f"normalize:{name}:combine"
-            self.add(Step(step_id, "normalize", f"{name} <- combine ({collapse.params.how})", inputs=(previous,),
-                          key=nkey, artifact="scores", cached=self.cache.has("scores", nkey),
-                          detail={"params": collapse.params.model_dump(mode="json")},
-                          payload=NormalizePayload(name, collapse)))
+            self.add(Step(step_id, f"{name} <- combine ({collapse.params.how})", NormalizePayload(name, collapse),
+                          inputs=(previous,), key=nkey, artifact="scores", cached=self.cache.has("scores", nkey),
+                          detail={"params": collapse.params.model_dump(mode="json")}))
             previous = step_id
         self.score_final[name] = previous
 
@@ -600,22 +446,10 @@ class Planner:
             if budget is not None:
                 detail["budget"] = _describe_budget(budget, rows, first=previous_id == "read:pool")
             step_id = f"select:{node.index}:{node.label}"
-            self.add(Step(step_id, "select", node.label, inputs=(previous_id, *(self.score_final[s] for s in used)),
-                          key=key, artifact="selections", cached=self.cache.has("selections", key), detail=detail,
-                          payload=SelectPayload(node, dict(self.score_final), previous_id, columns)))
+            self.add(Step(step_id, node.label, SelectPayload(node, dict(self.score_final), previous_id, columns),
+                          inputs=(previous_id, *(self.score_final[s] for s in used)), key=key, artifact="selections",
+                          cached=self.cache.has("selections", key), detail=detail))
             previous_id, previous = step_id, key
-
-
-def _default_clusters(labels: int) -> int:
-    from selectkit.execution.surrogate import default_clusters
-
-    return default_clusters(labels)
-
-
-def _base_statistics():
-    from selectkit.contract.components import Scorer
-
-    return Scorer.statistics
 
 
 def _dependency_order(nodes: dict[str, ScoreNode]) -> list[str]:

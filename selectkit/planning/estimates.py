@@ -15,12 +15,20 @@ import re
 import shutil
 import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from selectkit.errors import SelectkitError
+from selectkit.models.sizing import (
+    CPU_ACTIVATION_BUDGET,
+    DTYPE_BYTES,
+    MAX_BATCH_TOKENS_CPU,
+    MAX_BATCH_TOKENS_CUDA,
+    activation_bytes_per_token,
+    batch_tokens_that_fit,
+)
 
 GiB = 1 << 30
 # name -> (memory GiB, dense bf16 TFLOP/s; fp16 for GPUs without bf16). Public spec sheets, SXM parts.
@@ -45,18 +53,16 @@ GPU_MFU = 0.4  # assumed model-FLOPs utilisation of a forward pass on a GPU
 CPU_FULL_SPEED_HIDDEN = 768  # narrower models reach a proportionally smaller share of the CPU's speed
 LOAD_SECONDS = 1.0  # fixed cost of a step that loads a model (process-level imports excluded)
 LOAD_BYTES_PER_S = 400e6  # reading weights from disk into memory
-# seconds per FLOP against a plain pass, measured with benchmarks/bench_estimates.py on the demo recipes
+# seconds per FLOP against a plain pass, measured with benchmarks/bench_estimates.py on the demo recipes:
+# a provider names its work (`PassEstimate.scaled(..., work=...)`), never these numbers
 GRADIENT_OVERHEAD = 0.5  # per-example gradients (hooks), Adam transform and random projection, per checkpoint
 # (4.0 when measured at load average ~10; 0.5 on a quiet 2-core machine, 2026-12-02: contention slows
 # the hooks' many small ops far more than a plain pass)
 TRAIN_OVERHEAD = 3.0  # optimizer steps, gradient accumulation, one checkpoint written per epoch
+OVERHEADS = {"forward": 1.0, "gradients": GRADIENT_OVERHEAD, "training": TRAIN_OVERHEAD}
 CUDA_OVERHEAD = int(1.5 * GiB)  # CUDA context, allocator slack, kernels' workspaces
 PADDING = 1.05  # length-sorted batches pad about this much
 SAMPLE_ROWS = 256
-CPU_ACTIVATION_BUDGET = 256 << 20  # activations of one batch on CPU: larger batches spill the caches
-MAX_BATCH_TOKENS_CPU = 16384
-MAX_BATCH_TOKENS_CUDA = 1 << 17
-_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 @dataclass(frozen=True)
@@ -203,30 +209,6 @@ def pass_flops(params: int, tokens: float, *, layers: int = 0, hidden: int = 0, 
     return forward * (3 if backward else 1)
 
 
-def activation_bytes_per_token(facts: Any, dtype: str, *, backward: bool = False, hidden_states: bool = False,
-                               max_length: int = 512, logits: bool = True) -> int:
-    """Peak activation memory per token of a batch: the live layer's tensors (or every layer's
-    saved tensors with backward), float32 logits and their reduction (LM heads only), attention scores."""
-    b = _DTYPE_BYTES.get(dtype, 4)
-    per_layer = (4 * facts.hidden + 2 * facts.intermediate) * b
-    stored = facts.layers * 17 * facts.hidden * b if backward else per_layer  # Korthikanti et al. 34·h bytes/2
-    head = facts.vocab * (b + 4 + 4) if logits else 0  # model-dtype logits, float32 upcast, one temporary
-    states = (facts.layers + 1) * facts.hidden * b if hidden_states else 0
-    scores = facts.heads * max_length * 4  # an unfused attention's score row per token
-    return int(stored + head + states + scores)
-
-
-def batch_tokens_that_fit(facts: Any, free_bytes: int, dtype: str, *, weights_loaded: bool = False,
-                          backward: bool = False, hidden_states: bool = False, max_length: int = 512,
-                          logits: bool = True) -> int:
-    """Padded tokens per batch that fit in `free_bytes` (0 when even the weights do not fit)."""
-    weights = 0 if weights_loaded else facts.params * _DTYPE_BYTES.get(dtype, 4) * (4 if backward else 1)
-    usable = free_bytes - weights
-    per_token = activation_bytes_per_token(facts, dtype, backward=backward, hidden_states=hidden_states,
-                                           max_length=max_length, logits=logits)
-    return max(0, int(usable // max(per_token, 1)))
-
-
 @dataclass(frozen=True)
 class PassEstimate:
     """Cost of one model pass over `examples` rows split evenly over the devices (repeated
@@ -254,13 +236,25 @@ class PassEstimate:
                 "peak_bytes": self.peak_bytes, "batch_tokens": self.batch_tokens, "devices": self.device_label,
                 "fits": self.fits, "what": self.what}
 
-    def scaled(self, times: float, what: str, overhead: float = 1.0) -> PassEstimate:
-        """`times` such passes; `overhead`: seconds per FLOP relative to a plain pass (e.g. per-example
-        gradients with their projections cost more than the FLOPs of a forward + backward say)."""
-        from dataclasses import replace
-
-        seconds = None if self.seconds is None else self.seconds * times * overhead
+    def scaled(self, times: float, what: str, work: str = "forward") -> PassEstimate:
+        """`times` such passes of `work` (forward, gradients, training): seconds per FLOP differ by work
+        (per-example gradients with their projections cost more than the FLOPs of a forward + backward say)."""
+        seconds = None if self.seconds is None else self.seconds * times * OVERHEADS[work]
         return replace(self, flops=self.flops * times, seconds=seconds, what=what)
+
+    @property
+    def load_seconds(self) -> float:
+        """The part of `seconds` that loads the model (once per step)."""
+        return LOAD_SECONDS + self.weights_bytes / LOAD_BYTES_PER_S
+
+    def without_load(self) -> PassEstimate:
+        """The same pass with the model already loaded (a step that runs several passes loads once)."""
+        return replace(self, seconds=None if self.seconds is None else self.seconds - self.load_seconds)
+
+    def plus(self, other: PassEstimate, what: str) -> PassEstimate:
+        """This pass, then `other` in the same step (FLOPs and seconds add up)."""
+        seconds = None if self.seconds is None or other.seconds is None else self.seconds + other.seconds
+        return replace(self, flops=self.flops + other.flops, seconds=seconds, what=what)
 
     def as_detail(self) -> dict[str, str]:
         """Human-readable lines for the plan."""
@@ -295,7 +289,7 @@ def estimate_model_pass(facts: Any, *, examples: int, mean_tokens: float, invent
     matmul_params = max(1, facts.params - lookup + (lookup if logits and facts.tied_embeddings else 0))
     flops = pass_flops(matmul_params, tokens * PADDING, layers=facts.layers, hidden=facts.hidden,
                        seq=mean_tokens, backward=backward)
-    weights = facts.params * _DTYPE_BYTES.get(dtype, 4)
+    weights = facts.params * DTYPE_BYTES.get(dtype, 4)
     overhead = CUDA_OVERHEAD if device.kind == "cuda" else 0
     note = ""
     if batch_tokens is None:
@@ -368,15 +362,16 @@ def _mean_tokens(source: Any, spec_json: str, base_dir: str) -> float:
     return sum(min(n, limit) for n in sample) / max(1, len(sample))
 
 
-def model_pass(model: Any, data: str, ctx: Any, *, backward: bool = False, hidden_states: bool = False,
-               examples: int | None = None) -> PassEstimate | None:
-    """Estimate one pass of `model` (a ModelRef) over `examples` rows of source `data`."""
+def model_pass(model: Any, data: str, ctx: Any, inventory: Inventory | None = None, *, backward: bool = False,
+               hidden_states: bool = False, examples: int | None = None) -> PassEstimate | None:
+    """Estimate one pass of `model` (a ModelRef) over `examples` rows of source `data` (a PlanContext
+    says which sources and row counts there are) on `inventory` (default: the devices detected)."""
     from selectkit.models.loader import model_facts
 
     facts = model_facts(model.spec, model.base)
     if facts is None:
         return None
-    inventory = ctx.inventory if isinstance(ctx.inventory, Inventory) else detect_inventory()
+    inventory = inventory if isinstance(inventory, Inventory) else detect_inventory()
     max_length = min(model.spec.max_length, facts.max_positions or model.spec.max_length)
     source = ctx.sources[data]
     mean = _mean_tokens(source, model.spec.model_dump_json(), str(model.base))
@@ -384,11 +379,6 @@ def model_pass(model: Any, data: str, ctx: Any, *, backward: bool = False, hidde
     return estimate_model_pass(facts, examples=rows, mean_tokens=mean, inventory=inventory, dtype=model.spec.dtype,
                                max_length=max_length, backward=backward, hidden_states=hidden_states,
                                logits=model.spec.kind != "embedding")
-
-
-def forward_estimate(model: Any, requests: Sequence[Any], data: str, ctx: Any) -> PassEstimate | None:
-    hidden = any(r.kind == "embedding" for r in requests) and model.spec.kind != "embedding"
-    return model_pass(model, data, ctx, hidden_states=hidden)
 
 
 def _guess_rows(path: Path, sampled: int) -> int:

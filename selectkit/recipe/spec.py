@@ -125,6 +125,11 @@ class CombineWeights(Strict):
     weights: dict[str, float] = Field(description="weight of each target column (columns not named count 0)")
 
 
+def default_clusters(n_labels: int) -> int:
+    """k-means clusters of a surrogate's label sample when the recipe sets none: labels / 10, in [2, 32]."""
+    return int(min(32, max(2, n_labels // 10)))
+
+
 class SurrogateSpec(Strict):
     """`scores.<name>.surrogate`: run the (expensive) scorer only on a seeded label sample and predict it
     for the rest of the pool from cheap features (MATES, NN-CIFT, Influence Distillation)."""
@@ -322,6 +327,17 @@ class LoadedRecipe:
 
     def locate(self, path: tuple, at_key: bool = False) -> Location:
         return self.source_map.locate(path, at_key)
+
+    def with_sources(self, change: Callable[[str, Any], dict[str, Any]]) -> LoadedRecipe:
+        """A copy whose data sources are updated by `change(name, source) -> fields` (the pool is named
+        "pool"); this recipe is left as it was."""
+        data = getattr(self.recipe, "data", None)
+        if data is None:
+            return self
+        pool = data.pool.model_copy(update=change("pool", data.pool)) if data.pool is not None else None
+        targets = {name: source.model_copy(update=change(name, source)) for name, source in data.targets.items()}
+        recipe = self.recipe.model_copy(update={"data": data.model_copy(update={"pool": pool, "targets": targets})})
+        return LoadedRecipe(recipe, self.file, self.source_map, self.text, self.errors, self.broken)
 
     @property
     def resolved(self) -> dict:

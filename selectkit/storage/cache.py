@@ -12,7 +12,6 @@ so a team can share a cache folder through a group.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -27,29 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from selectkit.contract.components import Score, Selection, Shape
-from selectkit.data.sources import sha256_file
 from selectkit.errors import SelectkitError, SelectkitWarning
+from selectkit.storage.digest import sha256_file
 
 META = "meta.json"
 USED = ".used"  # touched on every read: `cache list` shows it as the last use
 CACHE_ENV = "SELECTKIT_CACHE_DIR"
-
-
-def cache_key(*parts: Any) -> str:
-    """The one cache key: sha256 of the parts as canonical JSON, 32 hex digits."""
-    text = json.dumps(parts, sort_keys=True, default=_key_default, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
-def _key_default(value: Any) -> Any:
-    if hasattr(value, "model_dump"):
-        return value.model_dump(mode="json")
-    if hasattr(value, "__dataclass_fields__"):
-        from dataclasses import asdict
-
-        return asdict(value)
-    return str(value)
 
 
 def jsonable(value: Any) -> Any:
@@ -189,6 +171,18 @@ def verify(folder: Path) -> dict | None:
     return meta
 
 
+def checked(folder: Path, problem: str) -> Path | None:
+    """`folder` when it holds a verified entry; None when it holds none. A corrupt entry is reported
+    (`problem`), removed and treated as absent, so the caller computes it again."""
+    if not (folder / META).is_file():
+        return None
+    if verify(folder) is None:
+        warnings.warn(f"{problem}; computing it again", SelectkitWarning, stacklevel=3)
+        remove(folder)
+        return None
+    return folder
+
+
 def remove(folder: Path) -> None:
     """Remove an entry so that readers never see half of it: rename away first."""
     trash = folder.with_name(f".trash-{folder.name}-{uuid.uuid4().hex[:8]}")
@@ -245,15 +239,9 @@ class Cache:
     def open(self, kind: str, key: str) -> Path | None:
         """The entry's folder after verifying it; None when absent. A corrupt entry is reported,
         removed and treated as absent, so the caller computes it again."""
-        folder = self.folder(kind, key)
-        if not (folder / META).is_file():
-            return None
-        if verify(folder) is None:
-            warnings.warn(f"cache entry {kind}/{key} is corrupt or incomplete; computing it again",
-                          SelectkitWarning, stacklevel=2)
-            remove(folder)
-            return None
-        self.touch(folder)
+        folder = checked(self.folder(kind, key), f"cache entry {kind}/{key} is corrupt or incomplete")
+        if folder is not None:
+            self.touch(folder)
         return folder
 
     def touch(self, folder: Path) -> None:
@@ -284,39 +272,9 @@ class Cache:
     def sharded(self, kind: str, key: str, shards: int, **meta: Any) -> Sharded:
         return Sharded(self, kind, key, shards, meta)
 
-    # ------------------------------------------------------------ scores and selections
-    def save_score(self, key: str, score: Score, **meta: Any) -> None:
-        arrays = {"values": np.asarray(score.values)}
-        arrays.update({f"target:{t}": v for t, v in score.target_features.items()})
-        self.write_arrays("scores", key, arrays, **meta, **score_meta(score))
-
-    def load_score(self, key: str) -> Score | None:
-        got = self.read_arrays("scores", key)
-        if got is None:
-            return None
-        arrays, meta = got
-        return Score(values=arrays["values"], shape=Shape(meta["shape"]), higher_is_better=meta["higher_is_better"],
-                     columns=tuple(meta["columns"]), tasks=tuple(meta["tasks"]),
-                     target_features={t: arrays[f"target:{t}"] for t in meta["targets"]})
-
-    def save_selection(self, key: str, selection: Selection, **meta: Any) -> None:
-        arrays = {"indices": np.asarray(selection.indices, dtype=np.int64)}
-        if selection.weights is not None:
-            arrays["weights"] = np.asarray(selection.weights, dtype=np.float64)
-        if selection.counts is not None:
-            arrays["counts"] = np.asarray(selection.counts, dtype=np.int64)
-        for name, values in selection.columns.items():
-            arrays[f"column:{name}"] = np.asarray(values)
-        self.write_arrays("selections", key, arrays, diagnostics=selection.diagnostics, **meta)
-
-    def load_selection(self, key: str) -> Selection | None:
-        got = self.read_arrays("selections", key)
-        if got is None:
-            return None
-        arrays, meta = got
-        columns = {k.removeprefix("column:"): v for k, v in arrays.items() if k.startswith("column:")}
-        return Selection(indices=arrays["indices"], weights=arrays.get("weights"), counts=arrays.get("counts"),
-                         diagnostics=meta.get("diagnostics", {}), columns=columns)
+    def store(self, kind: str, key: str) -> StepEntries:
+        """The entries of one step (what a pass provider writes and reads: contract.protocols.StepStore)."""
+        return StepEntries(self, kind, key)
 
     # ------------------------------------------------------------ maintenance
     def entries(self) -> list[EntryInfo]:
@@ -364,11 +322,6 @@ def _stale(path: Path, age: float = 3600.0) -> bool:
         return False
 
 
-def score_meta(score: Score) -> dict:
-    return {"shape": score.shape.value, "higher_is_better": score.higher_is_better,
-            "columns": list(score.columns), "tasks": list(score.tasks), "targets": list(score.target_features)}
-
-
 class Sharded:
     """An entry made of shards, each a verified sub-entry `shard-NNNNN/`; `meta.json` of the
     entry itself is written once all shards are in (`finish`), so `Cache.has` means complete."""
@@ -403,16 +356,9 @@ class Sharded:
 
     def open(self, index: int) -> Path | None:
         """A verified shard folder, or None (a corrupt shard is reported and removed)."""
-        folder = self.shard_folder(index)
-        if not (folder / META).is_file():
-            return None
-        if verify(folder) is None:
-            warnings.warn(f"shard {index} of cache entry {self.kind}/{self.key} is corrupt; computing it again",
-                          SelectkitWarning, stacklevel=2)
-            remove(folder)
-            if self.complete():  # the entry is no longer whole
-                (self.folder / META).unlink(missing_ok=True)
-            return None
+        folder = checked(self.shard_folder(index), f"shard {index} of cache entry {self.kind}/{self.key} is corrupt")
+        if folder is None and self.complete() and not (self.shard_folder(index) / META).is_file():
+            (self.folder / META).unlink(missing_ok=True)  # a shard was removed: the entry is no longer whole
         return folder
 
     def read(self, index: int) -> dict[str, np.ndarray] | None:
@@ -458,3 +404,27 @@ class Sharded:
                                      "run the recipe again to recompute it")
             out.append(arrays)
         return out
+
+
+class StepEntries:
+    """The cache entries of one step: `<kind>/<key>` and its parts `<kind>/<key>-<part>` (which
+    `prune` keeps with the step), as arrays or shards."""
+
+    def __init__(self, cache: Cache, kind: str, key: str):
+        self.cache, self.kind, self.key = cache, kind, key
+
+    def _key(self, part: str) -> str:
+        return f"{self.key}-{part}" if part else self.key
+
+    def has(self, part: str = "") -> bool:
+        return self.cache.has(self.kind, self._key(part))
+
+    def write(self, arrays: dict[str, np.ndarray], part: str = "", **meta: Any) -> None:
+        self.cache.write_arrays(self.kind, self._key(part), arrays, **meta)
+
+    def read(self, part: str = "") -> dict[str, np.ndarray] | None:
+        got = self.cache.read_arrays(self.kind, self._key(part))
+        return None if got is None else got[0]
+
+    def shards(self, count: int, part: str = "", **meta: Any) -> Sharded:
+        return self.cache.sharded(self.kind, self._key(part), count, **meta)

@@ -9,8 +9,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from selectkit.contract.components import Params, SelectContext, Shape
-from selectkit.errors import RecipeError
+from selectkit.plugin import Params, RecipeError, SelectContext, Shape
 
 
 class KMeansParams(Params):

@@ -9,10 +9,8 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from selectkit.contract.components import NormalizeContext, Params, Score
-from selectkit.contract.lazy import lazy_import
-from selectkit.contract.registry import unknown_message
-from selectkit.errors import DataError
+from selectkit.plugin import DataError, NormalizeContext, Params, Score, lazy_import, unknown_message
+from selectkit_plugins.lib.columns import group_codes
 
 pl = lazy_import("polars")  # polars loads when data is read, not when a recipe is validated
 
@@ -104,12 +102,6 @@ def group_rows(ctx: NormalizeContext, column: str | None, n: int, name: str) -> 
     codes, _ = group_codes(series)
     order = np.argsort(codes, kind="stable")
     return np.split(order, np.cumsum(np.bincount(codes))[:-1])
-
-
-def group_codes(series: pl.Series) -> tuple[np.ndarray, list[str]]:
-    """Dense group ids 0..G-1 in sorted label order, and the labels (null is the group '<null>')."""
-    labels = series.cast(pl.String).fill_null("<null>")
-    return (labels.rank("dense") - 1).to_numpy().astype(np.int64), labels.unique().sort().to_list()
 
 
 def transform_columns(score: Score, ctx: NormalizeContext, params: ColumnParams, name: str, fn: Block) -> Score:

@@ -13,8 +13,8 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from selectkit.contract.components import NormalizeContext, Normalizer, Params, Score, Shape
-from selectkit.contract.hookspecs import hookimpl
+from selectkit.plugin import NormalizeContext, Normalizer, Params, Score, Shape, hookimpl
+from selectkit_plugins.lib.columns import rank_fraction
 from selectkit_plugins.normalizers._common import ColumnParams, centered, transform_columns
 
 MATRIX_OR_VECTOR = frozenset({Shape.VECTOR, Shape.MATRIX})
@@ -85,33 +85,6 @@ class Rank(Normalizer):
             return np.stack([rank_fraction(block[:, j], method) for j in range(block.shape[1])], axis=1)
 
         return transform_columns(score, ctx, self.params, self.name, fn)
-
-
-def rank_fraction(x: np.ndarray, method: str = "average") -> np.ndarray:
-    """Ranks of the non-NaN entries divided by their count (dense: by the number of distinct values)."""
-    out = np.full(len(x), np.nan)
-    valid = ~np.isnan(x)
-    v = x[valid]
-    n = len(v)
-    if n == 0:
-        return out
-    order = np.argsort(v, kind="stable")
-    ranks = np.empty(n)
-    if method == "ordinal":
-        ranks[order] = np.arange(1, n + 1)
-    else:
-        sv = v[order]
-        new = np.r_[True, sv[1:] != sv[:-1]]
-        group = np.cumsum(new) - 1
-        starts = np.flatnonzero(new)
-        ends = np.r_[starts[1:], n]
-        per_group = {"min": starts + 1.0, "max": ends.astype(float), "average": (starts + 1 + ends) / 2.0,
-                     "dense": np.arange(1.0, len(starts) + 1)}[method]
-        ranks[order] = per_group[group]
-        if method == "dense":
-            n = len(starts)
-    out[valid] = ranks / n
-    return out
 
 
 class ClipParams(ColumnParams):

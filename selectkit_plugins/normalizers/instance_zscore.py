@@ -9,8 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import Field
 
-from selectkit.contract.components import NormalizeContext, Normalizer, Score, Shape
-from selectkit.contract.hookspecs import hookimpl
+from selectkit.plugin import NormalizeContext, Normalizer, Score, Shape, hookimpl
 from selectkit_plugins.normalizers._common import NanParams, check_nan, fill_nan
 
 CHUNK_ROWS = 1 << 16

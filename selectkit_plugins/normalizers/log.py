@@ -5,9 +5,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from selectkit.contract.components import NormalizeContext, Normalizer, Score, Shape
-from selectkit.contract.hookspecs import hookimpl
-from selectkit.errors import DataError
+from selectkit.plugin import DataError, NormalizeContext, Normalizer, Score, Shape, hookimpl
 from selectkit_plugins.normalizers._common import NanParams, as_matrix, check_nan, fill_nan
 
 

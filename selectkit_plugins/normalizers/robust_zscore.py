@@ -7,8 +7,7 @@ import warnings
 import numpy as np
 from pydantic import Field
 
-from selectkit.contract.components import NormalizeContext, Normalizer, Score, Shape
-from selectkit.contract.hookspecs import hookimpl
+from selectkit.plugin import NormalizeContext, Normalizer, Score, Shape, hookimpl
 from selectkit_plugins.normalizers._common import ColumnParams, transform_columns
 
 MAD_TO_SIGMA = 1.4826  # 1 / Phi^-1(3/4): MAD of a normal sample estimates 0.6745 sigma

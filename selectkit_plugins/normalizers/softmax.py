@@ -8,8 +8,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from selectkit.contract.components import NormalizeContext, Normalizer, Score, Shape
-from selectkit.contract.hookspecs import hookimpl
+from selectkit.plugin import NormalizeContext, Normalizer, Score, Shape, hookimpl
 from selectkit_plugins.normalizers._common import ColumnParams, transform_columns
 
 

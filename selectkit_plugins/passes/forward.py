@@ -24,20 +24,35 @@ mean otherwise) and `normalize` (L2, default true).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from selectkit.contract.components import FeatureRequest
-from selectkit.contract.hookspecs import hookimpl
-from selectkit.contract.passes import ModelRef, PassContext, PassPlan, PassProvider, PlanContext, describe
-from selectkit.errors import DataError, SelectkitError
-from selectkit.models.loader import LoadedModel, ModelError
-from selectkit.storage.cache import Cache, cache_key
+from selectkit.plugin import (
+    DataError,
+    FeatureRequest,
+    Model,
+    ModelError,
+    ModelRef,
+    PassContext,
+    PassPlan,
+    PassStats,
+    PassWork,
+    PlanContext,
+    SelectkitError,
+    Shard,
+    ShardedPass,
+    Shards,
+    describe,
+    encode,
+    hookimpl,
+    mixed_precision,
+    plan_batches,
+    prompts_of,
+    render,
+    token_logprobs,
+)
 
 KINDS: dict[str, dict[str, Any]] = {
     "token_logprobs": {"response": None, "text": None},
@@ -62,25 +77,7 @@ def feature_request(kind: str, data: str = "pool", model: str | None = None, **s
     return Forward().canonical(FeatureRequest(kind, data, tuple(sorted(settings.items())), model))
 
 
-@dataclass
-class PassStats:
-    """What a model pass did; tests read `forward_passes` to check fusion."""
-
-    forward_passes: int = 0
-    batches: int = 0
-    examples: int = 0
-    tokens: int = 0  # real tokens fed to the model
-    padded_tokens: int = 0  # tokens including padding (batch rows x longest row)
-    shards_computed: int = 0
-    shards_reused: int = 0
-    model_loaded: bool = False
-    seconds: float = 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-class Forward(PassProvider):
+class Forward(ShardedPass):
     """Forward features of one model over one data source, fused into one pass per batch."""
 
     name = "forward"
@@ -111,55 +108,29 @@ class Forward(PassProvider):
         for data in dict.fromkeys(r.data for r in requests):
             reqs = sorted((r for r in requests if r.data == data), key=describe)
             source = ctx.sources[data]
+            rows = ctx.shard_count(data)
             out.append(PassPlan(
                 name=data, label=f"forward {model.name} over {data}: {', '.join(sorted({r.kind for r in reqs}))}",
-                requests=reqs, data=data, shards=ctx.shard_count(data),
-                settings={"detail": {"features": ", ".join(describe(r) for r in reqs)}},
+                requests=reqs, data=data, shards=rows, row_shards=rows,
+                detail={"features": ", ".join(describe(r) for r in reqs)},
                 key_parts=["forward", VERSION, model.fingerprint, source.fingerprint, source.shard_rows,
                            [describe(r) for r in reqs]],
                 estimate=_estimate(model, reqs, data, ctx)))
         return out
 
-    def run(self, step: Any, ctx: PassContext, shards: list[int] | None = None) -> None:
-        payload = step.payload
-        entry = ctx.cache.sharded("passes", step.key, step.shards, label=step.label)
-        todo = entry.missing() if shards is None else [i for i in shards if not entry.done(i)]
-        if not todo:
-            return
-        device = ctx.options.get("device")
-        lm = ctx.load_model(payload.model, device=device)
-        shard_rows = payload.shard_rows
-        stats = PassStats(model_loaded=True)
-        for i in todo:
-            ds = ctx.shard(payload.data, i, shard_rows)
-            t0, tokens0 = time.perf_counter(), stats.tokens
-            arrays = compute_shard(lm, ds, payload.requests, stats, ctx.options.get("batch_tokens"),
-                                   ctx.options.get("batch_size"))
-            write_shard(entry, i, arrays)
-            stats.shards_computed += 1
-            rate = (stats.tokens - tokens0) / max(time.perf_counter() - t0, 1e-9)
-            ctx.say(done=i + 1, total=step.shards, rows=len(ds), tokens_per_s=rate)
+    def compute(self, work: PassWork, shard: Shard, model: Model, ctx: PassContext) -> dict[str, np.ndarray]:
+        return compute_shard(model, shard.rows, work.requests, self.stats, ctx.batch_tokens, ctx.batch_size)
 
-    def load(self, step: Any, ctx: PassContext) -> dict[FeatureRequest, Any]:
-        entry = ctx.cache.sharded("passes", step.key, step.shards)
-        parts = entry.read_all()
-        return {r: unpack(r, f"f{j}", parts) for j, r in enumerate(step.payload.requests)}
-
-    def complete(self, step: Any, cache: Any) -> bool:
-        return cache.sharded("passes", step.key, step.shards).complete()
-
-
-def write_shard(entry: Any, index: int, arrays: dict[str, np.ndarray]) -> None:
-    """Write one shard (a seam: tests kill a run here)."""
-    entry.write(index, arrays)
+    def assemble(self, work: PassWork, shards: Shards, ctx: PassContext) -> dict[FeatureRequest, Any]:
+        parts = shards.read_all()
+        return {r: unpack(r, f"f{j}", parts) for j, r in enumerate(work.requests)}
 
 
 def _estimate(model: ModelRef, reqs: list[FeatureRequest], data: str, ctx: PlanContext) -> Any:
     """One forward pass per set of token sequences the step feeds (the source's texts, each other
     `text`, and each choice list, counted as 4 choices when a column holds them)."""
-    from selectkit.planning.estimates import forward_estimate
-
-    estimate = forward_estimate(model, reqs, data, ctx)
+    hidden = any(r.kind == "embedding" for r in reqs) and model.spec.kind != "embedding"
+    estimate = ctx.estimate(model, data, hidden_states=hidden)
     variants = {_variant(r) for r in reqs}
     passes = sum(len(v[2]) if v[0] == "choices" and isinstance(v[2], tuple) else 4 if v[0] == "choices" else 1
                  for v in variants)
@@ -171,61 +142,19 @@ def _estimate(model: ModelRef, reqs: list[FeatureRequest], data: str, ctx: PlanC
 # ---------------------------------------------------------------- one shard
 
 
-def plan_batches(lengths: np.ndarray, batch_tokens: int, batch_size: int) -> list[np.ndarray]:
-    """Positions (into `lengths`) of each batch: longest first, rows x longest <= batch_tokens."""
-    order = np.argsort(-lengths, kind="stable")
-    batches, i = [], 0
-    while i < len(order):
-        longest = max(int(lengths[order[i]]), 1)
-        rows = max(1, min(batch_size, batch_tokens // longest))
-        batches.append(order[i: i + rows])
-        i += rows
-    return batches
-
-
-def activation_budget(lm: LoadedModel) -> tuple[int, int]:
-    """(bytes, most padded tokens) one batch may take: 256 MiB of activations and 16k tokens on CPU,
-    80% of the free memory and 128k tokens on CUDA."""
-    from selectkit.planning.estimates import CPU_ACTIVATION_BUDGET, MAX_BATCH_TOKENS_CPU, MAX_BATCH_TOKENS_CUDA
-
-    if str(lm.device).startswith("cuda"):
-        import torch
-
-        free, _ = torch.cuda.mem_get_info(torch.device(lm.device))
-        return int(free * 0.8), MAX_BATCH_TOKENS_CUDA
-    return CPU_ACTIVATION_BUDGET, MAX_BATCH_TOKENS_CPU
-
-
-def default_batch_tokens(lm: LoadedModel, hidden_states: bool = False) -> int:
-    """Padded tokens per forward batch: what the planner's activation estimate fits in the budget."""
-    from selectkit.models.loader import facts_from_config
-    from selectkit.planning.estimates import batch_tokens_that_fit
-
-    facts = facts_from_config(lm.model.config.to_dict())
-    budget, cap = activation_budget(lm)
-    fit = batch_tokens_that_fit(facts, budget, lm.spec.dtype, weights_loaded=True, hidden_states=hidden_states,
-                                max_length=lm.max_length, logits=lm.spec.kind != "embedding")
-    return max(lm.max_length, min(fit, cap))
-
-
 GRADIENT_ROWS_CPU, GRADIENT_ROWS_CUDA = 16, 256
 
 
-def gradient_batches(lm: LoadedModel, raw_dim: int) -> tuple[int, int]:
-    """(padded tokens, rows) per per-example-gradient batch from the planner's estimate: a third of
-    the budget for forward + backward activations, the rest for each row's raw gradient entries
-    (float32, with the Adam and float64 norm copies: 16 bytes an entry); 16 rows at most on CPU,
-    256 on CUDA, and always at least one example of max_length tokens."""
-    from selectkit.models.loader import facts_from_config
-    from selectkit.planning.estimates import batch_tokens_that_fit
-
-    facts = facts_from_config(lm.model.config.to_dict())
-    budget, cap = activation_budget(lm)
-    tokens = batch_tokens_that_fit(facts, budget // 3, lm.spec.dtype, weights_loaded=True, backward=True,
-                                   max_length=lm.max_length)
+def gradient_batches(lm: Model, raw_dim: int) -> tuple[int, int]:
+    """(padded tokens, rows) per per-example-gradient batch from the planner's arithmetic: a third of
+    the activation budget for forward + backward activations, the rest for each row's raw gradient
+    entries (float32, with the Adam and float64 norm copies: 16 bytes an entry); 16 rows at most on
+    CPU, 256 on CUDA, and always at least one example of max_length tokens."""
+    budget, _ = lm.activation_budget()
+    tokens = lm.batch_tokens(budget // 3, backward=True)
     most = GRADIENT_ROWS_CUDA if str(lm.device).startswith("cuda") else GRADIENT_ROWS_CPU
     rows = int(max(1, min(most, (budget - budget // 3) // max(1, 16 * raw_dim))))
-    return max(lm.max_length, min(tokens, cap)), rows
+    return tokens, rows
 
 
 def _variant(request: FeatureRequest) -> tuple:
@@ -239,8 +168,6 @@ def _variant(request: FeatureRequest) -> tuple:
 
 def _sequences(ds: Any, variant: tuple) -> tuple[list[str], list[str] | None, np.ndarray]:
     """The texts of a variant, their prompts (choices: what precedes each choice), and the owner row of each."""
-    from selectkit.models.lm import render
-
     n = len(ds)
     if variant[0] == "text":
         texts = ds.texts if variant[1] is None else render(ds, variant[1])
@@ -266,16 +193,14 @@ def _sequences(ds: Any, variant: tuple) -> tuple[list[str], list[str] | None, np
     return texts, heads, np.asarray(owner, dtype=np.int64)
 
 
-def compute_shard(lm: LoadedModel, ds: Any, reqs: Sequence[FeatureRequest], stats: PassStats,
+def compute_shard(lm: Model, ds: Any, reqs: Sequence[FeatureRequest], stats: PassStats,
                   batch_tokens: int | None = None, batch_size: int | None = None) -> dict[str, np.ndarray]:
     """Every requested feature of the examples of `ds`, packed into the arrays of one shard."""
-    from selectkit.models.lm import encode, prompts_of
-
     n = len(ds)
     tok = lm.tokenizer
     poolings = sorted({_pooling(lm, dict(r.settings)["pooling"]) for r in reqs if r.kind == "embedding"})
     hidden_needed = bool(poolings) and lm.spec.kind != "embedding"
-    batch_tokens = batch_tokens or default_batch_tokens(lm, hidden_needed)
+    batch_tokens = batch_tokens or lm.batch_tokens(hidden_states=hidden_needed)
     batch_size = batch_size or MAX_BATCH_ROWS
     variants = list(dict.fromkeys(_variant(r) for r in reqs))
     if poolings and ("text", None) not in variants:
@@ -332,13 +257,11 @@ def compute_shard(lm: LoadedModel, ds: Any, reqs: Sequence[FeatureRequest], stat
     return arrays
 
 
-def _forward(lm: LoadedModel, ids: list[list[int]], stats: PassStats, batch_tokens: int, batch_size: int, *,
+def _forward(lm: Model, ids: list[list[int]], stats: PassStats, batch_tokens: int, batch_size: int, *,
              need_lm: bool, el2n: bool, zscores: bool, poolings: list[str]) -> dict[str, Any]:
     """Batched forward passes over token sequences `ids`: per-token log-probs (and EL2N, z-scores)
     for LM features, pooled last hidden states for embeddings."""
     import torch
-
-    from selectkit.models.lm import mixed_precision, token_logprobs
 
     n = len(ids)
     lengths = np.array([len(x) for x in ids], dtype=np.int64)
@@ -409,7 +332,7 @@ def unpack(request: FeatureRequest, slot: str, parts: list[dict[str, np.ndarray]
     return out
 
 
-def _pooling(lm: LoadedModel, pooling: str) -> str:
+def _pooling(lm: Model, pooling: str) -> str:
     if pooling != "auto":
         return pooling
     if lm.pooling:
@@ -428,85 +351,6 @@ def _pool(hidden: Any, mask: Any, mode: str) -> Any:
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
     weights = mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1)
-
-
-# ---------------------------------------------------------------- direct use (tests, benchmarks)
-
-
-class FeatureStore:
-    """Features computed by `compute_features`: `get(kind, data, **settings)` and `stats`."""
-
-    def __init__(self, model: str, values: dict[FeatureRequest, Any], stats: PassStats):
-        self.model, self.values, self.stats = model, values, stats
-
-    def get(self, kind: str, data: str = "pool", **settings: Any) -> Any:
-        request = feature_request(kind, data, **settings)
-        if request not in self.values:
-            known = ", ".join(describe(r) for r in self.values) or "none"
-            raise SelectkitError(f"model {self.model!r}: feature {describe(request)} was not computed "
-                                 f"(computed: {known})")
-        return self.values[request]
-
-
-def compute_features(model_spec: Any, base_dir: str | Path, datasets: Mapping[str, Any],
-                     requests: Sequence[FeatureRequest], workdir: str | Path, *,
-                     batch_tokens: int | None = None, batch_size: int | None = None, shard_size: int = 1024,
-                     progress: Callable[[str], None] | None = None, trust_remote_code: bool = False,
-                     device: str | None = None, model: LoadedModel | None = None,
-                     name: str | None = None, worker: tuple[int, int] = (0, 1)) -> FeatureStore:
-    """The forward pass outside a recipe: `requests` over in-memory `datasets`, shards cached
-    under `workdir` exactly as a run caches them. `worker=(i, k)` computes only shards i, i+k, ...
-    (one of k devices); a later call with the default assembles them without loading the model."""
-    from selectkit.models.loader import load_model, model_fingerprint
-
-    started = time.perf_counter()
-    label = name or str(model_spec.path)
-    reqs = list(dict.fromkeys(feature_request(r.kind, r.data, **dict(r.settings)) for r in requests))
-    for r in reqs:
-        if r.kind in LM_KINDS and model_spec.kind != "causal-lm":
-            raise ModelError(f"model {label!r} is a {model_spec.kind}; {describe(r)} needs a causal-lm")
-        if r.data not in datasets:
-            raise SelectkitError(f"feature {describe(r)}: no data source {r.data!r} was given to the pass")
-    cache = Cache(Path(workdir))
-    fingerprint = model_fingerprint(model_spec, base_dir)
-    stats = PassStats()
-    lm = model
-    values: dict[FeatureRequest, Any] = {}
-    for data in dict.fromkeys(r.data for r in reqs):
-        ds = datasets[data]
-        data_reqs = [r for r in reqs if r.data == data]
-        shards = max(1, -(-len(ds) // shard_size))
-        key = cache_key("forward", VERSION, fingerprint, ds.fingerprint or _texts_identity(ds), len(ds), shard_size,
-                        [describe(r) for r in data_reqs])
-        entry = cache.sharded("passes", key, shards, label=f"{label} over {data}")
-        for i in range(worker[0], shards, worker[1]):
-            if entry.open(i) is not None:
-                stats.shards_reused += 1
-                continue
-            if lm is None:
-                say = progress or (lambda message: None)
-                say(f"loading model {label}")
-                lm = load_model(model_spec, base_dir, allow_remote_code=trust_remote_code, device=device, name=name)
-                stats.model_loaded = True
-            from selectkit.contract.passes import slice_dataset
-
-            part = slice_dataset(ds, i * shard_size, (i + 1) * shard_size)
-            write_shard(entry, i, compute_shard(lm, part, data_reqs, stats, batch_tokens, batch_size))
-            stats.shards_computed += 1
-        if worker == (0, 1):
-            parts = entry.read_all()
-            values.update({r: unpack(r, f"f{j}", parts) for j, r in enumerate(data_reqs)})
-    stats.seconds = time.perf_counter() - started
-    return FeatureStore(label, values, stats)
-
-
-def _texts_identity(ds: Any) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    for text in ds.texts:
-        digest.update(text.encode("utf-8", "surrogatepass") + b"\x1f")
-    return digest.hexdigest()
 
 
 @hookimpl

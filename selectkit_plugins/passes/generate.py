@@ -22,11 +22,28 @@ from typing import Any
 
 import numpy as np
 
-from selectkit.contract.components import FeatureRequest
-from selectkit.contract.hookspecs import hookimpl
-from selectkit.contract.passes import ModelRef, PassContext, PassPlan, PassProvider, PlanContext, describe
-from selectkit.errors import SelectkitError
-from selectkit.models.loader import ModelError
+from selectkit.plugin import (
+    FeatureRequest,
+    Model,
+    ModelError,
+    ModelRef,
+    PassContext,
+    PassPlan,
+    PassWork,
+    PlanContext,
+    SelectkitError,
+    Shard,
+    ShardedPass,
+    Shards,
+    cache_key,
+    describe,
+    hookimpl,
+    label_hash,
+    mix64,
+    prompt_ids,
+    render,
+    row_keys,
+)
 
 KINDS: dict[str, dict[str, Any]] = {
     "completions": {"prompt": None, "samples": 8, "temperature": 0.9, "top_p": 1.0, "max_new_tokens": 256},
@@ -35,7 +52,7 @@ VERSION = "1"
 BATCH_ROWS = 64  # sequences (row x sample) per generate call unless the run says otherwise
 
 
-class Generate(PassProvider):
+class Generate(ShardedPass):
     """Sampled completions of each example's prompt (K per row), keyed by row id so batching does not
     change them."""
 
@@ -55,8 +72,6 @@ class Generate(PassProvider):
         return out
 
     def plan(self, model: ModelRef, requests: list[FeatureRequest], ctx: PlanContext) -> list[PassPlan]:
-        from selectkit.storage.cache import cache_key
-
         if model.spec.kind != "causal-lm":
             raise ModelError(f"model {model.name!r} is a {model.spec.kind}; generating completions needs a causal-lm")
         out = []
@@ -67,44 +82,29 @@ class Generate(PassProvider):
                 name=f"{r.data}:{cache_key(describe(r))[:8]}",
                 label=f"generate with {model.name} over {r.data}: {s['samples']} completions per prompt, "
                       f"up to {s['max_new_tokens']} new tokens, temperature {s['temperature']}",
-                requests=[r], data=r.data, shards=ctx.shard_count(r.data),
+                requests=[r], data=r.data, shards=ctx.shard_count(r.data), row_shards=ctx.shard_count(r.data),
                 key_parts=["completions", VERSION, model.fingerprint, source.fingerprint, source.shard_rows,
                            describe(r), ctx.seed],
-                settings={"detail": {"request": describe(r)}},
-                estimate=_estimate(model, r, ctx)))
+                detail={"request": describe(r)}, estimate=_estimate(model, r, ctx)))
         return out
 
-    def run(self, step: Any, ctx: PassContext, shards: list[int] | None = None) -> None:
-        request = step.payload.requests[0]
-        entry = ctx.cache.sharded("passes", step.key, step.shards, label=step.label)
-        todo = entry.missing() if shards is None else [i for i in shards if not entry.done(i)]
-        if not todo:
-            return
-        lm = ctx.load_model(step.payload.model, device=ctx.options.get("device"))
-        for i in todo:
-            ds = ctx.shard(step.payload.data, i, step.payload.shard_rows)
-            texts = sample_completions(lm, ds, dict(request.settings), ctx.seed,
-                                       ctx.options.get("batch_size") or BATCH_ROWS)
-            entry.write(i, pack_texts(texts))
-            ctx.say(done=i + 1, total=step.shards, rows=len(ds), unit="shard")
+    def compute(self, work: PassWork, shard: Shard, model: Model, ctx: PassContext) -> dict[str, np.ndarray]:
+        texts = sample_completions(model, shard.rows, dict(work.requests[0].settings), ctx.seed,
+                                   ctx.batch_size or BATCH_ROWS)
+        return pack_texts(texts)
 
-    def load(self, step: Any, ctx: PassContext) -> dict[FeatureRequest, Any]:
-        request = step.payload.requests[0]
+    def assemble(self, work: PassWork, shards: Shards, ctx: PassContext) -> dict[FeatureRequest, Any]:
+        request = work.requests[0]
         samples = int(dict(request.settings)["samples"])
         flat: list[str] = []
-        for part in ctx.cache.sharded("passes", step.key, step.shards).read_all():
+        for part in shards.read_all():
             flat.extend(unpack_texts(part))
         return {request: [flat[i:i + samples] for i in range(0, len(flat), samples)]}
 
-    def complete(self, step: Any, cache: Any) -> bool:
-        return cache.sharded("passes", step.key, step.shards).complete()
-
 
 def _estimate(model: ModelRef, request: FeatureRequest, ctx: PlanContext) -> Any:
-    from selectkit.planning.estimates import model_pass
-
     s = dict(request.settings)
-    estimate = model_pass(model, request.data, ctx)
+    estimate = ctx.estimate(model, request.data)
     if estimate is None:
         return None
     # each sample reads its prompt once and decodes up to max_new_tokens tokens, one position per step
@@ -114,8 +114,6 @@ def _estimate(model: ModelRef, request: FeatureRequest, ctx: PlanContext) -> Any
 
 def stream_seeds(seed: int, request_tag: str, keys: np.ndarray, samples: int) -> np.ndarray:
     """(rows, samples) uint64 generator seeds: a hash of (seed, settings, row key, sample index)."""
-    from selectkit.contract.keyed_random import label_hash, mix64
-
     keys = np.asarray(keys, dtype=np.uint64)
     return np.stack([mix64(keys ^ label_hash(seed, ("completions", request_tag, str(j)))) for j in range(samples)],
                     axis=1)
@@ -125,9 +123,6 @@ def sample_completions(lm: Any, ds: Any, settings: dict[str, Any], seed: int, ba
     """K completions per row of `ds` (row-major: row 0's K, then row 1's ...)."""
     import torch
     from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
-
-    from selectkit.contract.keyed_random import row_keys
-    from selectkit.models.lm import prompt_ids, render
 
     samples, max_new = int(settings["samples"]), int(settings["max_new_tokens"])
     temperature, top_p = float(settings["temperature"]), float(settings["top_p"])

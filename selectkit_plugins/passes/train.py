@@ -13,11 +13,23 @@ data order and dropout all differ. Each run is its own planned step, resumable p
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from selectkit.contract.components import FeatureRequest
-from selectkit.contract.hookspecs import hookimpl
-from selectkit.contract.passes import ModelRef, PassContext, PassPlan, PassProvider, PlanContext
+from selectkit.plugin import (
+    FeatureRequest,
+    ModelRef,
+    PassContext,
+    PassPlan,
+    PassProvider,
+    PassWork,
+    PlanContext,
+    SelectkitError,
+    StepStore,
+    hookimpl,
+    path_fingerprint,
+    prompts_of,
+)
 
 
 class Train(PassProvider):
@@ -32,12 +44,9 @@ class Train(PassProvider):
         runs: dict[int, list[FeatureRequest]] = {}
         for r in requests:
             runs.setdefault(int(dict(r.settings).get("run") or 0), []).append(r)
-        if set(runs) != {0}:
-            from selectkit.errors import SelectkitError
-
-            if model.spec.warmup is None:
-                raise SelectkitError(f"model {model.name!r}: several training runs need a `warmup` to repeat "
-                                     "(models.<name>.warmup)")
+        if set(runs) != {0} and model.spec.warmup is None:
+            raise SelectkitError(f"model {model.name!r}: several training runs need a `warmup` to repeat "
+                                 "(models.<name>.warmup)")
         out = []
         for run, reqs in sorted(runs.items()):
             out.extend(self._plan_run(model, reqs, ctx, run))
@@ -47,68 +56,52 @@ class Train(PassProvider):
                   run: int) -> list[PassPlan]:
         spec = model.spec
         if spec.warmup is not None:
-            from selectkit.models.loader import model_fingerprint
-            from selectkit.planning.estimates import model_pass
-
             warm = spec.warmup
-            base = model_fingerprint(spec.model_copy(update={"lora": None}), model.base)
+            base = ctx.fingerprint(model.without_lora())
             seed = warm.seed if warm.seed is not None else ctx.seed
             if run:
                 seed = run_seed(seed, run)
             rows = ctx.rows.get("pool")
             examples = max(1, int(warm.fraction * rows)) if rows else None
-            estimate = model_pass(model, "pool", ctx, backward=True, examples=examples)
+            estimate = ctx.estimate(model, "pool", backward=True, examples=examples)
             if estimate is not None:
-                from selectkit.planning.estimates import TRAIN_OVERHEAD
-
                 estimate = estimate.scaled(warm.epochs, f"LoRA training: {warm.epochs} epochs of forward + backward",
-                                           TRAIN_OVERHEAD)
+                                           work="training")
             label = f"warmup {model.name}" + (f" (run {run + 1})" if run else "")
             return [PassPlan("warmup" + (f"-run-{run}" if run else ""),
                              f"{label}: LoRA on {warm.fraction:.0%} of the pool, {warm.epochs} epochs", requests,
                              "pool", ["warmup", base, ctx.sources["pool"].fingerprint, warm.model_dump(mode="json"),
                                       seed],
-                             shards=warm.epochs, estimate=estimate, artifact="train",
-                             settings={"seed": seed, "detail": {"epochs": warm.epochs, "lr": warm.learning_rate,
-                                                                "lora": warm.lora.model_dump(mode="json"),
-                                                                "lora targets": planned_targets(model)}})]
+                             shards=warm.epochs, estimate=estimate, artifact="train", config=seed,
+                             detail={"epochs": warm.epochs, "lr": warm.learning_rate,
+                                     "lora": warm.lora.model_dump(mode="json"),
+                                     "lora targets": planned_targets(model, ctx)})]
         if spec.checkpoints:
-            from selectkit.data.sources import fingerprint_path
-
             folders = [_resolve(model, c) for c in spec.checkpoints]
-            prints = [fingerprint_path(f) if f.exists() else str(f) for f in folders]
+            prints = [path_fingerprint(f) if f.exists() else str(f) for f in folders]
             return [PassPlan("given", f"checkpoints of {model.name}: {len(folders)} folders", requests, None,
-                             ["given", prints], artifact="given", settings={"folders": [str(f) for f in folders]})]
+                             ["given", prints], artifact="given", config=tuple(str(f) for f in folders))]
         return [PassPlan("model", f"{model.name} as its only checkpoint", requests, None, ["model"],
                          artifact="given")]
 
-    def complete(self, step: Any, cache: Any) -> bool:
-        if step.artifact == "given":
+    def complete(self, work: PassWork, store: StepStore) -> bool:
+        if work.artifact == "given":
             return True
-        return cache.sharded("train", step.key, step.shards).complete()
+        return store.shards(work.shards).complete()
 
-    def run(self, step: Any, ctx: PassContext, shards: list[int] | None = None) -> None:
-        if step.artifact == "given":
+    def run(self, work: PassWork, ctx: PassContext, shards: list[int] | None = None) -> None:
+        if work.artifact == "given":
             return
-        from selectkit.data.pool import take
-        from selectkit.models.lm import prompts_of
         from selectkit_plugins.lib.influence.warmup import Warmup, warmup_rows
 
-        payload = step.payload
-        spec = payload.model.spec
-        warm = spec.warmup
-        entry = ctx.cache.sharded("train", step.key, step.shards, label=step.label)
+        warm = work.model.spec.warmup
+        entry = ctx.store.shards(work.shards, label=work.label)
         missing = entry.missing()
         if not missing:
             return
-        seed = payload.settings["seed"]
-        rows = warmup_rows(ctx.pool.keys, warm.fraction, seed)
-        data = take(ctx.pool, rows)
-        from dataclasses import replace
-
-        fresh = replace(payload.model, spec=spec.model_copy(update={"lora": None}),
-                        fingerprint=payload.model.fingerprint + ":no-lora")
-        lm = ctx.load_model(fresh)  # the warmup trains a new LoRA on the base model
+        seed = work.config
+        data = ctx.pool.take(warmup_rows(ctx.pool.keys, warm.fraction, seed))
+        lm = ctx.model(work.model.without_lora(), private=True)  # the warmup trains a new LoRA on the base model
         run = Warmup(lm.model, lm.tokenizer, data.texts, warm, seed=seed, max_length=lm.max_length,
                      prompts=prompts_of(data, warm.response), target_modules=_targets(lm, warm))
         first = missing[0]
@@ -126,21 +119,20 @@ class Train(PassProvider):
                     staging.commit()
         ctx.say(done=warm.epochs, total=warm.epochs, unit="epoch")
 
-    def load(self, step: Any, ctx: PassContext) -> dict[FeatureRequest, Any]:
+    def load(self, work: PassWork, ctx: PassContext) -> dict[FeatureRequest, Any]:
         from selectkit_plugins.lib.influence.checkpoints import Checkpoint, read_checkpoints, warmup_checkpoint
 
-        if step.artifact == "given":
-            folders = step.payload.settings.get("folders")
-            value = read_checkpoints(folders) if folders else [Checkpoint("model")]
+        if work.artifact == "given":
+            value = read_checkpoints(work.config) if work.config else [Checkpoint("model")]
         else:
-            entry = ctx.cache.sharded("train", step.key, step.shards)
+            entry = ctx.store.shards(work.shards)
             value = []
-            for epoch in range(step.shards):
+            for epoch in range(work.shards):
                 folder = entry.open(epoch)
                 if folder is None:
                     raise RuntimeError(f"warmup epoch {epoch + 1} is missing from the cache; run again")
                 value.append(warmup_checkpoint(folder, f"epoch-{epoch + 1}"))
-        return {r: value for r in step.payload.requests}
+        return {r: value for r in work.requests}
 
 
 def _targets(lm: Any, warm: Any) -> list[str]:
@@ -152,24 +144,21 @@ def _targets(lm: Any, warm: Any) -> list[str]:
     return default_lora_targets(lm.model.config.model_type, lm.model)
 
 
-def planned_targets(model: ModelRef) -> str:
+def planned_targets(model: ModelRef, ctx: PlanContext) -> str:
     """What the plan shows for the LoRA targets (read from config.json, torch-free)."""
     lora = model.spec.warmup.lora
     if lora.target_modules:
         return ", ".join(lora.target_modules)
-    from selectkit.models.loader import read_config, resolve_model_path
     from selectkit_plugins.lib.influence.layers import LORA_TARGETS
 
-    folder = resolve_model_path(model.spec.path, model.base)
-    model_type = read_config(folder).get("model_type") if not isinstance(folder, str) else None
+    config = ctx.config(model)
+    model_type = config.get("model_type") if config is not None else None
     known = LORA_TARGETS.get(model_type)
     return ", ".join(known) + f" (default for {model_type})" if known else \
         f"the attention projections found when the model loads ({model_type})"
 
 
-def _resolve(model: ModelRef, path: str):
-    from pathlib import Path
-
+def _resolve(model: ModelRef, path: str) -> Path:
     p = Path(path).expanduser()
     return p if p.is_absolute() else model.base / p
 

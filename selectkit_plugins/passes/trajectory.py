@@ -15,22 +15,34 @@ row shard): a killed run resumes after the last finished shard, and shards split
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from selectkit.contract.components import FeatureRequest
-from selectkit.contract.hookspecs import hookimpl
-from selectkit.contract.passes import ModelRef, PassContext, PassPlan, PassProvider, PlanContext, describe
-from selectkit.errors import SelectkitError
+from selectkit.plugin import (
+    FeatureRequest,
+    Model,
+    ModelRef,
+    PassContext,
+    PassPlan,
+    PassWork,
+    PlanContext,
+    SelectkitError,
+    Shard,
+    ShardedPass,
+    Shards,
+    cache_key,
+    describe,
+    hookimpl,
+)
+from selectkit_plugins.passes.forward import compute_shard, feature_request
 
 KINDS: dict[str, dict[str, Any]] = {"checkpoint_losses": {"run": None, "response": None, "points": "all"}}
 POINTS = ("all", "last")
 VERSION = "1"
 
 
-class Trajectory(PassProvider):
+class Trajectory(ShardedPass):
     """Per-example loss and EL2N before training and at every checkpoint of a training run."""
 
     name = "trajectory"
@@ -38,9 +50,6 @@ class Trajectory(PassProvider):
     kinds = KINDS
 
     def plan(self, model: ModelRef, requests: list[FeatureRequest], ctx: PlanContext) -> list[PassPlan]:
-        from selectkit.planning.estimates import model_pass
-        from selectkit.storage.cache import cache_key
-
         spec = model.spec
         if spec.kind != "causal-lm":
             raise SelectkitError(f"model {model.name!r} is a {spec.kind}; losses along training need a causal-lm")
@@ -56,7 +65,7 @@ class Trajectory(PassProvider):
             if which not in POINTS:
                 raise SelectkitError(f"checkpoint_losses points {which!r} is not one of {', '.join(POINTS)}")
             points = trained + 1 if which == "all" else 1
-            estimate = model_pass(model, "pool", ctx)
+            estimate = ctx.estimate(model, "pool")
             if estimate is not None:
                 estimate = estimate.scaled(points, f"forward over the pool at {points} points of training")
             out.append(PassPlan(
@@ -64,60 +73,37 @@ class Trajectory(PassProvider):
                 label=(f"losses of {model.name} over pool before training and at {points - 1} checkpoint(s)"
                        if which == "all" else f"losses of {model.name} over pool at its last checkpoint")
                       + (f" of run {run + 1}" if run else ""),
-                requests=[r], data="pool", shards=points * rows,
+                requests=[r], data="pool", shards=points * rows, row_shards=rows, points=points,
                 needs=[FeatureRequest("checkpoints", "pool", (("run", run),) if run else ())],
                 key_parts=["checkpoint_losses", VERSION, model.fingerprint, ctx.sources["pool"].fingerprint,
                            ctx.sources["pool"].shard_rows, describe(r)],
-                settings={"points": points, "first": trained + 1 - points, "row_shards": rows,
-                          "detail": {"request": describe(r)}},
-                estimate=estimate))
+                config=trained + 1 - points,  # the first point it computes: 0 (before training) or the last
+                detail={"request": describe(r)}, estimate=estimate))
         return out
 
-    def complete(self, step: Any, cache: Any) -> bool:
-        return cache.sharded("passes", step.key, step.shards).complete()
+    def model(self, work: PassWork, point: int, ctx: PassContext) -> Model:
+        """Point 0 of the run: the model before training (without its LoRA); point p: checkpoint p."""
+        point += work.config
+        if point == 0:
+            return ctx.model(work.model.without_lora())
+        adapter = ctx.input("checkpoints")[point - 1].adapter
+        return ctx.model(work.model, **({"adapter": adapter} if adapter is not None else {}))
 
-    def _checkpoints(self, ctx: PassContext) -> list[Any]:
-        return next(v for r, v in ctx.inputs.items() if r.kind == "checkpoints")
-
-    def run(self, step: Any, ctx: PassContext, shards: list[int] | None = None) -> None:
-        from selectkit_plugins.passes.forward import PassStats, compute_shard, feature_request
-
-        request = step.payload.requests[0]
-        response = dict(request.settings).get("response")
+    def compute(self, work: PassWork, shard: Shard, model: Model, ctx: PassContext) -> dict[str, np.ndarray]:
+        response = dict(work.requests[0].settings).get("response")
         reqs = [feature_request("loss", response=response), feature_request("el2n", response=response)]
-        entry = ctx.cache.sharded("passes", step.key, step.shards, label=step.label)
-        todo = entry.missing() if shards is None else [i for i in shards if not entry.done(i)]
-        rows = step.payload.settings["row_shards"]
-        checkpoints = self._checkpoints(ctx)
-        ref = step.payload.model
-        start = replace(ref, spec=ref.spec.model_copy(update={"lora": None}), fingerprint=ref.fingerprint + ":no-lora")
-        device = ctx.options.get("device")
-        stats = PassStats()
-        first = step.payload.settings.get("first", 0)
-        for point in sorted({first + i // rows for i in todo}):
-            if point == 0:
-                lm = ctx.load_model(start, device=device)
-            else:
-                adapter = checkpoints[point - 1].adapter
-                lm = ctx.load_model(ref, device=device, **({"adapter": adapter} if adapter is not None else {}))
-            for i in (i for i in todo if first + i // rows == point):
-                ds = ctx.shard("pool", i % rows, step.payload.shard_rows)
-                arrays = compute_shard(lm, ds, reqs, stats, ctx.options.get("batch_tokens"),
-                                       ctx.options.get("batch_size"))
-                entry.write(i, {"loss": arrays["f0"], "el2n": arrays["f1"]})
-                ctx.say(done=i + 1, total=step.shards, unit="shard", checkpoint=point)
+        arrays = compute_shard(model, shard.rows, reqs, self.stats, ctx.batch_tokens, ctx.batch_size)
+        return {"loss": arrays["f0"], "el2n": arrays["f1"]}
 
-    def load(self, step: Any, ctx: PassContext) -> dict[FeatureRequest, Any]:
-        rows = step.payload.settings["row_shards"]
-        points = step.payload.settings["points"]
-        entry = ctx.cache.sharded("passes", step.key, step.shards)
-        first = step.payload.settings.get("first", 0)
-        value: dict[str, Any] = {"names": (["before"] + [c.name for c in self._checkpoints(ctx)])[first:]}
+    def assemble(self, work: PassWork, shards: Shards, ctx: PassContext) -> dict[FeatureRequest, Any]:
+        rows = work.row_shards
+        names = ["before"] + [c.name for c in ctx.input("checkpoints")]
+        value: dict[str, Any] = {"names": names[work.config:]}
         for name in ("loss", "el2n"):
-            value[name] = np.stack([np.concatenate([part[name] for part in entry.read_all(range(c * rows,
-                                                                                             (c + 1) * rows))])
-                                    for c in range(points)])
-        return {step.payload.requests[0]: value}
+            value[name] = np.stack([np.concatenate([part[name] for part in shards.read_all(range(c * rows,
+                                                                                               (c + 1) * rows))])
+                                    for c in range(work.points)])
+        return {work.requests[0]: value}
 
 
 @hookimpl

@@ -18,14 +18,30 @@ and step count. Memory: one extra copy of the weights (UnTrac restores the model
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from selectkit.contract.components import FeatureRequest
-from selectkit.contract.hookspecs import hookimpl
-from selectkit.contract.passes import ModelRef, PassContext, PassPlan, PassProvider, PlanContext, describe
-from selectkit.errors import DataError, RecipeError
+from selectkit.plugin import (
+    DataError,
+    FeatureRequest,
+    ModelRef,
+    PassContext,
+    PassPlan,
+    PassProvider,
+    PassWork,
+    PlanContext,
+    RecipeError,
+    StepStore,
+    batch,
+    cache_key,
+    describe,
+    example_loss,
+    hookimpl,
+    mixed_precision,
+    rng_for,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -40,15 +56,11 @@ def _device(model: Any) -> torch.device:
 
 def _token_nll(model: Any, enc: dict) -> torch.Tensor:
     """Mean next-token NLL per sequence (B,), padding excluded; NaN where no token is predicted."""
-    from selectkit.models.lm import example_loss, mixed_precision
-
     with mixed_precision(model):
         return example_loss(model, enc, empty=float("nan"))
 
 
 def _encode(tokenizer: Any, texts: Sequence[str], max_length: int, device: Any) -> dict:
-    from selectkit.models.lm import batch
-
     return {k: v.to(device) for k, v in batch(tokenizer, texts, None, max_length).items()}
 
 
@@ -202,8 +214,6 @@ def _ascent(p: dict) -> dict:
 
 
 def _target_texts(targets: dict, names: Sequence[str], limit: int | None, seed: int, label: str) -> list[str]:
-    from selectkit.contract.components import rng_for
-
     texts = [t for name in names for t in targets[name].texts]
     if not texts:
         raise DataError(f"{label}: the targets {', '.join(names)} have no texts")
@@ -215,44 +225,26 @@ def _target_texts(targets: dict, names: Sequence[str], limit: int | None, seed: 
 
 def _estimate(model: ModelRef, kind: str, p: dict, targets: list[str], ctx: PlanContext) -> Any:
     """Ascent steps (forward + backward, as training) plus the loss readings (forwards), per run;
-    UnTrac runs once per group (the distinct values of `group_by`, or `clusters`)."""
-    from dataclasses import replace
-
-    from selectkit.planning.estimates import LOAD_BYTES_PER_S, LOAD_SECONDS, TRAIN_OVERHEAD, model_pass
-
+    UnTrac runs once per group (the distinct values of `group_by`, or `clusters`); the model loads once."""
     ascent_rows = p["steps"] * p["batch_size"] * p["grad_accum"]
     readings = (-(-p["steps"] // p["eval_every"]) if p.get("eval_every") else 1) + 1
     read_on = targets[0] if kind == "unlearn_groups" and targets else "pool"
-    ascent = model_pass(model, read_on if kind == "unlearn_inv" else "pool", ctx, backward=True, examples=ascent_rows)
+    ascent = ctx.estimate(model, read_on if kind == "unlearn_inv" else "pool", backward=True, examples=ascent_rows)
     if ascent is None:
         return None
     limit = p.get("max_target_examples")
     rows = sum(ctx.rows.get(t) or 0 for t in targets) if kind == "unlearn_groups" else ctx.rows.get("pool") or 0
-    reading = model_pass(model, read_on, ctx, examples=min(rows, limit) if limit and kind == "unlearn_groups"
-                         else rows)
+    reading = ctx.estimate(model, read_on, examples=min(rows, limit) if limit and kind == "unlearn_groups" else rows)
     if kind == "unlearn_groups":
-        runs = p.get("clusters") or _groups(ctx, p.get("group_by"))
+        groups = ctx.distinct("pool", p["group_by"]) if p.get("group_by") is not None else None
+        runs = p.get("clusters") or max(1, groups or 1)
     else:
         runs = len(targets) if p.get("per_target") else 1
-    load = LOAD_SECONDS + ascent.weights_bytes / LOAD_BYTES_PER_S  # the model loads once for every run
-    seconds = None
-    if ascent.seconds is not None and reading is not None and reading.seconds is not None:
-        seconds = load + runs * ((ascent.seconds - load) * TRAIN_OVERHEAD + readings * (reading.seconds - load))
-    flops = runs * (ascent.flops + readings * (reading.flops if reading is not None else 0))
-    what = (f"{runs} gradient-ascent run(s) of {p['steps']} steps, {readings} loss readings each")
-    return replace(ascent, flops=flops, seconds=seconds, what=what)
-
-
-def _groups(ctx: PlanContext, column: str | None) -> int:
-    """Distinct values of the pool's group column (read once at plan time; 1 when unknown)."""
-    if column is None:
-        return 1
-    from selectkit.data.pool import Table
-
-    try:
-        return max(1, Table(ctx.sources["pool"]).column(column).n_unique())
-    except Exception:  # noqa: BLE001 - an estimate never fails a plan
-        return 1
+    what = f"{runs} gradient-ascent run(s) of {p['steps']} steps, {readings} loss readings each"
+    total = ascent.without_load().scaled(runs, what, work="training")
+    total = total.plus(reading.without_load().scaled(runs * readings, what), what)
+    load = replace(ascent, flops=0.0, seconds=None if ascent.seconds is None else ascent.load_seconds)
+    return load.plus(total, what)
 
 
 class Unlearn(PassProvider):
@@ -263,57 +255,48 @@ class Unlearn(PassProvider):
     kinds = {"unlearn_groups": GROUPS, "unlearn_inv": INV}
 
     def plan(self, model: ModelRef, requests: list[FeatureRequest], ctx: PlanContext) -> list[PassPlan]:
-
         out = []
         for r in requests:
             p = dict(r.settings)
             needs = [CLUSTER_FEATURES] if r.kind == "unlearn_groups" and p.get("clusters") else []
             targets = list(p.get("targets", ()))
-            estimate = _estimate(model, r.kind, p, targets, ctx)
-            from selectkit.storage.cache import cache_key
-
             what = "UnTrac per group" if r.kind == "unlearn_groups" else "UnTrac-Inv"
             out.append(PassPlan(f"{r.kind}:{cache_key(describe(r))[:8]}", f"{what} on {model.name} for "
                                 f"{', '.join(targets)}",
                                 [r], "pool", [r.kind, model.fingerprint, ctx.sources["pool"].fingerprint,
                                               [(t, ctx.sources[t].fingerprint) for t in targets], describe(r),
                                               ctx.seed],
-                                needs=needs, estimate=estimate, reads=targets,
-                                settings={"targets": targets, "detail": {"request": describe(r)}}))
+                                needs=needs, estimate=_estimate(model, r.kind, p, targets, ctx), reads=targets,
+                                detail={"request": describe(r)}))
         return out
 
-    def complete(self, step: Any, cache: Any) -> bool:
-        kind = step.payload.requests[0].kind
-        return cache.has("passes", step.key + "-groups" if kind == "unlearn_groups" else step.key)
+    def complete(self, work: PassWork, store: StepStore) -> bool:
+        return store.has("groups" if work.requests[0].kind == "unlearn_groups" else "")
 
-    def run(self, step: Any, ctx: PassContext, shards: list[int] | None = None) -> None:
-        request = step.payload.requests[0]
+    def run(self, work: PassWork, ctx: PassContext, shards: list[int] | None = None) -> None:
+        request = work.requests[0]
         p = dict(request.settings)
-        lm = ctx.load_model(step.payload.model)
+        lm = ctx.model(work.model)
         model, tokenizer = lm.model, lm.tokenizer
         for param in model.parameters():
             param.requires_grad_(True)
         try:
             if request.kind == "unlearn_groups":
-                self._groups(step, ctx, p, model, tokenizer, lm.max_length)
+                self._groups(work, ctx, p, model, tokenizer, lm.max_length)
             else:
-                self._inv(step, ctx, p, model, tokenizer, lm.max_length)
+                self._inv(work, ctx, p, model, tokenizer, lm.max_length)
         finally:
             for param in model.parameters():
                 param.requires_grad_(False)
 
-    def _groups(self, step, ctx, p, model, tokenizer, max_length) -> None:
-        from selectkit.contract.components import rng_for
-        from selectkit.data.pool import take
-
+    def _groups(self, work: PassWork, ctx: PassContext, p: dict, model: Any, tokenizer: Any, max_length: int) -> None:
         label = "unlearning.group"
         if p.get("group_by") is not None:
             keys = ctx.pool.column(p["group_by"]).cast(str).fill_null("").to_numpy()
         else:
             from selectkit_plugins.lib.clusters import kmeans
 
-            features = next(v for r, v in ctx.inputs.items() if r.kind == "embedding")
-            labels, _ = kmeans(features, p["clusters"], rng_for(ctx.seed, label, "kmeans"))
+            labels, _ = kmeans(ctx.input("embedding"), p["clusters"], rng_for(ctx.seed, label, "kmeans"))
             keys = np.char.mod("cluster-%d", labels)
         names, inverse = np.unique(keys, return_inverse=True)
         if len(names) > p["max_groups"]:
@@ -321,22 +304,20 @@ class Unlearn(PassProvider):
                               "each group costs a gradient-ascent run")
         target = _target_texts(ctx.targets, sorted(p.get("targets", ())), p.get("max_target_examples"), ctx.seed,
                                label)
-        entry = ctx.cache.sharded("passes", step.key, len(names), label=step.label)
+        entry = ctx.store.shards(len(names), label=work.label)
         for g in entry.missing():
-            texts = take(ctx.pool, np.flatnonzero(inverse == g)).texts
+            texts = ctx.pool.take(np.flatnonzero(inverse == g)).texts
             score = untrac_groups(model, tokenizer, [texts], target, [rng_for(ctx.seed, label, "group", str(names[g]))],
                                   aggregate=p["aggregate"], eval_batch_size=p["eval_batch_size"],
                                   max_length=max_length, **_ascent(p))
             entry.write(g, {"score": score})
             ctx.say(done=g + 1, total=len(names), unit="group")
         scores = np.concatenate([a["score"] for a in entry.read_all()])
-        entry.finish(label=step.label)
-        ctx.cache.write_arrays("passes", step.key + "-groups", {"names": names.astype(str), "inverse": inverse,
-                                                                "scores": scores}, label=step.label)
+        entry.finish(label=work.label)
+        ctx.store.write({"names": names.astype(str), "inverse": inverse, "scores": scores}, part="groups",
+                        label=work.label)
 
-    def _inv(self, step, ctx, p, model, tokenizer, max_length) -> None:
-        from selectkit.contract.components import rng_for
-
+    def _inv(self, work: PassWork, ctx: PassContext, p: dict, model: Any, tokenizer: Any, max_length: int) -> None:
         label = "unlearning.untrac_inv"
         names = sorted(p.get("targets", ()))
         runs = [[n] for n in names] if p.get("per_target") else [names]
@@ -348,16 +329,15 @@ class Unlearn(PassProvider):
                                       aggregate=p["aggregate"], relative=p.get("relative", False),
                                       eval_batch_size=p["eval_batch_size"], max_length=max_length, **_ascent(p)))
             ctx.say(done=k + 1, total=len(runs), unit="ascent run")
-        ctx.cache.write_arrays("passes", step.key, {"values": np.stack(columns, axis=1),
-                                                    "names": np.array(["+".join(g) for g in runs])}, label=step.label)
+        ctx.store.write({"values": np.stack(columns, axis=1), "names": np.array(["+".join(g) for g in runs])},
+                        label=work.label)
 
-    def load(self, step: Any, ctx: PassContext) -> dict[FeatureRequest, Any]:
-        request = step.payload.requests[0]
-        key = step.key + "-groups" if request.kind == "unlearn_groups" else step.key
-        got = ctx.cache.read_arrays("passes", key)
+    def load(self, work: PassWork, ctx: PassContext) -> dict[FeatureRequest, Any]:
+        request = work.requests[0]
+        got = ctx.store.read("groups" if request.kind == "unlearn_groups" else "")
         if got is None:
-            raise RuntimeError(f"{step.label}: the cached result is missing; run again")
-        return {request: got[0]}
+            raise RuntimeError(f"{work.label}: the cached result is missing; run again")
+        return {request: got}
 
 
 @hookimpl

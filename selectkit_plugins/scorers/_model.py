@@ -6,8 +6,7 @@ from typing import Any
 
 from pydantic import Field
 
-from selectkit.contract.components import ScoreContext
-from selectkit.errors import SelectkitError
+from selectkit.plugin import ScoreContext, SelectkitError
 
 RESPONSE_HELP = ("column or '{template}' holding each example's response; its rendered text must end the "
                  "example's text, and only the response's tokens count (default: every token)")

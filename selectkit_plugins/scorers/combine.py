@@ -18,8 +18,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from selectkit.contract.components import Params, Score, ScoreContext, Scorer
-from selectkit.contract.hookspecs import hookimpl
+from selectkit.plugin import Params, Score, ScoreContext, Scorer, hookimpl, row_keys
 
 
 class CombineParams(Params):
@@ -49,7 +48,6 @@ class Combine(Scorer):
         return ("scores", ref)
 
     def run(self, ctx: ScoreContext) -> Score:
-        from selectkit.contract.keyed_random import row_keys
 
         n = len(ctx.pool)
         total = np.zeros(n)

@@ -24,10 +24,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from selectkit.contract.components import FeatureRequest, Params, Score, ScoreContext, Scorer
-from selectkit.contract.hookspecs import hookimpl
-from selectkit.errors import DataError
-from selectkit_plugins.passes.forward import feature_request
+from selectkit.plugin import DataError, FeatureRequest, Params, Score, ScoreContext, Scorer, hookimpl
 from selectkit_plugins.scorers._model import response_field, store
 from selectkit_plugins.scorers.min_k_prob import KIND, min_k_scores
 
@@ -55,7 +52,7 @@ class Contamination(Scorer):
 
     def feature_requests(self, targets: list[str]) -> list[FeatureRequest]:
         kind = KIND[self.params.variant]
-        return [feature_request(kind, data, response=self.params.response) for data in ["pool", *targets]]
+        return [FeatureRequest.of(kind, data, response=self.params.response) for data in ["pool", *targets]]
 
     def run(self, ctx: ScoreContext) -> Score:
         p = self.params

@@ -34,10 +34,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from selectkit.contract.components import Params, Score, ScoreContext, Scorer, Shape
-from selectkit.contract.hookspecs import hookimpl
-from selectkit.contract.lazy import lazy_import
-from selectkit.errors import DataError
+from selectkit.plugin import DataError, Params, Score, ScoreContext, Scorer, Shape, hookimpl, lazy_import
 
 pl = lazy_import("polars")  # polars loads when data is read, not when a recipe is validated
 

@@ -24,10 +24,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field, PositiveInt
 
-from selectkit.contract.components import FeatureRequest, Params, Score, ScoreContext, Scorer
-from selectkit.contract.hookspecs import hookimpl
-from selectkit.contract.keyed_random import row_keys
-from selectkit_plugins.passes.forward import feature_request
+from selectkit.plugin import FeatureRequest, Params, Score, ScoreContext, Scorer, hookimpl, row_keys
 from selectkit_plugins.scorers._model import DROP_TOP_HELP, RUNS_HELP, drop_top, response_field, store
 
 
@@ -58,7 +55,7 @@ class EL2N(Scorer):
 
     def feature_requests(self, targets: list[str]) -> list[FeatureRequest]:
         if self.params.runs is None:
-            return [feature_request("el2n", "pool", response=self.params.response)]
+            return [FeatureRequest.of("el2n", "pool", response=self.params.response)]
         return trajectory_requests(self.params.runs, self.params.response)
 
     def run(self, ctx: ScoreContext) -> Score:

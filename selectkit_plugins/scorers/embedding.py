@@ -8,9 +8,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from selectkit.contract.components import FeatureRequest, Params, Score, ScoreContext, Scorer, Shape
-from selectkit.contract.hookspecs import hookimpl
-from selectkit_plugins.passes.forward import feature_request
+from selectkit.plugin import FeatureRequest, Params, Score, ScoreContext, Scorer, Shape, hookimpl
 from selectkit_plugins.scorers._model import POOLING_HELP, store
 
 
@@ -32,7 +30,7 @@ class Embedding(Scorer):
     output = Shape.FEATURES
 
     def _request(self, data: str) -> FeatureRequest:
-        return feature_request("embedding", data, pooling=self.params.pooling, normalize=self.params.normalize)
+        return FeatureRequest.of("embedding", data, pooling=self.params.pooling, normalize=self.params.normalize)
 
     def feature_requests(self, targets: list[str]) -> list[FeatureRequest]:
         return [self._request(data) for data in ["pool", *targets]]

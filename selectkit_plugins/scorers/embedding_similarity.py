@@ -12,9 +12,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from selectkit.contract.components import FeatureRequest, Params, Score, ScoreContext, Scorer, Shape
-from selectkit.contract.hookspecs import hookimpl
-from selectkit_plugins.passes.forward import feature_request
+from selectkit.plugin import FeatureRequest, MissingExtraError, Params, Score, ScoreContext, Scorer, Shape, hookimpl
 from selectkit_plugins.scorers._model import POOLING_HELP, store
 
 
@@ -38,7 +36,6 @@ def topk_mean(queries: np.ndarray, keys: np.ndarray, k: int, memory_mb: int = 25
             import faiss
         except ImportError:
             if backend == "faiss":
-                from selectkit.errors import MissingExtraError
 
                 raise MissingExtraError("faiss", "faiss", "embedding_similarity") from None
         else:
@@ -82,7 +79,7 @@ class EmbeddingSimilarity(Scorer):
     higher_is_better = True
 
     def feature_requests(self, targets: list[str]) -> list[FeatureRequest]:
-        return [feature_request("embedding", data, pooling=self.params.pooling, normalize=True)
+        return [FeatureRequest.of("embedding", data, pooling=self.params.pooling, normalize=True)
                 for data in ["pool", *targets]]
 
     def run(self, ctx: ScoreContext) -> Score:

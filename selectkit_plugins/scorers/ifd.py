@@ -33,9 +33,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from selectkit.contract.components import FeatureRequest, Params, Score, ScoreContext, Scorer
-from selectkit.contract.hookspecs import hookimpl
-from selectkit_plugins.passes.forward import feature_request
+from selectkit.plugin import FeatureRequest, Params, Score, ScoreContext, Scorer, hookimpl
 from selectkit_plugins.scorers._model import RESPONSE_HELP, store
 
 
@@ -57,8 +55,8 @@ class IFD(Scorer):
     higher_is_better = True
 
     def feature_requests(self, targets: list[str]) -> list[FeatureRequest]:
-        return [feature_request("loss", "pool", response=self.params.response),
-                feature_request("loss", "pool", text=self.params.response)]
+        return [FeatureRequest.of("loss", "pool", response=self.params.response),
+                FeatureRequest.of("loss", "pool", text=self.params.response)]
 
     def run(self, ctx: ScoreContext) -> Score:
         features = store(ctx, self.name)

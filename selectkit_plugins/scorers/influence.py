@@ -13,9 +13,8 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, PositiveInt
 
-from selectkit.contract.components import FeatureRequest, Score, ScoreContext, Scorer, Shape
-from selectkit.contract.hookspecs import hookimpl
-from selectkit_plugins.lib.influence.params import Aggregate, GradientBase, PairwiseParams
+from selectkit.plugin import FeatureRequest, Score, ScoreContext, Scorer, Shape, hookimpl
+from selectkit_plugins.lib.influence.params import Aggregate, GradientBase, PairwiseParams, ProjectedParams
 
 
 class _Pairwise(Scorer):
@@ -30,7 +29,6 @@ class _Pairwise(Scorer):
         return gradient_requests(self._gradient_params(), targets, pool_adam=self.pool_adam)
 
     def _gradient_params(self):
-        from selectkit_plugins.lib.influence.params import ProjectedParams
 
         return ProjectedParams.model_validate({k: getattr(self.params, k) for k in ProjectedParams.model_fields})
 
@@ -157,7 +155,7 @@ class _Curvature(_Pairwise):
     kind = ""
 
     def feature_requests(self, targets: list[str]) -> list[FeatureRequest]:
-        from selectkit_plugins.passes.gradients import gradient_request
+        from selectkit_plugins.lib.influence.requests import gradient_request
 
         return [gradient_request(self.kind, "pool", {**self.params.model_dump(mode="json"), "targets": targets})]
 

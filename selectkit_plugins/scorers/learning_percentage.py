@@ -26,9 +26,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from selectkit.contract.components import FeatureRequest, Params, Score, ScoreContext, Scorer
-from selectkit.contract.hookspecs import hookimpl
-from selectkit.errors import DataError
+from selectkit.plugin import DataError, FeatureRequest, Params, Score, ScoreContext, Scorer, hookimpl
 from selectkit_plugins.scorers._model import response_field, store
 
 

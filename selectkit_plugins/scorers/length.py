@@ -7,8 +7,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from selectkit.contract.components import Params, Score, ScoreContext, Scorer
-from selectkit.contract.hookspecs import hookimpl
+from selectkit.plugin import Params, Score, ScoreContext, Scorer, hookimpl
 
 
 class LengthParams(Params):

@@ -25,9 +25,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from selectkit.contract.components import FeatureRequest, Params, Score, ScoreContext, Scorer
-from selectkit.contract.hookspecs import hookimpl
-from selectkit_plugins.passes.forward import feature_request
+from selectkit.plugin import FeatureRequest, Params, Score, ScoreContext, Scorer, hookimpl
 from selectkit_plugins.scorers._model import response_field, store
 
 KIND = {"standard": "token_logprobs", "plus": "token_zscores"}
@@ -64,7 +62,7 @@ class MinKProb(Scorer):
     higher_is_better = True
 
     def feature_requests(self, targets: list[str]) -> list[FeatureRequest]:
-        return [feature_request(KIND[self.params.variant], "pool", response=self.params.response)]
+        return [FeatureRequest.of(KIND[self.params.variant], "pool", response=self.params.response)]
 
     def run(self, ctx: ScoreContext) -> Score:
         tokens = store(ctx, self.name).get(KIND[self.params.variant], "pool", response=self.params.response)

@@ -23,9 +23,18 @@ from typing import Any
 import numpy as np
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
-from selectkit.contract.components import FeatureRequest, Params, Score, ScoreContext, Scorer
-from selectkit.contract.hookspecs import hookimpl
-from selectkit.errors import DataError
+from selectkit.plugin import (
+    DataError,
+    FeatureRequest,
+    Params,
+    PluginError,
+    Score,
+    ScoreContext,
+    Scorer,
+    find_component,
+    hookimpl,
+    render,
+)
 
 
 class VerifierRef(Params):
@@ -46,11 +55,8 @@ def build_verifier(ref: VerifierRef) -> Any:
     """The configured verifier, or a ValueError naming what is wrong (an unknown name, bad params)."""
     from pydantic import ValidationError
 
-    from selectkit.contract.registry import default_registry
-    from selectkit.errors import PluginError
-
     try:
-        cls = default_registry().get("verifiers", ref.use)
+        cls = find_component("verifiers", ref.use)
     except PluginError as exc:
         raise ValueError(exc.message) from None
     try:
@@ -101,7 +107,6 @@ class PassRate(Scorer):
         return [self.request()]
 
     def run(self, ctx: ScoreContext) -> Score:
-        from selectkit.models.lm import render
         from selectkit_plugins.scorers._model import store
 
         p = self.params

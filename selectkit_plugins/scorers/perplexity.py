@@ -11,9 +11,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from selectkit.contract.components import FeatureRequest, Params, Score, ScoreContext, Scorer
-from selectkit.contract.hookspecs import hookimpl
-from selectkit_plugins.passes.forward import feature_request
+from selectkit.plugin import FeatureRequest, Params, Score, ScoreContext, Scorer, hookimpl
 from selectkit_plugins.scorers._model import response_field, store
 
 
@@ -38,10 +36,11 @@ class Perplexity(Scorer):
     higher_is_better = False
 
     def feature_requests(self, targets: list[str]) -> list[FeatureRequest]:
-        own = [feature_request("loss", "pool", response=self.params.response)]
+        own = [FeatureRequest.of("loss", "pool", response=self.params.response)]
         if self.params.reference_model is None:
             return own
-        return own + [feature_request("loss", "pool", model=self.params.reference_model, response=self.params.response)]
+        return own + [FeatureRequest.of("loss", "pool", model=self.params.reference_model,
+                                        response=self.params.response)]
 
     def run(self, ctx: ScoreContext) -> Score:
         features = store(ctx, self.name)

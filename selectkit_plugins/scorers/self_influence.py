@@ -16,9 +16,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field, PositiveInt
 
-from selectkit.contract.components import FeatureRequest, Score, ScoreContext, Scorer
-from selectkit.contract.hookspecs import hookimpl
-from selectkit.contract.keyed_random import row_keys
+from selectkit.plugin import FeatureRequest, Score, ScoreContext, Scorer, hookimpl, row_keys
 from selectkit_plugins.lib.influence.params import NormParams
 from selectkit_plugins.scorers._model import DROP_TOP_HELP, RUNS_HELP, drop_top
 

@@ -28,9 +28,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from selectkit.contract.components import FeatureRequest, Params, Score, ScoreContext, Scorer
-from selectkit.contract.hookspecs import hookimpl
-from selectkit.errors import DataError
+from selectkit.plugin import DataError, FeatureRequest, Params, Score, ScoreContext, Scorer, hookimpl, row_keys, uniform
 
 
 class SmartParams(Params):
@@ -160,7 +158,6 @@ class Easy(_Smart):
         return self.params.question
 
     def run(self, ctx: ScoreContext) -> Score:
-        from selectkit.contract.keyed_random import row_keys, uniform
 
         easy = self.confident(ctx)
         kept = uniform(ctx.seed, ("smart.easy", "keep"), row_keys(ctx.pool.ids)) < self.params.keep_fraction

@@ -27,8 +27,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from selectkit.contract.components import FeatureRequest, Params, Score, ScoreContext, Scorer, Shape
-from selectkit.contract.hookspecs import hookimpl
+from selectkit.plugin import FeatureRequest, Params, Score, ScoreContext, Scorer, Shape, hookimpl
 
 if TYPE_CHECKING:  # pragma: no cover
     pass

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from selectkit.contract.budget import Budget
-from selectkit.contract.components import Score, SelectContext
+from selectkit.plugin import Budget, Score, SelectContext
 
 SCAN = 64  # rows inspected per vectorised step when skipping taken rows
 

@@ -14,8 +14,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from selectkit.contract.components import Params
-from selectkit.errors import require
+from selectkit.plugin import Params, require
 
 
 class OTSettings(Params):

@@ -16,9 +16,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from selectkit.contract.components import SelectContext, Selection, Selector, SelectorParams, Shape
-from selectkit.contract.hookspecs import hookimpl
-from selectkit.errors import RecipeError
+from selectkit.plugin import RecipeError, SelectContext, Selection, Selector, SelectorParams, Shape, hookimpl
 from selectkit_plugins.lib.clusters import KMeansParams, cluster_members, features_of, kmeans
 
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from selectkit.contract.components import SelectContext, Selection, Selector, SelectorParams, Shape
-from selectkit.contract.hookspecs import hookimpl
-from selectkit.errors import RecipeError
+from selectkit.plugin import RecipeError, SelectContext, Selection, Selector, SelectorParams, Shape, hookimpl
 
 
 class ImportanceResampleParams(SelectorParams):

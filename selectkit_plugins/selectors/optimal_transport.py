@@ -22,10 +22,8 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from selectkit.contract.components import SelectContext, Selection, Selector, SelectorParams, Shape
-from selectkit.contract.hookspecs import hookimpl
-from selectkit.errors import DataError
-from selectkit_plugins.normalizers.whiten import apply_whitening, fit_whitening
+from selectkit.plugin import DataError, SelectContext, Selection, Selector, SelectorParams, Shape, hookimpl
+from selectkit_plugins.lib.whitening import apply_whitening, fit_whitening
 from selectkit_plugins.selectors._transport import OTSettings, neighbours, ot_distance, source_potentials, unit_rows
 
 

@@ -9,8 +9,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from selectkit.contract.components import SelectContext, Selection, Selector, SelectorParams, Shape
-from selectkit.contract.hookspecs import hookimpl
+from selectkit.plugin import SelectContext, Selection, Selector, SelectorParams, Shape, hookimpl
 from selectkit_plugins.selectors._column_queues import (
     ColumnQueues,
     finite_columns,

@@ -24,8 +24,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field, PositiveInt, model_validator
 
-from selectkit.contract.components import SelectContext, Selection, Selector, SelectorParams
-from selectkit.contract.hookspecs import hookimpl
+from selectkit.plugin import SelectContext, Selection, Selector, SelectorParams, hookimpl
 
 
 class RS2Params(SelectorParams):

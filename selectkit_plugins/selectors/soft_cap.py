@@ -7,8 +7,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from selectkit.contract.components import SelectContext, Selection, Selector, SelectorParams, Shape
-from selectkit.contract.hookspecs import hookimpl
+from selectkit.plugin import SelectContext, Selection, Selector, SelectorParams, Shape, hookimpl
 
 
 class SoftCapParams(SelectorParams):

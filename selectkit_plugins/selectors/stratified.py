@@ -9,12 +9,17 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from selectkit.contract.components import SelectContext, Selection, Selector, SelectorParams, Shape
-from selectkit.contract.hookspecs import hookimpl
-from selectkit.contract.registry import unknown_message
-from selectkit.errors import DataError
-from selectkit_plugins.normalizers._common import group_codes
-from selectkit_plugins.normalizers.elementwise import rank_fraction
+from selectkit.plugin import (
+    DataError,
+    SelectContext,
+    Selection,
+    Selector,
+    SelectorParams,
+    Shape,
+    hookimpl,
+    unknown_message,
+)
+from selectkit_plugins.lib.columns import group_codes, rank_fraction
 
 
 class StratifiedParams(SelectorParams):

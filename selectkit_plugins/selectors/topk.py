@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from selectkit.contract.components import SelectContext, Selection, Selector, SelectorParams, Shape
-from selectkit.contract.hookspecs import hookimpl
+from selectkit.plugin import SelectContext, Selection, Selector, SelectorParams, Shape, hookimpl
 
 
 def best_first(values: np.ndarray, candidates: np.ndarray) -> np.ndarray:

@@ -13,9 +13,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from selectkit.contract.components import SelectContext, Selection, Selector, SelectorParams, Shape
-from selectkit.contract.hookspecs import hookimpl
-from selectkit.errors import DataError
+from selectkit.plugin import DataError, SelectContext, Selection, Selector, SelectorParams, Shape, hookimpl
 
 
 class UnlearningParams(SelectorParams):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from selectkit.errors import DataError, SelectkitError
+from selectkit.plugin import DataError, SelectkitError, unsafe_load_reason
 from selectkit_plugins.lib.influence.adam import AdamState
 
 
@@ -78,7 +78,6 @@ def adam_state(checkpoint: Checkpoint, param_names: Sequence[str]) -> AdamState:
         try:
             saved = torch.load(checkpoint.optimizer, weights_only=True, map_location="cpu")
         except Exception as exc:  # an unsafe pickle raises here, before any of its code runs
-            from selectkit.models.loader import unsafe_load_reason
 
             reason = unsafe_load_reason(exc)
             what = f"refused, not a plain tensor file: unpickling it could run code ({reason})" if reason \

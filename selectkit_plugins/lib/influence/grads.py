@@ -61,14 +61,14 @@ LossFn = Callable[[Callable[..., Any], Batch], "torch.Tensor"]  # (forward, batc
 def lm_batch(tokenizer: Any, texts: Sequence[str], prompts: Sequence[str | None] | None = None,
              max_length: int = 512) -> Batch:
     """Tokenise and right-pad texts; labels mask padding and each prompt (see `selectkit.models.lm.batch`)."""
-    from selectkit.models.lm import batch
+    from selectkit.plugin import batch
 
     return batch(tokenizer, texts, prompts, max_length)
 
 
 def lm_loss(forward: Callable[..., Any], batch: Batch) -> torch.Tensor:
     """Per-example causal-LM loss, 0 (and a zero gradient) without label tokens (`selectkit.models.lm.example_loss`)."""
-    from selectkit.models.lm import example_loss
+    from selectkit.plugin import example_loss
 
     return example_loss(forward, batch)
 

@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from selectkit.models.loader import ModelError
+from selectkit.plugin import ModelError
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn

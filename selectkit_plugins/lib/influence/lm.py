@@ -12,12 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from selectkit.errors import SelectkitError
+from selectkit.plugin import SelectkitError, batch, canonical_order, prompts_of, uniform
 
 
 def sample_rows(pool: Any, limit: int | None, seed: int, label: str) -> np.ndarray:
     """A keyed sample of pool rows (all when `limit` is None or >= the pool), in key order."""
-    from selectkit.contract.keyed_random import canonical_order, uniform
 
     n = len(pool)
     if limit is None or limit >= n:
@@ -35,7 +34,6 @@ def fixed_rows(batch_size: int | str) -> int:
 
 def batches(lm: Any, ds: Any, response: str | None, batch_size: int | str) -> list[dict]:
     """Batches of `batch_size` rows (`fixed_rows`) in order on the model's device."""
-    from selectkit.models.lm import batch, prompts_of
 
     batch_size = fixed_rows(batch_size)
     prompts = prompts_of(ds, response)
@@ -63,7 +61,6 @@ def inverse_hessian_lm(lm: Any, pool: Any, targets: dict[str, Any], p: dict[str,
     the Gauss-Newton matrix (`curvature`) of the mean loss over a pool sample."""
     import torch
 
-    from selectkit.data.pool import take
     from selectkit_plugins.lib.influence.grads import lm_loss
     from selectkit_plugins.lib.influence.hessian import conjugate_gradient, lissa, lm_ggn_vp, model_hvp
     from selectkit_plugins.lib.influence.pipeline import GradientSettings, lm_featurizer
@@ -74,7 +71,7 @@ def inverse_hessian_lm(lm: Any, pool: Any, targets: dict[str, Any], p: dict[str,
     feat = lm_featurizer(model, settings)
     names = feat.param_names
     device = next(model.parameters()).device
-    sample = take(pool, sample_rows(pool, p.get("hessian_examples"), seed, "hessian"))
+    sample = pool.take(sample_rows(pool, p.get("hessian_examples"), seed, "hessian"))
     hessian_batches = batches(lm, sample, p.get("response"), p["batch_size"])
     hvp = lm_ggn_vp(model, hessian_batches, names) if p["curvature"] == "ggn" else \
         model_hvp(model, lm_loss, hessian_batches, names)
@@ -129,7 +126,6 @@ def ekfac_lm(lm: Any, pool: Any, targets: dict[str, Any], p: dict[str, Any], *, 
     """(N, M_t) EK-FAC influence per target, factors fit on a keyed pool sample."""
     import torch
 
-    from selectkit.data.pool import take
     from selectkit_plugins.lib.influence.ekfac import ekfac_scores, fit_ekfac, sampled_lm_loss
     from selectkit_plugins.lib.influence.grads import linear_modules, lm_loss
 
@@ -138,7 +134,7 @@ def ekfac_lm(lm: Any, pool: Any, targets: dict[str, Any], p: dict[str, Any], *, 
     if not modules:
         raise SelectkitError("influence.ekfac needs trainable Linear or Conv1D layers (a LoRA adapter or "
                              "params: linear)")
-    sample = take(pool, sample_rows(pool, p.get("factor_examples"), seed, "ekfac"))
+    sample = pool.take(sample_rows(pool, p.get("factor_examples"), seed, "ekfac"))
     loss = sampled_lm_loss(seed) if p["fisher"] == "sampled" else lm_loss
     layers = fit_ekfac(model, loss, batches(lm, sample, p.get("response"), p["batch_size"]), modules)
     out: dict[str, list[np.ndarray]] = {name: [] for name in targets}

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, PositiveInt
 
-from selectkit.contract.components import Params
+from selectkit.plugin import Params
 
 
 class GradientBase(Params):

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from selectkit.plugin import counted_tokens, encode, mixed_precision, pad, plan_batches
+
 
 @dataclass(frozen=True)
 class GradientSettings:
@@ -75,8 +77,6 @@ def featurize_texts(model: Any, tokenizer: Any, texts: Sequence[str], settings: 
     example with no counted token (an empty response) has no gradient: its row is NaN."""
     import torch
 
-    from selectkit.models.lm import counted_tokens, encode, mixed_precision, pad
-
     feat = featurizer or lm_featurizer(model, settings, adam, adam_mode)
     slices, raw_sizes = block_layout(feat)
     device = next(model.parameters()).device
@@ -105,8 +105,6 @@ def featurize_texts(model: Any, tokenizer: Any, texts: Sequence[str], settings: 
 def _batches(lengths: np.ndarray, settings: GradientSettings) -> list[np.ndarray]:
     """Rows of each batch, longest first: `batch_size` rows at a time, or (batch_size 0) as many as
     fit `batch_tokens` padded tokens and `max_rows` rows (the device's budget, `gradient_batches`)."""
-    from selectkit_plugins.passes.forward import plan_batches
-
     if settings.batch_size:
         return plan_batches(lengths, settings.batch_size * max(1, int(lengths.max(initial=1))), settings.batch_size)
     return plan_batches(lengths, settings.batch_tokens, settings.max_rows)

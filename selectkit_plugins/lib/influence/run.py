@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from selectkit.contract.components import FeatureRequest
+from selectkit.plugin import DataError, FeatureRequest
 from selectkit_plugins.lib.influence.pipeline import FeatureSet
 from selectkit_plugins.lib.influence.scores import aggregate
 
@@ -20,7 +20,7 @@ def _settings(params: Any, **override: Any) -> dict[str, Any]:
 def gradient_requests(params: Any, targets: list[str], *, pool_adam: str = "none", with_targets: bool = True,
                       **override: Any) -> list[FeatureRequest]:
     """Pool gradients (Adam-preconditioned with `pool_adam` less|paper) and each target's (SGD)."""
-    from selectkit_plugins.passes.gradients import gradient_request
+    from selectkit_plugins.lib.influence.requests import gradient_request
 
     out = [gradient_request("grad_features", "pool", _settings(params, adam=pool_adam, **override))]
     if with_targets:
@@ -58,7 +58,6 @@ def target_columns(ctx: Any, per_target: dict[str, np.ndarray], how: str, subtas
         if subtask_field is not None:
             ds = ctx.targets[name]
             if subtask_field not in ds.rows.columns:
-                from selectkit.errors import DataError
 
                 raise DataError(f"target {name!r} has no column {subtask_field!r} (subtask_field)")
             groups = [str(v) for v in ds.rows[subtask_field].to_list()]

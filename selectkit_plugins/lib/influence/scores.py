@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from selectkit.errors import SelectkitError
+from selectkit.plugin import SelectkitError
 
 
 def checkpoint_weights(lrs: Sequence[float]) -> np.ndarray:

@@ -23,8 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from selectkit.models.training import linear_schedule, train_epoch
-from selectkit.recipe.spec import WarmupSpec
+from selectkit.plugin import canonical_order, linear_schedule, peft_quietly, train_epoch, uniform
 
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
@@ -35,7 +34,6 @@ FORMAT = "selectkit-warmup-2"
 def warmup_rows(keys: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """The pool rows trained on: the max(1, int(fraction * n)) rows with the smallest keyed draw,
     in key order (so the subset and its order do not depend on the pool's row order)."""
-    from selectkit.contract.keyed_random import canonical_order, uniform
 
     n = len(keys)
     k = max(1, int(fraction * n))
@@ -53,12 +51,10 @@ def epoch_seed(seed: int, epoch: int) -> int:
 class Warmup:
     """A LoRA on a frozen causal LM, its AdamW optimizer and linear schedule, trained epoch by epoch."""
 
-    def __init__(self, model: Any, tokenizer: Any, texts: Sequence[str], spec: WarmupSpec, *, seed: int,
+    def __init__(self, model: Any, tokenizer: Any, texts: Sequence[str], spec: Any, *, seed: int,
                  max_length: int, prompts: Sequence[str | None] | None = None, target_modules: list[str] | None = None):
         import torch
         from peft import LoraConfig, get_peft_model
-
-        from selectkit.models.loader import peft_quietly
 
         self.tokenizer, self.texts, self.prompts, self.spec = tokenizer, list(texts), prompts, spec
         self.seed, self.max_length = seed, max_length
@@ -80,7 +76,7 @@ class Warmup:
         """Epoch `epoch` (0-based); returns its mean learning rate and mean loss."""
         import torch
 
-        from selectkit.models.lm import batch as lm_batch
+        from selectkit.plugin import batch as lm_batch
 
         spec = self.spec
         torch.manual_seed(epoch_seed(self.seed, epoch))  # dropout: reseeded per epoch, so resume is exact
