@@ -1,18 +1,20 @@
-"""The Python API the CLI is a thin layer over: load, validate, plan, run."""
+"""The Python API the CLI is a thin layer over: load, validate, plan, run. Each imports what it
+needs when called, so `validate` costs only the recipe stack (no cache, no executor, no numpy)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from selectkit.contract.registry import Registry, default_registry
-from selectkit.execution.local import RunResult
 from selectkit.planning.check import check
-from selectkit.planning.compile import compile_plan
-from selectkit.planning.steps import Checked, Plan
 from selectkit.recipe.spec import LoadedRecipe, load
-from selectkit.storage.cache import Cache
+
+if TYPE_CHECKING:  # pragma: no cover - annotations only
+    from selectkit.execution.local import RunResult
+    from selectkit.planning.steps import Checked, Plan
 
 
 def validate(path: str | Path, registry: Registry | None = None, limit: int | None = None) -> Checked:
@@ -29,6 +31,9 @@ def plan(path: str | Path, *, cache_dir: str | Path | None = None, out_dir: str 
          options: dict | None = None) -> Plan:
     """Validate and compile a recipe into a Plan (cache status included). `options` holds the
     command line's settings that shape the work (shard_rows, trust_remote_code); `limit` is recorded."""
+    from selectkit.planning.compile import compile_plan
+    from selectkit.storage.cache import Cache
+
     options = {**(options or {}), **({"limit": limit} if limit is not None else {})}
     return compile_plan(validate(path, registry, limit), Cache(Path(cache_dir) if cache_dir else None),
                         Path(out_dir) if out_dir else None, devices, options)
@@ -60,4 +65,4 @@ def run_plan(compiled: Plan, *, executor: str | None = None, progress: Callable[
                                                           options={**settings, **(options or {})})
 
 
-__all__ = ["Checked", "LoadedRecipe", "Plan", "RunResult", "load", "plan", "run", "run_plan", "validate"]
+__all__ = ["LoadedRecipe", "RunOutput", "load", "plan", "run", "run_plan", "validate"]

@@ -10,13 +10,26 @@ import io
 import json
 from pathlib import Path
 
-import numpy as np
-
 from selectkit.plugin import DataError, InMemory, Reader, RowSource, hookimpl, lazy_import, require
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 pl = lazy_import("polars")  # polars loads when data is read, not when a recipe is validated
 
 _BLOCK = 1 << 22
+_HEAD_BLOCK = 1 << 16  # validate reads a file's first rows: a small block, not 4 MiB
+
+
+def _line_ends(data: bytes, few: bool) -> list[int]:
+    """Offsets of the newlines in `data`: by numpy over a whole block, or (`few`: validate's look at a
+    file's first lines) by bytes.find, which needs no numpy."""
+    if few:
+        ends, at = [], data.find(b"\n")
+        while at >= 0:
+            ends.append(at)
+            at = data.find(b"\n", at + 1)
+        return ends
+    return np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10).tolist()
 
 
 class JsonlRows(RowSource):
@@ -32,13 +45,12 @@ class JsonlRows(RowSource):
         offset, line_no, pending = 0, 0, b""
         with open(path, "rb") as handle:
             while True:
-                block = handle.read(_BLOCK)
+                block = handle.read(_BLOCK if stop is None else _HEAD_BLOCK)
                 if not block:
                     break
                 data = pending + block
-                ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
                 start = 0
-                for end in ends.tolist():
+                for end in _line_ends(data, stop is not None):
                     if data[start:end].strip():
                         if rows % self.STEP == 0:
                             marks_at.append(offset + start)

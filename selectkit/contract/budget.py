@@ -6,8 +6,11 @@ import math
 import re
 from typing import Annotated, Any, Literal
 
-import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, WithJsonSchema
+
+from selectkit.contract.lazy import lazy_import
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 

@@ -11,12 +11,14 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from selectkit.contract.budget import BudgetField
 from selectkit.contract.features import FeatureRequest
 from selectkit.contract.keyed_random import gumbel, rng_for, row_keys, uniform
+from selectkit.contract.lazy import lazy_import
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only: importing components stays cheap
     from selectkit.contract.features import Features

@@ -9,21 +9,23 @@ from __future__ import annotations
 
 import hashlib
 
-import numpy as np
+from selectkit.contract.lazy import lazy_import
 
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
-_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
-_FNV_PRIME = np.uint64(0x100000001B3)
-_INT_TAG = np.uint64(0x9E3779B97F4A7C15)  # keeps the integer 7 and the string "7" apart
+np = lazy_import("numpy")  # numpy loads when a draw is made, not when a recipe is validated
+
+_MIX1 = 0xBF58476D1CE4E5B9
+_MIX2 = 0x94D049BB133111EB
+_FNV_OFFSET = 0xCBF29CE484222325
+_FNV_PRIME = 0x100000001B3
+_INT_TAG = 0x9E3779B97F4A7C15  # keeps the integer 7 and the string "7" apart
 _CHUNK = 1 << 20  # string ids hashed this many at a time (bounds the temporary bytes)
 
 
 def mix64(x: np.ndarray) -> np.ndarray:
     """splitmix64 finalizer over uint64 (wrapping): a bijection that spreads every input bit."""
     with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * _MIX1
-        x = (x ^ (x >> np.uint64(27))) * _MIX2
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(_MIX1)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(_MIX2)
     return x ^ (x >> np.uint64(31))
 
 
@@ -42,7 +44,7 @@ def row_keys(ids) -> np.ndarray:
     if series.dtype.is_integer():
         values = series.cast(pl.Int64).to_numpy().view(np.uint64)
         with np.errstate(over="ignore"):
-            return mix64(values + _INT_TAG)
+            return mix64(values + np.uint64(_INT_TAG))
     text = series.cast(pl.String)
     out = np.empty(len(text), dtype=np.uint64)
     for start in range(0, len(text), _CHUNK):
@@ -56,7 +58,7 @@ def _fnv1a(strings: list[str], lengths: np.ndarray) -> np.ndarray:
     data = np.frombuffer("".join(strings).encode("utf-8"), dtype=np.uint8)
     lengths = lengths.astype(np.int64)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    h = np.full(len(strings), _FNV_OFFSET, dtype=np.uint64)
+    h = np.full(len(strings), np.uint64(_FNV_OFFSET), dtype=np.uint64)
     alive = np.arange(len(strings))
     position = 0
     with np.errstate(over="ignore"):
@@ -64,7 +66,7 @@ def _fnv1a(strings: list[str], lengths: np.ndarray) -> np.ndarray:
             alive = alive[lengths[alive] > position]
             if not len(alive):
                 break
-            h[alive] = (h[alive] ^ data[starts[alive] + position].astype(np.uint64)) * _FNV_PRIME
+            h[alive] = (h[alive] ^ data[starts[alive] + position].astype(np.uint64)) * np.uint64(_FNV_PRIME)
             position += 1
     return h
 

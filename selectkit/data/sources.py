@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-import numpy as np
-
 from selectkit.contract.lazy import lazy_import
 from selectkit.contract.readers import Reader, RowSource
 from selectkit.errors import DataError, SelectkitWarning
 from selectkit.storage.digest import path_fingerprint
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 pl = lazy_import("polars")  # polars loads when data is read, not when a recipe is validated
 
@@ -97,8 +97,13 @@ def check_columns(columns: list[str], text: str, source: str) -> None:
 @dataclass
 class Rendered:
     texts: list[str]
-    usable: np.ndarray  # False: the text was missing and the row is skipped
+    skipped: pl.Series | None  # True where the text was missing and the row is skipped (on_missing: skip)
     missing: int = 0  # rows with a missing field (skipped or emptied)
+
+    @property
+    def usable(self) -> np.ndarray:
+        """False where the row is skipped (numpy only when asked: validate's look at a file needs none)."""
+        return np.ones(len(self.texts), dtype=bool) if self.skipped is None else ~self.skipped.to_numpy()
 
 
 def render_texts(frame: pl.DataFrame, text: str, source: str, *, on_missing: str = "error",
@@ -137,10 +142,7 @@ def render_texts(frame: pl.DataFrame, text: str, source: str, *, on_missing: str
             if name is not None:
                 parts.append(pl.col(name).cast(pl.String).fill_null(""))
         texts = filled.select(pl.concat_str(parts).alias("t"))["t"].to_list()
-    usable = np.ones(len(texts), dtype=bool)
-    if missing and on_missing == "skip":
-        usable = ~nulls.to_numpy()
-    return Rendered(texts, usable, missing)
+    return Rendered(texts, nulls if missing and on_missing == "skip" else None, missing)
 
 
 def not_text_message(where: str, name: str, what: str) -> str:
@@ -209,7 +211,7 @@ def open_rows(name: str, path: Path, reader: Reader) -> RowSource:
 def read_ids(frame: pl.DataFrame, id_column: str | None, first_row: int, source: str, where) -> pl.Series:
     """The id of each row: the given column (no nulls), else the row number."""
     if id_column is None:
-        return pl.Series("id", np.arange(first_row, first_row + frame.height, dtype=np.int64))
+        return pl.int_range(first_row, first_row + frame.height, dtype=pl.Int64, eager=True).alias("id")
     if id_column not in frame.columns:
         raise DataError(f"{source}: id column {id_column!r} not found (columns: {', '.join(frame.columns)})")
     ids = frame[id_column].alias("id")

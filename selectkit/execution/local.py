@@ -14,18 +14,17 @@ import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
 from selectkit.contract.components import NormalizeContext, Score, ScoreContext, SelectContext, Selection, Shape
 from selectkit.contract.features import FeatureRequest, Features
-from selectkit.contract.hookspecs import hookimpl
 from selectkit.contract.keyed_random import canonical_order
 from selectkit.contract.passes import ModelRef, PassContext
 from selectkit.errors import DataError, PluginError, SelectkitError, SelectkitWarning
 from selectkit.execution.artifacts import load_score, load_selection, save_score, save_selection, score_meta, score_of
-from selectkit.execution.progress import Reporter, as_reporter
+from selectkit.execution.progress import Reporter
 from selectkit.planning.steps import (
     NormalizePayload,
     OraclePayload,
@@ -78,24 +77,6 @@ class RunResult:
     def dropped_by(self) -> list[str | None]:
         labels = self.dropped_labels
         return [labels[c] if c >= 0 else None for c in self.dropped_code.tolist()]
-
-
-class Executor:
-    """Runs a compiled Plan. Subclasses register through `register_executors`."""
-
-    name: ClassVar[str]
-
-    def run(self, plan: Plan, progress: Reporter | Progress | None = None, options: dict | None = None) -> RunResult:
-        raise NotImplementedError  # pragma: no cover
-
-
-class LocalExecutor(Executor):
-    """One process; uses the devices this machine has."""
-
-    name = "local"
-
-    def run(self, plan: Plan, progress: Reporter | Progress | None = None, options: dict | None = None) -> RunResult:
-        return execute(Run(plan, as_reporter(progress), dict(options or {})))
 
 
 def execute(run: Run) -> RunResult:
@@ -708,9 +689,4 @@ def check_selection(name: str, selection: Selection, candidates: np.ndarray) -> 
     return selection
 
 
-@hookimpl
-def register_executors(register):
-    register(LocalExecutor)
-
-
-__all__ = ["Executor", "LocalExecutor", "RunResult", "SelectkitError", "StageReport"]
+__all__ = ["Run", "RunResult", "StageReport", "execute"]

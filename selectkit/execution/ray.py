@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from selectkit.contract.hookspecs import hookimpl
 from selectkit.errors import SelectkitError, require
-from selectkit.execution.local import Executor, ModelLoader, Run, execute, pass_context, shard_score
+from selectkit.execution.local import ModelLoader, Run, execute, pass_context, shard_score
 from selectkit.execution.progress import as_reporter
 from selectkit.planning.steps import PassPayload, ReadPayload, ScorePayload, Step
 
@@ -39,39 +38,36 @@ def _ray():
     return ray
 
 
-class RayExecutor(Executor):
-    """Runs a plan's sharded steps as Ray tasks and actors; the driver merges in shard order."""
+def run_on_ray(plan: Any, progress: Any = None, options: dict | None = None) -> Any:
+    """Run `plan` with its sharded steps on Ray: the cluster at `options['address']` or RAY_ADDRESS,
+    else a local one started (and stopped) here."""
+    ray = _ray()
+    options = dict(options or {})
+    started = False
+    if not ray.is_initialized():
+        address = options.get("address") or os.environ.get("RAY_ADDRESS")
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+        if address:
+            kwargs["address"] = address
+        ray.init(**kwargs)
+        started = True
+    try:
+        return execute(RayRun(plan, as_reporter(progress), options))
+    finally:
+        if started:
+            ray.shutdown()
 
-    name = "ray"
 
-    def run(self, plan, progress=None, options=None):
-        ray = _ray()
-        options = dict(options or {})
-        started = False
-        if not ray.is_initialized():
-            address = options.get("address") or os.environ.get("RAY_ADDRESS")
-            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-            if address:
-                kwargs["address"] = address
-            ray.init(**kwargs)
-            started = True
-        try:
-            return execute(RayRun(plan, as_reporter(progress), options))
-        finally:
-            if started:
-                ray.shutdown()
-
-    @staticmethod
-    def describe(step: Any) -> str:
-        """How a step runs on Ray (for `selectkit plan --executor ray`)."""
-        if isinstance(step.payload, ReadPayload) and step.shards:
-            return f"{step.shards} Ray task(s), one per shard"
-        if isinstance(step.payload, PassPayload) and step.shards and step.payload.provider.parallel:
-            gpus = "1 GPU" if step.resources.device == "cuda" else "0.5 CPU"
-            return f"Ray Data actor pool over {step.shards} shard(s), {gpus} per actor, model loaded once per actor"
-        if isinstance(step.payload, ScorePayload) and step.shards:
-            return f"{step.shards} Ray task(s) per phase (statistics, values), merged on the driver in shard order"
-        return "driver"
+def describe(step: Step) -> str:
+    """How a step runs on Ray (for `selectkit plan --executor ray`)."""
+    if isinstance(step.payload, ReadPayload) and step.shards:
+        return f"{step.shards} Ray task(s), one per shard"
+    if isinstance(step.payload, PassPayload) and step.shards and step.payload.provider.parallel:
+        gpus = "1 GPU" if step.resources.device == "cuda" else "0.5 CPU"
+        return f"Ray Data actor pool over {step.shards} shard(s), {gpus} per actor, model loaded once per actor"
+    if isinstance(step.payload, ScorePayload) and step.shards:
+        return f"{step.shards} Ray task(s) per phase (statistics, values), merged on the driver in shard order"
+    return "driver"
 
 
 @dataclass
@@ -181,8 +177,3 @@ def _actor_slots(ray, gpus: float) -> int:
     if gpus:
         return max(1, int(_cluster_gpus(ray) / gpus))
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
-
-
-@hookimpl
-def register_executors(register):
-    register(RayExecutor)

@@ -13,9 +13,10 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import Any
 
-import numpy as np
-
+from selectkit.contract.lazy import lazy_import
 from selectkit.errors import DataError
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 _LOGIT_CHUNK = 1 << 23  # float32 logits reduced at once (32 MiB): bounds the reduction's extra memory
 

@@ -7,7 +7,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
+from selectkit.contract.lazy import lazy_import
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
+
 
 
 def linear_schedule(total: int, warm: int) -> Callable[[int], float]:

@@ -147,7 +147,13 @@ def read_recipe_text(file: Path) -> str:
 
 
 def load_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
-    """Parse YAML safely; return the plain data and its source map."""
+    """Parse YAML safely; return the plain data and its source map. A document without aliases is
+    composed by libyaml (a recipe validates in CI on every commit: the pure-Python composer was most
+    of validate's time); anything else, and every error, goes through the bounded Python loader,
+    which says what is wrong and where."""
+    fast = _load_plain(text, file)
+    if fast is not None:
+        return fast
     smap = SourceMap(file)
     loader = None
     try:
@@ -177,6 +183,43 @@ def load_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
         if loader is not None:
             loader.dispose()
     return data, smap
+
+
+def _load_plain(text: str, file: str) -> tuple[Any, SourceMap] | None:
+    """(data, source map) of a document libyaml composes without an alias or deep nesting (nothing
+    an alias bomb needs); None when the bounded loader must look at it, or when there is no libyaml."""
+    if not getattr(yaml, "__with_libyaml__", False):
+        return None
+    loader = None
+    try:
+        yaml.reader.Reader(text)  # the characters YAML allows, exactly as the bounded loader checks them
+        loader = yaml.CSafeLoader(text)
+        node = loader.get_single_node()
+        if node is None or not _plain(node):
+            return None
+        smap = SourceMap(file)
+        _walk(node, (), smap, {})
+        return loader.construct_document(node), smap
+    except (yaml.YAMLError, RecipeError):
+        return None  # the bounded loader reports it, with its own positions and words
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def _plain(root: yaml.Node) -> bool:
+    """True when no node is reached twice (an alias shares its node) and nesting stays within MAX_DEPTH."""
+    seen: set[int] = set()
+    stack = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if id(node) in seen or depth > MAX_DEPTH:
+            return False
+        seen.add(id(node))
+        children = (node.value if isinstance(node, yaml.SequenceNode) else
+                    [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+        stack.extend((child, depth + 1) for child in children)
+    return True
 
 
 def node_tag(exc: yaml.MarkedYAMLError) -> str:

@@ -6,10 +6,11 @@ from __future__ import annotations
 import warnings
 from typing import Literal
 
-import numpy as np
 from pydantic import Field
 
-from selectkit.plugin import Params, RecipeError, SelectContext, Shape
+from selectkit.plugin import Params, RecipeError, SelectContext, Shape, lazy_import
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 
 class KMeansParams(Params):

@@ -3,9 +3,9 @@ NaN-aware rank fractions."""
 
 from __future__ import annotations
 
-import numpy as np
-
 from selectkit.plugin import lazy_import
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 pl = lazy_import("polars")
 

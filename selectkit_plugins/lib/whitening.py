@@ -3,9 +3,9 @@ the `whiten` normalizer and the `optimal_transport` selector share it."""
 
 from __future__ import annotations
 
-import numpy as np
+from selectkit.plugin import DataError, lazy_import
 
-from selectkit.plugin import DataError
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 CHUNK_ROWS = 1 << 15
 

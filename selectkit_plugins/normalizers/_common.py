@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal
 
-import numpy as np
 from pydantic import Field
 
 from selectkit.plugin import DataError, NormalizeContext, Params, Score, lazy_import, unknown_message
 from selectkit_plugins.lib.columns import group_codes
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 pl = lazy_import("polars")  # polars loads when data is read, not when a recipe is validated
 
@@ -32,7 +33,7 @@ class ColumnParams(NanParams):
     group_by: str | None = Field(None, description="pool column: statistics computed separately within each group")
 
 
-Block = Callable[[np.ndarray], np.ndarray]
+Block = Callable[["np.ndarray"], "np.ndarray"]
 
 
 def as_matrix(score: Score) -> np.ndarray:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
 from pydantic import Field, model_validator
 
-from selectkit.plugin import NormalizeContext, Normalizer, Params, Score, Shape, hookimpl
+from selectkit.plugin import NormalizeContext, Normalizer, Params, Score, Shape, hookimpl, lazy_import
 from selectkit_plugins.lib.columns import rank_fraction
 from selectkit_plugins.normalizers._common import ColumnParams, centered, transform_columns
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 MATRIX_OR_VECTOR = frozenset({Shape.VECTOR, Shape.MATRIX})
 

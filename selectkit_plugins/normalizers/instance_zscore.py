@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 from pydantic import Field
 
-from selectkit.plugin import NormalizeContext, Normalizer, Score, Shape, hookimpl
+from selectkit.plugin import NormalizeContext, Normalizer, Score, Shape, hookimpl, lazy_import
 from selectkit_plugins.normalizers._common import NanParams, check_nan, fill_nan
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 CHUNK_ROWS = 1 << 16
 

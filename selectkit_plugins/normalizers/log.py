@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 from pydantic import Field
 
-from selectkit.plugin import DataError, NormalizeContext, Normalizer, Score, Shape, hookimpl
+from selectkit.plugin import DataError, NormalizeContext, Normalizer, Score, Shape, hookimpl, lazy_import
 from selectkit_plugins.normalizers._common import NanParams, as_matrix, check_nan, fill_nan
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 
 class LogParams(NanParams):

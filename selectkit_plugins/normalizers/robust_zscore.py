@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
 from pydantic import Field
 
-from selectkit.plugin import NormalizeContext, Normalizer, Score, Shape, hookimpl
+from selectkit.plugin import NormalizeContext, Normalizer, Score, Shape, hookimpl, lazy_import
 from selectkit_plugins.normalizers._common import ColumnParams, transform_columns
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 MAD_TO_SIGMA = 1.4826  # 1 / Phi^-1(3/4): MAD of a normal sample estimates 0.6745 sigma
 MEANAD_TO_SIGMA = 1.2533  # sqrt(pi / 2): the mean absolute deviation of a normal is 0.798 sigma

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
 from pydantic import Field
 
-from selectkit.plugin import NormalizeContext, Normalizer, Score, Shape, hookimpl
+from selectkit.plugin import NormalizeContext, Normalizer, Score, Shape, hookimpl, lazy_import
 from selectkit_plugins.normalizers._common import ColumnParams, transform_columns
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 
 class SoftmaxParams(ColumnParams):

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
 from pydantic import Field
 
-from selectkit.plugin import DataError, NormalizeContext, Normalizer, Params, Score, Shape, hookimpl
+from selectkit.plugin import DataError, NormalizeContext, Normalizer, Params, Score, Shape, hookimpl, lazy_import
 from selectkit_plugins.lib.whitening import apply_whitening, fit_whitening
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 
 class WhitenParams(Params):

@@ -27,8 +27,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from selectkit.plugin import (
     DataError,
     FeatureRequest,
@@ -47,12 +45,15 @@ from selectkit.plugin import (
     describe,
     encode,
     hookimpl,
+    lazy_import,
     mixed_precision,
     plan_batches,
     prompts_of,
     render,
     token_logprobs,
 )
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 KINDS: dict[str, dict[str, Any]] = {
     "token_logprobs": {"response": None, "text": None},

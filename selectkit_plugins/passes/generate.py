@@ -20,8 +20,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from selectkit.plugin import (
     FeatureRequest,
     Model,
@@ -39,11 +37,14 @@ from selectkit.plugin import (
     describe,
     hookimpl,
     label_hash,
+    lazy_import,
     mix64,
     prompt_ids,
     render,
     row_keys,
 )
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 KINDS: dict[str, dict[str, Any]] = {
     "completions": {"prompt": None, "samples": 8, "temperature": 0.9, "top_p": 1.0, "max_new_tokens": 256},

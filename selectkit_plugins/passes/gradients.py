@@ -18,8 +18,6 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from selectkit.plugin import (
     FeatureRequest,
     Model,
@@ -36,9 +34,12 @@ from selectkit.plugin import (
     cache_key,
     describe,
     hookimpl,
+    lazy_import,
     prompts_of,
 )
 from selectkit_plugins.lib.influence.requests import KINDS
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 CHECKPOINTS = FeatureRequest("checkpoints", "pool")
 VERSION = "2"

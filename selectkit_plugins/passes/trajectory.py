@@ -17,8 +17,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from selectkit.plugin import (
     FeatureRequest,
     Model,
@@ -34,8 +32,11 @@ from selectkit.plugin import (
     cache_key,
     describe,
     hookimpl,
+    lazy_import,
 )
 from selectkit_plugins.passes.forward import compute_shard, feature_request
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 KINDS: dict[str, dict[str, Any]] = {"checkpoint_losses": {"run": None, "response": None, "points": "all"}}
 POINTS = ("all", "last")

@@ -21,8 +21,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from selectkit.plugin import (
     DataError,
     FeatureRequest,
@@ -39,9 +37,12 @@ from selectkit.plugin import (
     describe,
     example_loss,
     hookimpl,
+    lazy_import,
     mixed_precision,
     rng_for,
 )
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
 from pydantic import Field, field_validator
 
-from selectkit.plugin import Params, Score, ScoreContext, Scorer, hookimpl, row_keys
+from selectkit.plugin import Params, Score, ScoreContext, Scorer, hookimpl, lazy_import, row_keys
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 
 class CombineParams(Params):

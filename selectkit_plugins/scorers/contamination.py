@@ -21,12 +21,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
 from pydantic import Field
 
-from selectkit.plugin import DataError, FeatureRequest, Params, Score, ScoreContext, Scorer, hookimpl
+from selectkit.plugin import DataError, FeatureRequest, Params, Score, ScoreContext, Scorer, hookimpl, lazy_import
 from selectkit_plugins.scorers._model import response_field, store
 from selectkit_plugins.scorers.min_k_prob import KIND, min_k_scores
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 
 class ContaminationParams(Params):

@@ -31,10 +31,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
 from pydantic import Field, model_validator
 
-from selectkit.plugin import DataError, Params, Score, ScoreContext, Scorer, Shape, hookimpl, lazy_import
+from selectkit.plugin import DataError, Params, Score, ScoreContext, Scorer, Shape, hookimpl, lazy_import, mix64
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 pl = lazy_import("polars")  # polars loads when data is read, not when a recipe is validated
 
@@ -43,10 +44,7 @@ _WORDPUNCT_RE = re.compile(WORDPUNCT, re.UNICODE | re.MULTILINE | re.DOTALL)
 _CHUNK_DOCS = 8192  # documents tokenized at once: bounds the memory of the token lists
 _REFERENCE_EPS = 1e-8  # the reference adds this inside both logs
 
-# splitmix64 constants: combine token hashes into n-gram hashes without Python-level hashing
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_GOLDEN = 0x9E3779B97F4A7C15  # combines token hashes into n-gram hashes (then splitmix64: `mix64`)
 
 REFERENCE = {
     "ngrams": 2,
@@ -206,7 +204,7 @@ def _hash_ngrams(lists: pl.Series, tokens: np.ndarray, params: DSIRParams) -> li
     rolling = token_hash
     for k in range(1, params.ngrams + 1):
         if k > 1:  # rolling[i]: hash of tokens i..i+k-1 (across documents too; those are dropped)
-            rolling = _mix(rolling[:-1] * _GOLDEN + token_hash[k - 1:])
+            rolling = mix64(rolling[:-1] * np.uint64(_GOLDEN) + token_hash[k - 1:])
         out.append((rolling[_starts(tokens, total, k)] % np.uint64(buckets)).astype(np.int64))
     return out
 
@@ -217,13 +215,6 @@ def _blake2b64(word: str) -> int:
 
 def _sha256_bucket(text: str, num_buckets: int) -> int:
     return int(hashlib.sha256(text.encode("utf-8")).hexdigest(), 16) % num_buckets
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finalizer (uint64, wraps): spreads combined hashes over all bits."""
-    x = (x ^ (x >> np.uint64(30))) * _MIX1
-    x = (x ^ (x >> np.uint64(27))) * _MIX2
-    return x ^ (x >> np.uint64(31))
 
 
 def log_ratio(target_counts: np.ndarray, raw_counts: np.ndarray, smoothing: float) -> np.ndarray:

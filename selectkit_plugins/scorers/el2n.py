@@ -21,11 +21,12 @@ Deviation: per-token EL2N averaged over tokens (the papers classify one label pe
 
 from __future__ import annotations
 
-import numpy as np
 from pydantic import Field, PositiveInt
 
-from selectkit.plugin import FeatureRequest, Params, Score, ScoreContext, Scorer, hookimpl, row_keys
+from selectkit.plugin import FeatureRequest, Params, Score, ScoreContext, Scorer, hookimpl, lazy_import, row_keys
 from selectkit_plugins.scorers._model import DROP_TOP_HELP, RUNS_HELP, drop_top, response_field, store
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 
 class EL2NParams(Params):

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
 from pydantic import Field
 
-from selectkit.plugin import FeatureRequest, Params, Score, ScoreContext, Scorer, Shape, hookimpl
+from selectkit.plugin import FeatureRequest, Params, Score, ScoreContext, Scorer, Shape, hookimpl, lazy_import
 from selectkit_plugins.scorers._model import POOLING_HELP, store
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 
 class EmbeddingParams(Params):

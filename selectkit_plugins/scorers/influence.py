@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
 from pydantic import Field, PositiveInt
 
-from selectkit.plugin import FeatureRequest, Score, ScoreContext, Scorer, Shape, hookimpl
+from selectkit.plugin import FeatureRequest, Score, ScoreContext, Scorer, Shape, hookimpl, lazy_import
 from selectkit_plugins.lib.influence.params import Aggregate, GradientBase, PairwiseParams, ProjectedParams
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 
 class _Pairwise(Scorer):

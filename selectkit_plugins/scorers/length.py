@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
 from pydantic import Field
 
-from selectkit.plugin import Params, Score, ScoreContext, Scorer, hookimpl
+from selectkit.plugin import Params, Score, ScoreContext, Scorer, hookimpl, lazy_import
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 
 class LengthParams(Params):

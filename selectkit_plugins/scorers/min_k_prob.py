@@ -22,11 +22,12 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-import numpy as np
 from pydantic import Field
 
-from selectkit.plugin import FeatureRequest, Params, Score, ScoreContext, Scorer, hookimpl
+from selectkit.plugin import FeatureRequest, Params, Score, ScoreContext, Scorer, hookimpl, lazy_import
 from selectkit_plugins.scorers._model import response_field, store
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 KIND = {"standard": "token_logprobs", "plus": "token_zscores"}
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from selectkit.plugin import (
@@ -33,8 +32,11 @@ from selectkit.plugin import (
     Scorer,
     find_component,
     hookimpl,
+    lazy_import,
     render,
 )
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 
 class VerifierRef(Params):

@@ -13,12 +13,13 @@ Fayyaz et al. 2022 prune the noisiest top before keeping the highest).
 
 from __future__ import annotations
 
-import numpy as np
 from pydantic import Field, PositiveInt
 
-from selectkit.plugin import FeatureRequest, Score, ScoreContext, Scorer, hookimpl, row_keys
+from selectkit.plugin import FeatureRequest, Score, ScoreContext, Scorer, hookimpl, lazy_import, row_keys
 from selectkit_plugins.lib.influence.params import NormParams
 from selectkit_plugins.scorers._model import DROP_TOP_HELP, RUNS_HELP, drop_top
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 
 class GraNdParams(NormParams):

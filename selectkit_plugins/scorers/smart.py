@@ -25,10 +25,22 @@ for small models that cannot follow the letter format.
 
 from __future__ import annotations
 
-import numpy as np
 from pydantic import Field
 
-from selectkit.plugin import DataError, FeatureRequest, Params, Score, ScoreContext, Scorer, hookimpl, row_keys, uniform
+from selectkit.plugin import (
+    DataError,
+    FeatureRequest,
+    Params,
+    Score,
+    ScoreContext,
+    Scorer,
+    hookimpl,
+    lazy_import,
+    row_keys,
+    uniform,
+)
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 
 class SmartParams(Params):

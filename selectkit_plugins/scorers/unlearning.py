@@ -24,10 +24,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-import numpy as np
 from pydantic import Field, model_validator
 
-from selectkit.plugin import FeatureRequest, Params, Score, ScoreContext, Scorer, Shape, hookimpl
+from selectkit.plugin import FeatureRequest, Params, Score, ScoreContext, Scorer, Shape, hookimpl, lazy_import
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 if TYPE_CHECKING:  # pragma: no cover
     pass

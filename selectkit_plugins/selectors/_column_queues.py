@@ -3,9 +3,9 @@ queues that skip already-taken rows, the budget as a pick limit, and non-finite 
 
 from __future__ import annotations
 
-import numpy as np
+from selectkit.plugin import Budget, Score, SelectContext, lazy_import
 
-from selectkit.plugin import Budget, Score, SelectContext
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 SCAN = 64  # rows inspected per vectorised step when skipping taken rows
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
 from pydantic import Field
 
-from selectkit.plugin import Params, require
+from selectkit.plugin import Params, lazy_import, require
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 
 class OTSettings(Params):

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
 from pydantic import Field
 
-from selectkit.plugin import SelectContext, Selection, Selector, SelectorParams, Shape, hookimpl
+from selectkit.plugin import SelectContext, Selection, Selector, SelectorParams, Shape, hookimpl, lazy_import
 from selectkit_plugins.selectors._column_queues import (
     ColumnQueues,
     finite_columns,
@@ -23,6 +22,8 @@ from selectkit_plugins.selectors._column_queues import (
     queue_block,
     task_columns,
 )
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 
 class BalancedParams(SelectorParams):
@@ -66,7 +67,8 @@ class Balanced(Selector):
 
 
 def balanced_order(utility: np.ndarray, limit: int, rule: str = "marginal", tokens: np.ndarray | None = None,
-                   token_budget: float = np.inf, memory_mb: float = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   token_budget: float = float("inf"),
+                   memory_mb: float = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows of `utility` (n, C; finite, higher better) in pick order, the column each pick served,
     and the final per-column means of the picked rows. Stops after `limit` picks, or before the
     first pick whose tokens would overflow `token_budget`."""

@@ -13,11 +13,21 @@ seeded random order (the code uses ids 0..49); the probes and takes walk one see
 
 from __future__ import annotations
 
-import numpy as np
 from pydantic import Field
 
-from selectkit.plugin import RecipeError, SelectContext, Selection, Selector, SelectorParams, Shape, hookimpl
+from selectkit.plugin import (
+    RecipeError,
+    SelectContext,
+    Selection,
+    Selector,
+    SelectorParams,
+    Shape,
+    hookimpl,
+    lazy_import,
+)
 from selectkit_plugins.lib.clusters import KMeansParams, cluster_members, features_of, kmeans
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 
 class ClusterBanditParams(SelectorParams):

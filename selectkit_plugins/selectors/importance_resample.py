@@ -8,10 +8,20 @@ row's noise is a hash of (seed, stage, row id): the sample is the same however t
 
 from __future__ import annotations
 
-import numpy as np
 from pydantic import Field
 
-from selectkit.plugin import RecipeError, SelectContext, Selection, Selector, SelectorParams, Shape, hookimpl
+from selectkit.plugin import (
+    RecipeError,
+    SelectContext,
+    Selection,
+    Selector,
+    SelectorParams,
+    Shape,
+    hookimpl,
+    lazy_import,
+)
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 
 class ImportanceResampleParams(SelectorParams):

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
 from pydantic import Field
 
-from selectkit.plugin import SelectContext, Selection, Selector, SelectorParams, Shape, hookimpl
+from selectkit.plugin import SelectContext, Selection, Selector, SelectorParams, Shape, hookimpl, lazy_import
 from selectkit_plugins.lib.clusters import KMeansParams, allocate, cluster_members, features_of, gumbel_top, kmeans
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 
 class KMeansDiverseParams(SelectorParams):

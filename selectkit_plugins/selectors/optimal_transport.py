@@ -19,12 +19,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
 from pydantic import Field, model_validator
 
-from selectkit.plugin import DataError, SelectContext, Selection, Selector, SelectorParams, Shape, hookimpl
+from selectkit.plugin import DataError, SelectContext, Selection, Selector, SelectorParams, Shape, hookimpl, lazy_import
 from selectkit_plugins.lib.whitening import apply_whitening, fit_whitening
 from selectkit_plugins.selectors._transport import OTSettings, neighbours, ot_distance, source_potentials, unit_rows
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 
 class OptimalTransportParams(SelectorParams):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
+from selectkit.plugin import SelectContext, Selection, Selector, SelectorParams, hookimpl, lazy_import
 
-from selectkit.plugin import SelectContext, Selection, Selector, SelectorParams, hookimpl
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 
 class Random(Selector):

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
 from pydantic import Field
 
-from selectkit.plugin import SelectContext, Selection, Selector, SelectorParams, Shape, hookimpl
+from selectkit.plugin import SelectContext, Selection, Selector, SelectorParams, Shape, hookimpl, lazy_import
 from selectkit_plugins.selectors._column_queues import (
     ColumnQueues,
     finite_columns,
@@ -17,6 +16,8 @@ from selectkit_plugins.selectors._column_queues import (
     queue_block,
     task_columns,
 )
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 
 class RoundRobinParams(SelectorParams):
@@ -56,7 +57,7 @@ class RoundRobinTargets(Selector):
 
 
 def round_robin_order(values: np.ndarray, limit: int, rng: np.random.Generator | None = None,
-                      tokens: np.ndarray | None = None, token_budget: float = np.inf,
+                      tokens: np.ndarray | None = None, token_budget: float = float("inf"),
                       memory_mb: float = 1024) -> tuple[np.ndarray, np.ndarray]:
     """Rows in pick order and the column that picked each. Stops after `limit` picks, when every
     column is exhausted, or before the first pick that would overflow `token_budget`."""

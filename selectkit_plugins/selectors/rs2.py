@@ -21,10 +21,11 @@ same in distribution, not in values.
 
 from __future__ import annotations
 
-import numpy as np
 from pydantic import Field, PositiveInt, model_validator
 
-from selectkit.plugin import SelectContext, Selection, Selector, SelectorParams, hookimpl
+from selectkit.plugin import SelectContext, Selection, Selector, SelectorParams, hookimpl, lazy_import
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 
 class RS2Params(SelectorParams):

@@ -10,11 +10,21 @@ No reference code is public: the formula follows the paper's abstract and standa
 
 from __future__ import annotations
 
-import numpy as np
 from pydantic import Field, model_validator
 
-from selectkit.plugin import RecipeError, SelectContext, Selection, Selector, SelectorParams, Shape, hookimpl
+from selectkit.plugin import (
+    RecipeError,
+    SelectContext,
+    Selection,
+    Selector,
+    SelectorParams,
+    Shape,
+    hookimpl,
+    lazy_import,
+)
 from selectkit_plugins.lib.clusters import KMeansParams, features_of, kmeans
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 
 class SensitivityParams(SelectorParams):

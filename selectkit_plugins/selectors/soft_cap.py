@@ -4,10 +4,11 @@ repeated hundreds of times (reference `formll/FLYT/examples.ipynb`)."""
 
 from __future__ import annotations
 
-import numpy as np
 from pydantic import Field
 
-from selectkit.plugin import SelectContext, Selection, Selector, SelectorParams, Shape, hookimpl
+from selectkit.plugin import SelectContext, Selection, Selector, SelectorParams, Shape, hookimpl, lazy_import
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 
 class SoftCapParams(SelectorParams):

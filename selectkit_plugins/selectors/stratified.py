@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
 from pydantic import Field, model_validator
 
 from selectkit.plugin import (
@@ -17,9 +16,12 @@ from selectkit.plugin import (
     SelectorParams,
     Shape,
     hookimpl,
+    lazy_import,
     unknown_message,
 )
 from selectkit_plugins.lib.columns import group_codes, rank_fraction
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 
 class StratifiedParams(SelectorParams):

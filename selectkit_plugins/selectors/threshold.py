@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 from pydantic import Field, model_validator
 
-from selectkit.plugin import SelectContext, Selection, Selector, SelectorParams, hookimpl
+from selectkit.plugin import SelectContext, Selection, Selector, SelectorParams, hookimpl, lazy_import
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 
 class ThresholdParams(SelectorParams):

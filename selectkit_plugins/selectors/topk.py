@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 from pydantic import Field
 
-from selectkit.plugin import SelectContext, Selection, Selector, SelectorParams, Shape, hookimpl
+from selectkit.plugin import SelectContext, Selection, Selector, SelectorParams, Shape, hookimpl, lazy_import
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 
 def best_first(values: np.ndarray, candidates: np.ndarray) -> np.ndarray:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
 from pydantic import Field
 
-from selectkit.plugin import DataError, SelectContext, Selection, Selector, SelectorParams, Shape, hookimpl
+from selectkit.plugin import DataError, SelectContext, Selection, Selector, SelectorParams, Shape, hookimpl, lazy_import
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 
 class UnlearningParams(SelectorParams):

@@ -19,7 +19,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-import numpy as np
+from selectkit.plugin import lazy_import
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
+
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
+from selectkit.plugin import SelectkitError, batch, canonical_order, lazy_import, prompts_of, uniform
 
-from selectkit.plugin import SelectkitError, batch, canonical_order, prompts_of, uniform
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 
 def sample_rows(pool: Any, limit: int | None, seed: int, label: str) -> np.ndarray:

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
+from selectkit.plugin import counted_tokens, encode, lazy_import, mixed_precision, pad, plan_batches
 
-from selectkit.plugin import counted_tokens, encode, mixed_precision, pad, plan_batches
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 
 @dataclass(frozen=True)

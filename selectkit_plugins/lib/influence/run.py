@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from selectkit.plugin import DataError, FeatureRequest
+from selectkit.plugin import DataError, FeatureRequest, lazy_import
 from selectkit_plugins.lib.influence.pipeline import FeatureSet
 from selectkit_plugins.lib.influence.scores import aggregate
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 
 def _settings(params: Any, **override: Any) -> dict[str, Any]:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 
-import numpy as np
+from selectkit.plugin import SelectkitError, lazy_import
 
-from selectkit.plugin import SelectkitError
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 
 def checkpoint_weights(lrs: Sequence[float]) -> np.ndarray:

@@ -21,9 +21,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from selectkit.plugin import canonical_order, lazy_import, linear_schedule, peft_quietly, train_epoch, uniform
 
-from selectkit.plugin import canonical_order, linear_schedule, peft_quietly, train_epoch, uniform
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
