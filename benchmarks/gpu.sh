@@ -55,9 +55,9 @@ import json, os, sys, time
 import numpy as np
 import torch
 
-from selectkit.estimates import batch_tokens_that_fit
-from selectkit.models import load_model, model_facts
-from selectkit.recipe import ModelSpec
+from selectkit.models.sizing import batch_tokens_that_fit
+from selectkit.models.loader import load_model, model_facts
+from selectkit.recipe.spec import ModelSpec
 
 out_dir = sys.argv[1]
 peak = float(os.environ["PEAK_TFLOPS"]) * 1e12
@@ -83,7 +83,7 @@ for dtype in ("bfloat16", "float32"):
     lm = load_model(spec, ".")
     facts = model_facts(spec, ".")
     n_params = facts.params
-    # batch size from the planner's memory estimate (selectkit.estimates.batch_tokens_that_fit, the
+    # batch size from the planner's memory estimate (selectkit.models.sizing.batch_tokens_that_fit, the
     # rule the forward pass plans with), on 80% of the memory free once the weights are loaded
     free, _ = torch.cuda.mem_get_info()
     fit = batch_tokens_that_fit(facts, int(0.8 * free), dtype, weights_loaded=True, max_length=512)
