@@ -152,13 +152,14 @@ def test_killed_run_resumes_from_last_complete_shard(tmp_path, spec, loaded, mon
     ds = dataset("pool", TEXTS)
     full = compute_features(spec, ".", {"pool": ds}, LM_REQUESTS, tmp_path / "full", model=loaded, shard_size=2)
     real_write = Forward.write
-    written = []
+    written, shards_written = [], []
 
     def dying_write(self, entry, index, arrays):
-        if len(written) == 2:
+        if len(shards_written) == 2:
             raise KeyboardInterrupt("killed")
         real_write(self, entry, index, arrays)
-        written.append(entry.shard_folder(index) / "arrays.npz")
+        shards_written.append(index)
+        written.extend(entry.shard_folder(index).glob("*.np[yz]"))  # the shard's data files
 
     monkeypatch.setattr(Forward, "write", dying_write)
     with pytest.raises(KeyboardInterrupt):
@@ -188,7 +189,7 @@ def test_complete_pass_needs_no_model_and_bad_shard_is_recomputed(tmp_path, spec
     assert first.stats.model_loaded
     again = compute_features(spec, ".", {"pool": ds}, LM_REQUESTS[:1], tmp_path, shard_size=2)
     assert not again.stats.model_loaded and again.stats.shards_reused == 2
-    shard = sorted(tmp_path.rglob("shard-00001/arrays.npz"))[0]
+    shard = sorted(tmp_path.rglob("shard-00001/*.npy"))[0]
     shard.write_bytes(shard.read_bytes()[:20])  # a torn file (a disk fault, or someone's copy)
     with pytest.warns(SelectkitWarning, match="corrupt; computing it again"):
         fixed = compute_features(spec, ".", {"pool": ds}, LM_REQUESTS[:1], tmp_path, shard_size=2)

@@ -88,6 +88,22 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
         return {k: data[k] for k in data.files}
 
 
+def array_file(i: int) -> str:
+    """The file of the i-th array of a shard (`meta.json` lists the arrays' names in order)."""
+    return f"a{i:03d}.npy"
+
+
+def read_shard_arrays(folder: Path, mmap: bool = False) -> dict[str, np.ndarray]:
+    """A verified shard's arrays, by name in the order written: one .npy file each, opened
+    memory-mapped with `mmap` (read-only pages, never copied into the process); shards an older
+    selectkit wrote as one arrays.npz are read whole."""
+    names = json.loads((folder / META).read_text(encoding="utf-8")).get("arrays")
+    if names is None:
+        return read_npz(folder / "arrays.npz")
+    return {name: np.load(folder / array_file(i), mmap_mode="r" if mmap else None, allow_pickle=False)
+            for i, name in enumerate(names)}
+
+
 Writer = Callable[[Path], None]  # writes one file at the given path
 
 
@@ -110,6 +126,12 @@ class Staging:
 
     def add_arrays(self, name: str, arrays: dict[str, np.ndarray]) -> None:
         self.add_file(name, lambda path: write_npz(path, arrays))
+
+    def add_array_files(self, arrays: dict[str, np.ndarray]) -> None:
+        """Each array as a .npy file of its own (memory-mappable when read back), names in meta.json."""
+        for i, array in enumerate(arrays.values()):
+            self.add_file(array_file(i), lambda path, a=array: np.save(path, np.asarray(a), allow_pickle=False))
+        self.meta["arrays"] = list(arrays)
 
     def add_file(self, name: str, write: Writer) -> None:
         path = self.folder / name
@@ -344,9 +366,10 @@ class Sharded:
         return (self.folder / META).is_file()
 
     def write(self, index: int, arrays: dict[str, np.ndarray]) -> None:
+        """Shard `index` as one .npy file per array (so a reader can memory-map them), atomically."""
         self.folder.mkdir(parents=True, exist_ok=True)
         with Staging(self.shard_folder(index), {"shard": index}) as staging:
-            staging.add_arrays("arrays.npz", arrays)
+            staging.add_array_files(arrays)
             staging.commit()
 
     def stage(self, index: int) -> Staging:
@@ -361,13 +384,15 @@ class Sharded:
             (self.folder / META).unlink(missing_ok=True)  # a shard was removed: the entry is no longer whole
         return folder
 
-    def read(self, index: int) -> dict[str, np.ndarray] | None:
+    def read(self, index: int, mmap: bool = False) -> dict[str, np.ndarray] | None:
+        """Shard `index`'s arrays after verifying its checksums (None when absent or corrupt);
+        `mmap`: memory-mapped, read-only, so a pass's features never need to fit in memory."""
         folder = self.open(index)
         if folder is None:
             return None
         try:
-            return read_npz(folder / "arrays.npz")
-        except (OSError, ValueError, EOFError):
+            return read_shard_arrays(folder, mmap)
+        except (OSError, ValueError, EOFError, KeyError):
             remove(folder)
             return None
 
@@ -395,10 +420,10 @@ class Sharded:
             return False
         return all(self.open(i) is not None for i in range(self.count))
 
-    def read_all(self, indices: Iterable[int] | None = None) -> list[dict[str, np.ndarray]]:
+    def read_all(self, indices: Iterable[int] | None = None, mmap: bool = False) -> list[dict[str, np.ndarray]]:
         out = []
         for i in range(self.count) if indices is None else indices:
-            arrays = self.read(i)
+            arrays = self.read(i, mmap)
             if arrays is None:
                 raise SelectkitError(f"shard {i} of cache entry {self.kind}/{self.key} is missing or corrupt; "
                                      "run the recipe again to recompute it")
