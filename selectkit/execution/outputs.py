@@ -35,7 +35,7 @@ pl = lazy_import("polars")
 MANIFEST_VERSION = 2
 OUTPUT_NAMES = ("selection.parquet", "subset.parquet", "subset.jsonl", "manifest.json", "report.html")
 LIBRARIES = ("numpy", "polars", "pydantic", "torch", "transformers", "peft", "safetensors", "datasets", "POT",
-             "scikit-learn", "faiss-cpu", "ray", "matplotlib")
+             "scikit-learn", "faiss-cpu", "ray")
 _BUCKET_ROWS = 200_000  # subset rows gathered and sorted at once
 _SELECTION_ROWS = 1 << 20  # selection.parquet rows built at once
 
