@@ -291,6 +291,17 @@ def test_the_pool_is_read_only_at_the_rows_shown(runs, tmp_path, monkeypatch):
         assert row[-1] == (text if len(text) <= 300 else text[:300] + "…"), row
 
 
+def test_the_page_names_the_run_folder_not_the_staging_one(runs, tmp_path):
+    """A run writes report.html while its outputs sit in a staging folder (.NAME.staging-xxxx) that is renamed
+    once complete: the page names the final folder, as a rebuild of the finished run does."""
+    for name in ("quickstart", "perplexity"):
+        text = (runs[name] / "report.html").read_text()
+        assert "staging" not in text
+        assert f"<tr><th>run folder</th><td>{name}</td></tr>" in text
+    rebuilt = page_of(runs["quickstart"], tmp_path / "r.html").read_text()
+    assert "<tr><th>run folder</th><td>quickstart</td></tr>" in rebuilt
+
+
 # graceful degradation ---------------------------------------------------------------------------------
 def test_page_without_matplotlib_keeps_every_figure_and_table(runs, chromium, tmp_path):
     """The figures are hand-written SVG: with matplotlib unimportable the page is the same, byte for byte, figures
