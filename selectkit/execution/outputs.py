@@ -28,11 +28,12 @@ from selectkit import __version__
 from selectkit.contract.components import Shape
 from selectkit.contract.lazy import lazy_import
 from selectkit.errors import SelectkitError
+from selectkit.results.manifest import FORMAT_VERSION
 from selectkit.storage.cache import jsonable, share
 
 pl = lazy_import("polars")
 
-MANIFEST_VERSION = 2
+MANIFEST_VERSION = FORMAT_VERSION  # the readers (selectkit.results) know every format up to this one
 OUTPUT_NAMES = ("selection.parquet", "subset.parquet", "subset.jsonl", "manifest.json", "report.html")
 LIBRARIES = ("numpy", "polars", "pydantic", "torch", "transformers", "peft", "safetensors", "datasets", "POT",
              "scikit-learn", "faiss-cpu", "ray")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from selectkit.errors import SelectkitError
+from selectkit.results import manifest as manifest_format
 
 if TYPE_CHECKING:  # pragma: no cover
     import polars as pl
@@ -28,7 +29,6 @@ if TYPE_CHECKING:  # pragma: no cover
 # columns of selection.parquet that are not pool fields
 RESERVED = frozenset({"id", "selected", "weight", "count", "rank", "dropped_by", "text", "tokens",
                       "duplicate_of", "served_task"})
-SUPPORTED_FORMAT = 1  # the newest manifest `format_version` this module knows
 SHARD_ROWS = 1 << 18  # rows of the selection table read at once where a pass goes shard by shard
 STREAMING = "streaming"  # the polars engine of every whole-table query: memory flat in the rows
 
@@ -149,7 +149,7 @@ class Run:
             raise RunDirError(f"{manifest_path}: not valid JSON ({exc})") from None
         if not isinstance(raw, dict):
             raise RunDirError(f"{manifest_path}: not a selectkit manifest (a JSON object is expected)")
-        manifest, notes = raw, []
+        manifest, notes = manifest_format.check(raw)
         name = (manifest.get("files") or {}).get("selection") or "selection.parquet"
         if Path(name).name != name or name in (".", ".."):
             notes.append(f"manifest.json: files.selection {name!r} is not a file name in the run folder; "
@@ -172,9 +172,9 @@ class Run:
         if schema["id"].is_nested():
             raise RunDirError(f"{selection}: column 'id' holds {schema['id']}; ids are strings or integers")
         version = manifest.get("format_version")
-        if isinstance(version, int) and version > SUPPORTED_FORMAT:
+        if isinstance(version, int) and version > max(manifest_format.KNOWN_FORMATS):
             notes.append(f"manifest format {version} is newer than this selectkit knows "
-                         f"({SUPPORTED_FORMAT}); some fields may not be shown")
+                         f"({max(manifest_format.KNOWN_FORMATS)}); some fields may not be shown")
         return cls(path, manifest, selection, schema, size, notes, shown_as)
 
     # recipe facts ---------------------------------------------------------------------

@@ -1,0 +1,206 @@
+"""Run folders are files from elsewhere: manifests with fields of the wrong type (every field the readers
+use, found by walking the schema), manifest formats the writer writes, a selection table of the wrong
+shape. Every failure is one `error:` line, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import polars as pl
+import pytest
+from click.testing import CliRunner
+from conftest import cli
+from finished_runs import copy_run, demo_runs
+
+from selectkit.cli.commands import main
+from selectkit.execution.outputs import MANIFEST_VERSION
+from selectkit.results import manifest as fmt
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory):
+    return demo_runs(tmp_path_factory)
+
+
+def schema_paths(schema, prefix: tuple = ()):
+    """Every field the schema names: (path, its schema); '*' stands for any key of a map, 0 for a list item."""
+    if prefix:
+        yield prefix, schema
+    if isinstance(schema, dict):
+        for key, sub in schema.items():
+            yield from schema_paths(sub, (*prefix, key))
+    elif isinstance(schema, fmt.MapOf):
+        yield from schema_paths(schema.item, (*prefix, "*"))
+    elif isinstance(schema, fmt.ListOf):
+        yield from schema_paths(schema.item, (*prefix, 0))
+
+
+def wrong_values(schema) -> list:
+    """Values of another JSON type than the schema asks for."""
+    if schema == fmt.STR:
+        return [7, ["a", "b"]]
+    if schema in (fmt.INT, fmt.NUM):
+        return ["12", True]
+    if schema == fmt.BOOL:
+        return ["yes", 1]
+    if schema == fmt.LIST or isinstance(schema, fmt.ListOf):
+        return [3, {"a": 1}]
+    return ["text", [1, 2]]  # an object
+
+
+def put(manifest: dict, path: tuple, value) -> None:
+    """Set `path` in the manifest, creating what is missing on the way ('*': an existing key, else 'x')."""
+    node = manifest
+    for i, step in enumerate(path):
+        last = i == len(path) - 1
+        if step == "*":
+            step = next(iter(node), "x") if isinstance(node, dict) else "x"
+        if step == 0:
+            if not isinstance(node, list):
+                raise AssertionError(path)
+            if not node:
+                node.append({})
+            if last:
+                node[0] = value
+            elif not isinstance(node[0], dict | list):
+                node[0] = {}
+            node = node[0]
+            continue
+        if last:
+            node[step] = value
+            return
+        nxt = path[i + 1]
+        if not isinstance(node.get(step), dict | list) or (nxt == 0) != isinstance(node.get(step), list):
+            node[step] = [] if nxt == 0 else {}
+        node = node[step]
+
+
+CASES = [(path, value) for path, schema in schema_paths(fmt.SCHEMA) for value in wrong_values(schema)]
+
+
+def label(case) -> str:
+    path, value = case
+    return ".".join(map(str, path)) + "=" + json.dumps(value)
+
+
+def test_every_field_the_readers_use_is_in_the_cases():
+    """The schema is the one list of fields; the cases below walk it (a field added there is tested)."""
+    paths = {".".join(map(str, p)) for p, _ in CASES}
+    for field in ("recipe.resolved.select.0.with", "stages.0.seconds", "data.*.fingerprint", "files.*",
+                  "selection.per_stage.0.kept", "evaluation.contamination.targets.*.pool.ngrams_found"):
+        assert field in paths, field
+    assert len(CASES) > 150
+
+
+@pytest.fixture(scope="module")
+def hostile_base(runs, tmp_path_factory):
+    """A copy of the model run beside the original (so its pool is found), with an evaluation block."""
+    base = runs["perplexity"].parent / "hostile-base"
+    if not base.exists():
+        def evaluated(manifest):
+            manifest["evaluation"] = {"proxy": {"parameters": 1000}, "sets": {"t": {"selection_vs_random": {
+                "bpb_a": 1.0, "verdict": "inconclusive"}}}, "contamination": {"ngram": 8, "targets": {
+                    "t": {"pool": {"examples_with_overlap": 0.1, "ngrams_found": 0.2},
+                          "selection": {"examples_with_overlap": 0.0}}}}, "warnings": ["w"], "verdicts": {"t": "x"}}
+
+        copy_run(runs["perplexity"], base, evaluated)
+    return base
+
+
+@pytest.mark.parametrize("case", CASES, ids=[label(c) for c in CASES])
+def test_wrong_types_in_the_manifest_give_a_note_not_a_traceback(hostile_base, tmp_path, case):
+    """report, explain and diff on a manifest with one field of the wrong type: each finishes (the report
+    says which field it ignored) or fails with one `error:` line; none raises."""
+    path, value = case
+    run = hostile_base.parent / f"hostile-{tmp_path.name}"
+    shutil.rmtree(run, ignore_errors=True)
+    copy_run(hostile_base, run, lambda manifest: put(manifest, path, value))
+    table = pl.read_parquet(run / "selection.parquet")
+    some_id = table["id"][0]
+    runner = CliRunner()
+    try:
+        for args in (["report", str(run), "--out", str(tmp_path / "r.html")], ["explain", str(run), some_id],
+                     ["explain", str(run), some_id, "--format", "json"], ["diff", str(run), str(run)],
+                     ["diff", str(hostile_base), str(run), "--format", "markdown"]):
+            result = runner.invoke(main, args)
+            assert result.exception is None or isinstance(result.exception, SystemExit), \
+                (args, "".join(__import__("traceback").format_exception(result.exception)))
+            assert result.exit_code in (0, 1), (args, result.output)
+            if result.exit_code:
+                assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr, result.stderr
+        page = (tmp_path / "r.html").read_text()
+        where = ".".join(str(p) if p != "*" else "" for p in path)
+        assert "manifest.json: " in page and "; ignored" in page or where.startswith("format_version"), where
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
+
+
+def test_a_manifest_that_is_not_an_object_or_not_json_is_one_error_line(runs, tmp_path):
+    for text, expected in (("[1, 2]", "a JSON object is expected"), ('"run"', "a JSON object is expected"),
+                           ("[" * 100_000, "not valid JSON"), ("{", "not valid JSON")):
+        target = copy_run(runs["quickstart"], tmp_path / f"case-{len(list(tmp_path.iterdir()))}")
+        (target / "manifest.json").write_text(text)
+        for command in (["report", target], ["explain", target, "politics-0149"], ["diff", target, target]):
+            result = cli(*command)
+            assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+            assert result.stderr.startswith("error: ") and expected in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("case", ["selected-text", "id-list", "not-parquet"])
+def test_a_selection_table_of_the_wrong_shape_is_one_error_line(runs, tmp_path, case):
+    target = copy_run(runs["quickstart"], tmp_path / "run")
+    table = pl.read_parquet(target / "selection.parquet")
+    if case == "selected-text":
+        table = table.with_columns(pl.col("selected").cast(pl.String))
+    elif case == "id-list":
+        table = table.with_columns(pl.concat_list("id").alias("id"))
+    if case == "not-parquet":
+        (target / "selection.parquet").write_text("id,selected\n1,true\n")
+    else:
+        table.write_parquet(target / "selection.parquet")
+    expected = {"selected-text": "column 'selected' holds String", "id-list": "column 'id' holds List",
+                "not-parquet": "cannot read it as Parquet"}[case]
+    for command in (["report", target], ["explain", target, "x"], ["diff", target, target]):
+        result = cli(*command)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.startswith("error: ") and expected in result.stderr, result.stderr
+
+
+def test_score_columns_that_are_not_numbers_are_left_out(runs, tmp_path):
+    """A hand-made `score.*` column of text is not a score: the page, explain and diff go on without it."""
+    target = copy_run(runs["perplexity"], tmp_path / "run")
+    table = pl.read_parquet(target / "selection.parquet")
+    table.with_columns(pl.lit("high").alias("score.label")).write_parquet(target / "selection.parquet")
+    for command in (["report", target], ["explain", target, table["id"][0]], ["diff", target, runs["perplexity"]]):
+        result = cli(*command)
+        assert result.returncode == 0, result.stderr
+    assert "score.label" not in (target / "report.html").read_text()
+
+
+# the format version ---------------------------------------------------------------------------------
+def test_the_readers_know_every_format_the_writer_writes(runs):
+    """outputs writes FORMAT_VERSION; the readers know it (and every older one), and a fresh run's manifest
+    passes the schema check untouched: the schema describes what the writer writes."""
+    assert MANIFEST_VERSION == fmt.FORMAT_VERSION == max(fmt.KNOWN_FORMATS)
+    assert set(fmt.KNOWN_FORMATS) == set(range(1, MANIFEST_VERSION + 1))
+    for name in ("quickstart", "perplexity"):
+        manifest = json.loads((runs[name] / "manifest.json").read_text())
+        assert manifest["format_version"] == MANIFEST_VERSION
+        clean, notes = fmt.check(manifest)
+        assert notes == [] and clean == manifest
+        page = (runs[name] / "report.html").read_text()
+        assert "newer than this selectkit knows" not in page and "manifest.json: " not in page
+        some_id = pl.read_parquet(runs[name] / "selection.parquet")["id"][0]
+        explained = cli("explain", runs[name], some_id, "--format", "json")
+        assert explained.returncode == 0 and "newer than" not in explained.stdout
+
+
+def test_a_newer_format_is_named(runs, tmp_path):
+    def newer(manifest):
+        manifest["format_version"] = MANIFEST_VERSION + 1
+
+    text = cli("report", copy_run(runs["quickstart"], tmp_path / "run", newer), "--out", tmp_path / "r.html")
+    assert text.returncode == 0
+    assert f"manifest format {MANIFEST_VERSION + 1} is newer than this selectkit knows ({MANIFEST_VERSION})" in \
+        (tmp_path / "r.html").read_text()
