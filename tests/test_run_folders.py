@@ -1,10 +1,11 @@
 """Run folders are files from elsewhere: manifests with fields of the wrong type (every field the readers
 use, found by walking the schema), manifest formats the writer writes, a selection table of the wrong
-shape. Every failure is one `error:` line, never a traceback."""
+shape, and Markdown comments fed scraped pool text. Every failure is one `error:` line, never a traceback."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import polars as pl
@@ -16,6 +17,7 @@ from finished_runs import copy_run, demo_runs
 from selectkit.cli.commands import main
 from selectkit.execution.outputs import MANIFEST_VERSION
 from selectkit.results import manifest as fmt
+from selectkit.results.diff import _md_cell
 
 
 @pytest.fixture(scope="session")
@@ -204,3 +206,53 @@ def test_a_newer_format_is_named(runs, tmp_path):
     assert text.returncode == 0
     assert f"manifest format {MANIFEST_VERSION + 1} is newer than this selectkit knows ({MANIFEST_VERSION})" in \
         (tmp_path / "r.html").read_text()
+
+
+# Markdown for pull requests -------------------------------------------------------------------------
+PAYLOADS = ["![track](https://evil.example/pixel.png?u=1)", "[click me](https://evil.example/login)",
+            "<https://evil.example/auto>", "ping @octocat and @org/team", "see https://evil.example/bare and "
+            "www.evil.example", "&#64;entity-ping", "closes #12 and org/repo#34"]
+
+
+def test_markdown_cells_cannot_embed_images_links_or_mentions():
+    for payload in PAYLOADS:
+        cell = _md_cell(payload)
+        assert not re.search(r"(?<!\\)[\[\]]", cell) and "<http" not in cell, cell  # brackets escaped: no link
+        assert "@octocat" not in cell and "@org" not in cell and "&#64;" not in cell.replace("&amp;#64;", ""), cell
+        assert "https://" not in cell and "www.evil" not in cell, cell
+        assert "#12" not in cell and "#34" not in cell, cell
+    assert _md_cell("a|b\nc <script> `x`") == "a\\|b c &lt;script&gt; \\`x\\`"  # the old guarantees hold
+    assert _md_cell("plain words, 3.5 and 7%") == "plain words, 3.5 and 7%"  # ordinary text is untouched
+
+
+def test_diff_markdown_of_runs_over_scraped_text(tmp_path):
+    """A pool whose texts carry tracking images, links, autolinks and mentions: the PR comment `diff` writes
+    holds none of them in a form GitHub would render, and the table still has one row per example."""
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [{"id": f"doc-{i:02d}", "text": f"{PAYLOADS[i % len(PAYLOADS)]} " + "word " * (3 + i)} for i in range(40)]
+    (data / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for name, budget in (("small", 5), ("large", 15)):
+        (tmp_path / f"{name}.yaml").write_text(f"""selectkit: 1
+name: {name}
+data:
+  pool: {{path: data/pool.jsonl, id: id}}
+scores:
+  words: {{use: length, with: {{unit: tokens}}}}
+select:
+  - use: topk
+    with: {{score: words, budget: {budget}}}
+output: {{dir: out/{name}, formats: [parquet]}}
+""")
+        result = cli("run", tmp_path / f"{name}.yaml", "--quiet", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    result = cli("diff", tmp_path / "out" / "small", tmp_path / "out" / "large", "--format", "markdown", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    md = result.stdout
+    entering = md.split("#### Entering (best B ranks)")[1].split("####")[0]
+    assert len([line for line in entering.splitlines() if line.startswith("| ") and "doc-" in line]) == 10
+    for bad in ("![", "<http", "@octocat", "https://", "www.evil", "#12"):
+        assert bad not in md, bad
+    assert not re.search(r"(?<!\\)[\[\]]", entering)  # every bracket escaped: no link or image can form
+    assert "evil" in md  # the texts are there, defused
+

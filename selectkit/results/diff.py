@@ -3,6 +3,7 @@ examples entering and leaving, score shifts), as text, a pull-request Markdown c
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from selectkit.results.rundir import STREAMING, Draw, Run
@@ -157,10 +158,25 @@ def _g(value) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+ZWSP = "&#8203;"  # a zero-width space: breaks what GitHub would turn into a link, a ping or a reference
+_LINKED = re.compile(r"(?i)(?<=\b)(https?|ftp|mailto)(?=:)|(?<=\b)(www)(?=\.)")  # GFM autolinks a URL's start
+_PINGED = re.compile(r"([@#])(?=\w)")  # @user and @org/team pings, #12 references
+
+
 def _md_cell(value) -> str:
-    """Text safe inside a Markdown table cell of a pull-request comment (no pipes, tags or line breaks)."""
-    text = _g(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("\r", " ")
-    return text.replace("<", "&lt;").replace(">", "&gt;").replace("`", "\\`")
+    """Text safe inside a Markdown table cell of a pull-request comment, whatever scraped text it holds: no
+    pipes, tags or line breaks; no image, link or autolink (brackets escaped, URLs and `www.` broken by a
+    zero-width space); no @mention or #reference (the same). Entities in the text stay literal text."""
+    text = _g(value).replace("&", "&amp;").replace("\\", "\\\\").replace("|", "\\|")
+    text = text.replace("\n", " ").replace("\r", " ").replace("<", "&lt;").replace(">", "&gt;").replace("`", "\\`")
+    text = text.replace("[", "\\[").replace("]", "\\]")
+    text = _PINGED.sub(lambda m: m.group(1) + ZWSP, text)  # before any entity of ours (they hold a '#')
+    return _LINKED.sub(lambda m: (m.group(1) or m.group(2)) + ZWSP, text)
+
+
+def _md_code(value) -> str:
+    """A name as a Markdown code span (rendered literally: no link, ping or tag can form inside one)."""
+    return "`" + _g(value).replace("`", "'").replace("\n", " ").replace("\r", " ").strip() + "`"
 
 
 def _pool_note(same: bool | None, form: str) -> str:
@@ -174,11 +190,11 @@ def render_markdown(d: dict) -> str:
     a, b, o = d["a"], d["b"], d["overlap"]
 
     def table(headers, rows):
-        lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+        lines = ["| " + " | ".join(_md_cell(h) for h in headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
         lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
         return lines
 
-    out = [f"### selectkit diff: `{_md_cell(a['recipe'])}` (A) → `{_md_cell(b['recipe'])}` (B)", ""]
+    out = [f"### selectkit diff: {_md_code(a['recipe'])} (A) → {_md_code(b['recipe'])} (B)", ""]
     out += table(["", "A", "B"], [["recipe hash", (a["hash"] or "")[:12], (b["hash"] or "")[:12]],
                                   ["seed", a["seed"], b["seed"]], ["pool", a["pool"], b["pool"]],
                                   ["selected", a["selected"], b["selected"]]])
@@ -189,7 +205,7 @@ def render_markdown(d: dict) -> str:
                                                                          for s in d["stages"]]) + [""]
     comp = d.get("composition")
     if comp and comp["rows"]:
-        out += [f"#### Composition by `{_md_cell(comp['column'])}`", ""]
+        out += [f"#### Composition by {_md_code(comp['column'])}", ""]
         out += table([comp["column"], "A", "B", "Δ share"],
                      [[r["group"], r["a"], r["b"], f"{100 * r['share_change']:+.1f} pp"] for r in comp["rows"]]) + [""]
     if d["scores"]:
