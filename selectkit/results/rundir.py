@@ -217,8 +217,11 @@ class Run:
         selected = pl.col("selected").cast(pl.Boolean, strict=False).fill_null(False)
         if "dropped_by" in self.schema:
             label = pl.col("dropped_by").cast(pl.String, strict=False)
-            labels = {s.label: s.index for s in self.stages}
-            stage = label.replace_strict(labels, default=len(self.stages), return_dtype=pl.Int64).fill_null(-1)
+            stage = pl.when(label.is_null()).then(pl.lit(-1, dtype=pl.Int64))
+            for text, index in {s.label: s.index for s in self.stages}.items():  # a repeated label: its last stage
+                stage = stage.when(label == text).then(pl.lit(index, dtype=pl.Int64))
+            # (a when-chain, not replace_strict: polars streams it, where replace materialises the column)
+            stage = stage.otherwise(pl.lit(len(self.stages), dtype=pl.Int64))
         else:
             label, stage = pl.lit(None, dtype=pl.String), pl.lit(-1, dtype=pl.Int64)
         if "rank" in self.schema:

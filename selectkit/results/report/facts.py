@@ -110,9 +110,10 @@ class Facts:
         return rows
 
     # composition ------------------------------------------------------------------------------
-    def composition(self, group) -> list[GroupRow]:
-        """Pool vs selection counts per value of the expression `group` (sorted by name; beyond MAX_GROUPS the
-        smallest pool groups are summed into '(other)'), with how many of each group every stage dropped."""
+    def composition(self, group, names: dict | None = None) -> list[GroupRow]:
+        """Pool vs selection counts per value of the expression `group` (named by `names` when given; sorted by
+        name; beyond MAX_GROUPS the smallest pool groups are summed into '(other)'), with how many of each group
+        every stage dropped."""
         import polars as pl
 
         counts = (self.run.scan().group_by(group.alias("__group"), "__stage")
@@ -121,7 +122,7 @@ class Facts:
         labels = {s.index: s.label for s in self.run.stages}
         table: dict[str, list] = {}
         for name, stage, rows, chosen in counts.iter_rows():
-            entry = table.setdefault(name, [0, 0, {}])
+            entry = table.setdefault(name if names is None else names[name], [0, 0, {}])
             entry[0] += rows
             entry[1] += chosen
             if stage in labels:
@@ -162,7 +163,7 @@ class Facts:
                 continue
             labels = {i: c.removeprefix(f"score.{name}.") for i, c in enumerate(columns)}
             best = pl.concat_list([run.value(c).fill_null(-np.inf) for c in columns]).list.arg_max()
-            out[name] = self.composition(best.cast(pl.Int64).replace_strict(labels, return_dtype=pl.String))
+            out[name] = self.composition(best.cast(pl.Int64), labels)  # labels applied after: replace would not stream
         return out
 
     # distributions ----------------------------------------------------------------------------
