@@ -149,24 +149,42 @@ def test_a_manifest_that_is_not_an_object_or_not_json_is_one_error_line(runs, tm
             assert result.stderr.startswith("error: ") and expected in result.stderr, result.stderr
 
 
-@pytest.mark.parametrize("case", ["selected-text", "id-list", "not-parquet"])
-def test_a_selection_table_of_the_wrong_shape_is_one_error_line(runs, tmp_path, case):
+TABLES = {  # case: (change to selection.parquet, exit code, what stderr (exit 1) or the page (exit 0) says)
+    "selected-text": (pl.col("selected").cast(pl.String), 1, "column 'selected' holds String"),
+    "id-list": (pl.concat_list("id").alias("id"), 1, "column 'id' holds List"),
+    "id-missing": (pl.when(pl.col("rank") == 1).then(None).otherwise(pl.col("id")).alias("id"), 1,
+                   "column 'id' has 1 missing values"),
+    "reserved-name": (pl.lit(1).alias("__row"), 1, "column '__row': names starting with '__' are reserved"),
+    "dropped-list": (pl.concat_list("dropped_by").alias("dropped_by"), 0,
+                     "column &#x27;dropped_by&#x27; holds List(String), not text; not used"),
+    "rank-text": (pl.col("rank").cast(pl.String), 0, "column &#x27;rank&#x27; holds String, not numeric"),
+    "text-number": (pl.lit(5).alias("text"), 0, "column &#x27;text&#x27; holds Int32, not text"),
+    "not-parquet": (None, 1, "cannot read it as Parquet"),
+    "damaged-pages": ("damage", 1, "selection.parquet cannot be read as a selectkit table"),
+}
+
+
+@pytest.mark.parametrize("case", list(TABLES))
+def test_a_selection_table_of_the_wrong_shape_is_one_error_line_or_a_note(runs, tmp_path, case):
+    change, code, expected = TABLES[case]
     target = copy_run(runs["quickstart"], tmp_path / "run")
     table = pl.read_parquet(target / "selection.parquet")
-    if case == "selected-text":
-        table = table.with_columns(pl.col("selected").cast(pl.String))
-    elif case == "id-list":
-        table = table.with_columns(pl.concat_list("id").alias("id"))
-    if case == "not-parquet":
+    some_id = table["id"][5]
+    if change is None:
         (target / "selection.parquet").write_text("id,selected\n1,true\n")
+    elif isinstance(change, str):  # "damage": the footer intact, a stretch of its pages overwritten
+        data = bytearray((target / "selection.parquet").read_bytes())
+        data[len(data) // 3: len(data) // 3 + 2000] = b"\x55" * 2000
+        (target / "selection.parquet").write_bytes(bytes(data))
     else:
-        table.write_parquet(target / "selection.parquet")
-    expected = {"selected-text": "column 'selected' holds String", "id-list": "column 'id' holds List",
-                "not-parquet": "cannot read it as Parquet"}[case]
-    for command in (["report", target], ["explain", target, "x"], ["diff", target, target]):
+        table.with_columns(change).write_parquet(target / "selection.parquet")
+    for command in (["report", target], ["explain", target, some_id], ["diff", target, target]):
         result = cli(*command)
-        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
-        assert result.stderr.startswith("error: ") and expected in result.stderr, result.stderr
+        assert result.returncode == code and "Traceback" not in result.stderr, result.stderr
+        if code:
+            assert result.stderr.startswith("error: ") and expected in result.stderr, result.stderr
+    if not code:
+        assert expected in (target / "report.html").read_text()
 
 
 def test_score_columns_that_are_not_numbers_are_left_out(runs, tmp_path):

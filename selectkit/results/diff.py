@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from selectkit.results.rundir import STREAMING, Draw, Run
+from selectkit.results.rundir import STREAMING, Draw, Run, readable
 
 TEXT_CHARS = 120
 SAMPLE_ROWS = 50_000  # shared examples the score agreement (Spearman) is computed on, drawn by a hash of each id
@@ -19,25 +19,26 @@ def diff(a_dir: str | Path, b_dir: str | Path, top: int = 10) -> dict:
     import polars as pl
 
     a, b = Run.open(a_dir), Run.open(b_dir)
-    sel_a, sel_b = _selected(a), _selected(b)
-    tagged = pl.concat([sel.select(pl.lit(tag).alias("run"), "__id") for tag, sel in (("a", sel_a), ("b", sel_b))])
-    counts = (tagged.group_by("__id").agg(pl.col("run").min().alias("first"), pl.len().alias("runs"))
-              .group_by("first", "runs").agg(pl.len().alias("n")).collect(engine=STREAMING))
-    tally = {(first, runs): n for first, runs, n in counts.iter_rows()}  # ("a", 2): in both runs
-    both = tally.get(("a", 2), 0)
-    only_a, only_b = tally.get(("a", 1), 0), tally.get(("b", 1), 0)
-    union = both + only_a + only_b
-    report = {
-        "a": _about(a), "b": _about(b),
-        "same_pool": None if not (_fingerprint(a) and _fingerprint(b)) else _fingerprint(a) == _fingerprint(b),
-        "overlap": {"a_selected": both + only_a, "b_selected": both + only_b, "both": both,
-                    "only_a": only_a, "only_b": only_b, "jaccard": round(both / union, 6) if union else 1.0},
-        "stages": _stages(a, b),
-        "composition": _composition(a, b),
-        "entering": _examples(b, sel_b.join(sel_a, on="__id", how="anti"), top),
-        "leaving": _examples(a, sel_a.join(sel_b, on="__id", how="anti"), top),
-        "scores": _score_shifts(a, b),
-    }
+    with readable(a_dir, b_dir):
+        sel_a, sel_b = _selected(a), _selected(b)
+        tagged = pl.concat([sel.select(pl.lit(tag).alias("run"), "__id") for tag, sel in (("a", sel_a), ("b", sel_b))])
+        counts = (tagged.group_by("__id").agg(pl.col("run").min().alias("first"), pl.len().alias("runs"))
+                  .group_by("first", "runs").agg(pl.len().alias("n")).collect(engine=STREAMING))
+        tally = {(first, runs): n for first, runs, n in counts.iter_rows()}  # ("a", 2): in both runs
+        both = tally.get(("a", 2), 0)
+        only_a, only_b = tally.get(("a", 1), 0), tally.get(("b", 1), 0)
+        union = both + only_a + only_b
+        report = {
+            "a": _about(a), "b": _about(b),
+            "same_pool": None if not (_fingerprint(a) and _fingerprint(b)) else _fingerprint(a) == _fingerprint(b),
+            "overlap": {"a_selected": both + only_a, "b_selected": both + only_b, "both": both,
+                        "only_a": only_a, "only_b": only_b, "jaccard": round(both / union, 6) if union else 1.0},
+            "stages": _stages(a, b),
+            "composition": _composition(a, b),
+            "entering": _examples(b, sel_b.join(sel_a, on="__id", how="anti"), top),
+            "leaving": _examples(a, sel_a.join(sel_b, on="__id", how="anti"), top),
+            "scores": _score_shifts(a, b),
+        }
     notes = list(dict.fromkeys([f"A: {n}" for n in a.notes] + [f"B: {n}" for n in b.notes]))
     if notes:
         report["notes"] = notes

@@ -7,7 +7,7 @@ import difflib
 import json
 from pathlib import Path
 
-from selectkit.results.rundir import STREAMING, Run, RunDirError
+from selectkit.results.rundir import STREAMING, Run, RunDirError, readable
 
 TEXT_CHARS = 200
 CLOSE_IDS = 200_000  # did-you-mean reads the id column of a table up to this size (an error path only)
@@ -17,12 +17,13 @@ def explain(run_dir: str | Path, ids: list[str]) -> list[dict]:
     """One JSON-ready record per id; an unknown id is a RunDirError naming it. The rows are found by a lazy
     filter on the id column; percentiles and stage counts are streaming aggregates."""
     run = Run.open(run_dir)
-    where = run.find(list(ids))
-    unknown = [i for i, row in where.items() if row is None]
-    if unknown:
-        raise RunDirError(_unknown_message(run, unknown))
-    rows = run.rows([where[str(i)] for i in ids], fields=[run.summarize_by] if run.summarize_by else [])
-    return [_record(run, str(i), row) for i, row in zip(ids, rows.iter_rows(named=True))]
+    with readable(run_dir):
+        where = run.find(list(ids))
+        unknown = [i for i, row in where.items() if row is None]
+        if unknown:
+            raise RunDirError(_unknown_message(run, unknown))
+        rows = run.rows([where[str(i)] for i in ids], fields=[run.summarize_by] if run.summarize_by else [])
+        return [_record(run, str(i), row) for i, row in zip(ids, rows.iter_rows(named=True))]
 
 
 def _unknown_message(run: Run, unknown: list[str]) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -130,7 +131,7 @@ class Run:
         self.folder = shown_as or path.name  # the name a page gives the run (the final folder, not a staging one)
 
     @classmethod
-    def open(cls, path: str | Path, *, shown_as: str | None = None) -> Run:
+    def open(cls, path: str | Path, *, shown_as: str | None = None) -> Run:  # noqa: C901 - one check after another
         """Read a run folder's manifest and the selection table's schema; a RunDirError says what is missing."""
         import polars as pl
 
@@ -171,6 +172,7 @@ class Run:
             raise RunDirError(f"{selection}: column 'selected' holds {schema['selected']}, not true/false")
         if schema["id"].is_nested():
             raise RunDirError(f"{selection}: column 'id' holds {schema['id']}; ids are strings or integers")
+        schema = _checked_columns(selection, schema, notes)
         version = manifest.get("format_version")
         if isinstance(version, int) and version > max(manifest_format.KNOWN_FORMATS):
             notes.append(f"manifest format {version} is newer than this selectkit knows "
@@ -485,6 +487,57 @@ class Run:
             n = found.get(f"{k}.n")
             out.append(float(100.0 * (found[f"{k}.below"] + 0.5 * found[f"{k}.same"]) / n) if n else None)
         return out
+
+# what selection.parquet's own columns must hold (a column of another type is read as absent, with a note)
+COLUMN_KINDS = {"dropped_by": "text", "text": "text", "rank": "numeric", "count": "numeric", "tokens": "numeric",
+                "weight": "numeric"}
+
+
+def _checked_columns(selection: Path, schema: dict, notes: list[str]) -> dict:
+    """The schema the readers may use: names starting with '__' are refused (the readers' derived columns),
+    ids must all be there, and a known column of another type is left out with a note."""
+    import polars as pl
+
+    clash = next((c for c in schema if c.startswith("__")), None)
+    if clash is not None:
+        raise RunDirError(f"{selection}: column {clash!r}: names starting with '__' are reserved for the readers")
+    try:
+        missing = pl.scan_parquet(selection).select(pl.col("id").null_count()).collect(engine=STREAMING).item()
+    except pl.exceptions.PolarsError as exc:
+        raise RunDirError(f"{selection}: cannot read its ids ({_first_line(exc)})") from None
+    if missing:
+        raise RunDirError(f"{selection}: column 'id' has {missing:,} missing values; every row needs an id")
+    out = {}
+    for name, dtype in schema.items():
+        kind = COLUMN_KINDS.get(name)
+        ok = kind is None or (dtype.is_numeric() if kind == "numeric" else dtype in (pl.String, pl.Categorical,
+                                                                                       pl.Null) or
+                              isinstance(dtype, pl.Enum))
+        if ok:
+            out[name] = dtype
+        else:
+            notes.append(f"{selection.name}: column {name!r} holds {dtype}, not {kind}; not used")
+    return out
+
+
+@contextmanager
+def readable(*folders) -> Iterator[None]:
+    """Turn polars' errors on a run's table (a value it cannot compute on, a damaged page) into one RunDirError:
+    a file from elsewhere is the user's input, so its faults are messages, not tracebacks."""
+    import polars as pl
+
+    try:
+        yield
+    except pl.exceptions.PolarsError as exc:
+        where = " and ".join(str(f) for f in folders)
+        raise RunDirError(f"{where}: selection.parquet cannot be read as a selectkit table ({_first_line(exc)})",
+                          hint="selectkit --debug shows where") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
 
 def _number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)

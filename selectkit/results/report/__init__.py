@@ -16,12 +16,13 @@ def build_report(run_dir: str | Path, *, figures: bool = True, embeddings: tuple
     2-D map; default: the run's `files.embeddings` .npy when listed. shown_as: the run folder's name on the page
     (the run writes its report in a staging folder that is renamed once complete)."""
     from selectkit.results.report.page import build
-    from selectkit.results.rundir import Run
+    from selectkit.results.rundir import Run, readable
 
     run = Run.open(run_dir, shown_as=shown_as)
     if embeddings is None:
         embeddings = _run_embeddings(run)
-    return build(run, figures, embeddings)
+    with readable(run_dir):
+        return build(run, figures, embeddings)
 
 
 def write_report(run_dir: str | Path, *, out: str | Path | None = None, figures: bool = True,
