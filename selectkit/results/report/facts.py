@@ -127,8 +127,7 @@ class Facts:
             entry[1] += chosen
             if stage in labels:
                 entry[2][labels[stage]] = entry[2].get(labels[stage], 0) + rows
-        names = sorted(table)
-        out = [GroupRow(n, table[n][0], table[n][1], table[n][2]) for n in names]
+        out = [GroupRow(g, table[g][0], table[g][1], table[g][2]) for g in sorted(table)]
         if len(out) <= MAX_GROUPS:
             return out
         pool = np.array([r.pool for r in out])

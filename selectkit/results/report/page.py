@@ -155,8 +155,7 @@ def funnel(facts: Facts, figures: bool) -> str:
         sorted(((k if k is not None else "(kept)", v) for k, v in run.counts.labels.items()), key=lambda kv: kv[0]),
         numeric=[1])
     if figures:
-        body += h.figure(fig.funnel([r.stage for r in rows], [r.kept for r in rows], "fig-funnel"),
-                         "examples left after each stage")
+        body += h.figure(fig.funnel([r.stage for r in rows], [r.kept for r in rows], "fig-funnel"))
     intro = "examples (and whitespace tokens, what a token budget counts) entering and leaving each stage"
     if not has_tokens:
         intro += "; token counts need selection.parquet's tokens column, which this run lacks"
