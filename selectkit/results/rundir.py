@@ -131,7 +131,7 @@ class Run:
         self.folder = shown_as or path.name  # the name a page gives the run (the final folder, not a staging one)
 
     @classmethod
-    def open(cls, path: str | Path, *, shown_as: str | None = None) -> Run:  # noqa: C901 - one check after another
+    def open(cls, path: str | Path, *, shown_as: str | None = None) -> Run:
         """Read a run folder's manifest and the selection table's schema; a RunDirError says what is missing."""
         import polars as pl
 

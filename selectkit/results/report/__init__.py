@@ -10,11 +10,12 @@ from pathlib import Path
 REPORT_FILE = "report.html"
 
 
-def build_report(run_dir: str | Path, *, figures: bool = True, embeddings: tuple | None = None,
+def build_report(run_dir: str | Path, *, figures: bool | None = True, embeddings: tuple | None = None,
                  shown_as: str | None = None) -> str:
-    """The page as text. figures: inline SVG figures (False: tables only). embeddings: (ids, (N, D) array) for the
-    2-D map; default: the run's `files.embeddings` .npy when listed. shown_as: the run folder's name on the page
-    (the run writes its report in a staging folder that is renamed once complete)."""
+    """The page as text. figures: inline SVG figures (False: tables only; None, which meant "when matplotlib is
+    installed", now means True). embeddings: (ids, (N, D) array) for the 2-D map; default: the run's
+    `files.embeddings` .npy when listed. shown_as: the run folder's name on the page (the run writes its report
+    in a staging folder that is renamed once complete)."""
     from selectkit.results.report.page import build
     from selectkit.results.rundir import Run, readable
 
@@ -22,10 +23,10 @@ def build_report(run_dir: str | Path, *, figures: bool = True, embeddings: tuple
     if embeddings is None:
         embeddings = _run_embeddings(run)
     with readable(run_dir):
-        return build(run, figures, embeddings)
+        return build(run, figures is not False, embeddings)
 
 
-def write_report(run_dir: str | Path, *, out: str | Path | None = None, figures: bool = True,
+def write_report(run_dir: str | Path, *, out: str | Path | None = None, figures: bool | None = True,
                  embeddings: tuple | None = None, shown_as: str | None = None) -> Path:
     """Build the page of the run in `run_dir` and write it atomically to `out` (default RUN_DIR/report.html)."""
     text = build_report(run_dir, figures=figures, embeddings=embeddings, shown_as=shown_as)
