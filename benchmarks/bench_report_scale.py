@@ -51,7 +51,8 @@ def synthetic_run(folder: Path, n: int, dim: int) -> Path:
     pl.DataFrame({"id": ids, "selected": selected, "weight": selected.astype(float), "count": selected.astype(int),
                   "rank": pl.Series(rank).replace(0, None), "dropped_by": pl.Series(dropped, dtype=pl.String),
                   "score.quality": quality, "score.ppl": ppl, "score.len": lengths.astype(float),
-                  "score.sim.math": rng.normal(size=n), "score.sim.code": rng.normal(size=n)}
+                  "score.sim.math": rng.normal(size=n), "score.sim.code": rng.normal(size=n),
+                  "tokens": lengths, "domain": domains}  # runs write output.summarize_by's column and tokens
                  ).write_parquet(out / "selection.parquet")
     files = {"selection": "selection.parquet"}
     if dim:

@@ -151,7 +151,6 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "ot": ("ot",),
     "cluster": ("sklearn",),
     "faiss": ("faiss",),
-    "report": ("matplotlib",),
     "ray": ("ray",),
 }
 

@@ -1,6 +1,6 @@
 """report.html from real runs of the shipped recipes: opened in headless Chromium (sections, figures,
 no console message, no network request), byte-identical rebuilds, numbers checked against polars,
-the page without matplotlib, without the pool file, with future manifest fields, and its error paths."""
+the page without figures, without the pool file, with future manifest fields, and its error paths."""
 
 from __future__ import annotations
 
@@ -221,25 +221,108 @@ def test_page_size_is_bounded_by_design_not_by_pool_size(runs, tmp_path):
     assert size < 1.5 * small + 50_000, (small, size)
 
 
+# streaming ------------------------------------------------------------------------------------------
+def planted_run(folder: Path, n: int = 30_000) -> Path:
+    """A run folder whose scores stress exact quantiles: ties, a far outlier, NaN, null and infinities."""
+    rng = np.random.default_rng(1)
+    folder.mkdir()
+    tied = rng.integers(0, 5, n).astype(float)  # five values only
+    skewed = rng.normal(size=n)
+    skewed[:7] = 1e12  # one far outlier squeezes everything else into the first bin of [min, max]
+    skewed[7:20] = np.nan
+    skewed[20:23] = np.inf
+    skewed[23:25] = -np.inf
+    selected = rng.random(n) < 0.2
+    rank = np.where(selected, np.cumsum(selected), 0)
+    pl.DataFrame({"id": [f"r{i}" for i in range(n)], "selected": selected, "rank": pl.Series(rank).replace(0, None),
+                  "dropped_by": pl.Series([None if s else "topk" for s in selected], dtype=pl.String),
+                  "score.tied": tied, "score.skewed": pl.Series(skewed).scatter([30, 31], None),
+                  "tokens": rng.integers(1, 400, n)}).write_parquet(folder / "selection.parquet")
+    (folder / "manifest.json").write_text(json.dumps({"recipe": {"resolved": {"select": [
+        {"use": "topk", "with": {"score": "skewed"}}]}}}))
+    return folder
+
+
+def test_quantiles_are_exact_and_pages_do_not_depend_on_shards(tmp_path, monkeypatch):
+    """The summaries' quantiles equal numpy's on the whole column although the table is read shard by shard and
+    each quantile is narrowed by histograms; tiny shards and intervals (many passes) give the same page."""
+    from selectkit.results import quantiles, rundir
+    from selectkit.results.report import facts as f
+
+    run = planted_run(tmp_path / "run")
+    table = pl.read_parquet(run / "selection.parquet")
+    default = page_of(run, tmp_path / "default.html").read_bytes()
+    monkeypatch.setattr(rundir, "SHARD_ROWS", 1000)
+    monkeypatch.setattr(quantiles, "GATHER", 50)
+    facts = f.Facts(rundir.Run.open(run))
+    for column in ("score.tied", "score.skewed", "tokens"):
+        for label, rows in ((f.POOL, table), (f.SELECTION, table.filter(pl.col("selected")))):
+            values = rows[column].cast(pl.Float64).fill_null(np.nan).to_numpy()
+            finite = values[np.isfinite(values)]
+            summary = facts.summary(column, label)
+            assert summary.quantiles == tuple(float(q) for q in np.quantile(finite, f.QUANTILES)), (column, label)
+            assert (summary.minimum, summary.maximum, summary.nan) == (finite.min(), finite.max(),
+                                                                       int(np.isnan(values).sum()))
+            assert summary.mean == pytest.approx(finite.mean(), rel=1e-12)
+            assert summary.std == pytest.approx(finite.std(), rel=1e-9)
+    assert page_of(run, tmp_path / "sharded.html").read_bytes() == default
+
+
+def test_the_pool_is_read_only_at_the_rows_shown(runs, tmp_path, monkeypatch):
+    """Texts come from the pool file at the example rows alone, and they are those rows' texts."""
+    import selectkit.data.pool as pool
+
+    read = []
+    real = pool.read_shard
+
+    def spy(table, lo, hi):
+        read.append((lo, hi))
+        return real(table, lo, hi)
+
+    monkeypatch.setattr(pool, "read_shard", spy)
+    page = page_of(runs["quickstart"], tmp_path / "r.html")
+    assert 0 < sum(hi - lo for lo, hi in read) <= 4 * 8 * 8  # 4 kinds of 8 examples, neighbours read together
+    texts = dict(pl.read_ndjson(runs["quickstart"].parent.parent / "recipes" / "data" / "pool.jsonl")
+                 .select("id", "text").iter_rows())
+    shown = [row for table in tables(page)["examples"] for row in table[1:]]
+    assert len(shown) == 32
+    for row in shown:
+        text = texts[row[1]]
+        assert row[-1] == (text if len(text) <= 300 else text[:300] + "…"), row
+
+
+def test_the_page_names_the_run_folder_not_the_staging_one(runs, tmp_path):
+    """A run writes report.html while its outputs sit in a staging folder (.NAME.staging-xxxx) that is renamed
+    once complete: the page names the final folder, as a rebuild of the finished run does."""
+    for name in ("quickstart", "perplexity"):
+        text = (runs[name] / "report.html").read_text()
+        assert "staging" not in text
+        assert f"<tr><th>run folder</th><td>{name}</td></tr>" in text
+    rebuilt = page_of(runs["quickstart"], tmp_path / "r.html").read_text()
+    assert "<tr><th>run folder</th><td>quickstart</td></tr>" in rebuilt
+
+
 # graceful degradation ---------------------------------------------------------------------------------
-def test_page_without_matplotlib_keeps_every_table(runs, chromium, tmp_path):
-    """With matplotlib unimportable (as without the `report` extra) the page still has every section and table."""
+def test_page_without_matplotlib_keeps_every_figure_and_table(runs, chromium, tmp_path):
+    """The figures are hand-written SVG: with matplotlib unimportable the page is the same, byte for byte, figures
+    and all; `--no-figures` drops the figures and keeps every section and table."""
     code = ("import sys; sys.modules['matplotlib'] = None; from selectkit.cli.commands import main; "
             f"sys.argv = ['selectkit', 'report', {str(runs['perplexity'])!r}, '--out', {str(tmp_path / 'r.html')!r}]; "
             "main()")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     page = tmp_path / "r.html"
-    text = page.read_text()
-    assert "<svg" not in text
-    assert "figures need matplotlib" in text
-    loaded = load_page(chromium, page, tmp_path / "browser")
+    assert "figures need matplotlib" not in page.read_text() and "<svg" in page.read_text()
+    assert page.read_bytes() == page_of(runs["perplexity"], tmp_path / "full.html").read_bytes()
+    bare = build(runs["perplexity"], "--no-figures", "--out", tmp_path / "bare.html")
+    assert "<svg" not in bare.read_text()
+    loaded = load_page(chromium, bare, tmp_path / "browser")
     for section in SECTIONS:
         assert f'id="{section}"' in loaded.dom, section
     assert loaded.console == [] and loaded.page_requests == []
-    with_figures = tables(page_of(runs["perplexity"], tmp_path / "full.html"))
-    assert tables(page)["funnel"] == with_figures["funnel"]
-    assert tables(page)["scores"] == with_figures["scores"]
+    with_figures = tables(page)
+    assert tables(bare)["funnel"] == with_figures["funnel"]
+    assert tables(bare)["scores"] == with_figures["scores"]
 
 
 def test_no_figures_flag(runs, tmp_path):

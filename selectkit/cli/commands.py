@@ -386,13 +386,13 @@ run_dir_argument = click.argument("run_dir", type=click.Path(path_type=Path))
 @run_dir_argument
 @click.option("--out", "out_path", type=click.Path(path_type=Path),
               help="where to write (default: RUN_DIR/report.html)")
-@click.option("--no-figures", is_flag=True, help="tables only (the page without matplotlib)")
+@click.option("--no-figures", is_flag=True, help="tables only (no inline SVG figures)")
 def report(run_dir: Path, out_path: Path | None, no_figures: bool) -> None:
     """Rebuild report.html, a self-contained offline page, from a finished run's files."""
     from selectkit.results.report import write_report
 
     try:
-        path = write_report(run_dir, out=out_path, figures=False if no_figures else None)
+        path = write_report(run_dir, out=out_path, figures=not no_figures)
     except SelectkitError as exc:
         _fail(exc)
     click.echo(f"wrote {path}")

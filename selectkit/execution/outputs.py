@@ -29,13 +29,14 @@ from selectkit.contract.components import Shape
 from selectkit.contract.lazy import lazy_import
 from selectkit.errors import SelectkitError, describe_fault
 from selectkit.planning.guard import check_output, written_by_selectkit
+from selectkit.results.manifest import FORMAT_VERSION
 from selectkit.storage.cache import jsonable, share
 
 pl = lazy_import("polars")
 
-MANIFEST_VERSION = 2
+MANIFEST_VERSION = FORMAT_VERSION  # the readers (selectkit.results) know every format up to this one
 LIBRARIES = ("numpy", "polars", "pydantic", "torch", "transformers", "peft", "safetensors", "datasets", "POT",
-             "scikit-learn", "faiss-cpu", "ray", "matplotlib")
+             "scikit-learn", "faiss-cpu", "ray")
 _BUCKET_ROWS = 200_000  # subset rows gathered and sorted at once
 _SELECTION_ROWS = 1 << 20  # selection.parquet rows built at once
 
@@ -267,7 +268,7 @@ def write_outputs(result: Any, out_dir: Path) -> dict[str, Path]:
     staging.mkdir()
     share(staging, folder=True)
     try:
-        names = _write_set(result, staging)
+        names = _write_set(result, staging, out_dir.name)
         _swap_in(staging, out_dir)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
@@ -280,7 +281,8 @@ def write_outputs(result: Any, out_dir: Path) -> dict[str, Path]:
     return {k: out_dir / v for k, v in names.items()}
 
 
-def _write_set(result: Any, folder: Path) -> dict[str, str]:
+def _write_set(result: Any, folder: Path, name: str) -> dict[str, str]:
+    """Every output into `folder` (a staging folder that becomes the run folder `name`)."""
     names: dict[str, str] = {"selection": "selection.parquet"}
     parts_dir = folder / ".parts"
     parts_dir.mkdir()
@@ -305,7 +307,7 @@ def _write_set(result: Any, folder: Path) -> dict[str, str]:
         names["report"] = "report.html"
     data = manifest(result, dict(names))
     (folder / "manifest.json").write_text(json.dumps(data, indent=2, default=jsonable) + "\n")
-    if report and not _report(folder, result):
+    if report and not _report(folder, result, name):
         del names["report"]
         data = manifest(result, dict(names))
         (folder / "manifest.json").write_text(json.dumps(data, indent=2, default=jsonable) + "\n")
@@ -340,12 +342,13 @@ def split_subset(result: Any, folder: Path, column: str, formats: list[str]) -> 
     return written
 
 
-def _report(folder: Path, result: Any) -> bool:
-    """report.html from the files just written; a report that fails is a warning, never a failed run."""
+def _report(folder: Path, result: Any, name: str) -> bool:
+    """report.html from the files just written (in the staging folder; the page names the run folder `name`);
+    a report that fails is a warning, never a failed run."""
     from selectkit.results.report import write_report
 
     try:
-        write_report(folder)
+        write_report(folder, shown_as=name)
     except (SelectkitError, ImportError, ValueError) as exc:
         result.warnings.append(f"report.html was not written: {exc}")
         return False

@@ -3,42 +3,54 @@ examples entering and leaving, score shifts), as text, a pull-request Markdown c
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-import numpy as np
-
-from selectkit.results.rundir import Run
+from selectkit.results.rundir import STREAMING, Draw, Run, readable
 
 TEXT_CHARS = 120
+SAMPLE_ROWS = 50_000  # shared examples the score agreement (Spearman) is computed on, drawn by a hash of each id
 
 
 def diff(a_dir: str | Path, b_dir: str | Path, top: int = 10) -> dict:
-    """A JSON-ready comparison of run B against run A (ids matched as text)."""
+    """A JSON-ready comparison of run B against run A (ids matched as text). Streams: the selected ids are
+    joined lazily, means are aggregates, the score agreement uses a keyed sample of ids (the same ids in
+    both runs), texts are read for the examples shown only."""
+    import polars as pl
+
     a, b = Run.open(a_dir), Run.open(b_dir)
-    ids_a, ids_b = _ids(a), _ids(b)
-    sel_a, sel_b = set(ids_a[a.selected]), set(ids_b[b.selected])
-    both = sel_a & sel_b
-    union = sel_a | sel_b
-    report = {
-        "a": _about(a), "b": _about(b),
-        "same_pool": None if not (_fingerprint(a) and _fingerprint(b)) else _fingerprint(a) == _fingerprint(b),
-        "overlap": {"a_selected": len(sel_a), "b_selected": len(sel_b), "both": len(both),
-                    "only_a": len(sel_a - both), "only_b": len(sel_b - both),
-                    "jaccard": round(len(both) / len(union), 6) if union else 1.0},
-        "stages": _stages(a, b),
-        "composition": _composition(a, b),
-        "entering": _examples(b, ids_b, sel_b - sel_a, top),
-        "leaving": _examples(a, ids_a, sel_a - sel_b, top),
-        "scores": _score_shifts(a, b, ids_a, ids_b),
-    }
+    with readable(a_dir, b_dir):
+        sel_a, sel_b = _selected(a), _selected(b)
+        tagged = pl.concat([sel.select(pl.lit(tag).alias("run"), "__id") for tag, sel in (("a", sel_a), ("b", sel_b))])
+        counts = (tagged.group_by("__id").agg(pl.col("run").min().alias("first"), pl.len().alias("runs"))
+                  .group_by("first", "runs").agg(pl.len().alias("n")).collect(engine=STREAMING))
+        tally = {(first, runs): n for first, runs, n in counts.iter_rows()}  # ("a", 2): in both runs
+        both = tally.get(("a", 2), 0)
+        only_a, only_b = tally.get(("a", 1), 0), tally.get(("b", 1), 0)
+        union = both + only_a + only_b
+        report = {
+            "a": _about(a), "b": _about(b),
+            "same_pool": None if not (_fingerprint(a) and _fingerprint(b)) else _fingerprint(a) == _fingerprint(b),
+            "overlap": {"a_selected": both + only_a, "b_selected": both + only_b, "both": both,
+                        "only_a": only_a, "only_b": only_b, "jaccard": round(both / union, 6) if union else 1.0},
+            "stages": _stages(a, b),
+            "composition": _composition(a, b),
+            "entering": _examples(b, sel_b.join(sel_a, on="__id", how="anti"), top),
+            "leaving": _examples(a, sel_a.join(sel_b, on="__id", how="anti"), top),
+            "scores": _score_shifts(a, b),
+        }
     notes = list(dict.fromkeys([f"A: {n}" for n in a.notes] + [f"B: {n}" for n in b.notes]))
     if notes:
         report["notes"] = notes
     return report
 
 
-def _ids(run: Run) -> np.ndarray:
-    return run.table["id"].cast(str).to_numpy().astype(object)
+def _selected(run: Run):
+    """The selected rows (lazy): id as text, position and rank (duplicate ids counted once)."""
+    import polars as pl
+
+    return (run.scan().filter(pl.col("__selected"))
+            .select(pl.col("id").cast(pl.String).alias("__id"), "__row", "__rank").unique("__id", keep="first"))
 
 
 def _fingerprint(run: Run) -> str | None:
@@ -47,13 +59,13 @@ def _fingerprint(run: Run) -> str | None:
 
 def _about(run: Run) -> dict:
     return {"path": str(run.path), "recipe": run.name, "hash": run.recipe.get("hash"), "seed": run.seed,
-            "pool": run.size, "selected": int(run.selected.sum())}
+            "pool": run.size, "selected": run.counts.selected}
 
 
 def _stages(a: Run, b: Run) -> list[dict]:
     """Kept per stage label in either run (a stage only one run has shows None for the other)."""
-    kept_a = {s.label: int(a.survivors(s).sum()) for s in a.stages}
-    kept_b = {s.label: int(b.survivors(s).sum()) for s in b.stages}
+    kept_a = {s.label: a.counts.survivors(s) for s in a.stages}
+    kept_b = {s.label: b.counts.survivors(s) for s in b.stages}
     labels = list(dict.fromkeys([*kept_a, *kept_b]))
     return [{"stage": label, "a_kept": kept_a.get(label), "b_kept": kept_b.get(label)} for label in labels]
 
@@ -62,11 +74,9 @@ def _composition(a: Run, b: Run) -> dict | None:
     column = a.summarize_by or b.summarize_by
     if not column:
         return None
-    groups_a, groups_b = a.pool_column(column), b.pool_column(column)
-    if groups_a is None or groups_b is None:
-        return {"column": column, "rows": [], "missing": "pool column not available in both runs"}
-    counts_a = _counts(groups_a.cast(str).fill_null("(missing)").to_numpy()[a.selected])
-    counts_b = _counts(groups_b.cast(str).fill_null("(missing)").to_numpy()[b.selected])
+    if not (a.is_table_field(column) and b.is_table_field(column)):
+        return {"column": column, "rows": [], "missing": "selection.parquet of each run must hold that column"}
+    counts_a, counts_b = _counts(a, column), _counts(b, column)
     total_a, total_b = max(sum(counts_a.values()), 1), max(sum(counts_b.values()), 1)
     rows = []
     for group in sorted(set(counts_a) | set(counts_b)):
@@ -76,58 +86,68 @@ def _composition(a: Run, b: Run) -> dict | None:
     return {"column": column, "rows": rows}
 
 
-def _counts(values: np.ndarray) -> dict[str, int]:
-    names, counts = np.unique(values, return_counts=True)
-    return {str(n): int(c) for n, c in zip(names, counts)}
+def _counts(run: Run, column: str) -> dict[str, int]:
+    """Selected rows per value of a column (a streaming group-by)."""
+    import polars as pl
+
+    frame = (run.scan().filter(pl.col("__selected"))
+             .group_by(pl.col(column).cast(pl.String, strict=False).fill_null("(missing)").alias("g"))
+             .agg(pl.len()).collect(engine=STREAMING))
+    return {str(g): int(n) for g, n in frame.iter_rows()}
 
 
-def _examples(run: Run, ids: np.ndarray, chosen: set[str], top: int) -> list[dict]:
-    """The best-ranked `top` of `chosen` in `run`, with a short text when the run's pool is readable."""
-    rows = np.flatnonzero(np.isin(ids, np.array(sorted(chosen), dtype=object)) & run.selected)
-    rows = rows[np.argsort(run.rank[rows], kind="stable")][:top]
-    texts = run.texts
+def _examples(run: Run, chosen, top: int) -> list[dict]:
+    """The best-ranked `top` of `chosen` (a lazy frame of selected rows) in `run`, with a short text when the
+    run's pool is readable."""
+    best = chosen.sort(["__rank", "__row"]).head(top).collect(engine=STREAMING)
+    rows = run.rows(best["__row"].to_list()) if best.height else None
     out = []
-    for row in rows:
-        entry = {"id": str(ids[row]), "rank": int(run.rank[row])}
-        if texts is not None and texts[int(row)] is not None:
-            text = texts[int(row)]
+    for k, (example_id, rank) in enumerate(zip(best["__id"].to_list(), best["__rank"].to_list())):
+        entry = {"id": example_id, "rank": int(rank)}
+        text = rows["__text"][k] if rows is not None else None
+        if text is not None:
             entry["text"] = text if len(text) <= TEXT_CHARS else text[:TEXT_CHARS] + "…"
         out.append(entry)
     return out
 
 
-def _score_shifts(a: Run, b: Run, ids_a: np.ndarray, ids_b: np.ndarray) -> list[dict]:
+def _score_shifts(a: Run, b: Run) -> list[dict]:
     """Per score column both runs wrote: pool and selection means in each, and how far the scores of the
-    shared examples agree (Spearman), which tells a changed scorer from a changed selector."""
+    shared examples agree (Spearman, on a keyed sample of ids), which tells a changed scorer from a changed
+    selector."""
     import polars as pl
 
     shared = [c for c in a.score_columns if c in set(b.score_columns)]
+    if not shared:
+        return []
+    means = {}
+    for key, run in (("a", a), ("b", b)):
+        found = run.aggregate([e for c in shared for e in (
+            run.value(c).filter(run.value(c).is_finite()).mean().alias(f"{c}|pool"),
+            run.value(c).filter(run.value(c).is_finite() & pl.col("__selected")).mean().alias(f"{c}|selected"))])
+        means[key] = found
+    draw = {"s": Draw(SAMPLE_ROWS, ("diff", "agreement"))}
+    sample_a, sample_b = (run.draw(draw, ["id", *shared])["s"].select(pl.col("id").cast(pl.String), *shared)
+                          for run in (a, b))
+    joined = sample_a.join(sample_b, on="id", how="inner", suffix="__b")
     out = []
-    joined = None
-    if shared:
-        left = pl.DataFrame({"id": ids_a.tolist(), **{c: a.values(c) for c in shared}})
-        right = pl.DataFrame({"id": ids_b.tolist(), **{c: b.values(c) for c in shared}})
-        joined = left.join(right, on="id", how="inner", suffix="__b")
     for column in shared:
-        va, vb = a.values(column), b.values(column)
-        entry = {"column": column, "a_pool_mean": _mean(va), "b_pool_mean": _mean(vb),
-                 "a_selected_mean": _mean(va[a.selected]), "b_selected_mean": _mean(vb[b.selected])}
+        entry = {"column": column, "a_pool_mean": means["a"][f"{column}|pool"],
+                 "b_pool_mean": means["b"][f"{column}|pool"],
+                 "a_selected_mean": means["a"][f"{column}|selected"],
+                 "b_selected_mean": means["b"][f"{column}|selected"]}
         if entry["a_selected_mean"] is not None and entry["b_selected_mean"] is not None:
             entry["selected_mean_change"] = entry["b_selected_mean"] - entry["a_selected_mean"]
-        if joined is not None and joined.height >= 3:
-            x, y = joined[column].fill_nan(None), joined[f"{column}__b"].fill_nan(None)
-            frame = pl.DataFrame({"x": x, "y": y}).drop_nulls()
+        if joined.height >= 3:
+            frame = joined.select(
+                pl.col(column).cast(pl.Float64, strict=False).fill_nan(None).alias("x"),
+                pl.col(f"{column}__b").cast(pl.Float64, strict=False).fill_nan(None).alias("y")).drop_nulls()
             if frame.height >= 3 and frame["x"].std() and frame["y"].std():
                 rho = frame.select(pl.corr("x", "y", method="spearman")).item()
                 entry["shared_examples"] = frame.height
                 entry["spearman_a_b"] = None if rho is None else round(float(rho), 6)
         out.append(entry)
     return out
-
-
-def _mean(values: np.ndarray) -> float | None:
-    finite = values[np.isfinite(values)]
-    return float(finite.mean()) if len(finite) else None
 
 
 # rendering -------------------------------------------------------------------------------
@@ -139,10 +159,25 @@ def _g(value) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+ZWSP = "&#8203;"  # a zero-width space: breaks what GitHub would turn into a link, a ping or a reference
+_LINKED = re.compile(r"(?i)(?<=\b)(https?|ftp|mailto)(?=:)|(?<=\b)(www)(?=\.)")  # GFM autolinks a URL's start
+_PINGED = re.compile(r"([@#])(?=\w)")  # @user and @org/team pings, #12 references
+
+
 def _md_cell(value) -> str:
-    """Text safe inside a Markdown table cell of a pull-request comment (no pipes, tags or line breaks)."""
-    text = _g(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("\r", " ")
-    return text.replace("<", "&lt;").replace(">", "&gt;").replace("`", "\\`")
+    """Text safe inside a Markdown table cell of a pull-request comment, whatever scraped text it holds: no
+    pipes, tags or line breaks; no image, link or autolink (brackets escaped, URLs and `www.` broken by a
+    zero-width space); no @mention or #reference (the same). Entities in the text stay literal text."""
+    text = _g(value).replace("&", "&amp;").replace("\\", "\\\\").replace("|", "\\|")
+    text = text.replace("\n", " ").replace("\r", " ").replace("<", "&lt;").replace(">", "&gt;").replace("`", "\\`")
+    text = text.replace("[", "\\[").replace("]", "\\]")
+    text = _PINGED.sub(lambda m: m.group(1) + ZWSP, text)  # before any entity of ours (they hold a '#')
+    return _LINKED.sub(lambda m: (m.group(1) or m.group(2)) + ZWSP, text)
+
+
+def _md_code(value) -> str:
+    """A name as a Markdown code span (rendered literally: no link, ping or tag can form inside one)."""
+    return "`" + _g(value).replace("`", "'").replace("\n", " ").replace("\r", " ").strip() + "`"
 
 
 def _pool_note(same: bool | None, form: str) -> str:
@@ -156,11 +191,11 @@ def render_markdown(d: dict) -> str:
     a, b, o = d["a"], d["b"], d["overlap"]
 
     def table(headers, rows):
-        lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+        lines = ["| " + " | ".join(_md_cell(h) for h in headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
         lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
         return lines
 
-    out = [f"### selectkit diff: `{_md_cell(a['recipe'])}` (A) → `{_md_cell(b['recipe'])}` (B)", ""]
+    out = [f"### selectkit diff: {_md_code(a['recipe'])} (A) → {_md_code(b['recipe'])} (B)", ""]
     out += table(["", "A", "B"], [["recipe hash", (a["hash"] or "")[:12], (b["hash"] or "")[:12]],
                                   ["seed", a["seed"], b["seed"]], ["pool", a["pool"], b["pool"]],
                                   ["selected", a["selected"], b["selected"]]])
@@ -171,7 +206,7 @@ def render_markdown(d: dict) -> str:
                                                                          for s in d["stages"]]) + [""]
     comp = d.get("composition")
     if comp and comp["rows"]:
-        out += [f"#### Composition by `{_md_cell(comp['column'])}`", ""]
+        out += [f"#### Composition by {_md_code(comp['column'])}", ""]
         out += table([comp["column"], "A", "B", "Δ share"],
                      [[r["group"], r["a"], r["b"], f"{100 * r['share_change']:+.1f} pp"] for r in comp["rows"]]) + [""]
     if d["scores"]:

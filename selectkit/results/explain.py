@@ -7,104 +7,110 @@ import difflib
 import json
 from pathlib import Path
 
-import numpy as np
-
-from selectkit.results.rundir import Run, RunDirError, percentile
+from selectkit.results.rundir import STREAMING, Run, RunDirError, readable
 
 TEXT_CHARS = 200
+CLOSE_IDS = 200_000  # did-you-mean reads the id column of a table up to this size (an error path only)
 
 
 def explain(run_dir: str | Path, ids: list[str]) -> list[dict]:
-    """One JSON-ready record per id; an unknown id is a RunDirError naming it."""
+    """One JSON-ready record per id; an unknown id is a RunDirError naming it. The rows are found by a lazy
+    filter on the id column; percentiles and stage counts are streaming aggregates."""
     run = Run.open(run_dir)
-    where = run.index_of(list(ids))
-    unknown = [i for i, row in where.items() if row is None]
-    if unknown:
-        raise RunDirError(_unknown_message(run, unknown))
-    return [_record(run, i, where[i]) for i in ids]
+    with readable(run_dir):
+        where = run.find(list(ids))
+        unknown = [i for i, row in where.items() if row is None]
+        if unknown:
+            raise RunDirError(_unknown_message(run, unknown))
+        rows = run.rows([where[str(i)] for i in ids], fields=[run.summarize_by] if run.summarize_by else [])
+        return [_record(run, str(i), row) for i, row in zip(ids, rows.iter_rows(named=True))]
 
 
 def _unknown_message(run: Run, unknown: list[str]) -> str:
+    import polars as pl
+
     message = f"id {unknown[0]!r} is not in the run's pool ({run.path}, {run.size:,} examples)"
     if len(unknown) > 1:
         message = f"ids not in the run's pool ({run.path}, {run.size:,} examples): {', '.join(map(repr, unknown))}"
-    elif run.size <= 200_000:  # did-you-mean stays fast on a pool this size
-        close = difflib.get_close_matches(unknown[0], run.table["id"].cast(str).to_list(), n=1)
+    elif run.size <= CLOSE_IDS:  # did-you-mean stays fast on a pool this size
+        ids = run.scan().select(pl.col("id").cast(pl.String)).collect(engine=STREAMING)["id"].to_list()
+        close = difflib.get_close_matches(unknown[0], ids, n=1)
         if close:
             message += f"; did you mean {close[0]!r}?"
     return message
 
 
-def _record(run: Run, example_id: str, row: int) -> dict:
-    total_selected = int(run.selected.sum())
-    record = {"id": example_id, "selected": bool(run.selected[row]), "rank": int(run.rank[row]) or None,
-              "of": total_selected}
+def _record(run: Run, example_id: str, row: dict) -> dict:
+    record = {"id": example_id, "selected": bool(row["__selected"]), "rank": int(row["__rank"]) or None,
+              "of": run.counts.selected}
     for column in ("weight", "count"):
-        if column in run.table.columns:
-            value = run.table[column][row]
-            record[column] = None if value is None else (float(value) if column == "weight" else int(value))
-    record["scores"] = [_score(run, column, row) for column in run.score_columns]
-    drop = run.dropped_by[row]
-    record["dropped_by"] = None if drop is None else str(drop)
-    record["stages"] = [_stage(run, stage, row) for stage in run.stages]
+        if column in run.schema:
+            value = _number(row[column])
+            record[column] = None if value is None else (value if column == "weight" else int(value))
+    asks = []
+    for column in run.score_columns:
+        asks.append((column, _number(row[column]), None))
+        if run.raw_column(column):
+            asks.append((run.raw_column(column), _number(row[run.raw_column(column)]), None))
+    stages = [(stage, columns[0]) if len(columns := run.columns_of(stage.score) if stage.score else []) == 1
+              else (stage, None) for stage in run.stages]
+    asks += [(column, _number(row[column]), run.candidates(stage)) for stage, column in stages if column]
+    found = iter(run.percentiles_of(asks))
+    record["scores"] = []
+    for column in run.score_columns:
+        entry = {"column": column, "value": _number(row[column]), "pool_percentile": _round(next(found))}
+        raw = run.raw_column(column)
+        if raw:
+            entry["raw"] = _number(row[raw])
+            entry["raw_pool_percentile"] = _round(next(found))
+        record["scores"].append(entry)
+    record["dropped_by"] = row["__label"]
+    record["stages"] = [_stage(run, stage, column, row, next(found) if column else None) for stage, column in stages]
     for column in ("duplicate_of", "served_task"):
-        if column in run.table.columns and run.table[column][row] is not None:
-            record[column] = str(run.table[column][row])
+        if column in run.schema and row[column] is not None:
+            record[column] = str(row[column])
     if run.summarize_by:
-        group = run.pool_column(run.summarize_by)
-        if group is not None:
-            record[run.summarize_by] = None if group[row] is None else str(group[row])
-    texts = run.texts
-    if texts is not None and texts[row] is not None:
-        text = texts[row]
+        group = row.get(f"field.{run.summarize_by}")
+        if group is not None or run.is_table_field(run.summarize_by):
+            record[run.summarize_by] = group
+    text = row["__text"]
+    if text is not None:
         record["text"] = text if len(text) <= TEXT_CHARS else text[:TEXT_CHARS] + "…"
     if run.notes:
         record["notes"] = list(dict.fromkeys(run.notes))
     return record
 
 
-def _score(run: Run, column: str, row: int) -> dict:
-    values = run.values(column)
-    entry = {"column": column, "value": _float(values[row]),
-             "pool_percentile": _round(percentile(np.sort(values[~np.isnan(values)]), values[row]))}
-    raw = run.raw_column(column)
-    if raw:
-        raw_values = run.values(raw)
-        entry["raw"] = _float(raw_values[row])
-        entry["raw_pool_percentile"] = _round(percentile(np.sort(raw_values[~np.isnan(raw_values)]), raw_values[row]))
-    return entry
-
-
-def _stage(run: Run, stage, row: int) -> dict:
+def _stage(run: Run, stage, column: str | None, row: dict, candidate_percentile: float | None) -> dict:
     """What the stage did to this example: passed, dropped (with the rule), or never reached."""
-    candidates = run.candidates(stage)
     entry = {"stage": stage.label, "selector": stage.use, "params": stage.params,
-             "candidates": int(candidates.sum()), "kept": int(run.survivors(stage).sum())}
-    if not candidates[row]:
+             "candidates": run.counts.candidates(stage), "kept": run.counts.survivors(stage)}
+    at = row["__stage"]
+    if not (at < 0 or at >= stage.index):
         entry["outcome"] = "not reached"
         return entry
-    entry["outcome"] = "dropped" if run.drop_stage[row] == stage.index else "kept"
+    entry["outcome"] = "dropped" if at == stage.index else "kept"
     cut = run.cut(stage)
     if cut is not None:
         entry["cutoff"] = {"column": cut.column, "low": cut.low, "high": cut.high, "source": cut.source,
                            "rule": cut.describe()}
-    columns = run.columns_of(stage.score) if stage.score else []
-    if len(columns) == 1:
-        values = run.values(columns[0])
-        pool = values[candidates & ~np.isnan(values)]
-        entry["score"] = {"column": columns[0], "value": _float(values[row]),
-                          "candidate_percentile": _round(percentile(np.sort(pool), values[row]))}
+    if column:
+        entry["score"] = {"column": column, "value": _number(row[column]),
+                          "candidate_percentile": _round(candidate_percentile)}
     for key in ("duplicate_of", "served_task"):
         mapping = stage.diagnostics.get(key)
         if isinstance(mapping, dict):
-            value = mapping.get(str(run.table["id"][row]))
+            value = mapping.get(str(row["id"]))
             if value is not None:
                 entry[key] = value
     return entry
 
 
-def _float(value) -> float | None:
-    return None if value is None or np.isnan(value) else float(value)
+def _number(value) -> float | None:
+    """A cell as a float: None for null, NaN or a value that is not a number."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        return None
+    return float(value)
 
 
 def _round(value: float | None) -> float | None:

@@ -1,5 +1,5 @@
-"""The sections of report.html, each built from a Run's files (and optional embeddings); figures
-only when matplotlib is there, tables always. Sizes are bounded whatever the pool size."""
+"""The sections of report.html, each built from a run's streaming facts (and optional embeddings):
+tables always, inline SVG figures unless turned off. Sizes are bounded whatever the pool size."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import json
 
 import numpy as np
 
-from selectkit.results.report import facts
+from selectkit.results.report import facts as f
+from selectkit.results.report import figures as fig
 from selectkit.results.report import html as h
+from selectkit.results.report.facts import Facts
 from selectkit.results.rundir import Run
 
 TEXT_CHARS = 300  # characters of an example's text shown
@@ -17,20 +19,19 @@ MAX_LIST = 20  # items of a diagnostic list shown
 
 
 def build(run: Run, figures: bool, embeddings: tuple | None = None) -> str:
-    """The whole page as a string. `embeddings` is (ids, (N, D) array) or None."""
-    groups = run.pool_column(run.summarize_by) if run.summarize_by else None
-    group_values = None if groups is None else groups.cast(str).fill_null("(missing)").to_numpy()
+    """The whole page as a string. `embeddings` is (ids, or None for the table's row order; (N, D) array)."""
+    facts = Facts(run, embeddings)
     parts = [("header", "Run", header(run)),
              ("evaluation", "Evaluation", evaluation(run)),
-             ("warnings", "Warnings", warnings(run, group_values)),
-             ("funnel", "Funnel", funnel(run, figures)),
-             ("composition", "Composition", composition(run, group_values, figures)),
-             ("scores", "Scores", scores(run, figures)),
-             ("correlations", "Correlations", correlations(run, figures)),
-             ("lengths", "Lengths", lengths(run, figures))]
+             ("warnings", "Warnings", warnings(facts)),
+             ("funnel", "Funnel", funnel(facts, figures)),
+             ("composition", "Composition", composition(facts, figures)),
+             ("scores", "Scores", scores(facts, figures)),
+             ("correlations", "Correlations", correlations(facts, figures)),
+             ("lengths", "Lengths", lengths(facts, figures))]
     if embeddings is not None:
-        parts.append(("embedding-map", "Embedding map", embedding_map(run, embeddings, figures)))
-    parts += [("examples", "Examples", examples(run)),
+        parts.append(("embedding-map", "Embedding map", embedding_map(facts, figures)))
+    parts += [("examples", "Examples", examples(facts)),
               ("diagnostics", "Selector diagnostics", diagnostics(run))]
     notes = "".join(f"<li>{h.esc(n)}</li>" for n in dict.fromkeys(run.notes))
     if notes:  # notes gather while sections read the pool, so they are placed last but linked from warnings
@@ -44,9 +45,9 @@ def build(run: Run, figures: bool, embeddings: tuple | None = None) -> str:
 def header(run: Run) -> str:
     """Recipe, seed, versions, data fingerprints, models, stage times and cache hits."""
     m, recipe = run.manifest, run.recipe
-    selected = int(run.selected.sum())
+    selected = run.counts.selected
     pool_spec = (run.resolved.get("data") or {}).get("pool") or {}
-    facts_rows = [("run folder", run.path.name), ("recipe", recipe.get("name")), ("recipe file", recipe.get("file")),
+    facts_rows = [("run folder", run.folder), ("recipe", recipe.get("name")), ("recipe file", recipe.get("file")),
                   ("recipe hash", recipe.get("hash")), ("seed", run.seed),
                   ("row limit (--limit)", m.get("limit", pool_spec.get("limit"))),
                   ("manifest format", m.get("format_version")), ("selectkit", m.get("selectkit_version")),
@@ -115,8 +116,9 @@ def evaluation(run: Run) -> str:
         n = (ev.get("contamination") or {}).get("ngram")
         blocks.append(f"<h3>Contamination ({h.esc(n)}-grams)</h3>" + h.table(
             ["held-out target", "examples sharing one with the pool", "with the selection", "n-grams found in pool"],
-            [(t, h.pct(c["pool"]["examples_with_overlap"]), h.pct(c["selection"]["examples_with_overlap"]),
-              h.pct(c["pool"]["ngrams_found"])) for t, c in contamination.items()]))
+            [(t, h.pct((c.get("pool") or {}).get("examples_with_overlap")),
+              h.pct((c.get("selection") or {}).get("examples_with_overlap")),
+              h.pct((c.get("pool") or {}).get("ngrams_found"))) for t, c in contamination.items()]))
     notes = [*(ev.get("warnings") or []), ev.get("caveat") or ""]
     blocks.append("<ul>" + "".join(f"<li>{h.esc(n)}</li>" for n in notes if n) + "</ul>")
     verdicts = ", ".join(f"{k}: {v}" for k, v in (ev.get("verdicts") or {}).items())
@@ -126,8 +128,8 @@ def evaluation(run: Run) -> str:
 
 
 # warnings ---------------------------------------------------------------------------------
-def warnings(run: Run, groups: np.ndarray | None) -> str:
-    found = facts.warnings(run, groups)
+def warnings(facts: Facts) -> str:
+    found = facts.warnings
     if not found:
         return h.section("warnings", "Warnings", '<p class="ok">nothing to flag</p>')
     items = "".join(f"<li>{h.esc(w)}</li>" for w in found)
@@ -135,8 +137,8 @@ def warnings(run: Run, groups: np.ndarray | None) -> str:
 
 
 # funnel -----------------------------------------------------------------------------------
-def funnel(run: Run, figures: bool) -> str:
-    rows = facts.funnel(run)
+def funnel(facts: Facts, figures: bool) -> str:
+    run, rows = facts.run, facts.funnel
     has_tokens = rows[0].tokens_in is not None
     headers = ["stage", "selector", "in", "kept", "dropped", "kept %"] + (["tokens in", "tokens kept"]
                                                                           if has_tokens else [])
@@ -148,34 +150,30 @@ def funnel(run: Run, figures: bool) -> str:
             row += [r.tokens_in, r.tokens_kept]
         table_rows.append(row)
     body = h.table(headers, table_rows, numeric=[2, 3, 4, 5, 6, 7])
-    drops = {}
-    for label in run.dropped_by:
-        drops[label] = drops.get(label, 0) + 1
     body += "<h3>dropped_by</h3>" + h.table(
         ["dropped_by", "examples"],
-        sorted(((k if k is not None else "(kept)", v) for k, v in drops.items()), key=lambda kv: kv[0]), numeric=[1])
+        sorted(((k if k is not None else "(kept)", v) for k, v in run.counts.labels.items()), key=lambda kv: kv[0]),
+        numeric=[1])
     if figures:
-        from selectkit.results.report import figures as fig
-
-        body += h.figure(fig.funnel([r.stage for r in rows], [r.kept for r in rows], "fig-funnel"),
-                         "examples left after each stage")
+        body += h.figure(fig.funnel([r.stage for r in rows], [r.kept for r in rows], "fig-funnel"))
     intro = "examples (and whitespace tokens, what a token budget counts) entering and leaving each stage"
     if not has_tokens:
-        intro += "; token counts need the pool texts (see Notes)"
+        intro += "; token counts need selection.parquet's tokens column, which this run lacks"
     return h.section("funnel", "Funnel", body, intro)
 
 
 # composition ------------------------------------------------------------------------------
-def composition(run: Run, groups: np.ndarray | None, figures: bool) -> str:
-    body = []
-    if groups is not None:
-        body.append(_group_table(run, groups, run.summarize_by, figures, "fig-composition"))
+def composition(facts: Facts, figures: bool) -> str:
+    run, body = facts.run, []
+    if facts.groups is not None:
+        body.append(_group_table(facts, facts.groups, run.summarize_by, figures, "fig-composition"))
     elif run.summarize_by:
-        body.append(f"<p class=muted>the pool column {h.esc(run.summarize_by)!s} is not available (see Notes)</p>")
-    for i, (name, closest) in enumerate(sorted(facts.target_groups(run).items())):
+        body.append(f"<p class=muted>selection.parquet has no column {h.esc(run.summarize_by)!s} "
+                    "(runs write output.summarize_by's pool column there)</p>")
+    for i, (name, rows) in enumerate(sorted(facts.target_groups.items())):
         body.append(f"<h3>{h.esc(name)}: by closest target</h3>"
                     f'<p class="muted">each example counted under the target its {h.esc(name)} score is highest for</p>'
-                    + _group_table(run, closest, "target", figures, f"fig-targets-{i}"))
+                    + _group_table(facts, rows, "target", figures, f"fig-targets-{i}"))
     if not body:
         return h.section("composition", "Composition", "<p class=muted>the recipe sets no output.summarize_by and has "
                          "no per-target score, so there is nothing to group by</p>")
@@ -183,9 +181,9 @@ def composition(run: Run, groups: np.ndarray | None, figures: bool) -> str:
     return h.section("composition", "Composition", "".join(body), intro)
 
 
-def _group_table(run: Run, groups: np.ndarray, column: str, figures: bool, prefix: str) -> str:
-    rows = facts.composition(run, groups)
-    pool_total, selected_total = run.size, int(run.selected.sum())
+def _group_table(facts: Facts, rows: list[f.GroupRow], column: str, figures: bool, prefix: str) -> str:
+    run = facts.run
+    pool_total, selected_total = run.size, run.counts.selected
     labels = [s.label for s in run.stages]
     table_rows, pool_share, sel_share = [], [], []
     for r in rows:
@@ -199,8 +197,6 @@ def _group_table(run: Run, groups: np.ndarray, column: str, figures: bool, prefi
                *(f"dropped by {label}" for label in labels)]
     out = h.table(headers, table_rows, numeric=range(1, len(headers)))
     if figures:
-        from selectkit.results.report import figures as fig
-
         out += h.figure(fig.composition([r.group for r in rows], pool_share, sel_share, prefix, f"by {column}"))
     return out
 
@@ -219,105 +215,104 @@ def _cuts(run: Run) -> dict[str, list[tuple[str, float]]]:
     return out
 
 
-def scores(run: Run, figures: bool) -> str:
+def _summaries(facts: Facts, columns: list[str], names: dict[str, str]) -> list[list]:
+    rows = []
+    for column in columns:
+        for label in (f.POOL, f.SELECTION):
+            s = facts.summary(column, label)
+            rows.append([names.get(column, column), label, s.count, s.nan, s.mean, s.std, s.minimum, *s.quantiles,
+                         s.maximum])
+    return rows
+
+
+def _distributions(facts: Facts, columns: list[str], cuts: dict, prefix: str) -> str:
+    svgs = []
+    for i, column in enumerate(columns):
+        hist = facts.histograms.get(column)
+        svg = hist and fig.distribution(column.removeprefix("score."), hist.edges, hist.pool, hist.selection,
+                                        cuts.get(column, []), f"{prefix}-{i}")
+        if svg:
+            svgs.append(h.figure(svg))
+    return f'<div class="grid">{"".join(svgs)}</div>'
+
+
+QUANTILE_NOTE = ("quantiles are exact (numpy's linear interpolation), found by narrowing histograms over the table "
+                 "shard by shard")
+
+
+def scores(facts: Facts, figures: bool) -> str:
+    run = facts.run
     if not run.score_columns:
         return h.section("scores", "Scores", "<p class=muted>the run wrote no score columns</p>")
-    cuts = _cuts(run)
-    rows = []
-    for column in run.score_columns:
-        values = run.values(column)
-        for label, part in (("pool", values), ("selection", values[run.selected])):
-            s = facts.summarize(part)
-            rows.append([column, label, s.count, s.nan, s.mean, s.std, s.minimum, *s.quantiles, s.maximum])
-    quantiles = [f"p{round(q * 100)}" for q in facts.QUANTILES]
-    body = h.table(["score", "set", "n", "NaN", "mean", "std", "min", *quantiles, "max"], rows,
-                   numeric=range(2, 8 + len(quantiles)))
+    quantiles = [f"p{round(q * 100)}" for q in f.QUANTILES]
+    body = h.table(["score", "set", "n", "NaN", "mean", "std", "min", *quantiles, "max"],
+                   _summaries(facts, run.score_columns, {}), numeric=range(2, 8 + len(quantiles)))
     cut_rows = [(stage.label, cut.describe(), cut.ties) for stage in run.stages if (cut := run.cut(stage))]
     if cut_rows:
         body += "<h3>Cut-offs</h3>" + h.table(["stage", "kept", "ties dropped at the bound"], cut_rows, numeric=[2])
     if figures:
-        from selectkit.results.report import figures as fig
-
-        svgs = []
-        for i, column in enumerate(run.score_columns):
-            values = run.values(column)
-            svg = fig.distribution(column.removeprefix("score."), values, values[run.selected], cuts.get(column, []),
-                                   f"fig-score-{i}")
-            if svg:
-                svgs.append(h.figure(svg))
-        body += f'<div class="grid">{"".join(svgs)}</div>'
+        body += _distributions(facts, run.score_columns, _cuts(run), "fig-score")
     intro = ("each score column over the pool and over the selection; cut-offs are the manifest's when recorded, "
-             "otherwise read off the rows (observed)")
+             "otherwise read off the rows (observed); " + QUANTILE_NOTE)
     return h.section("scores", "Scores", body, intro)
 
 
-def correlations(run: Run, figures: bool) -> str:
+def correlations(facts: Facts, figures: bool) -> str:
+    run = facts.run
     if len(run.score_columns) < 2:
         return ""
-    labels, matrix = facts.spearman(run)
+    labels, matrix, used = facts.correlations
     short = [c.removeprefix("score.") for c in labels]
     rows = [[short[i], *(None if np.isnan(v) else round(float(v), 3) for v in matrix[i])] for i in range(len(labels))]
     body = h.table(["", *short], rows, numeric=range(1, len(labels) + 1))
     if figures:
-        from selectkit.results.report import figures as fig
-
         body += h.figure(fig.heatmap(labels, matrix, "fig-correlations"))
     note = "Spearman rank correlation over the pool (rows where both scores exist)"
+    if used < run.size:
+        note += f", on a sample of {used:,} of the {run.size:,} rows (drawn by a hash of each id)"
     if len(run.score_columns) > len(labels):
         note += f"; first {len(labels)} of {len(run.score_columns)} score columns"
     return h.section("correlations", "Correlations", body, note)
 
 
-def lengths(run: Run, figures: bool) -> str:
-    texts = run.texts
-    if texts is None:
-        return h.section("lengths", "Lengths", "<p class=muted>needs the pool texts (see Notes)</p>")
-    series = {"tokens": run.tokens.astype(np.float64),
-              "characters": texts.str.len_chars().fill_null(0).to_numpy().astype(np.float64)}
-    rows = []
-    for name, values in series.items():
-        for label, part in (("pool", values), ("selection", values[run.selected])):
-            s = facts.summarize(part)
-            rows.append([name, label, s.count, s.mean, s.minimum, *s.quantiles, s.maximum])
-    quantiles = [f"p{round(q * 100)}" for q in facts.QUANTILES]
+def lengths(facts: Facts, figures: bool) -> str:
+    if not facts.run.tokens_column:
+        return h.section("lengths", "Lengths", "<p class=muted>needs selection.parquet's tokens column, "
+                         "which this run lacks</p>")
+    quantiles = [f"p{round(q * 100)}" for q in f.QUANTILES]
+    rows = [[r[0], r[1], r[2], r[4], r[6], *r[7:]] for r in _summaries(facts, ["tokens"], {})]
     body = h.table(["length", "set", "n", "mean", "min", *quantiles, "max"], rows, numeric=range(2, 7 + len(quantiles)))
     if figures:
-        from selectkit.results.report import figures as fig
-
-        svgs = [fig.distribution(name, values, values[run.selected], [], f"fig-length-{name}")
-                for name, values in series.items()]
-        body += f'<div class="grid">{"".join(h.figure(s) for s in svgs if s)}</div>'
-    return h.section("lengths", "Lengths", body, "whitespace tokens and characters per example")
+        body += _distributions(facts, ["tokens"], {}, "fig-length")
+    return h.section("lengths", "Lengths", body,
+                     "whitespace tokens per example (what a token budget counts; selection.parquet's tokens column). "
+                     "Characters are not counted: that would read every text of the pool")
 
 
-def embedding_map(run: Run, embeddings: tuple, figures: bool) -> str:
-    ids, features = embeddings
-    projected = facts.projection(run, ids, features)
+def embedding_map(facts: Facts, figures: bool) -> str:
+    run, projected = facts.run, facts.projection
     if projected is None:
         return h.section("embedding-map", "Embedding map", "<p class=muted>no embedding matched a run id</p>")
-    xy, selected, matched = projected
-    body = (f"<p>{matched:,} of {run.size:,} examples have an embedding; {len(xy):,} plotted (a seeded sample, "
-            "up to half of it selected examples so a small selection still shows)</p>")
+    body = (f"<p>{projected.matched:,} of {run.size:,} examples have an embedding; {len(projected.xy):,} plotted "
+            "(a sample drawn by a hash of each id, up to half of it selected examples so a small selection still "
+            "shows)</p>")
     if figures:
-        from selectkit.results.report import figures as fig
-
-        body += h.figure(fig.scatter_map(xy, selected, "fig-embedding", "first two principal components"))
-    else:
-        body += "<p class=muted>the map itself needs matplotlib (pip install 'selectkit[report]')</p>"
+        body += h.figure(fig.scatter_map(projected.xy, projected.selected, "fig-embedding",
+                                         "first two principal components"))
     return h.section("embedding-map", "Embedding map", body, "PCA of the embedding features")
 
 
 # examples ---------------------------------------------------------------------------------
-def examples(run: Run) -> str:
-    picks = facts.examples(run)
+def examples(facts: Facts) -> str:
+    run, picks = facts.run, facts.examples
     shown = run.score_columns[:MAX_SCORE_CELLS]
     body = []
-    if run.texts is None:
+    if not facts.texts_shown:
         body.append("<p class=muted>texts are not available (see Notes): ids and scores only</p>")
-    cut = facts.cut_stage(run)
+    cut = facts.cut_stage
     titles = {"top": "top of the selection", "bottom": "bottom of the selection",
               "below the cut-off": f"just below the cut-off of {cut[0].label}" if cut else "just below the cut-off",
-              "random": f"random (seed {run.seed})"}
+              "random": f"random (seed {run.seed}, drawn by a hash of each id)"}
     for kind, items in picks.items():
         rows = []
         for e in items:
@@ -335,7 +330,7 @@ def examples(run: Run) -> str:
 def diagnostics(run: Run) -> str:
     body = []
     for stage in run.stages:
-        cand, kept = int(run.candidates(stage).sum()), int(run.survivors(stage).sum())
+        cand, kept = run.counts.candidates(stage), run.counts.survivors(stage)
         params = json.dumps(stage.params, sort_keys=True, default=str)
         body.append(f"<h3>{h.esc(stage.label)} <span class=muted>({h.esc(stage.use)})</span></h3>"
                     f"<p><code>{h.esc(params)}</code> · kept {kept:,} of {cand:,}</p>")
