@@ -195,14 +195,42 @@ def verify(folder: Path) -> dict | None:
 
 def checked(folder: Path, problem: str) -> Path | None:
     """`folder` when it holds a verified entry; None when it holds none. A corrupt entry is reported
-    (`problem`), removed and treated as absent, so the caller computes it again."""
+    (`problem`), removed and treated as absent, so the caller computes it again. An entry verified
+    earlier in this process is not hashed again while none of its files changed (a streamed score
+    reads each shard of a large gradient store several times)."""
     if not (folder / META).is_file():
         return None
+    state = _state(folder)
+    if state is not None and _VERIFIED.get(str(folder)) == state:
+        return folder
     if verify(folder) is None:
+        _VERIFIED.pop(str(folder), None)
         warnings.warn(f"{problem}; computing it again", SelectkitWarning, stacklevel=3)
         remove(folder)
         return None
+    if state is not None:
+        if len(_VERIFIED) > 100_000:
+            _VERIFIED.clear()
+        _VERIFIED[str(folder)] = state
     return folder
+
+
+_VERIFIED: dict[str, tuple] = {}  # folder -> the state of its files when their checksums last held
+
+
+def _state(folder: Path) -> tuple | None:
+    """(path, size, mtime, inode, ctime) of every file of an entry: a change to any file changes it."""
+    found = []
+    try:
+        for root, dirs, files in os.walk(folder):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            for name in files:
+                if not name.startswith("."):
+                    st = os.lstat(os.path.join(root, name))
+                    found.append((os.path.join(root, name), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
+    except OSError:
+        return None
+    return tuple(sorted(found))
 
 
 def remove(folder: Path) -> None:

@@ -53,6 +53,11 @@ class Gradients(ShardedPass):
     kinds = KINDS
     unit = "gradient shard"
 
+    def canonical(self, request: FeatureRequest) -> FeatureRequest:
+        from selectkit_plugins.lib.influence.requests import resolved
+
+        return resolved(super().canonical(request))
+
     def plan(self, model: ModelRef, requests: list[FeatureRequest], ctx: PlanContext) -> list[PassPlan]:
         if model.spec.kind != "causal-lm":
             raise SelectkitError(f"model {model.name!r} is a {model.spec.kind}; gradient scorers need a causal-lm")
@@ -140,24 +145,34 @@ class Gradients(ShardedPass):
 
     def compute(self, work: PassWork, shard: Shard, model: PointFeaturizer, ctx: PassContext) -> dict[str, Any]:
         from selectkit_plugins.lib.influence.pipeline import featurize_texts
+        from selectkit_plugins.lib.influence.store import encode
 
-        response = dict(work.requests[0].settings).get("response")
+        settings = dict(work.requests[0].settings)
         got = featurize_texts(model.lm.model, model.lm.tokenizer, shard.rows.texts, model.settings,
-                              prompts=prompts_of(shard.rows, response), featurizer=model.featurizer)
-        return {"features": got.features, "norms": got.norms, "losses": got.losses, "layout": model.layout}
+                              prompts=prompts_of(shard.rows, settings.get("response")), featurizer=model.featurizer)
+        return {**encode(got.features, settings["feature_dtype"]), "norms": got.norms, "losses": got.losses,
+                "layout": model.layout}
 
     def assemble(self, work: PassWork, shards: Shards, ctx: PassContext) -> dict[FeatureRequest, Any]:
+        """Per checkpoint: the store's features, read shard by shard when a score streams them (never
+        concatenated here), beside the norms and losses (one number per row)."""
         from selectkit_plugins.lib.influence.pipeline import FeatureSet
+        from selectkit_plugins.lib.influence.store import StoredFeatures
 
         rows = work.row_shards
+        dtype = dict(work.requests[0].settings)["feature_dtype"]
         value = []
         for c, ck in enumerate(_checkpoints(ctx)):
-            parts = shards.read_all(range(c * rows, (c + 1) * rows))
+            indices = list(range(c * rows, (c + 1) * rows))
+            parts = shards.read_all(indices, mmap=True)
             layout = json.loads(bytes(parts[0]["layout"]).decode())
-            fs = FeatureSet(np.concatenate([p["features"] for p in parts]), np.concatenate([p["norms"] for p in parts]),
-                            np.concatenate([p["losses"] for p in parts]),
-                            [tuple(s) for s in layout["slices"]], list(layout["raw_sizes"]))
-            value.append(CheckpointGradients(ck, fs))
+            norms = np.concatenate([np.asarray(p["norms"]) for p in parts])
+            losses = np.concatenate([np.asarray(p["losses"]) for p in parts])
+            features = StoredFeatures(shards, indices, len(norms), parts[0]["features"].shape[1], dtype)
+            del parts  # nothing of the features stays mapped until a score reads them
+            value.append(CheckpointGradients(ck, FeatureSet(features, norms, losses,
+                                                            [tuple(s) for s in layout["slices"]],
+                                                            list(layout["raw_sizes"]))))
         return {work.requests[0]: value}
 
     def _influence(self, work: PassWork, ctx: PassContext, request: FeatureRequest) -> None:
@@ -240,7 +255,7 @@ def _gradient_settings(settings: dict[str, Any], seed: int, max_length: int) -> 
                             factor_dim=settings["factor_dim"], method=settings["method"],
                             batch_size=0 if settings["batch_size"] == "auto" else settings["batch_size"],
                             max_length=max_length,  # auto (0): sized from the loaded model, see `run`
-                            dtype=settings["feature_dtype"], keep_features=settings["keep_features"])
+                            dtype="float32", keep_features=settings["keep_features"])  # stored by `encode`
 
 
 @hookimpl

@@ -8,7 +8,7 @@ pass provider computes them at every checkpoint of the model. The maths lives in
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, PositiveInt
 
@@ -38,11 +38,24 @@ class _Pairwise(Scorer):
 
         return gradient_features(ctx, self._gradient_params(), pool_adam=self.pool_adam)
 
-    def _matrix(self, ctx: ScoreContext, per_target: dict[str, np.ndarray], subtask_field: str | None = None,
-                ) -> Score:
+    def _matrix(self, ctx: ScoreContext, per_target: dict[str, np.ndarray]) -> Score:
+        """One column per target from each target's (N, M_t) scores (the curvature methods' results)."""
         from selectkit_plugins.lib.influence.run import target_columns
 
-        values, names = target_columns(ctx, per_target, self.params.aggregate, subtask_field)
+        reduce, names = target_columns(ctx, {t: v.shape[1] for t, v in per_target.items()}, self.params.aggregate)
+        values = reduce(np.concatenate(list(per_target.values()), axis=1))
+        return Score(values=values, shape=Shape.MATRIX, columns=names, tasks=names)
+
+    def _streamed(self, ctx: ScoreContext, feats: list, score: Any, subtask_field: str | None = None,
+                  **options: Any) -> Score:
+        """`score(pool features per checkpoint, every target's features side by side per checkpoint,
+        ..., reduce=...)`, streamed over the pool's row blocks into one column per target."""
+        from selectkit_plugins.lib.influence.run import target_columns
+
+        sizes = {t: len(feats[0].targets[t].features) for t in ctx.targets}
+        reduce, names = target_columns(ctx, sizes, self.params.aggregate, subtask_field)
+        targets = [np.concatenate([f.targets[t].features for t in ctx.targets]) for f in feats]
+        values = score([f.pool.features for f in feats], targets, reduce=reduce, **options)
         return Score(values=values, shape=Shape.MATRIX, columns=names, tasks=names)
 
 
@@ -75,10 +88,7 @@ class Less(_Pairwise):
         from selectkit_plugins.lib.influence.scores import less
 
         feats = self._features(ctx)
-        lrs = [f.checkpoint.lr for f in feats]
-        per_target = {t: less([f.pool.features for f in feats], [f.targets[t].features for f in feats], lrs)
-                      for t in ctx.targets}
-        score = self._matrix(ctx, per_target, self.params.subtask_field)
+        score = self._streamed(ctx, feats, less, self.params.subtask_field, lrs=[f.checkpoint.lr for f in feats])
         if self.params.combine == "max":
             return Score(values=score.values.max(axis=1))
         return score
@@ -96,14 +106,11 @@ class TracIn(_Pairwise):
     Params = TracInParams
 
     def run(self, ctx: ScoreContext) -> Score:
-        from selectkit_plugins.lib.influence.scores import tracin, unit_rows
+        from selectkit_plugins.lib.influence.scores import tracin
 
         feats = self._features(ctx)
-        lrs = [f.checkpoint.lr for f in feats]
-        prep = unit_rows if self.params.normalize else (lambda x: x)
-        per_target = {t: tracin([prep(f.pool.features) for f in feats], [prep(f.targets[t].features) for f in feats],
-                                lrs) for t in ctx.targets}
-        return self._matrix(ctx, per_target)
+        return self._streamed(ctx, feats, tracin, lrs=[f.checkpoint.lr for f in feats],
+                              normalize=self.params.normalize)
 
 
 class DataInfParams(PairwiseParams):
@@ -124,16 +131,10 @@ class DataInf(_Pairwise):
         from selectkit_plugins.lib.influence.scores import checkpoint_weights, datainf
 
         feats = self._features(ctx)
-        weights = checkpoint_weights([f.checkpoint.lr for f in feats])
-        per_target = {}
-        for t in ctx.targets:
-            total = 0.0
-            for f, w in zip(feats, weights):
-                slices = [(a, b) for _, a, b in f.pool.slices]
-                total = total + w * datainf(f.pool.features, f.targets[t].features, slices,
-                                            raw_sizes=f.pool.raw_sizes, damping=self.params.damping)
-            per_target[t] = total
-        return self._matrix(ctx, per_target)
+        pool = feats[0].pool
+        return self._streamed(ctx, feats, datainf, slices=[(a, b) for _, a, b in pool.slices],
+                              raw_sizes=pool.raw_sizes, damping=self.params.damping,
+                              weights=checkpoint_weights([f.checkpoint.lr for f in feats]))
 
 
 class InverseHessianParams(GradientBase, Aggregate):

@@ -41,7 +41,7 @@ from selectkit_plugins.lib.influence.hooks import (
     with_bias_column,
 )
 from selectkit_plugins.lib.influence.layers import LAYER_TYPES, GradientSupportError, layer_dims, layer_kind, model_type
-from selectkit_plugins.lib.influence.projection import Kind, KroneckerProjector, Projector
+from selectkit_plugins.lib.influence.projection import Kind, KroneckerProjector, make_projector, resolve_kind
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -165,23 +165,26 @@ class GradientFeaturizer:
             raise ValueError("Adam preconditioning needs full per-example gradients: turn off factorize_above")
         if adam is not None and adam.exp_avg.numel() != self.raw_dim:
             raise ValueError(f"Adam state has {adam.exp_avg.numel()} entries, the gradient {self.raw_dim}")
-        self.kron = {b.name: KroneckerProjector(b.d_in, b.d_out, factor_dim, factor_dim, seed=seed, kind=proj_kind,
+        factor_kind = proj_kind if proj_kind in ("rademacher", "gaussian") else "rademacher"  # factors are narrow
+        self.kron = {b.name: KroneckerProjector(b.d_in, b.d_out, factor_dim, factor_dim, seed=seed, kind=factor_kind,
                                                 label=b.name) for b in self.blocks if b.factorized}
-        self.projectors: list[tuple[slice, Projector | None]] = []
+        proj_kind = resolve_kind(proj_kind, proj_dim)
+        self.projectors: list[tuple[slice, Any]] = []
         self.slices: list[tuple[str, int, int]] = []
         at = 0
         if proj_dim is None or layout == "per_block":
             start = 0
             for b in self.raw_blocks:
                 k = b.size if proj_dim is None or b.size <= proj_dim else proj_dim
-                proj = None if k == b.size else Projector(b.size, k, seed=seed, kind=proj_kind, label=b.name)
+                proj = None if k == b.size else make_projector(b.size, k, seed=seed, kind=proj_kind, label=b.name)
                 self.projectors.append((slice(start, start + b.size), proj))
                 self.slices.append((b.name, at, at + k))
                 start, at = start + b.size, at + k
         elif layout == "joint":
             if self.raw_dim:
                 self.projectors.append((slice(0, self.raw_dim),
-                                        Projector(self.raw_dim, proj_dim, seed=seed, kind=proj_kind, label="joint")))
+                                        make_projector(self.raw_dim, proj_dim, seed=seed, kind=proj_kind,
+                                                       label="joint")))
                 self.slices.append(("joint", 0, proj_dim))
                 at = proj_dim
         else:

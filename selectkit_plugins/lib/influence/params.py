@@ -40,14 +40,18 @@ class ProjectedParams(GradientBase):
 
     proj_dim: PositiveInt | None = Field(
         1024, description="random projection width (LESS uses 8192 on GPUs); null keeps raw gradients")
-    proj_kind: Literal["rademacher", "gaussian"] = Field("rademacher", description="projection entries")
+    proj_kind: Literal["auto", "rademacher", "gaussian", "sjlt"] = Field(
+        "auto", description="rademacher or gaussian (dense, O(D k) per example), sjlt (a sparse JL transform, O(D)); "
+        "auto: sjlt from 4096 dims up, rademacher below")
     layout: Literal["joint", "per_block"] = Field(
         "joint", description="joint: one projection of the whole gradient; per_block: one per layer block")
     factorize_above: PositiveInt | None = Field(
         1 << 22, description="Linear layers with more weight entries are projected LoGra-style "
         "(activations and output gradients separately); null: never")
     factor_dim: PositiveInt = Field(32, description="LoGra projection width per side (factor_dim^2 dims per layer)")
-    feature_dtype: Literal["float32", "float16"] = Field("float32", description="stored feature precision")
+    feature_dtype: Literal["auto", "float32", "float16"] = Field(
+        "auto", description="stored precision of the gradient store: float16 keeps unit rows and their float32 "
+        "norms (half the disk and I/O, products in float32); auto: float16 from 4096 dims up, float32 below")
 
 
 class Aggregate(Params):

@@ -30,6 +30,8 @@ def gradient_requests(params: Any, targets: list[str], *, pool_adam: str = "none
 
 @dataclass
 class CheckpointFeatures:
+    """One checkpoint's features: the pool's as stored (streamed by the scores), each target's in memory."""
+
     checkpoint: Any
     pool: FeatureSet
     targets: dict[str, FeatureSet]
@@ -43,27 +45,45 @@ def gradient_features(ctx: Any, params: Any, *, pool_adam: str = "none", with_ta
     got = {r.data: ctx.features.get(r.kind, r.data, **dict(r.settings)) for r in requests}
     out = []
     for c, pool in enumerate(got["pool"]):
-        targets = {t: got[t][c].features for t in ctx.targets} if with_targets else {}
+        targets = {t: in_memory(got[t][c].features) for t in ctx.targets} if with_targets else {}
         out.append(CheckpointFeatures(pool.checkpoint, pool.features, targets))
     return out
 
 
-def target_columns(ctx: Any, per_target: dict[str, np.ndarray], how: str, subtask_field: str | None = None,
-                   ) -> tuple[np.ndarray, tuple[str, ...]]:
-    """(N, M_t) pairwise scores per target -> one column per target: the mean or max over its
-    examples, or, with `subtask_field`, the mean/max within each subtask then the max over
-    subtasks (LESS's `matching.py`)."""
-    cols, names = [], []
-    for name, scores in per_target.items():
+def in_memory(features: FeatureSet) -> FeatureSet:
+    """A target's features with its stored rows read into memory (targets are small)."""
+    from dataclasses import replace
+
+    return replace(features, features=np.asarray(features.features))
+
+
+def target_columns(ctx: Any, sizes: dict[str, int], how: str, subtask_field: str | None = None,
+                   ) -> tuple[Any, tuple[str, ...]]:
+    """How a block of pairwise scores against every target's examples side by side (B, sum M_t)
+    becomes one column per target: the mean or max over its examples, or, with `subtask_field`, the
+    mean/max within each subtask then the max over subtasks (LESS's `matching.py`). Returns the
+    reduce function for `scores.pairwise` and the column names."""
+    plan: list[tuple[int, int, list[str] | None]] = []
+    at = 0
+    for name, size in sizes.items():
+        groups = None
         if subtask_field is not None:
             ds = ctx.targets[name]
             if subtask_field not in ds.rows.columns:
-
                 raise DataError(f"target {name!r} has no column {subtask_field!r} (subtask_field)")
             groups = [str(v) for v in ds.rows[subtask_field].to_list()]
-            grouped, _ = aggregate(scores, groups, how)
-            cols.append(grouped.max(axis=1))
-        else:
-            cols.append(aggregate(scores, [name] * scores.shape[1], how)[0][:, 0])
-        names.append(name)
-    return np.stack(cols, axis=1), tuple(names)
+        plan.append((at, at + size, groups))
+        at += size
+
+    def reduce(block: np.ndarray) -> np.ndarray:
+        cols = []
+        for (lo, hi, groups), name in zip(plan, sizes):
+            scores = block[:, lo:hi]
+            if groups is not None:
+                grouped, _ = aggregate(scores, groups, how)
+                cols.append(grouped.max(axis=1))
+            else:
+                cols.append(aggregate(scores, [name] * scores.shape[1], how)[0][:, 0])
+        return np.stack(cols, axis=1)
+
+    return reduce, tuple(sizes)

@@ -1,16 +1,23 @@
-"""Scoring math on per-example gradient features (numpy, float64), testable without a model.
+"""Scoring math on per-example gradient features (numpy), testable without a model.
 
-Shapes: train features (N, D), target features (M, D), one array per checkpoint. Every
-pairwise result is (N, M) with positive = helpful: the training example's gradient step
-lowers the target's loss (spec section 0). Self-influence and GraNd are (N,).
+Shapes: train features (N, D), target features (M, D), one per checkpoint. Train features may be
+an array or the gradient store's `StoredFeatures`: every pairwise score streams over row blocks
+of the pool with the targets in memory, so N x M is never held unless a caller asks for it (no
+`reduce`); with `reduce` each block's (B, M) is reduced at once (e.g. to one column per target).
+Products run in float64 for float32 features (as they always did) and in float32 for features
+stored in half precision, accumulated over checkpoints in float64. Every pairwise result has
+positive = helpful: the training example's gradient step lowers the target's loss (spec section 0).
+Self-influence and GraNd are (N,).
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from selectkit.plugin import SelectkitError, lazy_import
+from selectkit_plugins.lib.influence.store import is_half, row_blocks
 
 np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
@@ -25,37 +32,72 @@ def checkpoint_weights(lrs: Sequence[float]) -> np.ndarray:
     return w / w.sum()
 
 
-def _check(train: Sequence[np.ndarray], target: Sequence[np.ndarray], lrs: Sequence[float]) -> None:
+Reduce = Callable[["np.ndarray"], "np.ndarray"]  # a block's (B, M) pairwise scores -> (B, C)
+
+
+def _check(train: Sequence[Any], target: Sequence[np.ndarray], lrs: Sequence[float]) -> None:
     if not (len(train) == len(target) == len(lrs)) or not train:
         raise ValueError(f"need one train and one target array per checkpoint: {len(train)}, {len(target)}, {len(lrs)}")
 
 
-def tracin(train: Sequence[np.ndarray], target: Sequence[np.ndarray], lrs: Sequence[float]) -> np.ndarray:
-    """TracInCP (Pruthi et al. 2020): sum_c lr_c <g_c(z), g_c(z')>; (N, M). Positive = proponent."""
-    _check(train, target, lrs)
-    out = np.zeros((len(train[0]), len(target[0])))
-    for x, y, lr in zip(train, target, lrs):
-        out += lr * (np.asarray(x, np.float64) @ np.asarray(y, np.float64).T)
-    return out
+def _precision(x: Any) -> Any:
+    return np.float32 if is_half(x) else np.float64
 
 
-def unit_rows(x: np.ndarray) -> np.ndarray:
+def aligned_blocks(train: Sequence[Any]) -> Iterator[list[tuple[int, int, np.ndarray]]]:
+    """The same row block of every checkpoint's train features, block after block."""
+    iterators = [row_blocks(x) for x in train]
+    for blocks in zip(*iterators):
+        if len({(lo, hi) for lo, hi, _ in blocks}) != 1:
+            raise ValueError("checkpoints' features are stored in different row blocks")
+        yield list(blocks)
+
+
+def pairwise(train: Sequence[Any], target: Sequence[np.ndarray], weights: Sequence[float], *, cosine: bool = False,
+             reduce: Reduce | None = None) -> np.ndarray:
+    """sum_c w_c <f_c(z), g_c(z')> (of unit rows with `cosine`) for every train row z and target row
+    z', one row block at a time: (N, M), or (N, C) with `reduce`. Train rows without a gradient
+    (NaN) give NaN."""
+    _check(train, target, weights)
+    n = len(train[0])
+    ys = [(unit_rows(y) if cosine else np.asarray(y, np.float64)) for y in target]
+    out = None
+    for blocks in aligned_blocks(train):
+        lo, hi = blocks[0][0], blocks[0][1]
+        acc = np.zeros((hi - lo, len(ys[0])))
+        for (_, _, x), y, w, features in zip(blocks, ys, weights, train):
+            kind = _precision(features)
+            x = unit_rows(x, kind) if cosine else np.asarray(x, kind)
+            acc += w * (x @ y.astype(kind, copy=False).T)
+        part = acc if reduce is None else reduce(acc)
+        if out is None:
+            out = np.empty((n, part.shape[1]))
+        out[lo:hi] = part
+    return out if out is not None else np.zeros((0, len(ys[0]) if reduce is None else 0))
+
+
+def tracin(train: Sequence[Any], target: Sequence[np.ndarray], lrs: Sequence[float], *, normalize: bool = False,
+           reduce: Reduce | None = None) -> np.ndarray:
+    """TracInCP (Pruthi et al. 2020): sum_c lr_c <g_c(z), g_c(z')>; (N, M). Positive = proponent.
+    `normalize`: cosines instead of dot products (grad-cos)."""
+    return pairwise(train, target, lrs, cosine=normalize, reduce=reduce)
+
+
+def unit_rows(x: np.ndarray, dtype: Any = None) -> np.ndarray:
     """Rows scaled to unit L2 norm (zero rows stay zero), as LESS's `merge_and_normalize_info`."""
-    x = np.asarray(x, np.float64)
+    x = np.asarray(x, dtype or np.float64)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.where(norms > 0, norms, 1.0)
 
 
-def less(train_adam: Sequence[np.ndarray], target_sgd: Sequence[np.ndarray], lrs: Sequence[float]) -> np.ndarray:
+def less(train_adam: Sequence[Any], target_sgd: Sequence[np.ndarray], lrs: Sequence[float], *,
+         reduce: Reduce | None = None) -> np.ndarray:
     """LESS (Xia et al. 2024): sum_c w_c cos(Gamma_c(z), g_c(z')), w = lr / sum(lr); (N, M).
 
     Train features are Adam-preconditioned (see `adam.py`), target features plain SGD gradients.
     """
     _check(train_adam, target_sgd, lrs)
-    out = np.zeros((len(train_adam[0]), len(target_sgd[0])))
-    for x, y, w in zip(train_adam, target_sgd, checkpoint_weights(lrs)):
-        out += w * (unit_rows(x) @ unit_rows(y).T)
-    return out
+    return pairwise(train_adam, target_sgd, checkpoint_weights(lrs), cosine=True, reduce=reduce)
 
 
 def aggregate(scores: np.ndarray, groups: Sequence[str], within: str = "mean") -> tuple[np.ndarray, list[str]]:
@@ -100,39 +142,79 @@ def grand(norms: Sequence[np.ndarray]) -> np.ndarray:
     return np.mean([np.asarray(n, np.float64) for n in norms], axis=0)
 
 
-def datainf_damping(train: np.ndarray, raw_size: int, scale: float = 0.1) -> float:
+def datainf_damping(train: Any, raw_size: int, scale: float = 0.1, columns: tuple[int, int] | None = None) -> float:
     """DataInf's layer-wise damping lambda_l = 0.1 * mean_i mean_j g_ij^2 (`lambda_const_param=10`),
-    computed as 0.1 * mean ||g_i||^2 / raw_size so it is the same on projected features."""
-    return scale * float(np.mean(np.sum(np.asarray(train, np.float64) ** 2, axis=1))) / raw_size
+    computed as 0.1 * mean ||g_i||^2 / raw_size so it is the same on projected features (over the
+    feature `columns` [a, b) of one block; streamed over row blocks)."""
+    total, rows = 0.0, 0
+    for _, _, x in row_blocks(train):
+        x = np.asarray(x if columns is None else x[:, columns[0]:columns[1]], np.float64)
+        total += float(np.sum(x * x))
+        rows += len(x)
+    return scale * (total / max(rows, 1)) / raw_size
 
 
-def datainf(train: np.ndarray, target: np.ndarray, slices: Sequence[tuple[int, int]] | None = None, *,
-            raw_sizes: Sequence[int] | None = None, damping: float | Sequence[float] | None = None,
-            damping_scale: float = 0.1) -> np.ndarray:
+def datainf_hvps(train: Any, target: np.ndarray, slices: Sequence[tuple[int, int]] | None = None, *,
+                 raw_sizes: Sequence[int] | None = None, damping: float | Sequence[float] | None = None,
+                 damping_scale: float = 0.1) -> list[tuple[tuple[int, int], np.ndarray]]:
+    """DataInf's per-block inverse-Fisher products of the targets, one streamed pass over the train
+    rows: hvp_l = (1/lambda_l) (v_l - (1/n) sum_i (v_l.g_il)/(lambda_l + ||g_il||^2) g_il), (M, d_l)
+    per block l = columns [a, b). An explicit damping of 0 is an error (dattri's division by zero)."""
+    target = np.asarray(target, np.float64)
+    width = target.shape[1]
+    slices = list(slices) if slices is not None else [(0, width)]
+    raw_sizes = list(raw_sizes) if raw_sizes is not None else [b - a for a, b in slices]
+    if damping is None:
+        lams = [datainf_damping(train, r, damping_scale, (a, b)) for (a, b), r in zip(slices, raw_sizes)]
+    else:
+        lams = list(damping) if isinstance(damping, Sequence) else [float(damping)] * len(slices)
+    if len(lams) != len(slices):
+        raise ValueError(f"{len(lams)} damping values for {len(slices)} blocks")
+    for lam in lams:
+        if not lam > 0:
+            raise ValueError(f"DataInf damping must be positive, got {lam} (0 divides by zero)")
+    sums = [np.zeros((len(target), b - a)) for a, b in slices]
+    n = 0
+    for _, _, x in row_blocks(train):
+        x = np.asarray(x, np.float64)
+        n += len(x)
+        for (a, b), lam, acc in zip(slices, lams, sums):
+            g, v = x[:, a:b], target[:, a:b]
+            coef = (v @ g.T) / (lam + np.sum(g * g, axis=1))[None, :]  # (M, B)
+            acc += coef @ g
+    return [((a, b), (target[:, a:b] - acc / max(n, 1)) / lam) for (a, b), lam, acc in zip(slices, lams, sums)]
+
+
+def datainf(train: Sequence[Any] | Any, target: Sequence[np.ndarray] | np.ndarray,
+            slices: Sequence[tuple[int, int]] | None = None, *, raw_sizes: Sequence[int] | None = None,
+            damping: float | Sequence[float] | None = None, damping_scale: float = 0.1,
+            weights: Sequence[float] | None = None, reduce: Reduce | None = None) -> np.ndarray:
     """DataInf (Kwon et al. 2024): per block l,
     hvp_l = (1/(n lambda_l)) sum_i (v_l - (v_l.g_il)/(lambda_l + ||g_il||^2) g_il), score = sum_l g_kl . hvp_l.
 
     (N, M), positive = helpful (the reference code returns the negation). `slices` are the
     column ranges of the blocks (default: one block); `raw_sizes` their unprojected sizes for
-    the default damping. An explicit damping of 0 is an error (division by zero, dattri's pitfall).
+    the default damping. Several checkpoints (lists of train and target features, `weights`) add
+    up with those weights before `reduce`. Streams: one pass per checkpoint for the damping, one for
+    the inverse-Fisher products, one for the scores.
     """
-    train = np.asarray(train, np.float64)
-    target = np.asarray(target, np.float64)
-    slices = list(slices) if slices is not None else [(0, train.shape[1])]
-    raw_sizes = list(raw_sizes) if raw_sizes is not None else [b - a for a, b in slices]
-    if damping is None:
-        lams = [datainf_damping(train[:, a:b], r, damping_scale) for (a, b), r in zip(slices, raw_sizes)]
-    else:
-        lams = list(damping) if isinstance(damping, Sequence) else [float(damping)] * len(slices)
-    if len(lams) != len(slices):
-        raise ValueError(f"{len(lams)} damping values for {len(slices)} blocks")
-    out = np.zeros((len(train), len(target)))
-    n = len(train)
-    for (a, b), lam in zip(slices, lams):
-        if not lam > 0:
-            raise ValueError(f"DataInf damping must be positive, got {lam} (0 divides by zero)")
-        g, v = train[:, a:b], target[:, a:b]
-        coef = (v @ g.T) / (lam + np.sum(g * g, axis=1))[None, :]  # (M, n)
-        hvp = (v - coef @ g / n) / lam  # (M, d_l)
-        out += g @ hvp.T
+    many = isinstance(train, list | tuple)
+    trains, targets = (list(train), list(target)) if many else ([train], [target])
+    weights = list(weights) if weights is not None else [1.0] * len(trains)
+    _check(trains, targets, weights)
+    hvps = [datainf_hvps(x, y, slices, raw_sizes=raw_sizes, damping=damping, damping_scale=damping_scale)
+            for x, y in zip(trains, targets)]
+    n = len(trains[0])
+    out = None
+    for blocks in aligned_blocks(trains):
+        lo, hi = blocks[0][0], blocks[0][1]
+        acc = np.zeros((hi - lo, len(targets[0])))
+        for (_, _, x), per_block, w in zip(blocks, hvps, weights):
+            x = np.asarray(x, np.float64)
+            for (a, b), hvp in per_block:
+                acc += w * (x[:, a:b] @ hvp.T)
+        part = acc if reduce is None else reduce(acc)
+        if out is None:
+            out = np.empty((n, part.shape[1]))
+        out[lo:hi] = part
     return out

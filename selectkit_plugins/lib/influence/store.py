@@ -1,0 +1,92 @@
+"""The gradient store: per-example gradient features of one data source at one checkpoint, as the
+`gradients` provider wrote them into the cache, one shard per row range, read back shard by shard
+(memory-mapped) and never concatenated.
+
+Features are stored in the request's `feature_dtype`: float32 as computed, or float16 as unit rows
+(each row divided by its L2 norm, which is kept beside it in float32) so that half precision keeps
+its 11-bit mantissa at every scale: projected gradients of a trained model are small enough for
+plain float16 to round many coordinates to subnormals or zero. A block reads back as float32
+(float16 rows times their scale); the scores multiply blocks in float32 (float64 for float32
+features, as ever) and accumulate over checkpoints in float64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from selectkit.plugin import lazy_import
+
+np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
+
+HALF = "float16"
+ARRAY_BLOCK_ROWS = 4096  # rows an in-memory array is cut into when it is scored like a store
+
+
+def encode(features: np.ndarray, dtype: str) -> dict[str, np.ndarray]:
+    """The arrays a shard stores for `features` (N, D) float32 in `dtype` (float32 | float16)."""
+    features = np.asarray(features, dtype=np.float32)
+    if dtype != HALF:
+        return {"features": features}
+    scales = np.linalg.norm(features.astype(np.float64), axis=1)
+    units = features / np.where(scales > 0, scales, 1.0)[:, None].astype(np.float32)
+    return {"features": units.astype(np.float16), "scales": scales.astype(np.float32)}
+
+
+def decode(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """A shard's features as float32 (float16 unit rows times their scales)."""
+    features = arrays["features"]
+    if "scales" not in arrays:
+        return np.asarray(features)
+    return np.asarray(features, dtype=np.float32) * np.asarray(arrays["scales"], dtype=np.float32)[:, None]
+
+
+class StoredFeatures:
+    """One checkpoint's features of one data source: `blocks()` yields (lo, hi, rows) shard by shard,
+    each shard memory-mapped only while it is used, so memory holds one shard whatever the pool.
+    `np.asarray(stored)` concatenates them (targets are small; for the pool, stream)."""
+
+    def __init__(self, shards: Any, indices: list[int], rows: int, dim: int, dtype: str):
+        self.shards, self.indices, self.rows, self.dim, self.dtype = shards, list(indices), rows, dim, dtype
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.rows, self.dim
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def blocks(self) -> Iterator[tuple[int, int, np.ndarray]]:
+        lo = 0
+        for index in self.indices:
+            arrays = self.shards.read(index, mmap=True)
+            if arrays is None:
+                from selectkit.plugin import SelectkitError
+
+                raise SelectkitError(f"shard {index} of the gradient store is missing or corrupt (it was removed); "
+                                     "run the recipe again to recompute it")
+            block = decode(arrays)
+            yield lo, lo + len(block), block
+            lo += len(block)
+            del arrays, block  # unmapped before the next shard is opened
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        parts = [block for _, _, block in self.blocks()]
+        out = np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
+        return out if dtype is None else out.astype(dtype)
+
+
+def row_blocks(features: Any) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(lo, hi, rows) blocks of stored features, or of an in-memory array cut into ARRAY_BLOCK_ROWS."""
+    if hasattr(features, "blocks"):
+        yield from features.blocks()
+        return
+    array = np.asarray(features)
+    for lo in range(0, max(len(array), 1), ARRAY_BLOCK_ROWS):
+        yield lo, min(lo + ARRAY_BLOCK_ROWS, len(array)), array[lo:lo + ARRAY_BLOCK_ROWS]
+
+
+def is_half(features: Any) -> bool:
+    """True for features stored in half precision (their products run in float32)."""
+    dtype = getattr(features, "dtype", None)
+    return str(dtype) in (HALF, "float16")
