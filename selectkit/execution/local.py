@@ -38,6 +38,7 @@ from selectkit.planning.steps import (
     SurrogatePayload,
     WritePayload,
 )
+from selectkit.storage.cache import MissingShardError
 
 Progress = Callable[[str], None]
 NOT_DROPPED = -1
@@ -282,7 +283,10 @@ class Run:
                 self.get(upstream)
         store = self.cache.store(step.artifact, step.key)
         if provider.complete(work, store):
-            return provider.load(work, self.pass_context(step)), "cached", {}
+            try:
+                return provider.load(work, self.pass_context(step)), "cached", {}
+            except MissingShardError:  # a shard was found corrupt and removed: find every such shard now,
+                store.shards(step.shards).scrub()  # and compute them again below
         missing = store.shards(step.shards).missing() if step.shards else []
         before = step.shards - len(missing) if step.shards else 0
         ctx = self.pass_context(step)

@@ -55,6 +55,10 @@ class CacheError(SelectkitError):
     """The cache folder cannot be created or written."""
 
 
+class MissingShardError(CacheError):
+    """A shard a complete entry should hold is gone (found corrupt and removed): compute it again."""
+
+
 def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -86,6 +90,23 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 def read_npz(path: Path) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
+
+
+class _ThroughWrite:
+    """A file numpy writes through Python's `write`: a full disk then raises OSError with its errno
+    (ENOSPC), where numpy's own `tofile` says only "N requested and M written"."""
+
+    def __init__(self, handle: Any):
+        self.handle = handle
+
+    def write(self, data: bytes) -> int:
+        return self.handle.write(data)
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    """One array as a .npy file (no pickled objects)."""
+    with open(path, "wb") as handle:
+        np.save(_ThroughWrite(handle), np.asarray(array), allow_pickle=False)
 
 
 def array_file(i: int) -> str:
@@ -130,7 +151,7 @@ class Staging:
     def add_array_files(self, arrays: dict[str, np.ndarray]) -> None:
         """Each array as a .npy file of its own (memory-mappable when read back), names in meta.json."""
         for i, array in enumerate(arrays.values()):
-            self.add_file(array_file(i), lambda path, a=array: np.save(path, np.asarray(a), allow_pickle=False))
+            self.add_file(array_file(i), lambda path, a=array: save_npy(path, a))
         self.meta["arrays"] = list(arrays)
 
     def add_file(self, name: str, write: Writer) -> None:
@@ -442,6 +463,10 @@ class Sharded:
         except (OSError, ValueError):
             return None
 
+    def scrub(self) -> list[int]:
+        """Verify every shard present (each corrupt one is reported and removed); the shards now missing."""
+        return [i for i in range(self.count) if self.open(i) is None]
+
     def verified(self) -> bool:
         """True when complete and every shard's checksums hold (each corrupt shard is removed)."""
         if not self.complete():
@@ -453,8 +478,8 @@ class Sharded:
         for i in range(self.count) if indices is None else indices:
             arrays = self.read(i, mmap)
             if arrays is None:
-                raise SelectkitError(f"shard {i} of cache entry {self.kind}/{self.key} is missing or corrupt; "
-                                     "run the recipe again to recompute it")
+                raise MissingShardError(f"shard {i} of cache entry {self.kind}/{self.key} is missing or corrupt; "
+                                        "run the recipe again to recompute it")
             out.append(arrays)
         return out
 
