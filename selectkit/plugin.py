@@ -53,7 +53,16 @@ from selectkit.contract.components import (
 )
 from selectkit.contract.features import FeatureRequest, Features, describe
 from selectkit.contract.hookspecs import hookimpl
-from selectkit.contract.keyed_random import canonical_order, gumbel, label_hash, mix64, rng_for, row_keys, uniform
+from selectkit.contract.keyed_random import (
+    canonical_order,
+    gumbel,
+    keyed_subset,
+    label_hash,
+    mix64,
+    rng_for,
+    row_keys,
+    uniform,
+)
 from selectkit.contract.lazy import lazy_import
 from selectkit.contract.passes import (
     ModelRef,
@@ -96,6 +105,7 @@ from selectkit.models.lm import (
 )
 from selectkit.models.loader import peft_quietly, unsafe_load_reason
 from selectkit.models.training import linear_schedule, train_epoch
+from selectkit.recipe.spec import TrainSpec
 from selectkit.storage.digest import cache_key, path_fingerprint
 
 __all__ = [
@@ -109,12 +119,13 @@ __all__ = [
     # data formats
     "Reader", "RowSource", "InMemory",
     # registration, randomness, identity, cheap imports
-    "hookimpl", "row_keys", "uniform", "gumbel", "rng_for", "canonical_order", "label_hash", "mix64", "cache_key",
-    "path_fingerprint", "lazy_import",
+    "hookimpl", "row_keys", "uniform", "gumbel", "rng_for", "canonical_order", "keyed_subset", "label_hash", "mix64",
+    "cache_key", "path_fingerprint", "lazy_import",
     # errors
     "SelectkitError", "DataError", "RecipeError", "PluginError", "ModelError", "MissingExtraError", "require",
     "unknown_message",
     # the causal-LM toolkit
     "render", "prompts_of", "encode", "prompt_ids", "pad", "batch", "plan_batches", "counted_tokens", "example_loss",
-    "token_logprobs", "mixed_precision", "train_epoch", "linear_schedule", "peft_quietly", "unsafe_load_reason",
+    "token_logprobs", "mixed_precision", "train_epoch", "linear_schedule", "TrainSpec", "peft_quietly",
+    "unsafe_load_reason",
 ]

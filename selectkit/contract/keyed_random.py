@@ -93,3 +93,18 @@ def rng_for(seed: int, *labels: str) -> np.random.Generator:
     to rows (a k-means seed, a fold split of targets). Per-row draws use `uniform`/`gumbel`."""
     digest = hashlib.sha256("\x1f".join(labels).encode()).digest()
     return np.random.default_rng([seed, int.from_bytes(digest[:8], "little")])
+
+
+def keyed_subset(keys: np.ndarray, seed: int, draws, eligible: np.ndarray | None = None) -> np.ndarray:
+    """Positions of the rows kept by nested keyed draws, in key order: each `(labels, count)` of
+    `draws` keeps the `count` rows with the smallest draw of stream (seed, labels) among the rows the
+    previous draw kept (the first among the `eligible` rows, default all). A subset of a sample is
+    then a function of the row ids alone, whatever the pool's order or size beyond the sample."""
+    keys = np.asarray(keys, dtype=np.uint64)
+    rows = np.arange(len(keys)) if eligible is None else np.flatnonzero(np.asarray(eligible, bool))
+    for labels, count in draws:
+        count = int(count)
+        if count < len(rows):
+            u = uniform(seed, tuple(labels), keys[rows])
+            rows = rows[np.argsort(u, kind="stable")[:count]]
+    return rows[canonical_order(keys[rows])]

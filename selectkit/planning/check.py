@@ -54,6 +54,7 @@ def check(loaded: LoadedRecipe, registry: Registry | None = None) -> Checked:
     if "output" not in broken and sources:
         _check_output(loaded, sources, out)
     _check_evaluate(loaded, out)
+    _check_lds(loaded, registry, scores, sources, out)
     if out.errors:
         raise RecipeErrors(_by_line(out.errors))
     if recipe.execution.executor != "local":
@@ -191,6 +192,64 @@ def _check_evaluate(loaded: LoadedRecipe, out: _Collector) -> None:
             close = difflib.get_close_matches(name, known, n=1)
             out.add(f"evaluate.targets: unknown target {name!r}" + (f"; did you mean {close[0]!r}?" if close else ""),
                     ("evaluate", "targets", i), hint=None if close else f"targets: {', '.join(known) or 'none'}")
+
+
+def _check_lds(loaded: LoadedRecipe, registry: Registry, scores: dict[str, ScoreNode],
+               sources: dict[str, SourceNode], out: _Collector) -> None:
+    """`evaluate.lds`: the scores it measures exist and are vectors or matrices, a causal LM to retrain,
+    targets to measure, a sample the pool can give, and enough distinct subsets in it."""
+    import math
+
+    from selectkit.contract.components import Shape
+    from selectkit.planning import retrain
+
+    spec = getattr(loaded.recipe, "evaluate", None)
+    if spec is None or spec.lds is None:
+        return
+    lds = spec.lds
+    where = ("evaluate", "lds")
+    broken = loaded.broken["scores"]
+    for i, name in enumerate(lds.scores or []):
+        base = name.partition(".")[0]
+        if base in broken:
+            continue
+        if base not in scores:
+            close = _close(base, list(scores))
+            out.add(f"evaluate.lds.scores: unknown score {name!r}" + (f"; did you mean {close!r}?" if close else ""),
+                    (*where, "scores", i), hint=None if close else f"scores: {', '.join(scores) or 'none'}",
+                    code="unknown-name")
+        elif scores[base].shape not in (Shape.VECTOR, Shape.MATRIX):
+            out.add(f"evaluate.lds.scores: score {name!r} is a {scores[base].shape.value} score; LDS sums a score "
+                    "over each subset, so it needs a vector or a matrix", (*where, "scores", i), code="shape-mismatch")
+    if not getattr(loaded.recipe.data, "targets", None):
+        out.add("evaluate.lds measures the loss on held-out target rows, and this recipe has no targets", where,
+                at_key=True, hint="add a target under data.targets", code="targets-mismatch")
+    measured = retrain.measured_scores(lds, scores, registry)
+    if not measured and not lds.scores:
+        out.add("evaluate.lds: no gradient score against targets to measure", where, at_key=True,
+                hint="name the scores to measure: evaluate.lds.scores", code="invalid-value")
+    model = retrain.lds_model(lds, scores, registry)
+    if lds.model is not None and lds.model not in loaded.recipe.models:
+        close = _close(lds.model, list(loaded.recipe.models))
+        out.add(f"evaluate.lds.model: unknown model {lds.model!r}" + (f"; did you mean {close!r}?" if close else ""),
+                (*where, "model"), code="unknown-name")
+    elif model is None:
+        out.add("evaluate.lds: no model to retrain (no measured score runs one)", where, at_key=True,
+                hint="name a causal-lm under `models`: evaluate.lds.model", code="model-mismatch")
+    elif model in loaded.recipe.models and loaded.recipe.models[model].kind != "causal-lm":
+        out.add(f"evaluate.lds retrains a LoRA on a causal-lm; model {model!r} is a "
+                f"{loaded.recipe.models[model].kind}", (*where, "model") if lds.model else where, at_key=not lds.model,
+                code="model-mismatch")
+    pool = sources.get("pool")
+    if pool is not None and pool.rows is not None and lds.sample > pool.rows:
+        out.add(f"evaluate.lds.sample: {lds.sample} rows, but the pool has {pool.rows}", (*where, "sample"),
+                hint=f"sample: {pool.rows} or fewer", code="invalid-value")
+    size = retrain.subset_size(lds)
+    distinct = math.comb(lds.sample, size) if lds.sample > 1 else 0
+    if lds.sample < 2 or distinct < lds.subsets:
+        out.add(f"evaluate.lds.subsets: {lds.subsets} subsets of {size} rows, but a sample of {lds.sample} rows "
+                f"has only {distinct} distinct ones", (*where, "subsets"), hint="raise evaluate.lds.sample",
+                code="invalid-value")
 
 
 def _check_models(loaded: LoadedRecipe, out: _Collector) -> None:

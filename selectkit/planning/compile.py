@@ -87,6 +87,7 @@ def compile_plan(checked: Checked, cache: Cache | None = None, out_dir: Path | N
     planner.stages = list(checked.stages)
     planner.scores(checked.scores)
     planner.selection(checked.stages)
+    planner.retrains(checked)
     selects = [s.id for s in planner.steps if s.kind == "select"]
     planner.add(Step("write", str(out_dir), WritePayload(Path(out_dir), recipe.output),
                      inputs=(*selects[-1:], *planner.score_final.values()),
@@ -146,9 +147,22 @@ def _models(checked: Checked, memo: Path | None) -> dict[str, ModelRef]:
     from selectkit.models.loader import model_fingerprint
 
     used = {m for node in checked.scores.values() for m in node.models()}
+    lds = _lds_model(checked)
+    if lds is not None:
+        used.add(lds)
     base = Path(checked.loaded.base)
     return {name: ModelRef(name, checked.models[name], base, model_fingerprint(checked.models[name], base, memo))
             for name in sorted(used)}
+
+
+def _lds_model(checked: Checked) -> str | None:
+    from selectkit.planning import retrain
+
+    spec = checked.loaded.recipe.evaluate
+    if spec is None or spec.lds is None:
+        return None
+    name = retrain.lds_model(spec.lds, checked.scores, checked.registry)
+    return name if name in checked.models else None
 
 
 def plan_context(models: dict[str, ModelRef], sources: dict[str, SourceSpec], rows: dict[str, int | None], seed: int,
@@ -424,6 +438,26 @@ class Planner:
                           detail={"params": collapse.params.model_dump(mode="json")}))
             previous = step_id
         self.score_final[name] = previous
+
+    # -------------------------------------------------------------- retraining (evaluate.lds)
+    def retrains(self, checked: Checked) -> None:
+        """The LoRA retrains of `evaluate.lds`, one step per subset (no output needs them: `run` skips
+        them, `eval` pulls them, `plan` shows their cost)."""
+        from selectkit.planning import retrain
+
+        recipe = checked.loaded.recipe
+        name = _lds_model(checked)
+        if name is None:
+            return
+        spec = recipe.evaluate.lds
+        model = self.models[name]
+        train = retrain.train_settings(spec, model.spec)
+        wanted = [self.provider_for(r.kind).canonical(r)
+                  for r in retrain.requests(spec, name, train, retrain.lds_seed(recipe))]
+        try:
+            self.passes(model, wanted)
+        except SelectkitError as exc:
+            self.errors.append(exc)
 
     # -------------------------------------------------------------- selection
     def selection(self, stages: list[StageNode]) -> None:

@@ -68,10 +68,10 @@ class LoraSettings(Strict):
         "for Llama and Qwen, c_attn and attn.c_proj for GPT-2, query_key_value and dense for GPT-NeoX, ...)")
 
 
-class WarmupSpec(Strict):
-    """`models.<name>.warmup`: LoRA warmup training whose per-epoch checkpoints feed LESS/TracIn."""
+class TrainSpec(Strict):
+    """LoRA fine-tuning settings: how a LoRA is trained on a causal LM from its base. The warmup
+    (LESS) and the retraining primitive (`evaluate.lds`) both train with these, through one loop."""
 
-    fraction: float = Field(0.05, gt=0, le=1, description="share of the pool trained on (seeded random draw)")
     epochs: PositiveInt = Field(4, description="epochs; one checkpoint per epoch")
     learning_rate: float = Field(2e-5, gt=0)
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="linear lr warmup share of all steps")
@@ -82,7 +82,20 @@ class WarmupSpec(Strict):
     response: str | None = Field(
         None, description="column or '{template}' of each example's response: the warmup's loss counts only its "
         "tokens, as LESS trains (default: every token)")
+
+
+TRAIN_KEYS = tuple(TrainSpec.model_fields)
+
+
+class WarmupSpec(TrainSpec):
+    """`models.<name>.warmup`: LoRA warmup training whose per-epoch checkpoints feed LESS/TracIn."""
+
+    fraction: float = Field(0.05, gt=0, le=1, description="share of the pool trained on (seeded random draw)")
     seed: int | None = Field(None, description="default: the recipe seed")
+
+    def train(self) -> TrainSpec:
+        """The training settings alone (what a retrain on another subset repeats)."""
+        return TrainSpec.model_validate(self.model_dump(include=set(TRAIN_KEYS)))
 
 
 class ModelSpec(Strict):
@@ -263,6 +276,26 @@ class ProxySpec(Strict):
         return self
 
 
+class LdsSpec(Strict):
+    """`evaluate.lds`: the linear datamodeling score (Park et al. 2023, TRAK). K keyed subsets (a share
+    `fraction` each) of a keyed `sample` of the pool; a LoRA retrained on each from the model's base;
+    each held-out target example's loss under every retrain; per example, Spearman between
+    -sum(scores over the subset) and the measured loss; the mean over examples, with a bootstrap CI
+    over subsets, for each gradient score and a keyed random control."""
+
+    subsets: int = Field(16, ge=3, le=4096, description="K: subsets retrained on (LoRA fine-tunes); the CI "
+                         "narrows as 1/sqrt(K): 32 or more for a verdict")
+    fraction: float = Field(0.5, gt=0, lt=1, description="share of the sample in each subset (0.5: dattri, TRAK)")
+    sample: PositiveInt = Field(200, description="pool rows the subsets are drawn from (keyed by row id)")
+    scores: list[str] | None = Field(None, description="scores measured, besides every gradient score against "
+                                     "targets (vector or matrix scores only)")
+    bootstrap: PositiveInt = Field(1000, description="bootstrap replicates over subsets for the CI")
+    model: str | None = Field(None, description="the model retrained (a causal-lm under `models`); default: the "
+                              "model of the first gradient score")
+    train: TrainSpec | None = Field(None, description="the retrain's LoRA settings; default: the model's warmup "
+                                    "settings (same loop, same settings), else the defaults here")
+
+
 class EvaluateSpec(Strict):
     """`evaluate:` for `selectkit eval`: hold out part of each target, train the same proxy model on the
     selection and on random subsets with the same tokens, and compare bits per byte on the held-out parts."""
@@ -282,6 +315,8 @@ class EvaluateSpec(Strict):
     permutations: PositiveInt = Field(5000, description="paired permutation test resamples")
     seed: int | None = Field(None, description="default: the recipe seed")
     proxy: ProxySpec = Field(default_factory=ProxySpec)
+    lds: LdsSpec | None = Field(None, description="also measure the linear datamodeling score of the recipe's "
+                                "gradient scores (retrains a LoRA per subset; `selectkit plan` shows the cost)")
 
 
 class Recipe(Strict):

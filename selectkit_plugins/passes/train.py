@@ -9,6 +9,12 @@ The `run` setting asks for independent trainings of the same warmup (EL2N / GraN
 seeded runs, Paul et al. 2021): run 0 (or none) is the warmup as configured; run r > 0 trains it
 again with a seed derived from (the warmup's seed, r), so its pool sample, LoRA initialisation,
 data order and dropout all differ. Each run is its own planned step, resumable per epoch.
+
+The `retrain` kind is the retraining primitive (LDS, `evaluate.lds`): a LoRA trained from the
+model's base on a keyed subset of the pool (`keyed_subset`: nested draws keyed by row id), with
+the same `Warmup` loop and the same settings as the warmup (a `TrainSpec`), one cache shard per
+epoch. Its key is (base model, pool, the subset's draws, settings, seed): equal retrains are
+computed once, across recipes and runs, and a killed LDS run resumes from the finished ones.
 """
 
 from __future__ import annotations
@@ -26,7 +32,9 @@ from selectkit.plugin import (
     PlanContext,
     SelectkitError,
     StepStore,
+    TrainSpec,
     hookimpl,
+    keyed_subset,
     path_fingerprint,
     prompts_of,
 )
@@ -38,19 +46,46 @@ class Train(PassProvider):
     name = "train"
     version = "3"  # 3: a one-step warmup trains (its only step no longer has rate 0)
     parallel = False  # epoch e starts from epoch e - 1
-    kinds = {"checkpoints": {"run": None}}
+    kinds = {"checkpoints": {"run": None}, "retrain": {"draws": None, "train": None, "seed": None, "label": None}}
 
     def plan(self, model: ModelRef, requests: list[FeatureRequest], ctx: PlanContext) -> list[PassPlan]:
+        out = [self._plan_retrain(model, r, ctx) for r in requests if r.kind == "retrain"]
+        requests = [r for r in requests if r.kind != "retrain"]
         runs: dict[int, list[FeatureRequest]] = {}
         for r in requests:
             runs.setdefault(int(dict(r.settings).get("run") or 0), []).append(r)
         if set(runs) != {0} and model.spec.warmup is None:
             raise SelectkitError(f"model {model.name!r}: several training runs need a `warmup` to repeat "
                                  "(models.<name>.warmup)")
-        out = []
         for run, reqs in sorted(runs.items()):
             out.extend(self._plan_run(model, reqs, ctx, run))
         return out
+
+    def _plan_retrain(self, model: ModelRef, request: FeatureRequest, ctx: PlanContext) -> PassPlan:
+        """One LoRA fine-tune from the base model on a keyed subset of the pool."""
+        import hashlib
+        import json
+
+        settings = request.options
+        train = TrainSpec.model_validate(json.loads(settings["train"]))
+        draws, seed = settings["draws"], int(settings["seed"])
+        if model.spec.kind != "causal-lm":
+            raise SelectkitError(f"model {model.name!r} is a {model.spec.kind}; retraining needs a causal-lm")
+        base = ctx.fingerprint(model.without_lora())
+        examples = int(draws[-1][1]) if draws else ctx.rows.get("pool")
+        estimate = ctx.estimate(model, "pool", backward=True, examples=examples)
+        if estimate is not None:
+            estimate = estimate.scaled(train.epochs, f"LoRA training: {train.epochs} epochs of forward + backward",
+                                       work="training")
+        parts = ["retrain", base, ctx.sources["pool"].fingerprint, [[list(labels), int(c)] for labels, c in draws],
+                 train.model_dump(mode="json"), seed]
+        name = "retrain-" + hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+        label = settings.get("label") or f"retrain {model.name} on {examples} pool rows"
+        return PassPlan(name, f"{label}: LoRA from the base, {train.epochs} epochs", [request], "pool", parts,
+                        shards=train.epochs, estimate=estimate, artifact="train", config=(seed, draws, train),
+                        detail={"examples": examples, "epochs": train.epochs, "lr": train.learning_rate,
+                                "lora": train.lora.model_dump(mode="json"),
+                                "lora targets": planned_targets(model, ctx, train)})
 
     def _plan_run(self, model: ModelRef, requests: list[FeatureRequest], ctx: PlanContext,
                   run: int) -> list[PassPlan]:
@@ -92,34 +127,25 @@ class Train(PassProvider):
     def run(self, work: PassWork, ctx: PassContext, shards: list[int] | None = None) -> None:
         if work.artifact == "given":
             return
-        from selectkit_plugins.lib.influence.warmup import Warmup, warmup_rows
+        from selectkit_plugins.lib.influence.warmup import warmup_rows
 
-        warm = work.model.spec.warmup
-        entry = ctx.store.shards(work.shards, label=work.label)
-        missing = entry.missing()
-        if not missing:
-            return
-        seed = work.config
-        data = ctx.pool.take(warmup_rows(ctx.pool.keys, warm.fraction, seed))
-        lm = ctx.model(work.model.without_lora(), private=True)  # the warmup trains a new LoRA on the base model
-        run = Warmup(lm.model, lm.tokenizer, data.texts, warm, seed=seed, max_length=lm.max_length,
-                     prompts=prompts_of(data, warm.response), target_modules=_targets(lm, warm))
-        first = missing[0]
-        if first > 0:
-            previous = entry.open(first - 1)
-            if previous is None:  # pragma: no cover - missing() said it was there
-                raise RuntimeError("warmup checkpoint vanished")
-            run.restore(previous)
-        for epoch in range(first, warm.epochs):
-            info = run.train_epoch(epoch, progress=lambda s, total, loss, e=epoch: ctx.say(
-                done=s, total=total, unit=f"epoch {e + 1}/{warm.epochs} step", loss=loss))
-            if not entry.done(epoch):
-                with entry.stage(epoch) as staging:
-                    run.save(staging.folder, info)
-                    staging.commit()
-        ctx.say(done=warm.epochs, total=warm.epochs, unit="epoch")
+        if _is_retrain(work):
+            seed, draws, spec = work.config
+            rows = keyed_subset(ctx.pool.keys, seed, draws, eligible=ctx.pool.usable)
+        else:
+            spec, seed = work.model.spec.warmup, work.config
+            rows = warmup_rows(ctx.pool.keys, spec.fraction, seed)
+        train_lora(work, ctx, spec, seed, rows)
 
     def load(self, work: PassWork, ctx: PassContext) -> dict[FeatureRequest, Any]:
+        if _is_retrain(work):  # the trained adapter: the last epoch's checkpoint
+            folder = ctx.store.shards(work.shards).open(work.shards - 1)
+            if folder is None:
+                raise RuntimeError("the retrained adapter is missing from the cache; run again")
+            return {r: folder for r in work.requests}
+        return self._load_checkpoints(work, ctx)
+
+    def _load_checkpoints(self, work: PassWork, ctx: PassContext) -> dict[FeatureRequest, Any]:
         from selectkit_plugins.lib.influence.checkpoints import Checkpoint, read_checkpoints, warmup_checkpoint
 
         if work.artifact == "given":
@@ -135,6 +161,39 @@ class Train(PassProvider):
         return {r: value for r in work.requests}
 
 
+def _is_retrain(work: PassWork) -> bool:
+    return bool(work.requests) and work.requests[0].kind == "retrain"
+
+
+def train_lora(work: PassWork, ctx: PassContext, spec: Any, seed: int, rows: Any) -> None:
+    """Train a LoRA from the base model on pool `rows` with `spec` (a TrainSpec), one cache shard per
+    epoch; resumes after the last finished epoch (the warmup and every retrain run through here)."""
+    from selectkit_plugins.lib.influence.warmup import Warmup
+
+    entry = ctx.store.shards(work.shards, label=work.label)
+    missing = entry.missing()
+    if not missing:
+        return
+    data = ctx.pool.take(rows)
+    lm = ctx.model(work.model.without_lora(), private=True)  # a new LoRA on the base model
+    run = Warmup(lm.model, lm.tokenizer, data.texts, spec, seed=seed, max_length=lm.max_length,
+                 prompts=prompts_of(data, spec.response), target_modules=_targets(lm, spec))
+    first = missing[0]
+    if first > 0:
+        previous = entry.open(first - 1)
+        if previous is None:  # pragma: no cover - missing() said it was there
+            raise RuntimeError("training checkpoint vanished")
+        run.restore(previous)
+    for epoch in range(first, spec.epochs):
+        info = run.train_epoch(epoch, progress=lambda s, total, loss, e=epoch: ctx.say(
+            done=s, total=total, unit=f"epoch {e + 1}/{spec.epochs} step", loss=loss))
+        if not entry.done(epoch):
+            with entry.stage(epoch) as staging:
+                run.save(staging.folder, info)
+                staging.commit()
+    ctx.say(done=spec.epochs, total=spec.epochs, unit="epoch")
+
+
 def _targets(lm: Any, warm: Any) -> list[str]:
     """The LoRA's target modules: the recipe's, else the architecture's attention projections."""
     if warm.lora.target_modules:
@@ -144,9 +203,9 @@ def _targets(lm: Any, warm: Any) -> list[str]:
     return default_lora_targets(lm.model.config.model_type, lm.model)
 
 
-def planned_targets(model: ModelRef, ctx: PlanContext) -> str:
+def planned_targets(model: ModelRef, ctx: PlanContext, train: Any = None) -> str:
     """What the plan shows for the LoRA targets (read from config.json, torch-free)."""
-    lora = model.spec.warmup.lora
+    lora = (train or model.spec.warmup).lora
     if lora.target_modules:
         return ", ".join(lora.target_modules)
     from selectkit_plugins.lib.influence.layers import LORA_TARGETS

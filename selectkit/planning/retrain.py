@@ -1,0 +1,90 @@
+"""The retraining work of `evaluate.lds`, as plan steps: which model is retrained with which LoRA
+settings, the K keyed subsets (nested keyed draws: an N-row sample of the pool, then a share
+alpha of it per subset), and one `retrain` request per subset for the `train` pass provider.
+
+`selectkit plan` shows these steps with their cost; `selectkit run` never pulls them (the outputs
+do not need them); `selectkit eval` does. Which scores are measured is decided here too, so that
+validate, plan and eval agree: every gradient score against targets, plus the ones the recipe names.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from selectkit.contract.features import FeatureRequest
+
+GRADIENT_PROVIDER = "gradients"  # the pass provider whose work makes a score "gradient-based"
+
+
+def subset_size(spec: Any) -> int:
+    """Rows in each subset: round(fraction * sample), at least 1 and at most sample - 1."""
+    return min(spec.sample - 1, max(1, int(round(spec.fraction * spec.sample))))
+
+
+def draws(spec: Any, index: int) -> tuple:
+    """The nested keyed draws of subset `index` (see `keyed_random.keyed_subset`)."""
+    return ((("lds", "sample"), int(spec.sample)), (("lds", "subset", str(index)), subset_size(spec)))
+
+
+def sample_draws(spec: Any) -> tuple:
+    return ((("lds", "sample"), int(spec.sample)),)
+
+
+def is_gradient(node: Any, registry: Any) -> bool:
+    """Whether a score reads per-example gradients (a request served by the gradients provider)."""
+    try:
+        requests = node.scorer.feature_requests(list(node.targets))
+        return any(registry.provider(r.kind).name == GRADIENT_PROVIDER for r in requests)
+    except Exception:  # noqa: BLE001 - a scorer that cannot say is not counted as gradient-based
+        return False
+
+
+def measured_scores(spec: Any, nodes: dict[str, Any], registry: Any) -> list[str]:
+    """The scores LDS measures: gradient scores with targets (recipe order), then the named ones."""
+    out = [n for n, node in nodes.items() if node.targets and node.surrogate is None and is_gradient(node, registry)]
+    for name in spec.scores or []:
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def lds_model(spec: Any, nodes: dict[str, Any], registry: Any) -> str | None:
+    """The model retrained: `lds.model`, else the model of the first gradient score measured."""
+    if spec.model:
+        return spec.model
+    for name in measured_scores(spec, nodes, registry):
+        node = nodes.get(name)
+        if node is not None and node.model and is_gradient(node, registry):
+            return node.model
+    for name in measured_scores(spec, nodes, registry):
+        node = nodes.get(name)
+        if node is not None and node.model:
+            return node.model
+    return None
+
+
+def train_settings(spec: Any, model_spec: Any) -> Any:
+    """The retrain's TrainSpec: `lds.train`, else the model's warmup settings, else the defaults."""
+    from selectkit.recipe.spec import TrainSpec
+
+    if spec.train is not None:
+        return spec.train
+    if model_spec.warmup is not None:
+        return model_spec.warmup.train()
+    return TrainSpec()
+
+
+def requests(spec: Any, model: str, train: Any, seed: int) -> list[FeatureRequest]:
+    """One `retrain` request per subset, in subset order."""
+    settings = json.dumps(train.model_dump(mode="json"), sort_keys=True)
+    return [FeatureRequest("retrain", "pool", (("draws", draws(spec, k)),
+                                               ("label", f"LDS subset {k + 1}/{spec.subsets}"),
+                                               ("seed", int(seed)), ("train", settings)), model)
+            for k in range(spec.subsets)]
+
+
+def lds_seed(recipe: Any) -> int:
+    """LDS draws and retrains are keyed by the evaluate seed (default: the recipe seed)."""
+    spec = recipe.evaluate
+    return spec.seed if spec is not None and spec.seed is not None else recipe.seed
