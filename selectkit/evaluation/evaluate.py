@@ -11,6 +11,8 @@
    the same number of tokens, in the same batch order.
 4. Bits per byte on each held-out target part and on the pool sample; `selectkit.evaluation.stats`
    turns them into differences, CIs, p-values and verdicts.
+5. With `evaluate.lds`: the linear datamodeling score of the recipe's gradient scores on the same
+   held-out parts (`selectkit.evaluation.lds`), from the plan's LoRA retrain steps.
 """
 
 from __future__ import annotations
@@ -137,6 +139,16 @@ def evaluate(path: str | Path, *, out_dir: str | Path | None = None, cache_dir: 
         "seconds": {"total": round(time.perf_counter() - started, 2), "training": round(train_seconds, 2)},
     }
     results["warnings"] = _warnings(sets, arms, spec)
+    if spec.lds is not None:
+        from selectkit.evaluation import lds
+
+        say(f"LDS: {spec.lds.subsets} LoRA retrains on keyed subsets of the pool, then the held-out target losses")
+        report = lds.evaluate_lds(plan, {name: heldout[name] for name in chosen}, seed, options, say)
+        results["lds"] = lds.public(report)
+        results["lds_details"] = report
+        results["warnings"].extend(report["warnings"])
+        results["seconds"]["lds"] = report["seconds"]["total"]
+        results["seconds"]["total"] = round(time.perf_counter() - started, 2)
     _record(run_dir, results, bool(recipe.output.report))
     return Evaluation(results, run_dir, out)
 
@@ -369,6 +381,10 @@ def render(evaluation: Evaluation) -> str:
                 lines.append(f"  {what:<24} {c['difference']:+.4f} bpb, 95% CI [{c['ci_low']:+.4f}, "
                              f"{c['ci_high']:+.4f}], p = {c['p_value']:.3g}: {c['verdict']}")
         lines.append(f"  verdict: {entry['verdict']}")
+    if "lds_details" in r:
+        from selectkit.evaluation import lds
+
+        lines.extend(lds.render(r["lds_details"]))
     for w in r["warnings"]:
         lines.append(f"warning: {w}")
     lines.append(f"note: {r['caveat']}")

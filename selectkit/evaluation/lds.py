@@ -1,0 +1,289 @@
+"""The linear datamodeling score (LDS; Park et al. 2023, "TRAK"; dattri's and kronfluence's measure of
+attribution quality): does the sum of a subset's scores predict what training on that subset does to
+the target loss?
+
+    masks (K, N)   K keyed subsets of an N-row pool sample (a share alpha each)
+    loss  (K, M)   each held-out target example's loss under the model retrained on subset k
+    pred  (K, M)   -sum over subset k of the example's score column (positive score = helpful, so
+                   a larger sum predicts a *lower* loss: the minus makes a good score correlate +)
+    LDS = mean over examples j of Spearman(pred[:, j], loss[:, j])
+
+The CI is a percentile bootstrap over subsets (resample the K rows, recompute the mean Spearman).
+The control is a keyed random score through the same computation: its CI should contain 0.
+
+Deviation from the papers: a recipe's scores are per target *task* (LESS averages over a task's
+examples), so every held-out example of task t is predicted by the score's column(s) for t. The
+held-out examples were never seen by the scorer, so this measures attribution that generalises to
+the task, not to the very examples the gradients were taken on (dattri's per-example LDS).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+RANDOM = "random"
+FIXES = ("usual fixes: damping (raise it for EK-FAC / inverse-Hessian scores), proj_dim (larger), checkpoints "
+         "(more warmup epochs or runs), and more subsets (evaluate.lds.subsets) for a narrower CI")
+
+
+# ---------------------------------------------------------------- the maths
+
+
+def average_ranks(a: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Ranks 1..n along `axis`, ties given their average rank (scipy.stats.rankdata's 'average')."""
+    a = np.moveaxis(np.asarray(a, dtype=np.float64), axis, -1)
+    n = a.shape[-1]
+    order = np.argsort(a, axis=-1, kind="stable")
+    s = np.take_along_axis(a, order, -1)
+    new = np.ones(s.shape, dtype=bool)
+    new[..., 1:] = s[..., 1:] != s[..., :-1]
+    last = np.ones(s.shape, dtype=bool)
+    last[..., :-1] = new[..., 1:]
+    idx = np.broadcast_to(np.arange(n), s.shape)
+    start = np.maximum.accumulate(np.where(new, idx, 0), axis=-1)
+    end = np.flip(np.minimum.accumulate(np.flip(np.where(last, idx, n - 1), -1), axis=-1), -1)
+    ranks = np.empty(s.shape, dtype=np.float64)
+    np.put_along_axis(ranks, order, (start + end) / 2.0 + 1.0, -1)
+    return np.moveaxis(ranks, -1, axis)
+
+
+def spearman(x: np.ndarray, y: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Spearman's rho along `axis` (ties averaged); NaN where either side is constant."""
+    rx, ry = average_ranks(x, axis), average_ranks(y, axis)
+    rx = rx - rx.mean(axis=axis, keepdims=True)
+    ry = ry - ry.mean(axis=axis, keepdims=True)
+    num = (rx * ry).sum(axis=axis)
+    den = np.sqrt((rx * rx).sum(axis=axis) * (ry * ry).sum(axis=axis))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def lds(pred: np.ndarray, loss: np.ndarray) -> float:
+    """Mean over examples (columns) of Spearman(pred, loss) over subsets (rows); NaN columns skipped."""
+    rho = spearman(pred, loss, axis=0)
+    return float(np.nanmean(rho)) if np.isfinite(rho).any() else float("nan")
+
+
+def bootstrap_ci(pred: np.ndarray, loss: np.ndarray, reps: int, seed: int, level: float = 0.95,
+                 chunk: int = 64) -> tuple[float, float]:
+    """Percentile CI of `lds` over `reps` resamples of the subsets (rows, with replacement)."""
+    pred, loss = np.asarray(pred, float), np.asarray(loss, float)
+    k = pred.shape[0]
+    rng = np.random.default_rng([seed, 0x1D5])
+    values = []
+    for start in range(0, reps, chunk):
+        m = min(chunk, reps - start)
+        idx = rng.integers(0, k, size=(m, k))
+        rho = spearman(pred[idx], loss[idx], axis=1)  # (m, M)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a resample with every column constant: NaN
+            values.append(np.nanmean(rho, axis=1))
+    v = np.concatenate(values)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return float("nan"), float("nan")
+    tail = (1 - level) / 2
+    return float(np.quantile(v, tail)), float(np.quantile(v, 1 - tail))
+
+
+def predictions(score: np.ndarray, masks: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """-(sum of the score over each subset) for each example: (K, M). `score` is (n,) or (n, C) over the
+    sample's rows; `columns` (M,) gives each example's score column (ignored for a vector score)."""
+    sums = masks.astype(np.float64) @ np.asarray(score, dtype=np.float64)  # (K,) or (K, C)
+    if sums.ndim == 1:
+        return -np.repeat(sums[:, None], len(columns), axis=1)
+    return -sums[:, np.asarray(columns, dtype=np.int64)]
+
+
+def measure(pred: np.ndarray, loss: np.ndarray, bootstrap: int, seed: int) -> dict:
+    """{"lds": x, "ci": [lo, hi]} (rounded) for one score."""
+    value = lds(pred, loss)
+    lo, hi = bootstrap_ci(pred, loss, bootstrap, seed)
+    return {"lds": _round(value), "ci": [_round(lo), _round(hi)]}
+
+
+def contains_zero(entry: dict) -> bool:
+    lo, hi = entry["ci"]
+    return lo is None or hi is None or lo <= 0 <= hi
+
+
+def _round(x: float) -> float | None:
+    return round(float(x), 4) if np.isfinite(x) else None
+
+
+# ---------------------------------------------------------------- scores as per-example columns
+
+
+def score_columns(score: Any, targets: Sequence[str], column: str | None = None) -> tuple[np.ndarray, dict] | None:
+    """A score's values as (N,) or (N, T) with one column per target in `targets` (the mean of the
+    score's columns of that task), oriented so higher means helpful. `column` picks one named column
+    (a `name.column` reference) as a vector. None when the score has no column for any target."""
+    values = np.asarray(score.oriented(), dtype=np.float64)
+    if values.ndim == 1:
+        return values, {}
+    names = list(score.columns)
+    if column is not None:
+        return values[:, names.index(column)], {}
+    tasks = list(score.tasks) if score.tasks else names
+    out, where = [], {}
+    for t in targets:
+        cols = [j for j, task in enumerate(tasks) if task == t]
+        if cols:
+            where[t] = len(out)
+            out.append(values[:, cols].mean(axis=1))
+    if not out:
+        return None
+    return np.stack(out, axis=1), where
+
+
+# ---------------------------------------------------------------- the run
+
+
+def example_losses(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int, batch_size: int = 16
+                   ) -> np.ndarray:
+    """Each text's mean token loss under `model` (eval mode, no gradient)."""
+    import torch
+
+    from selectkit.models.lm import batch, example_loss, mixed_precision
+
+    out = []
+    model.eval()
+    with torch.no_grad():
+        for a in range(0, len(texts), batch_size):
+            b = batch(tokenizer, list(texts[a:a + batch_size]), None, max_length)
+            b = {k: v.to(model.device) for k, v in b.items()}
+            with mixed_precision(model):
+                out.append(example_loss(model, b, empty=float("nan")).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def retrained_losses(model_ref: Any, adapters: Sequence[Any], heldout: dict[str, list[str]],
+                     allow_remote_code: bool = False, say: Callable[[str], None] | None = None) -> np.ndarray:
+    """(K, M) losses of the held-out examples (targets in order, concatenated) under each retrain: the
+    base model is loaded once, each adapter put on and taken off again."""
+    from peft import PeftModel
+
+    from selectkit.models.loader import load_model, peft_quietly
+
+    ref = model_ref.without_lora()
+    lm = load_model(ref.spec, ref.base, allow_remote_code=allow_remote_code, name=ref.name)
+    texts = [t for name in heldout for t in heldout[name]]
+    rows = []
+    for i, folder in enumerate(adapters):
+        with peft_quietly():
+            wrapped = PeftModel.from_pretrained(lm.model, str(folder / "adapter"))
+        rows.append(example_losses(wrapped, lm.tokenizer, texts, lm.max_length))
+        lm.model = wrapped.unload()
+        if say:
+            say(f"LDS: held-out losses under retrain {i + 1}/{len(adapters)}")
+    return np.stack(rows)
+
+
+def evaluate_lds(plan: Any, heldout: dict[str, list[str]], seed: int, options: dict | None = None,
+                 say: Callable[[str], None] | None = None) -> dict:
+    """Pull the plan's LDS retrains (cached ones load, missing ones train), measure the held-out losses,
+    and score every measured score and the random control. Returns what the manifest records."""
+    import time
+
+    from selectkit.contract.keyed_random import keyed_subset, uniform
+    from selectkit.execution.local import Run
+    from selectkit.execution.progress import as_reporter
+    from selectkit.planning import retrain
+    from selectkit.planning.steps import PassPayload
+
+    started = time.perf_counter()
+    say = say or (lambda _: None)
+    checked = plan.checked
+    spec = checked.loaded.recipe.evaluate.lds
+    run = Run(plan, as_reporter(say), dict(options or {}))
+    pool = run.get("read:pool")
+    steps = [s for s in plan.steps if isinstance(s.payload, PassPayload)
+             and s.payload.work.requests[0].kind == "retrain"]
+    adapters, statuses = [], []
+    train_started = time.perf_counter()
+    for step in steps:
+        value = run.get(step.id)
+        adapters.append(value[step.payload.work.requests[0]])
+        statuses.append(run.status[step.id][0])
+    train_seconds = time.perf_counter() - train_started
+    model_ref = steps[0].payload.work.model
+    sample = keyed_subset(pool.keys, seed, retrain.sample_draws(spec), eligible=pool.usable)
+    masks = np.zeros((len(steps), len(sample)), dtype=bool)
+    for k in range(len(steps)):
+        rows = keyed_subset(pool.keys, seed, retrain.draws(spec, k), eligible=pool.usable)
+        masks[k] = np.isin(sample, rows)
+    measure_started = time.perf_counter()
+    loss = retrained_losses(model_ref, adapters, heldout, bool((options or {}).get("trust_remote_code")), say)
+    measure_seconds = time.perf_counter() - measure_started
+    targets = list(heldout)
+    owner = np.concatenate([np.full(len(heldout[t]), i) for i, t in enumerate(targets)]).astype(int)
+    finite = np.isfinite(loss).all(axis=0)  # an example without tokens has no loss
+    names = retrain.measured_scores(spec, checked.scores, checked.registry)
+    results: dict[str, dict] = {}
+    subsets: dict[str, list] = {"loss": _rounded(np.nanmean(loss, axis=1))}
+    for name in names:
+        base, _, column = name.partition(".")
+        score = run.get(f"score:{base}")
+        got = score_columns(score, targets, column or None)
+        if got is None:
+            results[name] = {"lds": None, "ci": [None, None], "note": "no column for the held-out targets"}
+            continue
+        values, where = got
+        values = values[sample]
+        keep = finite & np.isin(owner, [targets.index(t) for t in where]) if where else finite
+        cols = np.array([where[targets[o]] for o in owner[keep]] if where else np.zeros(int(keep.sum())), int)
+        pred = predictions(values, masks, cols)
+        results[name] = measure(pred, loss[:, keep], spec.bootstrap, seed)
+        subsets[name] = _rounded(pred.mean(axis=1))
+    control = uniform(seed, ("lds", RANDOM), pool.keys[sample])
+    pred = predictions(control, masks, np.zeros(int(finite.sum()), int))
+    results[RANDOM] = measure(pred, loss[:, finite], spec.bootstrap, seed)
+    subsets[RANDOM] = _rounded(pred.mean(axis=1))
+    reused = sum(s == "cached" for s in statuses)
+    return {"scores": results, "subsets": spec.subsets, "fraction": spec.fraction, "sample": int(len(sample)),
+            "subset_rows": retrain.subset_size(spec), "model": model_ref.name, "examples": int(finite.sum()),
+            "retrains": {"cached": reused, "trained": len(statuses) - reused},
+            "train": retrain.train_settings(spec, model_ref.spec).model_dump(mode="json"),
+            "per_subset": subsets, "warnings": lds_warnings(results),
+            "seconds": {"total": round(time.perf_counter() - started, 2), "retraining": round(train_seconds, 2),
+                        "measuring": round(measure_seconds, 2)}}
+
+
+def lds_warnings(results: dict[str, dict]) -> list[str]:
+    out = []
+    for name, entry in results.items():
+        if name == RANDOM:
+            if not contains_zero(entry):
+                out.append(f"LDS: the random control's CI {entry['ci']} does not contain 0: the subsets are too "
+                           "few or too alike to measure anything; raise evaluate.lds.subsets")
+        elif entry.get("lds") is None:
+            out.append(f"LDS of {name!r} could not be measured ({entry.get('note', 'constant predictions')})")
+        elif contains_zero(entry):
+            out.append(f"LDS of {name!r} is {entry['lds']:+.3f} with a CI {entry['ci']} that contains 0: its scores "
+                       f"do not predict what the subsets do to the held-out loss; {FIXES}")
+    return out
+
+
+def public(report: dict) -> dict:
+    """The `"lds"` object of `selectkit eval --format json`: {"<score>": {"lds": x, "ci": [lo, hi]}, ...}."""
+    return {name: {"lds": e["lds"], "ci": e["ci"]} for name, e in report["scores"].items()}
+
+
+def render(report: dict) -> list[str]:
+    """Console lines."""
+    lines = [f"LDS: {report['subsets']} subsets of {report['subset_rows']} rows from a {report['sample']}-row pool "
+             f"sample, LoRA retrains of {report['model']} ({report['retrains']['cached']} cached, "
+             f"{report['retrains']['trained']} trained), {report['examples']} held-out target examples"]
+    for name, e in report["scores"].items():
+        value = f"{e['lds']:+.3f}" if e["lds"] is not None else "n/a"
+        ci = f"[{e['ci'][0]:+.3f}, {e['ci'][1]:+.3f}]" if None not in e["ci"] else "[n/a]"
+        lines.append(f"  {name + (' (control)' if name == RANDOM else ''):<24} LDS {value}, 95% CI {ci}")
+    return lines
+
+
+def _rounded(values: np.ndarray) -> list:
+    return [_round(v) for v in np.asarray(values, float)]
