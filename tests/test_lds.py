@@ -1,0 +1,265 @@
+"""The linear datamodeling score (`evaluate.lds`): its maths against scipy, a known answer (exact influence
+functions of an L2 logistic regression reach a high LDS; a random score's CI holds 0), the keyed subsets,
+the validate errors of a bad `lds:` block, and `selectkit eval` with LDS on the tiny LM (JSON shape, and
+a second run that reuses every cached retrain)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import cli
+
+from selectkit.contract.keyed_random import keyed_subset, row_keys
+from selectkit.evaluation import lds
+
+# ---------------------------------------------------------------- the maths
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_spearman_matches_scipy_column_by_column(ties):
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(23, 7))
+    y = x * rng.uniform(-1, 1, size=7) + rng.normal(size=(23, 7))
+    if ties:
+        x, y = np.round(x), np.round(y * 2) / 2
+    ours = lds.spearman(x, y, axis=0)
+    for j in range(x.shape[1]):
+        assert ours[j] == pytest.approx(spearmanr(x[:, j], y[:, j]).statistic, abs=1e-12)
+    assert lds.lds(x, y) == pytest.approx(np.mean([spearmanr(x[:, j], y[:, j]).statistic for j in range(7)]))
+
+
+def test_average_ranks_match_scipy_rankdata_along_any_axis():
+    from scipy.stats import rankdata
+
+    a = np.random.default_rng(1).integers(0, 5, size=(4, 9, 3)).astype(float)
+    for axis in range(3):
+        np.testing.assert_array_equal(lds.average_ranks(a, axis), rankdata(a, axis=axis))
+
+
+def test_a_constant_column_is_nan_and_skipped_by_the_mean():
+    x = np.arange(10.0)[:, None].repeat(2, 1)
+    y = np.c_[np.arange(10.0), np.ones(10)]
+    rho = lds.spearman(x, y)
+    assert rho[0] == pytest.approx(1.0) and np.isnan(rho[1])
+    assert lds.lds(x, y) == pytest.approx(1.0)
+
+
+def test_bootstrap_ci_resamples_subsets_and_covers_the_estimate():
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(2)
+    k, m = 40, 12
+    truth = rng.normal(size=(k, 1))
+    pred = truth + 0.8 * rng.normal(size=(k, m))
+    loss = truth + 0.8 * rng.normal(size=(k, m))
+    lo, hi = lds.bootstrap_ci(pred, loss, reps=400, seed=0)
+    value = lds.lds(pred, loss)
+    assert lo < value < hi and hi - lo < 0.6
+    # by hand: one replicate is the mean over columns of scipy's Spearman on the resampled rows
+    idx = np.random.default_rng([0, 0x1D5]).integers(0, k, size=(1, k))[0]
+    first = np.mean([spearmanr(pred[idx, j], loss[idx, j]).statistic for j in range(m)])
+    rho = lds.spearman(pred[idx[None]], loss[idx[None]], axis=1)
+    assert np.nanmean(rho) == pytest.approx(first)
+    assert lds.bootstrap_ci(pred, loss, reps=400, seed=0) == (lo, hi)  # seeded
+
+
+def test_predictions_sum_each_examples_column_over_the_subset():
+    score = np.array([[1.0, 10.0], [2.0, 20.0], [4.0, 40.0]])
+    masks = np.array([[1, 1, 0], [0, 1, 1]], bool)
+    pred = lds.predictions(score, masks, np.array([0, 1, 1]))
+    np.testing.assert_array_equal(pred, [[-3, -30, -30], [-6, -60, -60]])
+    np.testing.assert_array_equal(lds.predictions(score[:, 0], masks, np.zeros(2, int)), [[-3, -3], [-6, -6]])
+
+
+def test_keyed_subsets_depend_on_row_ids_not_order():
+    keys = row_keys(list(range(500)))
+    draws = ((("lds", "sample"), 100), (("lds", "subset", "0"), 50))
+    rows = keyed_subset(keys, 7, draws)
+    perm = np.random.default_rng(0).permutation(500)
+    again = keyed_subset(keys[perm], 7, draws)
+    assert sorted(perm[again]) == sorted(rows) and len(rows) == 50
+    sample = keyed_subset(keys, 7, draws[:1])
+    assert set(rows) <= set(sample) and len(sample) == 100
+    assert set(keyed_subset(keys, 8, draws)) != set(rows)
+
+
+# ---------------------------------------------------------------- known answer: exact influence, L2 logistic regression
+
+LAMBDA = 10.0  # the sum objective's ridge; exact IF vs LOO is ~0.99 on breast_cancer at this value
+
+
+def _fit(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """argmin sum_i logloss_i + LAMBDA/2 |w|^2, by Newton's method (convex: converges in a few steps)."""
+    w = np.zeros(x.shape[1])
+    for _ in range(50):
+        p = 1 / (1 + np.exp(-x @ w))
+        g = x.T @ (p - y) + LAMBDA * w
+        h = (x * (p * (1 - p))[:, None]).T @ x + LAMBDA * np.eye(x.shape[1])
+        step = np.linalg.solve(h, g)
+        w -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return w
+
+
+def _losses(w: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    z = x @ w
+    return np.logaddexp(0, z) - y * z
+
+
+@pytest.fixture(scope="module")
+def logistic():
+    """Exact influence scores (n_train x n_test, positive = helpful) and the test losses of models retrained
+    on K keyed half-subsets of the training set."""
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer()
+    x = (data.data - data.data.mean(0)) / data.data.std(0)
+    x = np.c_[x, np.ones(len(x))]
+    y = data.target.astype(float)
+    order = np.random.default_rng(0).permutation(len(x))
+    train, test = order[:300], order[300:360]
+    xt, yt, xs, ys = x[train], y[train], x[test], y[test]
+    w = _fit(xt, yt)
+    p = 1 / (1 + np.exp(-xt @ w))
+    h = (xt * (p * (1 - p))[:, None]).T @ xt + LAMBDA * np.eye(x.shape[1])
+    g_train = xt * (p - yt)[:, None]
+    g_test = xs * (1 / (1 + np.exp(-xs @ w)) - ys)[:, None]
+    scores = g_train @ np.linalg.solve(h, g_test.T)  # tau(test j, train i) = g_j^T H^-1 g_i
+    keys = row_keys(list(range(len(train))))
+    k = 60
+    masks = np.zeros((k, len(train)), bool)
+    loss = np.zeros((k, len(test)))
+    for s in range(k):
+        rows = keyed_subset(keys, 0, ((("lds", "subset", str(s)), len(train) // 2),))
+        masks[s, rows] = True
+        loss[s] = _losses(_fit(xt[rows], yt[rows]), xs, ys)
+    return {"scores": scores, "masks": masks, "loss": loss, "keys": keys}
+
+
+def test_exact_influence_reaches_a_high_lds_on_logistic_regression(logistic):
+    m = logistic["loss"].shape[1]
+    pred = lds.predictions(logistic["scores"], logistic["masks"], np.arange(m))
+    result = lds.measure(pred, logistic["loss"], bootstrap=500, seed=0)
+    print("exact influence LDS", result)
+    assert result["lds"] >= 0.6, result
+    assert result["ci"][0] > 0.4, result
+    assert not lds.contains_zero(result)
+    # the sign matters: the same scores read as "harmful" give the mirror image
+    flipped = lds.measure(-pred, logistic["loss"], bootstrap=200, seed=0)
+    assert flipped["lds"] == pytest.approx(-result["lds"], abs=1e-9)
+
+
+def test_a_random_score_has_a_ci_that_contains_zero(logistic):
+    from selectkit.contract.keyed_random import uniform
+
+    m = logistic["loss"].shape[1]
+    for seed in range(5):
+        result = lds.control(logistic["masks"], logistic["loss"], logistic["keys"], seed, 500)
+        assert lds.contains_zero(result), result
+        fixed = uniform(seed, ("lds", lds.RANDOM), logistic["keys"])
+        assert result["lds"] == pytest.approx(lds.lds(lds.predictions(fixed, logistic["masks"], np.zeros(m, int)),
+                                                      logistic["loss"]), abs=1e-4)
+    assert abs(result["lds"]) < 0.3
+    warnings = lds.lds_warnings({"exact": {"lds": 0.01, "ci": [-0.2, 0.2]}, lds.RANDOM: result})
+    assert len(warnings) == 1 and "damping" in warnings[0] and "proj_dim" in warnings[0]
+
+
+# ---------------------------------------------------------------- the recipe: validate, plan, eval
+
+RECIPE = """selectkit: 1
+name: lds
+seed: 0
+data:
+  pool: {{path: data/pool.jsonl, id: id, limit: {pool}}}
+  targets:
+    politics: {{path: data/target_politics.jsonl, limit: 40}}
+models:
+  lm:
+    path: models/tiny-lm
+    kind: causal-lm
+    max_length: 64
+    warmup: {{fraction: 0.1, epochs: 1, learning_rate: 1.0e-3, batch_size: 8, micro_batch_size: 8}}
+scores:
+  influence:
+    use: influence.less
+    model: lm
+    targets: [politics]
+    with: {{proj_dim: 256, aggregate: mean}}
+select:
+  - use: topk
+    with: {{score: influence.politics, budget: 10%}}
+output: {{dir: out/lds, report: false}}
+evaluate:
+  random_subsets: 1
+  stratified: false
+  random_vs_random: false
+  pool_sample: 10
+  bootstrap: 100
+  permutations: 100
+  lds: {lds}
+"""
+
+
+def write(folder: Path, lds_block: str, pool: int = 120) -> Path:
+    path = folder / "lds.yaml"
+    path.write_text(RECIPE.format(lds=lds_block, pool=pool))
+    return path
+
+
+def test_a_bad_lds_block_is_a_located_validate_error(demo):
+    bad = write(demo, "{subsets: 90, fraction: 1.5, sample: 5000, scores: [influnce]}")
+    done = cli("validate", bad)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    out = done.stdout + done.stderr
+    assert f"{bad}:31:" in out and "evaluate.lds.fraction" in out
+    bad = write(demo, "{subsets: 90, sample: 5000, scores: [influnce, influence.nope]}")
+    out = cli("validate", bad).stdout + cli("validate", bad).stderr
+    assert "evaluate.lds.sample: 5000 rows, but the pool has 120" in out
+    assert "unknown score 'influnce'; did you mean 'influence'?" in out
+    bad = write(demo, "{subsets: 90, sample: 6}")
+    done = cli("validate", bad)
+    assert done.returncode == 1
+    assert ("evaluate.lds.subsets: 90 subsets of 3 rows, but a sample of 6 rows has only 20 distinct ones"
+            in done.stdout + done.stderr)
+    bad = write(demo, "{subsets: 4, model: lmm}")
+    assert "unknown model 'lmm'; did you mean 'lm'?" in cli("validate", bad).stdout + cli("validate", bad).stderr
+
+
+def test_plan_shows_one_retrain_step_per_subset_with_its_cost(demo):
+    path = write(demo, "{subsets: 3, fraction: 0.5, sample: 20}")
+    done = cli("plan", path, "--format", "json")
+    assert done.returncode == 0, done.stderr
+    steps = [s for s in json.loads(done.stdout)["steps"] if "LDS subset" in s["label"]]
+    assert [s["label"].split(":")[0] for s in steps] == [f"LDS subset {k}/3" for k in (1, 2, 3)]
+    assert all(s["estimate"]["seconds"] > 0 and s["shards"] == 1 and s["detail"]["examples"] == 10 for s in steps)
+    assert len({s["key"] for s in steps}) == 3
+
+
+@pytest.mark.slow  # about a minute: a warmup, LESS gradients and 2 x 4 LoRA retrains of the tiny LM
+def test_eval_reports_lds_as_json_and_a_second_run_reuses_the_retrains(demo):
+    path = write(demo, "{subsets: 4, fraction: 0.5, sample: 24, bootstrap: 200}")
+    first = cli("eval", path, "--format", "json", "-q")
+    assert first.returncode == 0, first.stderr
+    result = json.loads(first.stdout)
+    assert set(result["lds"]) == {"influence", "random"}
+    for entry in result["lds"].values():
+        assert set(entry) == {"lds", "ci"} and len(entry["ci"]) == 2
+        assert entry["ci"][0] <= entry["lds"] <= entry["ci"][1]
+    details = result["lds_details"]
+    assert details["retrains"] == {"cached": 0, "trained": 4} and details["subset_rows"] == 12
+    assert len(details["per_subset"]["loss"]) == 4
+    manifest = json.loads((demo / "out" / "lds-eval" / "run" / "manifest.json").read_text())
+    assert manifest["evaluation"]["lds"] == result["lds"]
+    second = cli("eval", path, "--format", "json", "-q")
+    assert second.returncode == 0, second.stderr
+    again = json.loads(second.stdout)
+    assert again["lds_details"]["retrains"] == {"cached": 4, "trained": 0}
+    assert again["lds"] == result["lds"]  # the same retrains, the same losses, the same seeded bootstrap
+    console = cli("eval", path, "-q")
+    assert "LDS: 4 subsets of 12 rows" in console.stdout and "random (control)" in console.stdout
