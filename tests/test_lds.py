@@ -194,7 +194,7 @@ scores:
 select:
   - use: topk
     with: {{score: influence.politics, budget: 10%}}
-output: {{dir: out/lds, report: false}}
+output: {{dir: out/lds}}
 evaluate:
   random_subsets: 1
   stratified: false
@@ -256,6 +256,8 @@ def test_eval_reports_lds_as_json_and_a_second_run_reuses_the_retrains(demo):
     assert len(details["per_subset"]["loss"]) == 4
     manifest = json.loads((demo / "out" / "lds-eval" / "run" / "manifest.json").read_text())
     assert manifest["evaluation"]["lds"] == result["lds"]
+    report = (demo / "out" / "lds-eval" / "run" / "report.html").read_text()
+    assert "Linear datamodeling score" in report and "random (control)" in report and 'id="lds-0"' in report
     second = cli("eval", path, "--format", "json", "-q")
     assert second.returncode == 0, second.stderr
     again = json.loads(second.stdout)

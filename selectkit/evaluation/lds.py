@@ -319,4 +319,5 @@ def render(report: dict) -> list[str]:
 
 
 def _rounded(values: np.ndarray) -> list:
-    return [_round(v) for v in np.asarray(values, float)]
+    """Per-subset values to 8 significant digits (losses of retrains differ in the 4th decimal)."""
+    return [float(f"{v:.8g}") if np.isfinite(v) else None for v in np.asarray(values, float)]

@@ -243,3 +243,21 @@ def scatter_map(xy: np.ndarray, selected: np.ndarray, prefix: str, title: str) -
     body += _legend(pad, 31, [(f"not selected ({int((~selected).sum()):,})", POOL, "box"),
                                            (f"selected ({int(selected.sum()):,})", SELECTED, "box")])
     return _svg(width, height, prefix, title, body)
+
+
+def scatter_xy(x: list[float], y: list[float], prefix: str, title: str, xlabel: str, ylabel: str) -> str:
+    """Points (x, y) with their axis ranges as labels (e.g. LDS: each subset's predicted against measured loss)."""
+    width, height, pad, top, left = 300.0, 240.0, 16.0, 30.0, 16.0
+    body = [_text(8, 15, title, extra=' font-weight="600"')]
+    pts = np.array([(a, b) for a, b in zip(x, y) if a is not None and b is not None], dtype=np.float64)
+    if len(pts):
+        lo, hi = pts.min(axis=0), pts.max(axis=0)
+        span = np.where(hi > lo, hi - lo, 1.0)
+        px = left + pad + (pts[:, 0] - lo[0]) / span[0] * (width - left - 2 * pad)
+        py = top + (hi[1] - pts[:, 1]) / span[1] * (height - top - 2 * pad - 12)
+        dots = "".join(f"M{_f(a)} {_f(b)}h0" for a, b in zip(px.tolist(), py.tolist()))
+        body.append(f'<path d="{dots}" stroke="{SELECTED}" stroke-width="5" stroke-linecap="round"/>')
+        body.append(_text(left + pad, height - 6, f"{xlabel}: {number(lo[0])} .. {number(hi[0])}", color=MUTED,
+                          size=FONT - 2))
+        body.append(_text(4, top - 2, f"{ylabel}: {number(lo[1])} .. {number(hi[1])}", color=MUTED, size=FONT - 2))
+    return _svg(width, height, prefix, title, body)

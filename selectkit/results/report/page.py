@@ -22,7 +22,7 @@ def build(run: Run, figures: bool, embeddings: tuple | None = None) -> str:
     """The whole page as a string. `embeddings` is (ids, or None for the table's row order; (N, D) array)."""
     facts = Facts(run, embeddings)
     parts = [("header", "Run", header(run)),
-             ("evaluation", "Evaluation", evaluation(run)),
+             ("evaluation", "Evaluation", evaluation(run, figures)),
              ("warnings", "Warnings", warnings(facts)),
              ("funnel", "Funnel", funnel(facts, figures)),
              ("composition", "Composition", composition(facts, figures)),
@@ -91,8 +91,9 @@ COMPARISONS = (("selection_vs_random", "selection − random"), ("selection_vs_s
                ("random_vs_random", "random − random (null)"))
 
 
-def evaluation(run: Run) -> str:
-    """`selectkit eval`'s results (manifest `evaluation`): verdicts, bits per byte per arm, CIs, contamination."""
+def evaluation(run: Run, figures: bool = True) -> str:
+    """`selectkit eval`'s results (manifest `evaluation`): verdicts, bits per byte per arm, CIs, contamination,
+    and the linear datamodeling score when `evaluate.lds` ran."""
     ev = run.manifest.get("evaluation")
     if not isinstance(ev, dict):
         return ""
@@ -119,12 +120,39 @@ def evaluation(run: Run) -> str:
             [(t, h.pct((c.get("pool") or {}).get("examples_with_overlap")),
               h.pct((c.get("selection") or {}).get("examples_with_overlap")),
               h.pct((c.get("pool") or {}).get("ngrams_found"))) for t, c in contamination.items()]))
+    lds = ev.get("lds_details")
+    if isinstance(lds, dict):
+        blocks.append(lds_block(lds, figures))
     notes = [*(ev.get("warnings") or []), ev.get("caveat") or ""]
     blocks.append("<ul>" + "".join(f"<li>{h.esc(n)}</li>" for n in notes if n) + "</ul>")
     verdicts = ", ".join(f"{k}: {v}" for k, v in (ev.get("verdicts") or {}).items())
     return h.section("evaluation", "Evaluation", "".join(blocks),
                      f"selectkit eval: the proxy trained on the selection against token-matched random subsets, "
                      f"bits per byte on held-out data (lower is better); verdicts {verdicts}")
+
+
+def lds_block(lds: dict, figures: bool) -> str:
+    """The LDS table (one row per score, the random control last) and, per score, each subset's predicted
+    effect (-sum of its scores) against the measured mean held-out loss."""
+    retrains = lds.get("retrains") or {}
+    head = (f"<h3>Linear datamodeling score</h3><p>{h.esc(lds.get('subsets'))} subsets of "
+            f"{h.esc(lds.get('subset_rows'))} rows from a {h.esc(lds.get('sample'))}-row pool sample; LoRA retrains "
+            f"of {h.esc(lds.get('model'))} ({h.esc(retrains.get('cached'))} cached, {h.esc(retrains.get('trained'))} "
+            f"trained); {h.esc(lds.get('examples'))} held-out target examples. LDS: mean over examples of "
+            "Spearman(−Σ score over the subset, measured loss); the random control's CI should hold 0.</p>")
+    rows = []
+    for name, e in (lds.get("scores") or {}).items():
+        lo, hi = (e.get("ci") or [None, None])[:2]
+        zero = lo is None or hi is None or lo <= 0 <= hi
+        rows.append((name + (" (control)" if name == "random" else ""), e.get("lds"),
+                     f"[{h.num(lo)}, {h.num(hi)}]", "yes" if zero else "no"))
+    body = head + h.table(["score", "LDS", "95% CI", "CI holds 0"], rows, numeric=[1])
+    per = lds.get("per_subset") or {}
+    if figures and per.get("loss"):
+        svgs = [fig.scatter_xy(per[name], per["loss"], f"lds-{i}", f"{name}: subsets", "predicted −Σ score",
+                               "held-out loss") for i, name in enumerate(n for n in per if n != "loss")]
+        body += "".join(h.figure(svg) for svg in svgs)
+    return body
 
 
 # warnings ---------------------------------------------------------------------------------
