@@ -229,6 +229,12 @@ def test_a_bad_lds_block_is_a_located_validate_error(demo):
             in done.stdout + done.stderr)
     bad = write(demo, "{subsets: 4, model: lmm}")
     assert "unknown model 'lmm'; did you mean 'lm'?" in cli("validate", bad).stdout + cli("validate", bad).stderr
+    bad = write(demo, "{subsets: 4, scores: [emb]}")
+    bad.write_text(bad.read_text().replace("scores:\n", "scores:\n  emb: {use: embedding, model: lm}\n", 1))
+    done = cli("validate", bad)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "score 'emb' is a features score; LDS sums a score over each subset, so it needs a vector or a matrix" \
+        in done.stdout + done.stderr
 
 
 def test_plan_shows_one_retrain_step_per_subset_with_its_cost(demo):
@@ -241,9 +247,30 @@ def test_plan_shows_one_retrain_step_per_subset_with_its_cost(demo):
     assert len({s["key"] for s in steps}) == 3
 
 
-@pytest.mark.slow  # about a minute: a warmup, LESS gradients and 2 x 4 LoRA retrains of the tiny LM
-def test_eval_reports_lds_as_json_and_a_second_run_reuses_the_retrains(demo):
+def kill_at(path: Path, marker: str) -> None:
+    """`selectkit eval` until its first progress line holding `marker`, then SIGKILL."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "SELECTKIT_PROGRESS_EVERY": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "selectkit", "eval", str(path)], env=env, stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True)
+    try:
+        for line in proc.stderr:
+            if marker in line:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+    finally:
+        proc.wait(timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+
+
+@pytest.mark.slow  # about 1.5 minutes: a warmup, LESS gradients and LoRA retrains of the tiny LM, three evals
+def test_eval_reports_lds_as_json_and_resumes_from_cached_retrains(demo):
     path = write(demo, "{subsets: 4, fraction: 0.5, sample: 24, bootstrap: 200}")
+    kill_at(path, "LDS subset 3/4")  # subsets 1 and 2 are trained and cached
     first = cli("eval", path, "--format", "json", "-q")
     assert first.returncode == 0, first.stderr
     result = json.loads(first.stdout)
@@ -252,7 +279,7 @@ def test_eval_reports_lds_as_json_and_a_second_run_reuses_the_retrains(demo):
         assert set(entry) == {"lds", "ci"} and len(entry["ci"]) == 2
         assert entry["ci"][0] <= entry["ci"][1] and -1 <= entry["lds"] <= 1
     details = result["lds_details"]
-    assert details["retrains"] == {"cached": 0, "trained": 4} and details["subset_rows"] == 12
+    assert details["retrains"] == {"cached": 2, "trained": 2} and details["subset_rows"] == 12
     assert len(details["per_subset"]["loss"]) == 4
     manifest = json.loads((demo / "out" / "lds-eval" / "run" / "manifest.json").read_text())
     assert manifest["evaluation"]["lds"] == result["lds"]
