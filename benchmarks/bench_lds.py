@@ -5,6 +5,7 @@ measured again).
 
     .venv/bin/python benchmarks/bench_lds.py                               # K=32, alpha=0.5, N=200
     .venv/bin/python benchmarks/bench_lds.py --subsets 16 --sample 100 --json out.json
+    .venv/bin/python benchmarks/bench_lds.py --target film                 # a target the demo LM never saw
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ seed: 0
 data:
   pool: {{path: {data}/pool.jsonl, id: id}}
   targets:
-    politics: {{path: {data}/target_politics.jsonl}}
+    {target}: {{path: {data}/target_{target}.jsonl}}
 models:
   lm:
     path: {models}/tiny-lm
@@ -36,11 +37,11 @@ scores:
   less:
     use: influence.less
     model: lm
-    targets: [politics]
+    targets: [{target}]
     with: {{proj_dim: 1024, aggregate: mean}}
 select:
   - use: topk
-    with: {{score: less.politics, budget: 5%}}
+    with: {{score: less.{target}, budget: 5%}}
 output: {{dir: {out}/less-lds, report: false}}
 evaluate:
   random_subsets: 1
@@ -68,6 +69,8 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=200)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--target", default="politics", choices=["politics", "film"],
+                        help="politics: the statements the demo LM was trained on; film: text it never saw")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -75,7 +78,8 @@ def main() -> None:
         recipe = folder / "less_lds.yaml"
         recipe.write_text(RECIPE.format(data=ROOT / "recipes" / "data", models=ROOT / "recipes" / "models",
                                         out=folder / "out", subsets=args.subsets, fraction=args.fraction,
-                                        sample=args.sample, epochs=args.epochs, lr=args.lr))
+                                        sample=args.sample, epochs=args.epochs, lr=args.lr,
+                                        target=args.target))
         rows = []
         for label in ("cold", "warm"):
             wall, result = run(recipe, folder / "cache")
