@@ -41,7 +41,7 @@ from selectkit.plugin import (
 
 
 class Train(PassProvider):
-    """Warmup training (LESS) and the checkpoint list of a model."""
+    """Warmup training (LESS), LoRA retrains on keyed pool subsets (LDS), and the checkpoint list of a model."""
 
     name = "train"
     version = "3"  # 3: a one-step warmup trains (its only step no longer has rate 0)
