@@ -270,6 +270,9 @@ class Selector(Component):
     score_params: ClassVar[dict[str, frozenset[Shape]]] = {}
     budget_rule: ClassVar[str] = "required"  # required | optional | none: is `with.budget` needed?
     draws_with_replacement: ClassVar[bool] = False  # a count budget may then exceed the pool
+    # columns its Selection may carry (Selection.columns), e.g. rs2's ("round",): what output.split_by
+    # may name, checked at validate
+    writes_columns: ClassVar[tuple[str, ...]] = ()
 
     def run(self, ctx: SelectContext) -> Selection:  # pragma: no cover - abstract
         raise NotImplementedError

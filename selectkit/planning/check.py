@@ -21,6 +21,7 @@ from selectkit.errors import (
     missing_extras,
     unknown_message,
 )
+from selectkit.planning.guard import name_problem
 from selectkit.planning.steps import Checked, ScoreNode, SourceNode, StageNode
 from selectkit.recipe.spec import ComponentRef, LoadedRecipe, load, pydantic_errors
 
@@ -53,6 +54,8 @@ def check(loaded: LoadedRecipe, registry: Registry | None = None) -> Checked:
     stages = _check_stages(loaded, registry, scores, sources, out) if "select" not in broken else []
     if "output" not in broken and sources:
         _check_output(loaded, sources, out)
+    if "output" not in broken and "select" not in broken:
+        _check_split_by(loaded, registry, sources, out)
     _check_evaluate(loaded, out)
     if out.errors:
         raise RecipeErrors(_by_line(out.errors))
@@ -110,6 +113,12 @@ def _check_sources(loaded: LoadedRecipe, registry: Registry, out: _Collector) ->
     entries = [("pool", ("data", "pool"), data.pool)] if data.pool is not None else []
     entries += [(t, ("data", "targets", t), s) for t, s in data.targets.items()]
     for name, where, spec in entries:
+        if name != "pool" and (problem := name_problem(name)) is not None:
+            # a target's name becomes a file name (eval's split/<name>.jsonl): never a path
+            out.add(f"target name {name!r} {problem}; a target name becomes a file name, so it must be a plain "
+                    "name", where, at_key=True, hint="rename the target (letters, digits, '-', '_')",
+                    code="unknown-name")
+            continue
         path = loaded.resolve_path(spec.path)
         files = source_files(path)
         if not files or not all(f.exists() for f in files):
@@ -175,6 +184,51 @@ def _check_output(loaded: LoadedRecipe, sources: dict[str, SourceNode], out: _Co
                            {name: (spec, Path(loaded.base)) for name, spec in recipe.models.items()})
     for problem in output_conflicts(out_dir, inputs):
         out.add(problem, ("output", "dir"), hint="choose another output.dir", code="output-folder")
+
+
+def _check_split_by(loaded: LoadedRecipe, registry: Registry, sources: dict[str, SourceNode],
+                    out: _Collector) -> None:
+    """`output.split_by` names a column a selector stage declares it writes (Selector.writes_columns)
+    or a pool column; it becomes part of file names, so it is a plain name."""
+    output = loaded.recipe.output
+    column = getattr(output, "split_by", None)
+    if not column:
+        return
+    where = ("output", "split_by")
+    if (problem := name_problem(column)) is not None:
+        out.add(f"output.split_by {column!r} {problem}; it becomes part of file names", where, code="unknown-name")
+        return
+    written: list[str] = []
+    for spec in loaded.recipe.select:
+        cls = registry.components["selectors"].get(spec.use) if spec is not None else None
+        if spec is None or cls is None:
+            return  # a broken or unknown stage is reported where it is; do not guess what it writes
+        written += [c for c in getattr(cls.cls, "writes_columns", ()) if c not in written]
+    if column in written:
+        return
+    pool_columns = _pool_columns(loaded, registry, sources)
+    if pool_columns is None or column in pool_columns:
+        return
+    known = written + [c for c in pool_columns if c not in written]
+    close = _close(column, known)
+    out.add(f"output.split_by: no selector stage writes a column {column!r} and the pool has none"
+            + (f"; did you mean {close!r}?" if close else ""), where, code="unknown-name",
+            hint=None if close else f"stage columns: {', '.join(written) or 'none'}; pool columns: "
+                                    f"{', '.join(pool_columns) or 'none'}")
+
+
+def _pool_columns(loaded: LoadedRecipe, registry: Registry, sources: dict[str, SourceNode]) -> list[str] | None:
+    """The pool's columns from its first rows (None when the pool could not be read: said elsewhere)."""
+    node = sources.get("pool")
+    if node is None:
+        return None
+    readers = {n: e.cls for n, e in registry.components["readers"].items()}
+    try:
+        files = source_files(node.path)
+        frame, _ = pick_reader(files[0], readers, node.spec.format, "pool").head(files[0], HEAD_ROWS)
+    except Exception:  # noqa: BLE001 - reported where the pool is checked
+        return None
+    return list(frame.columns)
 
 
 def _check_evaluate(loaded: LoadedRecipe, out: _Collector) -> None:

@@ -206,8 +206,9 @@ class OutputSpec(Strict):
     report: bool = Field(True, description="write report.html: a self-contained page of the run (figures need "
                          "the `report` extra)")
     include_text: bool = Field(False, description="add each example's text to selection.parquet")
-    split_by: str | None = Field(None, description="a column a selector writes (e.g. rs2's `round`): also write "
-                                 "one subset file per value, subset.<column>-<value>.<format>")
+    split_by: str | None = Field(None, description="a column a selector writes (e.g. rs2's `round`) or a pool "
+                                 "column: also write one subset file per value, subset.<column>-<value>.<format> "
+                                 "(a value that is not a plain file name is percent-escaped)")
 
     @model_validator(mode="after")
     def _split_without_repeats(self):

@@ -1,0 +1,227 @@
+"""The newer surfaces (eval, split outputs, verifiers, GGUF, Ray addresses) tried as a hostile user
+and a failing machine would (issue 25), each guarantee broken on purpose through the real CLI on
+real files: a failure is one clear line and a non-zero exit, never a traceback, and nothing the
+recipe reads (or a user's own file) changes, which each test checks by hashing it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import cli
+
+# ---------------------------------------------------------------- helpers
+
+
+def rows(n: int = 30, words: int = 6) -> list[dict]:
+    return [{"id": f"r{i:03d}", "text": " ".join(f"w{i}x{j}" for j in range(words + i % 5)), "domain": f"d{i % 3}"}
+            for i in range(n)]
+
+
+def write_jsonl(path: Path, data: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in data), encoding="utf-8")
+    return path
+
+
+def digest(path: Path) -> dict[str, str]:
+    """sha256 of a file, or of every file under a folder, by relative name."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return {str(f.relative_to(path) if path.is_dir() else f.name): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in files}
+
+
+def line_of(recipe: Path, text: str) -> int:
+    for number, line in enumerate(recipe.read_text().splitlines(), 1):
+        if text in line:
+            return number
+    raise AssertionError(f"no line holding {text!r} in {recipe}")
+
+
+def refused(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+    return result.stderr
+
+
+def recipe(folder: Path, *, targets: dict[str, str] | None = None, select: str | None = None,
+           output: str = "", out: str = "out", formats: str = "[jsonl]", extra: str = "",
+           scores: str = "  words: {use: length, with: {unit: tokens}}") -> Path:
+    """A small model-free recipe (token length, top-k; DSIR toward the targets if any)."""
+    lines = ["selectkit: 1", "name: hostile", "seed: 0", "data:", "  pool: {path: data/pool.jsonl, id: id}"]
+    if targets:
+        lines += ["  targets:"] + [f"    {json.dumps(n)}: {{path: {p}, id: id}}" for n, p in targets.items()]
+    lines += ["scores:", scores]
+    lines += [select or "select:\n  - use: topk\n    with: {score: words, budget: 5}"]
+    lines += ["output:", f"  dir: {out}", f"  formats: {formats}", "  report: false"]
+    if output:
+        lines += [output]
+    if extra:
+        lines += [extra]
+    path = folder / "recipe.yaml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+PPL = "select:\n  - use: topk\n    with: {score: ppl, budget: 3}"
+RS2 = "select:\n  - use: rs2\n    with: {budget: 4, rounds: 2}"
+
+
+# ---------------------------------------------------------------- 1. eval and outputs
+
+
+def test_eval_refuses_a_target_whose_file_sits_where_the_split_is_written(tmp_path):
+    write_jsonl(tmp_path / "data" / "pool.jsonl", rows())
+    target = write_jsonl(tmp_path / "ev" / "split" / "t.jsonl", rows(8))
+    path = recipe(tmp_path, targets={"t": "ev/split/t.jsonl"})
+    before = digest(tmp_path)
+    err = refused(cli("eval", path, "--out", tmp_path / "ev", "-q"))
+    assert "eval folder" in err and "t source" in err and str(target) in err, err
+    assert len(err.strip().splitlines()) <= 2, err  # the error and its hint
+    assert digest(tmp_path) == before  # the target and everything else byte for byte; nothing written
+
+
+def test_eval_refuses_a_split_folder_that_is_a_symlink_into_the_inputs(tmp_path):
+    write_jsonl(tmp_path / "data" / "pool.jsonl", rows())
+    write_jsonl(tmp_path / "data" / "t.jsonl", rows(8))
+    (tmp_path / "ev").mkdir()
+    (tmp_path / "ev" / "split").symlink_to(tmp_path / "data")
+    path = recipe(tmp_path, targets={"t": "data/t.jsonl"})
+    before = digest(tmp_path / "data")
+    err = refused(cli("eval", path, "--out", tmp_path / "ev", "-q"))
+    assert "eval split file of target 't'" in err and "overwrite an input" in err, err
+    assert digest(tmp_path / "data") == before
+
+
+@pytest.mark.parametrize("name", ["../escape", "/tmp/abs", "a/b", "..", ".hidden"])
+def test_a_target_name_that_is_a_path_is_a_validate_error_at_its_line(tmp_path, name):
+    write_jsonl(tmp_path / "data" / "pool.jsonl", rows())
+    write_jsonl(tmp_path / "data" / "t.jsonl", rows(8))
+    path = recipe(tmp_path, targets={name: "data/t.jsonl"})
+    before = digest(tmp_path)
+    for command in ("validate", "eval"):
+        err = refused(cli(command, path, *(("--out", tmp_path / "ev") if command == "eval" else ())))
+        assert f"{path}:{line_of(path, json.dumps(name))}:" in err, err
+        assert f"target name {name!r}" in err, err
+    assert digest(tmp_path) == before and not (tmp_path / "ev").exists()
+
+
+def test_a_user_file_named_like_a_split_output_is_refused_and_untouched(tmp_path):
+    write_jsonl(tmp_path / "data" / "pool.jsonl", rows())
+    mine = write_jsonl(tmp_path / "out" / "subset.round-1.jsonl", [{"mine": True}])
+    path = recipe(tmp_path, select=RS2, output="  split_by: round")
+    before = digest(tmp_path)
+    err = refused(cli("run", path))
+    assert f"{mine} exists and was not written by selectkit" in err, err
+    assert digest(tmp_path) == before
+
+
+def test_split_outputs_are_written_and_rewritten_by_selectkit(tmp_path):
+    write_jsonl(tmp_path / "data" / "pool.jsonl", rows())
+    path = recipe(tmp_path, select=RS2, output="  split_by: round")
+    for _ in range(2):  # a rerun replaces its own split files
+        done = cli("run", path, "-q")
+        assert done.returncode == 0, done.stderr
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert {"subset.round-1.jsonl", "subset.round-2.jsonl"} <= set(names), names
+
+
+def test_split_by_a_pool_column_escapes_values_that_are_not_file_names(tmp_path):
+    data = rows()
+    for i, r in enumerate(data):
+        r["domain"] = ["../up", "a/b", "plain"][i % 3]
+    write_jsonl(tmp_path / "data" / "pool.jsonl", data)
+    path = recipe(tmp_path, output="  split_by: domain", select="select:\n  - use: topk\n"
+                  "    with: {score: words, budget: 12}")
+    done = cli("run", path, "-q")
+    assert done.returncode == 0, done.stderr
+    names = sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.startswith("subset.domain-"))
+    assert names == ["subset.domain-%2E%2E%2Fup.jsonl", "subset.domain-a%2Fb.jsonl", "subset.domain-plain.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "out", "recipe.yaml"]
+
+
+@pytest.mark.parametrize("column, says", [("rounds", "did you mean 'round'?"), ("nonesuch", "pool columns: id, text"),
+                                          ("../x", "holds a path separator")])
+def test_a_split_by_column_nobody_writes_fails_at_validate(tmp_path, column, says):
+    write_jsonl(tmp_path / "data" / "pool.jsonl", rows())
+    path = recipe(tmp_path, select=RS2, output=f"  split_by: {json.dumps(column)}")
+    err = refused(cli("validate", path))
+    assert f"{path}:{line_of(path, 'split_by')}:" in err and says in err, err
+
+
+def test_a_read_only_output_folder_with_an_earlier_run_is_refused(tmp_path):
+    write_jsonl(tmp_path / "data" / "pool.jsonl", rows())
+    path = recipe(tmp_path)
+    assert cli("run", path, "-q").returncode == 0
+    out = tmp_path / "out"
+    before = digest(out)
+    inode = out.stat().st_ino
+    out.chmod(0o555)
+    try:
+        err = refused(cli("run", path))
+        assert "read-only" in err and str(out) in err, err
+        assert err.strip().splitlines()[0].startswith("error:") or "read-only" in err.strip().splitlines()[0]
+        assert out.stat().st_ino == inode and stat.S_IMODE(out.stat().st_mode) == 0o555  # not swapped
+        assert digest(out) == before
+        assert not [p for p in tmp_path.iterdir() if ".staging-" in p.name or ".old-" in p.name]
+    finally:
+        out.chmod(0o755)
+
+
+# ---------------------------------------------------------------- 2. validate runs no code
+
+
+def _side_effecting_package(folder: Path, marker: Path, with_model: bool) -> None:
+    """A package on the path whose `__init__.py` leaves a marker (and could do anything else)."""
+    import shutil
+
+    from conftest import RECIPES
+
+    package = folder / "evilpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n"
+                                         "def get_model_path():\n    return '/'\n")
+    if with_model:
+        shutil.copytree(RECIPES / "models" / "tiny-lm", package / "assets" / "lm")
+
+
+@pytest.mark.parametrize("with_model", [True, False])
+def test_a_side_effecting_pkg_model_is_never_imported(tmp_path, with_model):
+    marker = tmp_path / "MARKER"
+    _side_effecting_package(tmp_path, marker, with_model)
+    write_jsonl(tmp_path / "data" / "pool.jsonl", rows(12))
+    path = recipe(tmp_path, extra="models:\n  lm: {path: 'pkg:evilpkg', kind: causal-lm, max_length: 64}",
+                  scores="  ppl: {use: perplexity, model: lm}", select=PPL)
+    env = {"PYTHONPATH": str(tmp_path)}  # a checkout on sys.path, and the cwd too
+    commands = (("validate",), ("plan",), ("run", "-q")) if with_model else (("validate",), ("plan",))
+    for command in commands:
+        done = cli(*command, path, cwd=tmp_path, env=env)
+        assert "Traceback" not in done.stderr, done.stderr
+        if with_model:  # found from the package's files: the model under assets/lm
+            assert done.returncode == 0, done.stderr
+        else:
+            assert done.returncode == 1 and "no config.json" in done.stderr, done.stderr
+        assert not marker.exists(), f"{command[0]} ran the package's __init__.py"
+
+
+def test_validate_of_pkg_torch_and_of_every_shipped_recipe_imports_no_torch(tmp_path):
+    from conftest import RECIPES
+
+    write_jsonl(tmp_path / "data" / "pool.jsonl", rows(12))
+    path = recipe(tmp_path, extra="models:\n  lm: {path: 'pkg:torch', kind: causal-lm}",
+                  scores="  ppl: {use: perplexity, model: lm}", select=PPL)
+    recipes = [str(path)] + sorted(str(p) for p in RECIPES.glob("*.yaml"))
+    code = ("import sys\nfrom selectkit.api import validate\nfrom selectkit.errors import SelectkitError\n"
+            "for r in sys.argv[1:]:\n    try:\n        validate(r)\n    except SelectkitError as exc:\n"
+            "        print('ERR', r, str(exc).splitlines()[0])\n"
+            "    assert 'torch' not in sys.modules, r\nprint('OK')\n")
+    done = subprocess.run([sys.executable, "-c", code, *recipes], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stdout + done.stderr
+    assert f"ERR {path}" in done.stdout  # torch is no model folder: said as an error, not by importing it
