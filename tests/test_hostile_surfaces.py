@@ -225,3 +225,98 @@ def test_validate_of_pkg_torch_and_of_every_shipped_recipe_imports_no_torch(tmp_
                           env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stdout + done.stderr
     assert f"ERR {path}" in done.stdout  # torch is no model folder: said as an error, not by importing it
+
+
+# ---------------------------------------------------------------- 3. Ray addresses
+
+
+def _ray_recipe(tmp_path: Path, timeout: float = 3) -> Path:
+    write_jsonl(tmp_path / "data" / "pool.jsonl", rows(12))
+    return recipe(tmp_path, extra=f"execution: {{executor: ray, connect_timeout: {timeout}}}")
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again when the socket is: nothing listens there
+
+
+def _timed_run(path: Path, address: str) -> tuple[str, float]:
+    import time
+
+    started = time.monotonic()
+    done = cli("run", path, "-q", "--address", address)
+    return refused(done), time.monotonic() - started
+
+
+@pytest.mark.parametrize("address, says", [
+    ("no-such-host.invalid:6379", "cannot resolve the host"),
+    ("127.0.0.1:{closed}", "no Ray cluster answers at '127.0.0.1:{closed}' (tried for 3 s"),
+    ("ray://127.0.0.1:{closed}", "no Ray cluster answers at 'ray://127.0.0.1:{closed}'"),
+])
+def test_an_unreachable_ray_address_fails_in_bounded_time_with_one_line(tmp_path, address, says):
+    path = _ray_recipe(tmp_path)
+    closed = _closed_port()
+    address, says = address.format(closed=closed), says.format(closed=closed)
+    err, seconds = _timed_run(path, address)
+    assert says in err, err
+    assert err.startswith("error: executor: ray:") and len(err.strip().splitlines()) <= 2, err
+    assert seconds < 30, seconds  # the 3 s timeout, plus the start of the command
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("address", ["not an address", "ray://", "http://10.0.0.1:6379", "host:99999", "host:"])
+def test_a_malformed_ray_address_is_one_line(tmp_path, address):
+    path = _ray_recipe(tmp_path)
+    err, _ = _timed_run(path, address)
+    assert f"malformed Ray address {address!r}" in err and len(err.strip().splitlines()) <= 2, err
+    (tmp_path / "recipe.yaml").write_text(path.read_text().replace("connect_timeout: 3", f"address: '{address}'"))
+    err = refused(cli("validate", path))
+    assert f"{path}:{line_of(path, 'address')}:" in err and "malformed Ray address" in err, err
+
+
+def test_a_port_where_no_ray_answers_fails_within_the_timeout(tmp_path):
+    """Something listens but never speaks Ray's protocol: ray.init would wait; the run stops at the timeout."""
+    import socket
+
+    path = _ray_recipe(tmp_path, timeout=4)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        err, seconds = _timed_run(path, f"127.0.0.1:{server.getsockname()[1]}")
+    assert "did not accept the connection within 4 s" in err or "cannot join the Ray cluster" in err, err
+    assert seconds < 60, seconds
+
+
+def _without_ray(folder: Path) -> dict[str, str]:
+    """An environment in which ray is not installed: a sitecustomize hides it from the path finder."""
+    folder.mkdir(exist_ok=True)
+    (folder / "sitecustomize.py").write_text(
+        "import sys\nfrom importlib.machinery import PathFinder\n\n"
+        "class _Hidden(PathFinder):\n    @classmethod\n    def find_spec(cls, name, path=None, target=None):\n"
+        "        if name == 'ray' or name.startswith('ray.'):\n            return None\n"
+        "        return PathFinder.find_spec(name, path, target)\n\n"
+        "sys.meta_path[:] = [_Hidden if f is PathFinder else f for f in sys.meta_path]\n")
+    return {"PYTHONPATH": str(folder)}
+
+
+def test_a_missing_ray_extra_is_said_by_validate_and_plan(tmp_path):
+    env = _without_ray(tmp_path / "shim")
+    probe = subprocess.run([sys.executable, "-c", "import importlib.util as u; print(u.find_spec('ray'))"],
+                           capture_output=True, text=True, env={**os.environ, **env})
+    assert probe.stdout.strip() == "None", probe.stdout + probe.stderr
+    path = _ray_recipe(tmp_path)
+    done = cli("validate", path, env=env)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "execution.executor: ray need(s) the 'ray' extra, which is not installed" in done.stderr, done.stderr
+    err = refused(cli("validate", "--strict", path, env=env))
+    assert "'ray' extra" in err, err
+    (tmp_path / "local").mkdir()
+    (tmp_path / "local" / "data").symlink_to(tmp_path / "data")
+    plain = recipe(tmp_path / "local")  # a local recipe planned with --executor ray
+    for command in (("plan", path), ("plan", plain, "--executor", "ray"), ("run", path)):
+        err = refused(cli(*command, env=env))
+        assert "executor: ray needs the 'ray' package, which is not installed" in err, err
+        assert "pip install 'selectkit[ray]'" in err, err

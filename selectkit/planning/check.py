@@ -96,6 +96,9 @@ def _extras(checked: Checked) -> dict[str, list[str]]:
         for extra in (*component.extras, *(("models",) if uses_model else ())):
             if label not in needs.setdefault(extra, []):
                 needs[extra].append(label)
+    execution = getattr(checked.loaded.recipe, "execution", None)
+    if execution is not None and execution.executor == "ray":
+        needs.setdefault("ray", []).append("execution.executor: ray")
     return {extra: who for extra, who in needs.items() if missing_extras([extra])}
 
 
