@@ -320,3 +320,113 @@ def test_a_missing_ray_extra_is_said_by_validate_and_plan(tmp_path):
         err = refused(cli(*command, env=env))
         assert "executor: ray needs the 'ray' package, which is not installed" in err, err
         assert "pip install 'selectkit[ray]'" in err, err
+
+
+# ---------------------------------------------------------------- 4. verifiers
+
+
+CATASTROPHIC = r"^([\s\S]|[\s\S]{2})*(?!)"  # fails on every text, after Fibonacci(len) paths
+
+
+def _sums(folder: Path, n: int = 12, null_at: tuple[int, ...] = (), drop_at: tuple[int, ...] = ()) -> Path:
+    """A copy of the demo's sums with some reference answers null (`null_at`) or absent (`drop_at`)."""
+    from conftest import RECIPES
+
+    data = [json.loads(line) for line in (RECIPES / "data" / "arithmetic.jsonl").read_text().splitlines()[:n]]
+    for row in data:
+        row["text"] = row["question"]
+    for i in null_at:
+        data[i]["answer"] = None
+    for i in drop_at:
+        del data[i]["answer"]
+    write_jsonl(folder / "data" / "pool.jsonl", data)
+    return folder / "data" / "pool.jsonl"
+
+
+def _pass_rate_recipe(folder: Path, *, verifier: str = "{use: numeric, with: {which: first}}",
+                      answer: str = "answer", prompt: str = '"{question}"', extra: str = "",
+                      max_new_tokens: int = 4, budget: int = 3) -> Path:
+    from conftest import RECIPES
+
+    return recipe(folder, extra=f"models:\n  lm: {{path: {RECIPES / 'models' / 'tiny-lm'}, kind: causal-lm, "
+                  "max_length: 96}",
+                  scores=("  hard:\n    use: pass_rate\n    model: lm\n    with:\n"
+                          f"      prompt: {prompt}\n      answer: {answer}\n      verifier: {verifier}\n"
+                          f"      samples: 1\n      max_new_tokens: {max_new_tokens}\n{extra}"),
+                  select=f"select:\n  - use: topk\n    with: {{score: hard, budget: {budget}}}")
+
+
+def test_a_catastrophic_regex_on_real_generated_output_stops_with_one_line(tmp_path):
+    import time
+
+    _sums(tmp_path, n=3)
+    path = _pass_rate_recipe(tmp_path, verifier=f"{{use: regex, with: {{pattern: '{CATASTROPHIC}', timeout: 0.5}}}}",
+                             max_new_tokens=48, budget=1)
+    done = cli("validate", path)
+    assert done.returncode == 0, done.stderr
+    assert f"{path}:{line_of(path, 'verifier:')}:" in done.stderr and "nests quantifiers" in done.stderr, done.stderr
+    started = time.monotonic()
+    err = refused(cli("run", path, "-q"))
+    assert time.monotonic() - started < 120
+    assert f"pattern {CATASTROPHIC!r} ran longer than 0.5 s" in err and "(example id 'sum-0" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("how", ["null", "absent"])
+def test_a_missing_reference_answer_is_an_error_at_validate(tmp_path, how):
+    _sums(tmp_path, **({"null_at": (4,)} if how == "null" else {"drop_at": (4,)}))
+    path = _pass_rate_recipe(tmp_path)
+    err = refused(cli("validate", path))
+    assert f"{path}:{line_of(path, 'answer: answer')}:" in err, err
+    assert "pool row 5 has no reference answer ('answer' is null or absent)" in err, err
+
+
+def test_missing_references_beyond_the_first_rows_stop_the_run(tmp_path):
+    from selectkit.planning.check import HEAD_ROWS
+
+    _sums(tmp_path, n=HEAD_ROWS + 10, null_at=(HEAD_ROWS + 3,))
+    path = _pass_rate_recipe(tmp_path)
+    assert cli("validate", path).returncode == 0  # validate sees the first rows only
+    err = refused(cli("run", path, "-q"))
+    assert f"1 of {HEAD_ROWS + 10} examples have no reference answer" in err and "'sum-103'" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_on_missing_skip_leaves_unlabelled_rows_unselected_and_counts_them(tmp_path):
+    import polars as pl
+
+    _sums(tmp_path, null_at=(1, 5, 7))
+    path = _pass_rate_recipe(tmp_path, extra="      on_missing: skip\n", budget=9)
+    done = cli("run", path, "-q")
+    assert done.returncode == 0, done.stderr
+    selection = pl.read_parquet(tmp_path / "out" / "selection.parquet")
+    unlabelled = selection.filter(pl.col("id").is_in(["sum-001", "sum-005", "sum-007"]))
+    assert not unlabelled["selected"].any() and unlabelled["score.hard"].is_nan().all()
+    warnings = json.loads((tmp_path / "out" / "manifest.json").read_text())["warnings"]
+    assert any("3 of 12 examples have no reference answer" in w and "on_missing: skip" in w for w in warnings), \
+        warnings
+
+
+@pytest.mark.parametrize("param, value, says", [
+    ("answer", "answr", "column 'answr' not found"),
+    ("prompt", '"{questoin} ="', "column 'questoin' not found"),
+])
+def test_a_typod_prompt_or_answer_column_is_caught_at_validate(tmp_path, param, value, says):
+    _sums(tmp_path)
+    path = _pass_rate_recipe(tmp_path, **{param: value})
+    err = refused(cli("validate", path))
+    assert f"{path}:{line_of(path, f'{param}: {value}')}:" in err and says in err, err
+
+
+def test_a_pattern_that_breaks_with_the_real_reference_is_one_line(tmp_path):
+    _sums(tmp_path)
+    path = _pass_rate_recipe(tmp_path, verifier="{use: regex, with: {pattern: 'a{{answer},1}'}}")
+    err = refused(cli("validate", path))
+    assert f"{path}:{line_of(path, 'verifier:')}:" in err, err
+    assert "with the reference '114' is not a valid regular expression" in err and "re.error" not in err, err
+    from selectkit.plugin import DataError
+    from selectkit_plugins.verifiers import Regex
+
+    verifier = Regex(Regex.Params(pattern="a{{answer},1}"))
+    with pytest.raises(DataError, match="with the reference '7' is not a valid"):
+        verifier.check("aaa", "7")  # at run time (rows validate did not see): a DataError, not re.error

@@ -152,6 +152,12 @@ class Scorer(Component):
     higher_is_better: ClassVar[bool] = True
     rowwise: ClassVar[bool] = False  # each row's score depends on its own row (and `stats`) only
 
+    def check_pool(self, frame: Any) -> list[tuple[str, str, str]]:
+        """At validate, on the pool's first rows (a polars DataFrame, `name` "pool"): problems this
+        scorer can see before any compute, as (level "error" or "warning", the param, the message):
+        a column or template that names no column, a reference that is missing. Default: none."""
+        return []
+
     def output_shape(self) -> Shape:
         """The shape this configured scorer produces (may depend on params)."""
         return self.output
@@ -290,3 +296,12 @@ class Verifier(Component):
 
     def check(self, completion: str, reference: str) -> bool:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def check_references(self, references: list[str]) -> str | None:
+        """At validate, on the real reference answers of the pool's first rows: why this verifier
+        cannot check them (a pattern that breaks with a real reference), if it cannot."""
+        return None
+
+    def advice(self) -> list[str]:
+        """Warnings validate prints about the configuration (e.g. a pattern with nested quantifiers)."""
+        return []

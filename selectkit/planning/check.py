@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from selectkit.contract.components import Component, Shape
+from selectkit.contract.components import Component, Scorer, Shape
 from selectkit.contract.registry import Registry, default_registry
 from selectkit.data.sources import check_columns, check_unique, pick_reader, read_ids, render_texts, source_files
 from selectkit.errors import (
@@ -50,6 +50,7 @@ def check(loaded: LoadedRecipe, registry: Registry | None = None) -> Checked:
     scores = {name: node for name, spec in recipe.scores.items()
               if (node := _check_score(name, spec, loaded, registry, out)) is not None}
     _check_score_inputs(loaded, scores, out)
+    _check_score_data(loaded, registry, scores, sources, out)
     _check_surrogates(loaded, registry, scores, sources, out)
     stages = _check_stages(loaded, registry, scores, sources, out) if "select" not in broken else []
     if "output" not in broken and sources:
@@ -222,16 +223,49 @@ def _check_split_by(loaded: LoadedRecipe, registry: Registry, sources: dict[str,
 
 def _pool_columns(loaded: LoadedRecipe, registry: Registry, sources: dict[str, SourceNode]) -> list[str] | None:
     """The pool's columns from its first rows (None when the pool could not be read: said elsewhere)."""
+    frame = _pool_head(loaded, registry, sources)
+    return None if frame is None else list(frame.columns)
+
+
+def _pool_head(loaded: LoadedRecipe, registry: Registry, sources: dict[str, SourceNode]) -> Any:
+    """The pool's first HEAD_ROWS rows as read by its reader (None when the pool could not be read:
+    that is said where the pool is checked); read once per check."""
     node = sources.get("pool")
     if node is None:
         return None
-    readers = {n: e.cls for n, e in registry.components["readers"].items()}
-    try:
-        files = source_files(node.path)
-        frame, _ = pick_reader(files[0], readers, node.spec.format, "pool").head(files[0], HEAD_ROWS)
-    except Exception:  # noqa: BLE001 - reported where the pool is checked
-        return None
-    return list(frame.columns)
+    memo = loaded.__dict__.setdefault("_pool_head_memo", {})
+    if node.path not in memo:
+        readers = {n: e.cls for n, e in registry.components["readers"].items()}
+        try:
+            files = source_files(node.path)
+            memo[node.path] = pick_reader(files[0], readers, node.spec.format, "pool").head(files[0], HEAD_ROWS)[0]
+        except Exception:  # noqa: BLE001 - reported where the pool is checked
+            memo[node.path] = None
+    return memo[node.path]
+
+
+def _check_score_data(loaded: LoadedRecipe, registry: Registry, scores: dict[str, ScoreNode],
+                      sources: dict[str, SourceNode], out: _Collector) -> None:
+    """What each scorer can see wrong in the pool's first rows (Scorer.check_pool: columns its params
+    name, missing reference answers, patterns that break on real values), at the param's line."""
+    checking = [(name, node) for name, node in scores.items()
+                if type(node.scorer).check_pool is not Scorer.check_pool]
+    if not checking:
+        return
+    frame = _pool_head(loaded, registry, sources)
+    if frame is None:
+        return
+    for name, node in checking:
+        try:
+            problems = node.scorer.check_pool(frame)
+        except SelectkitError as exc:
+            problems = [("error", "", exc.message)]
+        for level, param, message in problems:
+            where = ("scores", name, "with", param) if param else ("scores", name)
+            if level == "warning":
+                out.warnings.append(f"{loaded.locate(where)}: {message}")
+            else:
+                out.add(message, where, code="data-content")
 
 
 def _check_evaluate(loaded: LoadedRecipe, out: _Collector) -> None:
