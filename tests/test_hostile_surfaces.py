@@ -430,3 +430,95 @@ def test_a_pattern_that_breaks_with_the_real_reference_is_one_line(tmp_path):
     verifier = Regex(Regex.Params(pattern="a{{answer},1}"))
     with pytest.raises(DataError, match="with the reference '7' is not a valid"):
         verifier.check("aaa", "7")  # at run time (rows validate did not see): a DataError, not re.error
+
+
+# ---------------------------------------------------------------- 5. hostile model metadata
+
+
+GOOD = {"llama.block_count": ("uint32", 2), "llama.context_length": ("uint32", 128),
+        "llama.embedding_length": ("uint32", 16), "llama.feed_forward_length": ("uint32", 32),
+        "llama.attention.head_count": ("uint32", 4), "llama.attention.head_count_kv": ("uint32", 2),
+        "llama.attention.layer_norm_rms_epsilon": ("float32", 1e-5)}
+
+
+def _gguf(path: Path, **bad: tuple[str, object]) -> Path:
+    """A small llama GGUF written by the `gguf` package, with `bad` values (key with '.' as '__')."""
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    values = {**GOOD, **{k.replace("__", "."): v for k, v in bad.items()}}
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("tiny test model")
+    for key, (kind, value) in values.items():
+        getattr(writer, f"add_{kind}")(key, value)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list([f"t{i}" for i in range(64)])
+    rng = np.random.default_rng(0)
+    writer.add_tensor("token_embd.weight", rng.normal(size=(64, 16)).astype(np.float32))
+    writer.add_tensor("blk.0.attn_q.weight", rng.normal(size=(16, 16)).astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def _model_recipe(folder: Path, model: str) -> Path:
+    write_jsonl(folder / "data" / "pool.jsonl", rows(12))
+    return recipe(folder, extra=f"models:\n  lm: {{path: {model}, kind: causal-lm}}",
+                  scores="  ppl: {use: perplexity, model: lm}", select=PPL)
+
+
+@pytest.mark.parametrize("key, kind, value, says", [
+    ("llama.embedding_length", "string", "sixteen", "'llama.embedding_length' is a string ('sixteen'), not a whole"),
+    ("llama.block_count", "float32", float("nan"), "'llama.block_count' is nan, not a whole number"),
+    ("llama.context_length", "float64", float("inf"), "'llama.context_length' is inf, not a whole number"),
+    ("llama.embedding_length", "array", [16, 16], "'llama.embedding_length' is an array, but it holds one number"),
+    ("llama.attention.head_count", "uint32", 0, "'llama.attention.head_count' is 0, outside 1 to"),
+    ("llama.feed_forward_length", "uint64", 1 << 40, "'llama.feed_forward_length' is 1,099,511,627,776, outside"),
+    ("llama.attention.layer_norm_rms_epsilon", "float32", float("nan"), "'llama.attention.layer_norm_rms_epsilon' "
+     "is nan, outside (0, 1)"),
+    ("llama.attention.head_count_kv", "array", ["a", "b"], "'llama.attention.head_count_kv' is a string ('a')"),
+])
+def test_gguf_metadata_of_the_wrong_type_or_range_is_one_error_naming_the_key(tmp_path, key, kind, value, says):
+    model = _gguf(tmp_path / "m.gguf", **{key.replace(".", "__"): (kind, value)})
+    path = _model_recipe(tmp_path, str(model))
+    before = digest(tmp_path)
+    err = refused(cli("validate", path))
+    assert f"{path}:{line_of(path, 'lm: {path')}:" in err and says in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    err = refused(cli("plan", path))
+    assert says in err and len(err.strip().splitlines()) == 1, err
+    assert digest(tmp_path) == before
+
+
+def test_per_layer_gguf_arrays_still_read_as_their_largest_entry(tmp_path):
+    from selectkit.models.gguf import config_of, read_header
+
+    model = _gguf(tmp_path / "m.gguf", llama__attention__head_count_kv=("array", [2, 4]),
+                  llama__feed_forward_length=("array", [32] * 100))
+    config = config_of(read_header(model))
+    assert config["num_key_value_heads"] == 4 and config["intermediate_size"] == 32
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("hidden_size", '"wide"', "'hidden_size' is 'wide', not a whole number"),
+    ("num_hidden_layers", "NaN", "'num_hidden_layers' is nan, not a whole number"),
+    ("vocab_size", "Infinity", "'vocab_size' is inf"),
+    ("intermediate_size", "[64, 64]", "'intermediate_size' is [64, 64], not a whole number"),
+    ("max_position_embeddings", "-1", "'max_position_embeddings' is -1, outside 0 to 2**40"),
+])
+def test_config_json_values_of_the_wrong_type_are_one_error_naming_the_key(tmp_path, key, value, says):
+    import shutil
+
+    from conftest import RECIPES
+
+    model = tmp_path / "lm"
+    shutil.copytree(RECIPES / "models" / "tiny-lm", model)
+    config = (model / "config.json").read_text()
+    config = json.dumps({**json.loads(config), key: "__BAD__"}).replace('"__BAD__"', value)
+    (model / "config.json").write_text(config)
+    path = _model_recipe(tmp_path, "lm")
+    for command in ("validate", "plan"):
+        err = refused(cli(command, path))
+        assert says in err and str(model / "config.json") in err and len(err.strip().splitlines()) == 1, err

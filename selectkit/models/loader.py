@@ -30,7 +30,13 @@ from typing import Any
 
 from selectkit.errors import ModelError, require
 from selectkit.models.safetensors import safetensors_header
-from selectkit.models.sizing import ModelFacts, activation_budget, batch_tokens_that_fit, facts_from_config
+from selectkit.models.sizing import (
+    ModelFacts,
+    activation_budget,
+    batch_tokens_that_fit,
+    config_problem,
+    facts_from_config,
+)
 from selectkit.recipe.spec import ModelSpec
 
 PKG_PREFIX = "pkg:"
@@ -164,6 +170,10 @@ def read_config(folder: Path, label: str = "model") -> dict:
         raise ModelError(f"{label}: cannot parse {file}: {exc}") from None
     if not isinstance(config, dict):
         raise ModelError(f"{label}: {file} is not a JSON object")
+    problem = config_problem(config)
+    if problem:
+        raise ModelError(f"{label}: {file}: {problem}", hint="a model's config.json from elsewhere is checked before "
+                         "its values are used: fix or regenerate it (save_pretrained)")
     return config
 
 
