@@ -97,6 +97,12 @@ def test_eval_refuses_a_split_folder_that_is_a_symlink_into_the_inputs(tmp_path)
     err = refused(cli("eval", path, "--out", tmp_path / "ev", "-q"))
     assert "eval split file of target 't'" in err and "overwrite an input" in err, err
     assert digest(tmp_path / "data") == before
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "ev" / "split").unlink()
+    (tmp_path / "ev" / "split").symlink_to(elsewhere)  # no input there, but a link is never followed
+    err = refused(cli("eval", path, "--out", tmp_path / "ev", "-q"))
+    assert "split is a symbolic link" in err and not list(elsewhere.iterdir()), err
 
 
 @pytest.mark.parametrize("name", ["../escape", "/tmp/abs", "a/b", "..", ".hidden"])

@@ -168,6 +168,9 @@ def _guard(checked: Any, out: Path, run_dir: Path) -> None:
     problems = output_conflicts(out, inputs, what="eval folder") + file_conflicts(files, inputs)
     if problems:
         raise OutputError(problems[0], hint="choose another eval folder (--out)")
+    if split.is_symlink():  # eval writes there: a link would send the split files anywhere
+        raise OutputError(f"eval folder {out}: split is a symbolic link ({split} -> {os.readlink(split)}); "
+                          "eval writes its split files there", hint="remove the link, or choose another --out")
     if read_only(out) or read_only(split):
         raise OutputError(f"eval folder {out} is read-only", hint="make it writable, or choose another --out")
 
