@@ -438,6 +438,24 @@ def test_a_pattern_that_breaks_with_the_real_reference_is_one_line(tmp_path):
         verifier.check("aaa", "7")  # at run time (rows validate did not see): a DataError, not re.error
 
 
+
+def test_without_the_regex_package_a_runaway_search_is_stopped_in_a_worker(monkeypatch):
+    import time
+
+    from selectkit.plugin import DataError
+    from selectkit_plugins import verifiers
+
+    monkeypatch.setattr(verifiers._Bounded, "__init__", lambda self, timeout: (
+        setattr(self, "timeout", timeout), setattr(self, "engine", None), setattr(self, "pool", None))[0])
+    verifier = verifiers.Regex(verifiers.Regex.Params(pattern=r"answer: (\d+)", timeout=0.5))
+    assert verifier.check("so the answer: 42", "42")  # the worker answers an ordinary search
+    runaway = verifiers.Regex(verifiers.Regex.Params(pattern=CATASTROPHIC, timeout=0.5))
+    started = time.monotonic()
+    with pytest.raises(DataError, match="ran longer than 0.5 s"):
+        runaway.check("x" * 60, "1")  # re would take years: the worker is killed
+    assert time.monotonic() - started < 30
+
+
 # ---------------------------------------------------------------- 5. hostile model metadata
 
 
