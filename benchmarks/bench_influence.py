@@ -8,6 +8,7 @@ B. Agreement with the inverse-Hessian reference (mean per-target Spearman over p
 
     .venv/bin/python benchmarks/bench_influence.py            # ~3 min on 2 CPU cores
     .venv/bin/python benchmarks/bench_influence.py --quick    # fewer examples, 3 repeats
+    .venv/bin/python benchmarks/bench_influence.py --smollm2  # C only: SmolLM2-135M shape, k=8192 (~5 min)
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def throughput(n: int, batch_size: int, repeats: int, hidden: int, rank: int) ->
         "hooks, raw gradients": GradientFeaturizer(model, lm_loss),
         "hooks + projection k=1024": GradientFeaturizer(model, lm_loss, proj_dim=1024),
         "hooks + projection k=8192": GradientFeaturizer(model, lm_loss, proj_dim=8192),
+        "hooks + sjlt k=8192 (auto)": GradientFeaturizer(model, lm_loss, proj_dim=8192, proj_kind="auto"),
         "hooks + LoGra k=16x16/layer": GradientFeaturizer(model, lm_loss, proj_dim=1024, factorize_above=1,
                                                           factor_dim=16),
         "vmap, raw gradients": GradientFeaturizer(model, _unmasked_lm_loss, method="vmap"),
@@ -105,6 +107,69 @@ def throughput(n: int, batch_size: int, repeats: int, hidden: int, rank: int) ->
     return [{"bench": "throughput", "method": k, "median_s": float(np.median(v)), "ratio": float(np.median(v)) / base,
              "examples_per_s": n / float(np.median(v)), "lora_params": lora, "n": n, "batch_size": batch_size}
             for k, v in times.items()]
+
+
+def smollm2_shape(n: int, batch_size: int, repeats: int, max_length: int) -> list[dict]:
+    """C. The issue-21 goal at a real model's width: SmolLM2-135M's architecture built from its config
+    (random weights: cost does not depend on the values) with LoRA r=8 on q,k,v,o (921,600 parameters),
+    per-example features at k = 8192 by the `auto` projection (the sparse JL transform) against a plain
+    length-sorted batched forward+backward of the same LoRA model and batches. Then the projection's
+    quality against the exact (unprojected) gradients of the same texts: the relative inner-product
+    error |<Px,Py> - <x,y>| / (|x||y|), and the Spearman of each target's grad-dot (TracIn) ranking of
+    the pool with the exact one (the first n - 8 texts are the pool, the last 8 the targets)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import ByT5Tokenizer, LlamaConfig, LlamaForCausalLM
+
+    from selectkit_plugins.lib.influence.grads import GradientFeaturizer, lm_batch, lm_loss
+
+    torch.manual_seed(0)
+    tok = ByT5Tokenizer()
+    config = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
+                         tie_word_embeddings=True, bos_token_id=None, eos_token_id=1, pad_token_id=0)
+    model = get_peft_model(LlamaForCausalLM(config), LoraConfig(
+        r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.02)
+    model.eval()
+    texts = [t[:max_length] for t in _texts(n, 1)]
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    batches = [lm_batch(tok, [texts[i] for i in order[s:s + batch_size]]) for s in range(0, n, batch_size)]
+    wide = GradientFeaturizer(model, lm_loss, proj_dim=8192, proj_kind="auto")
+    exact = GradientFeaturizer(model, lm_loss)
+
+    def fwd_bwd():
+        for b in batches:
+            model.zero_grad(set_to_none=True)
+            lm_loss(model, b).mean().backward()
+
+    jobs = {"forward+backward (batched)": fwd_bwd, "hooks + sjlt k=8192 (auto)": lambda: [wide(b) for b in batches]}
+    fwd_bwd()  # warm both (allocator, autograd, the projection's index tables) before timing
+    wide(batches[0])
+    times: dict[str, list[float]] = {k: [] for k in jobs}
+    for _ in range(repeats):
+        for name, job in jobs.items():
+            start = time.perf_counter()
+            job()
+            times[name].append(time.perf_counter() - start)
+    base = float(np.median(times["forward+backward (batched)"]))
+    out = [{"bench": "smollm2-shape", "method": k, "median_s": float(np.median(v)), "ratio": float(np.median(v)) / base,
+            "examples_per_s": n / float(np.median(v)), "lora_params": exact.raw_dim, "n": n,
+            "batch_size": batch_size} for k, v in times.items()]
+    inverse = np.argsort(order)
+    projected = torch.cat([wide(b).features for b in batches]).double().numpy()[inverse]
+    raw = torch.cat([exact.raw(b)[0] for b in batches]).double().numpy()[inverse]
+    pool, target = slice(0, n - 8), slice(n - 8, n)
+    true = raw[pool] @ raw[target].T
+    approx = projected[pool] @ projected[target].T
+    scale = np.outer(np.linalg.norm(raw[pool], axis=1), np.linalg.norm(raw[target], axis=1))
+    rel = np.abs(approx - true) / scale
+    rho = [spearmanr(approx[:, j], true[:, j])[0] for j in range(true.shape[1])]
+    out.append({"bench": "smollm2-shape", "method": "quality sjlt k=8192", "median_rel_ip_error": float(np.median(rel)),
+                "p95_rel_ip_error": float(np.quantile(rel, 0.95)), "tracin_spearman_mean": float(np.mean(rho)),
+                "tracin_spearman_min": float(np.min(rho)), "n": n})
+    return out
 
 
 def agreement_lr() -> list[dict]:
@@ -185,8 +250,24 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--smollm2", action="store_true", help="only part C: the SmolLM2-135M-shaped ratio and quality")
+    ap.add_argument("--n", type=int, default=48, help="part C: texts (the last 8 are the targets)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.smollm2:
+        results = smollm2_shape(args.n, 8, args.repeats, max_length=128)
+        print(f"C. SmolLM2-135M shape (random weights) + LoRA r=8 on q,k,v,o ({results[0]['lora_params']} params), "
+              f"{args.n} texts of <=128 bytes, batch 8, {args.threads} threads, median of {args.repeats}")
+        for r in results[:-1]:
+            print(f"{r['method']:38s} {r['median_s']:9.3f} s {r['ratio']:6.2f} x fwd+bwd "
+                  f"{r['examples_per_s']:7.2f} ex/s")
+        q = results[-1]
+        print(f"sjlt k=8192 vs exact gradients: relative inner-product error median {q['median_rel_ip_error']:.4f} "
+              f"(p95 {q['p95_rel_ip_error']:.4f}); TracIn ranking Spearman mean {q['tracin_spearman_mean']:.4f} "
+              f"(min {q['tracin_spearman_min']:.4f})")
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1))
+        return
     n = 64 if args.quick else 256
     results = throughput(n, 16, args.repeats, hidden=64, rank=8)
     lora = results[0]["lora_params"]

@@ -85,6 +85,7 @@ from selectkit.errors import (
     PluginError,
     RecipeError,
     SelectkitError,
+    SelectkitWarning,
     require,
     unknown_message,
 )
@@ -101,6 +102,7 @@ from selectkit.models.lm import (
     prompt_ids,
     prompts_of,
     render,
+    render_missing,
     token_logprobs,
 )
 from selectkit.models.loader import peft_quietly, unsafe_load_reason
@@ -123,9 +125,10 @@ __all__ = [
     "cache_key", "path_fingerprint", "lazy_import",
     # errors
     "SelectkitError", "DataError", "RecipeError", "PluginError", "ModelError", "MissingExtraError", "require",
-    "unknown_message",
+    "unknown_message", "SelectkitWarning",
     # the causal-LM toolkit
-    "render", "prompts_of", "encode", "prompt_ids", "pad", "batch", "plan_batches", "counted_tokens", "example_loss",
+    "render", "render_missing", "prompts_of", "encode", "prompt_ids", "pad", "batch", "plan_batches",
+    "counted_tokens", "example_loss",
     "token_logprobs", "mixed_precision", "train_epoch", "linear_schedule", "TrainSpec", "peft_quietly",
     "unsafe_load_reason",
 ]

@@ -4,6 +4,10 @@
   and case folded, equals the reference, normalised the same way.
 - `regex`: a pattern searched in the completion; `{answer}` in it stands for the escaped reference
   (pass when it matches), otherwise its first group (or the whole match) must equal the reference.
+  Patterns come from recipes and run on model output, so each search is bounded in time (`timeout`,
+  through the `regex` package's timeout, else in a worker process that is stopped): a pattern that
+  backtracks catastrophically is one error naming it, never a hung run. validate compiles the
+  pattern with the real reference answers of the pool's first rows and warns on nested quantifiers.
 - `numeric`: the first or last number in the completion equals the reference's number (GSM8K style:
   the reference's number after `####`, else its last number) within a tolerance; `1,000` reads 1000.
 """
@@ -12,11 +16,11 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, PositiveFloat, field_validator
 
-from selectkit.plugin import Params, Verifier, hookimpl
+from selectkit.plugin import DataError, Params, Verifier, hookimpl
 
 NUMBER = re.compile(r"-?(?:\d[\d,]*)?\.?\d+(?:[eE][-+]?\d+)?")
 
@@ -59,6 +63,8 @@ class RegexParams(Params):
                          "reference (then any match passes); otherwise group 1 (or the whole match) must equal "
                          "the reference")
     case_sensitive: bool = Field(True, description="match case")
+    timeout: PositiveFloat = Field(1.0, description="seconds one search may take before the run stops with an error "
+                                   "naming the pattern (catastrophic backtracking)")
 
     @field_validator("pattern")
     @classmethod
@@ -70,24 +76,115 @@ class RegexParams(Params):
         return value
 
 
+# a quantified group that holds a quantifier: (a+)+, (\w*)*, (x|y+){2,}: the usual catastrophic backtracking
+_NESTED = re.compile(r"\((?:[^()\\]|\\.)*[+*}](?:[^()\\]|\\.)*\)[+*{]")
+
+
+class PatternTimeout(DataError):
+    """A regex verifier's search ran past its time limit."""
+
+
+def _search_worker(pattern: str, text: str, flags: int) -> tuple[bool, str | None]:
+    match = re.search(pattern, text, flags)
+    if match is None:
+        return False, None
+    return True, match.group(1) if match.re.groups else match.group(0)
+
+
+class _Bounded:
+    """re.search with a time limit: the `regex` package's own timeout when it is installed (it is
+    with transformers), else the search runs in a worker process that is killed at the limit."""
+
+    def __init__(self, timeout: float):
+        self.timeout = timeout
+        try:
+            import regex
+        except ImportError:  # pragma: no cover - depends on the environment
+            regex = None
+        self.engine = regex
+        self.pool: Any = None
+
+    def search(self, pattern: str, text: str, flags: int) -> tuple[bool, str | None]:
+        if self.engine is not None:
+            try:
+                match = self.engine.search(pattern, text, flags, timeout=self.timeout)
+            except TimeoutError:
+                raise PatternTimeout(pattern) from None
+            if match is None:
+                return False, None
+            return True, match.group(1) if match.re.groups else match.group(0)
+        import multiprocessing
+
+        if self.pool is None:  # pragma: no cover - only without the regex package
+            self.pool = multiprocessing.get_context("spawn").Pool(1)
+        job = self.pool.apply_async(_search_worker, (pattern, text, flags))
+        try:
+            return job.get(self.timeout + 5.0)  # the worker's start is not the pattern's fault
+        except multiprocessing.TimeoutError:
+            self.pool.terminate()
+            self.pool = None
+            raise PatternTimeout(pattern) from None
+
+
 class Regex(Verifier):
     """A regex over the completion: `{answer}` in the pattern stands for the reference, or the first
-    group must equal it."""
+    group must equal it. Each search is bounded by `timeout`."""
 
     name = "regex"
     Params = RegexParams
 
+    def __init__(self, params: Any):
+        super().__init__(params)
+        self._bounded: _Bounded | None = None
+
+    def pattern_for(self, reference: str) -> str:
+        """The pattern searched for `reference` (a ValueError naming both when it does not compile)."""
+        p = self.params
+        pattern = p.pattern.replace("{answer}", re.escape(reference.strip())) if "{answer}" in p.pattern else p.pattern
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"pattern {p.pattern!r} with the reference {reference.strip()!r} is not a valid regular "
+                             f"expression ({pattern!r}: {exc})") from None
+        return pattern
+
     def check(self, completion: str, reference: str) -> bool:
         p = self.params
         flags = 0 if p.case_sensitive else re.IGNORECASE
+        try:
+            pattern = self.pattern_for(reference)
+        except ValueError as exc:
+            raise DataError(f"verifier 'regex': {exc}") from None
+        if self._bounded is None:
+            self._bounded = _Bounded(p.timeout)
+        try:
+            found, got = self._bounded.search(pattern, completion, flags)
+        except PatternTimeout:
+            raise PatternTimeout(f"verifier 'regex': pattern {p.pattern!r} ran longer than {p.timeout:g} s on one "
+                                 "completion (catastrophic backtracking?)",
+                                 hint="rewrite it without nested quantifiers such as (a+)+, or raise `timeout`") \
+                from None
         if "{answer}" in p.pattern:
-            pattern = p.pattern.replace("{answer}", re.escape(reference.strip()))
-            return re.search(pattern, completion, flags) is not None
-        match = re.search(p.pattern, completion, flags)
-        if match is None:
+            return found
+        if not found:
             return False
-        got = match.group(1) if match.re.groups else match.group(0)
         return _normalise(got or "", p.case_sensitive) == _normalise(reference, p.case_sensitive)
+
+    def check_references(self, references: list[str]) -> str | None:
+        if "{answer}" not in self.params.pattern:
+            return None
+        for reference in references:
+            try:
+                self.pattern_for(reference)
+            except ValueError as exc:
+                return str(exc)
+        return None
+
+    def advice(self) -> list[str]:
+        if _NESTED.search(self.params.pattern):
+            return [f"pattern {self.params.pattern!r} nests quantifiers, which can backtrack catastrophically on "
+                    f"model output; each search stops after {self.params.timeout:g} s with an error"]
+        return []
 
 
 class NumericParams(Params):

@@ -240,3 +240,36 @@ def test_a_full_disk_while_writing_the_store_is_one_error_and_keeps_the_finished
         kept = [s for store in stores for s in store.glob("shard-*") if (s / "meta.json").is_file()]
         assert kept, "the finished shards were lost"
         assert not [p for store in stores for p in store.glob(".tmp-*")]  # no half-written shard left behind
+
+
+# ---------------------------------------------------------------- nearest neighbours over the store
+
+
+@pytest.mark.parametrize("flat_below", [10**9, 0], ids=["flat", "ivf-pq"])
+def test_influence_neighbours_find_the_exact_top_rows_from_the_store(tmp_path, flat_below):
+    """The index answers 'which pool rows score highest for this target' with exact scores (re-ranked
+    from the store's shards) and the exact product's rows: recall@10 against a full streamed scan."""
+    pytest.importorskip("faiss")
+    from selectkit_plugins.lib.influence.neighbours import InfluenceIndex, exact_top_k
+
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(30, 256))
+    labels = rng.integers(0, 30, size=3000)
+    checkpoints = []
+    for c in range(2):  # two checkpoints, each pool row near its cluster's centre
+        rows = centres[labels] + 0.6 * rng.normal(size=(3000, 256)) + 0.1 * c
+        checkpoints.append([rows[i:i + 700].astype(np.float32) for i in range(0, 3000, 700)])
+    pool = [stored(tmp_path, f"nn-{flat_below}-{c}", parts, "float16") for c, parts in enumerate(checkpoints)]
+    queries = [centres[[1, 7, 19]] + 0.6 * rng.normal(size=(3, 256)) + 0.1 * c for c in range(2)]
+    weights = [0.6, 0.4]
+    index = InfluenceIndex(pool, weights, sketch_dim=128, flat_below=flat_below)
+    assert type(index.index).__name__ == ("IndexFlatIP" if flat_below else "IndexIVFPQ")
+    scores, rows = index.search(queries, k=10)
+    ref_scores, ref_rows = exact_top_k(pool, queries, weights, k=10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows, ref_rows)])
+    assert recall >= (0.9 if flat_below else 0.7), recall
+    for j in range(3):  # every returned score is the row's exact LESS score, best first
+        exact = less(pool, [q[[j]] for q in queries], [0.6, 0.4])[:, 0]  # lrs proportional to the weights
+        np.testing.assert_allclose(scores[j], exact[rows[j]], rtol=1e-5, atol=1e-6)
+        assert (np.diff(scores[j]) <= 1e-12).all()
+    assert (labels[ref_rows[0]] == 1).mean() > 0.9  # the reference itself finds the query's cluster

@@ -152,6 +152,12 @@ class Scorer(Component):
     higher_is_better: ClassVar[bool] = True
     rowwise: ClassVar[bool] = False  # each row's score depends on its own row (and `stats`) only
 
+    def check_pool(self, frame: Any) -> list[tuple[str, str, str]]:
+        """At validate, on the pool's first rows (a polars DataFrame, `name` "pool"): problems this
+        scorer can see before any compute, as (level "error" or "warning", the param, the message):
+        a column or template that names no column, a reference that is missing. Default: none."""
+        return []
+
     def output_shape(self) -> Shape:
         """The shape this configured scorer produces (may depend on params)."""
         return self.output
@@ -270,6 +276,9 @@ class Selector(Component):
     score_params: ClassVar[dict[str, frozenset[Shape]]] = {}
     budget_rule: ClassVar[str] = "required"  # required | optional | none: is `with.budget` needed?
     draws_with_replacement: ClassVar[bool] = False  # a count budget may then exceed the pool
+    # columns its Selection may carry (Selection.columns), e.g. rs2's ("round",): what output.split_by
+    # may name, checked at validate
+    writes_columns: ClassVar[tuple[str, ...]] = ()
 
     def run(self, ctx: SelectContext) -> Selection:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -287,3 +296,12 @@ class Verifier(Component):
 
     def check(self, completion: str, reference: str) -> bool:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def check_references(self, references: list[str]) -> str | None:
+        """At validate, on the real reference answers of the pool's first rows: why this verifier
+        cannot check them (a pattern that breaks with a real reference), if it cannot."""
+        return None
+
+    def advice(self) -> list[str]:
+        """Warnings validate prints about the configuration (e.g. a pattern with nested quantifiers)."""
+        return []

@@ -106,8 +106,9 @@ def evaluate(path: str | Path, *, out_dir: str | Path | None = None, cache_dir: 
         say("note: no output.summarize_by, so no stratified arm")
     out = Path(out_dir) if out_dir else loaded.resolve_path(recipe.output.dir.replace("{name}", recipe.name) + "-eval")
     out = Path(os.path.abspath(out))
-    heldout, split_info, scoring = split_targets(loaded, registry, spec.heldout, seed, out / "split")
     run_dir = out / "run"
+    _guard(checked, out, run_dir)
+    heldout, split_info, scoring = split_targets(loaded, registry, spec.heldout, seed, out / "split")
     plan = compile_plan(check(scoring, registry), Cache(Path(cache_dir) if cache_dir else None), run_dir, None,
                         dict(options or {}))
     parts = ", ".join(f"{n}: {info['scoring']}" for n, info in split_info.items())
@@ -151,6 +152,39 @@ def evaluate(path: str | Path, *, out_dir: str | Path | None = None, cache_dir: 
         results["seconds"]["total"] = round(time.perf_counter() - started, 2)
     _record(run_dir, results, bool(recipe.output.report))
     return Evaluation(results, run_dir, out)
+
+
+def _guard(checked: Any, out: Path, run_dir: Path) -> None:
+    """Before anything is written: eval's folder (split files, the run) must not be, hold or lie inside
+    anything the recipe reads, and no split file may resolve to an input (a symlinked `split/`)."""
+    from selectkit.data.sources import source_files
+    from selectkit.planning.guard import (
+        OutputError,
+        file_conflicts,
+        name_problem,
+        output_conflicts,
+        read_only,
+        recipe_inputs,
+    )
+
+    loaded = checked.loaded
+    inputs = recipe_inputs({name: source_files(node.path) for name, node in checked.sources.items()},
+                           {name: (spec, Path(loaded.base)) for name, spec in loaded.recipe.models.items()})
+    for name in loaded.recipe.data.targets:
+        if (problem := name_problem(name)) is not None:  # check() says it at the line; this is the last guard
+            raise OutputError(f"target name {name!r} {problem}; it would name a file outside {out / 'split'}")
+    split = out / "split"
+    files = {f"eval split file{' (held-out)' if 'heldout' in suffix else ''} of target {name!r}":
+             split / f"{name}{suffix}"
+             for name in loaded.recipe.data.targets for suffix in (".jsonl", ".heldout.jsonl")}
+    problems = output_conflicts(out, inputs, what="eval folder") + file_conflicts(files, inputs)
+    if problems:
+        raise OutputError(problems[0], hint="choose another eval folder (--out)")
+    if split.is_symlink():  # eval writes there: a link would send the split files anywhere
+        raise OutputError(f"eval folder {out}: split is a symbolic link ({split} -> {os.readlink(split)}); "
+                          "eval writes its split files there", hint="remove the link, or choose another --out")
+    if read_only(out) or read_only(split):
+        raise OutputError(f"eval folder {out} is read-only", hint="make it writable, or choose another --out")
 
 
 def split_targets(loaded: Any, registry: Any, share: float, seed: int, folder: Path

@@ -28,7 +28,7 @@ from selectkit import __version__
 from selectkit.contract.components import Shape
 from selectkit.contract.lazy import lazy_import
 from selectkit.errors import SelectkitError, describe_fault
-from selectkit.planning.guard import check_output, written_by_selectkit
+from selectkit.planning.guard import check_output, file_part, output_patterns, written_by_selectkit
 from selectkit.results.manifest import FORMAT_VERSION
 from selectkit.storage.cache import jsonable, share
 
@@ -262,7 +262,9 @@ def manifest(result: Any, files: dict[str, str]) -> dict:
 def write_outputs(result: Any, out_dir: Path) -> dict[str, Path]:
     """Write every output into a staging folder, then swap it in for `out_dir`; returns name -> path."""
     out_dir = Path(os.path.abspath(out_dir))
-    check_output(out_dir, result.plan.inputs() if hasattr(result.plan, "inputs") else {})
+    recipe = result.plan.recipe
+    check_output(out_dir, result.plan.inputs() if hasattr(result.plan, "inputs") else {},
+                 output_patterns(recipe.output if recipe else None))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.parent / f".{out_dir.name}.staging-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
@@ -321,11 +323,13 @@ def _write_set(result: Any, folder: Path, name: str) -> dict[str, str]:
 
 def split_subset(result: Any, folder: Path, column: str, formats: list[str]) -> dict[str, str]:
     """One subset file per value of a selector's column (a list column: per value it holds), e.g.
-    rs2's `round`: subset.round-1.jsonl, subset.round-2.jsonl, ... in the subset's order."""
-    if column not in getattr(result, "columns", {}):
-        raise SelectkitError(f"output.split_by: no stage wrote a column {column!r} "
-                             f"(columns: {', '.join(result.columns) or 'none'})")
-    name = column if column not in result.pool.columns else f"selection.{column}"
+    rs2's `round`: subset.round-1.jsonl, subset.round-2.jsonl, ... in the subset's order; or of a
+    pool column. A value that is not a plain file-name part is percent-escaped (never a path)."""
+    staged = getattr(result, "columns", {})
+    if column not in staged and column not in result.pool.columns:
+        raise SelectkitError(f"output.split_by: no stage wrote a column {column!r} and the pool has none "
+                             f"(stage columns: {', '.join(staged) or 'none'})")
+    name = column if column not in staged or column not in result.pool.columns else f"selection.{column}"
     whole = pl.read_parquet(folder / "subset.parquet") if "parquet" in formats else pl.read_ndjson(
         folder / "subset.jsonl")
     listed = whole.schema[name] == pl.List(pl.Int64)
@@ -335,10 +339,10 @@ def split_subset(result: Any, folder: Path, column: str, formats: list[str]) -> 
     for value in values.tolist():
         part = whole.filter(pl.col(name).list.contains(value) if listed else pl.col(name) == value)
         for fmt in formats:
-            file = f"subset.{column}-{value}.{fmt}"
+            file = f"subset.{column}-{file_part(value)}.{fmt}"
             (part.write_parquet(folder / file, statistics=False) if fmt == "parquet" else part.write_ndjson(
                 folder / file))
-            written[f"subset.{column}-{value}.{fmt}"] = file
+            written[file] = file
     return written
 
 

@@ -49,13 +49,88 @@ def run_on_ray(plan: Any, progress: Any = None, options: dict | None = None) -> 
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
         if address:
             kwargs["address"] = address
-        ray.init(**kwargs)
+        connect(ray, kwargs, float(options.get("connect_timeout") or CONNECT_TIMEOUT))
         started = True
     try:
         return execute(RayRun(plan, as_reporter(progress), options))
     finally:
         if started:
             ray.shutdown()
+
+
+CONNECT_TIMEOUT = 30.0  # seconds to reach a cluster (execution.connect_timeout)
+_PROBE_EVERY = 1.0
+
+
+def connect(ray: Any, kwargs: dict[str, Any], timeout: float) -> None:
+    """ray.init within `timeout` seconds: a malformed address, a host that does not resolve, a port
+    where nothing answers (probed over TCP, retried until the deadline) or an init that does not
+    finish in time is one SelectkitError naming the address, never a retry loop or a traceback."""
+    import socket
+    import threading
+    import time
+
+    from selectkit.recipe.spec import ray_address_problem
+
+    address = kwargs.get("address")
+    hint = ("check the address; start a cluster there (ray start --head), or leave --address out for a local "
+            "one; execution.connect_timeout sets how long to try")
+    deadline = time.monotonic() + timeout
+    if address and address not in ("auto", "local"):
+        problem = ray_address_problem(address)
+        if problem:
+            raise SelectkitError(f"executor: ray: {problem}", hint="give --address HOST:PORT, ray://HOST:PORT or auto")
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        host = host.strip("[]")
+        last = ""
+        while True:
+            try:
+                infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+            except (socket.gaierror, UnicodeError) as exc:
+                raise SelectkitError(f"executor: ray: cannot resolve the host of Ray address {address!r}: "
+                                     f"{getattr(exc, 'strerror', None) or exc}", hint=hint) from None
+            try:
+                family, kind, proto, _, where = infos[0]
+                with socket.socket(family, kind, proto) as probe:
+                    probe.settimeout(max(0.1, min(_PROBE_EVERY * 3, deadline - time.monotonic())))
+                    probe.connect(where)
+                break
+            except OSError as exc:
+                last = exc.strerror or str(exc) or type(exc).__name__
+            if time.monotonic() + _PROBE_EVERY > deadline:
+                raise SelectkitError(f"executor: ray: no Ray cluster answers at {address!r} (tried for "
+                                     f"{timeout:g} s: {last})", hint=hint)
+            time.sleep(_PROBE_EVERY)
+    done: dict[str, Any] = {}
+    if not address or address == "local":  # a new local cluster: started here, in this thread
+        try:
+            ray.init(**kwargs)
+        except Exception as exc:  # noqa: BLE001 - one line, said below
+            done["error"] = exc
+        return _raise(done.get("error"), address, hint)
+
+    def init() -> None:
+        try:
+            ray.init(**kwargs)
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller's thread
+            done["error"] = exc
+        done.setdefault("ok", True)
+
+    worker = threading.Thread(target=init, name="selectkit-ray-init", daemon=True)
+    worker.start()
+    worker.join(max(1.0, deadline - time.monotonic()))
+    if worker.is_alive():
+        raise SelectkitError(f"executor: ray: the Ray cluster at {address!r} did not accept the connection within "
+                             f"{timeout:g} s (something answers there, but not a Ray cluster's GCS?)", hint=hint)
+    _raise(done.get("error"), address, hint)
+
+
+def _raise(error: BaseException | None, address: str | None, hint: str) -> None:
+    if error is not None:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        what = f"cannot join the Ray cluster at {address!r}" if address and address != "local" else \
+            "cannot start a local Ray cluster"
+        raise SelectkitError(f"executor: ray: {what}: {reason}", hint=hint) from None
 
 
 def describe(step: Step) -> str:

@@ -9,13 +9,16 @@
   wrong, never a crash, a huge allocation or an endless loop in the code that reads it next.
 * `config_of(header)` is the config.json the file stands for, limited to what selectkit reads
   (architecture, model type, layers, widths, heads, vocabulary, positions, tied embeddings),
-  with the names transformers gives them when it loads the file.
+  with the names transformers gives them when it loads the file. Every value it reads is checked
+  for type and range first (a width is a whole number in range, never a string, NaN, infinity or
+  an array; an epsilon is finite and positive): a bad value is a GGUFFormatError naming its key.
 
 Loading a GGUF model (and its converted copy in the cache) is the loader's: selectkit.models.loader.
 """
 
 from __future__ import annotations
 
+import math
 import mmap
 import struct
 from dataclasses import dataclass, field
@@ -27,7 +30,8 @@ MAGIC = b"GGUF"
 # GGUF value types (gguf.GGUFValueType) -> struct format of one scalar
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
-_KEEP_ARRAY = 64  # arrays up to this long are kept whole; longer ones by their length only
+_KEEP_ARRAY = 64  # string arrays up to this long are kept whole; longer ones by their length only
+_KEEP_NUMBERS = 1024  # number arrays up to this long are kept whole (per-layer widths); longer: their length
 _MAX_DIMS = 4  # GGML_MAX_DIMS
 _MAX_KEY = 65_535  # longest metadata key or tensor name accepted (the format asks for < 65,535 bytes)
 # ggml tensor types (gguf.GGMLQuantizationType) -> (elements per block, bytes per block), as in
@@ -136,12 +140,13 @@ class _Cursor:
                 raise GGUFFormatError(f"{key!r} is an array of arrays, which model files do not hold")
             if item not in _SCALARS and item != _STRING:
                 raise GGUFFormatError(f"{key!r}: unknown array element type {item}")
+            keep = _KEEP_NUMBERS if item in _SCALARS else _KEEP_ARRAY
             if item in _SCALARS:  # its size is known before reading a single element
-                self.advance(length * struct.calcsize(_SCALARS[item]) if length > _KEEP_ARRAY else 0,
+                self.advance(length * struct.calcsize(_SCALARS[item]) if length > keep else 0,
                              f"the array {key!r} ({length:,} elements)")
             elif length > len(self.buffer):  # each string takes at least its 8-byte length
                 raise GGUFFormatError(f"the array {key!r} claims {length:,} strings, more than the file can hold")
-            if length <= _KEEP_ARRAY:
+            if length <= keep:
                 return [self.value(item, key) for _ in range(length)]
             if item == _STRING:
                 for _ in range(length):
@@ -224,6 +229,61 @@ def _read_header(path: str, size: int, mtime_ns: int) -> Header:
     return Header(version, metadata, tuple(tensors))
 
 
+# the metadata config_of reads (after "<arch>."): whole numbers with their range, and whether a per-layer
+# array is allowed (its largest entry counts); floats with their open range
+_WHOLE: dict[str, tuple[int, int, bool]] = {
+    "block_count": (1, 1 << 14, False), "embedding_length": (1, 1 << 20, False),
+    "feed_forward_length": (1, 1 << 22, True), "attention.head_count": (1, 1 << 14, True),
+    "attention.head_count_kv": (1, 1 << 14, True), "context_length": (1, 1 << 40, False),
+    "vocab_size": (1, 1 << 26, False)}
+_REAL: dict[str, tuple[float, float]] = {"attention.layer_norm_rms_epsilon": (0.0, 1.0), "rope.freq_base": (0.0, 1e12)}
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, ArrayInfo) or isinstance(value, list):
+        return "array"
+    return {bool: "boolean", str: "string", float: "float", int: "integer"}.get(type(value), type(value).__name__)
+
+
+def checked_value(meta: dict[str, Any], key: str) -> Any:
+    """The metadata value at `key` (None when absent), checked for the type and range selectkit
+    needs before it is used in estimates, batch sizing or loading; a GGUFFormatError naming the key."""
+    value = meta.get(key)
+    if value is None:
+        return None
+    name = key.split(".", 1)[1] if "." in key else key
+    if name in _WHOLE:
+        lo, hi, per_layer = _WHOLE[name]
+        if isinstance(value, (list, ArrayInfo)):
+            if not per_layer or isinstance(value, ArrayInfo) or not value:
+                raise GGUFFormatError(f"{key!r} is an array, but it holds one number (a width or a count)"
+                                      if not per_layer else f"{key!r} is an array that is empty or too long for "
+                                      "one entry per layer")
+            items = [_whole(key, v, 0, hi) for v in value]
+            if max(items) < lo:
+                raise GGUFFormatError(f"{key!r} holds no entry of {lo} or more")
+            return max(items)
+        return _whole(key, value, lo, hi)
+    if name in _REAL:
+        lo, hi = _REAL[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise GGUFFormatError(f"{key!r} is a {_kind(value)}, not a number")
+        if not math.isfinite(value) or not lo < value < hi:
+            raise GGUFFormatError(f"{key!r} is {value!r}, outside ({lo:g}, {hi:g})")
+        return float(value)
+    return value
+
+
+def _whole(key: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise GGUFFormatError(f"{key!r} is a {_kind(value)} ({value!r:.40}), not a whole number")
+    if isinstance(value, float) and (not math.isfinite(value) or not value.is_integer()):
+        raise GGUFFormatError(f"{key!r} is {value!r}, not a whole number")
+    if not lo <= value <= hi:
+        raise GGUFFormatError(f"{key!r} is {int(value):,}, outside {lo:,} to {hi:,}")
+    return int(value)
+
+
 def config_of(header: Header) -> dict[str, Any]:
     """The config.json a GGUF file stands for, as far as selectkit reads one (names as transformers
     gives them). Raises GGUFFormatError for an architecture not in ARCHITECTURES."""
@@ -236,13 +296,17 @@ def config_of(header: Header) -> dict[str, Any]:
     model_type, cls = ARCHITECTURES["mistral" if arch == "llama" and "mistral" in name else arch]
 
     def get(key: str) -> Any:
-        value = meta.get(f"{arch}.{key}")
-        return max(value) if isinstance(value, list) and value else value
+        return checked_value(meta, f"{arch}.{key}")
 
     vocab = get("vocab_size")
     tokens = meta.get("tokenizer.ggml.tokens")
     if vocab is None and tokens is not None:
-        vocab = tokens.length if isinstance(tokens, ArrayInfo) else len(tokens)
+        vocab = tokens.length if isinstance(tokens, ArrayInfo) else len(tokens) if isinstance(tokens, list) else None
+        if vocab is None:
+            raise GGUFFormatError(f"'tokenizer.ggml.tokens' is a {_kind(tokens)}, not an array of tokens")
+    tokenizer = meta.get("tokenizer.ggml.model")
+    if tokenizer is not None and not isinstance(tokenizer, str):
+        raise GGUFFormatError(f"'tokenizer.ggml.model' is a {_kind(tokenizer)}, not a string")
     names = {t.name for t in header.tensors}
     config = {
         "architectures": [cls],
@@ -259,6 +323,6 @@ def config_of(header: Header) -> dict[str, Any]:
         "tie_word_embeddings": "output.weight" not in names or arch in ("falcon", "bloom"),
         "hidden_act": "silu" if model_type in ("llama", "mistral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe",
                                                 "phi3", "stablelm") else None,
-        "gguf_tokenizer": meta.get("tokenizer.ggml.model"),  # selectkit's own note: the tokenizer it embeds
+        "gguf_tokenizer": tokenizer,  # selectkit's own note: the tokenizer it embeds
     }
     return {k: v for k, v in config.items() if v is not None}

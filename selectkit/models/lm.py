@@ -28,6 +28,18 @@ def render(ds: Any, template: str) -> list[str]:
     return render_texts(ds.rows, template, ds.name, on_missing="empty").texts
 
 
+def render_missing(ds: Any, template: str) -> tuple[list[str], np.ndarray]:
+    """Each example's rendering of a column name or `{template}` ("" where a field is missing) and a
+    mask of the rows where a field it names is missing or null; a column absent from every row is a
+    DataError naming it."""
+    from selectkit.data.sources import render_texts
+
+    rendered = render_texts(ds.rows, template, ds.name, on_missing="skip")
+    missing = np.zeros(len(rendered.texts), dtype=bool) if rendered.skipped is None else \
+        rendered.skipped.to_numpy().astype(bool)
+    return rendered.texts, missing
+
+
 def prompts_of(ds: Any, response: str | None, texts: Sequence[str] | None = None) -> list[str] | None:
     """Each example's prompt: its text (or `texts[i]`) minus its rendered `response`, which must
     end the text."""

@@ -30,7 +30,13 @@ from typing import Any
 
 from selectkit.errors import ModelError, require
 from selectkit.models.safetensors import safetensors_header
-from selectkit.models.sizing import ModelFacts, activation_budget, batch_tokens_that_fit, facts_from_config
+from selectkit.models.sizing import (
+    ModelFacts,
+    activation_budget,
+    batch_tokens_that_fit,
+    config_problem,
+    facts_from_config,
+)
 from selectkit.recipe.spec import ModelSpec
 
 PKG_PREFIX = "pkg:"
@@ -70,7 +76,9 @@ def resolve_model_path(path: str, base_dir: str | Path = ".") -> Path | str:
 
 
 def _package_folder(path: str) -> Path:
-    """`pkg:name[/sub]` -> the package's model folder, found without importing when possible."""
+    """`pkg:name[/sub]` -> the package's model folder, found from its files alone: the package is
+    located with importlib.util.find_spec and never imported (validating a recipe must not run a
+    package's `__init__.py`, nor import torch for `pkg:torch`)."""
     name, _, sub = path[len(PKG_PREFIX):].partition("/")
     spec = importlib.util.find_spec(name) if name.isidentifier() else None
     if spec is None or not spec.submodule_search_locations:
@@ -81,11 +89,36 @@ def _package_folder(path: str) -> Path:
         return root / sub
     for candidate in (root / "model", root):
         if (candidate / "config.json").is_file() or any(candidate.glob("*.gguf")):
-            return candidate  # found without importing the package (its imports may be heavy or absent)
-    module = importlib.import_module(name)  # last resort: the package says where its model is
-    if hasattr(module, "get_model_path"):
-        return Path(module.get_model_path())
-    return root
+            return candidate
+    found = _model_folders(root)
+    if not found:
+        return root  # check_model says what is missing there
+    shallowest = [f for f in found if len(f.parts) == len(found[0].parts)]
+    if len(shallowest) > 1:
+        subs = ", ".join(f"pkg:{name}/{f.relative_to(root).as_posix()}" for f in shallowest[:4])
+        raise ModelError(f"model package {name!r} holds {len(shallowest)} model folders", hint=f"name one: {subs}")
+    return found[0]
+
+
+_PKG_DEPTH, _PKG_FOLDERS = 3, 2000  # how deep and how many folders of a package are searched for its model
+
+
+def _model_folders(root: Path) -> list[Path]:
+    """Folders under a package's `root` (at most _PKG_DEPTH deep, _PKG_FOLDERS visited) that hold a
+    model: config.json with weights, or a .gguf file; shallowest first, then by name."""
+    found, visited = [], 0
+    for folder, subfolders, files in os.walk(root):
+        depth = len(Path(folder).relative_to(root).parts)
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith((".", "__")))[:100] \
+            if depth < _PKG_DEPTH else []
+        visited += 1
+        if visited > _PKG_FOLDERS:
+            break
+        names = set(files)
+        if any(n.endswith(".gguf") for n in names) or ("config.json" in names and any(
+                n.endswith((".safetensors", ".bin")) for n in names)):
+            found.append(Path(folder))
+    return sorted(found, key=lambda f: (len(f.parts), str(f)))
 
 
 def _where(spec: ModelSpec, name: str | None) -> str:
@@ -137,6 +170,10 @@ def read_config(folder: Path, label: str = "model") -> dict:
         raise ModelError(f"{label}: cannot parse {file}: {exc}") from None
     if not isinstance(config, dict):
         raise ModelError(f"{label}: {file} is not a JSON object")
+    problem = config_problem(config)
+    if problem:
+        raise ModelError(f"{label}: {file}: {problem}", hint="a model's config.json from elsewhere is checked before "
+                         "its values are used: fix or regenerate it (save_pretrained)")
     return config
 
 

@@ -43,6 +43,34 @@ def _first(config: dict, *keys: str, default: Any = None) -> Any:
     return default
 
 
+# the config.json keys facts_from_config reads as whole numbers (widths, counts, positions)
+CONFIG_WHOLE = ("hidden_size", "n_embd", "d_model", "dim", "num_hidden_layers", "n_layer", "num_layers", "n_layers",
+                "intermediate_size", "n_inner", "ffn_dim", "d_ff", "hidden_dim", "num_attention_heads", "n_head",
+                "num_heads", "num_key_value_heads", "vocab_size", "max_position_embeddings", "n_positions",
+                "max_seq_len", "seq_length")
+
+
+def config_problem(config: dict) -> str | None:
+    """Why a config.json's values cannot be used in estimates and batch sizing, if they cannot: each
+    key facts_from_config reads (in the config or its text_config) is a whole number from 0 to 2**40,
+    never a string, NaN (Python's json reads NaN and Infinity), an array or an object."""
+    text = config.get("text_config")
+    if text is not None and not isinstance(text, dict):
+        return f"'text_config' is a {type(text).__name__}, not an object"
+    for where, part in (("", config), ("text_config.", text or {})):
+        for key in CONFIG_WHOLE:
+            value = part.get(key)
+            if value is None:
+                continue
+            whole = isinstance(value, int) and not isinstance(value, bool) or \
+                isinstance(value, float) and math.isfinite(value) and value.is_integer()
+            if not whole:
+                return f"{where}{key!r} is {value!r:.40}, not a whole number"
+            if not 0 <= value <= 1 << 40:
+                return f"{where}{key!r} is {value!r}, outside 0 to 2**40"
+    return None
+
+
 def facts_from_config(config: dict, folder: Path | None = None) -> ModelFacts:
     """ModelFacts from a config dict (and exact parameter counts from safetensors headers)."""
     text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from selectkit.contract.components import Component, Shape
+from selectkit.contract.components import Component, Scorer, Shape
 from selectkit.contract.registry import Registry, default_registry
 from selectkit.data.sources import check_columns, check_unique, pick_reader, read_ids, render_texts, source_files
 from selectkit.errors import (
@@ -21,6 +21,7 @@ from selectkit.errors import (
     missing_extras,
     unknown_message,
 )
+from selectkit.planning.guard import name_problem
 from selectkit.planning.steps import Checked, ScoreNode, SourceNode, StageNode
 from selectkit.recipe.spec import ComponentRef, LoadedRecipe, load, pydantic_errors
 
@@ -49,10 +50,13 @@ def check(loaded: LoadedRecipe, registry: Registry | None = None) -> Checked:
     scores = {name: node for name, spec in recipe.scores.items()
               if (node := _check_score(name, spec, loaded, registry, out)) is not None}
     _check_score_inputs(loaded, scores, out)
+    _check_score_data(loaded, registry, scores, sources, out)
     _check_surrogates(loaded, registry, scores, sources, out)
     stages = _check_stages(loaded, registry, scores, sources, out) if "select" not in broken else []
     if "output" not in broken and sources:
         _check_output(loaded, sources, out)
+    if "output" not in broken and "select" not in broken:
+        _check_split_by(loaded, registry, sources, out)
     _check_evaluate(loaded, out)
     _check_lds(loaded, registry, scores, sources, out)
     if out.errors:
@@ -94,6 +98,9 @@ def _extras(checked: Checked) -> dict[str, list[str]]:
         for extra in (*component.extras, *(("models",) if uses_model else ())):
             if label not in needs.setdefault(extra, []):
                 needs[extra].append(label)
+    execution = getattr(checked.loaded.recipe, "execution", None)
+    if execution is not None and execution.executor == "ray":
+        needs.setdefault("ray", []).append("execution.executor: ray")
     return {extra: who for extra, who in needs.items() if missing_extras([extra])}
 
 
@@ -111,6 +118,12 @@ def _check_sources(loaded: LoadedRecipe, registry: Registry, out: _Collector) ->
     entries = [("pool", ("data", "pool"), data.pool)] if data.pool is not None else []
     entries += [(t, ("data", "targets", t), s) for t, s in data.targets.items()]
     for name, where, spec in entries:
+        if name != "pool" and (problem := name_problem(name)) is not None:
+            # a target's name becomes a file name (eval's split/<name>.jsonl): never a path
+            out.add(f"target name {name!r} {problem}; a target name becomes a file name, so it must be a plain "
+                    "name", where, at_key=True, hint="rename the target (letters, digits, '-', '_')",
+                    code="unknown-name")
+            continue
         path = loaded.resolve_path(spec.path)
         files = source_files(path)
         if not files or not all(f.exists() for f in files):
@@ -176,6 +189,84 @@ def _check_output(loaded: LoadedRecipe, sources: dict[str, SourceNode], out: _Co
                            {name: (spec, Path(loaded.base)) for name, spec in recipe.models.items()})
     for problem in output_conflicts(out_dir, inputs):
         out.add(problem, ("output", "dir"), hint="choose another output.dir", code="output-folder")
+
+
+def _check_split_by(loaded: LoadedRecipe, registry: Registry, sources: dict[str, SourceNode],
+                    out: _Collector) -> None:
+    """`output.split_by` names a column a selector stage declares it writes (Selector.writes_columns)
+    or a pool column; it becomes part of file names, so it is a plain name."""
+    output = loaded.recipe.output
+    column = getattr(output, "split_by", None)
+    if not column:
+        return
+    where = ("output", "split_by")
+    if (problem := name_problem(column)) is not None:
+        out.add(f"output.split_by {column!r} {problem}; it becomes part of file names", where, code="unknown-name")
+        return
+    written: list[str] = []
+    for spec in loaded.recipe.select:
+        cls = registry.components["selectors"].get(spec.use) if spec is not None else None
+        if spec is None or cls is None:
+            return  # a broken or unknown stage is reported where it is; do not guess what it writes
+        written += [c for c in getattr(cls.cls, "writes_columns", ()) if c not in written]
+    if column in written:
+        return
+    pool_columns = _pool_columns(loaded, registry, sources)
+    if pool_columns is None or column in pool_columns:
+        return
+    known = written + [c for c in pool_columns if c not in written]
+    close = _close(column, known)
+    out.add(f"output.split_by: no selector stage writes a column {column!r} and the pool has none"
+            + (f"; did you mean {close!r}?" if close else ""), where, code="unknown-name",
+            hint=None if close else f"stage columns: {', '.join(written) or 'none'}; pool columns: "
+                                    f"{', '.join(pool_columns) or 'none'}")
+
+
+def _pool_columns(loaded: LoadedRecipe, registry: Registry, sources: dict[str, SourceNode]) -> list[str] | None:
+    """The pool's columns from its first rows (None when the pool could not be read: said elsewhere)."""
+    frame = _pool_head(loaded, registry, sources)
+    return None if frame is None else list(frame.columns)
+
+
+def _pool_head(loaded: LoadedRecipe, registry: Registry, sources: dict[str, SourceNode]) -> Any:
+    """The pool's first HEAD_ROWS rows as read by its reader (None when the pool could not be read:
+    that is said where the pool is checked); read once per check."""
+    node = sources.get("pool")
+    if node is None:
+        return None
+    memo = loaded.__dict__.setdefault("_pool_head_memo", {})
+    if node.path not in memo:
+        readers = {n: e.cls for n, e in registry.components["readers"].items()}
+        try:
+            files = source_files(node.path)
+            memo[node.path] = pick_reader(files[0], readers, node.spec.format, "pool").head(files[0], HEAD_ROWS)[0]
+        except Exception:  # noqa: BLE001 - reported where the pool is checked
+            memo[node.path] = None
+    return memo[node.path]
+
+
+def _check_score_data(loaded: LoadedRecipe, registry: Registry, scores: dict[str, ScoreNode],
+                      sources: dict[str, SourceNode], out: _Collector) -> None:
+    """What each scorer can see wrong in the pool's first rows (Scorer.check_pool: columns its params
+    name, missing reference answers, patterns that break on real values), at the param's line."""
+    checking = [(name, node) for name, node in scores.items()
+                if type(node.scorer).check_pool is not Scorer.check_pool]
+    if not checking:
+        return
+    frame = _pool_head(loaded, registry, sources)
+    if frame is None:
+        return
+    for name, node in checking:
+        try:
+            problems = node.scorer.check_pool(frame)
+        except SelectkitError as exc:
+            problems = [("error", "", exc.message)]
+        for level, param, message in problems:
+            where = ("scores", name, "with", param) if param else ("scores", name)
+            if level == "warning":
+                out.warnings.append(f"{loaded.locate(where)}: {message}")
+            else:
+                out.add(message, where, code="data-content")
 
 
 def _check_evaluate(loaded: LoadedRecipe, out: _Collector) -> None:

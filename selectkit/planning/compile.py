@@ -102,9 +102,9 @@ def compile_plan(checked: Checked, cache: Cache | None = None, out_dir: Path | N
     if describe is not None:
         for step in plan.steps:
             step.detail["runs"] = describe(step)
-    from selectkit.planning.guard import check_output
+    from selectkit.planning.guard import check_output, output_patterns
 
-    check_output(plan.out_dir, plan.inputs())
+    check_output(plan.out_dir, plan.inputs(), output_patterns(recipe.output))
     return plan
 
 

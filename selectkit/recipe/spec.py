@@ -219,8 +219,9 @@ class OutputSpec(Strict):
     report: bool = Field(True, description="write report.html: a self-contained page of the run (figures need "
                          "the `report` extra)")
     include_text: bool = Field(False, description="add each example's text to selection.parquet")
-    split_by: str | None = Field(None, description="a column a selector writes (e.g. rs2's `round`): also write "
-                                 "one subset file per value, subset.<column>-<value>.<format>")
+    split_by: str | None = Field(None, description="a column a selector writes (e.g. rs2's `round`) or a pool "
+                                 "column: also write one subset file per value, subset.<column>-<value>.<format> "
+                                 "(a value that is not a plain file name is percent-escaped)")
 
     @model_validator(mode="after")
     def _split_without_repeats(self):
@@ -234,8 +235,10 @@ class ExecutionSpec(Strict):
     """Where and how the plan runs (never what it computes: these keys do not change results)."""
 
     executor: str = Field("local", description="local (this machine) or ray (a Ray cluster, extra `ray`)")
-    address: str | None = Field(None, description="ray: the cluster to join (auto, ray://host:port); default: "
-                                "$RAY_ADDRESS, else a local cluster started for the run")
+    address: str | None = Field(None, description="ray: the cluster to join (auto, host:port, ray://host:port); "
+                                "default: $RAY_ADDRESS, else a local cluster started for the run")
+    connect_timeout: float | None = Field(None, gt=0, description="ray: seconds to reach the cluster at `address` "
+                                          "before the run fails (default 30)")
     actors: PositiveInt | None = Field(None, description="ray: model-pass actors (default: one per GPU, else "
                                        "per CPU)")
     gpus_per_actor: float | None = Field(None, gt=0, description="ray: GPUs per model-pass actor (fractions "
@@ -243,6 +246,29 @@ class ExecutionSpec(Strict):
     shard_rows: PositiveInt | None = Field(
         None, description="rows per shard of the pool: the unit of resume and of parallel work; default 4096 "
         "when the recipe runs a model, else 65536")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None:
+            problem = ray_address_problem(value)
+            if problem:
+                raise ValueError(problem)
+        return value
+
+
+def ray_address_problem(address: str) -> str | None:
+    """Why `address` is no Ray address (auto, local, HOST:PORT, ray://HOST:PORT), if it is not."""
+    if address in ("auto", "local"):
+        return None
+    rest = address[len("ray://"):] if address.startswith("ray://") else address
+    host, sep, port = rest.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host  # [IPv6]:port
+    if "://" in rest or not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 \
+            or any(c.isspace() or c in "/?#@" for c in host):
+        return (f"malformed Ray address {address!r}: expected auto, HOST:PORT (the GCS port, 6379 by default) "
+                "or ray://HOST:PORT (Ray Client, 10001)")
+    return None
 
 
 class ProxySpec(Strict):

@@ -11,6 +11,13 @@ with no reward variance, hence no learning signal: `pass_band: [lo, hi]` keeps o
 that band (e.g. [0.125, 0.875] with K = 8 drops always- and never-solved prompts); the others get
 NaN, so no stage selects them (the stage's diagnostics count them as unscorable).
 
+A row whose reference answer is null or absent has nothing to verify against: `on_missing: error`
+(the default) stops before generation, at validate for the first rows and at the score for the
+rest; `skip` gives such rows NaN (never selected) with a warning and a count in the manifest;
+`score` scores them like any row (every completion fails, so they look hardest), with a warning.
+validate also checks that `prompt` and `answer` name columns of the pool and that the verifier can
+check the real reference answers of its first rows.
+
 Deviations: sampling is keyed by row id (the completions do not depend on batching, sharding or
 devices; the reference samples with vLLM's batch RNG); ties in the score are broken by row key in
 `topk`, where the reference breaks them at random.
@@ -18,7 +25,8 @@ devices; the reference samples with vLLM's batch RNG); ties in the score are bro
 
 from __future__ import annotations
 
-from typing import Any
+import warnings
+from typing import Any, Literal
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
@@ -30,10 +38,11 @@ from selectkit.plugin import (
     Score,
     ScoreContext,
     Scorer,
+    SelectkitWarning,
     find_component,
     hookimpl,
     lazy_import,
-    render,
+    render_missing,
 )
 
 np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
@@ -81,6 +90,9 @@ class PassRateParams(Params):
     pass_band: tuple[float, float] | None = Field(
         None, description="[lo, hi]: keep prompts whose pass rate lies in the band (inclusive), NaN for the others; "
         "e.g. [0.125, 0.875] with 8 samples drops prompts solved always or never")
+    on_missing: Literal["error", "skip", "score"] = Field(
+        "error", description="a row whose reference answer is null or absent: error (stop), skip (NaN: never "
+        "selected, counted in a warning) or score (every completion fails: scored as hardest, with a warning)")
 
     @field_validator("pass_band")
     @classmethod
@@ -108,16 +120,57 @@ class PassRate(Scorer):
     def feature_requests(self, targets: list[str]) -> list[FeatureRequest]:
         return [self.request()]
 
+    def check_pool(self, frame: Any) -> list[tuple[str, str, str]]:
+        """The prompt and answer name pool columns; the first rows have references (unless on_missing
+        says otherwise) that the verifier can check."""
+        from types import SimpleNamespace
+
+        p = self.params
+        rows = SimpleNamespace(rows=frame, name="pool")
+        problems = []
+        for param in ("prompt", "answer"):
+            try:
+                render_missing(rows, getattr(p, param))
+            except DataError as exc:
+                problems.append(("error", param, f"{self.name}: `{param}`: {exc.message}"))
+        if problems:
+            return problems
+        answers, missing = render_missing(rows, p.answer)
+        if p.on_missing == "error" and missing.any():
+            row = int(missing.argmax())
+            problems.append(("error", "answer", f"{self.name}: pool row {row + 1} has no reference answer "
+                             f"({p.answer!r} is null or absent); set `on_missing: skip` to leave such rows "
+                             "unscored"))
+        verifier = build_verifier(p.verifier)
+        problem = verifier.check_references([a for a, m in zip(answers, missing) if not m])
+        if problem:
+            problems.append(("error", "verifier", f"verifier {p.verifier.use!r}: {problem}"))
+        problems += [("warning", "verifier", f"verifier {p.verifier.use!r}: {text}") for text in verifier.advice()]
+        return problems
+
     def run(self, ctx: ScoreContext) -> Score:
         from selectkit_plugins.scorers._model import store
 
         p = self.params
         r = self.request()
         completions = store(ctx, self.name).get(r.kind, r.data, **dict(r.settings))
-        answers = render(ctx.pool, p.answer)
+        answers, missing = render_missing(ctx.pool, p.answer)
         if len(completions) != len(answers):
             raise DataError(f"{self.name}: {len(completions)} completion lists for {len(answers)} examples")
-        rate = pass_rates(build_verifier(p.verifier), completions, answers)
+        count = int(missing.sum())
+        if count and p.on_missing == "error":
+            first = ctx.pool.ids[int(missing.argmax())]
+            raise DataError(f"{self.name}: {count} of {len(answers)} examples have no reference answer "
+                            f"({p.answer!r} is null or absent; the first: id {first!r})",
+                            hint="fill them in, or set `on_missing: skip` (never selected) or `score`")
+        if count:
+            what = "left unscored (NaN: never selected)" if p.on_missing == "skip" else \
+                "scored as if every completion failed (hardest)"
+            warnings.warn(f"{self.name}: {count} of {len(answers)} examples have no reference answer "
+                          f"({p.answer!r}); {what} (on_missing: {p.on_missing})", SelectkitWarning, stacklevel=2)
+        verifier = build_verifier(p.verifier)
+        rate = pass_rates(verifier, completions, answers, ctx.pool.ids,
+                          skip=missing if p.on_missing == "skip" else None)
         score = 1.0 - rate
         if p.pass_band is not None:
             lo, hi = p.pass_band
@@ -125,10 +178,20 @@ class PassRate(Scorer):
         return Score(values=score, higher_is_better=True)
 
 
-def pass_rates(verifier: Any, completions: list[list[str]], answers: list[str]) -> np.ndarray:
-    """Share of each row's completions the verifier accepts."""
-    return np.array([np.mean([verifier.check(c, a) for c in cs]) if cs else np.nan
-                     for cs, a in zip(completions, answers)], dtype=np.float64)
+def pass_rates(verifier: Any, completions: list[list[str]], answers: list[str], ids: Any = None,
+               skip: Any = None) -> np.ndarray:
+    """Share of each row's completions the verifier accepts (NaN where `skip` is set or there are
+    none); a verifier's error names the row it failed on."""
+    out = np.full(len(answers), np.nan, dtype=np.float64)
+    for i, (cs, a) in enumerate(zip(completions, answers)):
+        if not cs or (skip is not None and skip[i]):
+            continue
+        try:
+            out[i] = np.mean([verifier.check(c, a) for c in cs])
+        except DataError as exc:
+            row = f"id {ids[i]!r}" if ids is not None else f"row {i + 1}"
+            raise type(exc)(f"{exc.message} (example {row})", hint=exc.hint, code=exc.code) from None
+    return out
 
 
 @hookimpl

@@ -48,6 +48,7 @@ class RS2(Selector):
     Params = RS2Params
     needs_score = False
     accepts = frozenset()
+    writes_columns = ("round",)
 
     def run(self, ctx: SelectContext) -> Selection:
         p = self.params

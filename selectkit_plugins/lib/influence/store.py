@@ -70,6 +70,25 @@ class StoredFeatures:
             lo += len(block)
             del arrays, block  # unmapped before the next shard is opened
 
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """Rows `rows` (sorted, int) as float32, reading only those rows of the shards that hold them."""
+        out = np.zeros((len(rows), self.dim), np.float32)
+        lo = 0
+        for index in self.indices:
+            arrays = self.shards.read(index, mmap=True)
+            if arrays is None:
+                from selectkit.plugin import SelectkitError
+
+                raise SelectkitError(f"shard {index} of the gradient store is missing or corrupt (it was removed); "
+                                     "run the recipe again to recompute it")
+            hi = lo + len(arrays["features"])
+            at = np.nonzero((rows >= lo) & (rows < hi))[0]
+            if len(at):
+                out[at] = decode({k: v[rows[at] - lo] for k, v in arrays.items()})
+            lo = hi
+            del arrays
+        return out
+
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         parts = [block for _, _, block in self.blocks()]
         out = np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
