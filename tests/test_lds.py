@@ -292,3 +292,39 @@ def test_eval_reports_lds_as_json_and_resumes_from_cached_retrains(demo):
     assert again["lds"] == result["lds"]  # the same retrains, the same losses, the same seeded bootstrap
     console = cli("eval", path, "-q")
     assert "LDS: 4 subsets of 12 rows" in console.stdout and "random (control)" in console.stdout
+
+
+def test_a_retrain_on_the_warmups_rows_with_its_settings_is_the_warmup(demo, tmp_path):
+    """One training loop: the retraining primitive given the warmup's rows (the same keyed draw), its
+    settings (`WarmupSpec.train()`) and its seed writes an adapter byte-identical to the warmup's last
+    epoch; the plan's LDS retrain steps are keyed apart from it and from each other."""
+    from dataclasses import replace
+
+    from selectkit.api import validate
+    from selectkit.contract.features import FeatureRequest
+    from selectkit.execution.local import Run
+    from selectkit.execution.progress import as_reporter
+    from selectkit.planning.compile import compile_plan
+    from selectkit.storage.cache import Cache
+
+    path = write(demo, "{subsets: 3, fraction: 0.5, sample: 20}", pool=60)
+    plan = compile_plan(validate(path), Cache(tmp_path / "cache"), demo / "out" / "x")
+    run = Run(plan, as_reporter(None), {})
+    pool = run.get("read:pool")
+    (warm,) = [s for s in plan.steps if s.id == "pass:train:lm:warmup"]
+    run.get(warm.id)
+    spec = plan.checked.models["lm"].warmup
+    rows = max(1, int(spec.fraction * len(pool)))
+    work = warm.payload.work
+    request = FeatureRequest("retrain", "pool", (("draws", ((("warmup",), rows),)), ("seed", 0)), "lm")
+    retrain = replace(warm, id="retrain-test", key="retrain-test",
+                      payload=replace(warm.payload, work=replace(work, requests=(request,),
+                                                                 config=(0, ((("warmup",), rows),), spec.train()))))
+    provider = warm.payload.provider
+    provider.run(retrain.payload.work, run.pass_context(retrain))
+    folder = provider.load(retrain.payload.work, run.pass_context(retrain))[request]
+    warm_folder = plan.cache.store("train", warm.key).shards(warm.shards).open(warm.shards - 1)
+    name = "adapter/adapter_model.safetensors"
+    assert (folder / name).read_bytes() == (warm_folder / name).read_bytes()
+    keys = [s.key for s in plan.steps if s.label.startswith("LDS subset")]
+    assert len(set(keys)) == 3 and warm.key not in keys
