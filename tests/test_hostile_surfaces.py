@@ -546,3 +546,122 @@ def test_config_json_values_of_the_wrong_type_are_one_error_naming_the_key(tmp_p
     for command in ("validate", "plan"):
         err = refused(cli(command, path))
         assert says in err and str(model / "config.json") in err and len(err.strip().splitlines()) == 1, err
+
+
+# ---------------------------------------------------------------- 8. cache symlinks
+# A group-shared cache is a place others write to: a symbolic link planted where an entry, a shard,
+# meta.json, the last-use marker or a whole kind of entries belongs is never followed for a write, a
+# touch or a delete. The run reports it on one line, removes the link (never its target), computes
+# the entry again into a real folder and selects exactly what a clean run selects; `cache list`
+# marks such links and `cache prune` removes them. Nothing outside the cache changes (its tree,
+# with modes and times, is compared before and after).
+
+
+def _outside_tree(folder: Path) -> dict[str, tuple]:
+    """Every path under `folder`, never following a link: (type, mode, mtime, bytes' sha256 or link target)."""
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        st = path.lstat()
+        what = (os.readlink(path) if path.is_symlink() else
+                hashlib.sha256(path.read_bytes()).hexdigest() if stat.S_ISREG(st.st_mode) else "")
+        found[str(path.relative_to(folder))] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_mtime_ns, what)
+    return found
+
+
+def _links(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_symlink())
+
+
+@pytest.fixture(scope="module")
+def _clean_quickstart(tmp_path_factory):
+    """The quickstart run once on a clean cache: (recipes folder, the cache it left, its selection)."""
+    import shutil
+
+    from conftest import RECIPES
+
+    base = tmp_path_factory.mktemp("quickstart")
+    recipes = base / "recipes"
+    shutil.copytree(RECIPES, recipes, ignore=shutil.ignore_patterns("out"))
+    result = cli("run", recipes / "quickstart.yaml", "--out", base / "out", "--cache-dir", base / "cache")
+    assert result.returncode == 0, result.stderr
+    return recipes, base / "cache", (base / "out" / "selection.parquet").read_bytes()
+
+
+def _cache_copy(clean, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A copy of the clean cache to plant links in, an outside folder holding a file and a folder
+    with a sentinel, and the recipe."""
+    import shutil
+
+    recipes, cache, _ = clean
+    shutil.copytree(cache, tmp_path / "cache", symlinks=True)
+    outside = tmp_path / "outside"
+    (outside / "folder").mkdir(parents=True)
+    (outside / "folder" / "sentinel").write_text("do not touch\n")
+    (outside / "file").write_text("do not touch\n")
+    return recipes / "quickstart.yaml", tmp_path / "cache", outside
+
+
+def _plant(where: str, cache: Path, outside: Path, nth: int = 0) -> Path:
+    """A symbolic link planted in `cache` where `where` belongs (in the `nth` selection entry); returns the link."""
+    import shutil
+
+    selection = sorted((cache / "selections").iterdir())[nth]  # read by every run of the recipe
+    if where in ("marker", "marker-dangling"):
+        link = selection / ".used"
+        link.unlink(missing_ok=True)
+        link.symlink_to(outside / ("file" if where == "marker" else "created-by-a-touch"))
+    elif where == "entry":
+        shutil.rmtree(selection)
+        link = selection
+        link.symlink_to(outside / "folder", target_is_directory=True)
+    elif where in ("shard", "meta"):  # a link to an identical copy: the checksums alone would not catch it
+        entry = (sorted((cache / "pool").iterdir())[0] / "shard-00000") if where == "shard" else selection
+        link = entry / ("arrays.npz" if where == "shard" else "meta.json")
+        shutil.copy(link, outside / link.name)
+        link.unlink()
+        link.symlink_to(outside / link.name)
+    elif where == "kind":
+        link = cache / "selections"
+        shutil.rmtree(link)
+        link.symlink_to(outside / "folder", target_is_directory=True)
+    else:  # the fingerprint memo folder
+        link = cache / "fingerprints"
+        shutil.rmtree(link, ignore_errors=True)
+        link.symlink_to(outside / "folder", target_is_directory=True)
+    return link
+
+
+@pytest.mark.parametrize("where", ["marker", "marker-dangling", "entry", "shard", "meta", "kind", "memo"])
+def test_a_planted_cache_symlink_is_never_followed_and_the_run_recomputes(tmp_path, _clean_quickstart, where):
+    recipe_path, cache, outside = _cache_copy(_clean_quickstart, tmp_path)
+    link = _plant(where, cache, outside)
+    before = _outside_tree(outside)
+    result = cli("run", recipe_path, "--out", tmp_path / "out", "--cache-dir", cache)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert (tmp_path / "out" / "selection.parquet").read_bytes() == _clean_quickstart[2]
+    assert _outside_tree(outside) == before  # nothing created, written, touched or deleted there
+    warned = [line for line in (result.stdout + result.stderr).splitlines() if "symbolic link" in line]
+    if where == "memo":  # the memo is a shortcut: skipped quietly while a link (cache list and prune show it)
+        assert warned == [] and link.is_symlink()
+        return
+    assert len(warned) == 1 and str(link) in warned[0] and "never followed" in warned[0], warned
+    assert _links(cache) == []  # the link is gone; the entry is a real folder again, inside the cache
+    assert not link.is_symlink() and (link.exists() or where.startswith("marker"))
+
+
+def test_cache_list_marks_planted_links_and_prune_removes_the_links_not_their_targets(tmp_path, _clean_quickstart):
+    recipe_path, cache, outside = _cache_copy(_clean_quickstart, tmp_path)
+    planted = (("marker", 1), ("shard", 0), ("memo", 0), ("entry", 0))
+    links = [_plant(where, cache, outside, nth) for where, nth in planted]
+    before = _outside_tree(outside)
+    listed = cli("cache", "list", "--cache-dir", cache)
+    assert listed.returncode == 0, listed.stderr
+    marked = [line for line in listed.stdout.splitlines() if "symbolic link" in line]
+    assert len(marked) == 4 + 1, listed.stdout  # four entries, and the summary line
+    assert any(str(outside / "folder") in line for line in marked)
+    pruned = cli("cache", "prune", "--keep", recipe_path, "--cache-dir", cache)
+    assert pruned.returncode == 0 and "Traceback" not in pruned.stderr, pruned.stderr
+    assert _links(cache) == [] and not any(link.is_symlink() for link in links)
+    assert _outside_tree(outside) == before and (outside / "folder" / "sentinel").is_file()
+    kept = cli("cache", "list", "--cache-dir", cache).stdout
+    assert "scores" in kept and "symbolic link" not in kept, kept  # the real entries the recipe uses stay

@@ -353,8 +353,12 @@ def cache_list(cache_dir: Path | None) -> None:
     entries = store.entries()
     for e in entries:
         used = datetime.datetime.fromtimestamp(e.last_used).strftime("%Y-%m-%d %H:%M") if e.last_used else "-"
-        click.echo(f"{e.kind:<12} {e.key}  {e.bytes / 1e6:9.2f} MB  used {used}  {e.label}")
+        click.echo(f"{e.kind:<12} {e.key or '(whole folder)'}  {e.bytes / 1e6:9.2f} MB  used {used}  {e.label}")
     click.echo(f"{len(entries)} artifacts, {sum(e.bytes for e in entries) / 1e6:.2f} MB in {store.root}")
+    links = sum(e.link for e in entries)
+    if links:
+        click.echo(f"{links} of them {'are' if links > 1 else 'is'} or hold symbolic links, never followed: "
+                   "`selectkit cache prune` removes them (the links, not their targets)")
 
 
 @cache.command("prune")

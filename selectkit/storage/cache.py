@@ -6,7 +6,10 @@ several writers race for one key the first complete rename wins and the others d
 A read checks every checksum: a truncated or altered entry is reported as a warning, removed
 and computed again, never read as data. Sharded entries (model passes, score shards) hold one
 such sub-entry per shard, so a killed run keeps every finished shard. Files follow the umask,
-so a team can share a cache folder through a group.
+so a team can share a cache folder through a group; since others can write there, the cache never
+follows a symbolic link below its root for a write, a touch or a delete (`storage/nofollow.py`): a
+link where an entry, a shard or a file of one belongs is reported, the link itself removed (never
+its target) and the entry computed again; `prune` removes such links.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from selectkit.errors import SelectkitError, SelectkitWarning
+from selectkit.storage import nofollow
 from selectkit.storage.digest import sha256_file
 
 META = "meta.json"
@@ -180,6 +184,8 @@ class Staging:
         write_bytes_synced(self.folder / META, json.dumps(meta, sort_keys=True, indent=1,
                                                            default=jsonable).encode())
         share(self.folder / META)
+        if os.path.islink(self.final):  # renaming onto it would fail with "not a directory"
+            drop_link(self.final)
         try:
             os.rename(self.folder, self.final)
         except OSError as exc:
@@ -218,7 +224,16 @@ def checked(folder: Path, problem: str) -> Path | None:
     """`folder` when it holds a verified entry; None when it holds none. A corrupt entry is reported
     (`problem`), removed and treated as absent, so the caller computes it again. An entry verified
     earlier in this process is not hashed again while none of its files changed (a streamed score
-    reads each shard of a large gradient store several times)."""
+    reads each shard of a large gradient store several times). An entry holding a symbolic link is
+    reported and removed (the link, never its target) the same way."""
+    links = nofollow.scan(folder)[1]
+    if links:
+        _VERIFIED.pop(str(folder), None)
+        more = f" (and {len(links) - 1} more)" if len(links) > 1 else ""
+        warnings.warn(f"cache: {links[0]}{more} is a symbolic link, never followed; removed {folder} "
+                      "(the link, not its target) and computing it again", SelectkitWarning, stacklevel=3)
+        remove(folder)
+        return None
     if not (folder / META).is_file():
         return None
     state = _state(folder)
@@ -255,7 +270,11 @@ def _state(folder: Path) -> tuple | None:
 
 
 def remove(folder: Path) -> None:
-    """Remove an entry so that readers never see half of it: rename away first."""
+    """Remove an entry so that readers never see half of it: rename away first. An entry that is a
+    symbolic link loses the link, never its target."""
+    if os.path.islink(folder):
+        nofollow.rmtree(folder)
+        return
     trash = folder.with_name(f".trash-{folder.name}-{uuid.uuid4().hex[:8]}")
     try:
         os.rename(folder, trash)
@@ -264,13 +283,25 @@ def remove(folder: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
+def drop_link(path: Path) -> None:
+    """A symbolic link where the cache keeps an entry, a shard or a kind of entries: reported (one
+    line naming it), and the link itself removed, so what comes next writes a real folder inside
+    the cache."""
+    warnings.warn(f"cache: {path} is a symbolic link, never followed; removed the link (not its target) "
+                  "and computing the entry again", SelectkitWarning, stacklevel=3)
+    nofollow.rmtree(path)
+    if os.path.islink(path):
+        raise CacheError(f"cache: {path} is a symbolic link and cannot be removed; remove it by hand")
+
+
 @dataclass(frozen=True)
 class EntryInfo:
     kind: str
-    key: str
+    key: str  # "" for a whole kind folder that is a symbolic link
     bytes: int
     label: str
     last_used: float | None
+    link: bool = False  # the entry is, or holds, a symbolic link: `prune` always removes it
 
 
 class Cache:
@@ -299,26 +330,33 @@ class Cache:
     def folder(self, kind: str, key: str) -> Path:
         return self.root / kind / key
 
+    def unlinked(self, path: Path) -> Path:
+        """`path` (an entry or shard folder under the root) once no folder on the way to it is a
+        symbolic link: each one found is reported and the link removed. Call before writing."""
+        while (link := nofollow.first_link(self.root, path)) is not None:
+            drop_link(link)
+        return path
+
     # ------------------------------------------------------------ plain entries
     def has(self, kind: str, key: str) -> bool:
-        """Cheap presence check (checksums are verified when the entry is read)."""
-        return (self.folder(kind, key) / META).is_file()
+        """Cheap presence check (checksums are verified when the entry is read); a link is absent."""
+        return nofollow.plain_file(self.root, self.folder(kind, key) / META)
 
     def stage(self, kind: str, key: str, **meta: Any) -> Staging:
-        return Staging(self.folder(kind, key), {"kind": kind, "key": key, **meta})
+        return Staging(self.unlinked(self.folder(kind, key)), {"kind": kind, "key": key, **meta})
 
     def open(self, kind: str, key: str) -> Path | None:
         """The entry's folder after verifying it; None when absent. A corrupt entry is reported,
         removed and treated as absent, so the caller computes it again."""
-        folder = checked(self.folder(kind, key), f"cache entry {kind}/{key} is corrupt or incomplete")
+        folder = checked(self.unlinked(self.folder(kind, key)), f"cache entry {kind}/{key} is corrupt or incomplete")
         if folder is not None:
             self.touch(folder)
         return folder
 
     def touch(self, folder: Path) -> None:
         try:
-            (folder / USED).touch()
-        except OSError:  # a read-only shared cache still reads
+            nofollow.touch(folder / USED)
+        except OSError:  # a read-only shared cache still reads; a link there is never followed
             pass
 
     def write_arrays(self, kind: str, key: str, arrays: dict[str, np.ndarray], **meta: Any) -> None:
@@ -353,9 +391,24 @@ class Cache:
         found: list[EntryInfo] = []
         if not self.root.is_dir():
             return found
-        for kind_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            for folder in sorted(p for p in kind_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-                size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        for kind_dir in sorted(p for p in self.root.iterdir() if not p.name.startswith(".")):
+            if kind_dir.is_symlink():
+                found.append(_link_info(kind_dir, kind_dir.name, ""))
+                continue
+            if not kind_dir.is_dir():
+                continue
+            for folder in sorted(p for p in kind_dir.iterdir() if not p.name.startswith(".")):
+                if folder.is_symlink():
+                    found.append(_link_info(folder, kind_dir.name, folder.name))
+                    continue
+                if not folder.is_dir():
+                    continue
+                size, links = nofollow.scan(folder)
+                if links:
+                    found.append(EntryInfo(kind_dir.name, folder.name, size,
+                                           f"(damaged: {links[0].relative_to(folder)} is a symbolic link)",
+                                           folder.lstat().st_mtime, link=True))
+                    continue
                 if (folder / META).is_file():
                     try:
                         label = str(json.loads((folder / META).read_text()).get("label", ""))
@@ -367,7 +420,7 @@ class Cache:
                     continue
                 used = folder / USED
                 stamp = used if used.exists() else folder
-                found.append(EntryInfo(kind_dir.name, folder.name, size, label, stamp.stat().st_mtime))
+                found.append(EntryInfo(kind_dir.name, folder.name, size, label, stamp.lstat().st_mtime))
         return found
 
     def prune(self, keep: set[str] | None = None) -> int:
@@ -375,20 +428,30 @@ class Cache:
         killed writers; returns bytes freed. An entry `<key>-<part>` belongs to step `<key>`."""
         freed = 0
         for entry in self.entries():
-            if keep is None or entry.key.split("-", 1)[0] not in keep:
+            if entry.link and not entry.key:  # a kind folder that is a link: the link goes
+                nofollow.rmtree(self.root / entry.kind)
+            elif entry.link or keep is None or entry.key.split("-", 1)[0] not in keep:
                 remove(self.folder(entry.kind, entry.key))
                 freed += entry.bytes
         if self.root.is_dir():
-            for kind_dir in (p for p in self.root.iterdir() if p.is_dir()):
+            for kind_dir in (p for p in self.root.iterdir() if p.is_dir() and not p.is_symlink()):
                 for stale in kind_dir.glob(".t*-*"):
                     if _stale(stale):
-                        shutil.rmtree(stale, ignore_errors=True)
+                        nofollow.rmtree(stale)
         return freed
+
+
+def _link_info(path: Path, kind: str, key: str) -> EntryInfo:
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    return EntryInfo(kind, key, 0, f"(symbolic link to {target}: never followed)", path.lstat().st_mtime, link=True)
 
 
 def _stale(path: Path, age: float = 3600.0) -> bool:
     try:
-        return time.time() - path.stat().st_mtime > age
+        return time.time() - path.lstat().st_mtime > age
     except OSError:
         return False
 
@@ -406,16 +469,17 @@ class Sharded:
         return self.folder / f"shard-{index:05d}"
 
     def done(self, index: int) -> bool:
-        return (self.shard_folder(index) / META).is_file()
+        return nofollow.plain_file(self.cache.root, self.shard_folder(index) / META)
 
     def missing(self) -> list[int]:
         return [i for i in range(self.count) if not self.done(i)]
 
     def complete(self) -> bool:
-        return (self.folder / META).is_file()
+        return nofollow.plain_file(self.cache.root, self.folder / META)
 
     def write(self, index: int, arrays: dict[str, np.ndarray]) -> None:
         """Shard `index` as one .npy file per array (so a reader can memory-map them), atomically."""
+        self.cache.unlinked(self.shard_folder(index))
         self.folder.mkdir(parents=True, exist_ok=True)
         with Staging(self.shard_folder(index), {"shard": index}) as staging:
             staging.add_array_files(arrays)
@@ -423,12 +487,14 @@ class Sharded:
 
     def stage(self, index: int) -> Staging:
         """For shards that are folders of files (e.g. checkpoints): add files, then commit."""
+        self.cache.unlinked(self.shard_folder(index))
         self.folder.mkdir(parents=True, exist_ok=True)
         return Staging(self.shard_folder(index), {"shard": index})
 
     def open(self, index: int) -> Path | None:
         """A verified shard folder, or None (a corrupt shard is reported and removed)."""
-        folder = checked(self.shard_folder(index), f"shard {index} of cache entry {self.kind}/{self.key} is corrupt")
+        folder = checked(self.cache.unlinked(self.shard_folder(index)),
+                         f"shard {index} of cache entry {self.kind}/{self.key} is corrupt")
         if folder is None and self.complete() and not (self.shard_folder(index) / META).is_file():
             (self.folder / META).unlink(missing_ok=True)  # a shard was removed: the entry is no longer whole
         return folder
@@ -450,7 +516,7 @@ class Sharded:
         if self.missing():
             raise SelectkitError(f"cache entry {self.kind}/{self.key} has missing shards {self.missing()[:5]}")
         body = {**self.meta, **meta, "created": round(time.time(), 3)}
-        final = self.folder / META
+        final = self.cache.unlinked(self.folder / META)
         tmp = self.folder / f".meta-{uuid.uuid4().hex[:8]}"
         write_bytes_synced(tmp, json.dumps(body, sort_keys=True, indent=1, default=jsonable).encode())
         share(tmp)

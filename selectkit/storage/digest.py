@@ -43,10 +43,14 @@ def file_digest(file: str | Path, memo: Path | None = None, *, whole_below: int 
     except OSError:
         pass
     value = _remembered(*state, sampled)
-    try:
+    try:  # the memo is in a shared cache: never written through a symbolic link planted there
         token.parent.mkdir(parents=True, exist_ok=True)
-        tmp = token.with_name(f".{token.name}.{os.getpid()}")
-        tmp.write_text(value)
+        if os.path.islink(token.parent):
+            return value
+        tmp = token.with_name(f".{token.name}.{os.getpid()}.{os.urandom(4).hex()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # O_EXCL: a link there fails
+        with os.fdopen(fd, "w") as handle:
+            handle.write(value)
         os.replace(tmp, token)
     except OSError:  # a read-only cache only loses the shortcut
         pass
