@@ -133,7 +133,7 @@ def _sources(checked: Checked, shard_rows: int, memo: Path | None) -> dict[str, 
     readers = {n: e.cls for n, e in checked.registry.components["readers"].items()}
     out = {}
     for name, node in checked.sources.items():
-        files = tuple(source_files(node.path))
+        files = tuple(node.files or source_files(node.path))
         spec = node.spec
         fp = source_fingerprint(list(files), text=spec.text, id_column=spec.id, limit=spec.limit, reader=node.reader,
                                 on_missing=spec.on_missing, memo=memo)

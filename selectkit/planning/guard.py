@@ -24,7 +24,8 @@ def recipe_inputs(sources: dict[str, Sequence[Path]], models: dict[str, tuple[An
     out: dict[str, Path] = {}
     for name, files in sources.items():
         for i, file in enumerate(files):
-            out[f"{name} source" + (f" ({i + 1})" if i else "")] = Path(file)
+            out[f"{name} source" + (f" ({i + 1})" if i else "")] = file if not isinstance(file, str | Path) \
+                else Path(file)  # an object in a store stays a URL
     for name, (spec, base) in models.items():
         for what, path in (("model", spec.path), ("LoRA adapter", spec.lora),
                            *(("checkpoint", c) for c in (spec.checkpoints or []))):
@@ -55,7 +56,10 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def output_conflicts(out_dir: Path, inputs: dict[str, Path]) -> list[str]:
-    """Why writing into `out_dir` would touch an input (name -> file or folder), if it would."""
+    """Why writing into `out_dir` would touch an input (name -> file or folder), if it would. URLs
+    (object storage) are compared as URLs; a URL and a local path never meet."""
+    if not isinstance(out_dir, str | Path) or any(not isinstance(p, str | Path) for p in inputs.values()):
+        return _url_conflicts(out_dir, inputs)
     out = Path(os.path.abspath(out_dir))
     problems = []
     for name, path in inputs.items():
@@ -76,9 +80,25 @@ def output_conflicts(out_dir: Path, inputs: dict[str, Path]) -> list[str]:
     return problems
 
 
+def _url_conflicts(out_dir: Any, inputs: dict[str, Any]) -> list[str]:
+    out = str(out_dir).rstrip("/")
+    problems = []
+    for name, path in inputs.items():
+        if isinstance(path, Path) != isinstance(out_dir, Path):
+            continue
+        src = str(path).rstrip("/")
+        if out == src:
+            problems.append(f"output.dir {out} is the {name} itself")
+        elif out.startswith(src + "/"):
+            problems.append(f"output.dir {out} is inside the {name} {src}")
+        elif src.startswith(out + "/"):
+            problems.append(f"output.dir {out} contains the {name} ({src}); keep inputs elsewhere")
+    return problems
+
+
 def foreign_outputs(out_dir: Path) -> list[Path]:
     """Files in `out_dir` with an output's name that selectkit did not write (per the manifest there)."""
-    if not out_dir.is_dir():
+    if not isinstance(out_dir, Path) or not out_dir.is_dir():  # a set in object storage is never overwritten
         return []
     ours = written_by_selectkit(out_dir)
     return [out_dir / n for n in OUTPUT_NAMES if (out_dir / n).exists() and n not in ours]

@@ -37,6 +37,7 @@ class SourceNode:
     reader: str
     spec: Any  # the recipe's SourceSpec entry
     rows: int | None  # known without reading the data, when the format allows
+    files: tuple = ()  # the files found (objects in a store come pinned to the version seen)
 
 
 @dataclass

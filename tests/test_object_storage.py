@@ -1,0 +1,181 @@
+"""Pools, targets, cache and outputs on object storage, against a real S3-compatible server (moto's
+server mode on 127.0.0.1, a random free port), through the real CLI: the quickstart read from a
+bucket selects byte for byte what it selects from local files; store failures are one line."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RECIPES, cli
+
+pytest.importorskip("s3fs")
+moto_server = pytest.importorskip("moto.server")
+boto3 = pytest.importorskip("boto3")
+
+BUCKET = "pools"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """Credentials and endpoint from the standard environment (what the CLI child inherits), a
+    fresh bucket holding the quickstart data, and a boto3 client for the test's own looks."""
+    env = {"AWS_ENDPOINT_URL": s3_server, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    client = boto3.client("s3", endpoint_url=s3_server)
+    for bucket in client.list_buckets().get("Buckets", []):  # each test starts from empty buckets
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket["Name"]):
+            for obj in page.get("Contents", []):
+                client.delete_object(Bucket=bucket["Name"], Key=obj["Key"])
+        client.delete_bucket(Bucket=bucket["Name"])
+    client.create_bucket(Bucket=BUCKET)
+    for name in ("pool.jsonl", "target_politics.jsonl"):
+        client.upload_file(str(RECIPES / "data" / name), BUCKET, f"quickstart/{name}")
+    return client
+
+
+def _recipe(folder: Path, *, pool: str, target: str, out: str) -> Path:
+    text = (RECIPES / "quickstart.yaml").read_text()
+    text = text.replace("path: data/pool.jsonl", f"path: {pool}")
+    text = text.replace("path: data/target_politics.jsonl", f"path: {target}")
+    text = text.replace("dir: ../out/quickstart", f"dir: {out}")
+    file = folder / "quickstart.yaml"
+    file.write_text(text)
+    return file
+
+
+def _local_selection(tmp_path: Path) -> bytes:
+    out = tmp_path / "local-out"
+    run = cli("run", RECIPES / "quickstart.yaml", "--out", out, "-q", "--cache-dir", tmp_path / "local-cache")
+    assert run.returncode == 0, run.stderr
+    return (out / "selection.parquet").read_bytes()
+
+
+def test_pool_and_target_from_s3_select_what_local_files_select(s3, tmp_path):
+    expected = _local_selection(tmp_path)
+    recipe = _recipe(tmp_path, pool=f"s3://{BUCKET}/quickstart/pool.jsonl",
+                     target=f"s3://{BUCKET}/quickstart/target_*.jsonl", out=str(tmp_path / "out"))
+    assert cli("validate", recipe).returncode == 0
+    run = cli("run", recipe, "-q", "--cache-dir", tmp_path / "cache")
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "out" / "selection.parquet").read_bytes() == expected
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert "s3://pools/quickstart/pool.jsonl" in json.dumps(manifest)
+    # a second run is served from the cache: the fingerprint comes from the object's ETag, not a download
+    again = cli("run", recipe, "-q", "--cache-dir", tmp_path / "cache")
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "out" / "selection.parquet").read_bytes() == expected
+
+
+def test_a_missing_bucket_is_one_line(s3, tmp_path):
+    recipe = _recipe(tmp_path, pool="s3://no-such-bucket/pool.jsonl",
+                     target=f"s3://{BUCKET}/quickstart/target_politics.jsonl", out=str(tmp_path / "out"))
+    for command in ("validate", "run"):
+        result = cli(command, recipe, *(["-q"] if command == "run" else []))
+        assert result.returncode != 0
+        assert "Traceback" not in result.stderr + result.stdout
+        lines = [line for line in (result.stderr + result.stdout).splitlines() if "no-such-bucket" in line]
+        assert lines and "bucket 'no-such-bucket' does not exist" in lines[0], result.stderr + result.stdout
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_object_replaced_after_planning_stops_the_run(s3, tmp_path):
+    """The plan pins each object's ETag; a pool object rewritten before it is read is an error naming
+    it, never a selection over a mix of two versions."""
+    from selectkit import api
+    from selectkit.errors import SelectkitError
+
+    recipe = _recipe(tmp_path, pool=f"s3://{BUCKET}/quickstart/pool.jsonl",
+                     target=f"s3://{BUCKET}/quickstart/target_politics.jsonl", out=str(tmp_path / "out"))
+    plan = api.plan(recipe, cache_dir=tmp_path / "cache")
+    body = (RECIPES / "data" / "pool.jsonl").read_bytes()
+    s3.put_object(Bucket=BUCKET, Key="quickstart/pool.jsonl", Body=body.replace(b'"text": "', b'"text": "x ', 1))
+    with pytest.raises(SelectkitError, match=r"s3://pools/quickstart/pool.jsonl changed during the run"):
+        api.run_plan(plan)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_replaced_object_is_caught_between_shards(s3, tmp_path):
+    """Shard by shard: rows already read came from one version; the next read of another version fails."""
+    from selectkit.data.pool import SourceSpec, Table, read_shard
+    from selectkit.data.sources import source_files
+    from selectkit.storage.objects import ObjectError, ObjectPath
+    from selectkit_plugins.readers import JsonLines
+
+    files = tuple(source_files(ObjectPath(f"s3://{BUCKET}/quickstart/pool.jsonl")))
+    assert files[0].meta["etag"] and files[0].meta["size"] == (RECIPES / "data" / "pool.jsonl").stat().st_size
+    table = Table(SourceSpec("pool", files, JsonLines, "text", "id"))
+    assert len(read_shard(table, 0, 100)) == 100
+    s3.put_object(Bucket=BUCKET, Key="quickstart/pool.jsonl", Body=b'{"id": 1, "text": "other"}\n')
+    with pytest.raises(ObjectError, match="changed during the run"):
+        read_shard(table, 100, 200)
+
+
+def test_parquet_shards_are_read_by_row_group_from_s3(s3, tmp_path):
+    """A glob over parquet shards in a bucket: rows equal the local files', read by range requests."""
+    import polars as pl
+
+    from selectkit.data.pool import SourceSpec, Table
+    from selectkit.data.sources import source_files
+    from selectkit.storage.objects import ObjectPath
+    from selectkit_plugins.readers import Parquet, StoredParquetRows
+
+    frame = pl.read_ndjson(RECIPES / "data" / "pool.jsonl")
+    for i in range(3):
+        part = tmp_path / f"part-{i}.parquet"
+        frame.slice(i * 500, 500).write_parquet(part, row_group_size=100)
+        s3.upload_file(str(part), BUCKET, f"shards/part-{i}.parquet")
+    files = tuple(source_files(ObjectPath(f"s3://{BUCKET}/shards/part-*.parquet")))
+    assert [f.name for f in files] == ["part-0.parquet", "part-1.parquet", "part-2.parquet"]
+    table = Table(SourceSpec("pool", files, Parquet, "text", "id"))
+    assert all(isinstance(p, StoredParquetRows) for p in table.parts)
+    assert table.rows == frame.height
+    assert table.slice(450, 1050).equals(frame.slice(450, 600))
+    assert table.column("id", 990, 1010).to_list() == frame["id"].slice(990, 20).to_list()
+
+
+def test_validate_warns_about_a_secret_in_a_url(s3, s3_server, tmp_path):
+    """A target over plain https(-like) with a token in its query is read (the same fsspec path),
+    and validate warns that the recipe holds a secret."""
+    s3.put_object_acl(Bucket=BUCKET, Key="quickstart/target_politics.jsonl", ACL="public-read")
+    recipe = _recipe(tmp_path, pool=f"s3://{BUCKET}/quickstart/pool.jsonl",
+                     target=f"{s3_server}/{BUCKET}/quickstart/target_politics.jsonl?token=abc",
+                     out=str(tmp_path / "out"))
+    result = cli("validate", recipe)
+    assert result.returncode == 0, result.stderr
+    assert "the URL holds a token in its query" in result.stderr + result.stdout
+    assert "token=abc" not in result.stderr + result.stdout
+
+
+def test_a_missing_store_package_names_its_extra(tmp_path):
+    """Without gcsfs, a gs:// source is one line naming the `gcs` extra (run in a child whose import
+    of gcsfs fails, so the test holds whichever packages are installed)."""
+    recipe = _recipe(tmp_path, pool="gs://bucket/pool.jsonl", target="gs://bucket/target.jsonl",
+                     out=str(tmp_path / "out"))
+    sitecustomize = tmp_path / "nogcs"
+    sitecustomize.mkdir()
+    (sitecustomize / "gcsfs.py").write_text("raise ImportError('gcsfs is not installed')\n")
+    result = cli("validate", recipe, env={"PYTHONPATH": str(sitecustomize)})
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "pip install 'selectkit[gcs]'" in result.stderr + result.stdout
