@@ -179,3 +179,58 @@ def test_a_missing_store_package_names_its_extra(tmp_path):
     assert result.returncode != 0
     assert "Traceback" not in result.stderr + result.stdout
     assert "pip install 'selectkit[gcs]'" in result.stderr + result.stdout
+
+
+def _keys(client, prefix: str) -> set[str]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return {o["Key"] for page in pages for o in page.get("Contents", [])}
+
+
+def test_cache_on_s3_is_shared_by_machines_with_no_common_disk(s3, tmp_path):
+    """Two runs with their own local mirror folders (two machines): the second computes nothing,
+    it pulls every entry the first published, and selects the same bytes."""
+    expected = _local_selection(tmp_path)
+    recipe = _recipe(tmp_path, pool=f"s3://{BUCKET}/quickstart/pool.jsonl",
+                     target=f"s3://{BUCKET}/quickstart/target_politics.jsonl", out=str(tmp_path / "out"))
+    first = cli("run", recipe, "-q", "--cache-dir", f"s3://{BUCKET}/cache",
+                env={"SELECTKIT_CACHE_MIRROR": str(tmp_path / "machine-a")})
+    assert first.returncode == 0, first.stderr
+    published = _keys(s3, "cache/")
+    assert any(k.endswith("/_COMMITTED.json") for k in published)
+    second = cli("run", recipe, "-q", "--cache-dir", f"s3://{BUCKET}/cache", "--out", tmp_path / "out2",
+                 env={"SELECTKIT_CACHE_MIRROR": str(tmp_path / "machine-b")})
+    assert second.returncode == 0, second.stderr
+    assert _keys(s3, "cache/") == published  # nothing computed again, nothing written again
+    assert (tmp_path / "out2" / "selection.parquet").read_bytes() == expected
+    assert any((tmp_path / "machine-b").rglob("meta.json"))
+
+
+def test_an_entry_without_its_marker_is_never_read_and_racing_writers_are_safe(s3, tmp_path):
+    from selectkit.storage.cache import Cache
+
+    url = f"s3://{BUCKET}/race"
+    writers = [Cache(url) for _ in range(2)]
+    for i, cache in enumerate(writers):  # each writer its own local folder (SELECTKIT_CACHE_MIRROR unset)
+        cache.root = cache.mirror.local_root = tmp_path / f"w{i}"
+    # files uploaded but no marker (a writer killed mid-upload): not an entry
+    s3.put_object(Bucket=BUCKET, Key="race/scores/k1/abc/arrays.npz", Body=b"half")
+    reader = Cache(url)
+    reader.root = reader.mirror.local_root = tmp_path / "reader"
+    assert not reader.has("scores", "k1")
+    # two writers commit the same key: the marker names one complete set, whichever came last
+    import numpy as np
+
+    for cache in writers:
+        cache.write_arrays("scores", "k1", {"v": np.arange(5.0)})
+    got = reader.read_arrays("scores", "k1")
+    assert got is not None and got[0]["v"].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_a_cache_bucket_that_does_not_exist_is_one_line(s3, tmp_path):
+    recipe = _recipe(tmp_path, pool=str(RECIPES / "data" / "pool.jsonl"),
+                     target=str(RECIPES / "data" / "target_politics.jsonl"), out=str(tmp_path / "out"))
+    result = cli("run", recipe, "-q", "--cache-dir", "s3://no-such-bucket/cache")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "bucket 'no-such-bucket' does not exist" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

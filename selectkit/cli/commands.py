@@ -23,6 +23,20 @@ from selectkit.errors import (
 )
 
 
+class _Location(click.ParamType):
+    """A folder, or an object-storage URL (s3://, gs://, ...) kept as a URL (Path would mangle it)."""
+
+    name = "PATH|URL"
+
+    def convert(self, value, param, ctx):
+        from selectkit.storage.objects import as_path
+
+        return value if not isinstance(value, str) else as_path(value)
+
+
+LOCATION = _Location()
+
+
 def _debug() -> bool:
     ctx = click.get_current_context(silent=True)
     return bool(ctx and ctx.find_root().params.get("debug"))
@@ -156,7 +170,8 @@ def _devices(devices: str | None, assume: str | None):
 device_options = [
     click.option("--devices", help="devices to plan for: cpu, cuda:0,cuda:1 (default: detected)"),
     click.option("--assume", help="plan for hypothetical hardware, e.g. 8xH100-80GB"),
-    click.option("--cache-dir", type=click.Path(path_type=Path), help="artifact cache (default: ~/.cache/selectkit)"),
+    click.option("--cache-dir", type=LOCATION, help="artifact cache: a folder or a URL such as s3://bucket/cache "
+                 "(default: ~/.cache/selectkit)"),
 ]
 
 
@@ -200,7 +215,7 @@ def plan(recipe: Path, fmt: str, limit: int | None, shard_rows: int | None, exec
 
 @main.command()
 @click.argument("recipe", type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="output folder (default: output.dir)")
+@click.option("--out", "out_dir", type=LOCATION, help="output folder or URL (default: output.dir)")
 @click.option("--dry-run", is_flag=True, help="print the plan and stop")
 @click.option("--trust-remote-code", is_flag=True, help="allow models whose recipe entry also allows it")
 @click.option("--quiet", "-q", is_flag=True, help="no progress messages")
@@ -266,7 +281,7 @@ def summary(output) -> str:
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="no progress messages")
 @click.option("--trust-remote-code", is_flag=True, help="allow models whose recipe entry also allows it")
-@click.option("--cache-dir", type=click.Path(path_type=Path), help="artifact cache (default: ~/.cache/selectkit)")
+@click.option("--cache-dir", type=LOCATION, help="artifact cache: a folder or a URL (default: ~/.cache/selectkit)")
 def evaluate(recipe: Path, out_dir: Path | None, fmt: str, quiet: bool, trust_remote_code: bool,
              cache_dir: Path | None) -> None:
     """Does the selection beat random data? Hold out part of each target, train a small proxy LM on the

@@ -106,7 +106,7 @@ def evaluate(path: str | Path, *, out_dir: str | Path | None = None, cache_dir: 
     out = Path(os.path.abspath(out))
     heldout, split_info, scoring = split_targets(loaded, registry, spec.heldout, seed, out / "split")
     run_dir = out / "run"
-    plan = compile_plan(check(scoring, registry), Cache(Path(cache_dir) if cache_dir else None), run_dir, None,
+    plan = compile_plan(check(scoring, registry), Cache(cache_dir or None), run_dir, None,
                         dict(options or {}))
     parts = ", ".join(f"{n}: {info['scoring']}" for n, info in split_info.items())
     say(f"running the recipe on the scoring parts ({parts} rows) -> {run_dir}")

@@ -246,7 +246,7 @@ def manifest(result: Any, files: dict[str, str]) -> dict:
         "models": models,
         "scores": scores,
         **({"surrogates": result.surrogates} if getattr(result, "surrogates", None) else {}),
-        "cache": str(plan.cache.root),
+        "cache": plan.cache.location,
         "stages": [{"kind": r.kind, "label": r.label, "step": r.step, "key": r.key, "status": r.status,
                     "seconds": round(r.seconds, 4), **({"detail": r.detail} if r.detail else {})}
                    for r in result.reports],

@@ -296,7 +296,7 @@ class Plan:
     def render(self) -> str:
         """The DAG as text: each step with its inputs, cache status, resolved settings and costs."""
         head = [f"plan for {self.name}" + (f" ({self.checked.loaded.file})" if self.checked else ""),
-                f"  seed: {self.seed}", f"  cache: {self.cache.root}", f"  output: {self.out_dir}"]
+                f"  seed: {self.seed}", f"  cache: {self.cache.location}", f"  output: {self.out_dir}"]
         if self.devices is not None:
             head.append(f"  devices: {self.devices}")
         lines = head + [""]
@@ -316,6 +316,6 @@ class Plan:
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
-        return {"format_version": 1, "recipe": self.name, "seed": self.seed, "cache": str(self.cache.root),
+        return {"format_version": 1, "recipe": self.name, "seed": self.seed, "cache": self.cache.location,
                 "output": str(self.out_dir), "devices": str(self.devices) if self.devices is not None else None,
                 "steps": [s.as_dict() for s in self.steps]}
