@@ -234,3 +234,47 @@ def test_a_cache_bucket_that_does_not_exist_is_one_line(s3, tmp_path):
     assert "Traceback" not in result.stderr
     assert "bucket 'no-such-bucket' does not exist" in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def _current(client, prefix: str) -> dict:
+    return json.loads(client.get_object(Bucket=BUCKET, Key=f"{prefix}/current.json")["Body"].read())
+
+
+def test_quickstart_entirely_on_s3_matches_the_local_run(s3, tmp_path):
+    """Pool, target, cache and output all in the bucket: the committed set's selection.parquet is
+    byte-identical to the local run's; a second run commits a new set and leaves the first whole."""
+    expected = _local_selection(tmp_path)
+    recipe = _recipe(tmp_path, pool=f"s3://{BUCKET}/quickstart/pool.jsonl",
+                     target=f"s3://{BUCKET}/quickstart/target_politics.jsonl", out=f"s3://{BUCKET}/out/quickstart")
+    run = cli("run", recipe, "-q", "--cache-dir", f"s3://{BUCKET}/cache")
+    assert run.returncode == 0, run.stderr
+    first = _current(s3, "out/quickstart")
+    assert first["written_by"] == "selectkit" and first["set"] in run.stdout
+    body = s3.get_object(Bucket=BUCKET, Key=f"out/quickstart/{first['set']}/selection.parquet")["Body"].read()
+    assert body == expected
+    assert {"selection.parquet", "manifest.json", "subset.parquet", "subset.jsonl"} <= set(first["files"])
+
+    again = cli("run", recipe, "-q", "--cache-dir", f"s3://{BUCKET}/cache")
+    assert again.returncode == 0, again.stderr
+    second = _current(s3, "out/quickstart")
+    assert second["set"] != first["set"]
+    kept = _keys(s3, f"out/quickstart/{first['set']}/")
+    assert {k.rsplit("/", 1)[1] for k in kept} >= set(first["files"])  # the earlier set is untouched
+
+
+def test_an_output_url_that_points_at_an_input_is_refused(s3, tmp_path):
+    recipe = _recipe(tmp_path, pool=f"s3://{BUCKET}/quickstart/pool.jsonl",
+                     target=f"s3://{BUCKET}/quickstart/target_politics.jsonl", out=f"s3://{BUCKET}/quickstart")
+    result = cli("run", recipe, "-q")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "contains the pool source" in result.stderr, result.stderr
+    assert _keys(s3, "quickstart/") == {"quickstart/pool.jsonl", "quickstart/target_politics.jsonl"}
+
+
+def test_an_output_bucket_that_does_not_exist_is_one_line(s3, tmp_path):
+    recipe = _recipe(tmp_path, pool=f"s3://{BUCKET}/quickstart/pool.jsonl",
+                     target=f"s3://{BUCKET}/quickstart/target_politics.jsonl", out="s3://no-such-bucket/out")
+    result = cli("run", recipe, "-q", "--cache-dir", tmp_path / "cache")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "no-such-bucket" in result.stderr and "does not exist" in result.stderr

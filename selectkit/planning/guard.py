@@ -119,6 +119,9 @@ def check_output(out_dir: Path, inputs: dict[str, Path]) -> None:
     problems = output_conflicts(out_dir, inputs)
     if problems:
         raise OutputError(problems[0], hint="choose another output.dir (or --out)")
+    if not isinstance(out_dir, str | Path):  # object storage: a missing bucket is said before any compute
+        out_dir.check_bucket("write")
+        return
     foreign = foreign_outputs(out_dir)
     if foreign:
         raise OutputError(f"{foreign[0]} exists and was not written by selectkit; it would be replaced",

@@ -277,7 +277,7 @@ class ObjectPath:
             out.append(ObjectPath(url, identity(info)))
         return out
 
-    def _bucket_exists(self, fs) -> None:
+    def _bucket_exists(self, fs, doing: str = "read") -> None:
         """A missing bucket is its own error (a glob over it would just match nothing)."""
         if SCHEMES.get(self.protocol) != "s3":
             return
@@ -285,7 +285,13 @@ class ObjectPath:
         try:
             fs.info(bucket)
         except FileNotFoundError:
-            raise ObjectError(f"cannot read {redact(self.url)}: bucket {bucket!r} does not exist") from None
+            raise ObjectError(f"cannot {doing} {redact(self.url)}: bucket {bucket!r} does not exist") from None
+
+    def check_bucket(self, doing: str = "write") -> None:
+        """Raise now (one line) when the bucket is missing or the store cannot be reached, before any work."""
+        fs = self.fs
+        with store_errors(self.url, doing):
+            self._bucket_exists(fs, doing)
 
     def files(self) -> list[ObjectPath]:
         """Every object under this prefix (a folder's files), pinned, sorted."""
