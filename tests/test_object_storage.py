@@ -278,3 +278,51 @@ def test_an_output_bucket_that_does_not_exist_is_one_line(s3, tmp_path):
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "no-such-bucket" in result.stderr and "does not exist" in result.stderr
+
+
+@pytest.mark.ray
+def test_ray_on_two_nodes_that_share_no_disk_selects_what_a_local_run_selects(s3, tmp_path, monkeypatch):
+    """A real two-node Ray cluster (ray.cluster_utils.Cluster), each node with its own temp folder and
+    its own local cache folder, the driver with a third: pool, target and cache live only in the
+    bucket, so every shard a worker computes reaches the driver through the bucket. The selection is
+    byte-identical to a local run on local files."""
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    expected = _local_selection(tmp_path)
+    import os
+    import tempfile
+
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # nodes and driver on 127.0.0.1, no other address
+    ray_tmp = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    os.makedirs(os.path.join(ray_tmp, "ray"))
+    monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
+    nodes = []
+    cluster = Cluster(initialize_head=False)
+    try:
+        for i in range(2):
+            mirror = tmp_path / f"node-{i}" / "cache"
+            temp = tempfile.mkdtemp(prefix=f"n{i}-", dir=ray_tmp)
+            args = {"num_cpus": 1, "object_store_memory": 128 * 1024**2, "temp_dir": temp,
+                    "node_ip_address": "127.0.0.1",
+                    "env_vars": {"SELECTKIT_CACHE_MIRROR": str(mirror), "SELECTKIT_CACHE_DIR": str(mirror)}}
+            if i == 0:
+                args["include_dashboard"] = False
+            nodes.append((cluster.add_node(**args), mirror))
+        cluster.wait_for_nodes()
+        recipe = _recipe(tmp_path, pool=f"s3://{BUCKET}/quickstart/pool.jsonl",
+                         target=f"s3://{BUCKET}/quickstart/target_politics.jsonl", out=str(tmp_path / "out"))
+        driver_mirror = tmp_path / "driver" / "cache"
+        result = cli("run", recipe, "-q", "--cache-dir", f"s3://{BUCKET}/cache", "--shard-rows", "300",
+                     "--executor", "ray", "--address", cluster.address,
+                     env={"SELECTKIT_CACHE_MIRROR": str(driver_mirror)})
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / "out" / "selection.parquet").read_bytes() == expected
+        worked = [m for _, m in nodes if any(m.rglob("shard-*/meta.json"))]
+        assert worked, "no worker node wrote a shard into its own cache folder"
+        published = _keys(s3, "cache/")
+        assert sum(k.endswith("/_COMMITTED.json") and "/shard-" in k for k in published) >= 5
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
