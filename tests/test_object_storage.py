@@ -326,3 +326,21 @@ def test_ray_on_two_nodes_that_share_no_disk_selects_what_a_local_run_selects(s3
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_an_endpoint_that_does_not_answer_and_missing_credentials_are_one_line(s3, tmp_path):
+    recipe = _recipe(tmp_path, pool=f"s3://{BUCKET}/quickstart/pool.jsonl",
+                     target=f"s3://{BUCKET}/quickstart/target_politics.jsonl", out=str(tmp_path / "out"))
+    closed = f"http://127.0.0.1:{_free_port()}"
+    result = cli("run", recipe, "-q", env={"AWS_ENDPOINT_URL": closed})
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()  # one line per source that cannot be read (pool, target)
+    assert len(lines) == 2 and all("the endpoint does not answer" in line for line in lines), result.stderr
+    assert "s3://pools/quickstart/pool.jsonl" in lines[0]
+    # no credentials anywhere (and no instance-metadata lookup: nothing leaves 127.0.0.1)
+    bare = {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}
+    result = cli("validate", recipe, env=bare)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "no credentials found" in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()
