@@ -357,7 +357,7 @@ def cache() -> None:
 
 
 @cache.command("list")
-@click.option("--cache-dir", type=click.Path(path_type=Path))
+@click.option("--cache-dir", type=LOCATION, help="a folder, or the URL of a cache in object storage (its local folder)")
 def cache_list(cache_dir: Path | None) -> None:
     """List cached artifacts."""
     import datetime
@@ -369,11 +369,12 @@ def cache_list(cache_dir: Path | None) -> None:
     for e in entries:
         used = datetime.datetime.fromtimestamp(e.last_used).strftime("%Y-%m-%d %H:%M") if e.last_used else "-"
         click.echo(f"{e.kind:<12} {e.key}  {e.bytes / 1e6:9.2f} MB  used {used}  {e.label}")
-    click.echo(f"{len(entries)} artifacts, {sum(e.bytes for e in entries) / 1e6:.2f} MB in {store.root}")
+    where = f"{store.root} (the local folder of {store.location})" if store.mirror else store.root
+    click.echo(f"{len(entries)} artifacts, {sum(e.bytes for e in entries) / 1e6:.2f} MB in {where}")
 
 
 @cache.command("prune")
-@click.option("--cache-dir", type=click.Path(path_type=Path))
+@click.option("--cache-dir", type=LOCATION, help="a folder, or the URL of a cache in object storage (its local folder)")
 @click.option("--keep", "keep_recipes", multiple=True, type=click.Path(path_type=Path),
               help="keep what these recipes use (repeatable); default: delete everything")
 def cache_prune(cache_dir: Path | None, keep_recipes: tuple[Path, ...]) -> None:

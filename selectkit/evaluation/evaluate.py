@@ -103,6 +103,9 @@ def evaluate(path: str | Path, *, out_dir: str | Path | None = None, cache_dir: 
     if spec.stratified and recipe.output.summarize_by is None:
         say("note: no output.summarize_by, so no stratified arm")
     out = Path(out_dir) if out_dir else loaded.resolve_path(recipe.output.dir.replace("{name}", recipe.name) + "-eval")
+    if not isinstance(out, Path):  # an output.dir in object storage: eval writes a local folder
+        raise SelectkitError(f"selectkit eval writes a local folder, and output.dir is {out}",
+                             hint="pass --out FOLDER")
     out = Path(os.path.abspath(out))
     heldout, split_info, scoring = split_targets(loaded, registry, spec.heldout, seed, out / "split")
     run_dir = out / "run"
