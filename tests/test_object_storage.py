@@ -389,3 +389,28 @@ def test_a_run_killed_mid_pass_resumes_from_the_bucket_on_another_machine(s3, tm
     for shard in committed_before:
         assert len([p for p in after if p.startswith(shard + "/")]) == 1, shard
     assert prefixes <= after
+
+
+def test_urls_secrets_and_object_identity():
+    from selectkit.storage.digest import object_fingerprint
+    from selectkit.storage.objects import ObjectPath, embedded_secret, is_url, redact, same_object
+
+    assert is_url("s3://b/k") and is_url("hf://datasets/org/x/a.jsonl") and not is_url("data/pool.jsonl")
+    assert not is_url("file:///tmp/x") and not is_url("C:/data")
+    assert embedded_secret("https://user:pw@host/x.jsonl") == "a user name and password"
+    assert embedded_secret("https://host/x.jsonl?sig=abc") == "a token in its query"
+    assert embedded_secret("s3://bucket/pool/*.parquet") is None
+    assert redact("https://user:pw@host/x.jsonl?token=abc") == "https://host/x.jsonl"
+    path = ObjectPath("s3://bucket/pool/part-00.parquet")
+    assert (path.name, path.suffix, str(path.parent), str(path.parent / "b.jsonl")) == \
+        ("part-00.parquet", ".parquet", "s3://bucket/pool", "s3://bucket/pool/b.jsonl")
+    a = {"etag": "e1", "version": None, "size": 10, "mtime": "t1"}
+    assert same_object(a, {**a, "mtime": "t2"})  # a touched object with the same ETag is the same version
+    assert not same_object(a, {**a, "etag": "e2"}) and not same_object(a, {**a, "size": 11})
+    assert same_object({"etag": None, "size": 1, "mtime": "t"}, {"etag": None, "size": 1, "mtime": "t"})
+    assert object_fingerprint("a", a) == object_fingerprint("a", {**a, "mtime": "t2"})
+    assert object_fingerprint("a", a) != object_fingerprint("a", {**a, "etag": "e2"})
+    import pickle
+
+    pinned = ObjectPath(path.url, a)
+    assert pickle.loads(pickle.dumps(pinned)).meta == a
