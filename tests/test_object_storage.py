@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -280,51 +281,93 @@ def test_an_output_bucket_that_does_not_exist_is_one_line(s3, tmp_path):
     assert "no-such-bucket" in result.stderr and "does not exist" in result.stderr
 
 
-@pytest.mark.ray
-def test_ray_on_two_nodes_that_share_no_disk_selects_what_a_local_run_selects(s3, tmp_path, monkeypatch):
-    """A real two-node Ray cluster (ray.cluster_utils.Cluster), each node with its own temp folder and
-    its own local cache folder, the driver with a third: pool, target and cache live only in the
-    bucket, so every shard a worker computes reaches the driver through the bucket. The selection is
-    byte-identical to a local run on local files."""
+@contextmanager
+def _two_nodes(tmp_path: Path, monkeypatch):
+    """A real two-node Ray cluster on 127.0.0.1 (ray.cluster_utils.Cluster), each node with its own
+    temp folder and its own local cache folder; yields (address, [node cache folders])."""
     pytest.importorskip("ray")
-    from ray.cluster_utils import Cluster
-
-    expected = _local_selection(tmp_path)
     import os
     import tempfile
+
+    from ray.cluster_utils import Cluster
 
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # nodes and driver on 127.0.0.1, no other address
     ray_tmp = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # short: Ray's socket paths have a length limit
     os.makedirs(os.path.join(ray_tmp, "ray"))
     monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
-    nodes = []
     cluster = Cluster(initialize_head=False)
+    mirrors = []
     try:
         for i in range(2):
             mirror = tmp_path / f"node-{i}" / "cache"
-            temp = tempfile.mkdtemp(prefix=f"n{i}-", dir=ray_tmp)
-            args = {"num_cpus": 1, "object_store_memory": 128 * 1024**2, "temp_dir": temp,
-                    "node_ip_address": "127.0.0.1",
+            args = {"num_cpus": 1, "object_store_memory": 128 * 1024**2,
+                    "temp_dir": tempfile.mkdtemp(prefix=f"n{i}-", dir=ray_tmp), "node_ip_address": "127.0.0.1",
                     "env_vars": {"SELECTKIT_CACHE_MIRROR": str(mirror), "SELECTKIT_CACHE_DIR": str(mirror)}}
             if i == 0:
                 args["include_dashboard"] = False
-            nodes.append((cluster.add_node(**args), mirror))
+            cluster.add_node(**args)
+            mirrors.append(mirror)
         cluster.wait_for_nodes()
-        recipe = _recipe(tmp_path, pool=f"s3://{BUCKET}/quickstart/pool.jsonl",
-                         target=f"s3://{BUCKET}/quickstart/target_politics.jsonl", out=str(tmp_path / "out"))
-        driver_mirror = tmp_path / "driver" / "cache"
-        result = cli("run", recipe, "-q", "--cache-dir", f"s3://{BUCKET}/cache", "--shard-rows", "300",
-                     "--executor", "ray", "--address", cluster.address,
-                     env={"SELECTKIT_CACHE_MIRROR": str(driver_mirror)})
-        assert result.returncode == 0, result.stderr
-        assert (tmp_path / "out" / "selection.parquet").read_bytes() == expected
-        worked = [m for _, m in nodes if any(m.rglob("shard-*/meta.json"))]
-        assert worked, "no worker node wrote a shard into its own cache folder"
-        published = _keys(s3, "cache/")
-        assert sum(k.endswith("/_COMMITTED.json") and "/shard-" in k for k in published) >= 5
+        yield cluster.address, mirrors
     finally:
         cluster.shutdown()  # this process never connected (no ray.init): a session's own Ray is left alone
+
+
+@pytest.mark.ray
+def test_ray_on_two_nodes_that_share_no_disk_selects_what_a_local_run_selects(s3, tmp_path, monkeypatch):
+    """Pool, target and cache live only in the bucket; each node and the driver have their own cache
+    folder, so every shard a worker computes reaches the driver through the bucket. The selection is
+    byte-identical to a local run on local files."""
+    expected = _local_selection(tmp_path)
+    with _two_nodes(tmp_path, monkeypatch) as (address, mirrors):
+        recipe = _recipe(tmp_path, pool=f"s3://{BUCKET}/quickstart/pool.jsonl",
+                         target=f"s3://{BUCKET}/quickstart/target_politics.jsonl", out=str(tmp_path / "out"))
+        result = cli("run", recipe, "-q", "--cache-dir", f"s3://{BUCKET}/cache", "--shard-rows", "300",
+                     "--executor", "ray", "--address", address,
+                     env={"SELECTKIT_CACHE_MIRROR": str(tmp_path / "driver" / "cache")})
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / "out" / "selection.parquet").read_bytes() == expected
+        assert any(any(m.rglob("shard-*/meta.json")) for m in mirrors), "no node wrote a shard into its own folder"
+        published = _keys(s3, "cache/")
+        assert sum(k.endswith("/_COMMITTED.json") and "/shard-" in k for k in published) >= 5
+
+
+@pytest.mark.ray
+def test_a_worker_killed_mid_pass_on_a_node_with_no_shared_disk_is_retried(s3, tmp_path, monkeypatch):
+    """A model pass on the two-node cluster with the cache in the bucket: one shard worker is SIGKILLed
+    once shards are published; Ray retries it and the selection equals the local run's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.test_ray import _pass_recipe, _shard_workers
+
+    recipe = _pass_recipe(tmp_path)
+    local = cli("run", "-q", recipe, "--out", tmp_path / "local", "--shard-rows", "25", "--cache-dir",
+                tmp_path / "local-cache")
+    assert local.returncode == 0, local.stderr
+    with _two_nodes(tmp_path, monkeypatch) as (address, _):
+        command = [sys.executable, "-m", "selectkit", "run", "-q", str(recipe), "--out", str(tmp_path / "ray"),
+                   "--shard-rows", "25", "--executor", "ray", "--address", address, "--cache-dir",
+                   f"s3://{BUCKET}/cache"]
+        env = {**os.environ, "SELECTKIT_CACHE_MIRROR": str(tmp_path / "driver" / "cache")}
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        killed, deadline = None, time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline:
+            passes = [k for k in _keys(s3, "cache/passes/") if k.endswith("/_COMMITTED.json") and "/shard-" in k]
+            workers = _shard_workers()
+            if killed is None and workers and len(passes) >= 2:
+                killed = workers[0]
+                os.kill(killed, signal.SIGKILL)
+            time.sleep(0.3)
+        _, err = proc.communicate(timeout=300)
+    assert killed is not None, "no shard worker was seen running"
+    assert proc.returncode == 0, err
+    assert (tmp_path / "ray" / "selection.parquet").read_bytes() == \
+        (tmp_path / "local" / "selection.parquet").read_bytes()
 
 
 def test_an_endpoint_that_does_not_answer_and_missing_credentials_are_one_line(s3, tmp_path):
