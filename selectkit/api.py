@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from selectkit.contract.registry import Registry, default_registry
 from selectkit.planning.check import check
 from selectkit.recipe.spec import LoadedRecipe, load
+from selectkit.storage.objects import as_path
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only
     from selectkit.execution.local import RunResult
@@ -35,8 +36,8 @@ def plan(path: str | Path, *, cache_dir: str | Path | None = None, out_dir: str 
     from selectkit.storage.cache import Cache
 
     options = {**(options or {}), **({"limit": limit} if limit is not None else {})}
-    return compile_plan(validate(path, registry, limit), Cache(Path(cache_dir) if cache_dir else None),
-                        Path(out_dir) if out_dir else None, devices, options)
+    return compile_plan(validate(path, registry, limit), Cache(cache_dir or None),
+                        as_path(out_dir) if out_dir else None, devices, options)
 
 
 @dataclass

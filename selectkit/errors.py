@@ -152,6 +152,11 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "cluster": ("sklearn",),
     "faiss": ("faiss",),
     "ray": ("ray",),
+    "s3": ("fsspec", "s3fs"),
+    "gcs": ("fsspec", "gcsfs"),
+    "azure": ("fsspec", "adlfs"),
+    "hf": ("fsspec", "huggingface_hub"),
+    "http": ("fsspec", "aiohttp"),
 }
 
 

@@ -76,7 +76,7 @@ from selectkit.contract.passes import (
     ShardedPass,
 )
 from selectkit.contract.protocols import Model, Pool, Rows, Shards, Source, StepStore
-from selectkit.contract.readers import InMemory, Reader, RowSource
+from selectkit.contract.readers import InMemory, Reader, RowSource, whole
 from selectkit.contract.registry import find_component
 from selectkit.errors import (
     DataError,
@@ -119,7 +119,7 @@ __all__ = [
     "FeatureRequest", "Features", "describe", "PassProvider", "ShardedPass", "PassPlan", "PassWork", "PlanContext",
     "PassContext", "Shard", "PassStats", "ModelRef", "Model", "Shards", "StepStore", "Source",
     # data formats
-    "Reader", "RowSource", "InMemory",
+    "Reader", "RowSource", "InMemory", "whole",
     # registration, randomness, identity, cheap imports
     "hookimpl", "row_keys", "uniform", "gumbel", "rng_for", "canonical_order", "keyed_subset", "label_hash", "mix64",
     "cache_key", "path_fingerprint", "lazy_import",

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import io
 import json
+from importlib.util import find_spec
 from pathlib import Path
+from typing import Any
 
-from selectkit.plugin import DataError, InMemory, Reader, RowSource, hookimpl, lazy_import, require
+from selectkit.plugin import DataError, InMemory, Reader, RowSource, hookimpl, lazy_import, require, whole
 
 np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
@@ -43,7 +45,7 @@ class JsonlRows(RowSource):
         self.path = path
         marks_at, marks_line, rows = [], [], 0
         offset, line_no, pending = 0, 0, b""
-        with open(path, "rb") as handle:
+        with path.open("rb") as handle:  # a local file, or an object in a store (streamed in blocks)
             while True:
                 block = handle.read(_BLOCK if stop is None else _HEAD_BLOCK)
                 if not block:
@@ -79,7 +81,7 @@ class JsonlRows(RowSource):
         mark = lo // self.STEP
         row, line_no = mark * self.STEP, self.marks_line[mark]
         lines, numbers = [], []
-        with open(self.path, "rb") as handle:
+        with self.path.open("rb") as handle:
             handle.seek(self.marks_at[mark])
             for raw in handle:
                 line_no += 1
@@ -159,13 +161,13 @@ class JsonLines(Reader):
 
     def open(self, path: Path) -> RowSource:
         if path.name.endswith(".gz"):
-            return InMemory(path, pl.read_ndjson(path, infer_schema_length=None))
+            return InMemory(path, pl.read_ndjson(whole(path), infer_schema_length=None))
         return JsonlRows(path)
 
     def count_rows(self, path: Path) -> int | None:
         if path.name.endswith(".gz"):
             return None
-        with open(path, "rb") as handle:
+        with path.open("rb") as handle:
             return sum(1 for line in handle if line.strip())
 
     def head(self, path: Path, rows: int):
@@ -195,6 +197,50 @@ class ParquetRows(RowSource):
         return self.scan.select(name).slice(lo, max(0, min(hi, self.rows) - lo)).collect()[name]
 
 
+class StoredParquetRows(RowSource):
+    """Parquet in object storage: the footer, then only the row groups a row range touches, by
+    range requests (pyarrow over the store's file object); the object is checked unchanged first."""
+
+    def __init__(self, path: Any):
+        import pyarrow.parquet as pq
+
+        self.path = path
+        self.handle = path.open("rb")
+        self.file = pq.ParquetFile(self.handle)
+        meta = self.file.metadata
+        self.rows = meta.num_rows
+        self.group_starts = np.cumsum([0] + [meta.row_group(i).num_rows for i in range(meta.num_row_groups)])
+
+    def __getstate__(self):
+        return {"path": self.path}
+
+    def __setstate__(self, state):
+        self.__init__(state["path"])
+
+    def _read(self, lo: int, hi: int, columns: list[str] | None) -> pl.DataFrame:
+        hi = min(hi, self.rows)
+        if hi <= lo:
+            return pl.DataFrame(schema=[(c, pl.Null) for c in columns or []]) if columns else pl.DataFrame()
+        first = int(np.searchsorted(self.group_starts, lo, side="right") - 1)
+        last = int(np.searchsorted(self.group_starts, hi, side="left"))
+        self.path.verify()
+        table = self.file.read_row_groups(list(range(first, last)), columns=columns)
+        start = lo - int(self.group_starts[first])
+        return pl.from_arrow(table.slice(start, hi - lo))
+
+    def slice(self, lo: int, hi: int) -> pl.DataFrame:
+        return self._read(lo, hi, None)
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.file.schema_arrow.names)
+
+    def column(self, name: str, lo: int, hi: int) -> pl.Series | None:
+        if name not in self.columns:
+            return None
+        return self._read(lo, hi, [name])[name]
+
+
 class Json(Reader):
     """A JSON array of objects, read whole."""
 
@@ -202,7 +248,7 @@ class Json(Reader):
     suffixes = (".json",)
 
     def read(self, path: Path) -> pl.DataFrame:
-        return pl.read_json(path, infer_schema_length=None)
+        return pl.read_json(whole(path), infer_schema_length=None)
 
 
 class Csv(Reader):
@@ -212,10 +258,10 @@ class Csv(Reader):
     suffixes = (".csv", ".tsv")
 
     def read(self, path: Path) -> pl.DataFrame:
-        return pl.read_csv(path, separator="\t" if path.suffix == ".tsv" else ",", infer_schema_length=10000)
+        return pl.read_csv(whole(path), separator="\t" if path.suffix == ".tsv" else ",", infer_schema_length=10000)
 
     def head(self, path: Path, rows: int):
-        frame = pl.read_csv(path, separator="\t" if path.suffix == ".tsv" else ",", n_rows=rows)
+        frame = pl.read_csv(whole(path), separator="\t" if path.suffix == ".tsv" else ",", n_rows=rows)
         return frame, lambda row: f"{path.name} row {row + 1}"
 
 
@@ -226,16 +272,22 @@ class Parquet(Reader):
     suffixes = (".parquet",)
 
     def read(self, path: Path) -> pl.DataFrame:
-        return pl.read_parquet(path)
+        return pl.read_parquet(whole(path))
 
     def open(self, path: Path) -> RowSource:
-        return ParquetRows(path)
+        if isinstance(path, Path):
+            return ParquetRows(path)
+        if find_spec("pyarrow") is None:  # without pyarrow an object is read whole
+            return InMemory(path, self.read(path))
+        return StoredParquetRows(path)
 
     def count_rows(self, path: Path) -> int | None:
+        if not isinstance(path, Path):
+            return self.open(path).rows
         return pl.scan_parquet(path).select(pl.len()).collect().item()
 
     def head(self, path: Path, rows: int):
-        source = ParquetRows(path)
+        source = self.open(path)
         return source.slice(0, rows), source.where
 
 
@@ -246,6 +298,9 @@ class HuggingFaceDisk(Reader):
     reads_folders = True
 
     def read(self, path: Path) -> pl.DataFrame:
+        if not isinstance(path, Path):
+            raise DataError(f"{path}: a save_to_disk folder must be on a local disk; write the split as parquet "
+                            "shards to read it from object storage")
         datasets = require("datasets", "models", "the hf_disk reader")
         dataset = datasets.load_from_disk(str(path))
         if isinstance(dataset, datasets.DatasetDict):

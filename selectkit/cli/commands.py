@@ -23,6 +23,20 @@ from selectkit.errors import (
 )
 
 
+class _Location(click.ParamType):
+    """A folder, or an object-storage URL (s3://, gs://, ...) kept as a URL (Path would mangle it)."""
+
+    name = "PATH|URL"
+
+    def convert(self, value, param, ctx):
+        from selectkit.storage.objects import as_path
+
+        return value if not isinstance(value, str) else as_path(value)
+
+
+LOCATION = _Location()
+
+
 def _debug() -> bool:
     ctx = click.get_current_context(silent=True)
     return bool(ctx and ctx.find_root().params.get("debug"))
@@ -156,7 +170,8 @@ def _devices(devices: str | None, assume: str | None):
 device_options = [
     click.option("--devices", help="devices to plan for: cpu, cuda:0,cuda:1 (default: detected)"),
     click.option("--assume", help="plan for hypothetical hardware, e.g. 8xH100-80GB"),
-    click.option("--cache-dir", type=click.Path(path_type=Path), help="artifact cache (default: ~/.cache/selectkit)"),
+    click.option("--cache-dir", type=LOCATION, help="artifact cache: a folder or a URL such as s3://bucket/cache "
+                 "(default: ~/.cache/selectkit)"),
 ]
 
 
@@ -200,7 +215,7 @@ def plan(recipe: Path, fmt: str, limit: int | None, shard_rows: int | None, exec
 
 @main.command()
 @click.argument("recipe", type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="output folder (default: output.dir)")
+@click.option("--out", "out_dir", type=LOCATION, help="output folder or URL (default: output.dir)")
 @click.option("--dry-run", is_flag=True, help="print the plan and stop")
 @click.option("--trust-remote-code", is_flag=True, help="allow models whose recipe entry also allows it")
 @click.option("--quiet", "-q", is_flag=True, help="no progress messages")
@@ -266,7 +281,7 @@ def summary(output) -> str:
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="no progress messages")
 @click.option("--trust-remote-code", is_flag=True, help="allow models whose recipe entry also allows it")
-@click.option("--cache-dir", type=click.Path(path_type=Path), help="artifact cache (default: ~/.cache/selectkit)")
+@click.option("--cache-dir", type=LOCATION, help="artifact cache: a folder or a URL (default: ~/.cache/selectkit)")
 def evaluate(recipe: Path, out_dir: Path | None, fmt: str, quiet: bool, trust_remote_code: bool,
              cache_dir: Path | None) -> None:
     """Does the selection beat random data? Hold out part of each target, train a small proxy LM on the
@@ -342,7 +357,7 @@ def cache() -> None:
 
 
 @cache.command("list")
-@click.option("--cache-dir", type=click.Path(path_type=Path))
+@click.option("--cache-dir", type=LOCATION, help="a folder, or the URL of a cache in object storage (its local folder)")
 def cache_list(cache_dir: Path | None) -> None:
     """List cached artifacts."""
     import datetime
@@ -354,7 +369,8 @@ def cache_list(cache_dir: Path | None) -> None:
     for e in entries:
         used = datetime.datetime.fromtimestamp(e.last_used).strftime("%Y-%m-%d %H:%M") if e.last_used else "-"
         click.echo(f"{e.kind:<12} {e.key or '(whole folder)'}  {e.bytes / 1e6:9.2f} MB  used {used}  {e.label}")
-    click.echo(f"{len(entries)} artifacts, {sum(e.bytes for e in entries) / 1e6:.2f} MB in {store.root}")
+    where = f"{store.root} (the local folder of {store.location})" if store.mirror else store.root
+    click.echo(f"{len(entries)} artifacts, {sum(e.bytes for e in entries) / 1e6:.2f} MB in {where}")
     links = sum(e.link for e in entries)
     if links:
         click.echo(f"{links} of them {'are' if links > 1 else 'is'} or hold symbolic links, never followed: "
@@ -362,7 +378,7 @@ def cache_list(cache_dir: Path | None) -> None:
 
 
 @cache.command("prune")
-@click.option("--cache-dir", type=click.Path(path_type=Path))
+@click.option("--cache-dir", type=LOCATION, help="a folder, or the URL of a cache in object storage (its local folder)")
 @click.option("--keep", "keep_recipes", multiple=True, type=click.Path(path_type=Path),
               help="keep what these recipes use (repeatable); default: delete everything")
 def cache_prune(cache_dir: Path | None, keep_recipes: tuple[Path, ...]) -> None:

@@ -54,6 +54,12 @@ class InMemory(RowSource):
         return list(self.frame.columns)
 
 
+def whole(path: Path) -> Path | bytes:
+    """What a reader hands polars for a format read at once: a local path as is, an object in a
+    store (selectkit.storage.objects.ObjectPath) as its bytes, downloaded whole."""
+    return path if isinstance(path, Path) else path.read_bytes()
+
+
 class Reader:
     """A file format. `read` returns every row; `open` gives row-range access (default: read it all)."""
 

@@ -175,7 +175,12 @@ def source_fingerprint(path: Path | list[Path], *, text: str, id_column: str | N
 
 def source_files(path: Path) -> list[Path]:
     """The files of a source: the file (or folder) itself, or the matches of a glob pattern such
-    as `data/pool-*.parquet`, sorted by name (their rows follow one another in that order)."""
+    as `data/pool-*.parquet`, sorted by name (their rows follow one another in that order). In
+    object storage (an ObjectPath) each file comes pinned to the version the store reports now."""
+    if not isinstance(path, Path):  # an ObjectPath: one listing or one HEAD, never a download
+        if any(c in path.name for c in "*?["):
+            return path.parent.glob(path.name)
+        return [path.pinned()] if path.exists() else [path]
     if any(c in path.name for c in "*?["):
         return sorted(p for p in path.parent.glob(path.name) if p.is_file())
     return [path]

@@ -105,11 +105,14 @@ def evaluate(path: str | Path, *, out_dir: str | Path | None = None, cache_dir: 
     if spec.stratified and recipe.output.summarize_by is None:
         say("note: no output.summarize_by, so no stratified arm")
     out = Path(out_dir) if out_dir else loaded.resolve_path(recipe.output.dir.replace("{name}", recipe.name) + "-eval")
+    if not isinstance(out, Path):  # an output.dir in object storage: eval writes a local folder
+        raise SelectkitError(f"selectkit eval writes a local folder, and output.dir is {out}",
+                             hint="pass --out FOLDER")
     out = Path(os.path.abspath(out))
     run_dir = out / "run"
     _guard(checked, out, run_dir)
     heldout, split_info, scoring = split_targets(loaded, registry, spec.heldout, seed, out / "split")
-    plan = compile_plan(check(scoring, registry), Cache(Path(cache_dir) if cache_dir else None), run_dir, None,
+    plan = compile_plan(check(scoring, registry), Cache(cache_dir or None), run_dir, None,
                         dict(options or {}))
     parts = ", ".join(f"{n}: {info['scoring']}" for n, info in split_info.items())
     say(f"running the recipe on the scoring parts ({parts} rows) -> {run_dir}")

@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -246,7 +247,7 @@ def manifest(result: Any, files: dict[str, str]) -> dict:
         "models": models,
         "scores": scores,
         **({"surrogates": result.surrogates} if getattr(result, "surrogates", None) else {}),
-        "cache": str(plan.cache.root),
+        "cache": plan.cache.location,
         "stages": [{"kind": r.kind, "label": r.label, "step": r.step, "key": r.key, "status": r.status,
                     "seconds": round(r.seconds, 4), **({"detail": r.detail} if r.detail else {})}
                    for r in result.reports],
@@ -260,7 +261,10 @@ def manifest(result: Any, files: dict[str, str]) -> dict:
 
 
 def write_outputs(result: Any, out_dir: Path) -> dict[str, Path]:
-    """Write every output into a staging folder, then swap it in for `out_dir`; returns name -> path."""
+    """Write every output into a staging folder, then swap it in for `out_dir`; returns name -> path.
+    An `out_dir` in object storage gets a new set each run (`write_to_store`)."""
+    if not isinstance(out_dir, str | Path):
+        return write_to_store(result, out_dir)
     out_dir = Path(os.path.abspath(out_dir))
     recipe = result.plan.recipe
     check_output(out_dir, result.plan.inputs() if hasattr(result.plan, "inputs") else {},
@@ -281,6 +285,53 @@ def write_outputs(result: Any, out_dir: Path) -> dict[str, Path]:
         kept = "; the previous outputs there are intact" if out_dir.exists() else ""
         raise SelectkitError(f"could not write the outputs to {out_dir}: {reason}{kept}") from None
     return {k: out_dir / v for k, v in names.items()}
+
+
+CURRENT = "current.json"
+
+
+def write_to_store(result: Any, out_dir: Any) -> dict[str, Any]:
+    """Outputs at a URL (an ObjectPath): the set is written locally, uploaded under a prefix of its own
+    (`set-<UTC time>-<id>/`), and committed by writing `current.json` (the pointer to it) last. A
+    reader follows the pointer, so it sees the previous set or the new one, never half of one;
+    earlier sets stay where they are until removed by hand."""
+    import tempfile
+
+    check_output(out_dir, result.plan.inputs() if hasattr(result.plan, "inputs") else {})
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    set_name = f"set-{stamp}-{uuid.uuid4().hex[:8]}"
+    local = Path(tempfile.mkdtemp(prefix=".selectkit-outputs-"))
+    try:
+        names = _write_set(result, local, out_dir.name)
+        uploaded = {}
+        for path in sorted(p for p in local.rglob("*") if p.is_file() and ".parts" not in p.parts):
+            rel = path.relative_to(local).as_posix()
+            (out_dir / set_name / rel).upload(path)
+            uploaded[rel] = path.stat().st_size
+        pointer = {"written_by": "selectkit", "set": set_name, "files": uploaded, "names": names,
+                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        (out_dir / CURRENT).write_text(json.dumps(pointer, indent=1, sort_keys=True))
+    except SelectkitError as exc:
+        raise SelectkitError(f"could not write the outputs to {out_dir}: {exc.message}; the previous set there "
+                             "(current.json) is intact", hint=exc.hint) from None
+    except BaseException as exc:
+        reason = describe_fault(exc, [str(local)])
+        if reason is None:
+            raise
+        raise SelectkitError(f"could not write the outputs to {out_dir}: {reason}; the previous set there "
+                             "(current.json) is intact") from None
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+    return {k: out_dir / set_name / v for k, v in names.items()}
+
+
+def current_set(out_dir: Any) -> Any:
+    """The committed output set at a URL (what `current.json` points to), or None."""
+    try:
+        pointer = json.loads((out_dir / CURRENT).read_bytes())
+    except (SelectkitError, ValueError):
+        return None
+    return out_dir / pointer["set"]
 
 
 def _write_set(result: Any, folder: Path, name: str) -> dict[str, str]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from selectkit.errors import SelectkitError, require
@@ -168,7 +167,7 @@ class ShardWorker:
         self.job = job
         pool = Pool(job.pool, Table(job.pool))
         loader = ModelLoader(bool(job.options.get("trust_remote_code")))
-        self.ctx = pass_context(Cache(Path(job.cache_root)), job.step, pool, job.targets, job.seed, loader,
+        self.ctx = pass_context(Cache(job.cache_root), job.step, pool, job.targets, job.seed, loader,
                                 job.inputs, job.options)
 
     def __call__(self, batch: dict) -> dict:
@@ -184,7 +183,7 @@ def _index_task(spec: Any, cache_root: str, key: str, count: int, index: int, bo
     from selectkit.data.pool import Table, index_into
     from selectkit.storage.cache import Cache
 
-    index_into(Cache(Path(cache_root)).sharded("pool", key, count), Table(spec), index, bounds)
+    index_into(Cache(cache_root).sharded("pool", key, count), Table(spec), index, bounds)
     return index
 
 
@@ -193,7 +192,7 @@ def _score_task(node: Any, phase: str, spec: Any, bounds: tuple[int, int], base:
     from selectkit.data.pool import Table, read_shard
     from selectkit.storage.cache import Cache
 
-    entry = Cache(Path(cache_root)).sharded("score-parts", key, count)
+    entry = Cache(cache_root).sharded("score-parts", key, count)
     entry.write(index, shard_score(node, phase, read_shard(Table(spec), *bounds), base, stats))
     return index
 
@@ -216,7 +215,7 @@ class RayRun(Run):
         ray = _ray()
         task = ray.remote(num_cpus=1, max_retries=3)(_index_task)
         ranges = shard_ranges(table.rows, table.spec.shard_rows)
-        refs = [task.remote(table.spec, str(self.cache.root), step.key, step.shards, i, ranges[i]) for i in missing]
+        refs = [task.remote(table.spec, self.cache.location, step.key, step.shards, i, ranges[i]) for i in missing]
         self._wait(step.id, refs, "index shard")
 
     def map_scores(self, step, phase, entry, missing, base, stats):
@@ -225,13 +224,13 @@ class RayRun(Run):
         node = step.payload.node
         spec = self.pool.spec
         base_ref, stats_ref = ray.put(base), ray.put(stats)
-        refs = [task.remote(node, phase, spec, self.pool.shard_ranges[i], base_ref, stats_ref, str(self.cache.root),
+        refs = [task.remote(node, phase, spec, self.pool.shard_ranges[i], base_ref, stats_ref, self.cache.location,
                             entry.key, entry.count, i) for i in missing]
         self._wait(step.id, refs, f"{phase} shard")
 
     def map_pass(self, step, missing):
         ray = _ray()
-        job = PassJob(step, str(self.cache.root), self.pool.spec, self.targets, self.plan.seed,
+        job = PassJob(step, self.cache.location, self.pool.spec, self.targets, self.plan.seed,
                       {k: v for k, v in self.options.items() if k != "device"}, self._inputs(step))
         gpus = float(self.options.get("gpus_per_actor") or (1 if _cluster_gpus(ray) else 0))
         size = int(self.options.get("actors") or max(1, min(len(missing), _actor_slots(ray, gpus))))

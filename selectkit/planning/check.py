@@ -124,8 +124,13 @@ def _check_sources(loaded: LoadedRecipe, registry: Registry, out: _Collector) ->
                     "name", where, at_key=True, hint="rename the target (letters, digits, '-', '_')",
                     code="unknown-name")
             continue
-        path = loaded.resolve_path(spec.path)
-        files = source_files(path)
+        try:
+            path = loaded.resolve_path(spec.path)
+            _warn_secret(spec.path, where + ("path",), loaded, out)
+            files = source_files(path)
+        except SelectkitError as exc:  # a store that says no (missing bucket, no credentials, no extra)
+            out.add(exc.message, where + ("path",), hint=exc.hint, code="data-file")
+            continue
         if not files or not all(f.exists() for f in files):
             out.add(f"{name}: file not found: {path}" if not any(c in path.name for c in "*?[") else
                     f"{name}: no file matches {path}", where + ("path",), code="data-file")
@@ -144,8 +149,18 @@ def _check_sources(loaded: LoadedRecipe, registry: Registry, out: _Collector) ->
         if rows is not None and spec.limit is not None:
             rows = min(rows, spec.limit)
         if _check_rows(name, files[0], reader, spec, where, out):
-            found[name] = SourceNode(name, path, reader.name, spec, rows)
+            found[name] = SourceNode(name, path, reader.name, spec, rows, tuple(files))
     return found
+
+
+def _warn_secret(url: str, where: tuple, loaded: LoadedRecipe, out: _Collector) -> None:
+    """A recipe holds no secret: a URL with a password or a token in it is warned about."""
+    from selectkit.storage.objects import embedded_secret, is_url
+
+    what = embedded_secret(url) if is_url(url) else None
+    if what:
+        out.warnings.append(f"{loaded.locate(where)}: the URL holds {what}; recipes are shared, so keep "
+                            "credentials in the environment (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, HF_TOKEN)")
 
 
 HEAD_ROWS = 100  # rows validate reads of each source: enough to catch a wrong column, bounded time
@@ -185,7 +200,8 @@ def _check_output(loaded: LoadedRecipe, sources: dict[str, SourceNode], out: _Co
 
     recipe = loaded.recipe
     out_dir = loaded.resolve_path(recipe.output.dir.replace("{name}", recipe.name))
-    inputs = recipe_inputs({name: source_files(node.path) for name, node in sources.items()},
+    _warn_secret(recipe.output.dir, ("output", "dir"), loaded, out)
+    inputs = recipe_inputs({name: node.files or source_files(node.path) for name, node in sources.items()},
                            {name: (spec, Path(loaded.base)) for name, spec in recipe.models.items()})
     for problem in output_conflicts(out_dir, inputs):
         out.add(problem, ("output", "dir"), hint="choose another output.dir", code="output-folder")

@@ -73,6 +73,7 @@ def compile_plan(checked: Checked, cache: Cache | None = None, out_dir: Path | N
     cache = cache or Cache()
     if out_dir is None:
         out_dir = checked.loaded.resolve_path(recipe.output.dir.replace("{name}", recipe.name)).resolve()
+    local_out = isinstance(out_dir, str | Path)  # else a URL (ObjectPath): outputs go to object storage
     memo = cache.root / "fingerprints" if cache.root.is_dir() else None
     uses_model = any(node.models() for node in checked.scores.values())
     shard_rows = int(options.get("shard_rows") or recipe.execution.shard_rows
@@ -89,13 +90,13 @@ def compile_plan(checked: Checked, cache: Cache | None = None, out_dir: Path | N
     planner.selection(checked.stages)
     planner.retrains(checked)
     selects = [s.id for s in planner.steps if s.kind == "select"]
-    planner.add(Step("write", str(out_dir), WritePayload(Path(out_dir), recipe.output),
+    planner.add(Step("write", str(out_dir), WritePayload(Path(out_dir) if local_out else out_dir, recipe.output),
                      inputs=(*selects[-1:], *planner.score_final.values()),
                      detail={"formats": ", ".join(recipe.output.formats)}))
     if planner.errors:
         raise RecipeErrors(planner.errors)
-    plan = Plan(planner.steps, cache, Path(out_dir), recipe.seed, recipe.name, fps, checked.registry, devices,
-                checked, options)
+    plan = Plan(planner.steps, cache, Path(out_dir) if local_out else out_dir, recipe.seed, recipe.name, fps,
+                checked.registry, devices, checked, options)
     plan.options["shard_rows"] = shard_rows
     plan.options["executor"] = executor.name
     describe = getattr(executor, "describe", None)
@@ -134,7 +135,7 @@ def _sources(checked: Checked, shard_rows: int, memo: Path | None) -> dict[str, 
     readers = {n: e.cls for n, e in checked.registry.components["readers"].items()}
     out = {}
     for name, node in checked.sources.items():
-        files = tuple(source_files(node.path))
+        files = tuple(node.files or source_files(node.path))
         spec = node.spec
         fp = source_fingerprint(list(files), text=spec.text, id_column=spec.id, limit=spec.limit, reader=node.reader,
                                 on_missing=spec.on_missing, memo=memo)

@@ -28,7 +28,8 @@ def recipe_inputs(sources: dict[str, Sequence[Path]], models: dict[str, tuple[An
     out: dict[str, Path] = {}
     for name, files in sources.items():
         for i, file in enumerate(files):
-            out[f"{name} source" + (f" ({i + 1})" if i else "")] = Path(file)
+            out[f"{name} source" + (f" ({i + 1})" if i else "")] = file if not isinstance(file, str | Path) \
+                else Path(file)  # an object in a store stays a URL
     for name, (spec, base) in models.items():
         for what, path in (("model", spec.path), ("LoRA adapter", spec.lora),
                            *(("checkpoint", c) for c in (spec.checkpoints or []))):
@@ -60,7 +61,10 @@ def _inside(path: Path, folder: Path) -> bool:
 
 def output_conflicts(out_dir: Path, inputs: dict[str, Path], what: str = "output.dir") -> list[str]:
     """Why writing into `out_dir` would touch an input (name -> file or folder), if it would
-    (`what` names the folder in the messages: output.dir, or eval's folder)."""
+    (`what` names the folder in the messages: output.dir, or eval's folder). URLs (object storage)
+    are compared as URLs; a URL and a local path never meet."""
+    if not isinstance(out_dir, str | Path) or any(not isinstance(p, str | Path) for p in inputs.values()):
+        return _url_conflicts(out_dir, inputs, what)
     out = Path(os.path.abspath(out_dir))
     out_real = Path(os.path.realpath(out))
     problems = []
@@ -79,6 +83,22 @@ def output_conflicts(out_dir: Path, inputs: dict[str, Path], what: str = "output
     if blocker is not None and not blocker.is_dir():
         problems.append(f"{what} {out} is a file, not a folder" if blocker == out else
                         f"{what} {out} cannot be made: {blocker} is a file, not a folder")
+    return problems
+
+
+def _url_conflicts(out_dir: Any, inputs: dict[str, Any], what: str = "output.dir") -> list[str]:
+    out = str(out_dir).rstrip("/")
+    problems = []
+    for name, path in inputs.items():
+        if isinstance(path, Path) != isinstance(out_dir, Path):
+            continue
+        src = str(path).rstrip("/")
+        if out == src:
+            problems.append(f"{what} {out} is the {name} itself")
+        elif out.startswith(src + "/"):
+            problems.append(f"{what} {out} is inside the {name} {src}")
+        elif src.startswith(out + "/"):
+            problems.append(f"{what} {out} contains the {name} ({src}); keep inputs elsewhere")
     return problems
 
 
@@ -112,7 +132,7 @@ def output_patterns(output: Any) -> tuple[str, ...]:
 def foreign_outputs(out_dir: Path, patterns: tuple[str, ...] = ()) -> list[Path]:
     """Files in `out_dir` with an output's name (or matching one of `patterns`) that selectkit did
     not write (per the manifest there)."""
-    if not out_dir.is_dir():
+    if not isinstance(out_dir, Path) or not out_dir.is_dir():  # a set in object storage is never overwritten
         return []
     ours = written_by_selectkit(out_dir)
     found = [out_dir / n for n in OUTPUT_NAMES if (out_dir / n).exists() and n not in ours]
@@ -177,6 +197,9 @@ def check_output(out_dir: Path, inputs: dict[str, Path], patterns: tuple[str, ..
     problems = output_conflicts(out_dir, inputs)
     if problems:
         raise OutputError(problems[0], hint="choose another output.dir (or --out)")
+    if not isinstance(out_dir, str | Path):  # object storage: a missing bucket is said before any compute
+        out_dir.check_bucket("write")
+        return
     if read_only(out_dir):
         raise OutputError(f"output.dir {out_dir} is read-only; selectkit replaces the output folder as a whole and "
                           "will not swap out a folder that is write-protected",

@@ -37,6 +37,7 @@ class SourceNode:
     reader: str
     spec: Any  # the recipe's SourceSpec entry
     rows: int | None  # known without reading the data, when the format allows
+    files: tuple = ()  # the files found (objects in a store come pinned to the version seen)
 
 
 @dataclass
@@ -295,7 +296,7 @@ class Plan:
     def render(self) -> str:
         """The DAG as text: each step with its inputs, cache status, resolved settings and costs."""
         head = [f"plan for {self.name}" + (f" ({self.checked.loaded.file})" if self.checked else ""),
-                f"  seed: {self.seed}", f"  cache: {self.cache.root}", f"  output: {self.out_dir}"]
+                f"  seed: {self.seed}", f"  cache: {self.cache.location}", f"  output: {self.out_dir}"]
         if self.devices is not None:
             head.append(f"  devices: {self.devices}")
         lines = head + [""]
@@ -315,6 +316,6 @@ class Plan:
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
-        return {"format_version": 1, "recipe": self.name, "seed": self.seed, "cache": str(self.cache.root),
+        return {"format_version": 1, "recipe": self.name, "seed": self.seed, "cache": self.cache.location,
                 "output": str(self.out_dir), "devices": str(self.devices) if self.devices is not None else None,
                 "steps": [s.as_dict() for s in self.steps]}

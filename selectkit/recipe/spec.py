@@ -383,6 +383,13 @@ class LoadedRecipe:
         self.broken = broken or {"models": set(), "scores": set(), "targets": set(), "sections": set()}
 
     def resolve_path(self, path: str) -> Path:
+        """A path relative to the recipe's folder, or an object-storage URL as an ObjectPath."""
+        from selectkit.storage.objects import is_url
+
+        if is_url(path):
+            from selectkit.storage.objects import ObjectPath
+
+            return ObjectPath(path)  # type: ignore[return-value] - Path-like for sources, cache and outputs
         p = Path(path).expanduser()
         return p if p.is_absolute() else (self.base / p)
 

@@ -9,7 +9,9 @@ such sub-entry per shard, so a killed run keeps every finished shard. Files foll
 so a team can share a cache folder through a group; since others can write there, the cache never
 follows a symbolic link below its root for a write, a touch or a delete (`storage/nofollow.py`): a
 link where an entry, a shard or a file of one belongs is reported, the link itself removed (never
-its target) and the entry computed again; `prune` removes such links.
+its target) and the entry computed again; `prune` removes such links. A cache in object storage
+(`--cache-dir s3://bucket/prefix`) is a local folder that publishes each committed entry to the
+bucket and pulls entries it lacks from there (selectkit.storage.mirror).
 """
 
 from __future__ import annotations
@@ -53,6 +55,16 @@ def default_cache_dir() -> Path:
         return Path(os.environ[CACHE_ENV]).expanduser()
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return base / "selectkit"
+
+
+def mirror_folder(url: str) -> Path:
+    """The local folder in front of a cache in object storage: $SELECTKIT_CACHE_MIRROR, else a folder
+    per URL under the default cache folder (each machine keeps its own)."""
+    import hashlib
+
+    if os.environ.get("SELECTKIT_CACHE_MIRROR"):
+        return Path(os.environ["SELECTKIT_CACHE_MIRROR"]).expanduser()
+    return default_cache_dir() / "mirrors" / hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
 
 
 class CacheError(SelectkitError):
@@ -133,10 +145,12 @@ Writer = Callable[[Path], None]  # writes one file at the given path
 
 
 class Staging:
-    """A temporary folder that becomes an entry: add files, then `commit`."""
+    """A temporary folder that becomes an entry: add files, then `commit` (`on_commit(folder)` then
+    runs, e.g. to publish the entry to object storage)."""
 
-    def __init__(self, final: Path, meta: dict):
+    def __init__(self, final: Path, meta: dict, on_commit: Callable[[Path], None] | None = None):
         self.final = final
+        self.on_commit = on_commit
         final.parent.mkdir(parents=True, exist_ok=True)
         self.folder = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
         share(self.folder, folder=True)
@@ -193,6 +207,8 @@ class Staging:
             if exc.errno in (errno.ENOTEMPTY, errno.EEXIST) and self.final.is_dir():
                 return False  # a concurrent writer won; its content is the same by construction
             raise
+        if self.on_commit is not None:
+            self.on_commit(self.final)
         return True
 
     def discard(self) -> None:
@@ -307,8 +323,36 @@ class EntryInfo:
 class Cache:
     """Entries under `root/<kind>/<key>/`; see the module docstring for the guarantees."""
 
-    def __init__(self, root: Path | None = None):
-        self.root = Path(root).expanduser() if root is not None else default_cache_dir()
+    def __init__(self, root: Path | str | None = None):
+        from selectkit.storage.objects import is_url
+
+        self.mirror = None
+        if root is not None and is_url(root):
+            from selectkit.storage.mirror import Mirror
+
+            self.mirror = Mirror(str(root) if isinstance(root, str) else root.url, mirror_folder(str(root)))
+            self.root = self.mirror.local_root
+        else:
+            self.root = Path(root).expanduser() if root is not None else default_cache_dir()
+
+    @property
+    def location(self) -> str:
+        """Where the cache lives: the local folder, or the object-storage URL it mirrors."""
+        return str(self.mirror.remote) if self.mirror is not None else str(self.root)
+
+    def __reduce__(self):  # a cache travels as its location: a worker elsewhere makes its own local mirror
+        return (Cache, (self.mirror.remote.url if self.mirror is not None else self.root,))
+
+    def pull(self, folder: Path) -> bool:
+        """True when `folder` holds a committed entry (never through a link), pulling it from object
+        storage when the cache has one."""
+        if nofollow.plain_file(self.root, folder / META):
+            return True
+        return self.mirror is not None and self.mirror.pull(self.unlinked(folder))
+
+    def published(self, folder: Path, only: list[str] | None = None) -> None:
+        if self.mirror is not None:
+            self.mirror.publish(folder, only)
 
     # ------------------------------------------------------------ setup
     def ensure_writable(self) -> None:
@@ -326,6 +370,8 @@ class Cache:
             raise CacheError(f"cannot use {where}: permission denied") from None
         except OSError as exc:
             raise CacheError(f"cannot use {where}: {exc.strerror or exc}") from None
+        if self.mirror is not None:
+            self.mirror.check()
 
     def folder(self, kind: str, key: str) -> Path:
         return self.root / kind / key
@@ -340,14 +386,15 @@ class Cache:
     # ------------------------------------------------------------ plain entries
     def has(self, kind: str, key: str) -> bool:
         """Cheap presence check (checksums are verified when the entry is read); a link is absent."""
-        return nofollow.plain_file(self.root, self.folder(kind, key) / META)
+        return self.pull(self.folder(kind, key))
 
     def stage(self, kind: str, key: str, **meta: Any) -> Staging:
-        return Staging(self.unlinked(self.folder(kind, key)), {"kind": kind, "key": key, **meta})
+        return Staging(self.unlinked(self.folder(kind, key)), {"kind": kind, "key": key, **meta}, self.published)
 
     def open(self, kind: str, key: str) -> Path | None:
         """The entry's folder after verifying it; None when absent. A corrupt entry is reported,
         removed and treated as absent, so the caller computes it again."""
+        self.pull(self.folder(kind, key))
         folder = checked(self.unlinked(self.folder(kind, key)), f"cache entry {kind}/{key} is corrupt or incomplete")
         if folder is not None:
             self.touch(folder)
@@ -469,19 +516,19 @@ class Sharded:
         return self.folder / f"shard-{index:05d}"
 
     def done(self, index: int) -> bool:
-        return nofollow.plain_file(self.cache.root, self.shard_folder(index) / META)
+        return self.cache.pull(self.shard_folder(index))
 
     def missing(self) -> list[int]:
         return [i for i in range(self.count) if not self.done(i)]
 
     def complete(self) -> bool:
-        return nofollow.plain_file(self.cache.root, self.folder / META)
+        return self.cache.pull(self.folder)
 
     def write(self, index: int, arrays: dict[str, np.ndarray]) -> None:
         """Shard `index` as one .npy file per array (so a reader can memory-map them), atomically."""
         self.cache.unlinked(self.shard_folder(index))
         self.folder.mkdir(parents=True, exist_ok=True)
-        with Staging(self.shard_folder(index), {"shard": index}) as staging:
+        with Staging(self.shard_folder(index), {"shard": index}, self.cache.published) as staging:
             staging.add_array_files(arrays)
             staging.commit()
 
@@ -489,10 +536,11 @@ class Sharded:
         """For shards that are folders of files (e.g. checkpoints): add files, then commit."""
         self.cache.unlinked(self.shard_folder(index))
         self.folder.mkdir(parents=True, exist_ok=True)
-        return Staging(self.shard_folder(index), {"shard": index})
+        return Staging(self.shard_folder(index), {"shard": index}, self.cache.published)
 
     def open(self, index: int) -> Path | None:
         """A verified shard folder, or None (a corrupt shard is reported and removed)."""
+        self.cache.pull(self.shard_folder(index))
         folder = checked(self.cache.unlinked(self.shard_folder(index)),
                          f"shard {index} of cache entry {self.kind}/{self.key} is corrupt")
         if folder is None and self.complete() and not (self.shard_folder(index) / META).is_file():
@@ -521,6 +569,7 @@ class Sharded:
         write_bytes_synced(tmp, json.dumps(body, sort_keys=True, indent=1, default=jsonable).encode())
         share(tmp)
         os.replace(tmp, final)
+        self.cache.published(self.folder, [META])
         self.cache.touch(self.folder)
 
     def meta_of_finished(self) -> dict | None:

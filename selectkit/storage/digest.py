@@ -70,7 +70,10 @@ def _remembered(path: str, size: int, mtime_ns: int, inode: int, ctime_ns: int, 
 
 
 def path_fingerprint(path: Path, memo: Path | None = None) -> str:
-    """sha256 over a file's digest, or over every file of a folder (relative names and digests)."""
+    """sha256 over a file's digest, or over every file of a folder (relative names and digests); an
+    object in a store (selectkit.storage.objects.ObjectPath) by `object_fingerprint` of its metadata."""
+    if not isinstance(path, Path) and hasattr(path, "fingerprint"):  # an object in a store (ObjectPath)
+        return path.fingerprint()
     digest = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for file in files:
@@ -93,3 +96,12 @@ def _key_default(value: Any) -> Any:
 
         return asdict(value)
     return str(value)
+
+
+def object_fingerprint(name: str, meta: dict) -> str:
+    """The fingerprint of an object in a store, from its metadata alone (never a download): its
+    name, ETag (or the store's content hash), version id when versioning is on, and size; the
+    last-modified time stands in only where the store gives no ETag."""
+    parts = ["object", name, meta.get("etag") or "", meta.get("version") or "", str(meta.get("size")),
+             "" if meta.get("etag") else (meta.get("mtime") or "")]
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
