@@ -1,0 +1,175 @@
+"""The gradient store at LESS's shape, on CPU: a LESS run over pools of 10k..50k rows (the demo LM,
+4 warmup checkpoints with Adam state, k = 8,192, the `auto` projection and storage), each run as a
+user runs it (`selectkit run` in a fresh process, a fresh cache), its wall time and peak RSS
+(VmHWM); then a second target over the 50k pool with the same cache, where every pool gradient
+stage must be cached; and the figures for the paper's 270k x 8192 x 4, projected from the
+measured scaling.
+
+    .venv/bin/python benchmarks/bench_gradient_store.py                      # 10k, 20k, 50k
+    .venv/bin/python benchmarks/bench_gradient_store.py --rows 2000 --quick   # a minute
+
+Goals (issue 21): the 50k run (6.5 GB of features were it float32) completes with peak RSS at most
+2 GB; time grows linearly from 10k to 50k; the second target computes only its own gradients.
+Pools and recipes are written under benchmarks/.work/store (gitignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "benchmarks" / ".work" / "store"
+PROJ_DIM, CHECKPOINTS = 8192, 4
+
+
+def pool(n: int) -> Path:
+    """`n` rows of real demo text: 48-96-byte windows of the demo pool's texts, each row distinct."""
+    path = WORK / f"pool-{n}.jsonl"
+    if path.exists():
+        return path
+    WORK.mkdir(parents=True, exist_ok=True)
+    rows = [json.loads(line) for line in (ROOT / "recipes" / "data" / "pool.jsonl").open()]
+    text = " ".join(r["text"] for r in rows)
+    with path.open("w") as out:
+        for i in range(n):
+            start = (i * 977) % (len(text) - 100)
+            width = 48 + (i * 31) % 48
+            out.write(json.dumps({"id": f"r{i:06d}", "text": f"{i} {text[start:start + width]}",
+                                  "domain": rows[i % len(rows)]["domain"]}) + "\n")
+    return path
+
+
+SHARD_ROWS = [4096]  # rows per store shard (execution.shard_rows; 4096 is the default for model passes)
+
+
+def recipe(n: int, targets: list[str]) -> Path:
+    path = WORK / f"less-{n}-{'-'.join(targets)}.yaml"
+    data = ROOT / "recipes" / "data"
+    target_lines = "\n".join(f"    {t}: {{path: {data}/target_{t}.jsonl, limit: 32}}" for t in targets)
+    path.write_text(f"""selectkit: 1
+name: less-{n}
+seed: 0
+data:
+  pool: {{path: {pool(n)}, id: id}}
+  targets:
+{target_lines}
+models:
+  lm:
+    path: {ROOT}/recipes/models/tiny-lm
+    kind: causal-lm
+    max_length: 64
+    warmup: {{fraction: 0.02, epochs: {CHECKPOINTS}, learning_rate: 2.0e-4, batch_size: 16, micro_batch_size: 16}}
+scores:
+  influence:
+    use: influence.less
+    model: lm
+    targets: [{', '.join(targets)}]
+    with: {{proj_dim: {PROJ_DIM}, aggregate: mean, combine: max}}
+select:
+  - use: topk
+    with: {{score: influence, budget: 5%}}
+execution: {{shard_rows: {SHARD_ROWS[0]}}}
+output:
+  dir: {WORK}/out-{n}-{'-'.join(targets)}
+  formats: [parquet]
+""")
+    return path
+
+
+def run(recipe_path: Path, cache: str, *extra: str) -> dict:
+    """`selectkit run` in a fresh process: wall seconds, peak RSS (VmHWM, MB), the peak of its
+    anonymous part (RssAnon, sampled every 0.1 s: VmHWM also counts the store's memory-mapped pages,
+    which the kernel reclaims at will) and its log."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SELECTKIT_CACHE_DIR": cache, "SELECTKIT_PROGRESS_EVERY": "0"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "selectkit", "run", str(recipe_path), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    peak = [0, 0]
+
+    def sample() -> None:
+        while proc.poll() is None:
+            try:
+                for line in open(f"/proc/{proc.pid}/status"):
+                    if line.startswith("VmHWM:"):
+                        peak[0] = max(peak[0], int(line.split()[1]) // 1024)
+                    elif line.startswith("RssAnon:"):
+                        peak[1] = max(peak[1], int(line.split()[1]) // 1024)
+            except OSError:
+                pass
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=sample, daemon=True)
+    watcher.start()
+    log, _ = proc.communicate()
+    seconds = time.perf_counter() - t0
+    watcher.join()
+    if proc.returncode:
+        sys.exit(f"run failed ({proc.returncode}):\n{log[-3000:]}")
+    return {"seconds": seconds, "peak_rss_mb": peak[0], "peak_anon_mb": peak[1], "log": log}
+
+
+def du(path: str) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 20_000, 50_000])
+    parser.add_argument("--quick", action="store_true", help="skip the second-target run")
+    parser.add_argument("--shard-rows", type=int, default=4096,
+                        help="rows per store shard: memory is flat once the pool spans several shards")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    SHARD_ROWS[0] = args.shard_rows
+    results = []
+    print(f"{'rows':>7} {'seconds':>8} {'peak RSS MB':>11} {'anon MB':>8} {'store MB':>9} {'float32 would be MB':>19}")
+    last_cache = None
+    for n in args.rows:
+        cache = tempfile.mkdtemp(prefix=f"store-{n}-")
+        r = run(recipe(n, ["politics"]), cache)
+        size = du(cache) / 2**20
+        float32 = n * PROJ_DIM * CHECKPOINTS * 4 / 2**20
+        results.append({"rows": n, "seconds": r["seconds"], "peak_rss_mb": r["peak_rss_mb"],
+                        "peak_anon_mb": r["peak_anon_mb"], "cache_mb": size})
+        print(f"{n:>7} {r['seconds']:>8.1f} {r['peak_rss_mb']:>11} {r['peak_anon_mb']:>8} {size:>9.0f} "
+              f"{float32:>19.0f}", flush=True)
+        if last_cache:
+            shutil.rmtree(last_cache, ignore_errors=True)
+        last_cache = cache
+    for a, b in zip(results, results[1:]):
+        k = math.log(b["seconds"] / a["seconds"]) / math.log(b["rows"] / a["rows"])
+        m = math.log(b["peak_rss_mb"] / a["peak_rss_mb"]) / math.log(b["rows"] / a["rows"])
+        print(f"{a['rows']} -> {b['rows']}: time exponent {k:.2f}, peak RSS exponent {m:.2f}")
+    big = results[-1]
+    scale = 270_000 / big["rows"]
+    print(f"projected for LESS's 270k x {PROJ_DIM} x {CHECKPOINTS} on this tiny model (linear from {big['rows']}): "
+          f"{big['seconds'] * scale / 60:.0f} min, store {big['cache_mb'] * scale / 1024:.1f} GB on disk "
+          f"(float32 in RAM would be {270_000 * PROJ_DIM * CHECKPOINTS * 4 / 2**30:.1f} GB), "
+          f"peak RSS ~{big['peak_rss_mb']} MB plus the per-row id/score columns")
+    second = None
+    if not args.quick:
+        n = big["rows"]
+        r = run(recipe(n, ["politics", "film"]), last_cache)
+        lines = [line for line in r["log"].splitlines() if "gradient" in line.lower() or "warmup" in line.lower()]
+        second = {"rows": n, "seconds": r["seconds"], "peak_rss_mb": r["peak_rss_mb"], "log": lines}
+        print(f"second target over the {n} pool, same cache: {r['seconds']:.1f} s, peak RSS {r['peak_rss_mb']} MB "
+              f"(first run {big['seconds']:.1f} s); gradient and warmup lines of its log:")
+        print("\n".join("    " + line for line in lines))
+    if last_cache:
+        shutil.rmtree(last_cache, ignore_errors=True)
+    if args.json:
+        args.json.write_text(json.dumps({"runs": results, "second_target": second}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
