@@ -14,4 +14,8 @@ def __getattr__(name: str):
         from selectkit import api
 
         return getattr(api, name)
+    if name in {"load_selection", "load_selection_polars", "as_sampler"}:
+        from selectkit.results import loading
+
+        return getattr(loading, name)
     raise AttributeError(name)

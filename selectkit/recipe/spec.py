@@ -211,8 +211,9 @@ class StageSpec(Strict):
 
 class OutputSpec(Strict):
     dir: str = Field("out/{name}", description="relative to the recipe's folder; '{name}' is the recipe name")
-    formats: list[Literal["parquet", "jsonl"]] = Field(default_factory=lambda: ["parquet"],
-                                                       description="formats of the selected subset")
+    formats: list[Literal["parquet", "jsonl", "hf_dataset"]] = Field(
+        default_factory=lambda: ["parquet"], description="formats of the selected subset: parquet, jsonl, "
+        "hf_dataset (a `datasets.Dataset.save_to_disk` folder, subset.hf_dataset; needs the `models` extra)")
     repeat_by_count: bool = Field(False, description="repeat subset rows by the selector's `count` column")
     summarize_by: str | None = Field(None, description="pool column whose selected/pool counts `run` prints (and "
                                      "selection.parquet carries)")
