@@ -142,3 +142,113 @@ def test_import_stays_cheap():
             "print(sorted(m for m in ('torch', 'datasets', 'numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# ---------------------------------------------------------------- the notebook API
+
+
+@pytest.fixture(scope="module")
+def by_file(runs):
+    """quickstart run from its YAML file: the selection every other way of giving it must reproduce."""
+    return pl.read_parquet(runs / "resample" / "selection.parquet"), (runs / "resample.yaml").read_text()
+
+
+def same_selection(output, expected):
+    assert output.selection.equals(expected)
+    assert output.files["selection"].read_bytes() == pl_bytes(expected)
+
+
+def pl_bytes(frame):
+    import io
+
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer, statistics=False)
+    return buffer.getvalue()
+
+
+def test_yaml_text_dict_and_recipe_give_the_files_selection(by_file, tmp_path):
+    import yaml
+
+    from selectkit.recipe.spec import load_text
+
+    expected, text = by_file
+    as_dict = yaml.safe_load(text)
+    for i, recipe in enumerate([text, as_dict, load_text(text).recipe]):
+        output = selectkit.run(recipe, out_dir=tmp_path / str(i), cache_dir=tmp_path / "cache")
+        same_selection(output, expected)
+    assert as_dict == yaml.safe_load(text)  # the caller's dict is left as it was
+
+
+@pytest.mark.parametrize("kind", ["polars", "pandas", "datasets"])
+def test_in_memory_tables_give_the_files_selection_and_hit_the_cache(by_file, tmp_path, kind):
+    import yaml
+
+    expected, text = by_file
+    recipe = yaml.safe_load(text)
+    recipe["data"] = {"pool": {"id": "id"}}  # no paths: the tables are given in memory
+    pool, target = pl.read_ndjson(DATA / "pool.jsonl"), pl.read_ndjson(DATA / "target_politics.jsonl")
+    convert = {"polars": lambda f: f, "pandas": lambda f: f.to_pandas(),
+               "datasets": lambda f: datasets.Dataset.from_polars(f)}[kind]
+    first = selectkit.run(recipe, pool=convert(pool), targets={"politics": convert(target)},
+                          out_dir=tmp_path / "a", cache_dir=tmp_path / "cache")
+    same_selection(first, expected)
+    again = selectkit.run(recipe, pool=convert(pool), targets={"politics": convert(target)},
+                          out_dir=tmp_path / "b", cache_dir=tmp_path / "cache")
+    scored = [s for s in again.manifest["stages"] if s["kind"] in ("read", "score")]
+    assert scored and all(s["status"] == "cached" for s in scored)  # the content fingerprint found the cache
+    changed = pool.with_columns(pl.when(pl.col("id") == "politics-0063").then(pl.lit("changed words here now"))
+                                .otherwise(pl.col("text")).alias("text"))
+    third = selectkit.run(recipe, pool=convert(changed), targets={"politics": convert(target)},
+                          out_dir=tmp_path / "c", cache_dir=tmp_path / "cache")
+    assert first.manifest["data"]["pool"]["fingerprint"] != third.manifest["data"]["pool"]["fingerprint"]
+    assert any(s["status"] == "computed" for s in third.manifest["stages"] if s["kind"] == "score")
+
+
+def test_the_result_object(by_file, tmp_path):
+    expected, text = by_file
+    output = selectkit.run(text, out_dir=tmp_path / "out", cache_dir=tmp_path / "cache")
+    assert output.manifest["selection"]["selected"] == 130
+    assert output.report_path == tmp_path / "out" / "report.html" and output.report_path.is_file()
+    top = output.subset()
+    assert top["id"].to_list() == expected.filter(pl.col("selected")).sort("rank")["id"].to_list()
+    assert isinstance(output.subset(as_="datasets"), datasets.Dataset)
+    why = output.explain(top["id"][0])
+    assert why["selected"] and why["rank"] == 1
+    with pytest.raises(SelectkitError, match="not in the run's pool"):
+        output.explain("no-such-id")
+
+
+def test_errors_name_the_line_or_the_key_path(by_file, tmp_path):
+    import yaml
+
+    from selectkit.errors import DataError, RecipeErrors
+
+    _, text = by_file
+    with pytest.raises(RecipeErrors) as caught:
+        selectkit.run(text.replace("use: dsir", "use: dsirr"), out_dir=tmp_path / "x")
+    assert str(caught.value) == "<string>:14:10: unknown scorer 'dsirr'; did you mean 'dsir'?"
+    recipe = yaml.safe_load(text)
+    recipe["scores"]["dsir"]["use"] = "dsirr"
+    with pytest.raises(RecipeErrors) as caught:
+        selectkit.run(recipe, out_dir=tmp_path / "x")
+    assert str(caught.value) == "scores.dsir.use: unknown scorer 'dsirr'; did you mean 'dsir'?"
+    recipe = yaml.safe_load(text)
+    recipe["select"][1]["wiht"] = {}
+    with pytest.raises(RecipeErrors, match=r"^select\[1\]\.wiht: unknown key 'wiht'; did you mean 'with'\?$"):
+        selectkit.validate(recipe)
+
+    recipe = yaml.safe_load(text)
+    recipe["data"] = {"pool": {"id": "id"}}
+    pool = pl.read_ndjson(DATA / "pool.jsonl")
+    with pytest.raises(DataError) as caught:
+        selectkit.run(recipe, pool=pool.drop("id"), out_dir=tmp_path / "x")
+    assert str(caught.value) == ("pool= has no id column 'id' (its columns: text, domain) (set data.pool.id to "
+                                 "one of its columns, or leave it out to number the rows)")
+    with pytest.raises(DataError, match="give a datasets.Dataset, a polars or a pandas DataFrame"):
+        selectkit.run(recipe, pool=[{"text": "a"}], out_dir=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_cli_and_path_callers_are_unchanged(runs, tmp_path):
+    output = selectkit.api.run(str(runs / "topk.yaml"), out_dir=tmp_path / "out", cache_dir=runs / "cache")
+    assert output.files["selection"].read_bytes() == (runs / "topk" / "selection.parquet").read_bytes()
