@@ -117,9 +117,9 @@ def in_memory_sources(recipe: Any, pool: Any, targets: dict[str, Any] | None,
     from selectkit.errors import DataError
     from selectkit.storage.cache import Cache
 
-    tables = {**({"pool": pool} if pool is not None else {}), **(targets or {})}
     if targets is not None and not isinstance(targets, dict):
         raise DataError("targets= is a dict of {target name: table}")
+    tables = {**({"pool": pool} if pool is not None else {}), **(targets or {})}
     # what the recipe says of each source (id, text), with a placeholder path where it gives none
     given = load_any(recipe, collect=True, sources={name: {"path": "<in-memory>"} for name in tables}).recipe
     data = getattr(given, "data", None)

@@ -179,7 +179,7 @@ def test_yaml_text_dict_and_recipe_give_the_files_selection(by_file, tmp_path):
     assert as_dict == yaml.safe_load(text)  # the caller's dict is left as it was
 
 
-@pytest.mark.parametrize("kind", ["polars", "pandas", "datasets"])
+@pytest.mark.parametrize("kind", ["polars", "pandas", "datasets", "datasets-view"])
 def test_in_memory_tables_give_the_files_selection_and_hit_the_cache(by_file, tmp_path, kind):
     import yaml
 
@@ -188,7 +188,10 @@ def test_in_memory_tables_give_the_files_selection_and_hit_the_cache(by_file, tm
     recipe["data"] = {"pool": {"id": "id"}}  # no paths: the tables are given in memory
     pool, target = pl.read_ndjson(DATA / "pool.jsonl"), pl.read_ndjson(DATA / "target_politics.jsonl")
     convert = {"polars": lambda f: f, "pandas": lambda f: f.to_pandas(),
-               "datasets": lambda f: datasets.Dataset.from_polars(f)}[kind]
+               "datasets": lambda f: datasets.Dataset.from_polars(f),
+               # a view (an indices mapping over reversed rows) is read as the rows it shows
+               "datasets-view": lambda f: datasets.Dataset.from_polars(f.reverse()).select(range(len(f) - 1, -1, -1))
+               }[kind]
     first = selectkit.run(recipe, pool=convert(pool), targets={"politics": convert(target)},
                           out_dir=tmp_path / "a", cache_dir=tmp_path / "cache")
     same_selection(first, expected)
@@ -252,3 +255,12 @@ def test_errors_name_the_line_or_the_key_path(by_file, tmp_path):
 def test_the_cli_and_path_callers_are_unchanged(runs, tmp_path):
     output = selectkit.api.run(str(runs / "topk.yaml"), out_dir=tmp_path / "out", cache_dir=runs / "cache")
     assert output.files["selection"].read_bytes() == (runs / "topk" / "selection.parquet").read_bytes()
+
+
+def test_a_loaded_recipe_with_a_table_keeps_its_folder(demo, by_file, tmp_path):
+    from selectkit.recipe.spec import load
+
+    expected, _ = by_file
+    loaded = load(demo / "quickstart.yaml")  # relative paths: data/target_politics.jsonl next to the recipe
+    output = selectkit.run(loaded, pool=pl.read_ndjson(DATA / "pool.jsonl"), out_dir=tmp_path / "out")
+    same_selection(output, expected)

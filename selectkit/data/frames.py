@@ -7,13 +7,14 @@ when a row changed, and the manifest records where the rows were.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from selectkit.errors import DataError
+from selectkit.storage.cache import share
+from selectkit.storage.digest import sha256_file
 
 if TYPE_CHECKING:  # pragma: no cover
     import polars as pl
@@ -31,6 +32,8 @@ def as_polars(table: Any, what: str) -> pl.DataFrame:
         return table.collect()
     module = type(table).__module__.split(".")[0]
     if module == "datasets" and hasattr(table, "data") and hasattr(table, "column_names"):
+        if getattr(table, "_indices", None) is not None:  # after select/shuffle/filter: the rows it shows
+            table = table.flatten_indices(keep_in_memory=True)
         return pl.from_arrow(table.with_format(None).data.table)
     if module == "pandas" and hasattr(table, "columns"):
         return pl.from_pandas(table)
@@ -45,15 +48,11 @@ def frame_file(frame: pl.DataFrame, folder: Path) -> Path:
     os.close(fd)
     try:
         frame.write_parquet(tmp, statistics=False)
-        digest = hashlib.sha256()
-        with open(tmp, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        path = folder / f"{digest.hexdigest()}.parquet"
+        path = folder / f"{sha256_file(tmp)}.parquet"
         if path.is_file():
             os.unlink(tmp)
         else:
-            os.chmod(tmp, 0o644)
+            share(Path(tmp))
             os.replace(tmp, path)
         return path
     except BaseException:

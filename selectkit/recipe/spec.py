@@ -456,7 +456,8 @@ def load_any(recipe: Any, *, collect: bool = False, sources: Sources | None = No
     if isinstance(recipe, LoadedRecipe):
         if not sources:
             return recipe
-        recipe = recipe.recipe.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        data = recipe.recipe.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        return load_data(data, base=recipe.base, collect=collect, sources=sources)
     if isinstance(recipe, Recipe):
         recipe = recipe.model_dump(mode="json", by_alias=True, exclude_unset=True)
     if isinstance(recipe, dict):
