@@ -264,3 +264,14 @@ def test_a_loaded_recipe_with_a_table_keeps_its_folder(demo, by_file, tmp_path):
     loaded = load(demo / "quickstart.yaml")  # relative paths: data/target_politics.jsonl next to the recipe
     output = selectkit.run(loaded, pool=pl.read_ndjson(DATA / "pool.jsonl"), out_dir=tmp_path / "out")
     same_selection(output, expected)
+
+
+def test_hf_dataset_output_splits_by_a_column(tmp_path):
+    out = tmp_path / "out"
+    (tmp_path / "q.yaml").write_text(quickstart(out, extra="  split_by: domain\n"))
+    selectkit.api.run(tmp_path / "q.yaml")
+    whole = pl.read_parquet(out / "subset.parquet")
+    for domain in whole["domain"].unique().to_list():
+        part = datasets.load_from_disk(str(out / f"subset.domain-{domain}.hf_dataset"))
+        assert pl.from_arrow(part.data.table).equals(whole.filter(pl.col("domain") == domain))
+    selectkit.api.run(tmp_path / "q.yaml")  # the split folders are part of the set it replaces
