@@ -2,7 +2,12 @@
 
     import selectkit
     selectkit.validate("recipes/quickstart.yaml")
-    out = selectkit.run("recipes/quickstart.yaml")
+    out = selectkit.run("recipes/quickstart.yaml")   # or a dict, YAML text; pool=/targets= in memory
+    out.selection, out.subset(), out.explain("some-id")
+    train = selectkit.load_selection(out.run_dir)     # a datasets.Dataset with weight/count/rank/score.*
+    sampler = selectkit.as_sampler(train, seed=0)     # a seeded torch WeightedRandomSampler
+
+See docs/python.md.
 """
 
 __version__ = "0.1.0"
@@ -14,4 +19,8 @@ def __getattr__(name: str):
         from selectkit import api
 
         return getattr(api, name)
+    if name in {"load_selection", "load_selection_polars", "as_sampler"}:
+        from selectkit.results import loading
+
+        return getattr(loading, name)
     raise AttributeError(name)

@@ -88,3 +88,21 @@ output: {{dir: {tmp_path / 'out'}, formats: [parquet], include_text: true}}
     again = cli("run", recipe, "--shard-rows", "128", env=env)
     assert again.returncode == 0 and "score: rare (cached)" in again.stderr
     assert "loading model" not in again.stderr and "embedding norms" not in again.stderr
+
+
+def test_the_python_guide_runs_verbatim(demo, monkeypatch, capsys):
+    """docs/python.md's ```python blocks, in order, in one namespace (a notebook session), from a folder that
+    holds a copy of recipes/; each printed value the guide shows in a comment is checked."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "python.md").read_text(), re.S)
+    assert len(blocks) == 4
+    monkeypatch.chdir(demo.parent)
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "docs/python.md", "exec"), namespace)
+    printed = capsys.readouterr().out
+    assert "130 of 1,306 selected" in printed
+    assert "scores.dsir.use: unknown scorer 'dsirr'; did you mean 'dsir'?" in printed
+    assert "pool= has no id column 'id' (its columns: text, domain)" in printed
+    assert namespace["top50"].manifest["selection"]["selected"] == 50
+    assert len(namespace["batch"]["text"]) == 8
+    assert (demo.parent / "out" / "top50" / "subset.hf_dataset").is_dir()

@@ -344,17 +344,19 @@ def _write_set(result: Any, folder: Path, name: str) -> dict[str, str]:
     parts = subset_parts(result, parts_dir)
     for fmt in formats:
         path = folder / f"subset.{fmt}"
-        if parts:
+        if fmt == "hf_dataset":
+            save_hf_dataset(parts, result.pool.table.slice(0, 0), path, parts_dir)
+        elif parts:
             lazy = pl.scan_parquet([str(p) for p in parts])
             (lazy.sink_parquet(path, statistics=False) if fmt == "parquet" else lazy.sink_ndjson(path))
         else:
             empty = result.pool.table.slice(0, 0)
             (empty.write_parquet(path, statistics=False) if fmt == "parquet" else empty.write_ndjson(path))
         names[f"subset.{fmt}"] = path.name
-    shutil.rmtree(parts_dir)
     split = result.plan.recipe.output.split_by if result.plan.recipe else None
     if split is not None:
-        names.update(split_subset(result, folder, split, formats))
+        names.update(split_subset(result, folder, split, formats, parts))
+    shutil.rmtree(parts_dir)
     report = bool(result.plan.recipe.output.report) if result.plan.recipe else False
     if report:
         names["report"] = "report.html"
@@ -365,14 +367,40 @@ def _write_set(result: Any, folder: Path, name: str) -> dict[str, str]:
         data = manifest(result, dict(names))
         (folder / "manifest.json").write_text(json.dumps(data, indent=2, default=jsonable) + "\n")
     for path in folder.iterdir():
-        share(path)
-        with open(path, "rb") as handle:
-            os.fsync(handle.fileno())
+        for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
+            share(file, folder=file.is_dir())
+            if file.is_file():
+                with open(file, "rb") as handle:
+                    os.fsync(handle.fileno())
+        if path.is_dir():
+            share(path, folder=True)
     names["manifest"] = "manifest.json"
     return names
 
 
-def split_subset(result: Any, folder: Path, column: str, formats: list[str]) -> dict[str, str]:
+def save_hf_dataset(parts: list[Path], frame: pl.DataFrame, path: Path, scratch: Path) -> None:
+    """The subset's parquet parts (or, with none, `frame`) as a `datasets.Dataset.save_to_disk` folder at
+    `path`. The parts are memory-mapped through an Arrow cache under `scratch` (deleted with it), so the
+    subset need not fit in memory; no progress bars are drawn."""
+    from selectkit.errors import require
+
+    datasets = require("datasets", "models", "output.formats: hf_dataset")
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        if parts:
+            data = datasets.Dataset.from_parquet([str(p) for p in parts], cache_dir=str(scratch / "hf-cache"),
+                                                 keep_in_memory=False)
+        else:
+            data = datasets.Dataset(datasets.table.InMemoryTable(frame.to_arrow()))
+        data.save_to_disk(str(path))
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
+
+
+def split_subset(result: Any, folder: Path, column: str, formats: list[str],
+                 parts: list[Path] | None = None) -> dict[str, str]:
     """One subset file per value of a selector's column (a list column: per value it holds), e.g.
     rs2's `round`: subset.round-1.jsonl, subset.round-2.jsonl, ... in the subset's order; or of a
     pool column. A value that is not a plain file-name part is percent-escaped (never a path)."""
@@ -381,8 +409,12 @@ def split_subset(result: Any, folder: Path, column: str, formats: list[str]) -> 
         raise SelectkitError(f"output.split_by: no stage wrote a column {column!r} and the pool has none "
                              f"(stage columns: {', '.join(staged) or 'none'})")
     name = column if column not in staged or column not in result.pool.columns else f"selection.{column}"
-    whole = pl.read_parquet(folder / "subset.parquet") if "parquet" in formats else pl.read_ndjson(
-        folder / "subset.jsonl")
+    if parts is not None:
+        whole = pl.concat([pl.read_parquet(p) for p in parts], how="diagonal_relaxed") if parts else \
+            result.pool.table.slice(0, 0)
+    else:
+        whole = pl.read_parquet(folder / "subset.parquet") if "parquet" in formats else pl.read_ndjson(
+            folder / "subset.jsonl")
     listed = whole.schema[name] == pl.List(pl.Int64)
     values = np.unique(np.concatenate([np.asarray(v) for v in whole[name].drop_nulls().to_list()]) if listed
                        else whole[name].drop_nulls().to_numpy())
@@ -391,8 +423,11 @@ def split_subset(result: Any, folder: Path, column: str, formats: list[str]) -> 
         part = whole.filter(pl.col(name).list.contains(value) if listed else pl.col(name) == value)
         for fmt in formats:
             file = f"subset.{column}-{file_part(value)}.{fmt}"
-            (part.write_parquet(folder / file, statistics=False) if fmt == "parquet" else part.write_ndjson(
-                folder / file))
+            if fmt == "hf_dataset":
+                save_hf_dataset([], part, folder / file, folder)
+            else:
+                (part.write_parquet(folder / file, statistics=False) if fmt == "parquet" else part.write_ndjson(
+                    folder / file))
             written[file] = file
     return written
 

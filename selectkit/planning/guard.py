@@ -17,7 +17,8 @@ from urllib.parse import quote
 
 from selectkit.errors import SelectkitError
 
-OUTPUT_NAMES = ("selection.parquet", "subset.parquet", "subset.jsonl", "manifest.json", "report.html")
+OUTPUT_NAMES = ("selection.parquet", "subset.parquet", "subset.jsonl", "subset.hf_dataset", "manifest.json",
+                "report.html")
 
 
 def recipe_inputs(sources: dict[str, Sequence[Path]], models: dict[str, tuple[Any, Path]]) -> dict[str, Path]:

@@ -12,6 +12,7 @@ import json
 import types
 import typing
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -211,8 +212,9 @@ class StageSpec(Strict):
 
 class OutputSpec(Strict):
     dir: str = Field("out/{name}", description="relative to the recipe's folder; '{name}' is the recipe name")
-    formats: list[Literal["parquet", "jsonl"]] = Field(default_factory=lambda: ["parquet"],
-                                                       description="formats of the selected subset")
+    formats: list[Literal["parquet", "jsonl", "hf_dataset"]] = Field(
+        default_factory=lambda: ["parquet"], description="formats of the selected subset: parquet, jsonl, "
+        "hf_dataset (a `datasets.Dataset.save_to_disk` folder, subset.hf_dataset; needs the `models` extra)")
     repeat_by_count: bool = Field(False, description="repeat subset rows by the selector's `count` column")
     summarize_by: str | None = Field(None, description="pool column whose selected/pool counts `run` prints (and "
                                      "selection.parquet carries)")
@@ -373,10 +375,11 @@ class LoadedRecipe:
     names the entries left out (references to them are not reported again)."""
 
     def __init__(self, recipe: Recipe, file: Path, source_map: SourceMap, text: str,
-                 errors: list[RecipeError] | None = None, broken: dict[str, set[str]] | None = None):
+                 errors: list[RecipeError] | None = None, broken: dict[str, set[str]] | None = None,
+                 base: Path | None = None):
         self.recipe = recipe
         self.file = file
-        self.base = file.parent
+        self.base = base if base is not None else file.parent
         self.source_map = source_map
         self.text = text
         self.errors = list(errors or [])
@@ -405,7 +408,7 @@ class LoadedRecipe:
         pool = data.pool.model_copy(update=change("pool", data.pool)) if data.pool is not None else None
         targets = {name: source.model_copy(update=change(name, source)) for name, source in data.targets.items()}
         recipe = self.recipe.model_copy(update={"data": data.model_copy(update={"pool": pool, "targets": targets})})
-        return LoadedRecipe(recipe, self.file, self.source_map, self.text, self.errors, self.broken)
+        return LoadedRecipe(recipe, self.file, self.source_map, self.text, self.errors, self.broken, self.base)
 
     @property
     def resolved(self) -> dict:
@@ -417,18 +420,95 @@ class LoadedRecipe:
         return hashlib.sha256(json.dumps(self.resolved, sort_keys=True).encode()).hexdigest()
 
 
-def load(path: str | Path, collect: bool = False) -> LoadedRecipe:
+Sources = dict[str, dict[str, Any]]  # data source name ("pool" or a target) -> fields set before validation
+
+
+def load(path: str | Path, collect: bool = False, *, sources: Sources | None = None) -> LoadedRecipe:
     """Read and validate a recipe file's structure. Raises RecipeError(s) with locations; with
-    `collect`, structural errors are kept on the result instead (see LoadedRecipe)."""
+    `collect`, structural errors are kept on the result instead (see LoadedRecipe). `sources` sets
+    fields of data sources (adding them where absent) before validation: in-memory data's files."""
     file = Path(path)
     if not file.is_file():
         raise RecipeError(f"recipe not found: {file}", code="recipe-file")
-    text = read_recipe_text(file)
+    return load_text(read_recipe_text(file), file, collect=collect, sources=sources)
+
+
+def load_text(text: str, file: str | Path = "<recipe>", *, base: Path | None = None, collect: bool = False,
+              sources: Sources | None = None) -> LoadedRecipe:
+    """A recipe from YAML text; errors say `file:line:col` (`file` names the text; paths in the recipe
+    resolve against `base`, by default the file's folder)."""
     data, smap = load_yaml(text, str(file))
+    return _validated(data, smap, Path(file), text, base, collect, sources)
+
+
+def load_data(data: Any, *, base: Path | None = None, collect: bool = False,
+              sources: Sources | None = None) -> LoadedRecipe:
+    """A recipe from a dict (a notebook builds or changes one); errors name the key path, such as
+    `scores.dsir.use`. Paths in the recipe resolve against `base` (default: the working folder)."""
+    import copy
+
+    import yaml
+
+    data = copy.deepcopy(data)
+    try:
+        text = yaml.safe_dump(data, sort_keys=False)
+    except yaml.YAMLError:
+        text = repr(data)
+    return _validated(data, KeyPaths("<dict>"), Path("<dict>"), text, base or Path.cwd(), collect, sources)
+
+
+def load_any(recipe: Any, *, collect: bool = False, sources: Sources | None = None) -> LoadedRecipe:
+    """A recipe given as a file path, YAML text (a string with a line break, or a flow mapping `{...}`),
+    a dict, a `Recipe` or a `LoadedRecipe`."""
+    if isinstance(recipe, LoadedRecipe):
+        if not sources:
+            return recipe
+        data = recipe.recipe.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        return load_data(data, base=recipe.base, collect=collect, sources=sources)
+    if isinstance(recipe, Recipe):
+        recipe = recipe.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    if isinstance(recipe, dict):
+        return load_data(recipe, collect=collect, sources=sources)
+    if isinstance(recipe, str) and ("\n" in recipe or recipe.lstrip().startswith("{")):
+        return load_text(recipe, "<string>", base=Path.cwd(), collect=collect, sources=sources)
+    if isinstance(recipe, (str, Path)):
+        return load(recipe, collect=collect, sources=sources)
+    raise RecipeError(f"a recipe is a file path, YAML text, a dict or a Recipe, not {type(recipe).__name__}",
+                      code="not-a-mapping")
+
+
+class KeyPaths(SourceMap):
+    """The SourceMap of a dict recipe: there are no lines, so each place is its key path."""
+
+    def locate(self, path: tuple, at_key: bool = False) -> Location:
+        return KeyPath(self.file, 0, 0, key=key_path(path))
+
+
+@dataclass(frozen=True)
+class KeyPath(Location):
+    """A place in a dict recipe: `scores.dsir.use`, `select[0].with.budget`."""
+
+    key: str = ""
+
+    def __str__(self) -> str:
+        return self.key or "(recipe)"
+
+
+def key_path(path: tuple) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _validated(data: Any, smap: SourceMap, file: Path, text: str, base: Path | None, collect: bool,
+               sources: Sources | None) -> LoadedRecipe:
     if not isinstance(data, dict):
         raise RecipeError("a recipe is a mapping of keys (selectkit, name, data, scores, select, ...)",
                           smap.locate(()), code="not-a-mapping")
     data = migrate(data, smap)
+    if sources:
+        data = _with_sources(data, sources)
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
@@ -436,8 +516,21 @@ def load(path: str | Path, collect: bool = False) -> LoadedRecipe:
         if not collect:
             raise RecipeErrors(errors) from None
         recipe, broken = salvage(data)
-        return LoadedRecipe(recipe, file, smap, text, errors, broken)
-    return LoadedRecipe(recipe, file, smap, text)
+        return LoadedRecipe(recipe, file, smap, text, errors, broken, base)
+    return LoadedRecipe(recipe, file, smap, text, base=base)
+
+
+def _with_sources(data: dict, sources: Sources) -> dict:
+    """`data` with the fields of `sources` set on its data sources (a source absent from it is added)."""
+    section = dict(data["data"]) if isinstance(data.get("data"), dict) else {}
+    targets = dict(section["targets"]) if isinstance(section.get("targets"), dict) else {}
+    for name, fields in sources.items():
+        holder = section if name == "pool" else targets
+        given = holder.get(name)
+        holder[name] = {**(given if isinstance(given, dict) else {}), **fields}
+    if targets or "targets" in section:
+        section["targets"] = targets
+    return {**data, "data": section}
 
 
 def salvage(data: dict) -> tuple[Recipe, dict[str, set[str]]]:
