@@ -373,7 +373,7 @@ def _check_proxy(loaded: LoadedRecipe, out: _Collector) -> None:
                 (*where, "model"), hint=None if close else f"models: {', '.join(models) or 'none'}",
                 code="unknown-name")
     elif models[proxy.model].kind != "causal-lm":
-        out.add(f"evaluate.proxy.model fine-tunes a LoRA on a causal-lm; model {proxy.model!r} is a "
+        out.add(f"evaluate.proxy.model fine-tunes a LoRA on a causal-lm; model {proxy.model!r} has kind "
                 f"{models[proxy.model].kind}", (*where, "model"), code="model-mismatch")
     for key in FROM_SCRATCH:
         if key in given:
