@@ -11,13 +11,16 @@
    the same number of tokens, in the same batch order.
 4. Bits per byte on each held-out target part and on the pool sample; `selectkit.evaluation.stats`
    turns them into differences, CIs, p-values and verdicts.
+   With `evaluate.proxy.model`, every arm is instead a LoRA fine-tune of that recipe model from its
+   base (the `retrain` kind of the `train` provider: the warmup's loop, planned and cached per arm and
+   pair, keyed by the selection), with the pair's seed, and the metric is each held-out example's mean
+   token loss under that model (`lds.retrained_losses`, the measurement LDS uses).
 5. With `evaluate.lds`: the linear datamodeling score of the recipe's gradient scores on the same
    held-out parts (`selectkit.evaluation.lds`), from the plan's LoRA retrain steps.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -32,6 +35,7 @@ import numpy as np
 
 from selectkit.errors import SelectkitError, require
 from selectkit.evaluation import proxy, stats
+from selectkit.planning.retrain import seed_of  # the pair seeds, shared with the planned arms
 from selectkit.recipe.spec import EvaluateSpec
 
 POOL_SAMPLE = "pool sample"
@@ -44,10 +48,6 @@ class Evaluation:
     out_dir: Path
 
 
-def seed_of(seed: int, *labels: Any) -> int:
-    """A 63-bit seed for (seed, labels): the pair seeds and the statistics' generators."""
-    text = "\x1f".join([str(seed), "evaluate", *map(str, labels)]).encode()
-    return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") >> 1
 
 
 def split_target(keys: np.ndarray, share: float, seed: int, name: str) -> np.ndarray:
@@ -123,18 +123,26 @@ def evaluate(path: str | Path, *, out_dir: str | Path | None = None, cache_dir: 
     eval_sets: dict[str, list[str]] = {name: heldout[name] for name in chosen}
     eval_sets[POOL_SAMPLE] = [arms.texts[i] for i in arms.sample]
     train_started = time.perf_counter()
-    bits, arm_info, nbytes = train_arms(arms, eval_sets, spec, seed, say)
+    if spec.proxy.model is not None:
+        bits, arm_info, nbytes, own = train_model_arms(plan, arms, eval_sets, spec, seed, options, say)
+    else:
+        (bits, arm_info, nbytes), own = train_arms(arms, eval_sets, spec, seed, say), None
     train_seconds = time.perf_counter() - train_started
-    sets = compare_arms(bits, nbytes, eval_sets, spec, seed, arms.names)
+    metric = "loss" if own is not None else "bpb"
+    sets = compare_arms(bits, nbytes, eval_sets, spec, seed, arms.names, metric)
     selection_texts = [arms.texts[i] for i in np.unique(arms.chosen)]
     pool_texts = [arms.texts[i] for i in np.flatnonzero(arms.usable)]
     contamination = {name: {"pool": overlap(heldout[name], pool_texts, spec.ngram),
                             "selection": overlap(heldout[name], selection_texts, spec.ngram)} for name in chosen}
-    proxy_config = proxy.config(spec.proxy)
+    if own is not None:
+        proxy_info = {"kind": "lora", "metric": "loss", **own, "bytes_per_arm": arms.budget}
+    else:
+        proxy_config = proxy.config(spec.proxy)
+        proxy_info = {"kind": "from-scratch", "metric": "bpb", "config": proxy_config, "tokens_per_arm": arms.budget,
+                      "epochs": arms.epochs, "parameters": _parameters(proxy_config)}
     results = {
-        "settings": spec.model_dump(mode="json"), "seed": seed,
-        "proxy": {"config": proxy_config, "tokens_per_arm": arms.budget, "epochs": arms.epochs,
-                  "parameters": _parameters(proxy_config)},
+        "settings": spec.model_dump(mode="json"), "seed": seed, "metric": metric,
+        "proxy": proxy_info,
         "split": split_info, "pool_sample": int(len(arms.sample)), "pool_tokens_available": arms.pool_tokens,
         "contamination": {"ngram": spec.ngram, "targets": contamination},
         "arms": arm_info, "sets": sets,
@@ -323,19 +331,82 @@ def train_arms(arms: Arms, eval_sets: dict[str, list[str]], spec: Any, seed: int
     return bits, info, nbytes
 
 
-def compare_arms(bits: dict, nbytes: dict, eval_sets: dict, spec: Any, seed: int, names: list[str]) -> dict:
-    """Per evaluation set: bits per byte of every arm, selection vs random (and stratified, and the
-    random-vs-random null) with CIs and p-values, and the verdict."""
+def train_model_arms(plan: Any, arms: Arms, eval_sets: dict[str, list[str]], spec: Any, seed: int,
+                     options: dict | None, say: Callable[[str], None]) -> tuple[dict, dict, dict, dict]:
+    """`evaluate.proxy.model`: per seed pair, a LoRA of the recipe's model on every arm (the plan's
+    retrain steps, given their rows now that the selection is known; cached ones load), then each
+    held-out example's mean token loss under every arm's adapter. Returns (loss[arm][set] per pair,
+    each arm's examples and mix, unit weights per set, what the manifest records of the proxy)."""
+    from dataclasses import replace
+
+    from selectkit.evaluation.lds import retrained_losses
+    from selectkit.execution.local import Run
+    from selectkit.execution.progress import as_reporter
+    from selectkit.planning import retrain
+    from selectkit.planning.steps import PassPayload
+
+    planned = {}
+    for step in plan.steps:
+        if isinstance(step.payload, PassPayload) and (which := retrain.arm_of(step.payload.work.requests[0])):
+            planned[which] = step
+    run = Run(plan, as_reporter(say), dict(options or {}))
+    run.get("read:pool")  # the pool the arms' rows index (cached: the recipe's run just read it)
+    adapters, statuses, order = [], [], []
+    info: dict[str, list[dict]] = {a: [] for a in arms.names}
+    k = spec.random_subsets
+    for i in range(k):
+        for arm, rows in arms.rows(i).items():
+            step = planned.get((arm, i))
+            if step is None:  # pragma: no cover - the planner plans every arm of every pair
+                raise SelectkitError(f"the plan has no step for the {arm} arm of seed pair {i + 1}")
+            work = step.payload.work
+            step.payload.work = replace(work, config=(*work.config[:3], np.asarray(rows, dtype=np.int64)))
+            adapters.append(run.get(step.id)[work.requests[0]])
+            order.append(arm)
+            statuses.append(run.status[step.id][0])
+            entry = {"pair": i, "examples": int(len(rows)), "bytes": int(arms.lengths[rows].sum()),
+                     "status": statuses[-1]}
+            if arms.groups is not None:
+                values, counts = np.unique(arms.groups[rows], return_counts=True)
+                entry["mix"] = {str(v): int(c) for v, c in zip(values, counts)}
+            info[arm].append(entry)
+    model_ref = next(iter(planned.values())).payload.work.model
+    loss = retrained_losses(model_ref, adapters, eval_sets, bool((options or {}).get("trust_remote_code")), say,
+                            what="eval: held-out losses under arm")
+    loss = np.where(np.isfinite(loss), loss, 0.0)  # a text without tokens counts 0 in every arm alike
+    bits: dict[str, dict[str, list[np.ndarray]]] = {a: {s: [] for s in eval_sets} for a in arms.names}
+    for row, arm in zip(loss, order):
+        at = 0
+        for name, texts in eval_sets.items():
+            bits[arm][name].append(row[at:at + len(texts)])
+            at += len(texts)
+    nbytes = {name: np.ones(len(texts), dtype=np.float64) for name, texts in eval_sets.items()}
+    cached = sum(s == "cached" for s in statuses)
+    train = json.loads(next(iter(planned.values())).payload.work.requests[0].options["train"])
+    own = {"model": model_ref.name, "path": model_ref.spec.path, "train": train,
+           "arms_cached": cached, "arms_trained": len(statuses) - cached}
+    return bits, info, nbytes, own
+
+
+def compare_arms(bits: dict, nbytes: dict, eval_sets: dict, spec: Any, seed: int, names: list[str],
+                 metric: str = "bpb") -> dict:
+    """Per evaluation set: bits per byte of every arm (or, `metric="loss"`, the mean held-out loss per
+    example), selection vs random (and stratified, and the random-vs-random null) with CIs and
+    p-values, and the verdict."""
     sets = {}
     for name in eval_sets:
         stat_seed = seed_of(seed, "stats", name)
 
         def versus(a: str, b: str, name: str = name, stat_seed: int = stat_seed) -> dict:
             return stats.compare(a, np.stack(bits[a][name]), b, np.stack(bits[b][name]), nbytes[name],
-                                 bootstrap=spec.bootstrap, permutations=spec.permutations, seed=stat_seed).as_dict()
+                                 bootstrap=spec.bootstrap, permutations=spec.permutations,
+                                 seed=stat_seed).as_dict(metric)
 
-        entry = {"examples": len(eval_sets[name]), "bytes": int(nbytes[name].sum()),
-                 "bpb": {a: round(float(stats.bpb(np.stack(bits[a][name]), nbytes[name]).mean()), 6) for a in names},
+        entry = {"examples": len(eval_sets[name]),
+                 **({"bytes": int(nbytes[name].sum())} if metric == "bpb" else
+                    {"bytes": sum(len(t.encode("utf-8")) for t in eval_sets[name])}),
+                 metric: {a: round(float(stats.bpb(np.stack(bits[a][name]), nbytes[name]).mean()), 6)
+                          for a in names},
                  "selection_vs_random": versus("selection", "random")}
         if "stratified" in names:
             entry["selection_vs_stratified"] = versus("selection", "stratified")
@@ -400,22 +471,30 @@ def _record(run_dir: Path, results: dict, report: bool) -> None:
 def render(evaluation: Evaluation) -> str:
     """The console summary: per evaluation set, bpb per arm, the differences with CIs, the verdict."""
     r = evaluation.results
-    lines = [f"proxy: {r['proxy']['parameters']:,}-parameter Llama from scratch, {r['proxy']['tokens_per_arm']:,} "
-             f"tokens x {r['proxy']['epochs']} epochs per arm, {len(r['arms']['selection'])} seed pairs"]
+    p, pairs = r["proxy"], len(r["arms"]["selection"])
+    if p.get("kind") == "lora":
+        lines = [f"proxy: the recipe's model {p['model']!r} ({p['path']}), a LoRA (r={p['train']['lora']['r']}, "
+                 f"{p['train']['epochs']} epochs) per arm on {p['bytes_per_arm']:,} bytes, {pairs} seed pairs; "
+                 f"arms cached {p['arms_cached']}, trained {p['arms_trained']}"]
+    else:
+        lines = [f"proxy: {p['parameters']:,}-parameter Llama from scratch, {p['tokens_per_arm']:,} "
+                 f"tokens x {p['epochs']} epochs per arm, {pairs} seed pairs"]
+    metric = r.get("metric", "bpb")
+    what, unit = ("mean held-out loss (nats/token)", "nats") if metric == "loss" else ("bits per byte", "bpb")
     for name, c in r["contamination"]["targets"].items():
         lines.append(f"contamination ({r['contamination']['ngram']}-grams) of held-out {name}: "
                      f"{c['pool']['examples_with_overlap']:.0%} of examples share one with the pool, "
                      f"{c['selection']['examples_with_overlap']:.0%} with the selection")
     for name, entry in r["sets"].items():
         label = f"held-out {name}" if name != POOL_SAMPLE else POOL_SAMPLE
-        bpbs = ", ".join(f"{a} {v:.4f}" for a, v in entry["bpb"].items())
-        lines.append(f"{label} ({entry['examples']} examples, {entry['bytes']:,} bytes): bits per byte {bpbs}")
-        for key, what in (("selection_vs_random", "selection - random"),
-                          ("selection_vs_stratified", "selection - stratified"),
-                          ("random_vs_random", "random - random (null)")):
+        values = ", ".join(f"{a} {v:.4f}" for a, v in entry[metric].items())
+        lines.append(f"{label} ({entry['examples']} examples, {entry['bytes']:,} bytes): {what} {values}")
+        for key, title in (("selection_vs_random", "selection - random"),
+                           ("selection_vs_stratified", "selection - stratified"),
+                           ("random_vs_random", "random - random (null)")):
             if key in entry:
                 c = entry[key]
-                lines.append(f"  {what:<24} {c['difference']:+.4f} bpb, 95% CI [{c['ci_low']:+.4f}, "
+                lines.append(f"  {title:<24} {c['difference']:+.4f} {unit}, 95% CI [{c['ci_low']:+.4f}, "
                              f"{c['ci_high']:+.4f}], p = {c['p_value']:.3g}: {c['verdict']}")
         lines.append(f"  verdict: {entry['verdict']}")
     if "lds_details" in r:

@@ -196,7 +196,8 @@ def example_losses(model: Any, tokenizer: Any, texts: Sequence[str], max_length:
 
 
 def retrained_losses(model_ref: Any, adapters: Sequence[Any], heldout: dict[str, list[str]],
-                     allow_remote_code: bool = False, say: Callable[[str], None] | None = None) -> np.ndarray:
+                     allow_remote_code: bool = False, say: Callable[[str], None] | None = None,
+                     what: str = "LDS: held-out losses under retrain") -> np.ndarray:
     """(K, M) losses of the held-out examples (targets in order, concatenated) under each retrain: the
     base model is loaded once, each adapter put on and taken off again."""
     from peft import PeftModel
@@ -213,7 +214,7 @@ def retrained_losses(model_ref: Any, adapters: Sequence[Any], heldout: dict[str,
         rows.append(example_losses(wrapped, lm.tokenizer, texts, lm.max_length))
         lm.model = wrapped.unload()
         if say:
-            say(f"LDS: held-out losses under retrain {i + 1}/{len(adapters)}")
+            say(f"{what} {i + 1}/{len(adapters)}")
     return np.stack(rows)
 
 

@@ -42,8 +42,11 @@ class Comparison:
     pairs: int
     examples: int
 
-    def as_dict(self) -> dict:
-        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+    def as_dict(self, metric: str = "bpb") -> dict:
+        """The fields, rounded; `metric` names the per-arm values (bpb_a, or loss_a for a held-out loss)."""
+        return {(k.replace("bpb", metric, 1) if k.startswith("bpb") else k): (round(v, 6) if isinstance(v, float)
+                                                                            else v)
+                for k, v in asdict(self).items()}
 
 
 def bpb(bits: np.ndarray, nbytes: np.ndarray) -> np.ndarray:

@@ -59,6 +59,7 @@ def check(loaded: LoadedRecipe, registry: Registry | None = None) -> Checked:
         _check_split_by(loaded, registry, sources, out)
     _check_evaluate(loaded, out)
     _check_lds(loaded, registry, scores, sources, out)
+    _check_proxy(loaded, out)
     if out.errors:
         raise RecipeErrors(_by_line(out.errors))
     if recipe.execution.executor != "local":
@@ -357,6 +358,47 @@ def _check_lds(loaded: LoadedRecipe, registry: Registry, scores: dict[str, Score
         out.add(f"evaluate.lds.subsets: {lds.subsets} subsets of {size} rows, but a sample of {lds.sample} rows "
                 f"has only {distinct} distinct ones", (*where, "subsets"), hint="raise evaluate.lds.sample",
                 code="invalid-value")
+
+
+FROM_SCRATCH = ("layers", "hidden", "heads", "seq_len", "epochs", "min_steps", "batch_size", "learning_rate",
+                "warmup_ratio", "weight_decay", "clip", "threads")  # evaluate.proxy keys of the from-scratch proxy
+
+
+def _check_proxy(loaded: LoadedRecipe, out: _Collector) -> None:
+    """`evaluate.proxy`: `model` names a causal-lm of the recipe, and the settings of one proxy (the
+    from-scratch one, or a LoRA of the recipe's model) are not mixed with the other's."""
+    spec = getattr(loaded.recipe, "evaluate", None)
+    if spec is None:
+        return
+    proxy = spec.proxy
+    where = ("evaluate", "proxy")
+    given = proxy.model_fields_set
+    if proxy.model is None:
+        for key in ("lora", "train"):
+            if key in given and getattr(proxy, key) is not None:
+                out.add(f"evaluate.proxy.{key} sets the LoRA of the recipe's own model, but evaluate.proxy.model "
+                        "names none (the default proxy is a small LM trained from scratch)", (*where, key),
+                        at_key=True, hint="add evaluate.proxy.model: <a causal-lm under models>",
+                        code="invalid-value")
+        return
+    models = loaded.recipe.models
+    if proxy.model not in models:
+        close = _close(proxy.model, list(models))
+        out.add(f"evaluate.proxy.model: unknown model {proxy.model!r}" + (f"; did you mean {close!r}?" if close
+                                                                           else ""),
+                (*where, "model"), hint=None if close else f"models: {', '.join(models) or 'none'}",
+                code="unknown-name")
+    elif models[proxy.model].kind != "causal-lm":
+        out.add(f"evaluate.proxy.model fine-tunes a LoRA on a causal-lm; model {proxy.model!r} has kind "
+                f"{models[proxy.model].kind}", (*where, "model"), code="model-mismatch")
+    for key in FROM_SCRATCH:
+        if key in given:
+            out.add(f"evaluate.proxy.{key} is a setting of the from-scratch proxy, and evaluate.proxy.model "
+                    f"fine-tunes {proxy.model!r} instead", (*where, key), at_key=True,
+                    hint="remove it; the LoRA's settings go under evaluate.proxy.train", code="invalid-value")
+    if proxy.lora is not None and proxy.train is not None and "lora" in proxy.train.model_fields_set:
+        out.add("evaluate.proxy.lora and evaluate.proxy.train.lora both set the arms' LoRA", (*where, "lora"),
+                at_key=True, hint="keep one of them", code="invalid-value")
 
 
 def _check_models(loaded: LoadedRecipe, out: _Collector) -> None:

@@ -89,6 +89,7 @@ def compile_plan(checked: Checked, cache: Cache | None = None, out_dir: Path | N
     planner.scores(checked.scores)
     planner.selection(checked.stages)
     planner.retrains(checked)
+    planner.eval_arms(checked)
     selects = [s.id for s in planner.steps if s.kind == "select"]
     planner.add(Step("write", str(out_dir), WritePayload(Path(out_dir) if local_out else out_dir, recipe.output),
                      inputs=(*selects[-1:], *planner.score_final.values()),
@@ -148,9 +149,9 @@ def _models(checked: Checked, memo: Path | None) -> dict[str, ModelRef]:
     from selectkit.models.loader import model_fingerprint
 
     used = {m for node in checked.scores.values() for m in node.models()}
-    lds = _lds_model(checked)
-    if lds is not None:
-        used.add(lds)
+    for name in (_lds_model(checked), _proxy_model(checked)):
+        if name is not None:
+            used.add(name)
     base = Path(checked.loaded.base)
     return {name: ModelRef(name, checked.models[name], base, model_fingerprint(checked.models[name], base, memo))
             for name in sorted(used)}
@@ -163,6 +164,13 @@ def _lds_model(checked: Checked) -> str | None:
     if spec is None or spec.lds is None:
         return None
     name = retrain.lds_model(spec.lds, checked.scores, checked.registry)
+    return name if name in checked.models else None
+
+
+def _proxy_model(checked: Checked) -> str | None:
+    """`evaluate.proxy.model`, when it names a model of the recipe."""
+    spec = checked.loaded.recipe.evaluate
+    name = spec.proxy.model if spec is not None else None
     return name if name in checked.models else None
 
 
@@ -455,6 +463,33 @@ class Planner:
         train = retrain.train_settings(spec, model.spec)
         wanted = [self.provider_for(r.kind).canonical(r)
                   for r in retrain.requests(spec, name, train, retrain.lds_seed(recipe))]
+        try:
+            self.passes(model, wanted)
+        except SelectkitError as exc:
+            self.errors.append(exc)
+
+    def eval_arms(self, checked: Checked) -> None:
+        """`evaluate.proxy.model`: eval's arms as LoRA retrains of that model, one step per (seed pair,
+        arm), keyed by the selection they are drawn against (no output needs them: `run` skips them,
+        `eval` fixes their rows and pulls them, `plan` shows their cost)."""
+        from selectkit.planning import retrain
+
+        recipe = checked.loaded.recipe
+        name = _proxy_model(checked)
+        selects = [s for s in self.steps if s.kind == "select"]
+        if name is None or not selects:
+            return
+        spec = recipe.evaluate
+        model = self.models[name]
+        train = retrain.arm_train_settings(spec.proxy, model.spec)
+        rows = self.rows.get("pool")
+        budget = next((s.selector.params.budget for s in reversed(self.stages)
+                       if s.selector.params.budget is not None), None)
+        examples = budget.max_count(rows) if rows and budget is not None and budget.kind != "tokens" else rows
+        seed = spec.seed if spec.seed is not None else recipe.seed
+        wanted = [self.provider_for(r.kind).canonical(r)
+                  for r in retrain.arm_requests(spec, recipe.output.summarize_by, name, train, seed, selects[-1].key,
+                                                examples)]
         try:
             self.passes(model, wanted)
         except SelectkitError as exc:

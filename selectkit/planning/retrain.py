@@ -88,3 +88,58 @@ def lds_seed(recipe: Any) -> int:
     """LDS draws and retrains are keyed by the evaluate seed (default: the recipe seed)."""
     spec = recipe.evaluate
     return spec.seed if spec is not None and spec.seed is not None else recipe.seed
+
+
+# ---------------------------------------------------------------- eval's arms on the recipe's own model
+
+
+def seed_of(seed: int, *labels: Any) -> int:
+    """A 63-bit seed for (seed, labels): eval's pair seeds and its statistics' generators."""
+    import hashlib
+
+    text = "\x1f".join([str(seed), "evaluate", *map(str, labels)]).encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") >> 1
+
+
+def arm_names(spec: Any, summarize_by: str | None) -> list[str]:
+    """The arms of `selectkit eval`, in order (the stratified arm needs `output.summarize_by`)."""
+    return ["selection", "random", *(["stratified"] if spec.stratified and summarize_by else []),
+            *(["null"] if spec.random_vs_random else [])]
+
+
+def arm_train_settings(proxy: Any, model_spec: Any) -> Any:
+    """The arms' TrainSpec: `proxy.train`, else the model's warmup settings, else the defaults; with
+    `proxy.lora` as its LoRA when given."""
+    from selectkit.recipe.spec import TrainSpec
+
+    train = proxy.train or (model_spec.warmup.train() if model_spec.warmup is not None else TrainSpec())
+    return train.model_copy(update={"lora": proxy.lora}) if proxy.lora is not None else train
+
+
+def arm_requests(spec: Any, summarize_by: str | None, model: str, train: Any, seed: int, selection_key: str,
+                 examples: int | None) -> list[FeatureRequest]:
+    """One `retrain` request per (seed pair, arm). Its rows are fixed by `selectkit eval` once the
+    selection is known; they are a function of the selection (its step key), the pool, these eval
+    settings and the seed, so the key below names them before they exist."""
+    settings = json.dumps(train.model_dump(mode="json"), sort_keys=True)
+    identity = {"selection": selection_key, "pool_sample": spec.pool_sample, "max_tokens": spec.proxy.max_tokens,
+                "summarize_by": summarize_by, "seed": seed}
+    arms = arm_names(spec, summarize_by)
+    out = []
+    for i in range(spec.random_subsets):
+        for arm in arms:
+            arm_id = json.dumps({**identity, "arm": arm, "pair": i}, sort_keys=True)
+            out.append(FeatureRequest("retrain", "pool", (
+                ("arm", arm_id), ("examples", examples),
+                ("label", f"eval pair {i + 1}/{spec.random_subsets}: {arm} arm"),
+                ("seed", seed_of(seed, "pair", i)), ("train", settings)), model))
+    return out
+
+
+def arm_of(request: FeatureRequest) -> tuple[str, int] | None:
+    """(arm, pair) of an eval arm's retrain request; None for any other request."""
+    arm = request.options.get("arm") if request.kind == "retrain" else None
+    if arm is None:
+        return None
+    identity = json.loads(arm)
+    return identity["arm"], int(identity["pair"])

@@ -296,10 +296,18 @@ class ProxySpec(Strict):
         "of its tokens (every arm gets the same number)")
     threads: PositiveInt = Field(1, description="torch CPU threads (1 is fastest for a model this small on a "
                                  "busy machine)")
+    model: str | None = Field(
+        None, description="fine-tune this causal-lm under `models` (a LoRA from its base, per arm and seed pair) "
+        "instead of the from-scratch proxy; the metric is then each held-out example's mean token loss under the "
+        "model's own tokenizer. The from-scratch settings (layers ... clip) do not apply")
+    lora: LoraSettings | None = Field(None, description="with `model`: the arms' LoRA (default: `train.lora`, else "
+                                      "the model's warmup LoRA, else the defaults)")
+    train: TrainSpec | None = Field(None, description="with `model`: the arms' LoRA training settings (default: the "
+                                    "model's warmup settings, else the defaults); the same loop as the warmup")
 
     @model_validator(mode="after")
     def _heads_divide(self):
-        if self.hidden % self.heads:
+        if self.model is None and self.hidden % self.heads:
             raise ValueError(f"heads ({self.heads}) must divide hidden ({self.hidden})")
         return self
 

@@ -33,7 +33,8 @@ class ListOf:
 STR, INT, NUM, BOOL, OBJ, LIST, ANY = "a string", "an integer", "a number", "true or false", "an object", "a list", \
     "anything"
 
-_COMPARISON = {"bpb_a": NUM, "bpb_b": NUM, "difference": NUM, "ci_low": NUM, "ci_high": NUM, "p_value": NUM,
+_COMPARISON = {"bpb_a": NUM, "bpb_b": NUM, "loss_a": NUM, "loss_b": NUM, "difference": NUM,
+               "ci_low": NUM, "ci_high": NUM, "p_value": NUM,
                "verdict": STR}
 
 SCHEMA: dict[str, Any] = {
@@ -55,7 +56,9 @@ SCHEMA: dict[str, Any] = {
                   "per_stage": ListOf({"stage": STR, "kept": INT})},
     "files": MapOf(STR),
     "warnings": ListOf(STR),
-    "evaluation": {"proxy": {"parameters": INT, "tokens_per_arm": INT, "epochs": INT},
+    "evaluation": {"proxy": {"parameters": INT, "tokens_per_arm": INT, "epochs": INT, "kind": STR, "model": STR,
+                             "path": STR, "bytes_per_arm": INT, "arms_cached": INT, "arms_trained": INT},
+                   "metric": STR,
                    "arms": {"selection": LIST}, "pool_sample": INT,
                    "sets": MapOf({"selection_vs_random": _COMPARISON, "selection_vs_stratified": _COMPARISON,
                                   "random_vs_random": _COMPARISON}),

@@ -15,6 +15,8 @@ model's base on a keyed subset of the pool (`keyed_subset`: nested draws keyed b
 the same `Warmup` loop and the same settings as the warmup (a `TrainSpec`), one cache shard per
 epoch. Its key is (base model, pool, the subset's draws, settings, seed): equal retrains are
 computed once, across recipes and runs, and a killed LDS run resumes from the finished ones.
+`selectkit eval` with `evaluate.proxy.model` trains its arms (selection, random, stratified, null)
+through the same kind: an `arm` setting instead of `draws`, the rows given at run time.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ class Train(PassProvider):
     name = "train"
     version = "3"  # 3: a one-step warmup trains (its only step no longer has rate 0)
     parallel = False  # epoch e starts from epoch e - 1
-    kinds = {"checkpoints": {"run": None}, "retrain": {"draws": None, "train": None, "seed": None, "label": None}}
+    kinds = {"checkpoints": {"run": None},
+             "retrain": {"draws": None, "train": None, "seed": None, "label": None, "arm": None, "examples": None}}
 
     def plan(self, model: ModelRef, requests: list[FeatureRequest], ctx: PlanContext) -> list[PassPlan]:
         out = [self._plan_retrain(model, r, ctx) for r in requests if r.kind == "retrain"]
@@ -54,7 +57,7 @@ class Train(PassProvider):
         runs: dict[int, list[FeatureRequest]] = {}
         for r in requests:
             runs.setdefault(int(dict(r.settings).get("run") or 0), []).append(r)
-        if set(runs) != {0} and model.spec.warmup is None:
+        if runs and set(runs) != {0} and model.spec.warmup is None:  # retrains alone need no warmup
             raise SelectkitError(f"model {model.name!r}: several training runs need a `warmup` to repeat "
                                  "(models.<name>.warmup)")
         for run, reqs in sorted(runs.items()):
@@ -68,21 +71,22 @@ class Train(PassProvider):
 
         settings = request.options
         train = TrainSpec.model_validate(json.loads(settings["train"]))
-        draws, seed = settings["draws"], int(settings["seed"])
+        draws, seed, arm = settings.get("draws"), int(settings["seed"]), settings.get("arm")
         if model.spec.kind != "causal-lm":
             raise SelectkitError(f"model {model.name!r} is a {model.spec.kind}; retraining needs a causal-lm")
         base = ctx.fingerprint(model.without_lora())
-        examples = int(draws[-1][1]) if draws else ctx.rows.get("pool")
+        examples = settings.get("examples") or (int(draws[-1][1]) if draws else ctx.rows.get("pool"))
         estimate = ctx.estimate(model, "pool", backward=True, examples=examples)
         if estimate is not None:
             estimate = estimate.scaled(train.epochs, f"LoRA training: {train.epochs} epochs of forward + backward",
                                        work="training")
-        parts = ["retrain", base, ctx.sources["pool"].fingerprint, [[list(labels), int(c)] for labels, c in draws],
-                 train.model_dump(mode="json"), seed]
+        # an eval arm's rows are fixed by `selectkit eval` (config[3]); `arm` names them (see planning.retrain)
+        rows = ["arm", arm] if arm is not None else [[list(labels), int(c)] for labels, c in draws or ()]
+        parts = ["retrain", base, ctx.sources["pool"].fingerprint, rows, train.model_dump(mode="json"), seed]
         name = "retrain-" + hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
         label = settings.get("label") or f"retrain {model.name} on {examples} pool rows"
         return PassPlan(name, f"{label}: LoRA from the base, {train.epochs} epochs", [request], "pool", parts,
-                        shards=train.epochs, estimate=estimate, artifact="train", config=(seed, draws, train),
+                        shards=train.epochs, estimate=estimate, artifact="train", config=(seed, draws, train, None),
                         detail={"examples": examples, "epochs": train.epochs, "lr": train.learning_rate,
                                 "lora": train.lora.model_dump(mode="json"),
                                 "lora targets": planned_targets(model, ctx, train)})
@@ -130,8 +134,14 @@ class Train(PassProvider):
         from selectkit_plugins.lib.influence.warmup import warmup_rows
 
         if _is_retrain(work):
-            seed, draws, spec = work.config
-            rows = keyed_subset(ctx.pool.keys, seed, draws, eligible=ctx.pool.usable)
+            seed, draws, spec, *given = work.config
+            if given and given[0] is not None:  # an eval arm: the rows `selectkit eval` fixed
+                rows = given[0]
+            elif draws is None:
+                raise SelectkitError(f"{work.label}: an eval arm trains on rows that `selectkit eval` fixes once "
+                                     "the selection is known; run `selectkit eval`")
+            else:
+                rows = keyed_subset(ctx.pool.keys, seed, draws, eligible=ctx.pool.usable)
         else:
             spec, seed = work.model.spec.warmup, work.config
             rows = warmup_rows(ctx.pool.keys, spec.fraction, seed)

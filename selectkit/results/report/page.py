@@ -98,19 +98,27 @@ def evaluation(run: Run, figures: bool = True) -> str:
     if not isinstance(ev, dict):
         return ""
     proxy = ev.get("proxy") or {}
-    blocks = [h.pairs([("proxy", f"{h.num(proxy.get('parameters'))}-parameter Llama from scratch"),
-                       ("tokens per arm and epoch", proxy.get("tokens_per_arm")), ("epochs", proxy.get("epochs")),
-                       ("seed pairs", len((ev.get("arms") or {}).get("selection") or [])),
-                       ("pool rows held out of every arm", ev.get("pool_sample"))])]
+    pairs = len((ev.get("arms") or {}).get("selection") or [])
+    loss = ev.get("metric") == "loss"
+    if proxy.get("kind") == "lora":
+        facts = [("proxy", f"the recipe's model {proxy.get('model')} ({proxy.get('path')}), a LoRA per arm"),
+                 ("bytes per arm", proxy.get("bytes_per_arm")),
+                 ("arms cached / trained", f"{proxy.get('arms_cached')} / {proxy.get('arms_trained')}")]
+    else:
+        facts = [("proxy", f"{h.num(proxy.get('parameters'))}-parameter Llama from scratch"),
+                 ("tokens per arm and epoch", proxy.get("tokens_per_arm")), ("epochs", proxy.get("epochs"))]
+    blocks = [h.pairs([*facts, ("seed pairs", pairs), ("pool rows held out of every arm", ev.get("pool_sample"))])]
+    metric, unit = ("loss", "held-out loss (nats per token)") if loss else ("bpb", "bits per byte")
     rows = []
     for name, entry in (ev.get("sets") or {}).items():
         for key, label in COMPARISONS:
             c = entry.get(key)
             if c:
-                rows.append((name, label, c.get("bpb_a"), c.get("bpb_b"), c.get("difference"),
+                rows.append((name, label, c.get(f"{metric}_a"), c.get(f"{metric}_b"), c.get("difference"),
                              f"[{h.num(c.get('ci_low'))}, {h.num(c.get('ci_high'))}]", c.get("p_value"),
                              c.get("verdict")))
-    blocks.append(h.table(["evaluated on", "comparison", "bpb A", "bpb B", "A − B", "95% CI", "p", "verdict"], rows,
+    blocks.append(h.table(["evaluated on", "comparison", f"{metric} A", f"{metric} B", "A − B", "95% CI", "p",
+                           "verdict"], rows,
                           numeric=[2, 3, 4, 6]))
     contamination = (ev.get("contamination") or {}).get("targets") or {}
     if contamination:
@@ -128,7 +136,7 @@ def evaluation(run: Run, figures: bool = True) -> str:
     verdicts = ", ".join(f"{k}: {v}" for k, v in (ev.get("verdicts") or {}).items())
     return h.section("evaluation", "Evaluation", "".join(blocks),
                      f"selectkit eval: the proxy trained on the selection against token-matched random subsets, "
-                     f"bits per byte on held-out data (lower is better); verdicts {verdicts}")
+                     f"{unit} on held-out data (lower is better); verdicts {verdicts}")
 
 
 def lds_block(lds: dict, figures: bool) -> str:
