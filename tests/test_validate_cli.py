@@ -116,7 +116,8 @@ output: {{dir: out, formats: [parquet, xml]}}
     assert lines == sorted(lines)
     for expected in ("unknown key 'limt'", "file not found", "models.lm.kind", "unknown scorer 'dsirr'",
                      "scores.words.with.unit", "unknown model 'nobody'", "unknown normalizer 'zscor'",
-                     "unknown score 'wordz'", "needs a budget", "must be positive", "'parquet', 'jsonl' or 'hf_dataset'"):
+                     "unknown score 'wordz'", "needs a budget", "must be positive",
+                     "'parquet', 'jsonl' or 'hf_dataset'"):
         assert any(expected in e for e in errors), expected
 
 
