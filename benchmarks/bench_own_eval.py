@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_lds import run  # noqa: E402  (`selectkit eval --format json` in a fresh process, timed)
+
 RECIPE = """selectkit: 1
 name: own-eval
 seed: 0
@@ -44,16 +45,6 @@ evaluate:
     model: lm
     train: {{epochs: {epochs}, learning_rate: {lr}, batch_size: 16, micro_batch_size: 16}}
 """
-
-
-def run(recipe: Path, cache: Path) -> tuple[float, dict]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SELECTKIT_CACHE_DIR": str(cache)}
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "selectkit", "eval", str(recipe), "--format", "json", "-q"],
-                          capture_output=True, text=True, env=env)
-    if done.returncode:
-        raise SystemExit(done.stderr)
-    return time.perf_counter() - started, json.loads(done.stdout)
 
 
 def main() -> None:

@@ -56,15 +56,20 @@ class StoredFeatures:
     def __len__(self) -> int:
         return self.rows
 
+    def _read(self, index: int) -> dict[str, np.ndarray]:
+        """Shard `index`'s arrays, memory-mapped; a missing or corrupt one is an error that says what to do."""
+        arrays = self.shards.read(index, mmap=True)
+        if arrays is None:
+            from selectkit.plugin import SelectkitError
+
+            raise SelectkitError(f"shard {index} of the gradient store is missing or corrupt (it was removed); "
+                                 "run the recipe again to recompute it")
+        return arrays
+
     def blocks(self) -> Iterator[tuple[int, int, np.ndarray]]:
         lo = 0
         for index in self.indices:
-            arrays = self.shards.read(index, mmap=True)
-            if arrays is None:
-                from selectkit.plugin import SelectkitError
-
-                raise SelectkitError(f"shard {index} of the gradient store is missing or corrupt (it was removed); "
-                                     "run the recipe again to recompute it")
+            arrays = self._read(index)
             block = decode(arrays)
             yield lo, lo + len(block), block
             lo += len(block)
@@ -75,12 +80,7 @@ class StoredFeatures:
         out = np.zeros((len(rows), self.dim), np.float32)
         lo = 0
         for index in self.indices:
-            arrays = self.shards.read(index, mmap=True)
-            if arrays is None:
-                from selectkit.plugin import SelectkitError
-
-                raise SelectkitError(f"shard {index} of the gradient store is missing or corrupt (it was removed); "
-                                     "run the recipe again to recompute it")
+            arrays = self._read(index)
             hi = lo + len(arrays["features"])
             at = np.nonzero((rows >= lo) & (rows < hi))[0]
             if len(at):
