@@ -15,19 +15,10 @@ from pathlib import Path
 
 import pytest
 from conftest import cli
+from test_output_safety import pool_rows as rows
+from test_output_safety import write_jsonl
 
 # ---------------------------------------------------------------- helpers
-
-
-def rows(n: int = 30, words: int = 6) -> list[dict]:
-    return [{"id": f"r{i:03d}", "text": " ".join(f"w{i}x{j}" for j in range(words + i % 5)), "domain": f"d{i % 3}"}
-            for i in range(n)]
-
-
-def write_jsonl(path: Path, data: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in data), encoding="utf-8")
-    return path
 
 
 def digest(path: Path) -> dict[str, str]:
