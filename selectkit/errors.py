@@ -146,7 +146,7 @@ class MissingExtraError(SelectkitError):
 
 EXTRAS: dict[str, tuple[str, ...]] = {
     # extra -> the modules it brings that a component imports (checked with find_spec: nothing is imported)
-    "models": ("torch", "transformers", "safetensors", "peft"),
+    "models": ("torch", "transformers", "safetensors", "peft", "datasets"),
     "gguf": ("gguf",),
     "ot": ("ot",),
     "cluster": ("sklearn",),
@@ -165,6 +165,13 @@ def missing_extras(extras: tuple[str, ...] | list[str]) -> list[str]:
     import importlib.util
 
     return [e for e in extras if any(importlib.util.find_spec(m) is None for m in EXTRAS.get(e, (e,)))]
+
+
+def missing_module(extra: str) -> str:
+    """The first of `extra`'s modules that is not installed (the extra's own name when none is)."""
+    import importlib.util
+
+    return next((m for m in EXTRAS.get(extra, (extra,)) if importlib.util.find_spec(m) is None), extra)
 
 
 def require(module: str, extra: str, component: str):

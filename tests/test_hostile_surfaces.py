@@ -287,16 +287,36 @@ def test_a_port_where_no_ray_answers_fails_within_the_timeout(tmp_path):
     assert seconds < 60, seconds
 
 
-def _without_ray(folder: Path) -> dict[str, str]:
-    """An environment in which ray is not installed: a sitecustomize hides it from the path finder."""
+def _without(module: str, folder: Path) -> dict[str, str]:
+    """An environment in which `module` is not installed: a sitecustomize hides it from the path finder."""
     folder.mkdir(exist_ok=True)
     (folder / "sitecustomize.py").write_text(
         "import sys\nfrom importlib.machinery import PathFinder\n\n"
         "class _Hidden(PathFinder):\n    @classmethod\n    def find_spec(cls, name, path=None, target=None):\n"
-        "        if name == 'ray' or name.startswith('ray.'):\n            return None\n"
+        f"        if name == {module!r} or name.startswith({module + '.'!r}):\n            return None\n"
         "        return PathFinder.find_spec(name, path, target)\n\n"
         "sys.meta_path[:] = [_Hidden if f is PathFinder else f for f in sys.meta_path]\n")
     return {"PYTHONPATH": str(folder)}
+
+
+def _without_ray(folder: Path) -> dict[str, str]:
+    return _without("ray", folder)
+
+
+def test_an_hf_dataset_output_without_datasets_is_said_before_any_compute(tmp_path):
+    """output.formats: hf_dataset is written with datasets' save_to_disk: without datasets installed,
+    validate warns and plan and run refuse, naming the package and the extra, before anything runs."""
+    write_jsonl(tmp_path / "data" / "pool.jsonl", rows())
+    path = recipe(tmp_path, formats="[parquet, hf_dataset]")
+    env = _without("datasets", tmp_path / "shim")
+    done = cli("validate", path, env=env)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "output.formats: hf_dataset need(s) the 'models' extra" in done.stderr, done.stderr
+    for command in ("plan", "run"):
+        err = refused(cli(command, path, env=env))
+        assert "needs the 'datasets' package" in err and "selectkit[models]" in err, err
+    assert not (tmp_path / "out").exists()
+    assert cli("validate", path).stderr.count("'models' extra") == 0  # with datasets installed: no word of it
 
 
 def test_a_missing_ray_extra_is_said_by_validate_and_plan(tmp_path):

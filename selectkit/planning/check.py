@@ -99,6 +99,9 @@ def _extras(checked: Checked) -> dict[str, list[str]]:
         for extra in (*component.extras, *(("models",) if uses_model else ())):
             if label not in needs.setdefault(extra, []):
                 needs[extra].append(label)
+    output = getattr(checked.loaded.recipe, "output", None)
+    if output is not None and "hf_dataset" in output.formats:  # written with datasets' save_to_disk
+        needs.setdefault("models", []).append("output.formats: hf_dataset")
     execution = getattr(checked.loaded.recipe, "execution", None)
     if execution is not None and execution.executor == "ray":
         needs.setdefault("ray", []).append("execution.executor: ray")

@@ -30,6 +30,7 @@ from selectkit.errors import (
     RecipeErrors,
     SelectkitError,
     missing_extras,
+    missing_module,
     unknown_message,
 )
 from selectkit.planning.steps import (
@@ -68,7 +69,7 @@ def compile_plan(checked: Checked, cache: Cache | None = None, out_dir: Path | N
     options = dict(options or {})
     recipe = checked.loaded.recipe
     for extra, who in checked.missing_extras.items():
-        raise MissingExtraError(extra if extra != "models" else "torch", extra, " and ".join(who))
+        raise MissingExtraError(missing_module(extra), extra, " and ".join(who))
     executor = _executor(checked, options)
     cache = cache or Cache()
     if out_dir is None:
