@@ -130,14 +130,14 @@ class PassRate(Scorer):
         problems = []
         for param in ("prompt", "answer"):
             try:
-                render_missing(rows, getattr(p, param))
+                render_missing(rows, getattr(p, param), as_list=True)
             except DataError as exc:
                 problems.append(("error", param, f"{self.name}: `{param}`: {exc.message}"))
         if problems:
             return problems
-        answers, missing = render_missing(rows, p.answer)
-        if p.on_missing == "error" and missing.any():
-            row = int(missing.argmax())
+        answers, missing = render_missing(rows, p.answer, as_list=True)
+        if p.on_missing == "error" and any(missing):
+            row = missing.index(True)
             problems.append(("error", "answer", f"{self.name}: pool row {row + 1} has no reference answer "
                              f"({p.answer!r} is null or absent); set `on_missing: skip` to leave such rows "
                              "unscored"))
