@@ -207,7 +207,7 @@ def test_a_side_effecting_pkg_model_is_never_imported(tmp_path, with_model):
         assert not marker.exists(), f"{command[0]} ran the package's __init__.py"
 
 
-def test_validate_of_pkg_torch_and_of_every_shipped_recipe_imports_no_torch(tmp_path):
+def test_validate_of_pkg_torch_and_of_every_shipped_recipe_imports_no_torch_nor_numpy(tmp_path):
     from conftest import RECIPES
 
     write_jsonl(tmp_path / "data" / "pool.jsonl", rows(12))
@@ -217,7 +217,9 @@ def test_validate_of_pkg_torch_and_of_every_shipped_recipe_imports_no_torch(tmp_
     code = ("import sys\nfrom selectkit.api import validate\nfrom selectkit.errors import SelectkitError\n"
             "for r in sys.argv[1:]:\n    try:\n        validate(r)\n    except SelectkitError as exc:\n"
             "        print('ERR', r, str(exc).splitlines()[0])\n"
-            "    assert 'torch' not in sys.modules, r\nprint('OK')\n")
+            "    assert 'torch' not in sys.modules, r\n"
+            "    assert 'numpy._core' not in sys.modules, r  # numpy stays lazy until data is computed on\n"
+            "print('OK')\n")
     done = subprocess.run([sys.executable, "-c", code, *recipes], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stdout + done.stderr
