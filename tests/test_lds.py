@@ -13,7 +13,7 @@ import pytest
 from conftest import cli
 
 from selectkit.contract.keyed_random import keyed_subset, row_keys
-from selectkit.evaluation import lds
+from selectkit.evaluation import lds, ranks
 
 # ---------------------------------------------------------------- the maths
 
@@ -27,7 +27,7 @@ def test_spearman_matches_scipy_column_by_column(ties):
     y = x * rng.uniform(-1, 1, size=7) + rng.normal(size=(23, 7))
     if ties:
         x, y = np.round(x), np.round(y * 2) / 2
-    ours = lds.spearman(x, y, axis=0)
+    ours = ranks.spearman(x, y, axis=0)
     for j in range(x.shape[1]):
         assert ours[j] == pytest.approx(spearmanr(x[:, j], y[:, j]).statistic, abs=1e-12)
     assert lds.lds(x, y) == pytest.approx(np.mean([spearmanr(x[:, j], y[:, j]).statistic for j in range(7)]))
@@ -38,13 +38,13 @@ def test_average_ranks_match_scipy_rankdata_along_any_axis():
 
     a = np.random.default_rng(1).integers(0, 5, size=(4, 9, 3)).astype(float)
     for axis in range(3):
-        np.testing.assert_array_equal(lds.average_ranks(a, axis), rankdata(a, axis=axis))
+        np.testing.assert_array_equal(ranks.average_ranks(a, axis), rankdata(a, axis=axis))
 
 
 def test_a_constant_column_is_nan_and_skipped_by_the_mean():
     x = np.arange(10.0)[:, None].repeat(2, 1)
     y = np.c_[np.arange(10.0), np.ones(10)]
-    rho = lds.spearman(x, y)
+    rho = ranks.spearman(x, y)
     assert rho[0] == pytest.approx(1.0) and np.isnan(rho[1])
     assert lds.lds(x, y) == pytest.approx(1.0)
 
@@ -63,7 +63,7 @@ def test_bootstrap_ci_resamples_subsets_and_covers_the_estimate():
     # by hand: one replicate is the mean over columns of scipy's Spearman on the resampled rows
     idx = np.random.default_rng([0, 0x1D5]).integers(0, k, size=(1, k))[0]
     first = np.mean([spearmanr(pred[idx, j], loss[idx, j]).statistic for j in range(m)])
-    rho = lds.spearman(pred[idx[None]], loss[idx[None]], axis=1)
+    rho = ranks.spearman(pred[idx[None]], loss[idx[None]], axis=1)
     assert np.nanmean(rho) == pytest.approx(first)
     assert lds.bootstrap_ci(pred, loss, reps=400, seed=0) == (lo, hi)  # seeded
 

@@ -97,19 +97,6 @@ def label_sample(keys: np.ndarray, features: np.ndarray | None, usable: np.ndarr
 # ---------------------------------------------------------------- metrics
 
 
-def ranks(x: np.ndarray) -> np.ndarray:
-    """Average ranks (ties share their mean rank), as Spearman needs."""
-    x = np.asarray(x, dtype=np.float64)
-    order = np.argsort(x, kind="stable")
-    sorted_x = x[order]
-    r = np.empty(len(x), dtype=np.float64)
-    starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])
-    ends = np.r_[starts[1:], len(x)]
-    for a, b in zip(starts, ends):
-        r[order[a:b]] = (a + b - 1) / 2.0
-    return r
-
-
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     a, b = a - a.mean(), b - b.mean()
@@ -118,7 +105,11 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    return pearson(ranks(a), ranks(b))
+    """Spearman's rho (selectkit.evaluation.ranks), 0 where either side is constant."""
+    from selectkit.evaluation.ranks import spearman as rho
+
+    value = float(rho(a, b))
+    return 0.0 if np.isnan(value) else value
 
 
 def precision_at(truth: np.ndarray, predicted: np.ndarray, k: int) -> float:
