@@ -25,7 +25,8 @@ keys forbidden). What they return: `Score` (with its `Shape`), `Selection`. What
 Pass providers (the only code that loads models): `ShardedPass` (write `plan`, `compute` per shard and
 `assemble`; the base owns the cache entry, resume, progress and devices) or `PassProvider`; they plan
 `PassPlan`s with a `PlanContext` and run a `PassWork` with a `PassContext` (its `model()` is the one
-loader). The causal-LM toolkit they share is below. Data formats: `Reader`/`RowSource`/`InMemory`.
+loader). The causal-LM toolkit they share is below. Data formats: `Reader`/`RowSource`/`InMemory`;
+`FirstRows` is a source's first rows as plain dicts (what validate and `Scorer.check_pool` see).
 
 Randomness is keyed by row identity (`row_keys`, `uniform`, `gumbel`; `rng_for` for draws that are not
 about rows). Errors a user can cause are `SelectkitError`s (`DataError`, `RecipeError`, `ModelError`...):
@@ -76,7 +77,7 @@ from selectkit.contract.passes import (
     ShardedPass,
 )
 from selectkit.contract.protocols import Model, Pool, Rows, Shards, Source, StepStore
-from selectkit.contract.readers import InMemory, Reader, RowSource, whole
+from selectkit.contract.readers import FirstRows, InMemory, Reader, RowSource, whole
 from selectkit.contract.registry import find_component
 from selectkit.errors import (
     DataError,
@@ -119,7 +120,7 @@ __all__ = [
     "FeatureRequest", "Features", "describe", "PassProvider", "ShardedPass", "PassPlan", "PassWork", "PlanContext",
     "PassContext", "Shard", "PassStats", "ModelRef", "Model", "Shards", "StepStore", "Source",
     # data formats
-    "Reader", "RowSource", "InMemory", "whole",
+    "Reader", "RowSource", "InMemory", "FirstRows", "whole",
     # registration, randomness, identity, cheap imports
     "hookimpl", "row_keys", "uniform", "gumbel", "rng_for", "canonical_order", "keyed_subset", "label_hash", "mix64",
     "cache_key", "path_fingerprint", "lazy_import",

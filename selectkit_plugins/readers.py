@@ -12,7 +12,17 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-from selectkit.plugin import DataError, InMemory, Reader, RowSource, hookimpl, lazy_import, require, whole
+from selectkit.plugin import (
+    DataError,
+    FirstRows,
+    InMemory,
+    Reader,
+    RowSource,
+    hookimpl,
+    lazy_import,
+    require,
+    whole,
+)
 
 np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
@@ -103,17 +113,27 @@ class JsonlRows(RowSource):
             return pl.read_ndjson(io.BytesIO(b"".join(lines)), infer_schema_length=None)
         except Exception as exc:  # find the line to blame; polars does not say
             for raw, number in zip(lines, numbers):
-                try:
-                    value = json.loads(raw.decode("utf-8"))
-                except UnicodeDecodeError as bad:
-                    raise DataError(f"{self.path.name}:{number}: not valid UTF-8 (byte {bad.start} of the "
-                                    "line)") from None
-                except ValueError as bad:
-                    raise DataError(f"{self.path.name}:{number}: not valid JSON: {bad}") from None
-                if not isinstance(value, dict):
-                    raise DataError(f"{self.path.name}:{number}: a jsonl line must be a JSON object, "
-                                    f"not {type(value).__name__}") from None
+                self.parse(raw, number)
             raise DataError(f"{self.path.name}: cannot read lines {numbers[0]}-{numbers[-1]}: {exc}") from None
+
+    def parse(self, raw: bytes, number: int) -> dict:
+        """One line's object, or a DataError naming the line (bad UTF-8, bad JSON, not an object)."""
+        try:
+            value = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as bad:
+            raise DataError(f"{self.path.name}:{number}: not valid UTF-8 (byte {bad.start} of the line)") from None
+        except ValueError as bad:
+            raise DataError(f"{self.path.name}:{number}: not valid JSON: {bad}") from None
+        if not isinstance(value, dict):
+            raise DataError(f"{self.path.name}:{number}: a jsonl line must be a JSON object, "
+                            f"not {type(value).__name__}") from None
+        return value
+
+    def first_rows(self, rows: int) -> FirstRows:
+        """Rows [0, rows) parsed by `json` alone (validate's look at a file loads no polars)."""
+        lines, numbers = self._lines(0, min(rows, self.rows))
+        return FirstRows.of_dicts([self.parse(raw, n) for raw, n in zip(lines, numbers)],
+                                  lambda row: f"{self.path.name}:{numbers[row] if row < len(numbers) else row + 1}")
 
     def not_text(self, frame: pl.DataFrame, lo: int, columns: list[str]) -> tuple[int, str, str] | None:
         """polars reads a field that holds text in some lines and objects or arrays in others as
@@ -176,6 +196,11 @@ class JsonLines(Reader):
             return super().head(path, rows)
         source = JsonlRows(path, stop=rows)
         return source.slice(0, rows), source.where
+
+    def first_rows(self, path: Path, rows: int) -> FirstRows:
+        if path.name.endswith(".gz"):
+            return super().first_rows(path, rows)
+        return JsonlRows(path, stop=rows).first_rows(rows)
 
 
 class ParquetRows(RowSource):

@@ -207,7 +207,7 @@ def test_a_side_effecting_pkg_model_is_never_imported(tmp_path, with_model):
         assert not marker.exists(), f"{command[0]} ran the package's __init__.py"
 
 
-def test_validate_of_pkg_torch_and_of_every_shipped_recipe_imports_no_torch_nor_numpy(tmp_path):
+def test_validate_of_pkg_torch_and_of_every_shipped_recipe_imports_no_torch_numpy_nor_polars(tmp_path):
     from conftest import RECIPES
 
     write_jsonl(tmp_path / "data" / "pool.jsonl", rows(12))
@@ -219,6 +219,7 @@ def test_validate_of_pkg_torch_and_of_every_shipped_recipe_imports_no_torch_nor_
             "        print('ERR', r, str(exc).splitlines()[0])\n"
             "    assert 'torch' not in sys.modules, r\n"
             "    assert 'numpy._core' not in sys.modules, r  # numpy stays lazy until data is computed on\n"
+            "    assert 'polars.dataframe' not in sys.modules, r  # a jsonl source's first rows are read by json\n"
             "print('OK')\n")
     done = subprocess.run([sys.executable, "-c", code, *recipes], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(tmp_path)})

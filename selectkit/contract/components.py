@@ -153,7 +153,7 @@ class Scorer(Component):
     rowwise: ClassVar[bool] = False  # each row's score depends on its own row (and `stats`) only
 
     def check_pool(self, frame: Any) -> list[tuple[str, str, str]]:
-        """At validate, on the pool's first rows (a polars DataFrame, `name` "pool"): problems this
+        """At validate, on the pool's first rows (`FirstRows`: plain dicts, no polars): problems this
         scorer can see before any compute, as (level "error" or "warning", the param, the message):
         a column or template that names no column, a reference that is missing. Default: none."""
         return []

@@ -5,6 +5,8 @@ memory via `InMemory`), so a pool never has to fit in memory. Readers register t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -54,6 +56,33 @@ class InMemory(RowSource):
         return list(self.frame.columns)
 
 
+@dataclass
+class FirstRows:
+    """A source's first rows as plain dicts: what validate checks (columns, texts, ids, a scorer's
+    `check_pool`) without loading polars or numpy. `columns` are every row's keys in order of first
+    appearance (or the file's schema); a key absent from a row reads as None; `where(row)` places a
+    row for messages (`pool.jsonl:61`)."""
+
+    rows: list[dict[str, Any]]
+    where: Callable[[int], str]
+    columns: list[str]
+    types: dict[str, str] = field(default_factory=dict)  # a nested column's type, where the file declares one
+
+    def kind(self, column: str, value: Any) -> str:
+        """What a list or object value of `column` is, in the file's own terms (for messages)."""
+        if column in self.types:
+            return self.types[column]
+        return "a JSON object" if isinstance(value, dict) else "a JSON array"
+
+    @classmethod
+    def of_dicts(cls, rows: list[dict[str, Any]], where: Callable[[int], str]) -> FirstRows:
+        return cls(rows, where, list(dict.fromkeys(k for row in rows for k in row)))
+
+    @property
+    def height(self) -> int:
+        return len(self.rows)
+
+
 def whole(path: Path) -> Path | bytes:
     """What a reader hands polars for a format read at once: a local path as is, an object in a
     store (selectkit.storage.objects.ObjectPath) as its bytes, downloaded whole."""
@@ -81,3 +110,11 @@ class Reader:
         """The first `rows` rows (cheap where the format allows) and `where(row)` for messages."""
         source = self.open(path)
         return source.slice(0, min(rows, source.rows)), source.where
+
+    def first_rows(self, path: Path, rows: int) -> FirstRows:
+        """The first `rows` rows as plain dicts, for validate's checks. Default: `head` converted; a
+        format that can parse its first rows without polars overrides it (jsonl does), which keeps
+        `selectkit validate` from importing polars."""
+        frame, where = self.head(path, rows)
+        types = {name: str(dtype) for name, dtype in frame.schema.items() if dtype.is_nested()}
+        return FirstRows(frame.to_dicts(), where, list(frame.columns), types)

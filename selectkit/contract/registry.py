@@ -92,8 +92,12 @@ def load_registry(strict: bool = False) -> Registry:
     """Load every entry point of the `selectkit` group. A plugin that fails to import or
     register is recorded in `broken` and skipped; with `strict` it raises PluginError."""
     registry = Registry()
+    names: dict[int, str] = {}  # a distribution's name parses its METADATA file: once per distribution
     for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-        distribution = ep.dist.name if ep.dist else "unknown distribution"
+        if ep.dist is None:
+            distribution = "unknown distribution"
+        elif (distribution := names.get(id(ep.dist))) is None:
+            distribution = names[id(ep.dist)] = ep.dist.name
         try:
             plugin = ep.load()
             registry.add(plugin, name=ep.name, distribution=distribution)

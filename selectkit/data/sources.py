@@ -18,7 +18,7 @@ from functools import cached_property
 from pathlib import Path
 
 from selectkit.contract.lazy import lazy_import
-from selectkit.contract.readers import Reader, RowSource
+from selectkit.contract.readers import FirstRows, Reader, RowSource
 from selectkit.errors import DataError, SelectkitWarning
 from selectkit.storage.digest import path_fingerprint
 
@@ -97,7 +97,7 @@ def check_columns(columns: list[str], text: str, source: str) -> None:
 @dataclass
 class Rendered:
     texts: list[str]
-    skipped: pl.Series | None  # True where the text was missing and the row is skipped (on_missing: skip)
+    skipped: pl.Series | list[bool] | None  # True where the text was missing and the row is skipped (skip)
     missing: int = 0  # rows with a missing field (skipped or emptied)
 
     @property
@@ -115,6 +115,8 @@ def render_texts(frame: pl.DataFrame, text: str, source: str, *, on_missing: str
     `on_missing` is `skip` (the row stays in the table but is never selected) or `empty` (""). A
     field holding lists or structs is an error: its printed form is not text.
     """
+    if isinstance(frame, FirstRows):
+        return _render_first_rows(frame, text, source, on_missing)
     where = where or (lambda row: f"{source} row {row + 1}")
     needed = text_columns(text)
     check_columns(known_columns if known_columns is not None else frame.columns, text, source)
@@ -129,8 +131,7 @@ def render_texts(frame: pl.DataFrame, text: str, source: str, *, on_missing: str
     if missing and on_missing == "error":
         row = int(nulls.arg_max())
         name = next(n for n in needed if filled[n][row] is None)
-        raise DataError(f"{where(first_row + row)}: field {name!r} is missing or null",
-                        hint=f"set `on_missing: skip` (never select such rows) or `empty` on the {source} source")
+        raise _missing_field(where(first_row + row), name, source)
     fields = template_fields(text)
     if fields is None:
         texts = filled[text].cast(pl.String).fill_null("").to_list()
@@ -143,6 +144,42 @@ def render_texts(frame: pl.DataFrame, text: str, source: str, *, on_missing: str
                 parts.append(pl.col(name).cast(pl.String).fill_null(""))
         texts = filled.select(pl.concat_str(parts).alias("t"))["t"].to_list()
     return Rendered(texts, nulls if missing and on_missing == "skip" else None, missing)
+
+
+def _render_first_rows(head: FirstRows, text: str, source: str, on_missing: str) -> Rendered:
+    """`render_texts` on validate's first rows, in plain Python (no polars): the same checks and
+    messages, each naming the row's own line; values print as polars casts them to text."""
+    needed = text_columns(text)
+    check_columns(head.columns, text, source)
+    fields = template_fields(text)
+    texts, skipped = [], []
+    for i, row in enumerate(head.rows):
+        for name in needed:
+            if isinstance(value := row.get(name), dict | list):
+                raise DataError(not_text_message(head.where(i), name, head.kind(name, value)))
+        absent = [n for n in needed if row.get(n) is None]
+        if absent and on_missing == "error":
+            raise _missing_field(head.where(i), absent[0], source)
+        skipped.append(bool(absent))
+        values = {n: _as_text(row.get(n)) for n in needed}
+        texts.append(values[text] if fields is None else
+                     "".join(lit + (values[n] if n is not None else "")
+                             for lit, n, _, _ in string.Formatter().parse(text)))
+    missing = sum(skipped)
+    return Rendered(texts, skipped if missing and on_missing == "skip" else None, missing)
+
+
+def _as_text(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _missing_field(where: str, name: str, source: str) -> DataError:
+    return DataError(f"{where}: field {name!r} is missing or null",
+                     hint=f"set `on_missing: skip` (never select such rows) or `empty` on the {source} source")
 
 
 def not_text_message(where: str, name: str, what: str) -> str:
@@ -218,15 +255,47 @@ def read_ids(frame: pl.DataFrame, id_column: str | None, first_row: int, source:
     if id_column is None:
         return pl.int_range(first_row, first_row + frame.height, dtype=pl.Int64, eager=True).alias("id")
     if id_column not in frame.columns:
-        raise DataError(f"{source}: id column {id_column!r} not found (columns: {', '.join(frame.columns)})")
+        raise _id_not_found(id_column, source, frame.columns)
     ids = frame[id_column].alias("id")
     if ids.dtype.is_nested():
-        raise DataError(f"{where(first_row)}: id column {id_column!r} holds {ids.dtype}; ids must be strings or "
-                        "integers")
+        raise _id_not_scalar(where(first_row), id_column, str(ids.dtype))
     if ids.null_count():
-        raise DataError(f"{where(first_row + int(ids.is_null().arg_max()))}: id column {id_column!r} has a "
-                        "missing value")
+        raise _id_missing(where(first_row + int(ids.is_null().arg_max())), id_column)
     return ids
+
+
+def check_first_ids(head: FirstRows, id_column: str | None, source: str) -> None:
+    """`read_ids` and `check_unique` on validate's first rows, in plain Python (no polars)."""
+    if id_column is None:
+        return
+    if id_column not in head.columns:
+        raise _id_not_found(id_column, source, head.columns)
+    seen: dict = {}
+    for i, row in enumerate(head.rows):
+        value = row.get(id_column)
+        if isinstance(value, dict | list):
+            raise _id_not_scalar(head.where(i), id_column, head.kind(id_column, value))
+        if value is None:
+            raise _id_missing(head.where(i), id_column)
+        if value in seen:
+            raise _id_duplicate(id_column, source, value, f" ({head.where(seen[value])} and {head.where(i)})")
+        seen[value] = i
+
+
+def _id_not_found(id_column: str, source: str, columns: list[str]) -> DataError:
+    return DataError(f"{source}: id column {id_column!r} not found (columns: {', '.join(columns)})")
+
+
+def _id_not_scalar(where: str, id_column: str, what: str) -> DataError:
+    return DataError(f"{where}: id column {id_column!r} holds {what}; ids must be strings or integers")
+
+
+def _id_missing(where: str, id_column: str) -> DataError:
+    return DataError(f"{where}: id column {id_column!r} has a missing value")
+
+
+def _id_duplicate(id_column: str, source: str, value, at: str) -> DataError:
+    return DataError(f"{source}: id column {id_column!r} has duplicate value {value!r}{at}")
 
 
 def check_unique(ids: pl.Series, id_column: str | None, source: str, where=None) -> None:
@@ -236,7 +305,7 @@ def check_unique(ids: pl.Series, id_column: str | None, source: str, where=None)
         value = ids[int(rows[0])]
         same = rows[ids.gather(rows) == value]
         at = f" ({where(int(same[0]))} and {where(int(same[1]))})" if where is not None and len(same) > 1 else ""
-        raise DataError(f"{source}: id column {id_column!r} has duplicate value {value!r}{at}")
+        raise _id_duplicate(id_column, source, value, at)
 
 
 def load_dataset(name: str, path: Path, *, text: str, id_column: str | None, limit: int | None,

@@ -31,14 +31,15 @@ def render(ds: Any, template: str) -> list[str]:
 def render_missing(ds: Any, template: str, *, as_list: bool = False) -> tuple[list[str], Any]:
     """Each example's rendering of a column name or `{template}` ("" where a field is missing) and a
     mask of the rows where a field it names is missing or null (a numpy array, or a list of bools
-    with `as_list`: validate's checks import no numpy); a column absent from every row is a
+    with `as_list`: validate's checks, on `FirstRows`, import no numpy); a column absent from every row is a
     DataError naming it."""
     from selectkit.data.sources import render_texts
 
     rendered = render_texts(ds.rows, template, ds.name, on_missing="skip")
     if as_list:
-        return rendered.texts, ([False] * len(rendered.texts) if rendered.skipped is None
-                                else [bool(x) for x in rendered.skipped.to_list()])
+        skipped = rendered.skipped
+        return rendered.texts, ([False] * len(rendered.texts) if skipped is None
+                                else [bool(x) for x in (skipped if isinstance(skipped, list) else skipped.to_list())])
     missing = np.zeros(len(rendered.texts), dtype=bool) if rendered.skipped is None else \
         rendered.skipped.to_numpy().astype(bool)
     return rendered.texts, missing

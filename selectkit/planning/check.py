@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from selectkit.contract.components import Component, Scorer, Shape
 from selectkit.contract.registry import Registry, default_registry
-from selectkit.data.sources import check_columns, check_unique, pick_reader, read_ids, render_texts, source_files
+from selectkit.data.sources import check_first_ids, pick_reader, render_texts, source_files
 from selectkit.errors import (
     DataError,
     PluginError,
@@ -175,7 +175,7 @@ def _check_rows(name: str, file: Path, reader: Any, spec: Any, where: tuple, out
     text, the id column exists and its first values are unique; a bad row is named by its line."""
 
     try:
-        frame, where_row = reader.head(file, HEAD_ROWS)
+        head = reader.first_rows(file, HEAD_ROWS)
     except DataError as exc:
         out.add(exc.message, where + ("path",), hint=exc.hint, code=exc.code)
         return False
@@ -184,14 +184,12 @@ def _check_rows(name: str, file: Path, reader: Any, spec: Any, where: tuple, out
         return False
     ok = True
     try:
-        check_columns(list(frame.columns), spec.text, name)
-        render_texts(frame, spec.text, name, on_missing=spec.on_missing, where=where_row)
+        render_texts(head, spec.text, name, on_missing=spec.on_missing)
     except DataError as exc:
         out.add(exc.message, where + ("text",), hint=exc.hint, code="data-content")
         ok = False
     try:
-        ids = read_ids(frame, spec.id, 0, name, where_row)
-        check_unique(ids, spec.id, name, where_row)
+        check_first_ids(head, spec.id, name)
     except DataError as exc:
         out.add(exc.message, where + ("id",) if spec.id else where, hint=exc.hint, code="data-content")
         ok = False
@@ -249,7 +247,7 @@ def _pool_columns(loaded: LoadedRecipe, registry: Registry, sources: dict[str, S
 
 
 def _pool_head(loaded: LoadedRecipe, registry: Registry, sources: dict[str, SourceNode]) -> Any:
-    """The pool's first HEAD_ROWS rows as read by its reader (None when the pool could not be read:
+    """The pool's first HEAD_ROWS rows as plain rows, `FirstRows` (None when the pool could not be read:
     that is said where the pool is checked); read once per check."""
     node = sources.get("pool")
     if node is None:
@@ -259,7 +257,7 @@ def _pool_head(loaded: LoadedRecipe, registry: Registry, sources: dict[str, Sour
         readers = {n: e.cls for n, e in registry.components["readers"].items()}
         try:
             files = source_files(node.path)
-            memo[node.path] = pick_reader(files[0], readers, node.spec.format, "pool").head(files[0], HEAD_ROWS)[0]
+            memo[node.path] = pick_reader(files[0], readers, node.spec.format, "pool").first_rows(files[0], HEAD_ROWS)
         except Exception:  # noqa: BLE001 - reported where the pool is checked
             memo[node.path] = None
     return memo[node.path]
