@@ -1,0 +1,210 @@
+"""`selectkit explain RUN --influence TARGET_ID` on a real tiny LESS + TracIn run (a warmed-up LoRA, two
+checkpoints, a sharded float16 store): the pool examples it names, with their scores, are the exact top-K
+of the run's own per-target score column (a target of one example) and of a numpy product read straight
+from the store's .npy files; the index is built once and read from the cache after; a run without a store,
+an unknown or ambiguous id or score, and a pruned store are one-line errors. The CLI runs as a user would."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from conftest import ROOT, cli
+
+pytest.importorskip("torch")
+pytest.importorskip("faiss")
+
+RECIPE = """
+selectkit: 1
+name: explain-influence
+seed: 3
+data:
+  pool: {{path: {root}/recipes/data/pool.jsonl, id: id, limit: 48}}
+  targets:
+    one: {{path: {root}/recipes/data/target_politics.jsonl, id: id, limit: 1}}
+    film: {{path: {root}/recipes/data/target_film.jsonl, id: id, limit: 4}}
+models:
+  lm:
+    path: {root}/recipes/models/tiny-lm
+    kind: causal-lm
+    max_length: 48
+    warmup: {{fraction: 0.25, epochs: 2, learning_rate: 2.0e-4, batch_size: 8, micro_batch_size: 8,
+             lora: {{r: 4, alpha: 16, dropout: 0.0}}}}
+scores:
+  infl:
+    use: influence.less
+    model: lm
+    targets: [one, film]
+    with: {{proj_dim: 4096, batch_size: 8}}
+  trac:
+    use: influence.tracin
+    model: lm
+    targets: [one, film]
+    with: {{proj_dim: 256, batch_size: 8}}
+select:
+  - use: topk
+    with: {{score: infl.one, budget: 10}}
+output: {{dir: {out}, formats: [parquet]}}
+"""
+FILM = [f"film-t00{i}" for i in range(4)]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """(run folder, its cache, its recipe): one real run through the CLI, 16-row shards."""
+    work = tmp_path_factory.mktemp("influence")
+    recipe = work / "recipe.yaml"
+    recipe.write_text(RECIPE.format(root=ROOT, out=work / "out"))
+    done = cli("run", recipe, "--shard-rows", "16", "-q", env={"SELECTKIT_CACHE_DIR": str(work / "cache")})
+    assert done.returncode == 0, done.stderr
+    return work / "out", work / "cache", recipe
+
+
+def explain(run: Path, *args: str) -> dict:
+    got = cli("explain", run, "--format", "json", *args)
+    assert got.returncode == 0, got.stderr
+    return json.loads(got.stdout)
+
+
+def fails(run: Path, *args: str) -> str:
+    got = cli("explain", run, *args)
+    assert got.returncode == 1, got.stdout + got.stderr
+    assert "Traceback" not in got.stderr
+    return got.stderr
+
+
+def store_rows(cache: Path, store: dict) -> list[np.ndarray]:
+    """One (N, D) float64 array per checkpoint, read from the entry's .npy files with numpy alone."""
+    out = []
+    for point in range(store["points"]):
+        parts = []
+        for shard in range(point * store["row_shards"], (point + 1) * store["row_shards"]):
+            folder = cache / store["artifact"] / store["key"] / f"shard-{shard:05d}"
+            names = json.loads((folder / "meta.json").read_text())["arrays"]
+            arrays = {n: np.load(folder / f"a{i:03d}.npy") for i, n in enumerate(names)}
+            rows = arrays["features"].astype(np.float64)
+            if "scales" in arrays:
+                rows = rows * arrays["scales"].astype(np.float64)[:, None]
+            parts.append(rows)
+        out.append(np.concatenate(parts))
+    return out
+
+
+def reference(cache: Path, entry: dict, task: str, row: int) -> np.ndarray:
+    """The score of every pool row against target row `row`: sum_c w_c <x_c, y_c> (of unit rows for a cosine)."""
+    def unit(a):
+        return a / np.linalg.norm(a, axis=-1, keepdims=True) if entry["cosine"] else a
+
+    pool, target = store_rows(cache, entry["pool"]), store_rows(cache, entry["targets"][task])
+    return sum(w * unit(x) @ unit(y[row]) for x, y, w in zip(pool, target, entry["weights"]))
+
+
+def manifest(run: Path) -> dict:
+    return json.loads((run / "manifest.json").read_text())
+
+
+def test_the_manifest_names_the_stores_weights_and_method(finished):
+    run, cache, _ = finished
+    scores = manifest(run)["scores"]
+    less, tracin = scores["infl"]["influence"], scores["trac"]["influence"]
+    assert (less["method"], less["cosine"], tracin["method"], tracin["cosine"]) == ("less", True, "tracin", False)
+    lrs = [c["lr"] for c in less["checkpoints"]]
+    assert len(lrs) == 2 and less["weights"] == pytest.approx([lr / sum(lrs) for lr in lrs])  # LESS: lr / sum lr
+    assert tracin["weights"] == pytest.approx(lrs)  # TracIn: the lrs themselves
+    assert less["targets"]["film"]["ids"] == FILM and less["targets"]["one"]["ids"] == ["politics-t000"]
+    for store in (less["pool"], less["targets"]["film"], tracin["pool"]):
+        assert (cache / store["artifact"] / store["key"] / "meta.json").is_file()
+    assert less["pool"]["row_shards"] == 3 and less["pool"]["feature_dtype"] == "float16"
+    assert less["pool"]["key"] != tracin["pool"]["key"]  # Adam-preconditioned pool grads vs plain ones
+
+
+def test_the_top_k_is_the_exact_top_k_of_the_runs_own_column(finished):
+    """Target `one` has one example, so the run's column score.infl.one is that example's LESS score."""
+    run, _, _ = finished
+    got = explain(run, "--influence", "politics-t000", "--score", "infl", "--top", "8")
+    table = pl.read_parquet(run / "selection.parquet")
+    column = table["score.infl.one"].to_numpy()
+    order = np.lexsort((np.arange(len(column)), -column))[:8]
+    assert [n["id"] for n in got["neighbours"]] == table["id"].cast(pl.String).to_numpy()[order].tolist()
+    np.testing.assert_allclose([n["influence"] for n in got["neighbours"]], column[order], rtol=1e-5, atol=1e-7)
+    ranks = dict(zip(table["id"].cast(pl.String).to_list(), table["rank"].to_list()))
+    assert [n["rank"] for n in got["neighbours"]] == [ranks[n["id"]] for n in got["neighbours"]]
+    assert got["neighbours"][0]["selected"] and got["neighbours"][0]["rank"] == 1  # topk on this very column
+    assert all(n["text"] for n in got["neighbours"])
+
+
+@pytest.mark.parametrize("score", ["infl", "trac"])
+def test_every_target_example_matches_numpy_on_the_store(finished, score):
+    """LESS (cosine, lr-normalised weights) and TracIn (inner product, lr weights), each film example."""
+    run, cache, _ = finished
+    entry = manifest(run)["scores"][score]["influence"]
+    for row, target_id in enumerate(FILM[:2]):
+        got = explain(run, "--influence", target_id, "--score", score, "--top", "5")
+        exact = reference(cache, entry, "film", row)
+        best = np.lexsort((np.arange(len(exact)), -exact))[:5]
+        assert [n["row"] for n in got["neighbours"]] == best.tolist()
+        np.testing.assert_allclose([n["influence"] for n in got["neighbours"]], exact[best], rtol=1e-5,
+                                   atol=1e-9 * np.abs(exact).max())
+        assert got["target"] == {"id": target_id, "task": "film", "row": row}
+
+
+def test_the_index_is_built_once_then_read_from_the_cache(finished):
+    run, cache, _ = finished
+    shutil.rmtree(cache / "neighbours", ignore_errors=True)
+    first = explain(run, "--influence", FILM[3], "--score", "infl")
+    second = explain(run, "--influence", FILM[2], "--score", "infl")
+    again = explain(run, "--influence", FILM[3], "--score", "infl")
+    assert (first["index"]["status"], second["index"]["status"], again["index"]["status"]) == \
+        ("built", "cached", "cached")
+    assert again["neighbours"] == first["neighbours"]
+    assert len(list((cache / "neighbours").iterdir())) == 1
+    text = cli("explain", run, "--influence", FILM[3], "--score", "infl", "--top", "3")
+    assert text.returncode == 0 and "film-t003 (film)" in text.stdout and text.stdout.count("\n    ") >= 3
+
+
+def test_the_python_api_answers_the_same(finished):
+    from selectkit.api import run as run_recipe
+
+    run, cache, recipe = finished
+    out = run_recipe(recipe, cache_dir=cache, options={"shard_rows": 16})  # everything cached
+    assert out.manifest["scores"]["infl"]["influence"]["weights"] == manifest(run)["scores"]["infl"]["influence"][
+        "weights"]  # checkpoints read from the cache when the score itself came from there
+    got = out.explain_influence(FILM[1], k=4, score="trac")
+    assert got["neighbours"] == explain(run, "--influence", FILM[1], "--score", "trac", "--top", "4")["neighbours"]
+
+
+def test_errors_are_one_line(finished, tmp_path):
+    run, cache, _ = finished
+    assert "several influence scores (infl, trac)" in fails(run, "--influence", FILM[0])
+    message = fails(run, "--influence", "film-t0009", "--score", "infl")
+    assert "target id 'film-t0009' is not an example" in message and "did you mean" in message
+    assert "not an influence score" in fails(run, "--influence", FILM[0], "--score", "inf")
+    assert "not both" in fails(run, "some-id", "--influence", FILM[0])
+    # a pruned store: the cache copied elsewhere, the pool's entry removed
+    moved = tmp_path / "moved"
+    shutil.copytree(cache, moved)
+    pool = manifest(run)["scores"]["infl"]["influence"]["pool"]
+    shutil.rmtree(moved / pool["artifact"] / pool["key"])
+    message = fails(run, "--influence", FILM[0], "--score", "infl", "--cache", moved)
+    assert f"cache entry passes/{pool['key']}" in message and "run the recipe again" in message
+    # one shard gone from a target's store
+    film = manifest(run)["scores"]["trac"]["influence"]["targets"]["film"]
+    shutil.rmtree(moved / film["artifact"] / film["key"] / "shard-00001")
+    message = fails(run, "--influence", FILM[0], "--score", "trac", "--cache", moved)
+    assert "run the recipe again" in message
+
+
+def test_a_run_without_a_gradient_store_says_so(tmp_path):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"id": f"p{i}", "text": "word " * (i + 1)}) + "\n" for i in range(20)))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"selectkit: 1\nname: plain\ndata:\n  pool: {{path: {pool}, id: id}}\n"
+                      f"scores:\n  len: {{use: length}}\nselect:\n  - use: topk\n    with: {{score: len, budget: 5}}\n"
+                      f"output: {{dir: {tmp_path / 'out'}, formats: [parquet]}}\n")
+    assert cli("run", recipe, "-q").returncode == 0
+    message = fails(tmp_path / "out", "--influence", "x")
+    assert "has no gradient store" in message and "len (length)" in message
