@@ -2,7 +2,8 @@
 checkpoints, a sharded float16 store): the pool examples it names, with their scores, are the exact top-K
 of the run's own per-target score column (a target of one example) and of a numpy product read straight
 from the store's .npy files; the index is built once and read from the cache after; a run without a store,
-an unknown or ambiguous id or score, and a pruned store are one-line errors. The CLI runs as a user would."""
+an unknown or ambiguous id or score, and a pruned store are one-line errors. The run and a few commands
+go through the real `selectkit` process; the other questions through click's runner (one import of torch)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from click.testing import CliRunner
 from conftest import ROOT, cli
+
+from selectkit.cli.commands import main
 
 pytest.importorskip("torch")
 pytest.importorskip("faiss")
@@ -65,15 +69,15 @@ def finished(tmp_path_factory):
 
 
 def explain(run: Path, *args: str) -> dict:
-    got = cli("explain", run, "--format", "json", *args)
-    assert got.returncode == 0, got.stderr
+    got = CliRunner().invoke(main, ["explain", str(run), "--format", "json", *map(str, args)])
+    assert got.exit_code == 0, got.output
     return json.loads(got.stdout)
 
 
 def fails(run: Path, *args: str) -> str:
-    got = cli("explain", run, *args)
-    assert got.returncode == 1, got.stdout + got.stderr
-    assert "Traceback" not in got.stderr
+    got = CliRunner().invoke(main, ["explain", str(run), *map(str, args)])
+    assert got.exit_code == 1 and isinstance(got.exception, SystemExit), got.output
+    assert got.stderr.startswith("error: ") and len(got.stderr.strip().splitlines()) == 1, got.stderr
     return got.stderr
 
 
@@ -162,8 +166,10 @@ def test_the_index_is_built_once_then_read_from_the_cache(finished):
         ("built", "cached", "cached")
     assert again["neighbours"] == first["neighbours"]
     assert len(list((cache / "neighbours").iterdir())) == 1
-    text = cli("explain", run, "--influence", FILM[3], "--score", "infl", "--top", "3")
-    assert text.returncode == 0 and "film-t003 (film)" in text.stdout and text.stdout.count("\n    ") >= 3
+    text = cli("explain", run, "--influence", FILM[3], "--score", "infl", "--top", "3")  # the real command
+    assert text.returncode == 0, text.stderr
+    assert "target film-t003 (film)" in text.stdout and "(cached)" in text.stdout and \
+        sum(line.split()[0].isdigit() for line in text.stdout.splitlines()) == 3
 
 
 def test_the_python_api_answers_the_same(finished):
@@ -179,7 +185,9 @@ def test_the_python_api_answers_the_same(finished):
 
 def test_errors_are_one_line(finished, tmp_path):
     run, cache, _ = finished
-    assert "several influence scores (infl, trac)" in fails(run, "--influence", FILM[0])
+    real = cli("explain", run, "--influence", FILM[0])  # the real command: exit 1, one line, no traceback
+    assert real.returncode == 1 and "Traceback" not in real.stderr, real.stderr
+    assert real.stderr.startswith("error: ") and "several influence scores (infl, trac)" in real.stderr
     message = fails(run, "--influence", "film-t0009", "--score", "infl")
     assert "target id 'film-t0009' is not an example" in message and "did you mean" in message
     assert "not an influence score" in fails(run, "--influence", FILM[0], "--score", "inf")
@@ -206,5 +214,5 @@ def test_a_run_without_a_gradient_store_says_so(tmp_path):
                       f"scores:\n  len: {{use: length}}\nselect:\n  - use: topk\n    with: {{score: len, budget: 5}}\n"
                       f"output: {{dir: {tmp_path / 'out'}, formats: [parquet]}}\n")
     assert cli("run", recipe, "-q").returncode == 0
-    message = fails(tmp_path / "out", "--influence", "x")
+    message = cli("explain", tmp_path / "out", "--influence", "x").stderr
     assert "has no gradient store" in message and "len (length)" in message

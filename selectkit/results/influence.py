@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ INDEX_KIND = "neighbours"  # cache entries of built indexes
 INDEX_VERSION = "1"
 SKETCH_DIM = 1024
 SKETCH_SEED = 0
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,128}")  # a cache kind or key: never a path out of the cache
 
 
 def explain_influence(run_dir: str | Path, target_id: Any, *, score: str | None = None, k: int = 10,
@@ -100,9 +102,14 @@ def _influence_score(run: Run, score: str | None) -> tuple[str, dict]:
         raise RunDirError(f"score {score!r} is not an influence score of {run.path} (those: {', '.join(usable)})"
                           + (f"; did you mean {close[0]!r}?" if close else ""))
     entry = usable[score]
+    where = f"manifest.json: scores.{score}.influence"
     for part in ("pool", "targets"):
         if not isinstance(entry.get(part), dict):
-            raise RunDirError(f"manifest.json: scores.{score}.influence.{part} is missing or not an object")
+            raise RunDirError(f"{where}.{part} is missing or not an object")
+    weights = entry.get("weights")
+    if weights is not None and not (isinstance(weights, list) and weights and all(
+            isinstance(w, int | float) and not isinstance(w, bool) for w in weights)):
+        raise RunDirError(f"{where}.weights is not a list of numbers")
     return score, entry
 
 
@@ -139,6 +146,8 @@ def _open(cache: Any, store: dict, what: str) -> list:
         shards, row_shards, points = int(store["shards"]), int(store["row_shards"]), int(store["points"])
     except (KeyError, TypeError, ValueError):
         raise RunDirError(f"manifest.json: {what} is not described (artifact, key, shards)") from None
+    if not (_NAME.fullmatch(artifact) and _NAME.fullmatch(key)) or min(shards, row_shards, points) < 1:
+        raise RunDirError(f"manifest.json: {what} names no cache entry ({artifact!r}/{key!r})")
     if not cache.has(artifact, key):
         raise RunDirError(f"{what} (cache entry {artifact}/{key}) is not in the cache at {cache.location}: it was "
                           "pruned, or the cache is elsewhere now",
