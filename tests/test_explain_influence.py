@@ -216,3 +216,38 @@ def test_a_run_without_a_gradient_store_says_so(tmp_path):
     assert cli("run", recipe, "-q").returncode == 0
     message = cli("explain", tmp_path / "out", "--influence", "x").stderr
     assert "has no gradient store" in message and "len (length)" in message
+
+
+def test_an_inner_product_index_round_trips_and_ranks_rows_without_a_gradient_last(tmp_path):
+    """TracIn's index holds the rows as stored (inner products, not cosines); saved and restored it answers
+    the same; a pool row without a gradient (NaN) never outranks one with a score."""
+    from test_gradient_store import stored
+
+    from selectkit_plugins.lib.influence.neighbours import InfluenceIndex, exact_top_k
+
+    rng = np.random.default_rng(7)
+    centres = rng.normal(size=(30, 128))
+    labels = rng.integers(0, 30, size=3000)
+    scale = rng.uniform(0.2, 5.0, size=(3000, 1))  # norms differ: the inner product's top rows are not the cosine's
+    checkpoints = []
+    for c in range(2):
+        rows = (centres[labels] + 0.6 * rng.normal(size=(3000, 128)) + 0.1 * c) * scale
+        rows[11] = np.nan
+        checkpoints.append([rows[i:i + 1000].astype(np.float32) for i in range(0, 3000, 1000)])
+    pool = [stored(tmp_path, f"ip-{c}", parts, "float32") for c, parts in enumerate(checkpoints)]
+    queries = [centres[[4]] + 0.1 * c for c in range(2)]
+    weights = [2e-4, 1e-4]
+    index = InfluenceIndex(pool, weights, sketch_dim=128, cosine=False)
+    scores, rows = index.search(queries, k=10)
+    ref_scores, ref_rows = exact_top_k(pool, queries, weights, 10, cosine=False)
+    assert len(set(rows[0]) & set(ref_rows[0])) >= 9 and 11 not in rows[0]
+    direct = sum(w * np.asarray(p, np.float64)[rows[0]] @ q[0] for p, q, w in zip(pool, queries, weights))
+    np.testing.assert_allclose(scores[0], direct, rtol=1e-9)
+    cosine_top = exact_top_k(pool, queries, weights, 10)[1]
+    assert set(cosine_top[0]) != set(ref_rows[0])
+    restored = InfluenceIndex(pool, weights, sketch_dim=128, cosine=False, saved=index.to_bytes())
+    again = restored.search(queries, k=10)
+    np.testing.assert_array_equal(again[1], rows)
+    np.testing.assert_allclose(again[0], scores)
+    _, every = restored.search(queries, k=3000)
+    assert every[0][-1] == 11  # asked for every row: the one without a gradient comes last
