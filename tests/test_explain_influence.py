@@ -251,3 +251,42 @@ def test_an_inner_product_index_round_trips_and_ranks_rows_without_a_gradient_la
     np.testing.assert_allclose(again[0], scores)
     _, every = restored.search(queries, k=3000)
     assert every[0][-1] == 11  # asked for every row: the one without a gradient comes last
+
+
+@pytest.mark.slow
+def test_a_store_in_object_storage_answers_from_another_machine(tmp_path, monkeypatch):
+    """The run's cache is a bucket (moto's S3 server): explain on a machine with an empty mirror folder
+    pulls the store's shards it reads, answers as a local run does, and publishes the index it built."""
+    pytest.importorskip("s3fs")
+    boto3 = pytest.importorskip("boto3")
+    from test_object_storage import BUCKET, _free_port, moto_server
+
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        for k, v in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+                     "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            monkeypatch.setenv(k, v)
+        client = boto3.client("s3", endpoint_url=f"http://{host}:{port}")
+        client.create_bucket(Bucket=BUCKET)
+        recipe = tmp_path / "recipe.yaml"
+        recipe.write_text(RECIPE.format(root=ROOT, out=tmp_path / "out"))
+        done = cli("run", recipe, "--shard-rows", "16", "-q", "--cache-dir", f"s3://{BUCKET}/cache",
+                   env={"SELECTKIT_CACHE_MIRROR": str(tmp_path / "machine-a")})
+        assert done.returncode == 0, done.stderr
+        assert manifest(tmp_path / "out")["cache"] == f"s3://{BUCKET}/cache"
+        monkeypatch.setenv("SELECTKIT_CACHE_MIRROR", str(tmp_path / "machine-b"))
+        got = explain(tmp_path / "out", "--influence", "politics-t000", "--score", "infl", "--top", "5")
+        column = pl.read_parquet(tmp_path / "out" / "selection.parquet")["score.infl.one"].to_numpy()
+        np.testing.assert_allclose([n["influence"] for n in got["neighbours"]], np.sort(column)[::-1][:5],
+                                   rtol=1e-5, atol=1e-7)
+        assert got["index"]["status"] == "built"
+        keys = {o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+                for o in page.get("Contents", [])}
+        assert any(k.startswith("cache/neighbours/") for k in keys)  # the index is kept in the bucket
+        monkeypatch.setenv("SELECTKIT_CACHE_MIRROR", str(tmp_path / "machine-c"))
+        assert explain(tmp_path / "out", "--influence", "politics-t000", "--score", "infl", "--top", "5")[
+            "index"]["status"] == "cached"
+    finally:
+        server.stop()
