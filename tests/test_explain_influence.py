@@ -191,7 +191,8 @@ def test_errors_are_one_line(finished, tmp_path):
     message = fails(run, "--influence", "film-t0009", "--score", "infl")
     assert "target id 'film-t0009' is not an example" in message and "did you mean" in message
     assert "not an influence score" in fails(run, "--influence", FILM[0], "--score", "inf")
-    assert "not both" in fails(run, "some-id", "--influence", FILM[0])
+    usage = CliRunner().invoke(main, ["explain", str(run), "some-id", "--influence", FILM[0]])
+    assert usage.exit_code == 2 and "not both" in usage.stderr  # a usage mistake, as click reports them
     # a pruned store: the cache copied elsewhere, the pool's entry removed
     moved = tmp_path / "moved"
     shutil.copytree(cache, moved)

@@ -441,7 +441,7 @@ def explain(run_dir: Path, ids: tuple[str, ...], fmt: str, target_id: str | None
 
     if target_id is not None:
         if ids:
-            _fail(SelectkitError("give example ids or --influence TARGET_ID, not both"))
+            raise click.UsageError("give example ids or --influence TARGET_ID, not both")
         from selectkit.results import influence
 
         try:
@@ -453,9 +453,10 @@ def explain(run_dir: Path, ids: tuple[str, ...], fmt: str, target_id: str | None
                    else influence.render_text(record))
         return
     if not ids:
-        _fail(SelectkitError("give the ids of pool examples to explain, or --influence TARGET_ID"))
+        raise click.UsageError("Missing argument 'IDS...': the ids of pool examples to explain (or --influence "
+                               "TARGET_ID)")
     if score or task or cache_dir:
-        _fail(SelectkitError("--score, --target and --cache go with --influence TARGET_ID"))
+        raise click.UsageError("--score, --target and --cache go with --influence TARGET_ID")
     try:
         records = explain_ids(run_dir, list(ids))
     except SelectkitError as exc:
