@@ -207,6 +207,23 @@ def test_errors_are_one_line(finished, tmp_path):
     assert "run the recipe again" in message
 
 
+def test_a_manifest_without_the_stores_says_why(finished, tmp_path):
+    """A run folder written before the manifest named the stores, and one whose score ran on a label sample."""
+    run, _, _ = finished
+    for case in ("older", "surrogate"):
+        copy = tmp_path / case
+        shutil.copytree(run, copy)
+        body = manifest(copy)
+        for entry in body["scores"].values():
+            entry.pop("influence")
+            if case == "surrogate":
+                entry["surrogate"] = {"sample": 24}
+        (copy / "manifest.json").write_text(json.dumps(body))
+        message = fails(copy, "--influence", FILM[0])
+        assert ("did not record one" in message and "run the recipe again" in message) if case == "older" else \
+            "label sample (surrogate)" in message
+
+
 def test_a_run_without_a_gradient_store_says_so(tmp_path):
     pool = tmp_path / "pool.jsonl"
     pool.write_text("".join(json.dumps({"id": f"p{i}", "text": "word " * (i + 1)}) + "\n" for i in range(20)))

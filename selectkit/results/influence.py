@@ -86,6 +86,12 @@ def _influence_score(run: Run, score: str | None) -> tuple[str, dict]:
         gradient = [f"{n} ({s.get('scorer')})" for n, s in scores.items()
                     if isinstance(s, dict) and str(s.get("scorer", "")).startswith("influence.")]
         listed = ", ".join(f"{n} ({s.get('scorer')})" for n, s in scores.items() if isinstance(s, dict)) or "none"
+        sampled = [n for n, s in scores.items() if isinstance(s, dict) and s.get("surrogate")
+                   and str(s.get("scorer")) in ("influence.less", "influence.tracin")]
+        if sampled:
+            raise RunDirError(f"score {sampled[0]!r} of {run.path} was computed on a label sample (surrogate): its "
+                              "gradient store holds the sample's rows, not the pool's, so --influence cannot search "
+                              "the pool", hint="run a recipe without `surrogate` on that score")
         if any(g.endswith(("(influence.less)", "(influence.tracin)")) for g in gradient):
             raise RunDirError(f"{run.path}: its manifest names no gradient store (it was written by a selectkit "
                               "that did not record one)", hint="run the recipe again to record it")
