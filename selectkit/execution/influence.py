@@ -34,9 +34,10 @@ def influence_entries(run: Any) -> dict[str, dict]:
 def _entry(run: Any, payload: ScorePayload, form: Any) -> dict | None:
     stores: dict[str, dict] = {}
     for request, step_id in payload.requests.items():
-        if request.kind != form.kind or request.data is None:
+        step = run.plan.step(step_id)
+        if request.kind != form.kind or request.data is None or not isinstance(step.payload, PassPayload):
             continue
-        stores[request.data] = _store(run.plan.step(step_id), request)
+        stores[request.data] = _store(step, request)
     if "pool" not in stores:
         return None
     pool_step = run.plan.step(stores["pool"]["step"])
