@@ -26,6 +26,8 @@ INDEX_KIND = "neighbours"  # cache entries of built indexes
 INDEX_VERSION = "1"
 SKETCH_DIM = 1024
 SKETCH_SEED = 0
+CANDIDATES, PER_K = 500, 50  # rows the index proposes for exact re-ranking: max(500, 50 k) (recall 1.0 where
+# 100 gave 0.74 on 50k synthetic rows, benchmarks/README.md; 500 rows of the store read cost ~0.1 s)
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,128}")  # a cache kind or key: never a path out of the cache
 
 
@@ -58,7 +60,7 @@ def explain_influence(run_dir: str | Path, target_id: Any, *, score: str | None 
         raise RunDirError(f"target {task!r}: row {row} is not in its gradient store ({len(queries[0])} rows)")
     query = [q.take(np.array([row])) for q in queries]
     index, status = _index(store, entry, pool, weights)
-    scores, rows = index.search(query, k)
+    scores, rows = index.search(query, k, candidates=max(CANDIDATES, PER_K * k))
     with readable(run_dir):
         found = run.rows(rows[0].tolist())
     neighbours = []
