@@ -59,6 +59,9 @@ def explain_influence(run_dir: str | Path, target_id: Any, *, score: str | None 
     if row >= len(queries[0]):
         raise RunDirError(f"target {task!r}: row {row} is not in its gradient store ({len(queries[0])} rows)")
     query = [q.take(np.array([row])) for q in queries]
+    if any(np.isnan(q).any() for q in query):
+        raise RunDirError(f"target example {target_id!r} ({task}) has no gradient (no token counted toward its "
+                          "loss: an empty response or text), so nothing influences it")
     index, status = _index(store, entry, pool, weights)
     scores, rows = index.search(query, k, candidates=max(CANDIDATES, PER_K * k))
     with readable(run_dir):
