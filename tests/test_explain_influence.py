@@ -27,7 +27,7 @@ selectkit: 1
 name: explain-influence
 seed: 3
 data:
-  pool: {{path: {root}/recipes/data/pool.jsonl, id: id, limit: 48}}
+  pool: {{path: {root}/recipes/data/pool.jsonl, id: id, limit: 32}}
   targets:
     one: {{path: {root}/recipes/data/target_politics.jsonl, id: id, limit: 1}}
     film: {{path: {root}/recipes/data/target_film.jsonl, id: id, limit: 4}}
@@ -122,7 +122,7 @@ def test_the_manifest_names_the_stores_weights_and_method(finished):
     assert less["targets"]["film"]["ids"] == FILM and less["targets"]["one"]["ids"] == ["politics-t000"]
     for store in (less["pool"], less["targets"]["film"], tracin["pool"]):
         assert (cache / store["artifact"] / store["key"] / "meta.json").is_file()
-    assert less["pool"]["row_shards"] == 3 and less["pool"]["feature_dtype"] == "float16"
+    assert less["pool"]["row_shards"] == 2 and less["pool"]["feature_dtype"] == "float16"
     assert less["pool"]["key"] != tracin["pool"]["key"]  # Adam-preconditioned pool grads vs plain ones
 
 
