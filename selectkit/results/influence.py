@@ -138,6 +138,11 @@ def _target_row(run: Run, name: str, entry: dict, target_id: str, task: str | No
         raise RunDirError(f"target id {target_id!r} is in several targets of score {name!r} "
                           f"({', '.join(t for t, _ in hits)}): say which with --target NAME")
     if not hits:
+        unrecorded = [t for t, v in targets.items() if (task is None or t == task) and not isinstance(v.get("ids"),
+                                                                                                     list)]
+        if unrecorded:
+            raise RunDirError(f"the manifest records no ids of target {unrecorded[0]!r} of score {name!r} (more "
+                              "examples than it lists), so target ids cannot be looked up there")
         searched = {t: v.get("ids") or [] for t, v in targets.items() if task is None or t == task}
         every = [i for ids in searched.values() for i in ids]
         message = (f"target id {target_id!r} is not an example of the targets of score {name!r} ("
