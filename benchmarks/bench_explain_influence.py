@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -129,6 +130,7 @@ def main() -> None:
     print(f"recall@{args.k} of the three answers against the scan: {recall}")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
