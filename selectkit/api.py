@@ -3,7 +3,8 @@ needs when called, so `validate` costs only the recipe stack (no cache, no execu
 
 A recipe is a file path, YAML text, a dict or a `Recipe`; `run` also takes in-memory data
 (`pool=`, `targets=`) and returns a `RunOutput` a notebook can look into (`.selection`, `.subset()`,
-`.manifest`, `.report_path`, `.explain(id)`)."""
+`.manifest`, `.report_path`, `.explain(id)`,
+`.explain_influence(target_id)`)."""
 
 from __future__ import annotations
 
@@ -89,6 +90,15 @@ class RunOutput:
         from selectkit.results.explain import explain
 
         return explain(self.run_dir, [str(example_id)])[0]
+
+    def explain_influence(self, target_id: Any, k: int = 10, *, score: str | None = None,
+                          target: str | None = None) -> dict:
+        """The `k` pool examples that most influence one target example under the run's influence score
+        (LESS, TracIn), found in its gradient store by nearest neighbours with exact scores: `["neighbours"]`,
+        best first, each with its id, influence, rank in the selection and text (see selectkit.results.influence)."""
+        from selectkit.results.influence import explain_influence
+
+        return explain_influence(self.run_dir, target_id, score=score, k=k, target=target)
 
     def __repr__(self) -> str:
         selected = int(self.selection["selected"].sum())

@@ -39,6 +39,7 @@ from pydantic import Field
 from selectkit.contract.budget import Budget, BudgetField
 from selectkit.contract.components import (
     Component,
+    InfluenceForm,
     NormalizeContext,
     Normalizer,
     Params,
@@ -114,8 +115,8 @@ from selectkit.storage.digest import cache_key, path_fingerprint
 __all__ = [
     # components
     "Component", "Params", "Field", "Shape", "Score", "Selection", "Scorer", "Normalizer", "Selector",
-    "SelectorParams", "Verifier", "ScoreContext", "NormalizeContext", "SelectContext", "Budget", "BudgetField",
-    "Rows", "Pool", "find_component",
+    "SelectorParams", "Verifier", "InfluenceForm", "ScoreContext", "NormalizeContext", "SelectContext", "Budget",
+    "BudgetField", "Rows", "Pool", "find_component",
     # model work
     "FeatureRequest", "Features", "describe", "PassProvider", "ShardedPass", "PassPlan", "PassWork", "PlanContext",
     "PassContext", "Shard", "PassStats", "ModelRef", "Model", "Shards", "StepStore", "Source",

@@ -420,13 +420,43 @@ def report(run_dir: Path, out_path: Path | None, no_figures: bool) -> None:
 
 @main.command()
 @run_dir_argument
-@click.argument("ids", nargs=-1, required=True)
+@click.argument("ids", nargs=-1)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def explain(run_dir: Path, ids: tuple[str, ...], fmt: str) -> None:
-    """Why examples were selected or not: rank, scores and pool percentiles, the stage that dropped them."""
+@click.option("--influence", "target_id", metavar="TARGET_ID",
+              help="instead: the pool examples that most influence this target example (from the run's gradient "
+              "store, by nearest neighbours re-ranked exactly)")
+@click.option("--score", help="with --influence: the influence score to use (when the run has several)")
+@click.option("--target", "task", metavar="NAME", help="with --influence: the target the id belongs to (when "
+              "several targets have it)")
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True,
+              help="with --influence: pool examples shown")
+@click.option("--cache", "cache_dir", help="with --influence: where the run's cache is now (default: the "
+              "manifest's)")
+def explain(run_dir: Path, ids: tuple[str, ...], fmt: str, target_id: str | None, score: str | None,
+            task: str | None, top: int, cache_dir: str | None) -> None:
+    """Why examples were selected or not: rank, scores and pool percentiles, the stage that dropped them.
+    With --influence TARGET_ID: which pool examples most influence that target example."""
     from selectkit.results.explain import explain as explain_ids
     from selectkit.results.explain import render_text
 
+    if target_id is not None:
+        if ids:
+            raise click.UsageError("give example ids or --influence TARGET_ID, not both")
+        from selectkit.results import influence
+
+        try:
+            record = influence.explain_influence(run_dir, target_id, score=score, k=top, target=task,
+                                                 cache=cache_dir)
+        except SelectkitError as exc:
+            _fail(exc)
+        click.echo(json.dumps(record, indent=2, ensure_ascii=False) if fmt == "json"
+                   else influence.render_text(record))
+        return
+    if not ids:
+        raise click.UsageError("Missing argument 'IDS...': the ids of pool examples to explain (or --influence "
+                               "TARGET_ID)")
+    if score or task or cache_dir:
+        raise click.UsageError("--score, --target and --cache go with --influence TARGET_ID")
     try:
         records = explain_ids(run_dir, list(ids))
     except SelectkitError as exc:

@@ -139,6 +139,19 @@ class ScoreContext:
         return rng_for(self.seed, *labels)
 
 
+@dataclass(frozen=True)
+class InfluenceForm:
+    """What a pairwise gradient-influence scorer declares when its score of pool row z against one
+    target example z' is sum_c w_c <f_c(z), g_c(z')> over checkpoints c (of unit rows with `cosine`),
+    with w_c the checkpoint's lr (`normalize_lrs`: lr / sum lr): then `selectkit explain --influence`
+    answers "which pool rows most influence this target example" from the gradient store alone."""
+
+    method: str  # what the manifest names it: less, tracin, ...
+    cosine: bool
+    normalize_lrs: bool
+    kind: str = "grad_features"  # the feature kind of the pool's and the targets' requests
+
+
 class Scorer(Component):
     """Turns pool (and target) data into a Score. A scorer computes; it never loads a model
     (it declares `feature_requests` and a pass provider computes them)."""
@@ -165,6 +178,10 @@ class Scorer(Component):
     def feature_requests(self, targets: list[str]) -> list[FeatureRequest]:
         """Pass outputs this scorer reads through `ctx.features` (none by default)."""
         return []
+
+    def influence_form(self) -> InfluenceForm | None:
+        """A pairwise influence scorer's inner-product form (see InfluenceForm); None: it has none."""
+        return None
 
     def input_scores(self) -> list[str]:
         """Other scores of the recipe this scorer reads through `ctx.scores` (none by default)."""

@@ -73,6 +73,7 @@ class RunResult:
     columns: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # stage columns: (rows, values)
     oracle: dict[str, np.ndarray] = field(default_factory=dict)  # surrogate score -> rows holding oracle values
     surrogates: dict[str, dict] = field(default_factory=dict)  # surrogate score -> its held-out agreement
+    influence: dict[str, dict] = field(default_factory=dict)  # pairwise influence score -> its gradient stores
 
     @property
     def dropped_by(self) -> list[str | None]:
@@ -149,6 +150,9 @@ class Run:
                 fit = self.surrogate_fits[step.id]
                 result.oracle[step.payload.node.name] = fit["oracle"]
                 result.surrogates[step.payload.node.name] = fit["report"]
+        from selectkit.execution.influence import influence_entries
+
+        result.influence = influence_entries(self)
         result.reports = self.reports()
         return result
 

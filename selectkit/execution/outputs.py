@@ -229,6 +229,8 @@ def manifest(result: Any, files: dict[str, str]) -> dict:
                              "normalize": [n.name for n in node.normalizers]}
         if node.surrogate is not None:
             scores[node.name]["surrogate"] = node.surrogate.model_dump(mode="json")
+        if node.name in getattr(result, "influence", {}):  # what `explain --influence` opens
+            scores[node.name]["influence"] = result.influence[node.name]
     return {
         "format_version": MANIFEST_VERSION,
         "written_by": "selectkit",

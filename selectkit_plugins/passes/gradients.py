@@ -157,13 +157,13 @@ class Gradients(ShardedPass):
         """Per checkpoint: the store's features, read shard by shard when a score streams them (never
         concatenated here), beside the norms and losses (one number per row)."""
         from selectkit_plugins.lib.influence.pipeline import FeatureSet
-        from selectkit_plugins.lib.influence.store import StoredFeatures
+        from selectkit_plugins.lib.influence.store import StoredFeatures, checkpoint_shards
 
         rows = work.row_shards
         dtype = dict(work.requests[0].settings)["feature_dtype"]
         value = []
         for c, ck in enumerate(_checkpoints(ctx)):
-            indices = list(range(c * rows, (c + 1) * rows))
+            indices = checkpoint_shards(c, rows)
             parts = shards.read_all(indices, mmap=True)
             layout = json.loads(bytes(parts[0]["layout"]).decode())
             norms = np.concatenate([np.asarray(p["norms"]) for p in parts])

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, PositiveInt
 
-from selectkit.plugin import FeatureRequest, Score, ScoreContext, Scorer, Shape, hookimpl, lazy_import
+from selectkit.plugin import FeatureRequest, InfluenceForm, Score, ScoreContext, Scorer, Shape, hookimpl, lazy_import
 from selectkit_plugins.lib.influence.params import Aggregate, GradientBase, PairwiseParams, ProjectedParams
 
 np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
@@ -84,6 +84,9 @@ class Less(_Pairwise):
     def output_shape(self) -> Shape:
         return Shape.VECTOR if self.params.combine == "max" else Shape.MATRIX
 
+    def influence_form(self) -> InfluenceForm:
+        return InfluenceForm("less", cosine=True, normalize_lrs=True)
+
     def run(self, ctx: ScoreContext) -> Score:
         from selectkit_plugins.lib.influence.scores import less
 
@@ -104,6 +107,10 @@ class TracIn(_Pairwise):
 
     name = "influence.tracin"
     Params = TracInParams
+
+    def influence_form(self) -> InfluenceForm:
+        return InfluenceForm("tracin-cos" if self.params.normalize else "tracin", cosine=self.params.normalize,
+                             normalize_lrs=False)
 
     def run(self, ctx: ScoreContext) -> Score:
         from selectkit_plugins.lib.influence.scores import tracin

@@ -43,15 +43,22 @@ class InfluenceIndex:
     `weights` (LESS: lr_c / sum lr)."""
 
     def __init__(self, train: Sequence[Any], weights: Sequence[float], *, sketch_dim: int = 1024, seed: int = 0,
-                 nlist: int | None = None, pq_bytes: int = 64, flat_below: int = FLAT_BELOW):
+                 nlist: int | None = None, pq_bytes: int = 64, flat_below: int = FLAT_BELOW, cosine: bool = True,
+                 saved: Any = None):
         from selectkit_plugins.lib.influence.projection import SparseProjector
 
         if len(train) != len(weights) or not train:
             raise ValueError(f"need one feature set per checkpoint weight: {len(train)} and {len(weights)}")
-        self.train, self.weights = list(train), np.asarray(weights, np.float64)
+        self.train, self.weights, self.cosine = list(train), np.asarray(weights, np.float64), cosine
         self.rows, dim = len(train[0]), int(np.shape(train[0])[1])
         self.sketch = SparseProjector(dim * len(train), sketch_dim, seed=seed, label="neighbours")
         faiss = _faiss()
+        if saved is not None:  # an index built before (`to_bytes`) over these same rows and settings
+            self.index = faiss.deserialize_index(np.asarray(saved, np.uint8))
+            if self.index.ntotal != self.rows or self.index.d != sketch_dim:
+                raise ValueError(f"a saved index of {self.index.ntotal} rows x {self.index.d} for {self.rows} "
+                                 f"rows x {sketch_dim}")
+            return
         if self.rows < flat_below:
             self.index = faiss.IndexFlatIP(sketch_dim)
         else:
@@ -64,10 +71,19 @@ class InfluenceIndex:
         for _, _, vectors in self._sketched_blocks():
             self.index.add(vectors)
 
+    def to_bytes(self) -> Any:
+        """The built faiss index as a uint8 array (to cache it; `saved=` restores it)."""
+        return np.asarray(_faiss().serialize_index(self.index), np.uint8)
+
+    def _rows_of(self, x: Any, dtype: Any = None) -> Any:
+        """Rows as the score sees them: unit rows (cosine) or as stored (inner product)."""
+        return unit_rows(x, dtype) if self.cosine else np.asarray(x, dtype or np.float64)
+
     def _joined(self, per_checkpoint: Sequence[Any]) -> Any:
-        """Rows of every checkpoint, each unit-normalised and scaled by sqrt(w_c), side by side."""
-        return np.concatenate([unit_rows(x, np.float32) * np.float32(np.sqrt(w))
-                               for x, w in zip(per_checkpoint, self.weights)], axis=1)
+        """Rows of every checkpoint as the score sees them, scaled by sqrt(w_c), side by side; a row without a
+        gradient (NaN) is indexed as zeros (its exact score stays NaN and ranks last)."""
+        return np.nan_to_num(np.concatenate([self._rows_of(x, np.float32) * np.float32(np.sqrt(w))
+                                             for x, w in zip(per_checkpoint, self.weights)], axis=1), nan=0.0)
 
     def _sketch(self, joined: Any) -> Any:
         import torch
@@ -97,7 +113,7 @@ class InfluenceIndex:
         for x, y, w in zip(self.train, queries, self.weights):
             picked = _rows(x, rows[order])
             part = np.empty_like(out)
-            part[order] = unit_rows(picked) @ unit_rows(y).T
+            part[order] = self._rows_of(picked) @ self._rows_of(y).T
             out += w * part
         return out
 
@@ -114,7 +130,7 @@ class InfluenceIndex:
         for j, ids in enumerate(found):
             ids = ids[ids >= 0]
             mine = exact[np.searchsorted(union, ids), j]
-            best = np.lexsort((ids, -mine))[:k]
+            best = np.lexsort((ids, -np.nan_to_num(mine, nan=-np.inf)))[:k]
             scores[j, :len(best)], rows[j, :len(best)] = mine[best], ids[best]
         return scores, rows
 
@@ -131,18 +147,20 @@ def _rows(features: Any, rows: Any) -> Any:
     return out
 
 
-def exact_top_k(train: Sequence[Any], queries: Sequence[Any], weights: Sequence[float], k: int) -> tuple[Any, Any]:
+def exact_top_k(train: Sequence[Any], queries: Sequence[Any], weights: Sequence[float], k: int, *,
+                cosine: bool = True) -> tuple[Any, Any]:
     """The reference: every pool row scored against every query, streamed by row block, the top `k`
-    kept (ties broken by row number): (scores (M, k), rows (M, k))."""
+    kept (ties broken by row number; rows without a gradient last): (scores (M, k), rows (M, k))."""
     m = len(queries[0])
     best_s, best_r = np.full((m, 0), -np.inf), np.zeros((m, 0), np.int64)
-    ys = [unit_rows(y) for y in queries]
+    rows_of = unit_rows if cosine else (lambda a: np.asarray(a, np.float64))
+    ys = [rows_of(y) for y in queries]
     for blocks in aligned_blocks(train):
         lo, hi = blocks[0][0], blocks[0][1]
         acc = np.zeros((hi - lo, m))
         for (_, _, x), y, w in zip(blocks, ys, weights):
-            acc += w * (unit_rows(x) @ y.T)
-        s = np.concatenate([best_s, acc.T], axis=1)
+            acc += w * (rows_of(x) @ y.T)
+        s = np.concatenate([best_s, np.nan_to_num(acc.T, nan=-np.inf)], axis=1)
         r = np.concatenate([best_r, np.broadcast_to(np.arange(lo, hi), (m, hi - lo))], axis=1)
         order = np.lexsort((r, -s), axis=1)[:, :k]
         best_s, best_r = np.take_along_axis(s, order, 1), np.take_along_axis(r, order, 1)

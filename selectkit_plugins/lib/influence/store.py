@@ -95,6 +95,27 @@ class StoredFeatures:
         return out if dtype is None else out.astype(dtype)
 
 
+def checkpoint_shards(point: int, row_shards: int) -> list[int]:
+    """The shards of a gradient store entry that hold checkpoint `point`'s rows, in row order."""
+    return list(range(point * row_shards, (point + 1) * row_shards))
+
+
+def open_store(shards: Any, row_shards: int, points: int, dtype: str) -> list[StoredFeatures]:
+    """One data source's StoredFeatures per checkpoint, from its cache entry (`shards`: a Sharded), as
+    the gradients provider laid it out; a shard missing or corrupt is the store's error (run again)."""
+    out = []
+    for point in range(points):
+        indices = checkpoint_shards(point, row_shards)
+        rows, dim = 0, 0
+        probe = StoredFeatures(shards, indices, 0, 0, dtype)
+        for index in indices:
+            features = probe._read(index)["features"]
+            rows, dim = rows + len(features), int(features.shape[1])
+            del features
+        out.append(StoredFeatures(shards, indices, rows, dim, dtype))
+    return out
+
+
 def row_blocks(features: Any) -> Iterator[tuple[int, int, np.ndarray]]:
     """(lo, hi, rows) blocks of stored features, or of an in-memory array cut into ARRAY_BLOCK_ROWS."""
     if hasattr(features, "blocks"):
