@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -22,9 +22,6 @@ from selectkit.data.pool import shard_ranges
 from selectkit.execution.artifacts import load_score, save_score
 from selectkit.planning.steps import LazyPayload, PassPayload, Step
 from selectkit.storage.digest import cache_key
-
-if TYPE_CHECKING:  # pragma: no cover - annotations only
-    from selectkit.execution.local import Run
 
 
 def rows_digest(keys: np.ndarray) -> str:
@@ -52,7 +49,7 @@ class LazyOracle:
     """Pool rows -> the lazy score at those rows (a Score over them, in the order asked). Rows already
     evaluated in this run are not computed again."""
 
-    def __init__(self, run: Run, step: Step):
+    def __init__(self, run: Any, step: Step):  # run: the executor's Run (it serves the batches)
         self.run, self.step = run, step
         self.payload: LazyPayload = step.payload
         self.values: np.ndarray | None = None  # per pool row once the first batch is back (NaN: not asked)
