@@ -5,7 +5,8 @@ the bandit's probes).
 Each call is one batch: its rows are sorted by row key and hashed, and every pass step planned over
 the stand-in source `probes:<score>` runs as a copy of itself over exactly those rows, its cache
 entry keyed by (the planned step's key, the rows' hash), sharded like any pass. The scorer's values
-for the batch are cached under the same hash, so a rerun that asks the same rows reads them back.
+for the batch are cached under the same hash, beside the rows' keys, so a rerun that asks the same
+rows reads them back.
 The rows the oracle evaluated (and how many batches) go to the run's report and the manifest."""
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ class LazyOracle:
         score = load_score(run.cache, key)
         if score is None:
             score = run.score_on_rows(self.step, rows, digest)
-            save_score(run.cache, key, score, label=f"lazy {payload.node.name}: a batch of {len(rows)} rows")
+            save_score(run.cache, key, score, extra={"keys": run.pool.keys[rows]},  # which rows, by identity
+                       label=f"lazy {payload.node.name}: a batch of {len(rows)} rows")
         else:
             self.cached_batches += 1
         self.batches += 1
