@@ -77,7 +77,7 @@ def test_a_lazy_reward_selects_as_the_whole_score_does_reading_only_the_probes(t
     assert plan.returncode == 0, plan.stderr
     most = ROUNDS * ARMS * PROBE
     assert f"rows: at most {most} of 40 pool rows" in plan.stdout, plan.stdout
-    assert f"tokens: ≈" in plan.stdout and f"({most} examples)" in plan.stdout  # the estimate covers the probes
+    assert "tokens: ≈" in plan.stdout and f"({most} examples)" in plan.stdout  # the estimate covers the probes
     assert "gradient features of lm over pool" not in plan.stdout  # no gradient pass over the whole pool
 
     lazy = cli("run", recipe(tmp_path, "lazy", True), "--cache-dir", lazy_cache)
