@@ -82,9 +82,12 @@ def distribution_problems(checked: Checked, executor: str) -> list[RecipeError]:
     loaded = checked.loaded
     found = [(c, ("scores", n, "use")) for n, node in checked.scores.items() if not (c := node.scorer).distributed]
     found += [(s.selector, ("select", s.index, "use")) for s in checked.stages if not s.selector.distributed]
-    return [RecipeError(f"{c.kind} {c.name!r} cannot run on executor {executor!r}: "
-                        f"{c.distributed_reason or 'it declares distributed = False'}", loaded.locate(where))
-            for c, where in found]
+    out = [RecipeError(f"{c.kind} {c.name!r} cannot run on executor {executor!r}: "
+                       f"{c.distributed_reason or 'it declares distributed = False'}", loaded.locate(where))
+           for c, where in found]
+    out += [RecipeError(f"score {n!r} is lazy: its batches run on the local executor only (not {executor!r})",
+                        loaded.locate(("scores", n, "lazy"))) for n, node in checked.scores.items() if node.lazy]
+    return out
 
 
 def _extras(checked: Checked) -> dict[str, list[str]]:
