@@ -184,3 +184,15 @@ def test_validate_refuses_a_lazy_score_that_something_needs_whole(tmp_path, scor
     got = cli("validate", path)
     assert got.returncode == 1 and message in got.stdout + got.stderr, got.stdout + got.stderr
     assert "Traceback" not in got.stderr
+
+
+def test_a_lazy_score_is_refused_on_the_ray_executor(tmp_path):
+    path = tmp_path / "r.yaml"
+    text = LAZY.format(root=ROOT, scorer="embedding_similarity", more="", stage="cluster_bandit", score="features",
+                       extra=BANDIT)
+    text = text.replace("    targets: [politics]", "    model: embedder\n    targets: [politics]")
+    path.write_text(text + "execution: {executor: ray}\n")
+    got = cli("validate", path)
+    assert got.returncode == 1 and "its batches run on the local executor only" in got.stdout + got.stderr, \
+        got.stdout + got.stderr
+    assert "Traceback" not in got.stderr

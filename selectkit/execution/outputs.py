@@ -229,6 +229,8 @@ def manifest(result: Any, files: dict[str, str]) -> dict:
                              "normalize": [n.name for n in node.normalizers]}
         if node.surrogate is not None:
             scores[node.name]["surrogate"] = node.surrogate.model_dump(mode="json")
+        if node.lazy:  # computed only at the rows its readers asked (see its stage entry for how many)
+            scores[node.name]["lazy"] = True
     return {
         "format_version": MANIFEST_VERSION,
         "written_by": "selectkit",
