@@ -395,24 +395,29 @@ class Run:
         started = time.perf_counter()
         ds = take(self.pool, rows)
         ds.name = payload.rows
-        self.targets[payload.rows] = ds  # what the batch's passes map over
         values, done = {}, {}
         for request, step_id in payload.requests.items():
             if request.data != payload.rows:
                 values[request] = self.get(step_id)[request]
-                continue
-            if step_id not in done:
-                batch = pass_on_rows(self.plan.step(step_id), len(rows), digest)
-                t0 = time.perf_counter()
-                self.reporter.step_started(batch)
-                done[step_id], status, _ = self._pass(batch)
-                seconds = time.perf_counter() - t0
-                self.reporter.step_finished(batch, status, seconds)
-                before, spent, counts = self.status.get(step_id, ("cached", 0.0, {}))
-                counts = {"batches": counts.get("batches", 0) + 1, "rows": counts.get("rows", 0) + len(rows)}
-                self.status[step_id] = ("computed" if "computed" in (before, status) else status, spent + seconds,
-                                        counts)
-            values[replace(request, data="pool")] = done[step_id][request]
+        self.targets[payload.rows] = ds  # what the batch's passes map over, while they run
+        try:
+            for request, step_id in payload.requests.items():
+                if request.data != payload.rows:
+                    continue
+                if step_id not in done:
+                    batch = pass_on_rows(self.plan.step(step_id), len(rows), digest)
+                    t0 = time.perf_counter()
+                    self.reporter.step_started(batch)
+                    done[step_id], status, _ = self._pass(batch)
+                    seconds = time.perf_counter() - t0
+                    self.reporter.step_finished(batch, status, seconds)
+                    before, spent, counts = self.status.get(step_id, ("cached", 0.0, {}))
+                    counts = {"batches": counts.get("batches", 0) + 1, "rows": counts.get("rows", 0) + len(rows)}
+                    self.status[step_id] = ("computed" if "computed" in (before, status) else status,
+                                            spent + seconds, counts)
+                values[replace(request, data="pool")] = done[step_id][request]
+        finally:
+            self.targets.pop(payload.rows, None)
         score = self._score_rows(payload, values, ds)
         status, seconds, detail = self.status.get(step.id, ("computed", 0.0, {}))
         self.status[step.id] = (status, seconds + time.perf_counter() - started, detail)
