@@ -36,10 +36,10 @@ models:
 scores:
   features: {{use: embedding, model: lm}}
   reward:
-    use: influence.tracin
+    use: {scorer}
     model: lm
     targets: [politics]{lazy}
-    with: {{proj_dim: 64, batch_size: 1}}
+    with: {params}
 select:
   - use: cluster_bandit
     with: {{score: features, reward: reward.politics, budget: 12, k: 5, arms_per_round: {arms},
@@ -48,10 +48,14 @@ output: {{dir: {out}, formats: [parquet]}}
 """
 
 
-def recipe(tmp_path, name: str, lazy: bool):
+ORACLES = {"influence.tracin": "{proj_dim: 64, batch_size: 1}", "embedding_similarity": "{aggregate: max}"}
+
+
+def recipe(tmp_path, name: str, lazy: bool, scorer: str = "influence.tracin"):
     path = tmp_path / f"{name}.yaml"
     path.write_text(RECIPE.format(root=ROOT, lazy="\n    lazy: true" if lazy else "", arms=ARMS, probe=PROBE,
-                                  rounds=ROUNDS, out=tmp_path / f"out-{name}"))
+                                  rounds=ROUNDS, out=tmp_path / f"out-{name}", scorer=scorer,
+                                  params=ORACLES[scorer]))
     return path
 
 
@@ -70,19 +74,23 @@ def stage(out, step: str) -> dict:
     return next(s for s in json.loads((out / "manifest.json").read_text())["stages"] if s["step"] == step)
 
 
-@pytest.mark.slow
-def test_a_lazy_reward_selects_as_the_whole_score_does_reading_only_the_probes(tmp_path):
+@pytest.mark.parametrize("scorer", [
+    pytest.param("influence.tracin", marks=pytest.mark.slow),  # the expensive oracle Quad reads (~75 s)
+    "embedding_similarity",  # a cheap per-row oracle: the same path through plan, executor and cache
+])
+def test_a_lazy_reward_selects_as_the_whole_score_does_reading_only_the_probes(tmp_path, scorer):
     lazy_cache, eager_cache = tmp_path / "lazy-cache", tmp_path / "eager-cache"
-    plan = cli("plan", recipe(tmp_path, "lazy", True), "--cache-dir", lazy_cache)
+    plan = cli("plan", recipe(tmp_path, "lazy", True, scorer), "--cache-dir", lazy_cache)
     assert plan.returncode == 0, plan.stderr
     most = ROUNDS * ARMS * PROBE
     assert f"rows: at most {most} of 40 pool rows" in plan.stdout, plan.stdout
     assert "tokens: ≈" in plan.stdout and f"({most} examples)" in plan.stdout  # the estimate covers the probes
+    assert "over probes:reward" in plan.stdout
     assert "gradient features of lm over pool" not in plan.stdout  # no gradient pass over the whole pool
 
-    lazy = cli("run", recipe(tmp_path, "lazy", True), "--cache-dir", lazy_cache)
+    lazy = cli("run", recipe(tmp_path, "lazy", True, scorer), "--cache-dir", lazy_cache)
     assert lazy.returncode == 0, lazy.stderr
-    eager = cli("run", recipe(tmp_path, "eager", False), "--cache-dir", eager_cache)
+    eager = cli("run", recipe(tmp_path, "eager", False, scorer), "--cache-dir", eager_cache)
     assert eager.returncode == 0, eager.stderr
     a = pl.read_parquet(tmp_path / "out-lazy" / "selection.parquet")
     b = pl.read_parquet(tmp_path / "out-eager" / "selection.parquet")
@@ -105,7 +113,7 @@ def test_a_lazy_reward_selects_as_the_whole_score_does_reading_only_the_probes(t
 
     # a rerun whose selection must be computed again reads every batch back from the cache
     shutil.rmtree(lazy_cache / "selections")
-    again = cli("run", recipe(tmp_path, "lazy", True), "--cache-dir", lazy_cache)
+    again = cli("run", recipe(tmp_path, "lazy", True, scorer), "--cache-dir", lazy_cache)
     assert again.returncode == 0, again.stderr
     report = stage(tmp_path / "out-lazy", "score:reward")["detail"]
     assert report["batches_cached"] == report["batches"] == len(found)
