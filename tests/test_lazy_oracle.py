@@ -119,6 +119,11 @@ def test_a_lazy_reward_selects_as_the_whole_score_does_reading_only_the_probes(t
     assert report["batches_cached"] == report["batches"] == len(found)
     assert pl.read_parquet(tmp_path / "out-lazy" / "selection.parquet").equals(a)
 
+    # `cache prune --keep` the recipe keeps its batches (parts of its planned steps' entries)
+    pruned = cli("cache", "prune", "--keep", recipe(tmp_path, "lazy", True, scorer), "--cache-dir", lazy_cache)
+    assert pruned.returncode == 0, pruned.stderr
+    assert len(batches(lazy_cache)) == len(found)
+
 
 # ---------------------------------------------------------------- the selector's side, without a model
 

@@ -4,10 +4,10 @@ the bandit's probes).
 
 Each call is one batch: its rows are sorted by row key and hashed, and every pass step planned over
 the stand-in source `probes:<score>` runs as a copy of itself over exactly those rows, its cache
-entry keyed by (the planned step's key, the rows' hash), sharded like any pass. The scorer's values
-for the batch are cached under the same hash, beside the rows' keys, so a rerun that asks the same
-rows reads them back.
-The rows the oracle evaluated (and how many batches) go to the run's report and the manifest."""
+entry `<planned step's key>-<rows' hash>` (kept by `cache prune --keep` with the step), sharded like
+any pass. The scorer's values for the batch are cached the same way, beside the rows' keys, so a
+rerun that asks the same rows reads them back. The rows the oracle evaluated (and how many batches)
+go to the run's report and the manifest."""
 
 from __future__ import annotations
 
@@ -22,13 +22,18 @@ from selectkit.contract.keyed_random import canonical_order
 from selectkit.data.pool import shard_ranges
 from selectkit.execution.artifacts import load_score, save_score
 from selectkit.planning.steps import LazyPayload, PassPayload, Step
-from selectkit.storage.digest import cache_key
 
 
 def rows_digest(keys: np.ndarray) -> str:
     """The identity of a batch: sha256 of its rows' keys in key order (not of their positions)."""
     keys = np.sort(np.asarray(keys, dtype=np.uint64))
     return hashlib.sha256(keys.astype("<u8").tobytes()).hexdigest()[:32]
+
+
+def batch_key(key: str, digest: str) -> str:
+    """A batch's entry `<step key>-<rows' hash>`: a part of the planned step's entry, so `cache prune
+    --keep` keeps the batches of the steps a recipe's plan has."""
+    return f"{key}-{digest}"
 
 
 def pass_on_rows(template: Step, rows: int, digest: str) -> Step:
@@ -41,7 +46,7 @@ def pass_on_rows(template: Step, rows: int, digest: str) -> Step:
         row_shards = len(shard_ranges(rows, work.shard_rows))
         work = replace(work, shards=work.points * row_shards, row_shards=row_shards,
                        label=f"{work.label} (a batch of {rows} rows)")
-    return replace(template, id=f"{template.id}@{digest[:12]}", key=cache_key("rows", template.key, digest),
+    return replace(template, id=f"{template.id}@{digest[:12]}", key=batch_key(template.key, digest),
                    shards=work.shards, payload=PassPayload(payload.provider, work, payload.needs), cached=False,
                    detail=dict(template.detail))
 
@@ -75,7 +80,7 @@ class LazyOracle:
         keys = run.pool.keys[rows]
         rows = rows[canonical_order(keys)]  # key order: the batch is the same whatever order it was asked in
         digest = rows_digest(keys)
-        key = cache_key("lazy-rows", self.step.key, digest)
+        key = batch_key(self.step.key, digest)
         score = load_score(run.cache, key)
         if score is None:
             score = run.score_on_rows(self.step, rows, digest)
