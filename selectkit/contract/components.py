@@ -7,6 +7,7 @@ Importing a component module must stay cheap: import torch & co. inside `run`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -164,12 +165,21 @@ class Scorer(Component):
     model_params: ClassVar[tuple[str, ...]] = ()  # params naming further entries under `models`
     higher_is_better: ClassVar[bool] = True
     rowwise: ClassVar[bool] = False  # each row's score depends on its own row (and `stats`) only
+    # each row's value depends on its own row, the targets and the models only (never on the other pool
+    # rows), so the score may be computed on any subset of rows: `lazy: true`, an oracle read at a few rows
+    per_row: ClassVar[bool] = False
 
     def check_pool(self, frame: Any) -> list[tuple[str, str, str]]:
         """At validate, on the pool's first rows (`FirstRows`: plain dicts, no polars): problems this
         scorer can see before any compute, as (level "error" or "warning", the param, the message):
         a column or template that names no column, a reference that is missing. Default: none."""
         return []
+
+    @classmethod
+    def reads_rows_alone(cls) -> bool:
+        """True when a row's value does not depend on the other pool rows (what a lazy score needs):
+        declared `per_row`, or `rowwise` without pool-wide statistics."""
+        return cls.per_row or (cls.rowwise and not cls.has_statistics())
 
     def output_shape(self) -> Shape:
         """The shape this configured scorer produces (may depend on params)."""
@@ -238,7 +248,11 @@ class SelectContext:
 
     Random draws about rows come from `uniform`/`gumbel`: each candidate's value is a hash of
     (seed, stage, labels, row id), so a selection does not depend on row order or sharding.
-    Ties are broken by `keys` too (see `best_first`)."""
+    Ties are broken by `keys` too (see `best_first`).
+
+    A score the recipe marks `lazy: true` is not in `scores`: `oracles` holds it, a callable the
+    executor serves (pool rows -> a Score over those rows, its passes run on them alone). Read any
+    score at a few rows with `values_at`, whichever it is."""
 
     candidates: np.ndarray
     pool: Pool | Rows  # token_counts, column(name), ids
@@ -248,10 +262,26 @@ class SelectContext:
     scores: dict[str, Score] = field(default_factory=dict)
     targets: dict[str, Rows] = field(default_factory=dict)
     keys: np.ndarray | None = None  # a stable uint64 per pool row (`row_keys` of the ids)
+    oracles: dict[str, Callable[[np.ndarray], Score]] = field(default_factory=dict)  # lazy scores
 
     def rng(self, *labels: str) -> np.random.Generator:
         """A generator for draws that do not belong to rows (a k-means seed, a permutation of clusters)."""
         return rng_for(self.seed, self.stage, *labels)
+
+    def values_at(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """Score `name` at pool indices `rows` as float64, higher meaning better: read from the computed
+        score, or, for a lazy score, computed now for those rows alone (ask for a batch at once: each
+        call is one run of its passes)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if name in self.oracles:
+            score = self.oracles[name](rows)
+        elif name in self.scores:
+            score = self.scores[name]
+            score = score.with_values(score.values[rows])
+        else:
+            raise KeyError(f"score {name!r} is neither computed nor lazy for stage {self.stage!r}")
+        values = np.asarray(score.values, dtype=np.float64)
+        return values if score.higher_is_better else -values
 
     def row_keys(self, rows: np.ndarray | None = None) -> np.ndarray:
         """Keys of `rows` (pool indices; default: the candidates)."""
@@ -293,9 +323,17 @@ class Selector(Component):
     score_params: ClassVar[dict[str, frozenset[Shape]]] = {}
     budget_rule: ClassVar[str] = "required"  # required | optional | none: is `with.budget` needed?
     draws_with_replacement: ClassVar[bool] = False  # a count budget may then exceed the pool
+    # score params it can read lazily, only at the rows it asks for (`SelectContext.values_at`): a score
+    # with `lazy: true` may be named there, nowhere else; `oracle_rows` bounds what it asks for
+    lazy_scores: ClassVar[tuple[str, ...]] = ()
     # columns its Selection may carry (Selection.columns), e.g. rs2's ("round",): what output.split_by
     # may name, checked at validate
     writes_columns: ClassVar[tuple[str, ...]] = ()
+
+    def oracle_rows(self, param: str, candidates: int) -> int:
+        """At most how many rows it reads of the lazy score named by `param` among `candidates` rows
+        (what `plan` sizes the lazy score's passes by). Default: every candidate."""
+        return candidates
 
     def run(self, ctx: SelectContext) -> Selection:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from selectkit.errors import DataError, PluginError, SelectkitError, SelectkitWa
 from selectkit.execution.artifacts import load_score, load_selection, save_score, save_selection, score_meta, score_of
 from selectkit.execution.progress import Reporter
 from selectkit.planning.steps import (
+    LazyPayload,
     NormalizePayload,
     OraclePayload,
     PassPayload,
@@ -123,6 +125,7 @@ class Run:
         self.targets: dict[str, Any] = {}
         self.loader = ModelLoader(bool(options.get("trust_remote_code")), reporter.message)
         self.surrogate_fits: dict[str, dict] = {}  # surrogate step -> {"oracle": mask, "report": agreement}
+        self.oracles: dict[str, Any] = {}  # lazy score step -> its LazyOracle
 
     # ------------------------------------------------------------ driving
     def execute(self) -> RunResult:
@@ -197,6 +200,7 @@ class Run:
         """The method that runs a step, by the type of its payload."""
         handlers = {ReadPayload: self._read, PassPayload: self._pass, SamplePayload: self._sample,
                     OraclePayload: self._oracle, ScorePayload: self._score, SurrogatePayload: self._surrogate,
+                    LazyPayload: self._lazy,
                     NormalizePayload: self._normalize, SelectPayload: self._select, WritePayload: self._write}
         return handlers[type(payload)]
 
@@ -350,6 +354,14 @@ class Run:
         for request, step_id in payload.requests.items():
             seen_as = replace(request, data="pool") if request.data == payload.rows else request
             values[seen_as] = self.get(step_id)[request]
+        score = self._score_rows(payload, values, ds)
+        save_score(self.cache, step.key, score, label=f"oracle {node.name} ({node.scorer.name}) on its label sample")
+        return score, "computed", {"rows": len(ds)}
+
+    def _score_rows(self, payload: Any, values: dict, ds: Any) -> Score:
+        """A scorer on some rows of the pool only (a label sample, a lazy score's batch), its pool
+        features computed over those rows and handed to it as the pool's."""
+        node = payload.node
         features = Features(values, canonical_request, node.model, f"scorer {node.scorer.name!r}")
         targets = {t: self.targets[t] for t in payload.targets}
         base = dict(targets=targets, seed=self.plan.seed, model=payload.model.spec if payload.model else None,
@@ -359,9 +371,61 @@ class Run:
             ctx = ScoreContext(pool=ds, **base)
             stats = node.scorer.merge([node.scorer.statistics(ctx) or {}], ctx)
         score = node.scorer.run(ScoreContext(pool=ds, stats=stats, **base))
-        score = check_score(node, score, len(ds), what=f"scorer {node.scorer.name!r}")
-        save_score(self.cache, step.key, score, label=f"oracle {node.name} ({node.scorer.name}) on its label sample")
-        return score, "computed", {"rows": len(ds)}
+        return check_score(node, score, len(ds), what=f"scorer {node.scorer.name!r}")
+
+    # ------------------------------------------------------------ lazy scores
+    def _lazy(self, step: Step):
+        """A lazy score's value is its oracle: nothing runs until a stage asks for rows."""
+        from selectkit.execution.lazy import LazyOracle
+
+        oracle = LazyOracle(self, step)
+        self.oracles[step.id] = oracle
+        return oracle, "not needed", oracle.report()
+
+    def lazy_progress(self, oracle: Any) -> None:
+        """After each batch: the lazy step's status and counts, for the report and the manifest."""
+        status = "computed" if oracle.batches > oracle.cached_batches else "cached"
+        self.status[oracle.step.id] = (status, self.status.get(oracle.step.id, ("", 0.0, {}))[1], oracle.report())
+
+    def score_on_rows(self, step: Step, rows: np.ndarray, digest: str) -> Score:
+        """One batch of a lazy score: its planned pool passes run on `rows` alone (each a step of its own,
+        keyed by the rows), the target passes read whole, then the scorer on those rows."""
+        from dataclasses import replace
+
+        from selectkit.data.pool import take
+        from selectkit.execution.lazy import pass_on_rows
+
+        payload = step.payload
+        started = time.perf_counter()
+        ds = take(self.pool, rows)
+        ds.name = payload.rows
+        values, done = {}, {}
+        for request, step_id in payload.requests.items():
+            if request.data != payload.rows:
+                values[request] = self.get(step_id)[request]
+        self.targets[payload.rows] = ds  # what the batch's passes map over, while they run
+        try:
+            for request, step_id in payload.requests.items():
+                if request.data != payload.rows:
+                    continue
+                if step_id not in done:
+                    batch = pass_on_rows(self.plan.step(step_id), len(rows), digest)
+                    t0 = time.perf_counter()
+                    self.reporter.step_started(batch)
+                    done[step_id], status, _ = self._pass(batch)
+                    seconds = time.perf_counter() - t0
+                    self.reporter.step_finished(batch, status, seconds)
+                    before, spent, counts = self.status.get(step_id, ("cached", 0.0, {}))
+                    counts = {"batches": counts.get("batches", 0) + 1, "rows": counts.get("rows", 0) + len(rows)}
+                    self.status[step_id] = ("computed" if "computed" in (before, status) else status,
+                                            spent + seconds, counts)
+                values[replace(request, data="pool")] = done[step_id][request]
+        finally:
+            self.targets.pop(payload.rows, None)
+        score = self._score_rows(payload, values, ds)
+        status, seconds, detail = self.status.get(step.id, ("computed", 0.0, {}))
+        self.status[step.id] = (status, seconds + time.perf_counter() - started, detail)
+        return score
 
     def _surrogate(self, step: Step):
         from selectkit.execution.surrogate import agreement_warnings, fit_predict
@@ -525,10 +589,15 @@ class Run:
         params = node.selector.params
         scores = {name: self.get(final) for name, final in payload.scores.items()
                   if final in step.inputs or name == params.score}
+        oracles = {name: scores.pop(name) for name, final in payload.scores.items()
+                   if name in scores and isinstance(self.plan.step(final).payload, LazyPayload)}
         for ref, (name, col) in payload.columns.items():  # `score: name.column`
             from selectkit.planning.collapse import column
 
-            scores[ref] = column(self.get(payload.scores[name]), col)
+            if isinstance(self.plan.step(payload.scores[name]).payload, LazyPayload):
+                oracles[ref] = partial(_column_at, self.get(payload.scores[name]), col)
+            else:
+                scores[ref] = column(self.get(payload.scores[name]), col)
         n = state["n"]
         candidates = state["candidates"]
         selection = load_selection(self.cache, step.key)
@@ -540,7 +609,8 @@ class Run:
             unscorable = len(candidates) - len(usable)
             usable = usable[canonical_order(self.pool.keys[usable])]  # row-key order: never the pool's order
             ctx = SelectContext(candidates=usable, pool=self.pool, seed=self.plan.seed, stage=node.label,
-                                score=score, scores=scores, targets=self.targets, keys=self.pool.keys)
+                                score=score, scores=scores, targets=self.targets, keys=self.pool.keys,
+                                oracles=oracles)
             selection = check_selection(node.selector.name, node.selector.run(ctx), usable)
             if unscorable:
                 selection = Selection(selection.indices, selection.weights, selection.counts,
@@ -582,6 +652,13 @@ class Run:
 
     def _write(self, step: Step):  # pragma: no cover - the write step is run by `execute`
         raise AssertionError("write is run by execute()")
+
+
+def _column_at(oracle: Any, name: str, rows: np.ndarray) -> Score:
+    """One task column of a lazy matrix score, at `rows`."""
+    from selectkit.planning.collapse import column
+
+    return column(oracle(rows), name)
 
 
 def scorable(score: Score | None, candidates: np.ndarray) -> np.ndarray:

@@ -231,6 +231,8 @@ def manifest(result: Any, files: dict[str, str]) -> dict:
             scores[node.name]["surrogate"] = node.surrogate.model_dump(mode="json")
         if node.name in getattr(result, "influence", {}):  # what `explain --influence` opens
             scores[node.name]["influence"] = result.influence[node.name]
+        if node.lazy:  # computed only at the rows its readers asked (see its stage entry for how many)
+            scores[node.name]["lazy"] = True
     return {
         "format_version": MANIFEST_VERSION,
         "written_by": "selectkit",

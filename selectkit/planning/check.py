@@ -53,6 +53,7 @@ def check(loaded: LoadedRecipe, registry: Registry | None = None) -> Checked:
     _check_score_data(loaded, registry, scores, sources, out)
     _check_surrogates(loaded, registry, scores, sources, out)
     stages = _check_stages(loaded, registry, scores, sources, out) if "select" not in broken else []
+    _check_lazy(loaded, registry, scores, stages, out)
     if "output" not in broken and sources:
         _check_output(loaded, sources, out)
     if "output" not in broken and "select" not in broken:
@@ -81,9 +82,12 @@ def distribution_problems(checked: Checked, executor: str) -> list[RecipeError]:
     loaded = checked.loaded
     found = [(c, ("scores", n, "use")) for n, node in checked.scores.items() if not (c := node.scorer).distributed]
     found += [(s.selector, ("select", s.index, "use")) for s in checked.stages if not s.selector.distributed]
-    return [RecipeError(f"{c.kind} {c.name!r} cannot run on executor {executor!r}: "
-                        f"{c.distributed_reason or 'it declares distributed = False'}", loaded.locate(where))
-            for c, where in found]
+    out = [RecipeError(f"{c.kind} {c.name!r} cannot run on executor {executor!r}: "
+                       f"{c.distributed_reason or 'it declares distributed = False'}", loaded.locate(where))
+           for c, where in found]
+    out += [RecipeError(f"score {n!r} is lazy: its batches run on the local executor only (not {executor!r})",
+                        loaded.locate(("scores", n, "lazy"))) for n, node in checked.scores.items() if node.lazy]
+    return out
 
 
 def _extras(checked: Checked) -> dict[str, list[str]]:
@@ -532,7 +536,8 @@ def _check_score(name: str, spec, loaded: LoadedRecipe, registry: Registry, out:
                             code="unknown-name")
             shape = Shape.VECTOR
     inputs = list(scorer.input_scores()) if scorer is not None else []
-    return ScoreNode(name, scorer, shape, targets, spec.model, normalizers, spec.combine, inputs, spec.surrogate)
+    return ScoreNode(name, scorer, shape, targets, spec.model, normalizers, spec.combine, inputs, spec.surrogate,
+                     lazy=spec.lazy)
 
 
 def _check_surrogates(loaded: LoadedRecipe, registry: Registry, scores: dict[str, ScoreNode],
@@ -585,6 +590,71 @@ def _check_surrogates(loaded: LoadedRecipe, registry: Registry, scores: dict[str
         elif labels.kind == "fraction":
             out.add("surrogate labels as a percentage needs the pool's row count, which this format does not tell "
                     "before reading; give a count", where + ("labels",))
+
+
+def _check_lazy(loaded: LoadedRecipe, registry: Registry, scores: dict[str, ScoreNode], stages: list[StageNode],
+                out: _Collector) -> None:
+    """A lazy score exists only at the rows its readers ask for: its scorer's rows must not depend on
+    the other pool rows, nothing may need it whole (normalizers, `combine`, other scores, surrogates,
+    LDS, a stage param that is not declared lazy), and some stage must read it lazily."""
+    from selectkit.planning import retrain
+
+    lazy = {name for name, node in scores.items() if node.lazy}
+    if not lazy:
+        return
+    for name in sorted(lazy):
+        node, where = scores[name], ("scores", name)
+        if not node.scorer.reads_rows_alone():
+            out.add(f"score {name!r} cannot be lazy: a row's {node.scorer.name!r} value depends on the other pool "
+                    "rows (pool-wide statistics), so it cannot be computed on a few rows alone", where + ("lazy",),
+                    hint="remove `lazy: true`", code="invalid-value")
+        if node.normalizers:
+            out.add(f"score {name!r} is lazy, so it has values only at the rows its readers ask for; a normalizer "
+                    "needs them all", where + ("normalize",), hint="remove `normalize:` (give the reader's "
+                    "thresholds in the score's own units) or `lazy: true`", code="invalid-value")
+        if node.combine is not None:
+            out.add(f"score {name!r} is lazy; `combine` is not applied to a lazy score (let the scorer give a "
+                    "vector, e.g. influence.less's `combine: max`)", where + ("combine",), code="invalid-value")
+        if node.surrogate is not None:
+            out.add(f"score {name!r} cannot be both lazy and a surrogate", where + ("lazy",), code="invalid-value")
+    for name, node in scores.items():
+        for ref in node.inputs:
+            if ref in lazy:
+                out.add(f"score {name!r} reads score {ref!r}, which is lazy (computed only where a stage asks)",
+                        ("scores", name, "with", *node.scorer.input_path(ref)), code="invalid-value")
+        feature = node.features or (node.surrogate.features if node.surrogate is not None else None)
+        if feature in lazy:
+            out.add(f"surrogate features {feature!r} are a lazy score", ("scores", name, "surrogate", "features"),
+                    code="invalid-value")
+    evaluate = getattr(loaded.recipe, "evaluate", None)
+    if evaluate is not None and evaluate.lds is not None:
+        measured = {n.partition(".")[0] for n in retrain.measured_scores(evaluate.lds, scores, registry)}
+        for name in sorted(measured & lazy):
+            out.add(f"evaluate.lds measures score {name!r} over whole subsets, but it is lazy",
+                    ("scores", name, "lazy"),
+                    hint="name other scores in evaluate.lds.scores, or remove `lazy: true`", code="invalid-value")
+    read: set[str] = set()
+    for stage in stages:
+        selector = stage.selector
+        params = ["score", *selector.score_params] if selector.needs_score else list(selector.score_params)
+        for param in params:
+            ref = getattr(selector.params, param, None)
+            base = ref.partition(".")[0] if ref else None
+            if base not in lazy:
+                continue
+            if param in selector.lazy_scores:
+                read.add(base)
+                continue
+            lazy_params = ", ".join(f"`{p}`" for p in selector.lazy_scores)
+            out.add(f"score {base!r} is lazy (computed only at the rows a stage asks for), but selector "
+                    f"{selector.name!r} needs it whole for `{param}`" + (f" (it reads {lazy_params} lazily)"
+                                                                       if lazy_params else ""),
+                    ("select", stage.index, "with", param), hint=f"remove `lazy: true` from score {base!r}",
+                    code="invalid-value")
+    for name in sorted(lazy - read):
+        if not any(e.message.startswith(f"score {name!r}") for e in out.errors):
+            out.add(f"score {name!r} is lazy, but no stage reads it lazily (e.g. cluster_bandit's `reward`)",
+                    ("scores", name, "lazy"), hint="remove `lazy: true`", code="invalid-value")
 
 
 def _check_score_inputs(loaded: LoadedRecipe, scores: dict[str, ScoreNode], out: _Collector) -> None:

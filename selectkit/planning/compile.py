@@ -35,6 +35,7 @@ from selectkit.errors import (
 )
 from selectkit.planning.steps import (
     Checked,
+    LazyPayload,
     NormalizePayload,
     OraclePayload,
     PassPayload,
@@ -58,6 +59,7 @@ DEFAULT_SHARD_ROWS_MODEL = 4096
 DEFAULT_SHARD_ROWS = 65536
 READ_VERSION = "1"
 SURROGATE_VERSION = "1"
+LAZY_VERSION = "1"
 
 
 # ---------------------------------------------------------------- compile
@@ -302,8 +304,8 @@ class Planner:
                 self.errors.append(exc)
         by_model: dict[str, list[FeatureRequest]] = {}
         for name, reqs in wanted.items():
-            if nodes[name].surrogate is not None:
-                continue  # planned over its label sample, once the sample's step exists
+            if nodes[name].surrogate is not None or nodes[name].lazy:
+                continue  # planned over its label sample (or its readers' rows), once that source exists
             for r in reqs:
                 if r not in by_model.setdefault(r.model, []):
                     by_model[r.model].append(r)
@@ -318,6 +320,13 @@ class Planner:
                 if name in wanted:
                     try:
                         self.surrogate(name, node, wanted[name])
+                    except SelectkitError as exc:
+                        self.errors.append(exc)
+                continue
+            if node.lazy:
+                if name in wanted:
+                    try:
+                        self.lazy(name, node, wanted[name])
                     except SelectkitError as exc:
                         self.errors.append(exc)
                 continue
@@ -419,6 +428,60 @@ class Planner:
                       inputs=(oracle_id, sample_id, features), key=key, artifact="scores",
                       cached=self.cache.has("scores", key), detail=detail))
         self._normalizers(name, node, f"score:{name}", key)
+
+    def lazy(self, name: str, node: ScoreNode, requests: list[FeatureRequest]) -> None:
+        """A lazy score: its pool passes planned over `probes:<name>`, a stand-in for the rows its readers
+        may ask for (at most what they declare), so the estimates cover those rows, not the pool's; the
+        score step runs them batch by batch on the rows asked."""
+        rows = self.rows.get("pool")
+        if rows is None:
+            raise RecipeError(f"score {name!r}: a lazy score needs the pool's row count before reading")
+        readers = []
+        for stage in self.stages:
+            selector = stage.selector
+            for param in selector.lazy_scores:
+                if (getattr(selector.params, param, None) or "").partition(".")[0] == name:
+                    readers.append((stage.label, param, min(rows, int(selector.oracle_rows(param, rows)))))
+        most = min(rows, sum(n for _, _, n in readers))
+        source = f"probes:{name}"
+        fingerprint = cache_key("probes", LAZY_VERSION, self.by_id["read:pool"].key, name)
+        self.sources[source] = replace(self.sources["pool"], name=source, fingerprint=fingerprint)
+        self.rows[source] = max(most, 1)
+        self.data_steps[source] = "read:pool"
+        moved = [replace(r, data=source) if r.data == "pool" else r for r in requests]
+        by_model: dict[str, list[FeatureRequest]] = {}
+        for r in moved:
+            by_model.setdefault(r.model, []).append(r)
+        for model, reqs in by_model.items():
+            self.passes(self.models[model], reqs)
+        asked = "; ".join(f"stage {label} (`{param}`): at most {n}" for label, param, n in readers)
+        for r in moved:
+            step = self.by_id[self.serving[r]]
+            if r.data == source and step.payload.work.data != source:
+                raise RecipeError(f"scorer {node.scorer.name!r} cannot be lazy: its {step.label!r} reads the whole "
+                                  "pool at once; remove `lazy: true`")
+            if r.data == source:
+                step.detail["rows"] = f"only the rows asked for, on demand, each batch cached by its rows ({asked})"
+        scorer = node.scorer
+        served = {r: self.serving[r] for r in moved}
+        key = cache_key("lazy", LAZY_VERSION, scorer.name, scorer.version, scorer.params.model_dump(mode="json"),
+                        fingerprint, [(t, self.sources[t].fingerprint) for t in node.targets],
+                        [self.models[m].fingerprint for m in node.models()], self.seed)
+        model = self.models.get(node.model) if node.model else None
+        detail: dict[str, Any] = {"scorer": scorer.name, "params": scorer.params.model_dump(mode="json"),
+                                  "shape": node.shape.value,
+                                  "rows": f"at most {most} of {rows} pool rows ({most / max(rows, 1):.1%}), asked by "
+                                          f"{asked or 'no stage'}"}
+        if node.targets:
+            detail["targets"] = ", ".join(node.targets)
+        if node.model:
+            detail["model"] = node.model
+        detail["runs"] = "lazily: once per batch of rows a stage asks for, passes on those rows only"
+        self.add(Step(f"score:{name}", f"{name} (lazy {scorer.name})",
+                      LazyPayload(node, served, model, node.targets, source, most),
+                      inputs=("read:pool", *(f"read:{t}" for t in node.targets), *served.values()), key=key,
+                      artifact="scores", detail=detail))
+        self.score_final[name] = f"score:{name}"
 
     def _budget_of(self, name: str) -> tuple[Any, str | None]:
         """The budget of the first stage that reads score `name` and sets one."""

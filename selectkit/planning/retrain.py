@@ -42,7 +42,8 @@ def is_gradient(node: Any, registry: Any) -> bool:
 
 def measured_scores(spec: Any, nodes: dict[str, Any], registry: Any) -> list[str]:
     """The scores LDS measures: gradient scores with targets (recipe order), then the named ones."""
-    out = [n for n, node in nodes.items() if node.targets and node.surrogate is None and is_gradient(node, registry)]
+    out = [n for n, node in nodes.items() if node.targets and node.surrogate is None and not node.lazy
+           and is_gradient(node, registry)]
     for name in spec.scores or []:
         if name not in out:
             out.append(name)

@@ -5,6 +5,7 @@ steps, never the checked recipe.
 
     read(source) -> pass(provider, model, data) -> score -> normalize -> select -> write
     (a surrogate score: sample -> pass over the sample -> oracle -> score)
+    (a lazy score: pass over a stand-in for the rows its readers ask -> score, run batch by batch)
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class ScoreNode:
     inputs: list[str] = field(default_factory=list)  # other scores this scorer reads (e.g. `combine`)
     surrogate: SurrogateSpec | None = None  # the scorer runs on a label sample only
     features: str | None = None  # the surrogate's features score (`<model>.embedding` when it names a model)
+    lazy: bool = False  # computed only at the rows its readers ask for (an oracle served by the executor)
 
     @property
     def after(self) -> list[str]:
@@ -169,6 +171,21 @@ class SurrogatePayload:
 
 
 @dataclass
+class LazyPayload:
+    """A lazy score: its scorer computed only at the rows its readers ask for, one batch at a time.
+    Its pool requests were planned over `rows`, a stand-in source of at most `most` rows; each batch
+    runs those pass steps on its own rows (keyed by them), the target requests are read whole."""
+
+    KIND: ClassVar[str] = "score"
+    node: ScoreNode
+    requests: dict[FeatureRequest, str]
+    model: ModelRef | None
+    targets: list[str]
+    rows: str  # the stand-in source ("probes:<score>") its pool passes map over
+    most: int  # rows its readers may ask for, at most (what the plan's estimates cover)
+
+
+@dataclass
 class NormalizePayload:
     """A normalizer (or the recipe's `combine:` collapse) on a score's previous values."""
 
@@ -198,7 +215,7 @@ class WritePayload:
 
 
 Payload = (ReadPayload | PassPayload | ScorePayload | SamplePayload | OraclePayload | SurrogatePayload
-           | NormalizePayload | SelectPayload | WritePayload)
+           | LazyPayload | NormalizePayload | SelectPayload | WritePayload)
 
 
 # ---------------------------------------------------------------- steps and the plan

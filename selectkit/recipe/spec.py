@@ -202,6 +202,9 @@ class ScoreSpec(Strict):
     surrogate: SurrogateSpec | None = Field(
         None, description="score only a seeded label sample with this scorer and predict the rest from cheap "
         "features; held-out agreement goes to the manifest and console")
+    lazy: bool = Field(
+        False, description="compute this score only at the rows a stage asks for (e.g. cluster_bandit's probes), "
+        "its passes run on those rows alone; only a stage param that reads lazily may name it (Quad's oracle)")
 
 
 class StageSpec(Strict):

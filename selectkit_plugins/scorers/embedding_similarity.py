@@ -88,6 +88,7 @@ class EmbeddingSimilarity(Scorer):
     needs_targets = True
     output = Shape.MATRIX
     higher_is_better = True
+    per_row = True  # a row's similarity needs its own embedding and the targets' only: may be `lazy`
 
     def feature_requests(self, targets: list[str]) -> list[FeatureRequest]:
         return [FeatureRequest.of("embedding", data, pooling=self.params.pooling, normalize=True)

@@ -76,6 +76,7 @@ class Less(_Pairwise):
 
     name = "influence.less"
     Params = LessParams
+    per_row = True  # a row's cosines need its own gradients and the targets' only: may be `lazy`
 
     @property
     def pool_adam(self) -> str:
@@ -107,6 +108,7 @@ class TracIn(_Pairwise):
 
     name = "influence.tracin"
     Params = TracInParams
+    per_row = True  # a row's products need its own gradients and the targets' only: may be `lazy`
 
     def influence_form(self) -> InfluenceForm:
         return InfluenceForm("tracin-cos" if self.params.normalize else "tracin", cosine=self.params.normalize,

@@ -31,7 +31,8 @@ np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 
 class ClusterBanditParams(SelectorParams):
-    reward: str = Field(description="vector score read only at probed examples (the expensive oracle)")
+    reward: str = Field(description="vector score read only at probed examples (the expensive oracle); with "
+                        "`lazy: true` on that score it is computed only there, one batch per round")
     k: int = Field(1024, ge=1, description="k-means clusters (arms); Quad used ~10,000")
     arms_per_round: int = Field(50, ge=1, description="clusters pulled per round")
     probe_per_arm: int = Field(10, ge=1, description="examples whose reward is read per pull")
@@ -49,7 +50,8 @@ class ClusterBanditParams(SelectorParams):
 
 class ClusterBandit(Selector):
     """UCB over k-means clusters (Quad): probe a few examples per pull, read the expensive reward only there,
-    take more from clusters that pay. Reward reads ≤ rounds·arms·probe. Memory O(N + k·D + neighbour pairs):
+    take more from clusters that pay. Reward reads ≤ rounds·arms·probe, one batch per round (a lazy
+    reward computes only those rows). Memory O(N + k·D + neighbour pairs):
     neighbours come from a radius search over the centroids, never a dense k×k matrix."""
 
     name = "cluster_bandit"
@@ -58,6 +60,12 @@ class ClusterBandit(Selector):
     Params = ClusterBanditParams
     accepts = frozenset({Shape.FEATURES})
     score_params = {"reward": frozenset({Shape.VECTOR})}
+    lazy_scores = ("reward",)
+
+    def oracle_rows(self, param: str, candidates: int) -> int:
+        """Reward reads: at most rounds x arms x probe, and never more than the candidates."""
+        p = self.params
+        return min(candidates, p.max_rounds * min(p.arms_per_round, p.k) * p.probe_per_arm)
 
     def run(self, ctx: SelectContext) -> Selection:
         p = self.params
@@ -68,13 +76,8 @@ class ClusterBandit(Selector):
                    for c, m in enumerate(cluster_members(labels, n_arms))]
         sizes = np.array([len(m) for m in members])
         neighbours = centroid_neighbours(centers, p.neighbour_radius)
-        reward_score = ctx.scores.get(p.reward)
-        if reward_score is None:
+        if p.reward not in ctx.scores and p.reward not in ctx.oracles:
             raise RecipeError(f"{self.name}: reward score {p.reward!r} is not computed")
-
-        def oracle(positions: np.ndarray) -> np.ndarray:
-            values = np.asarray(reward_score.values[ctx.candidates[positions]], dtype=np.float64)
-            return values if reward_score.higher_is_better else -values
 
         budget = p.budget.max_count(len(ctx.candidates)) if p.budget is not None else len(ctx.candidates)
         score, chose = np.zeros(n_arms), np.zeros(n_arms)
@@ -92,11 +95,14 @@ class ClusterBandit(Selector):
             cs = ucb(score, chose, total, p.ucb_alpha)
             cs[~open_] = -np.inf
             arms = np.lexsort((priority, -cs))[:min(p.arms_per_round, int(open_.sum()))]
-            for c in arms:
-                probes = members[c][probe_at[c]:probe_at[c] + p.probe_per_arm]
-                probe_at[c] += len(probes)
-                probed += len(probes)
-                values = oracle(probes)
+            probes = [members[c][probe_at[c]:probe_at[c] + p.probe_per_arm] for c in arms]
+            # the round's probes are fixed before any of its rewards is seen: one read (one oracle batch)
+            read = ctx.values_at(p.reward, ctx.candidates[np.concatenate(probes)])
+            bounds = np.cumsum([0, *map(len, probes)])
+            for c, lo, hi in zip(arms, bounds[:-1], bounds[1:]):
+                probe_at[c] += hi - lo
+                probed += hi - lo
+                values = read[lo:hi]
                 r = float(np.nanmean(values)) - p.reward_baseline if np.isfinite(values).any() else 0.0
                 pulls[c] += 1
                 if r > 0 and n_taken < budget:
