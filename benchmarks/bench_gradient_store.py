@@ -7,6 +7,13 @@ measured scaling.
 
     .venv/bin/python benchmarks/bench_gradient_store.py                      # 10k, 20k, 50k
     .venv/bin/python benchmarks/bench_gradient_store.py --rows 2000 --quick   # a minute
+    .venv/bin/python benchmarks/bench_gradient_store.py --scan 10000 20000 50000 [--against CHECKOUT]
+
+`--scan` isolates the store from the model: each size in a fresh process writes a synthetic store
+(N rows x 8,192 x 4 checkpoints, float16 unit rows, `--shard-rows` per shard, through the provider's own
+`encode` and the cache's shard writer), then scores LESS over it streamed (32 targets, mean), with the
+peak anonymous memory and the scan's seconds; `--against` runs the same child in another checkout
+(its own .venv) side by side. The model's per-row gradient cost is what the full runs measure.
 
 Goals (issue 21): the 50k run (6.5 GB of features were it float32) completes with peak RSS at most
 2 GB; time grows linearly from 10k to 50k; the second target computes only its own gradients.
@@ -118,6 +125,58 @@ def run(recipe_path: Path, cache: str, *extra: str) -> dict:
     return {"seconds": seconds, "peak_rss_mb": peak[0], "peak_anon_mb": peak[1], "log": log}
 
 
+def scan_child(n: int, shard_rows: int, cache: str) -> None:
+    """Write a synthetic LESS-shaped store of `n` rows and score it streamed; print JSON timings."""
+    import numpy as np
+
+    from selectkit.storage.cache import Cache
+    from selectkit_plugins.lib.influence.scores import less
+    from selectkit_plugins.lib.influence.store import StoredFeatures, encode
+
+    rng = np.random.default_rng(0)
+    shards = -(-n // shard_rows)
+    entry = Cache(Path(cache)).sharded("passes", "synthetic", shards * CHECKPOINTS)
+    t0 = time.perf_counter()
+    pool = []
+    for c in range(CHECKPOINTS):
+        for s in range(shards):
+            rows = min(shard_rows, n - s * shard_rows)
+            entry.write(c * shards + s, encode(rng.standard_normal((rows, PROJ_DIM), dtype=np.float32), "float16"))
+        pool.append(StoredFeatures(entry, list(range(c * shards, (c + 1) * shards)), n, PROJ_DIM, "float16"))
+    written = time.perf_counter() - t0
+    targets = [rng.standard_normal((32, PROJ_DIM)) for _ in range(CHECKPOINTS)]
+    t1 = time.perf_counter()
+    scores = less(pool, targets, [2e-4, 1.5e-4, 1e-4, 5e-5], reduce=lambda b: b.mean(1, keepdims=True))
+    print(json.dumps({"write_s": written, "scan_s": time.perf_counter() - t1, "rows": len(scores)}))
+
+
+def scan(sizes: list[int], shard_rows: int, against: Path | None) -> None:
+    """Each size in a fresh child (this checkout, then `against`): peak memory of writing and scanning."""
+    trees = [(ROOT, Path(sys.executable))] + ([(against, against / ".venv" / "bin" / "python")] if against else [])
+    print(f"{'checkout':<28} {'rows':>7} {'write s':>8} {'scan s':>7} {'peak anon MB':>12} {'store MB':>9}")
+    for n in sizes:
+        for root, python in trees:
+            cache = tempfile.mkdtemp(prefix=f"scan-{n}-")
+            code = (f"import sys; sys.path.insert(0, {str(root / 'benchmarks')!r}); import bench_gradient_store as b; "
+                    f"b.scan_child({n}, {shard_rows}, {cache!r})")
+            t0 = time.perf_counter()
+            proc = subprocess.Popen([str(python), "-c", code], stdout=subprocess.PIPE, text=True, cwd=root)
+            peak = 0
+            while proc.poll() is None:
+                try:
+                    for line in open(f"/proc/{proc.pid}/status"):
+                        if line.startswith("RssAnon:"):
+                            peak = max(peak, int(line.split()[1]) // 1024)
+                except OSError:
+                    pass
+                time.sleep(0.05)
+            out = json.loads(proc.stdout.read().strip().splitlines()[-1])
+            size = du(cache) / 2**20
+            shutil.rmtree(cache, ignore_errors=True)
+            print(f"{str(root)[-28:]:<28} {n:>7} {out['write_s']:>8.1f} {out['scan_s']:>7.1f} {peak:>12} {size:>9.0f}"
+                  f"   ({time.perf_counter() - t0:.0f} s in all)", flush=True)
+
+
 def du(path: str) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
@@ -129,7 +188,11 @@ def main() -> None:
     parser.add_argument("--shard-rows", type=int, default=4096,
                         help="rows per store shard: memory is flat once the pool spans several shards")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--scan", type=int, nargs="+", help="synthetic store sizes: write and scan, no model")
+    parser.add_argument("--against", type=Path, help="with --scan: another checkout, run side by side")
     args = parser.parse_args()
+    if args.scan:
+        return scan(args.scan, args.shard_rows, args.against)
     SHARD_ROWS[0] = args.shard_rows
     results = []
     print(f"{'rows':>7} {'seconds':>8} {'peak RSS MB':>11} {'anon MB':>8} {'store MB':>9} {'float32 would be MB':>19}")
