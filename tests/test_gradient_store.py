@@ -87,8 +87,13 @@ def stored(tmp_path, name: str, arrays: list[np.ndarray], dtype: str) -> StoredF
     return StoredFeatures(shards, list(range(len(arrays))), sum(len(a) for a in arrays), arrays[0].shape[1], dtype)
 
 
+@pytest.mark.parametrize("block", [None, 7], ids=["whole-shards", "7-row-blocks"])
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_streamed_scores_equal_the_in_memory_ones(tmp_path, dtype):
+def test_streamed_scores_equal_the_in_memory_ones(tmp_path, dtype, block, monkeypatch):
+    if block is not None:  # wide features are read in blocks smaller than a shard (uneven here: 40 = 5*7 + 5)
+        import selectkit_plugins.lib.influence.store as store
+
+        monkeypatch.setattr(store, "block_rows", lambda dim: block)
     rng = np.random.default_rng(1)
     checkpoints = [[rng.normal(size=(n, 32)).astype(np.float32) for n in (40, 40, 17)] for _ in range(3)]
     pool = [stored(tmp_path, f"{dtype}-{c}", parts, dtype) for c, parts in enumerate(checkpoints)]
@@ -115,6 +120,9 @@ def test_streamed_scores_equal_the_in_memory_ones(tmp_path, dtype):
     with pytest.raises(ValueError, match="damping must be positive"):
         datainf(pool[0], targets[0], damping=0.0)
     assert pairwise(pool, targets, lrs, reduce=reduce).shape == (97, 2)
+    spans = [(lo, hi) for lo, hi, _ in pool[0].blocks()]
+    assert spans[0][0] == 0 and spans[-1][1] == 97 and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert max(hi - lo for lo, hi in spans) == (block or 40)
 
 
 def test_a_streamed_score_holds_one_shard_not_the_store(tmp_path):

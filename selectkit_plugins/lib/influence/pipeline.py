@@ -99,7 +99,7 @@ def featurize_texts(model: Any, tokenizer: Any, texts: Sequence[str], settings: 
         out_l[rows] = got.losses.detach().cpu().numpy()
     empty = counts == 0
     out_f[empty], out_n[empty], out_l[empty] = np.nan, np.nan, np.nan
-    return FeatureSet(out_f.astype(settings.dtype), out_n, out_l, slices, raw_sizes)
+    return FeatureSet(out_f.astype(settings.dtype, copy=False), out_n, out_l, slices, raw_sizes)
 
 
 def _batches(lengths: np.ndarray, settings: GradientSettings) -> list[np.ndarray]:

@@ -21,6 +21,15 @@ np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
 HALF = "float16"
 ARRAY_BLOCK_ROWS = 4096  # rows an in-memory array is cut into when it is scored like a store
+BLOCK_BYTES = 32 << 20  # float32 bytes of one decoded block of stored rows
+
+
+def block_rows(dim: int) -> int:
+    """Rows of a decoded block: 1,024 at k = 8,192; a whole 4,096-row shard at k <= 2,048."""
+    return max(256, BLOCK_BYTES // (4 * max(dim, 1)))
+
+
+ENCODE_ROWS = 256  # rows encoded at a time: a shard's float64 temporaries stay a few MB at k = 8192
 
 
 def encode(features: np.ndarray, dtype: str) -> dict[str, np.ndarray]:
@@ -28,9 +37,14 @@ def encode(features: np.ndarray, dtype: str) -> dict[str, np.ndarray]:
     features = np.asarray(features, dtype=np.float32)
     if dtype != HALF:
         return {"features": features}
-    scales = np.linalg.norm(features.astype(np.float64), axis=1)
-    units = features / np.where(scales > 0, scales, 1.0)[:, None].astype(np.float32)
-    return {"features": units.astype(np.float16), "scales": scales.astype(np.float32)}
+    units = np.empty(features.shape, dtype=np.float16)
+    scales = np.empty(len(features), dtype=np.float64)
+    for lo in range(0, len(features), ENCODE_ROWS):  # row blocks: no float64 copy of a whole shard
+        block = features[lo:lo + ENCODE_ROWS]
+        scales[lo:lo + len(block)] = np.linalg.norm(block.astype(np.float64), axis=1)
+        units[lo:lo + len(block)] = block / np.where(scales[lo:lo + len(block)] > 0, scales[lo:lo + len(block)],
+                                                     1.0)[:, None].astype(np.float32)
+    return {"features": units, "scales": scales.astype(np.float32)}
 
 
 def decode(arrays: dict[str, np.ndarray]) -> np.ndarray:
@@ -67,13 +81,18 @@ class StoredFeatures:
         return arrays
 
     def blocks(self) -> Iterator[tuple[int, int, np.ndarray]]:
-        lo = 0
+        """(lo, hi, float32 rows) blocks in row order: each shard cut into `block_rows(dim)` rows, so a
+        scorer holding one block of every checkpoint holds a few tens of MB whatever the shard size."""
+        lo, step = 0, block_rows(self.dim)
         for index in self.indices:
             arrays = self._read(index)
-            block = decode(arrays)
-            yield lo, lo + len(block), block
-            lo += len(block)
-            del arrays, block  # unmapped before the next shard is opened
+            rows = len(arrays["features"])
+            for a in range(0, rows, step):
+                block = decode({k: v[a:a + step] for k, v in arrays.items()})
+                yield lo + a, lo + a + len(block), block
+                del block
+            lo += rows
+            del arrays  # unmapped before the next shard is opened
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """Rows `rows` (sorted, int) as float32, reading only those rows of the shards that hold them."""
