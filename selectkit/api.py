@@ -123,9 +123,9 @@ def in_memory_sources(recipe: Any, pool: Any, targets: dict[str, Any] | None,
                       cache_dir: str | Path | None) -> Sources:
     """Each in-memory table written to its content-addressed Parquet file in the cache, checked for the
     id and text columns its source names: data source name -> the fields that point the source at it."""
-    from selectkit.data.frames import FRAMES, as_polars, check_columns, frame_file
+    from selectkit.data.frames import as_polars, check_columns, frame_file
     from selectkit.errors import DataError
-    from selectkit.storage.cache import Cache
+    from selectkit.storage.cache import FRAMES, Cache
 
     if targets is not None and not isinstance(targets, dict):
         raise DataError("targets= is a dict of {target name: table}")

@@ -205,6 +205,13 @@ def test_in_memory_tables_give_the_files_selection_and_hit_the_cache(by_file, tm
                           out_dir=tmp_path / "c", cache_dir=tmp_path / "cache")
     assert first.manifest["data"]["pool"]["fingerprint"] != third.manifest["data"]["pool"]["fingerprint"]
     assert any(s["status"] == "computed" for s in third.manifest["stages"] if s["kind"] == "score")
+    if kind == "polars":  # the tables are cache entries: listed, and pruned like any other
+        listed = subprocess.run([sys.executable, "-m", "selectkit", "cache", "list", "--cache-dir", tmp_path / "cache"],
+                                capture_output=True, text=True)
+        assert listed.stdout.count("(in-memory table)") == 3, listed.stdout  # pool, changed pool, target
+        subprocess.run([sys.executable, "-m", "selectkit", "cache", "prune", "--cache-dir", tmp_path / "cache"],
+                       check=True, capture_output=True)
+        assert not list((tmp_path / "cache" / "frames").iterdir())
 
 
 def test_the_result_object(by_file, tmp_path):
@@ -238,6 +245,15 @@ def test_errors_name_the_line_or_the_key_path(by_file, tmp_path):
     recipe = yaml.safe_load(text)
     recipe["select"][1]["wiht"] = {}
     with pytest.raises(RecipeErrors, match=r"^select\[1\]\.wiht: unknown key 'wiht'; did you mean 'with'\?$"):
+        selectkit.validate(recipe)
+
+    recipe = yaml.safe_load(text)
+    del recipe["data"]
+    with pytest.raises(RecipeErrors, match=r"^data: missing key 'data' in the recipe"):
+        selectkit.validate(recipe)
+    recipe = yaml.safe_load(text)
+    del recipe["scores"]["dsir"]["use"]
+    with pytest.raises(RecipeErrors, match=r"^scores\.dsir\.use: missing key 'use' in scores\.dsir"):
         selectkit.validate(recipe)
 
     recipe = yaml.safe_load(text)

@@ -19,8 +19,6 @@ from selectkit.storage.digest import sha256_file
 if TYPE_CHECKING:  # pragma: no cover
     import polars as pl
 
-FRAMES = "frames"  # the cache's folder of in-memory tables (files, not entries: `cache prune` leaves them)
-
 
 def as_polars(table: Any, what: str) -> pl.DataFrame:
     """`table` as a polars DataFrame; anything but a Dataset, a polars or a pandas frame is a DataError."""

@@ -631,7 +631,8 @@ def pydantic_errors(exc: ValidationError, smap: SourceMap, model: type[BaseModel
             continue
         if kind == "missing":
             where = ".".join(str(p) for p in loc[:-1]) or "the recipe"
-            out.append(RecipeError(f"missing key {loc[-1]!r} in {where}", smap.locate(loc[:-1], at_key=True),
+            # a file names the mapping's line (the key has none); a dict recipe names the key's own path
+            out.append(RecipeError(f"missing key {loc[-1]!r} in {where}", smap.locate(loc, at_key=True),
                                    code="missing-key"))
             continue
         msg = err["msg"].removeprefix("Value error, ")

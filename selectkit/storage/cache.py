@@ -296,7 +296,10 @@ def remove(folder: Path) -> None:
         os.rename(folder, trash)
     except OSError:
         return
-    shutil.rmtree(trash, ignore_errors=True)
+    if trash.is_dir():
+        shutil.rmtree(trash, ignore_errors=True)
+    else:  # a file entry (frames/)
+        trash.unlink(missing_ok=True)
 
 
 def drop_link(path: Path) -> None:
@@ -308,6 +311,9 @@ def drop_link(path: Path) -> None:
     nofollow.rmtree(path)
     if os.path.islink(path):
         raise CacheError(f"cache: {path} is a symbolic link and cannot be removed; remove it by hand")
+
+
+FRAMES = "frames"  # the kind whose entries are files: in-memory tables as Parquet (selectkit.data.frames)
 
 
 @dataclass(frozen=True)
@@ -447,6 +453,10 @@ class Cache:
             for folder in sorted(p for p in kind_dir.iterdir() if not p.name.startswith(".")):
                 if folder.is_symlink():
                     found.append(_link_info(folder, kind_dir.name, folder.name))
+                    continue
+                if kind_dir.name == FRAMES and folder.is_file():  # an in-memory table's Parquet file
+                    stat = folder.lstat()
+                    found.append(EntryInfo(FRAMES, folder.name, stat.st_size, "(in-memory table)", stat.st_mtime))
                     continue
                 if not folder.is_dir():
                     continue
