@@ -236,3 +236,35 @@ def test_a_recipe_without_gradient_features_and_bad_settings_are_clear_errors(tr
         GradientCallback(work / "less.yaml", checkpoints_dir=tmp_path / "c", every=0)
     with pytest.raises(SelectkitError, match="the recipe has no model 'base'"):
         GradientCallback(work / "less.yaml", checkpoints_dir=tmp_path / "c", model="base")
+
+
+def test_a_pool_changed_between_two_saves_is_computed_again_at_the_second(trained, tmp_path):
+    """The second save takes the first's shards over only from the entry keyed by the data as it is now:
+    rows changed during training mean its first checkpoint is computed again, and the store ends equal
+    to a fresh run's over the changed rows."""
+    import selectkit
+    from transformers import TrainerCallback
+
+    from selectkit.integrations.transformers import GradientCallback
+
+    work, _, _ = trained
+    for name in ("pool.jsonl", "t.jsonl", "less.yaml"):
+        shutil.copy(work / name, tmp_path / name)
+    changed = rows("pool.jsonl", POOL_ROWS)
+    changed[0]["text"] = "Changed while training: " + changed[0]["text"]
+
+    class ChangeThePool(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                write_jsonl(tmp_path / "pool.jsonl", changed)
+
+    callback = GradientCallback(tmp_path / "less.yaml", checkpoints_dir=tmp_path / "c", every=2,
+                                cache_dir=tmp_path / "cache")
+    train(tmp_path / "hf", lora_model(), [ChangeThePool(), callback], save=False)
+    assert [list(t["status"].values()) for t in callback.timings] == [["computed"], ["computed"]]
+    recipe = with_checkpoints(tmp_path, callback.checkpoints)
+    assert pool_gradient_step(selectkit.plan(recipe, cache_dir=tmp_path / "cache")).cached
+    selectkit.run(recipe, cache_dir=tmp_path / "cache", out_dir=tmp_path / "out")
+    selectkit.run(recipe, cache_dir=tmp_path / "fresh", out_dir=tmp_path / "out-fresh")
+    assert (tmp_path / "out" / "selection.parquet").read_bytes() == \
+        (tmp_path / "out-fresh" / "selection.parquet").read_bytes()
