@@ -61,8 +61,8 @@ def lora_model(dropout: float = 0.0):
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(TINY_LM)
-    return get_peft_model(model, LoraConfig(r=2, lora_alpha=4, lora_dropout=dropout, target_modules=["q_proj", "v_proj"],
-                                            task_type="CAUSAL_LM"))
+    return get_peft_model(model, LoraConfig(r=2, lora_alpha=4, lora_dropout=dropout,
+                                            target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
 
 
 def train(work: Path, model, callbacks: list, *, save: bool = True):
@@ -198,7 +198,7 @@ def test_a_pool_whose_rows_changed_is_computed_again_never_mixed(trained, tmp_pa
     out = selectkit.run(recipe, cache_dir=cache, out_dir=tmp_path / "out")
     pool_stage = next(r for r in out.result.reports if "gradient features of lm over pool" in r.label)
     assert pool_stage.status == "computed" and not pool_stage.detail.get("shards_reused")
-    fresh = selectkit.run(recipe, cache_dir=tmp_path / "fresh", out_dir=tmp_path / "out-fresh")
+    selectkit.run(recipe, cache_dir=tmp_path / "fresh", out_dir=tmp_path / "out-fresh")
     assert (tmp_path / "out" / "selection.parquet").read_bytes() == \
         (tmp_path / "out-fresh" / "selection.parquet").read_bytes()
 
@@ -242,9 +242,9 @@ def test_a_pool_changed_between_two_saves_is_computed_again_at_the_second(traine
     """The second save takes the first's shards over only from the entry keyed by the data as it is now:
     rows changed during training mean its first checkpoint is computed again, and the store ends equal
     to a fresh run's over the changed rows."""
-    import selectkit
     from transformers import TrainerCallback
 
+    import selectkit
     from selectkit.integrations.transformers import GradientCallback
 
     work, _, _ = trained
