@@ -35,9 +35,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
+from selectkit.errors import SelectkitError, require
 
-from selectkit.errors import SelectkitError
+TrainerCallback = require("transformers", "models", "GradientCallback").TrainerCallback
+require("accelerate", "trainer", "the Hugging Face Trainer")  # the Trainer cannot start without it
 
 CHECKPOINT_FILE = "checkpoint.json"  # {"lr": ..., "step": ...}, read by models.<name>.checkpoints
 
