@@ -236,6 +236,10 @@ def test_a_recipe_without_gradient_features_and_bad_settings_are_clear_errors(tr
         GradientCallback(work / "less.yaml", checkpoints_dir=tmp_path / "c", every=0)
     with pytest.raises(SelectkitError, match="the recipe has no model 'base'"):
         GradientCallback(work / "less.yaml", checkpoints_dir=tmp_path / "c", model="base")
+    typo = (work / "less.yaml").read_text().replace("use: influence.less", "use: influence.lesss")
+    (tmp_path / "typo.yaml").write_text(typo)
+    with pytest.raises(SelectkitError, match=r"typo.yaml:\d+:\d+: .*unknown scorer 'influence.lesss'"):
+        GradientCallback(tmp_path / "typo.yaml", checkpoints_dir=tmp_path / "c")  # before any training
 
 
 def test_a_pool_changed_between_two_saves_is_computed_again_at_the_second(trained, tmp_path):
