@@ -77,7 +77,7 @@ class GradientCallback(TrainerCallback):
         self.sources = tuple(sources)
         self.every, self.cache_dir, self.options, self.progress = every, cache_dir, dict(options or {}), progress
         self.checkpoints: list[Path] = []  # the folders saved so far, in order
-        self.timings: list[dict] = []  # per save: seconds writing the checkpoint and computing gradients
+        self.timings: list[dict] = []  # per save: seconds writing the checkpoint, computing gradients (wall, CPU)
         self._lrs: list[float] = []
         self._saved: int | None = None
         steps = self._steps(self._plan([self.dir / "step-0"]))  # the gradient settings, checked before training
@@ -153,10 +153,11 @@ class GradientCallback(TrainerCallback):
         lr = sum(self._lrs) / len(self._lrs) if self._lrs else float(optimizer.param_groups[0]["lr"])
         self._lrs = []
         self.checkpoints.append(self._write_checkpoint(step, model, optimizer, lr))
-        written = time.perf_counter()
+        written, cpu = time.perf_counter(), time.process_time()
         status = self._fill_store()
         self.timings.append({"step": step, "lr": lr, "checkpoint_s": written - started,
-                             "gradients_s": time.perf_counter() - written, "status": status})
+                             "gradients_s": time.perf_counter() - written,
+                             "gradients_cpu_s": time.process_time() - cpu, "status": status})
 
     def _write_checkpoint(self, step: int, model: Any, optimizer: Any, lr: float) -> Path:
         """The adapter, its AdamW moments and the checkpoint's rate, renamed into place when complete."""
