@@ -80,8 +80,18 @@ def train(work: Path, model, callbacks: list, *, save: bool = True):
     return trainer
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """torch on one thread for this module (on a 2-core machine shared with other jobs, its default
+    thread pool spends several times the work's CPU waiting), restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, one_thread):
     """One fine-tune with the callback: the work folder, the callback, the trainer."""
     from selectkit.integrations.transformers import GradientCallback
 
