@@ -148,6 +148,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     # extra -> the modules it brings that a component imports (checked with find_spec: nothing is imported)
     "models": ("torch", "transformers", "safetensors", "peft", "datasets"),
     "gguf": ("gguf",),
+    "trainer": ("accelerate",),
     "ot": ("ot",),
     "cluster": ("sklearn",),
     "faiss": ("faiss",),

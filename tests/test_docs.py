@@ -94,7 +94,7 @@ def test_the_python_guide_runs_verbatim(demo, monkeypatch, capsys):
     """docs/python.md's ```python blocks, in order, in one namespace (a notebook session), from a folder that
     holds a copy of recipes/; each printed value the guide shows in a comment is checked."""
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "python.md").read_text(), re.S)
-    assert len(blocks) == 4
+    assert len(blocks) == 5
     monkeypatch.chdir(demo.parent)
     namespace: dict = {}
     for block in blocks:
@@ -106,3 +106,5 @@ def test_the_python_guide_runs_verbatim(demo, monkeypatch, capsys):
     assert namespace["top50"].manifest["selection"]["selected"] == 50
     assert len(namespace["batch"]["text"]) == 8
     assert (demo.parent / "out" / "top50" / "subset.hf_dataset").is_dir()
+    assert "['step-2', 'step-4']\n[True]\n" in printed  # the callback's checkpoints, their pool gradients cached
+    assert "out/less-callback: 2 of 48 selected" in printed

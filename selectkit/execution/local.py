@@ -97,6 +97,22 @@ def execute(run: Run) -> RunResult:
     return result
 
 
+def compute_steps(plan: Plan, step_ids: list[str], progress: Any = None, options: dict | None = None) -> dict[str, str]:
+    """Only the steps `step_ids` (and the steps they read) into the cache, with no selection and no
+    outputs: how an integration fills the cache ahead of a recipe's run (the Trainer callback's
+    gradient store). Returns each step's status (computed | resumed | cached)."""
+    from selectkit.execution.progress import as_reporter
+
+    run = Run(plan, as_reporter(progress), dict(options or {}))
+    run.cache.ensure_writable()
+    for step_id in step_ids:
+        for upstream in plan.step(step_id).inputs:
+            if plan.step(upstream).kind == "read":
+                run.get(upstream)
+        run.get(step_id)
+    return {step_id: run.status[step_id][0] for step_id in step_ids}
+
+
 def _collect(run: Run, result: RunResult, caught: list) -> None:
     library: dict[tuple[str, str], int] = {}
     for w in caught:

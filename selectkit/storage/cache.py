@@ -513,6 +513,13 @@ def _stale(path: Path, age: float = 3600.0) -> bool:
         return False
 
 
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or one without hard links
+        shutil.copyfile(source, target)
+
+
 class Sharded:
     """An entry made of shards, each a verified sub-entry `shard-NNNNN/`; `meta.json` of the
     entry itself is written once all shards are in (`finish`), so `Cache.has` means complete."""
@@ -540,6 +547,20 @@ class Sharded:
         self.folder.mkdir(parents=True, exist_ok=True)
         with Staging(self.shard_folder(index), {"shard": index}, self.cache.published) as staging:
             staging.add_array_files(arrays)
+            staging.commit()
+
+    def adopt(self, index: int, source: Path) -> None:
+        """Shard `index` made of `source`, a verified shard of another entry holding the same arrays (hard
+        links where the file system allows, else copies), checksummed again as it commits: work done
+        under one key reused under another without computing it again (the Trainer callback's store)."""
+        meta = json.loads((source / META).read_text(encoding="utf-8"))
+        self.cache.unlinked(self.shard_folder(index))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with Staging(self.shard_folder(index), {"shard": index}, self.cache.published) as staging:
+            for name in meta["files"]:
+                staging.add_file(name, lambda path, name=name: _link_or_copy(source / name, path))
+            if "arrays" in meta:
+                staging.meta["arrays"] = meta["arrays"]
             staging.commit()
 
     def stage(self, index: int) -> Staging:

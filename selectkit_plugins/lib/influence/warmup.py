@@ -42,6 +42,33 @@ def warmup_rows(keys: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     return chosen[canonical_order(keys[chosen])]
 
 
+def save_adam_state(folder: Path, optimizer: Any, named: Sequence[tuple[str, Any]], info: dict,
+                    scheduler: Any = None) -> None:
+    """An AdamW optimizer's moments as `optimizer.safetensors` and the rest of its state as `state.json`
+    (param_names in the optimizer's index order, step counts, betas, eps, `info`): the form
+    `checkpoints.adam_state` reads, never unpickled. The warmup's checkpoints and the Trainer
+    callback's (selectkit.integrations.transformers) are written here. `named`: (name, parameter)
+    of every parameter the optimizer holds."""
+    from safetensors.torch import save_file
+
+    state = optimizer.state_dict()
+    name_of = {id(p): n for n, p in named}
+    params = [p for group in optimizer.param_groups for p in group["params"]]  # state_dict's index order
+    tensors = {}
+    steps = {}
+    for index, st in state["state"].items():
+        tensors[f"{index}.exp_avg"] = st["exp_avg"].detach().cpu().contiguous()
+        tensors[f"{index}.exp_avg_sq"] = st["exp_avg_sq"].detach().cpu().contiguous()
+        steps[str(index)] = float(st["step"])
+    save_file(tensors, str(folder / OPTIMIZER_FILE))
+    group = optimizer.param_groups[0]
+    sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"} if scheduler is not None else {}
+    meta = {**info, "format": FORMAT, "param_names": [name_of[id(p)] for p in params], "steps": steps,
+            "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in state["param_groups"]],
+            "scheduler": sched, "betas": list(group["betas"]), "eps": group["eps"]}
+    (folder / STATE_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     import hashlib
 
@@ -95,23 +122,8 @@ class Warmup:
 
     def save(self, folder: Path, info: dict) -> None:
         """Adapter (peft), optimizer moments (safetensors) and the rest of the state (JSON)."""
-        from safetensors.torch import save_file
-
         self.model.save_pretrained(str(folder / ADAPTER_DIR))
-        state = self.opt.state_dict()
-        tensors = {}
-        steps = {}
-        for index, st in state["state"].items():
-            tensors[f"{index}.exp_avg"] = st["exp_avg"].detach().cpu().contiguous()
-            tensors[f"{index}.exp_avg_sq"] = st["exp_avg_sq"].detach().cpu().contiguous()
-            steps[str(index)] = float(st["step"])
-        save_file(tensors, str(folder / OPTIMIZER_FILE))
-        group = self.opt.param_groups[0]
-        sched = {k: v for k, v in self.sched.state_dict().items() if k != "lr_lambdas"}
-        meta = {**info, "format": FORMAT, "param_names": [n for n, _ in self.named], "steps": steps,
-                "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in state["param_groups"]],
-                "scheduler": sched, "betas": list(group["betas"]), "eps": group["eps"]}
-        (folder / STATE_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
+        save_adam_state(folder, self.opt, self.named, info, self.sched)
 
     def restore(self, folder: Path) -> None:
         """Continue from an epoch's checkpoint (the inverse of `save`)."""
