@@ -316,17 +316,11 @@ class Planner:
                 self.errors.append(exc)
         for name in _dependency_order(nodes):
             node = nodes[name]
-            if node.surrogate is not None:
+            planner = self.surrogate if node.surrogate is not None else self.lazy if node.lazy else None
+            if planner is not None:  # a score planned its own way: on a label sample, or at sampled rows
                 if name in wanted:
                     try:
-                        self.surrogate(name, node, wanted[name])
-                    except SelectkitError as exc:
-                        self.errors.append(exc)
-                continue
-            if node.lazy:
-                if name in wanted:
-                    try:
-                        self.lazy(name, node, wanted[name])
+                        planner(name, node, wanted[name])
                     except SelectkitError as exc:
                         self.errors.append(exc)
                 continue
