@@ -88,6 +88,31 @@ def test_keyed_subsets_depend_on_row_ids_not_order():
     assert set(keyed_subset(keys, 8, draws)) != set(rows)
 
 
+def test_held_out_losses_are_keyed_by_retrain_rows_and_settings_and_pruned_with_their_retrain(tmp_path):
+    from types import SimpleNamespace
+
+    from selectkit.recipe.spec import ModelSpec
+    from selectkit.storage.cache import Cache
+
+    ref = SimpleNamespace(spec=ModelSpec(path="m", kind="causal-lm", max_length=64))
+    settings = lds.loss_settings(ref)
+    heldout = {"a": ["one", "two"], "b": ["three"]}
+    key = lds.loss_key("0" * 32, lds.heldout_fingerprint(heldout), settings)
+    assert key.startswith("0" * 32 + "-heldout-")
+    others = [lds.loss_key("1" * 32, lds.heldout_fingerprint(heldout), settings),
+              lds.loss_key("0" * 32, lds.heldout_fingerprint({"a": ["one", "two!"], "b": ["three"]}), settings),
+              lds.loss_key("0" * 32, lds.heldout_fingerprint({"b": ["one", "two"], "a": ["three"]}), settings),
+              lds.loss_key("0" * 32, lds.heldout_fingerprint(heldout),
+                           lds.loss_settings(SimpleNamespace(spec=ref.spec.model_copy(update={"max_length": 32}))))]
+    assert len({key, *others}) == 5
+    cache = Cache(tmp_path / "cache")
+    cache.write_arrays(lds.LOSS_KIND, key, {"loss": np.arange(3.0)})
+    cache.prune(keep={"0" * 32})  # the retrain is kept: so are its losses
+    np.testing.assert_array_equal(cache.read_arrays(lds.LOSS_KIND, key)[0]["loss"], np.arange(3.0))
+    cache.prune(keep={"1" * 32})
+    assert cache.read_arrays(lds.LOSS_KIND, key) is None
+
+
 # ---------------------------------------------------------------- known answer: exact influence, L2 logistic regression
 
 LAMBDA = 10.0  # the sum objective's ridge; exact IF vs LOO is ~0.99 on breast_cancer at this value
