@@ -326,7 +326,7 @@ def test_eval_reports_lds_as_json_and_resumes_from_cached_retrains(demo):
     source = demo / "data" / "target_politics.jsonl"
     lines = source.read_text().splitlines(keepends=True)
     (at,) = [i for i, line in enumerate(lines[:40]) if json.loads(line)["text"] == held]
-    lines[at] = json.dumps({**json.loads(lines[at]), "text": held + " Changed."}) + "\n"
+    lines[at] = json.dumps({**json.loads(lines[at]), "text": "Changed: " + held}) + "\n"  # within max_length
     source.write_text("".join(lines))
     changed = cli("eval", path, "--format", "json", "-q")
     assert changed.returncode == 0, changed.stderr
