@@ -407,7 +407,7 @@ evaluate:
 """
 
 
-@pytest.mark.slow  # about 4 minutes on a loaded 2-core machine: a warmup, three scorers, 16 LoRA retrains
+@pytest.mark.slow  # 4 min at load ~5, 11 min at load ~12 (2 cores): a warmup, three scorers, 16 LoRA retrains
 def test_less_tracin_and_ekfac_are_clearly_positive_on_the_synthetic_task_pool(tmp_path):
     """The issue's known answer: on the synthetic task pool of the influence tests (reverse / add / upper,
     40 each, on the tiny byte-level Llama briefly trained on the mixture, with the LESS-style warmup of
