@@ -1,7 +1,7 @@
 """LDS (`evaluate.lds`) on the tiny demo LM: LESS toward the political statements against the keyed random
 control, run twice through `selectkit eval --format json` on one cache: cold (the recipe's warmup and
-gradients, the proxy arm, K LoRA retrains) and warm (every retrain cached: only the held-out losses are
-measured again).
+gradients, the proxy arm, K LoRA retrains) and warm (every retrain and every retrain's held-out losses
+cached: nothing of LDS is computed again).
 
     .venv/bin/python benchmarks/bench_lds.py                               # K=32, alpha=0.5, N=200
     .venv/bin/python benchmarks/bench_lds.py --subsets 16 --sample 100 --json out.json
@@ -85,7 +85,7 @@ def main() -> None:
             wall, result = run(recipe, folder / "cache")
             d = result["lds_details"]
             rows.append({"run": label, "wall_s": round(wall, 1), "lds_s": d["seconds"], "retrains": d["retrains"],
-                         "lds": result["lds"], "examples": d["examples"]})
+                         "losses": d.get("losses"), "lds": result["lds"], "examples": d["examples"]})
             print(json.dumps(rows[-1]), flush=True)
     if args.json:
         args.json.write_text(json.dumps({"settings": vars(args) | {"json": str(args.json)}, "runs": rows}, indent=2))

@@ -109,6 +109,7 @@ def test_eval_fine_tunes_the_recipes_model_per_arm_and_reuses_cached_arms(demo):
     proxy = result["proxy"]
     assert proxy["kind"] == "lora" and proxy["model"] == "lm" and proxy["train"]["epochs"] == 1
     assert (proxy["arms_cached"], proxy["arms_trained"]) == (0, 6)
+    assert (proxy["losses_cached"], proxy["losses_measured"]) == (0, 6)
     for name in ("politics", "pool sample"):
         entry = result["sets"][name]
         assert set(entry["loss"]) == {"selection", "random", "stratified"}
@@ -129,6 +130,7 @@ def test_eval_fine_tunes_the_recipes_model_per_arm_and_reuses_cached_arms(demo):
     assert second.returncode == 0, second.stderr
     again = json.loads(second.stdout)
     assert (again["proxy"]["arms_cached"], again["proxy"]["arms_trained"]) == (6, 0)
+    assert (again["proxy"]["losses_cached"], again["proxy"]["losses_measured"]) == (6, 0)  # nothing measured again
     assert [a["status"] for arm in again["arms"].values() for a in arm] == ["cached"] * 6
     assert again["sets"] == result["sets"]  # the same adapters, the same losses, the same seeded statistics
     console = cli("eval", path)

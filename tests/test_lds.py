@@ -88,6 +88,31 @@ def test_keyed_subsets_depend_on_row_ids_not_order():
     assert set(keyed_subset(keys, 8, draws)) != set(rows)
 
 
+def test_held_out_losses_are_keyed_by_retrain_rows_and_settings_and_pruned_with_their_retrain(tmp_path):
+    from types import SimpleNamespace
+
+    from selectkit.recipe.spec import ModelSpec
+    from selectkit.storage.cache import Cache
+
+    ref = SimpleNamespace(spec=ModelSpec(path="m", kind="causal-lm", max_length=64))
+    settings = lds.loss_settings(ref)
+    heldout = {"a": ["one", "two"], "b": ["three"]}
+    key = lds.loss_key("0" * 32, lds.heldout_fingerprint(heldout), settings)
+    assert key.startswith("0" * 32 + "-heldout-")
+    others = [lds.loss_key("1" * 32, lds.heldout_fingerprint(heldout), settings),
+              lds.loss_key("0" * 32, lds.heldout_fingerprint({"a": ["one", "two!"], "b": ["three"]}), settings),
+              lds.loss_key("0" * 32, lds.heldout_fingerprint({"b": ["one", "two"], "a": ["three"]}), settings),
+              lds.loss_key("0" * 32, lds.heldout_fingerprint(heldout),
+                           lds.loss_settings(SimpleNamespace(spec=ref.spec.model_copy(update={"max_length": 32}))))]
+    assert len({key, *others}) == 5
+    cache = Cache(tmp_path / "cache")
+    cache.write_arrays(lds.LOSS_KIND, key, {"loss": np.arange(3.0)})
+    cache.prune(keep={"0" * 32})  # the retrain is kept: so are its losses
+    np.testing.assert_array_equal(cache.read_arrays(lds.LOSS_KIND, key)[0]["loss"], np.arange(3.0))
+    cache.prune(keep={"1" * 32})
+    assert cache.read_arrays(lds.LOSS_KIND, key) is None
+
+
 # ---------------------------------------------------------------- known answer: exact influence, L2 logistic regression
 
 LAMBDA = 10.0  # the sum objective's ridge; exact IF vs LOO is ~0.99 on breast_cancer at this value
@@ -267,7 +292,7 @@ def kill_at(path: Path, marker: str) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
-@pytest.mark.slow  # about 1.5 minutes: a warmup, LESS gradients and LoRA retrains of the tiny LM, three evals
+@pytest.mark.slow  # about 2 minutes: a warmup, LESS gradients and LoRA retrains of the tiny LM, four evals
 def test_eval_reports_lds_as_json_and_resumes_from_cached_retrains(demo):
     path = write(demo, "{subsets: 4, fraction: 0.5, sample: 24, bootstrap: 200}")
     kill_at(path, "LDS subset 3/4")  # subsets 1 and 2 are trained and cached
@@ -289,9 +314,25 @@ def test_eval_reports_lds_as_json_and_resumes_from_cached_retrains(demo):
     assert second.returncode == 0, second.stderr
     again = json.loads(second.stdout)
     assert again["lds_details"]["retrains"] == {"cached": 4, "trained": 0}
+    assert details["losses"] == {"cached": 0, "measured": 4}
+    assert again["lds_details"]["losses"] == {"cached": 4, "measured": 0}  # a warm eval measures nothing
     assert again["lds"] == result["lds"]  # the same retrains, the same losses, the same seeded bootstrap
+    assert again["lds_details"]["per_subset"] == details["per_subset"]
     console = cli("eval", path, "-q")
     assert "LDS: 4 subsets of 12 rows" in console.stdout and "random (control)" in console.stdout
+    # a changed held-out row: the retrains are reused, every retrain's losses are measured again
+    split = demo / "out" / "lds-eval" / "split" / "politics.heldout.jsonl"
+    held = json.loads(split.read_text().splitlines()[0])["text"]
+    source = demo / "data" / "target_politics.jsonl"
+    lines = source.read_text().splitlines(keepends=True)
+    (at,) = [i for i, line in enumerate(lines[:40]) if json.loads(line)["text"] == held]
+    lines[at] = json.dumps({**json.loads(lines[at]), "text": "Changed: " + held}) + "\n"  # within max_length
+    source.write_text("".join(lines))
+    changed = cli("eval", path, "--format", "json", "-q")
+    assert changed.returncode == 0, changed.stderr
+    third = json.loads(changed.stdout)["lds_details"]
+    assert third["retrains"] == {"cached": 4, "trained": 0} and third["losses"] == {"cached": 0, "measured": 4}
+    assert third["per_subset"]["loss"] != details["per_subset"]["loss"]
 
 
 def test_a_retrain_on_the_warmups_rows_with_its_settings_is_the_warmup(demo, tmp_path):
@@ -328,3 +369,67 @@ def test_a_retrain_on_the_warmups_rows_with_its_settings_is_the_warmup(demo, tmp
     assert (folder / name).read_bytes() == (warm_folder / name).read_bytes()
     keys = [s.key for s in plan.steps if s.label.startswith("LDS subset")]
     assert len(set(keys)) == 3 and warm.key not in keys
+
+
+# ---------------------------------------------------------------- known answer: the synthetic task pool
+
+TASK_RECIPE = """selectkit: 1
+name: known
+seed: 0
+data:
+  pool: {{path: data/pool.jsonl, id: id}}
+  targets:
+    rev: {{path: data/rev.jsonl, id: id}}
+models:
+  lm:
+    path: lm
+    kind: causal-lm
+    max_length: 64
+    warmup: {{fraction: 0.5, epochs: 2, learning_rate: 1.0e-3, batch_size: 8, micro_batch_size: 8,
+             lora: {{r: 4, alpha: 16, dropout: 0.0, target_modules: [q_proj, v_proj]}}}}
+scores:
+  less: {{use: influence.less, model: lm, targets: [rev]}}
+  tracin: {{use: influence.tracin, model: lm, targets: [rev]}}
+  ekfac: {{use: influence.ekfac, model: lm, targets: [rev]}}
+select:
+  - use: topk
+    with: {{score: less.rev, budget: 25%}}
+output: {{dir: out}}
+evaluate:
+  heldout: 0.5
+  random_subsets: 1
+  stratified: false
+  random_vs_random: false
+  pool_sample: 10
+  bootstrap: 100
+  permutations: 100
+  lds: {{subsets: {subsets}, fraction: 0.5, sample: 120, bootstrap: 500}}
+"""
+
+
+@pytest.mark.slow  # 4 min at load ~5, 11 min at load ~12 (2 cores): a warmup, three scorers, 16 LoRA retrains
+def test_less_tracin_and_ekfac_are_clearly_positive_on_the_synthetic_task_pool(tmp_path):
+    """The issue's known answer: on the synthetic task pool of the influence tests (reverse / add / upper,
+    40 each, on the tiny byte-level Llama briefly trained on the mixture, with the LESS-style warmup of
+    tests/test_influence_lm.py), a subset's loss on held-out `reverse` examples is driven by how many
+    `reverse` rows it holds, and the three scorers rank those rows first: each one's LDS CI lies above 0,
+    while the keyed random control's CI holds 0. Measured at K=16: LESS 0.91 [0.71, 0.99], TracIn 0.88
+    [0.62, 0.97], EK-FAC 0.91 [0.69, 0.99], random -0.22 [-0.67, 0.69]."""
+    from influence_fixtures import pretrained_lm, rows
+
+    (tmp_path / "data").mkdir()
+    for name, data in (("pool", rows(40, seed=1)), ("rev", rows(24, seed=2, tasks=("reverse",)))):
+        (tmp_path / "data" / f"{name}.jsonl").write_text("".join(json.dumps({"id": i, **r}) + "\n"
+                                                                 for i, r in enumerate(data)))
+    pretrained_lm(tmp_path / "lm")
+    path = tmp_path / "known.yaml"
+    path.write_text(TASK_RECIPE.format(subsets=16))  # K=8 leaves LESS's CI at [-0.18, 1.0]
+    done = cli("eval", path, "--format", "json", "-q")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)["lds"]
+    print("synthetic task pool LDS", result)
+    assert set(result) == {"less", "tracin", "ekfac", "random"}
+    for name in ("less", "tracin", "ekfac"):
+        assert result[name]["ci"][0] > 0, (name, result)
+        assert result[name]["lds"] > 0.3, (name, result)
+    assert lds.contains_zero(result["random"]), result

@@ -351,7 +351,7 @@ def train_model_arms(plan: Any, arms: Arms, eval_sets: dict[str, list[str]], spe
             planned[which] = step
     run = Run(plan, as_reporter(say), dict(options or {}))
     run.get("read:pool")  # the pool the arms' rows index (cached: the recipe's run just read it)
-    adapters, statuses, order = [], [], []
+    adapters, statuses, order, keys = [], [], [], []
     info: dict[str, list[dict]] = {a: [] for a in arms.names}
     k = spec.random_subsets
     for i in range(k):
@@ -362,6 +362,7 @@ def train_model_arms(plan: Any, arms: Arms, eval_sets: dict[str, list[str]], spe
             work = step.payload.work
             step.payload.work = replace(work, config=(*work.config[:3], np.asarray(rows, dtype=np.int64)))
             adapters.append(run.get(step.id)[work.requests[0]])
+            keys.append(step.key)  # names the arm's rows (see planning.retrain.arm_requests)
             order.append(arm)
             statuses.append(run.status[step.id][0])
             entry = {"pair": i, "examples": int(len(rows)), "bytes": int(arms.lengths[rows].sum()),
@@ -371,8 +372,8 @@ def train_model_arms(plan: Any, arms: Arms, eval_sets: dict[str, list[str]], spe
                 entry["mix"] = {str(v): int(c) for v, c in zip(values, counts)}
             info[arm].append(entry)
     model_ref = next(iter(planned.values())).payload.work.model
-    loss = retrained_losses(model_ref, adapters, eval_sets, bool((options or {}).get("trust_remote_code")), say,
-                            what="eval: held-out losses under arm")
+    loss, measured = retrained_losses(model_ref, adapters, eval_sets, bool((options or {}).get("trust_remote_code")),
+                                      say, what="eval: held-out losses under arm", cache=plan.cache, keys=keys)
     loss = np.where(np.isfinite(loss), loss, 0.0)  # a text without tokens counts 0 in every arm alike
     bits: dict[str, dict[str, list[np.ndarray]]] = {a: {s: [] for s in eval_sets} for a in arms.names}
     for row, arm in zip(loss, order):
@@ -384,7 +385,8 @@ def train_model_arms(plan: Any, arms: Arms, eval_sets: dict[str, list[str]], spe
     cached = sum(s == "cached" for s in statuses)
     train = json.loads(next(iter(planned.values())).payload.work.requests[0].options["train"])
     own = {"model": model_ref.name, "path": model_ref.spec.path, "train": train,
-           "arms_cached": cached, "arms_trained": len(statuses) - cached}
+           "arms_cached": cached, "arms_trained": len(statuses) - cached,
+           "losses_cached": len(statuses) - measured, "losses_measured": measured}
     return bits, info, nbytes, own
 
 

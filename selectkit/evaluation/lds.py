@@ -19,6 +19,7 @@ the task, not to the very examples the gradients were taken on (dattri's per-exa
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -168,27 +169,74 @@ def example_losses(model: Any, tokenizer: Any, texts: Sequence[str], max_length:
     return np.concatenate(out) if out else np.zeros(0)
 
 
+LOSS_KIND = "lds"  # cache kind of the held-out losses under one retrain
+LOSS_VERSION = 1  # bump when `example_losses` changes what it computes
+LOSS_BATCH = 16
+
+
+def loss_settings(model_ref: Any) -> dict:
+    """What a held-out loss depends on besides the retrain and the texts: the loss definition, the
+    tokens kept, the precision and the device (all in a retrain's cache key or not, named here)."""
+    spec = model_ref.spec
+    return {"version": LOSS_VERSION, "loss": "mean token loss, no prompt mask", "batch": LOSS_BATCH,
+            "max_length": spec.max_length, "dtype": spec.dtype, "device": spec.device}
+
+
+def heldout_fingerprint(heldout: dict[str, list[str]]) -> str:
+    """sha256 of the held-out rows, targets in order (their names included: the columns they score)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps([[name, list(texts)] for name, texts in heldout.items()],
+                                     ensure_ascii=False).encode()).hexdigest()
+
+
+def loss_key(retrain_key: str, heldout_print: str, settings: dict) -> str:
+    """The cache key of one retrain's held-out losses: `<retrain step key>-heldout-<digest>`, so that
+    `cache prune` keeps it exactly as long as it keeps the retrain (an entry `<key>-<part>` belongs to
+    step `<key>`)."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps([heldout_print, settings], sort_keys=True).encode()).hexdigest()[:20]
+    return f"{retrain_key}-heldout-{digest}"
+
+
 def retrained_losses(model_ref: Any, adapters: Sequence[Any], heldout: dict[str, list[str]],
                      allow_remote_code: bool = False, say: Callable[[str], None] | None = None,
-                     what: str = "LDS: held-out losses under retrain") -> np.ndarray:
-    """(K, M) losses of the held-out examples (targets in order, concatenated) under each retrain: the
-    base model is loaded once, each adapter put on and taken off again."""
-    from peft import PeftModel
-
-    from selectkit.models.loader import load_model, peft_quietly
-
-    ref = model_ref.without_lora()
-    lm = load_model(ref.spec, ref.base, allow_remote_code=allow_remote_code, name=ref.name)
+                     what: str = "LDS: held-out losses under retrain", cache: Any = None,
+                     keys: Sequence[str] | None = None) -> tuple[np.ndarray, int]:
+    """(K, M) losses of the held-out examples (targets in order, concatenated) under each retrain, and how
+    many retrains were measured (the rest read from `cache`, under `loss_key` of `keys[k]`, the retrains'
+    step keys). The base model is loaded only when one is missing, once; each adapter is put on and taken
+    off again."""
     texts = [t for name in heldout for t in heldout[name]]
-    rows = []
-    for i, folder in enumerate(adapters):
-        with peft_quietly():
-            wrapped = PeftModel.from_pretrained(lm.model, str(folder / "adapter"))
-        rows.append(example_losses(wrapped, lm.tokenizer, texts, lm.max_length))
-        lm.model = wrapped.unload()
-        if say:
-            say(f"{what} {i + 1}/{len(adapters)}")
-    return np.stack(rows)
+    entries = [None] * len(adapters)
+    rows: list[np.ndarray | None] = [None] * len(adapters)
+    if cache is not None and keys is not None:
+        settings, fingerprint = loss_settings(model_ref), heldout_fingerprint(heldout)
+        entries = [loss_key(k, fingerprint, settings) for k in keys]
+        for i, key in enumerate(entries):
+            got = cache.read_arrays(LOSS_KIND, key)
+            if got is not None and got[0]["loss"].shape == (len(texts),):
+                rows[i] = got[0]["loss"]
+    missing = [i for i, row in enumerate(rows) if row is None]
+    if missing:
+        from peft import PeftModel
+
+        from selectkit.models.loader import load_model, peft_quietly
+
+        ref = model_ref.without_lora()
+        lm = load_model(ref.spec, ref.base, allow_remote_code=allow_remote_code, name=ref.name)
+        for n, i in enumerate(missing):
+            with peft_quietly():
+                wrapped = PeftModel.from_pretrained(lm.model, str(adapters[i] / "adapter"))
+            rows[i] = example_losses(wrapped, lm.tokenizer, texts, lm.max_length, LOSS_BATCH)
+            lm.model = wrapped.unload()
+            if entries[i] is not None:
+                cache.write_arrays(LOSS_KIND, entries[i], {"loss": rows[i]},
+                                   label=f"held-out losses under retrain {i + 1}/{len(adapters)}")
+            if say:
+                say(f"{what} {n + 1}/{len(missing)}")
+    return np.stack(rows) if rows else np.zeros((0, len(texts))), len(missing)
 
 
 def evaluate_lds(plan: Any, heldout: dict[str, list[str]], seed: int, options: dict | None = None,
@@ -225,7 +273,8 @@ def evaluate_lds(plan: Any, heldout: dict[str, list[str]], seed: int, options: d
         rows = keyed_subset(pool.keys, seed, retrain.draws(spec, k), eligible=pool.usable)
         masks[k] = np.isin(sample, rows)
     measure_started = time.perf_counter()
-    loss = retrained_losses(model_ref, adapters, heldout, bool((options or {}).get("trust_remote_code")), say)
+    loss, measured = retrained_losses(model_ref, adapters, heldout, bool((options or {}).get("trust_remote_code")),
+                                      say, cache=plan.cache, keys=[s.key for s in steps])
     measure_seconds = time.perf_counter() - measure_started
     targets = list(heldout)
     owner = np.concatenate([np.full(len(heldout[t]), i) for i, t in enumerate(targets)]).astype(int)
@@ -254,6 +303,7 @@ def evaluate_lds(plan: Any, heldout: dict[str, list[str]], seed: int, options: d
     return {"scores": results, "subsets": spec.subsets, "fraction": spec.fraction, "sample": int(len(sample)),
             "subset_rows": retrain.subset_size(spec), "model": model_ref.name, "examples": int(finite.sum()),
             "retrains": {"cached": reused, "trained": len(statuses) - reused},
+            "losses": {"cached": len(steps) - measured, "measured": measured},
             "train": retrain.train_settings(spec, model_ref.spec).model_dump(mode="json"),
             "per_subset": subsets, "warnings": lds_warnings(results),
             "seconds": {"total": round(time.perf_counter() - started, 2), "retraining": round(train_seconds, 2),
