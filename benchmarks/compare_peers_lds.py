@@ -211,7 +211,8 @@ def main() -> None:
     print(f"\nLDS ground truth: K={k} keyed alpha={ALPHA} subsets of 128 train texts, {m} query examples, "
           f"LoRA retrains ({TRAIN['epochs']} epochs, lr {TRAIN['learning_rate']}) by selectkit's Warmup loop: "
           f"{cpu_min:.2f} CPU-minutes ({gt['wall_s'].sum():.0f}s wall, {gt['cpu_s'].mean():.2f} CPU s per retrain); "
-          f"bootstrap {BOOTSTRAP} over subsets; {args.repeats} repeat(s); ex/s = (train + query) / gradient phase")
+          f"bootstrap {BOOTSTRAP} over subsets; {args.repeats} repeat(s); "
+          "ex/s = (train + query) / gradient phase (grads/featurize, else total)")
     print(f"{'library':12s} {'method':22s} {'phases (s)':30s} {'total s':>8s} {'peak MB':>8s} {'ex/s':>8s} "
           f"{'LDS [95% CI]':>24s} {'vs ref':>7s}")
     for r in rows:
