@@ -40,6 +40,9 @@ WORK = ROOT / "benchmarks" / ".work"
 DAMPING = 0.01  # InverseHessian's default, on the mean-loss curvature
 DATAINF_DAMPING = 0.01
 PROJ_DIM = 128
+# worker threads; PEERS_THREADS=1 on a loaded machine: 2-thread OpenMP barriers stall there (measured: a
+# selectkit gradient pass 8.7 s with 2 threads, 0.10 s with 1, at load average ~3.6 on 2 cores)
+THREADS = int(os.environ.get("PEERS_THREADS", "2"))
 BATCH = 32
 LORA = {"r": 1, "lora_alpha": 4, "target_modules": ["q_proj", "v_proj"], "lora_dropout": 0.0}
 
@@ -265,7 +268,7 @@ def worker(lib: str, method: str, folder: Path, out: Path) -> None:
     import numpy as np
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     t = Timer()
     scores = WORKERS[lib](method, folder, t)
     np.save(out.with_suffix(".npy"), np.asarray(scores, dtype=np.float64))
@@ -367,7 +370,7 @@ def run_job(lib: str, method: str, python: Path, extra: Path | None, folder: Pat
     runs, scores = [], None
     for i in range(repeats):
         out = folder / f"{lib}-{method.split()[0]}-{i}.json"
-        env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "PYTHONPATH": str(ROOT)}
         if extra is not None:
             env["PEER_PATH"] = str(extra)
         proc = subprocess.run([str(python), __file__, "--worker", lib, method, str(folder), str(out)],
