@@ -435,7 +435,7 @@ def main() -> None:
         print(f"  {lib} {method}: {row['total_s']:.2f}s", flush=True)
 
     ours = {r["method"]: r["total_s"] for r in results if r["library"] == "selectkit"}
-    print(f"\n128 train x 16 query, tiny Llama + LoRA r=1 q,v (256 params), 2 threads, "
+    print(f"\n128 train x 16 query, tiny Llama + LoRA r=1 q,v (256 params), {THREADS} thread(s), "
           f"median of {args.repeats}; Spearman = mean per-query vs inverse-GGN (damping {DAMPING}); "
           f"x sk = total / selectkit's; vs sk = Spearman with selectkit's scores for the method")
     print(f"{'library':12s} {'method':16s} {'phases (s)':34s} {'total s':>8s} {'x sk':>6s} {'peak MB':>8s} "
