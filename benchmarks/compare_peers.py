@@ -40,6 +40,9 @@ WORK = ROOT / "benchmarks" / ".work"
 DAMPING = 0.01  # InverseHessian's default, on the mean-loss curvature
 DATAINF_DAMPING = 0.01
 PROJ_DIM = 128
+# worker threads; PEERS_THREADS=1 on a loaded machine: 2-thread OpenMP barriers stall there (measured: a
+# selectkit gradient pass 8.7 s with 2 threads, 0.10 s with 1, at load average ~3.6 on 2 cores)
+THREADS = int(os.environ.get("PEERS_THREADS", "2"))
 BATCH = 32
 LORA = {"r": 1, "lora_alpha": 4, "target_modules": ["q_proj", "v_proj"], "lora_dropout": 0.0}
 
@@ -265,7 +268,7 @@ def worker(lib: str, method: str, folder: Path, out: Path) -> None:
     import numpy as np
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     t = Timer()
     scores = WORKERS[lib](method, folder, t)
     np.save(out.with_suffix(".npy"), np.asarray(scores, dtype=np.float64))
@@ -299,6 +302,14 @@ def ggn_columns(model, train: list[dict], names: list[str], vs):
     return out
 
 
+def texts() -> tuple[list[dict], list[dict]]:
+    """The 128 train and 16 query rows (text, prompt, response, task) that data.pt tokenises."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from influence_fixtures import rows
+
+    return rows(43, seed=1)[:128], rows(6, seed=7)[:16]
+
+
 def setup(folder: Path) -> None:
     import numpy as np
     import torch
@@ -306,10 +317,9 @@ def setup(folder: Path) -> None:
     from transformers import AutoModelForCausalLM, ByT5Tokenizer
 
     sys.path.insert(0, str(ROOT / "tests"))
-    from influence_fixtures import pretrained_lm, rows
+    from influence_fixtures import pretrained_lm
 
-    from selectkit_plugins.lib.influence.grads import GradientFeaturizer, lm_batch
-    from selectkit_plugins.lib.influence.hessian import inverse_hessian_scores
+    from selectkit_plugins.lib.influence.grads import lm_batch
 
     torch.set_num_threads(2)
     pretrained_lm(folder / "lm", steps=30, hidden=32)
@@ -321,7 +331,7 @@ def setup(folder: Path) -> None:
                 p.normal_(0, 0.05)
     torch.save({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}, folder / "lora.pt")
     tok = ByT5Tokenizer()
-    train, query = rows(43, seed=1)[:128], rows(6, seed=7)[:16]
+    train, query = texts()
     width = 40
 
     def padded(data):
@@ -331,6 +341,15 @@ def setup(folder: Path) -> None:
 
     data = {"train": padded(train), "query": padded(query)}
     torch.save(data, folder / "data.pt")
+    np.save(folder / "reference.npy", reference(folder))
+
+
+def reference(folder: Path):
+    """The explicit inverse-GGN scores (train x query, float64) of the LoRA in `folder`."""
+    import torch
+
+    from selectkit_plugins.lib.influence.grads import GradientFeaturizer
+    from selectkit_plugins.lib.influence.hessian import inverse_hessian_scores
 
     model, tr, qu = load(folder, torch.float64)
     feat = GradientFeaturizer(model, lm_loss)
@@ -340,8 +359,27 @@ def setup(folder: Path) -> None:
     q = torch.cat([feat.raw(b)[0] for b in batches(qu, BATCH)]).double()
     eye = torch.eye(g.shape[1], dtype=torch.float64)
     ggn = torch.cat([ggn_columns(model, tb, names, eye[s:s + 128]) for s in range(0, len(eye), 128)])
-    ref = inverse_hessian_scores(g.numpy(), q.numpy(), ((ggn + ggn.T) / 2).numpy(), DAMPING)
-    np.save(folder / "reference.npy", ref)
+    return inverse_hessian_scores(g.numpy(), q.numpy(), ((ggn + ggn.T) / 2).numpy(), DAMPING)
+
+
+def run_job(lib: str, method: str, python: Path, extra: Path | None, folder: Path, repeats: int):
+    """Run one (library, method) `repeats` times, each in a fresh worker subprocess of its venv, on the
+    model and data in `folder`. Returns (per-run {"phases", "peak_mb"}, the last run's scores, error or None)."""
+    import numpy as np
+
+    runs, scores = [], None
+    for i in range(repeats):
+        out = folder / f"{lib}-{method.split()[0]}-{i}.json"
+        env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "PYTHONPATH": str(ROOT)}
+        if extra is not None:
+            env["PEER_PATH"] = str(extra)
+        proc = subprocess.run([str(python), __file__, "--worker", lib, method, str(folder), str(out)],
+                              env=env, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            return runs, scores, (proc.stderr.strip().splitlines() or ["?"])[-1][:120]
+        runs.append(json.loads(out.read_text()))
+        scores = np.load(out.with_suffix(".npy"))
+    return runs, scores, None
 
 
 def main() -> None:
@@ -378,19 +416,7 @@ def main() -> None:
         if not python.exists() or (extra is not None and not extra.exists()):
             skipped.append(f"{lib} {method}: no venv at {extra or python.parent.parent}")
             continue
-        runs, err = [], None
-        for i in range(args.repeats):
-            out = folder / f"{lib}-{method.split()[0]}-{i}.json"
-            env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(ROOT)}
-            if extra is not None:
-                env["PEER_PATH"] = str(extra)
-            proc = subprocess.run([str(python), __file__, "--worker", lib, method, str(folder), str(out)],
-                                  env=env, capture_output=True, text=True, timeout=600)
-            if proc.returncode != 0:
-                err = (proc.stderr.strip().splitlines() or ["?"])[-1][:120]
-                break
-            runs.append(json.loads(out.read_text()))
-            scores = np.load(out.with_suffix(".npy"))
+        runs, scores, err = run_job(lib, method, python, extra, folder, args.repeats)
         if err:
             skipped.append(f"{lib} {method}: {err}")
             print(f"  {lib} {method} failed: {err}", flush=True)
@@ -409,7 +435,7 @@ def main() -> None:
         print(f"  {lib} {method}: {row['total_s']:.2f}s", flush=True)
 
     ours = {r["method"]: r["total_s"] for r in results if r["library"] == "selectkit"}
-    print(f"\n128 train x 16 query, tiny Llama + LoRA r=1 q,v (256 params), 2 threads, "
+    print(f"\n128 train x 16 query, tiny Llama + LoRA r=1 q,v (256 params), {THREADS} thread(s), "
           f"median of {args.repeats}; Spearman = mean per-query vs inverse-GGN (damping {DAMPING}); "
           f"x sk = total / selectkit's; vs sk = Spearman with selectkit's scores for the method")
     print(f"{'library':12s} {'method':16s} {'phases (s)':34s} {'total s':>8s} {'x sk':>6s} {'peak MB':>8s} "

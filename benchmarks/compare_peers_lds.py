@@ -1,0 +1,239 @@
+"""The peers side by side against one shared LDS ground truth (issue 22, item 5), at a reduced size.
+
+compare_peers.py's tiny byte-level Llama (hidden 32, 2 layers) and its 128 train / 16 query texts
+(label tokens = the response), with one change: the model scored is a LoRA (r=1 on q,v, alpha 4, no
+dropout; 256 parameters) *trained* on all 128 train texts from the base, not compare_peers' random
+LoRA, because LDS asks whether scores at the trained model predict what retraining does.
+
+Ground truth (computed once, cached in benchmarks/.work/peers/lds/ground_truth.npz, resumable per
+subset): K keyed alpha-subsets of the 128 train texts (selectkit's own draws: `keyed_subset` with
+`planning.retrain.draws`, alpha = 0.5, so 64 texts each); for each, the same LoRA retrained from the
+same base with selectkit's retraining loop (`selectkit_plugins.lib.influence.warmup.Warmup`, the one
+loop the warmup and `evaluate.lds` retrains run through, same seed so the same initialisation), then
+every query example's loss (mean CE over its label tokens). Its CPU time (user + system of this
+process) is recorded with it.
+
+Each (library, method) of compare_peers.JOBS runs in its own venv and subprocess on the trained LoRA
+(compare_peers.run_job, same workers); the scores (train x query, positive = helpful) go through
+selectkit.evaluation.lds: LDS = mean over query examples of Spearman(-sum of the subset's scores,
+measured loss) over subsets, a percentile bootstrap CI over subsets, and the keyed random control.
+The explicit inverse-GGN scores of compare_peers.reference (damping 0.01, float64) are a row too.
+
+Peer venvs: see compare_peers.py's docstring (benchmarks/.work/{kf,dattri,trak}).
+
+    .venv/bin/python benchmarks/compare_peers_lds.py --subsets 64 --repeats 1
+    .venv/bin/python benchmarks/compare_peers_lds.py --subsets 64 --only selectkit,dattri --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import compare_peers as cp  # noqa: E402
+
+ALPHA = 0.5
+SEED = 0
+BOOTSTRAP = 1000
+# the retrain's TrainSpec (selectkit.recipe.spec): the scored LoRA and every subset's retrain use it
+TRAIN = {"epochs": 4, "learning_rate": 2e-2, "warmup_ratio": 0.03, "weight_decay": 0.0, "batch_size": 16,
+         "micro_batch_size": 16, "lora": {"r": cp.LORA["r"], "alpha": cp.LORA["lora_alpha"], "dropout": 0.0,
+                                           "target_modules": cp.LORA["target_modules"]}}
+
+
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def retrain(folder: Path, train_rows: list[dict]):
+    """The LoRA trained from the base in `folder`/lm on `train_rows` by selectkit's Warmup loop."""
+    import torch
+    from transformers import AutoModelForCausalLM, ByT5Tokenizer
+
+    from selectkit.recipe.spec import TrainSpec
+    from selectkit_plugins.lib.influence.warmup import Warmup
+
+    spec = TrainSpec.model_validate(TRAIN)
+    base = AutoModelForCausalLM.from_pretrained(folder / "lm", dtype=torch.float32, attn_implementation="eager")
+    run = Warmup(base, ByT5Tokenizer(), [r["text"] for r in train_rows], spec, seed=SEED, max_length=40,
+                 prompts=[r["prompt"] for r in train_rows], target_modules=list(spec.lora.target_modules))
+    for epoch in range(spec.epochs):
+        run.train_epoch(epoch)
+    return run.model.eval()
+
+
+def query_losses(model, query: dict):
+    import torch
+
+    from selectkit_plugins.lib.influence.grads import lm_loss
+
+    with torch.no_grad():
+        return lm_loss(model, query).double().numpy()
+
+
+def subset_masks(k: int, n: int):
+    """(k, n) masks of selectkit's keyed LDS subsets of the n train rows (ids 0..n-1)."""
+    import numpy as np
+
+    from selectkit.contract.keyed_random import keyed_subset, row_keys
+    from selectkit.planning.retrain import draws
+
+    spec = SimpleNamespace(sample=n, fraction=ALPHA)
+    keys = row_keys(np.arange(n))
+    masks = np.zeros((k, n), dtype=bool)
+    for i in range(k):
+        masks[i, keyed_subset(keys, SEED, draws(spec, i))] = True
+    return masks, keys
+
+
+def scored_model(folder: Path, lds: Path) -> float:
+    """Train the scored LoRA on all train texts into `lds` (lm and data.pt linked from `folder`), with
+    its reference scores; returns the CPU seconds it took."""
+    import numpy as np
+    import torch
+
+    lds.mkdir(parents=True, exist_ok=True)
+    for name in ("lm", "data.pt"):
+        if not (lds / name).exists():
+            (lds / name).symlink_to(folder / name)
+    start = cpu_seconds()
+    train, _ = cp.texts()
+    model = retrain(folder, train)
+    trained = {n.split("base_model.model.", 1)[1]: p.detach().clone()
+               for n, p in model.named_parameters() if p.requires_grad}
+    names = torch.load(folder / "lora.pt")  # the parameter names compare_peers.load expects
+    torch.save({n: trained[n.split("base_model.model.", 1)[1]] for n in names}, lds / "lora.pt")
+    np.save(lds / "reference.npy", cp.reference(lds))
+    return cpu_seconds() - start
+
+
+def ground_truth(folder: Path, lds: Path, k: int) -> dict:
+    """Masks (k, 128), losses (k, 16) and CPU seconds, cached in lds/ground_truth.npz keyed by the
+    training settings; subsets already there are reused (a killed run resumes)."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(2)
+    key = hashlib.sha256(json.dumps([TRAIN, SEED, ALPHA], sort_keys=True).encode()).hexdigest()[:12]
+    path = lds / "ground_truth.npz"
+    have = {"loss": np.zeros((0, 16)), "cpu_s": np.zeros(0), "wall_s": np.zeros(0)}
+    if path.exists():
+        z = np.load(path)
+        if str(z["key"]) == key:
+            have = {n: z[n] for n in have}
+    train, _ = cp.texts()
+    query = torch.load(folder / "data.pt")["query"]
+    masks, _ = subset_masks(k, len(train))
+    loss, cpu, wall = list(have["loss"]), list(have["cpu_s"]), list(have["wall_s"])
+    for i in range(len(loss), k):
+        c, w = cpu_seconds(), time.perf_counter()
+        model = retrain(folder, [r for r, m in zip(train, masks[i]) if m])
+        loss.append(query_losses(model, query))
+        cpu.append(cpu_seconds() - c)
+        wall.append(time.perf_counter() - w)
+        np.savez(path, key=key, masks=masks[:i + 1], loss=np.array(loss), cpu_s=np.array(cpu), wall_s=np.array(wall))
+        print(f"  retrain {i + 1}/{k}: {wall[-1]:.1f}s wall, {cpu[-1]:.1f}s CPU", flush=True)
+    return {"masks": masks, "loss": np.array(loss)[:k], "cpu_s": np.array(cpu)[:k], "wall_s": np.array(wall)[:k]}
+
+
+def grad_phase(phases: dict) -> tuple[str, float]:
+    """The phase that extracts per-example gradients (all of a method's work where it has no such phase)."""
+    for name in ("grads", "featurize"):
+        if name in phases:
+            return name, phases[name]
+    return "total", sum(phases.values())
+
+
+def main() -> None:
+    import numpy as np
+
+    from selectkit.evaluation.lds import control, measure, predictions
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--subsets", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--only", help="comma-separated libraries to run (default: all available)")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+
+    folder = cp.WORK / "peers"
+    lds = folder / "lds"
+    if not (folder / "reference.npy").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        cp.setup(folder)
+    if not (lds / "reference.npy").exists():
+        print(f"scored LoRA (all 128 texts) + its reference: {scored_model(folder, lds):.1f} CPU s", flush=True)
+    gt = ground_truth(folder, lds, args.subsets)
+    masks, loss = gt["masks"], gt["loss"]
+    k, m = loss.shape
+    columns = np.arange(m)
+
+    def lds_of(scores):
+        return measure(predictions(scores, masks, columns), loss, BOOTSTRAP, SEED)
+
+    ref = np.load(lds / "reference.npy")
+    rows = [{"library": "reference", "method": "inverse GGN (explicit)", "phases": {}, "total_s": None,
+             "peak_mb": None, "lds": lds_of(ref)}]
+    only = set(args.only.split(",")) if args.only else None
+    skipped = []
+    for lib, method, python, extra in cp.JOBS:
+        if only and lib not in only:
+            continue
+        if not python.exists() or (extra is not None and not extra.exists()):
+            skipped.append(f"{lib} {method}: no venv at {extra or python.parent.parent}")
+            continue
+        runs, scores, err = cp.run_job(lib, method, python, extra, lds, args.repeats)
+        if err:
+            skipped.append(f"{lib} {method}: {err}")
+            print(f"  {lib} {method} failed: {err}", flush=True)
+            continue
+        phases = {p: float(np.median([r["phases"][p] for r in runs])) for p in runs[0]["phases"]}
+        name, secs = grad_phase(phases)
+        from scipy.stats import spearmanr
+
+        rows.append({"library": lib, "method": method, "phases": phases, "total_s": sum(phases.values()),
+                     "peak_mb": float(np.median([r["peak_mb"] for r in runs])), "lds": lds_of(scores),
+                     "grad_phase": name, "examples_per_s": (scores.shape[0] + scores.shape[1]) / secs,
+                     "spearman_vs_reference": float(np.mean([spearmanr(scores[:, j], ref[:, j])[0]
+                                                             for j in range(m)]))})
+        print(f"  {lib} {method}: {rows[-1]['total_s']:.2f}s, LDS {rows[-1]['lds']}", flush=True)
+    _, keys = subset_masks(1, masks.shape[1])
+    random = control(masks, loss, keys, SEED, BOOTSTRAP)
+    cpu_min = float(gt["cpu_s"].sum()) / 60
+    print(f"\nLDS ground truth: K={k} keyed alpha={ALPHA} subsets of 128 train texts, {m} query examples, "
+          f"LoRA retrains ({TRAIN['epochs']} epochs, lr {TRAIN['learning_rate']}) by selectkit's Warmup loop: "
+          f"{cpu_min:.2f} CPU-minutes ({gt['wall_s'].sum():.0f}s wall, {gt['cpu_s'].mean():.2f} CPU s per retrain); "
+          f"bootstrap {BOOTSTRAP} over subsets; {args.repeats} repeat(s); "
+          "ex/s = (train + query) / gradient phase (grads/featurize, else total)")
+    print(f"{'library':12s} {'method':22s} {'phases (s)':30s} {'total s':>8s} {'peak MB':>8s} {'ex/s':>8s} "
+          f"{'LDS [95% CI]':>24s} {'vs ref':>7s}")
+    for r in rows:
+        ph = ", ".join(f"{p} {v:.2f}" for p, v in r["phases"].items()) or "-"
+        e = r["lds"]
+        ci = f"{e['lds']:+.3f} [{e['ci'][0]:+.3f}, {e['ci'][1]:+.3f}]" if e["lds"] is not None else "n/a"
+        tot = f"{r['total_s']:8.2f}" if r["total_s"] is not None else f"{'-':>8s}"
+        mb = f"{r['peak_mb']:8.0f}" if r["peak_mb"] is not None else f"{'-':>8s}"
+        eps = f"{r['examples_per_s']:8.1f}" if "examples_per_s" in r else f"{'-':>8s}"
+        vs = f"{r['spearman_vs_reference']:7.3f}" if "spearman_vs_reference" in r else f"{'-':>7s}"
+        print(f"{r['library']:12s} {r['method']:22s} {ph:30s} {tot} {mb} {eps} {ci:>24s} {vs}")
+    print(f"{'random':12s} {'control (keyed)':22s} {'-':30s} {'-':>8s} {'-':>8s} {'-':>8s} "
+          f"{random['lds']:+.3f} [{random['ci'][0]:+.3f}, {random['ci'][1]:+.3f}]")
+    for s in skipped:
+        print(f"skipped: {s}")
+    if args.json:
+        args.json.write_text(json.dumps({"results": rows, "random": random, "skipped": skipped, "subsets": k,
+                                         "ground_truth_cpu_minutes": cpu_min,
+                                         "ground_truth_cpu_s_per_retrain": float(gt["cpu_s"].mean()),
+                                         "train": TRAIN}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
