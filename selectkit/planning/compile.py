@@ -359,6 +359,21 @@ class Planner:
                       key=key, artifact="scores", shards=shards, cached=self.cache.has("scores", key), detail=detail))
         self._normalizers(name, node, f"score:{name}", key)
 
+    def stand_in(self, source: str, fingerprint: str, rows: int, data_step: str,
+                 requests: list[FeatureRequest]) -> list[FeatureRequest]:
+        """Plan `requests`' pool passes over a stand-in source of `rows` rows instead of the pool (a
+        surrogate's label sample, a lazy score's probes); the requests as moved onto it."""
+        self.sources[source] = replace(self.sources["pool"], name=source, fingerprint=fingerprint)
+        self.rows[source] = rows
+        self.data_steps[source] = data_step
+        moved = [replace(r, data=source) if r.data == "pool" else r for r in requests]
+        by_model: dict[str, list[FeatureRequest]] = {}
+        for r in moved:
+            by_model.setdefault(r.model, []).append(r)
+        for model, reqs in by_model.items():
+            self.passes(self.models[model], reqs)
+        return moved
+
     def surrogate(self, name: str, node: ScoreNode, requests: list[FeatureRequest]) -> None:
         """sample -> the oracle's passes over the sample only -> oracle -> surrogate score -> normalizers."""
         spec = node.surrogate
@@ -383,15 +398,7 @@ class Planner:
                               "holdout": f"{round(spec.holdout * labels)} of them (never used to fit or tune)",
                               "stratify": f"k-means on {feature_score}, {clusters} clusters" if spec.stratify ==
                               "cluster" else "none (keyed draw)"}))
-        self.sources[source] = replace(self.sources["pool"], name=source, fingerprint=skey)
-        self.rows[source] = labels
-        self.data_steps[source] = sample_id
-        moved = [replace(r, data=source) if r.data == "pool" else r for r in requests]
-        by_model: dict[str, list[FeatureRequest]] = {}
-        for r in moved:
-            by_model.setdefault(r.model, []).append(r)
-        for model, reqs in by_model.items():
-            self.passes(self.models[model], reqs)
+        moved = self.stand_in(source, skey, labels, sample_id, requests)
         for r in moved:
             step = self.by_id[self.serving[r]]
             if r.data == source and step.payload.work.data != source:
@@ -439,15 +446,7 @@ class Planner:
         most = min(rows, sum(n for _, _, n in readers))
         source = f"probes:{name}"
         fingerprint = cache_key("probes", LAZY_VERSION, self.by_id["read:pool"].key, name)
-        self.sources[source] = replace(self.sources["pool"], name=source, fingerprint=fingerprint)
-        self.rows[source] = max(most, 1)
-        self.data_steps[source] = "read:pool"
-        moved = [replace(r, data=source) if r.data == "pool" else r for r in requests]
-        by_model: dict[str, list[FeatureRequest]] = {}
-        for r in moved:
-            by_model.setdefault(r.model, []).append(r)
-        for model, reqs in by_model.items():
-            self.passes(self.models[model], reqs)
+        moved = self.stand_in(source, fingerprint, max(most, 1), "read:pool", requests)
         asked = "; ".join(f"stage {label} (`{param}`): at most {n}" for label, param, n in readers)
         for r in moved:
             step = self.by_id[self.serving[r]]
