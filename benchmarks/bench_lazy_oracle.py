@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +25,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "recipes" / "data"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_surrogate import make_pool  # noqa: E402  (the demo pool repeated to `rows` rows, ids made unique)
 
 RECIPE = """
 selectkit: 1
@@ -48,17 +52,6 @@ select:
            probe_per_arm: {probe}, take_per_pull: {take}, max_rounds: {rounds}, ucb_alpha: 0.05}}
 output: {{dir: {out}, formats: [parquet], report: false}}
 """
-
-
-def make_pool(rows: int, folder: Path) -> Path:
-    lines = (DATA / "pool.jsonl").read_text(encoding="utf-8").splitlines()
-    path = folder / f"pool-{rows}.jsonl"
-    with path.open("w", encoding="utf-8") as out:
-        for i in range(rows):
-            row = json.loads(lines[i % len(lines)])
-            row["id"] = f"{row['id']}-{i // len(lines)}"
-            out.write(json.dumps(row) + "\n")
-    return path
 
 
 def oracle_seconds(manifest: dict) -> float:
