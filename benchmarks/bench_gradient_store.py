@@ -6,6 +6,7 @@ stage must be cached; and the figures for the paper's 270k x 8192 x 4, projected
 measured scaling.
 
     .venv/bin/python benchmarks/bench_gradient_store.py                      # 10k, 20k, 50k
+    .venv/bin/python benchmarks/bench_gradient_store.py --rows 50000 10000   # the largest first
     .venv/bin/python benchmarks/bench_gradient_store.py --rows 2000 --quick   # a minute
     .venv/bin/python benchmarks/bench_gradient_store.py --scan 10000 20000 50000 [--against CHECKOUT]
 
@@ -26,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -94,10 +96,12 @@ output:
 
 
 def run(recipe_path: Path, cache: str, *extra: str) -> dict:
-    """`selectkit run` in a fresh process: wall seconds, peak RSS (VmHWM, MB), the peak of its
+    """`selectkit run` in a fresh process: wall seconds, CPU seconds (user + system: the measure of
+    work that a shared machine's load does not stretch), peak RSS (VmHWM, MB), the peak of its
     anonymous part (RssAnon, sampled every 0.1 s: VmHWM also counts the store's memory-mapped pages,
     which the kernel reclaims at will) and its log."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "SELECTKIT_CACHE_DIR": cache, "SELECTKIT_PROGRESS_EVERY": "0"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "selectkit", "run", str(recipe_path), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -120,9 +124,11 @@ def run(recipe_path: Path, cache: str, *extra: str) -> dict:
     log, _ = proc.communicate()
     seconds = time.perf_counter() - t0
     watcher.join()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     if proc.returncode:
         sys.exit(f"run failed ({proc.returncode}):\n{log[-3000:]}")
-    return {"seconds": seconds, "peak_rss_mb": peak[0], "peak_anon_mb": peak[1], "log": log}
+    return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": peak[0], "peak_anon_mb": peak[1], "log": log}
 
 
 def scan_child(n: int, shard_rows: int, cache: str) -> None:
@@ -194,44 +200,43 @@ def main() -> None:
     if args.scan:
         return scan(args.scan, args.shard_rows, args.against)
     SHARD_ROWS[0] = args.shard_rows
-    results = []
-    print(f"{'rows':>7} {'seconds':>8} {'peak RSS MB':>11} {'anon MB':>8} {'store MB':>9} {'float32 would be MB':>19}")
-    last_cache = None
+    results, second = [], None
+    print(f"{'rows':>7} {'wall s':>8} {'CPU s':>8} {'peak RSS MB':>11} {'anon MB':>8} {'store MB':>9} "
+          f"{'float32 would be MB':>19}")
     for n in args.rows:
         cache = tempfile.mkdtemp(prefix=f"store-{n}-")
         r = run(recipe(n, ["politics"]), cache)
         size = du(cache) / 2**20
         float32 = n * PROJ_DIM * CHECKPOINTS * 4 / 2**20
-        results.append({"rows": n, "seconds": r["seconds"], "peak_rss_mb": r["peak_rss_mb"],
-                        "peak_anon_mb": r["peak_anon_mb"], "cache_mb": size})
-        print(f"{n:>7} {r['seconds']:>8.1f} {r['peak_rss_mb']:>11} {r['peak_anon_mb']:>8} {size:>9.0f} "
-              f"{float32:>19.0f}", flush=True)
-        if last_cache:
-            shutil.rmtree(last_cache, ignore_errors=True)
-        last_cache = cache
+        results.append({"rows": n, "seconds": r["seconds"], "cpu_seconds": r["cpu_seconds"],
+                        "peak_rss_mb": r["peak_rss_mb"], "peak_anon_mb": r["peak_anon_mb"], "cache_mb": size})
+        print(f"{n:>7} {r['seconds']:>8.1f} {r['cpu_seconds']:>8.1f} {r['peak_rss_mb']:>11} {r['peak_anon_mb']:>8} "
+              f"{size:>9.0f} {float32:>19.0f}", flush=True)
+        if n == max(args.rows) and not args.quick:  # the second target, on the largest pool's cache
+            r = run(recipe(n, ["politics", "film"]), cache)
+            lines = [line for line in r["log"].splitlines() if "gradient" in line.lower() or "warmup" in line.lower()]
+            second = {"rows": n, "seconds": r["seconds"], "cpu_seconds": r["cpu_seconds"],
+                      "peak_rss_mb": r["peak_rss_mb"], "log": lines}
+            print(f"second target over the {n} pool, same cache: {r['seconds']:.1f} s ({r['cpu_seconds']:.1f} CPU s), "
+                  f"peak RSS {r['peak_rss_mb']} MB; gradient and warmup lines of its log:")
+            print("\n".join("    " + line for line in lines), flush=True)
+        shutil.rmtree(cache, ignore_errors=True)
+        if args.json:  # after every run: a long scan stopped early keeps what it measured
+            args.json.write_text(json.dumps({"runs": results, "second_target": second}, indent=1))
+    results.sort(key=lambda r: r["rows"])
     for a, b in zip(results, results[1:]):
-        k = math.log(b["seconds"] / a["seconds"]) / math.log(b["rows"] / a["rows"])
-        m = math.log(b["peak_rss_mb"] / a["peak_rss_mb"]) / math.log(b["rows"] / a["rows"])
-        print(f"{a['rows']} -> {b['rows']}: time exponent {k:.2f}, peak RSS exponent {m:.2f}")
+        growth = math.log(b["rows"] / a["rows"])
+        print(f"{a['rows']} -> {b['rows']}: exponent of wall time "
+              f"{math.log(b['seconds'] / a['seconds']) / growth:.2f}, "
+              f"of CPU time {math.log(b['cpu_seconds'] / a['cpu_seconds']) / growth:.2f}, "
+              f"of peak RSS {math.log(b['peak_rss_mb'] / a['peak_rss_mb']) / growth:.2f}")
     big = results[-1]
     scale = 270_000 / big["rows"]
     print(f"projected for LESS's 270k x {PROJ_DIM} x {CHECKPOINTS} on this tiny model (linear from {big['rows']}): "
-          f"{big['seconds'] * scale / 60:.0f} min, store {big['cache_mb'] * scale / 1024:.1f} GB on disk "
+          f"{big['seconds'] * scale / 60:.0f} min ({big['cpu_seconds'] * scale / 60:.0f} CPU min), "
+          f"store {big['cache_mb'] * scale / 1024:.1f} GB on disk "
           f"(float32 in RAM would be {270_000 * PROJ_DIM * CHECKPOINTS * 4 / 2**30:.1f} GB), "
           f"peak RSS ~{big['peak_rss_mb']} MB plus the per-row id/score columns")
-    second = None
-    if not args.quick:
-        n = big["rows"]
-        r = run(recipe(n, ["politics", "film"]), last_cache)
-        lines = [line for line in r["log"].splitlines() if "gradient" in line.lower() or "warmup" in line.lower()]
-        second = {"rows": n, "seconds": r["seconds"], "peak_rss_mb": r["peak_rss_mb"], "log": lines}
-        print(f"second target over the {n} pool, same cache: {r['seconds']:.1f} s, peak RSS {r['peak_rss_mb']} MB "
-              f"(first run {big['seconds']:.1f} s); gradient and warmup lines of its log:")
-        print("\n".join("    " + line for line in lines))
-    if last_cache:
-        shutil.rmtree(last_cache, ignore_errors=True)
-    if args.json:
-        args.json.write_text(json.dumps({"runs": results, "second_target": second}, indent=1))
 
 
 if __name__ == "__main__":
