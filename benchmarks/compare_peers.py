@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -45,6 +46,33 @@ PROJ_DIM = 128
 THREADS = int(os.environ.get("PEERS_THREADS", "2"))
 BATCH = 32
 LORA = {"r": 1, "lora_alpha": 4, "target_modules": ["q_proj", "v_proj"], "lora_dropout": 0.0}
+
+
+
+@dataclass(frozen=True)
+class Size:
+    """A model and data size: the pretrained byte-level Llama (hidden, layers, full-parameter pretraining
+    steps on the synthetic task mixture, tests/influence_fixtures.pretrained_lm), the numbers of train and
+    query texts (prefixes of the same keyed generator, so a larger size holds the smaller's texts) and
+    whether the explicit inverse-GGN reference (p x p Gauss-Newton, p LoRA parameters) is computed."""
+
+    name: str
+    hidden: int
+    layers: int
+    steps: int
+    train: int
+    query: int
+    reference: bool = True
+
+    def folder(self) -> Path:
+        """Its own work folder: a size's cached model, data, reference and ground truth are never another's."""
+        return WORK / ("peers" if self.name == "reduced" else f"peers-{self.name}")
+
+
+# reduced: the tiny model of the tables in benchmarks/README.md (45,216 parameters, LoRA 256).
+# issue: issue 22 item 5's size, 9.15M parameters (hidden 384, 6 layers, MLP 768; LoRA r=1 on q,v: 9,216),
+# chosen by measurement in compare_peers_lds.py's docstring; its reference is skipped (see there).
+SIZES = {"reduced": Size("reduced", 32, 2, 30, 128, 16), "issue": Size("issue", 384, 6, 60, 320, 32, reference=False)}
 
 # (library, method, python, extra sys.path)
 JOBS = [
@@ -302,15 +330,17 @@ def ggn_columns(model, train: list[dict], names: list[str], vs):
     return out
 
 
-def texts() -> tuple[list[dict], list[dict]]:
-    """The 128 train and 16 query rows (text, prompt, response, task) that data.pt tokenises."""
+def texts(size: Size = SIZES["reduced"]) -> tuple[list[dict], list[dict]]:
+    """The train and query rows (text, prompt, response, task) that data.pt tokenises (128 and 16 at the
+    reduced size): prefixes of one keyed generator each, so every size's texts extend the reduced ones."""
     sys.path.insert(0, str(ROOT / "tests"))
-    from influence_fixtures import rows
+    from influence_fixtures import TASKS, rows
 
-    return rows(43, seed=1)[:128], rows(6, seed=7)[:16]
+    per = len(TASKS)
+    return rows(-(-size.train // per), seed=1)[:size.train], rows(-(-size.query // per), seed=7)[:size.query]
 
 
-def setup(folder: Path) -> None:
+def setup(folder: Path, size: Size = SIZES["reduced"]) -> None:
     import numpy as np
     import torch
     from peft import LoraConfig, get_peft_model
@@ -322,7 +352,7 @@ def setup(folder: Path) -> None:
     from selectkit_plugins.lib.influence.grads import lm_batch
 
     torch.set_num_threads(2)
-    pretrained_lm(folder / "lm", steps=30, hidden=32)
+    pretrained_lm(folder / "lm", steps=size.steps, hidden=size.hidden, layers=size.layers)
     torch.manual_seed(0)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(folder / "lm"), LoraConfig(**LORA))
     with torch.no_grad():
@@ -331,7 +361,7 @@ def setup(folder: Path) -> None:
                 p.normal_(0, 0.05)
     torch.save({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}, folder / "lora.pt")
     tok = ByT5Tokenizer()
-    train, query = texts()
+    train, query = texts(size)
     width = 40
 
     def padded(data):
@@ -341,7 +371,9 @@ def setup(folder: Path) -> None:
 
     data = {"train": padded(train), "query": padded(query)}
     torch.save(data, folder / "data.pt")
-    np.save(folder / "reference.npy", reference(folder))
+    if size.reference:
+        np.save(folder / "reference.npy", reference(folder))
+    (folder / "size.json").write_text(json.dumps(size.__dict__, sort_keys=True))
 
 
 def reference(folder: Path):
@@ -374,7 +406,7 @@ def run_job(lib: str, method: str, python: Path, extra: Path | None, folder: Pat
         if extra is not None:
             env["PEER_PATH"] = str(extra)
         proc = subprocess.run([str(python), __file__, "--worker", lib, method, str(folder), str(out)],
-                              env=env, capture_output=True, text=True, timeout=600)
+                              env=env, capture_output=True, text=True, timeout=3600)
         if proc.returncode != 0:
             return runs, scores, (proc.stderr.strip().splitlines() or ["?"])[-1][:120]
         runs.append(json.loads(out.read_text()))

@@ -94,7 +94,7 @@ def subset_masks(k: int, n: int):
     return masks, keys
 
 
-def scored_model(folder: Path, lds: Path) -> float:
+def scored_model(folder: Path, lds: Path, size: cp.Size) -> float:
     """Train the scored LoRA on all train texts into `lds` (lm and data.pt linked from `folder`), with
     its reference scores; returns the CPU seconds it took."""
     import numpy as np
@@ -105,31 +105,33 @@ def scored_model(folder: Path, lds: Path) -> float:
         if not (lds / name).exists():
             (lds / name).symlink_to(folder / name)
     start = cpu_seconds()
-    train, _ = cp.texts()
+    train, _ = cp.texts(size)
     model = retrain(folder, train)
     trained = {n.split("base_model.model.", 1)[1]: p.detach().clone()
                for n, p in model.named_parameters() if p.requires_grad}
     names = torch.load(folder / "lora.pt")  # the parameter names compare_peers.load expects
     torch.save({n: trained[n.split("base_model.model.", 1)[1]] for n in names}, lds / "lora.pt")
-    np.save(lds / "reference.npy", cp.reference(lds))
+    if size.reference:
+        np.save(lds / "reference.npy", cp.reference(lds))
+    (lds / "scored.json").write_text(json.dumps(size.__dict__, sort_keys=True))
     return cpu_seconds() - start
 
 
-def ground_truth(folder: Path, lds: Path, k: int) -> dict:
-    """Masks (k, 128), losses (k, 16) and CPU seconds, cached in lds/ground_truth.npz keyed by the
-    training settings; subsets already there are reused (a killed run resumes)."""
+def ground_truth(folder: Path, lds: Path, k: int, size: cp.Size) -> dict:
+    """Masks (k, train), losses (k, query) and CPU seconds, cached in lds/ground_truth.npz keyed by the
+    training and size settings; subsets already there are reused (a killed run resumes)."""
     import numpy as np
     import torch
 
-    torch.set_num_threads(2)
-    key = hashlib.sha256(json.dumps([TRAIN, SEED, ALPHA], sort_keys=True).encode()).hexdigest()[:12]
+    torch.set_num_threads(cp.THREADS)
+    key = hashlib.sha256(json.dumps([TRAIN, SEED, ALPHA, size.__dict__], sort_keys=True).encode()).hexdigest()[:12]
     path = lds / "ground_truth.npz"
-    have = {"loss": np.zeros((0, 16)), "cpu_s": np.zeros(0), "wall_s": np.zeros(0)}
+    have = {"loss": np.zeros((0, size.query)), "cpu_s": np.zeros(0), "wall_s": np.zeros(0)}
     if path.exists():
         z = np.load(path)
         if str(z["key"]) == key:
             have = {n: z[n] for n in have}
-    train, _ = cp.texts()
+    train, _ = cp.texts(size)
     query = torch.load(folder / "data.pt")["query"]
     masks, _ = subset_masks(k, len(train))
     loss, cpu, wall = list(have["loss"]), list(have["cpu_s"]), list(have["wall_s"])
@@ -152,26 +154,54 @@ def grad_phase(phases: dict) -> tuple[str, float]:
     return "total", sum(phases.values())
 
 
+def uptime() -> str:
+    import subprocess
+
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def model_sizes(folder: Path) -> tuple[int, int]:
+    """(parameters of the base model, LoRA parameters scored)."""
+    model, _, _ = cp.load(folder)
+    lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return sum(p.numel() for p in model.parameters()) - lora, lora
+
+
 def main() -> None:
     import numpy as np
+    from scipy.stats import spearmanr
 
     from selectkit.evaluation.lds import control, measure, predictions
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", choices=sorted(cp.SIZES), default="reduced",
+                    help="model and data size (reduced: the tables' tiny model; issue: issue 22's, see above)")
     ap.add_argument("--subsets", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--only", help="comma-separated libraries to run (default: all available)")
+    ap.add_argument("--prepare", action="store_true", help="only build the model, data and scored LoRA")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
-    folder = cp.WORK / "peers"
+    size = cp.SIZES[args.size]
+    folder = size.folder()
     lds = folder / "lds"
-    if not (folder / "reference.npy").exists():
+    settings = json.dumps(size.__dict__, sort_keys=True)
+    start_uptime = uptime()
+    if not (folder / "size.json").exists() or (folder / "size.json").read_text() != settings:
         folder.mkdir(parents=True, exist_ok=True)
-        cp.setup(folder)
-    if not (lds / "reference.npy").exists():
-        print(f"scored LoRA (all 128 texts) + its reference: {scored_model(folder, lds):.1f} CPU s", flush=True)
-    gt = ground_truth(folder, lds, args.subsets)
+        w = time.perf_counter()
+        cp.setup(folder, size)
+        print(f"model + data ({args.size}): {time.perf_counter() - w:.1f}s wall", flush=True)
+    if not (lds / "scored.json").exists() or (lds / "scored.json").read_text() != settings:
+        print(f"scored LoRA (all {size.train} texts){' + its reference' if size.reference else ''}: "
+              f"{scored_model(folder, lds, size):.1f} CPU s", flush=True)
+    base_params, lora_params = model_sizes(lds)
+    print(f"model: {base_params:,} parameters, LoRA {lora_params:,}; {size.train} train / {size.query} query texts",
+          flush=True)
+    if args.prepare:
+        return
+    gt = ground_truth(folder, lds, args.subsets, size)
     masks, loss = gt["masks"], gt["loss"]
     k, m = loss.shape
     columns = np.arange(m)
@@ -179,9 +209,11 @@ def main() -> None:
     def lds_of(scores):
         return measure(predictions(scores, masks, columns), loss, BOOTSTRAP, SEED)
 
-    ref = np.load(lds / "reference.npy")
-    rows = [{"library": "reference", "method": "inverse GGN (explicit)", "phases": {}, "total_s": None,
-             "peak_mb": None, "lds": lds_of(ref)}]
+    ref = np.load(lds / "reference.npy") if size.reference else None
+    rows = []
+    if ref is not None:
+        rows.append({"library": "reference", "method": "inverse GGN (explicit)", "phases": {}, "total_s": None,
+                     "peak_mb": None, "lds": lds_of(ref)})
     only = set(args.only.split(",")) if args.only else None
     skipped = []
     for lib, method, python, extra in cp.JOBS:
@@ -197,42 +229,57 @@ def main() -> None:
             continue
         phases = {p: float(np.median([r["phases"][p] for r in runs])) for p in runs[0]["phases"]}
         name, secs = grad_phase(phases)
-        from scipy.stats import spearmanr
-
-        rows.append({"library": lib, "method": method, "phases": phases, "total_s": sum(phases.values()),
-                     "peak_mb": float(np.median([r["peak_mb"] for r in runs])), "lds": lds_of(scores),
-                     "grad_phase": name, "examples_per_s": (scores.shape[0] + scores.shape[1]) / secs,
-                     "spearman_vs_reference": float(np.mean([spearmanr(scores[:, j], ref[:, j])[0]
-                                                             for j in range(m)]))})
-        print(f"  {lib} {method}: {rows[-1]['total_s']:.2f}s, LDS {rows[-1]['lds']}", flush=True)
+        row = {"library": lib, "method": method, "phases": phases, "total_s": sum(phases.values()),
+               "peak_mb": float(np.median([r["peak_mb"] for r in runs])), "lds": lds_of(scores),
+               "grad_phase": name, "examples_per_s": (scores.shape[0] + scores.shape[1]) / secs}
+        if ref is not None:
+            row["spearman_vs_reference"] = float(np.mean([spearmanr(scores[:, j], ref[:, j])[0] for j in range(m)]))
+        rows.append(row)
+        print(f"  {lib} {method}: {row['total_s']:.2f}s, LDS {row['lds']}", flush=True)
+    ours = {r["method"]: r["total_s"] for r in rows if r["library"] == "selectkit"}
+    for r in rows:
+        if r["library"] not in ("selectkit", "reference") and r["method"] in ours:
+            r["x_selectkit"] = r["total_s"] / ours[r["method"]]
     _, keys = subset_masks(1, masks.shape[1])
     random = control(masks, loss, keys, SEED, BOOTSTRAP)
     cpu_min = float(gt["cpu_s"].sum()) / 60
-    print(f"\nLDS ground truth: K={k} keyed alpha={ALPHA} subsets of 128 train texts, {m} query examples, "
+    print(f"\nmodel ({args.size}): byte-level Llama hidden {size.hidden}, {size.layers} layers, {base_params:,} "
+          f"parameters ({size.steps} pretraining steps); LoRA r={cp.LORA['r']} on q,v: {lora_params:,} parameters; "
+          f"{cp.THREADS} thread(s)")
+    print(f"LDS ground truth: K={k} keyed alpha={ALPHA} subsets of {size.train} train texts, {m} query examples, "
           f"LoRA retrains ({TRAIN['epochs']} epochs, lr {TRAIN['learning_rate']}) by selectkit's Warmup loop: "
           f"{cpu_min:.2f} CPU-minutes ({gt['wall_s'].sum():.0f}s wall, {gt['cpu_s'].mean():.2f} CPU s per retrain); "
           f"bootstrap {BOOTSTRAP} over subsets; {args.repeats} repeat(s); "
-          "ex/s = (train + query) / gradient phase (grads/featurize, else total)")
-    print(f"{'library':12s} {'method':22s} {'phases (s)':30s} {'total s':>8s} {'peak MB':>8s} {'ex/s':>8s} "
-          f"{'LDS [95% CI]':>24s} {'vs ref':>7s}")
+          "ex/s = (train + query) / gradient phase (grads/featurize, else total); x sk = total / selectkit's")
+    print(f"{'library':12s} {'method':22s} {'phases (s)':32s} {'total s':>8s} {'x sk':>6s} {'peak MB':>8s} "
+          f"{'ex/s':>8s} {'LDS [95% CI]':>24s} {'vs ref':>7s}")
     for r in rows:
         ph = ", ".join(f"{p} {v:.2f}" for p, v in r["phases"].items()) or "-"
         e = r["lds"]
         ci = f"{e['lds']:+.3f} [{e['ci'][0]:+.3f}, {e['ci'][1]:+.3f}]" if e["lds"] is not None else "n/a"
         tot = f"{r['total_s']:8.2f}" if r["total_s"] is not None else f"{'-':>8s}"
+        x = f"{r['x_selectkit']:6.2f}" if "x_selectkit" in r else f"{'-':>6s}"
         mb = f"{r['peak_mb']:8.0f}" if r["peak_mb"] is not None else f"{'-':>8s}"
         eps = f"{r['examples_per_s']:8.1f}" if "examples_per_s" in r else f"{'-':>8s}"
         vs = f"{r['spearman_vs_reference']:7.3f}" if "spearman_vs_reference" in r else f"{'-':>7s}"
-        print(f"{r['library']:12s} {r['method']:22s} {ph:30s} {tot} {mb} {eps} {ci:>24s} {vs}")
-    print(f"{'random':12s} {'control (keyed)':22s} {'-':30s} {'-':>8s} {'-':>8s} {'-':>8s} "
+        print(f"{r['library']:12s} {r['method']:22s} {ph:32s} {tot} {x} {mb} {eps} {ci:>24s} {vs}")
+    print(f"{'random':12s} {'control (keyed)':22s} {'-':32s} {'-':>8s} {'-':>6s} {'-':>8s} {'-':>8s} "
           f"{random['lds']:+.3f} [{random['ci'][0]:+.3f}, {random['ci'][1]:+.3f}]")
+    if ref is None:
+        print("reference: not computed at this size (see the docstring)")
     for s in skipped:
         print(f"skipped: {s}")
+    end_uptime = uptime()
+    print(f"uptime at start: {start_uptime}\nuptime at end: {end_uptime}")
     if args.json:
-        args.json.write_text(json.dumps({"results": rows, "random": random, "skipped": skipped, "subsets": k,
+        args.json.write_text(json.dumps({"size": size.__dict__, "base_params": base_params,
+                                         "lora_params": lora_params, "threads": cp.THREADS,
+                                         "results": rows, "random": random, "skipped": skipped, "subsets": k,
                                          "ground_truth_cpu_minutes": cpu_min,
+                                         "ground_truth_wall_s": float(gt["wall_s"].sum()),
                                          "ground_truth_cpu_s_per_retrain": float(gt["cpu_s"].mean()),
-                                         "train": TRAIN}, indent=1))
+                                         "train": TRAIN, "uptime_start": start_uptime, "uptime_end": end_uptime},
+                                        indent=1))
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ def dataset(name: str, data: list[dict]) -> Any:
                    fingerprint=digest)
 
 
-def pretrained_lm(folder: Path, steps: int = 60, hidden: int = 32, seed: int = 0) -> Path:
+def pretrained_lm(folder: Path, steps: int = 60, hidden: int = 32, seed: int = 0, layers: int = 2) -> Path:
     """Save a tiny Llama trained for a few full-parameter steps on the task mixture."""
     import torch
     from transformers import ByT5Tokenizer, LlamaConfig, LlamaForCausalLM
@@ -54,9 +54,9 @@ def pretrained_lm(folder: Path, steps: int = 60, hidden: int = 32, seed: int = 0
 
     torch.manual_seed(seed)
     tok = ByT5Tokenizer()
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
-                         bos_token_id=None, eos_token_id=1, pad_token_id=0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=2,
+                         max_position_embeddings=128, bos_token_id=None, eos_token_id=1, pad_token_id=0)
     model = LlamaForCausalLM(config)
     data = rows(100, seed + 1000)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
