@@ -1,28 +1,57 @@
-"""The peers side by side against one shared LDS ground truth (issue 22, item 5), at a reduced size.
+"""The peers side by side against one shared LDS ground truth (issue 22, item 5), at two sizes.
 
-compare_peers.py's tiny byte-level Llama (hidden 32, 2 layers) and its 128 train / 16 query texts
-(label tokens = the response), with one change: the model scored is a LoRA (r=1 on q,v, alpha 4, no
-dropout; 256 parameters) *trained* on all 128 train texts from the base, not compare_peers' random
-LoRA, because LDS asks whether scores at the trained model predict what retraining does.
+--size reduced (default; the README's first LDS tables): compare_peers.py's tiny byte-level Llama
+(hidden 32, 2 layers, 45,216 parameters) and its 128 train / 16 query texts (label tokens = the
+response). --size issue: the issue's "size where the algorithms decide", a byte-level Llama of
+12,097,920 parameters (hidden 384, 8 layers, MLP 768, 60 full-parameter pretraining steps on the
+synthetic task mixture: tests/influence_fixtures.pretrained_lm), 320 train / 32 query texts from the
+same generators (prefixes: the reduced texts are the first 128 / 16), LoRA r=1 on q,v (12,288 parameters).
+Each size has its own work folder (benchmarks/.work/peers, benchmarks/.work/peers-issue) and the size's
+settings are in the ground truth's cache key, so one size's cache is never another's.
 
-Ground truth (computed once, cached in benchmarks/.work/peers/lds/ground_truth.npz, resumable per
-subset): K keyed alpha-subsets of the 128 train texts (selectkit's own draws: `keyed_subset` with
-`planning.retrain.draws`, alpha = 0.5, so 64 texts each); for each, the same LoRA retrained from the
-same base with selectkit's retraining loop (`selectkit_plugins.lib.influence.warmup.Warmup`, the one
-loop the warmup and `evaluate.lds` retrains run through, same seed so the same initialisation), then
-every query example's loss (mean CE over its label tokens). Its CPU time (user + system of this
-process) is recorded with it.
+Why that size (measured 2026-12-06 on the 2-core machine at load average 3-8 from other agents): one
+retrain is 4 epochs over an alpha = 0.5 subset; the texts are <= 27 bytes, so the cost is the parameter
+count times 160 texts x 4 epochs. At 9.15M parameters (6 layers) one epoch of 150 texts took 3.0 CPU s
+(6.2 s wall) with 1 thread and 17.3 CPU s (29.0 s wall) with 2: two OpenMP threads stall on this loaded
+machine, so the ground truth runs with PEERS_THREADS threads and PEERS_THREADS=1 is the setting. At 8
+layers the scored LoRA (320 texts x 4 epochs) took 22.6 CPU s, so a retrain is ~11-12 CPU s, K = 64
+about 13 CPU-minutes, 15-35 minutes wall at 40-90 % of a core: within the issue's "about an hour on 2
+cores" with room for the load. K = 64 rather than the issue's ~32: the bootstrap CI over subsets
+narrows as 1/sqrt(K), and at the reduced size K = 64 already gave CIs +-0.1 wide, which is what
+must separate the estimators; 320 texts are the issue's "few hundred"; 32 query examples halve the
+per-query noise of 16. Larger models (SmolLM2-135M at max length 32: ~28 min per retrain) are out of
+reach on CPU (benchmarks/README.md).
+
+The model scored is a LoRA (r=1 on q,v, alpha 4, no dropout) *trained* on all train texts from the
+base, not compare_peers' random LoRA, because LDS asks whether scores at the trained model predict
+what retraining does.
+
+Ground truth (computed once, cached in <work folder>/lds/ground_truth.npz, resumable per subset: a
+killed run resumes, a larger --subsets extends it): K keyed alpha-subsets of the train texts
+(selectkit's own draws: `keyed_subset` with `planning.retrain.draws`, alpha = 0.5); for each, the same
+LoRA retrained from the same base with selectkit's retraining loop
+(`selectkit_plugins.lib.influence.warmup.Warmup`, the one loop the warmup and `evaluate.lds` retrains
+run through, same seed so the same initialisation), then every query example's loss (mean CE over its
+label tokens). Its CPU time (user + system of this process) is recorded with it.
 
 Each (library, method) of compare_peers.JOBS runs in its own venv and subprocess on the trained LoRA
 (compare_peers.run_job, same workers); the scores (train x query, positive = helpful) go through
 selectkit.evaluation.lds: LDS = mean over query examples of Spearman(-sum of the subset's scores,
 measured loss) over subsets, a percentile bootstrap CI over subsets, and the keyed random control.
-The explicit inverse-GGN scores of compare_peers.reference (damping 0.01, float64) are a row too.
+At the reduced size the explicit inverse-GGN scores of compare_peers.reference (damping 0.01,
+float64) are a row too. At the issue size they are not computed: the explicit Gauss-Newton is p x p
+for p = 12,288 LoRA parameters (1.2 GB in float64), built column block by column block, 96 blocks of
+128, each a double-vjp pass over all 320 train texts batched 128 wide at 12M parameters in float64.
+Estimate (not run): a forward+backward of one text is ~14 ms here (the scored LoRA's 1,280 in 22.6
+CPU s), float64 and the double vjp ~6x that, x 128 vectors x 320 texts = ~1 CPU-hour per block,
+~90 CPU-hours in all, against ~13 CPU-minutes for the ground truth.
 
 Peer venvs: see compare_peers.py's docstring (benchmarks/.work/{kf,dattri,trak}).
 
     .venv/bin/python benchmarks/compare_peers_lds.py --subsets 64 --repeats 1
     .venv/bin/python benchmarks/compare_peers_lds.py --subsets 64 --only selectkit,dattri --json out.json
+    PEERS_THREADS=1 .venv/bin/python benchmarks/compare_peers_lds.py --size issue --prepare   # model: ~1.5 min
+    PEERS_THREADS=1 .venv/bin/python benchmarks/compare_peers_lds.py --size issue --subsets 64 --json out.json
 """
 
 from __future__ import annotations
