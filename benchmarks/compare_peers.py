@@ -407,8 +407,11 @@ def run_job(lib: str, method: str, python: Path, extra: Path | None, folder: Pat
             env["PEER_PATH"] = str(extra)
         proc = subprocess.run([str(python), __file__, "--worker", lib, method, str(folder), str(out)],
                               env=env, capture_output=True, text=True, timeout=3600)
-        if proc.returncode != 0:
-            return runs, scores, (proc.stderr.strip().splitlines() or ["?"])[-1][:120]
+        if proc.returncode != 0:  # the last stderr line that is not a progress bar, and how it ended
+            lines = [x for x in proc.stderr.replace("\r", "\n").splitlines() if x.strip() and "it/s" not in x
+                     and "s/it" not in x and "\x1b" not in x]
+            how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit {proc.returncode}"
+            return runs, scores, f"{how}: {(lines or ['?'])[-1][:120]}"
         runs.append(json.loads(out.read_text()))
         scores = np.load(out.with_suffix(".npy"))
     return runs, scores, None
