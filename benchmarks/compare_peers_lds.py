@@ -192,6 +192,49 @@ def grad_phase(phases: dict) -> tuple[str, float]:
     return "total", sum(phases.values())
 
 
+def paired_difference(pred_a, pred_b, loss, reps: int = BOOTSTRAP, seed: int = SEED) -> dict:
+    """LDS(a) - LDS(b) and a percentile CI from resampling the subsets once for both (paired: the two
+    scores share every resample, so the subsets' common noise cancels, unlike comparing two CIs)."""
+    import warnings
+
+    import numpy as np
+
+    from selectkit.evaluation.lds import lds
+    from selectkit.evaluation.ranks import spearman
+
+    k = loss.shape[0]
+    rng = np.random.default_rng([seed, 0xD1FF])
+    values = []
+    for _ in range(reps):
+        idx = rng.integers(0, k, size=k)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            values.append(np.nanmean(spearman(pred_a[idx], loss[idx], axis=0))
+                          - np.nanmean(spearman(pred_b[idx], loss[idx], axis=0)))
+    lo, hi = np.quantile(np.array(values), [0.025, 0.975])
+    return {"d": round(lds(pred_a, loss) - lds(pred_b, loss), 4), "ci": [round(float(lo), 4), round(float(hi), 4)]}
+
+
+def paired_rows(rows: list[dict], preds: dict, loss) -> list[str]:
+    """Each row's paired LDS difference from selectkit's EK-FAC, and each peer's from selectkit's same method
+    (stored in the rows as delta_vs_ekfac / delta_vs_selectkit); returns the printed lines."""
+    lines = []
+    base = preds.get(("selectkit", "EK-FAC"))
+    for r in rows:
+        key = (r["library"], r["method"])
+        if base is not None and key != ("selectkit", "EK-FAC") and key in preds:
+            r["delta_vs_ekfac"] = paired_difference(preds[key], base, loss)
+        ours = preds.get(("selectkit", r["method"]))
+        if r["library"] not in ("selectkit", "reference") and ours is not None:
+            r["delta_vs_selectkit"] = paired_difference(preds[key], ours, loss)
+        parts = [f"{name} {d['d']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
+                 for name, d in (("vs selectkit EK-FAC", r.get("delta_vs_ekfac")),
+                                 ("vs selectkit same method", r.get("delta_vs_selectkit"))) if d]
+        if parts:
+            lines.append(f"{r['library']:12s} {r['method']:22s} " + "; ".join(parts))
+    return lines
+
+
 def uptime() -> str:
     import subprocess
 
@@ -249,10 +292,11 @@ def main() -> None:
         return measure(predictions(scores, masks, columns), loss, BOOTSTRAP, SEED)
 
     ref = np.load(lds / "reference.npy") if size.reference else None
-    rows = []
+    rows, preds = [], {}
     if ref is not None:
         rows.append({"library": "reference", "method": "inverse GGN (explicit)", "phases": {}, "total_s": None,
                      "peak_mb": None, "lds": lds_of(ref)})
+        preds["reference", "inverse GGN (explicit)"] = predictions(ref, masks, columns)
     only = set(args.only.split(",")) if args.only else None
     skipped = []
     for lib, method, python, extra in cp.JOBS:
@@ -277,6 +321,7 @@ def main() -> None:
         if ref is not None:
             row["spearman_vs_reference"] = float(np.mean([spearmanr(scores[:, j], ref[:, j])[0] for j in range(m)]))
         rows.append(row)
+        preds[lib, method] = predictions(scores, masks, columns)
         print(f"  {lib} {method}: {row['total_s']:.2f}s, LDS {row['lds']}", flush=True)
     ours = {r["method"]: r["total_s"] for r in rows if r["library"] == "selectkit"}
     for r in rows:
@@ -309,6 +354,9 @@ def main() -> None:
           f"{random['lds']:+.3f} [{random['ci'][0]:+.3f}, {random['ci'][1]:+.3f}]")
     if ref is None:
         print("reference: not computed at this size (see the docstring)")
+    print("paired LDS differences (one bootstrap over subsets shared by both scores, 95% CI):")
+    for line in paired_rows(rows, preds, loss):
+        print(line)
     for s in skipped:
         print(f"skipped: {s}")
     end_uptime = uptime()
