@@ -16,9 +16,11 @@ count times 160 texts x 4 epochs. At 9.15M parameters (6 layers) one epoch of 15
 machine, so the ground truth runs with PEERS_THREADS threads and PEERS_THREADS=1 is the setting. At 8
 layers the scored LoRA (320 texts x 4 epochs) took 22.6 CPU s, so a retrain is ~11-12 CPU s, K = 64
 about 13 CPU-minutes, 15-35 minutes wall at 40-90 % of a core: within the issue's "about an hour on 2
-cores" with room for the load. K = 64 rather than the issue's ~32: the bootstrap CI over subsets
-narrows as 1/sqrt(K), and at the reduced size K = 64 already gave CIs +-0.1 wide, which is what
-must separate the estimators; 320 texts are the issue's "few hundred"; 32 query examples halve the
+cores" with room for the load (measured after: 12.6 CPU s per retrain, K = 128 in 26.95 CPU-minutes,
+28 min wall at load 3-5). K = 64 or 128 rather than the issue's ~32: the bootstrap CI over subsets
+narrows as 1/sqrt(K); at K = 64 the unpaired CIs still overlapped (+-0.045), at K = 128 the paired
+differences separate EK-FAC, traker's TRAK and the gradient-dot-product methods (benchmarks/README.md);
+320 texts are the issue's "few hundred"; 32 query examples halve the
 per-query noise of 16. Larger models (SmolLM2-135M at max length 32: ~28 min per retrain) are out of
 reach on CPU (benchmarks/README.md).
 
@@ -51,7 +53,7 @@ Peer venvs: see compare_peers.py's docstring (benchmarks/.work/{kf,dattri,trak})
     .venv/bin/python benchmarks/compare_peers_lds.py --subsets 64 --repeats 1
     .venv/bin/python benchmarks/compare_peers_lds.py --subsets 64 --only selectkit,dattri --json out.json
     PEERS_THREADS=1 .venv/bin/python benchmarks/compare_peers_lds.py --size issue --prepare   # model: ~1.5 min
-    PEERS_THREADS=1 .venv/bin/python benchmarks/compare_peers_lds.py --size issue --subsets 64 --json out.json
+    PEERS_THREADS=1 .venv/bin/python benchmarks/compare_peers_lds.py --size issue --subsets 128 --repeats 3
 """
 
 from __future__ import annotations
