@@ -137,11 +137,13 @@ def test_a_from_scratch_arms_key_names_everything_its_bits_depend_on():
 
     spec, tokens = ProxySpec(), np.arange(128, dtype=np.int64).reshape(2, 64)
     sets = {"politics": [np.array([1, 2, 3])], "pool sample": [np.array([4, 5])]}
-    key = arm_key(spec, 7, tokens, sets)
-    assert key == arm_key(ProxySpec(), 7, tokens.copy(), {k: [v.copy() for v in x] for k, x in sets.items()})
-    changed = [arm_key(ProxySpec(learning_rate=1e-3), 7, tokens, sets), arm_key(spec, 8, tokens, sets),
-               arm_key(spec, 7, tokens[::-1].copy(), sets), arm_key(spec, 7, tokens, dict(reversed(sets.items()))),
-               arm_key(spec, 7, tokens, {**sets, "politics": [np.array([1, 2]), np.array([3])]})]
+    key = arm_key("sel", spec, 7, tokens, sets)
+    assert key.startswith("sel-arm-")  # pruned with the selection it was drawn against
+    assert key == arm_key("sel", ProxySpec(), 7, tokens.copy(), {k: [v.copy() for v in x] for k, x in sets.items()})
+    changed = [arm_key("sel", ProxySpec(learning_rate=1e-3), 7, tokens, sets), arm_key("sel", spec, 8, tokens, sets),
+               arm_key("sel", spec, 7, tokens[::-1].copy(), sets),
+               arm_key("sel", spec, 7, tokens, dict(reversed(sets.items()))),
+               arm_key("sel", spec, 7, tokens, {**sets, "politics": [np.array([1, 2]), np.array([3])]})]
     assert len({key, *changed}) == 6
 
 

@@ -126,7 +126,9 @@ def evaluate(path: str | Path, *, out_dir: str | Path | None = None, cache_dir: 
     if spec.proxy.model is not None:
         bits, arm_info, nbytes, own = train_model_arms(plan, arms, eval_sets, spec, seed, options, say)
     else:
-        (bits, arm_info, nbytes), own = train_arms(arms, eval_sets, spec, seed, say, plan.cache), None
+        selects = [s for s in plan.steps if s.kind == "select"]
+        (bits, arm_info, nbytes), own = train_arms(arms, eval_sets, spec, seed, say, plan.cache,
+                                                   selects[-1].key if selects else ""), None
     train_seconds = time.perf_counter() - train_started
     metric = "loss" if own is not None else "bpb"
     sets = compare_arms(bits, nbytes, eval_sets, spec, seed, arms.names, metric)
@@ -309,9 +311,12 @@ ARM_KIND = "eval"  # cache kind of a from-scratch proxy arm's bits on the evalua
 ARM_VERSION = 1  # bump when `proxy.train` or `proxy.bits` change what they compute
 
 
-def arm_key(proxy_spec: Any, pair_seed: int, sequences: np.ndarray, encoded: dict[str, list[np.ndarray]]) -> str:
+def arm_key(selection_key: str, proxy_spec: Any, pair_seed: int, sequences: np.ndarray,
+            encoded: dict[str, list[np.ndarray]]) -> str:
     """The cache key of one from-scratch arm: what its bits are a function of (the proxy's settings,
-    the pair's seed, the arm's packed tokens, the evaluation sets' bytes, names in order)."""
+    the pair's seed, the arm's packed tokens, the evaluation sets' bytes, names in order), under the
+    selection's step key (`<selection key>-arm-<digest>`), so that `cache prune --keep` keeps an arm
+    exactly as long as the selection it was drawn against."""
     import hashlib
 
     digest = hashlib.sha256()
@@ -322,11 +327,11 @@ def arm_key(proxy_spec: Any, pair_seed: int, sequences: np.ndarray, encoded: dic
         for e in texts:
             digest.update(len(e).to_bytes(8, "little"))
             digest.update(np.ascontiguousarray(e, dtype=np.int64).tobytes())
-    return "arm-" + digest.hexdigest()[:32]
+    return f"{selection_key}-arm-{digest.hexdigest()[:32]}"
 
 
 def train_arms(arms: Arms, eval_sets: dict[str, list[str]], spec: Any, seed: int, say: Callable[[str], None],
-               cache: Any = None) -> tuple[dict, dict, dict]:
+               cache: Any = None, selection_key: str = "") -> tuple[dict, dict, dict]:
     """Per seed pair, train the proxy from the same initialisation on every arm and read its bits on
     every evaluation set: (bits[arm][set], each arm's examples and mix, each set's bytes). Each arm's
     bits are kept in `cache` (kind `eval`, keyed by `arm_key`): a second eval of the same selection
@@ -343,7 +348,8 @@ def train_arms(arms: Arms, eval_sets: dict[str, list[str]], spec: Any, seed: int
             for arm, rows in arms.rows(i).items():
                 sequences = proxy.pack(proxy.encode_texts([arms.texts[r] for r in rows]), arms.budget,
                                        proxy_spec.seq_len)
-                key = arm_key(proxy_spec, pair_seed, sequences, encoded) if cache is not None else None
+                key = arm_key(selection_key, proxy_spec, pair_seed, sequences, encoded) if cache is not None \
+                    and selection_key else None
                 got = cache.read_arrays(ARM_KIND, key) if key is not None else None
                 values = [got[0].get(f"set{j}") for j in range(len(eval_sets))] if got is not None else None
                 if values is None or any(v is None or v.shape != (len(encoded[name]),)
