@@ -330,6 +330,24 @@ def arm_key(selection_key: str, proxy_spec: Any, pair_seed: int, sequences: np.n
     return f"{selection_key}-arm-{digest.hexdigest()[:32]}"
 
 
+def _read_arm(cache: Any, key: str, encoded: dict[str, list[np.ndarray]]) -> list[np.ndarray] | None:
+    """An arm's bits per evaluation set from the cache, or None (absent, or not of these sets)."""
+    got = cache.read_arrays(ARM_KIND, key)
+    if got is None:
+        return None
+    values = [got[0].get(f"set{j}") for j in range(len(encoded))]
+    if any(v is None or v.shape != (len(texts),) for v, texts in zip(values, encoded.values())):
+        return None
+    return values
+
+
+def _write_arm(cache: Any, key: str, values: list[np.ndarray], label: str) -> None:
+    try:
+        cache.write_arrays(ARM_KIND, key, {f"set{j}": v for j, v in enumerate(values)}, label=label)
+    except (OSError, SelectkitError):  # a cache that takes no writes costs the next eval a retraining only
+        pass
+
+
 def train_arms(arms: Arms, eval_sets: dict[str, list[str]], spec: Any, seed: int, say: Callable[[str], None],
                cache: Any = None, selection_key: str = "") -> tuple[dict, dict, dict]:
     """Per seed pair, train the proxy from the same initialisation on every arm and read its bits on
@@ -348,24 +366,20 @@ def train_arms(arms: Arms, eval_sets: dict[str, list[str]], spec: Any, seed: int
             for arm, rows in arms.rows(i).items():
                 sequences = proxy.pack(proxy.encode_texts([arms.texts[r] for r in rows]), arms.budget,
                                        proxy_spec.seq_len)
-                key = arm_key(selection_key, proxy_spec, pair_seed, sequences, encoded) if cache is not None \
-                    and selection_key else None
-                got = cache.read_arrays(ARM_KIND, key) if key is not None else None
-                values = [got[0].get(f"set{j}") for j in range(len(eval_sets))] if got is not None else None
-                if values is None or any(v is None or v.shape != (len(encoded[name]),)
-                                         for v, name in zip(values, eval_sets)):
+                key = arm_key(selection_key, proxy_spec, pair_seed, sequences, encoded) \
+                    if cache is not None and selection_key else None
+                values = _read_arm(cache, key, encoded) if key is not None else None
+                cached = values is not None
+                if values is None:
                     say(f"pair {i + 1}/{k}: training the proxy on the {arm} arm ({len(rows)} examples, "
                         f"{sequences.size:,} tokens x {arms.epochs} epoch{'s' if arms.epochs > 1 else ''})")
                     model = proxy.train(proxy_spec, sequences, pair_seed)
                     values = [proxy.bits(model, encoded[name], proxy_spec.seq_len) for name in eval_sets]
                     if key is not None:
-                        cache.write_arrays(ARM_KIND, key, {f"set{j}": v for j, v in enumerate(values)},
-                                           label=f"eval pair {i + 1}: {arm} arm (from-scratch proxy)")
-                    got = None
+                        _write_arm(cache, key, values, f"eval pair {i + 1}: {arm} arm (from-scratch proxy)")
                 for name, v in zip(eval_sets, values):
                     bits[arm][name].append(v)
-                entry = {"pair": i, "examples": int(len(rows)), "tokens": int(sequences.size),
-                         "cached": got is not None}
+                entry = {"pair": i, "examples": int(len(rows)), "tokens": int(sequences.size), "cached": cached}
                 if arms.groups is not None:
                     values, counts = np.unique(arms.groups[rows], return_counts=True)
                     entry["mix"] = {str(v): int(c) for v, c in zip(values, counts)}

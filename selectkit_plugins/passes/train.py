@@ -151,14 +151,12 @@ class Train(PassProvider):
                                      "the selection is known; run `selectkit eval`")
             else:
                 rows = keyed_subset(ctx.pool.keys, seed, draws, eligible=ctx.pool.usable)
-            start = work.requests[0].options.get("start")
-            if start is not None:
-                train_lora(work, ctx, spec, seed, rows, start=_named(ctx.input("checkpoints"), start, work))
-                return
+            name = work.requests[0].options.get("start")
+            start = _named(ctx.input("checkpoints"), name, work) if name is not None else None
         else:
-            spec, seed = work.model.spec.warmup, work.config
+            spec, seed, start = work.model.spec.warmup, work.config, None
             rows = warmup_rows(ctx.pool.keys, spec.fraction, seed)
-        train_lora(work, ctx, spec, seed, rows)
+        train_lora(work, ctx, spec, seed, rows, start)
 
     def load(self, work: PassWork, ctx: PassContext) -> dict[FeatureRequest, Any]:
         if _is_retrain(work):  # the trained adapter: the last epoch's checkpoint
