@@ -14,7 +14,9 @@ evaluated against the plan's bound, and whether the two selections are equal.
 
 `--checkpoints N` gives the model a warmup of N epochs (N checkpoints, TracIn summed over them) and
 adds a third variant, lazy with the run's model loader keeping one model (`KEEP_MODELS = 1`, as it
-did before it kept a few): each batch then loads every checkpoint again.
+did before it kept a few): each batch then loads every checkpoint again. Each variant reports its
+wall and CPU seconds (this process's; run with OMP_NUM_THREADS=1 so that a loaded machine's thread
+spinning does not count as work) and how many times a model was loaded.
 """
 
 from __future__ import annotations
@@ -99,14 +101,16 @@ def main() -> None:
                                           out=folder / f"out-{name}", warmup=warmup))
             os.environ["SELECTKIT_CACHE_DIR"] = str(folder / f"cache-{name}")
             ModelLoader.KEEP_MODELS = kept or keep
-            started = time.perf_counter()
-            output = api.run(path)
-            seconds = time.perf_counter() - started
+            said: list[str] = []
+            started, cpu = time.perf_counter(), time.process_time()
+            output = api.run(path, progress=said.append)
+            seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
             ModelLoader.KEEP_MODELS = keep
             manifest = json.loads(Path(output.files["manifest"]).read_text())
             reward = next(s for s in manifest["stages"] if s["step"] == "score:reward")
             ranking = output.result.pool.ids.gather(output.result.ranking).to_list()
-            out[name] = {"wall_s": round(seconds, 1), "oracle_s": oracle_seconds(manifest), "ranking": ranking,
+            out[name] = {"wall_s": round(seconds, 1), "cpu_s": round(cpu, 1), "oracle_s": oracle_seconds(manifest),
+                         "model_loads": sum("loading model" in m for m in said), "ranking": ranking,
                          "oracle_rows": reward.get("detail", {}).get("rows_evaluated", args.rows),
                          "planned_at_most": reward.get("detail", {}).get("rows_planned_at_most", args.rows),
                          "batches": reward.get("detail", {}).get("batches", 1),
@@ -123,8 +127,9 @@ def main() -> None:
               f"({out['eager']['oracle_s'] / max(out['lazy']['oracle_s'], 1e-9):.1f}x)")
         if "lazy-one-model-kept" in out:
             one = out["lazy-one-model-kept"]
-            print(f"lazy keeping one model: wall {one['wall_s']} s, oracle {one['oracle_s']} s (selection equal: "
-                  f"{one['ranking'] == out['lazy']['ranking']})")
+            print(f"lazy keeping one model: wall {one['wall_s']} s, CPU {one['cpu_s']} s, {one['model_loads']} model "
+                  f"loads; keeping a few: wall {out['lazy']['wall_s']} s, CPU {out['lazy']['cpu_s']} s, "
+                  f"{out['lazy']['model_loads']} loads (selection equal: {one['ranking'] == out['lazy']['ranking']})")
 
 
 if __name__ == "__main__":
