@@ -156,11 +156,12 @@ class TrakParams(PairwiseParams):
 
 
 class Trak(_Pairwise):
-    """TRAK (Park et al. 2023) with model output f = -loss (so the out-to-loss term Q = 1): per
-    checkpoint X (X^T X + lambda I)^-1 phi(target) on projected SGD gradients, X^T X streamed over the
-    pool's store; checkpoints combined with weights lr / sum(lr) (TRAK's uniform mean over models when
-    they share a learning rate). Positive = helpful. Cost: TracIn's gradient passes, plus N k^2 for
-    X^T X and a k x k solve per checkpoint."""
+    """TRAK (Park et al. 2023), output f = -loss so Q = 1: sum over checkpoints of w_c * <g(pool),
+    (X^T X + lambda I)^-1 g(target)> on projected gradients, X the pool's; w = lr / sum(lr).
+
+    X^T X is streamed over the pool's store (k x k memory); w is TRAK's uniform mean over models when
+    the checkpoints share a learning rate. Positive = helpful. Cost: TracIn's gradient passes, plus
+    N k^2 for X^T X and a k x k solve per checkpoint."""
 
     name = "influence.trak"
     Params = TrakParams
