@@ -84,11 +84,12 @@ def tracin(train: Sequence[Any], target: Sequence[np.ndarray], lrs: Sequence[flo
 
 
 def gram(train: Any) -> np.ndarray:
-    """X^T X (k, k) in float64 over the row blocks of one checkpoint's train features; rows without a
-    gradient (NaN) are left out (they have no gradient to add)."""
-    out = None
+    """X^T X (k, k) summed in float64 over the row blocks of one checkpoint's train features (each
+    block's product in float64, or float32 for half-precision features, as `pairwise`); rows without
+    a gradient (NaN) are left out (they have no gradient to add)."""
+    out, kind = None, _precision(train)
     for _, _, x in row_blocks(train):
-        x = np.asarray(x, np.float64)
+        x = np.asarray(x, kind)
         if out is None:
             out = np.zeros((x.shape[1], x.shape[1]))
         x = x[np.isfinite(x).all(axis=1)]
