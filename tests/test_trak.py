@@ -205,3 +205,18 @@ def test_a_negative_damping_is_a_located_validate_error(tmp_path):
     recipe.write_text(no_projection.format(root=ROOT, out=tmp_path / "out", damping=0.1, warmup=""))
     done = cli("validate", recipe)
     assert done.returncode == 1 and "scores.trak.with.proj_dim" in done.stderr, done.stderr
+
+
+def test_lds_measures_trak_as_a_gradient_score_and_it_may_not_be_lazy():
+    """evaluate.lds picks every gradient score against targets; TRAK's X^T X reads the whole pool."""
+    from types import SimpleNamespace
+
+    from selectkit.contract.registry import default_registry
+    from selectkit.planning.retrain import measured_scores
+    from selectkit_plugins.scorers.influence import Trak
+
+    scorer = Trak(Trak.Params())
+    node = SimpleNamespace(scorer=scorer, targets=["rev"], surrogate=None, lazy=False, model="lm")
+    assert measured_scores(SimpleNamespace(scores=None), {"trak": node}, default_registry()) == ["trak"]
+    assert not Trak.reads_rows_alone() and scorer.influence_form() is None
+    assert dict(scorer.feature_requests(["rev"])[0].settings)["proj_dim"] == 2048  # traker's default k
