@@ -14,6 +14,7 @@ import pytest
 from conftest import ROOT, cli
 
 from selectkit.evaluation.ranks import spearman
+from selectkit.plugin import SelectkitError
 from selectkit.storage.cache import Cache
 from selectkit_plugins.lib.influence.scores import tracin, trak
 from selectkit_plugins.lib.influence.store import StoredFeatures, encode
@@ -77,6 +78,8 @@ def test_absolute_damping_is_tracers_lambda_and_the_default_weights_are_a_unifor
     for bad in (-0.1, 0.0, float("nan")):
         with pytest.raises(ValueError, match="damping must be positive"):
             trak(xs, ys, damping=bad)
+    with pytest.raises(SelectkitError, match="singular"):  # traker's lambda_reg = 0 with fewer rows than k
+        trak([xs[0][:4]], [ys[0]], damping=0.0, absolute=True)
 
 
 def test_a_large_damping_ranks_like_tracin():
