@@ -223,3 +223,15 @@ def test_lds_measures_trak_as_a_gradient_score_and_it_may_not_be_lazy():
     assert measured_scores(SimpleNamespace(scores=None), {"trak": node}, default_registry()) == ["trak"]
     assert not Trak.reads_rows_alone() and scorer.influence_form() is None
     assert dict(scorer.feature_requests(["rev"])[0].settings)["proj_dim"] == 2048  # traker's default k
+
+
+def test_without_scipy_numpys_solve_gives_the_same_scores(monkeypatch):
+    import sys
+
+    rng = np.random.default_rng(6)
+    xs, ys = [rng.normal(size=(40, 12))], [rng.normal(size=(3, 12))]
+    with_scipy = trak(xs, ys, damping=0.1)
+    monkeypatch.setitem(sys.modules, "scipy.linalg", None)  # `from scipy.linalg import ...` raises ImportError
+    np.testing.assert_allclose(trak(xs, ys, damping=0.1), with_scipy, rtol=1e-10)
+    with pytest.raises(SelectkitError, match="singular"):
+        trak([xs[0][:4]], ys, damping=0.0, absolute=True)

@@ -122,11 +122,13 @@ def trak_targets(train: Any, target: np.ndarray, damping: float, *, absolute: bo
 
 def _solve_spd(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a^-1 b for a symmetric positive definite `a` that may be overwritten: scipy's Cholesky in place
-    (half LU's work; no second k x k copy: 512 MB at k = 8192), numpy's LU where scipy is absent."""
+    (half LU's work; no second k x k copy: 512 MB at k = 8192); where scipy is absent, numpy's Cholesky
+    (which refuses a matrix that is not positive definite, as LU would not) and two solves."""
     try:
         from scipy.linalg import LinAlgError, cho_factor, cho_solve
     except ImportError:
-        return np.linalg.solve(a, b)
+        lower = np.linalg.cholesky(a)
+        return np.linalg.solve(lower.T, np.linalg.solve(lower, b))
     try:
         return cho_solve(cho_factor(a, overwrite_a=True, check_finite=False), b, check_finite=False)
     except LinAlgError as exc:  # not positive definite (damping 0 on a rank-deficient X^T X)
