@@ -44,7 +44,10 @@ def reference(xs: list[np.ndarray], ys: list[np.ndarray], weights: list[float], 
 def test_streamed_in_tiny_blocks_equals_one_block_and_a_dense_solve(tmp_path, dtype, monkeypatch):
     import selectkit_plugins.lib.influence.store as store
 
+    import selectkit_plugins.lib.influence.scores as scores
+
     monkeypatch.setattr(store, "block_rows", lambda dim: 7)  # 40 = 5*7 + 5: uneven blocks inside each shard
+    monkeypatch.setattr(scores, "GRAM_COLUMNS", 5)  # X^T X in uneven column strips (24 = 4*5 + 4)
     rng = np.random.default_rng(3)
     parts = [[rng.normal(size=(n, 24)).astype(np.float32) for n in (40, 40, 17)] for _ in range(2)]
     pool = [stored(tmp_path, f"{dtype}-{c}", p, dtype) for c, p in enumerate(parts)]

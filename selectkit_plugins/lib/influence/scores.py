@@ -83,6 +83,9 @@ def tracin(train: Sequence[Any], target: Sequence[np.ndarray], lrs: Sequence[flo
     return pairwise(train, target, lrs, cosine=normalize, reduce=reduce)
 
 
+GRAM_COLUMNS = 1024
+
+
 def gram(train: Any) -> np.ndarray:
     """X^T X (k, k) summed in float64 over the row blocks of one checkpoint's train features (each
     block's product in float64, or float32 for half-precision features, as `pairwise`); rows without
@@ -93,7 +96,8 @@ def gram(train: Any) -> np.ndarray:
         if out is None:
             out = np.zeros((x.shape[1], x.shape[1]))
         x = x[np.isfinite(x).all(axis=1)]
-        out += x.T @ x
+        for a in range(0, x.shape[1], GRAM_COLUMNS):  # column strips: the product's temporary stays k x 1,024
+            out[:, a:a + GRAM_COLUMNS] += x.T @ x[:, a:a + GRAM_COLUMNS]
     return out if out is not None else np.zeros((0, 0))
 
 
@@ -130,7 +134,8 @@ def _solve_spd(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         lower = np.linalg.cholesky(a)
         return np.linalg.solve(lower.T, np.linalg.solve(lower, b))
     try:
-        return cho_solve(cho_factor(a, overwrite_a=True, check_finite=False), b, check_finite=False)
+        # a is symmetric: its transpose is the same matrix in Fortran order, which LAPACK factors in place
+        return cho_solve(cho_factor(a.T, overwrite_a=True, check_finite=False), b, check_finite=False)
     except LinAlgError as exc:  # not positive definite (damping 0 on a rank-deficient X^T X)
         raise np.linalg.LinAlgError(str(exc)) from None
 
