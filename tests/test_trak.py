@@ -42,9 +42,8 @@ def reference(xs: list[np.ndarray], ys: list[np.ndarray], weights: list[float], 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_streamed_in_tiny_blocks_equals_one_block_and_a_dense_solve(tmp_path, dtype, monkeypatch):
-    import selectkit_plugins.lib.influence.store as store
-
     import selectkit_plugins.lib.influence.scores as scores
+    import selectkit_plugins.lib.influence.store as store
 
     monkeypatch.setattr(store, "block_rows", lambda dim: 7)  # 40 = 5*7 + 5: uneven blocks inside each shard
     monkeypatch.setattr(scores, "GRAM_COLUMNS", 5)  # X^T X in uneven column strips (24 = 4*5 + 4)
