@@ -54,8 +54,8 @@ JOBS = [
     ("dattri", "DataInf", WORK / "dattri/bin/python", None),
     ("selectkit", "TracIn", ROOT / ".venv/bin/python", None),
     ("dattri", "TracIn", WORK / "dattri/bin/python", None),
-    ("selectkit", f"TRAK-style k={PROJ_DIM}", ROOT / ".venv/bin/python", None),
-    ("traker", f"TRAK-style k={PROJ_DIM}", WORK / "trak/bin/python", None),
+    ("selectkit", f"TRAK k={PROJ_DIM}", ROOT / ".venv/bin/python", None),
+    ("traker", f"TRAK k={PROJ_DIM}", WORK / "trak/bin/python", None),
 ]
 
 
@@ -136,7 +136,7 @@ def run_selectkit(method: str, folder: Path, t: Timer):
     from selectkit_plugins.lib.influence.ekfac import ekfac_scores, fit_ekfac
     from selectkit_plugins.lib.influence.grads import GradientFeaturizer, linear_modules
     from selectkit_plugins.lib.influence.grads import lm_loss as sk_loss
-    from selectkit_plugins.lib.influence.scores import datainf
+    from selectkit_plugins.lib.influence.scores import datainf, trak
 
     model, train, query = load(folder)
     tb, qb = batches(train, BATCH), batches(query, BATCH)
@@ -154,6 +154,9 @@ def run_selectkit(method: str, folder: Path, t: Timer):
     with t("score"):
         if method == "DataInf":
             return datainf(g, q, [(a, b) for _, a, b in feat.slices], damping=DATAINF_DAMPING)
+        if method.startswith("TRAK"):  # traker's lambda_reg = DAMPING * n is on features R^T g / sqrt(D) (R's
+            # entries N(0, 1)); ours are R^T g / sqrt(k), so our X^T X is D / k times its: the same is DAMPING n D / k
+            return trak([g], [q], damping=DAMPING * len(g) * feat.raw_dim / PROJ_DIM, absolute=True)
         return np.asarray(g @ q.T)
 
 
