@@ -381,7 +381,7 @@ def main() -> None:
     ap.add_argument("--peer-query", type=int, default=32)
     ap.add_argument("--peer-length", type=int, default=32)
     ap.add_argument("--peer-batch", type=int, default=32)
-    ap.add_argument("--peers-budget", type=float, default=float(os.environ.get("PEERS_BUDGET", 240)),
+    ap.add_argument("--peers-budget", type=float, default=float(os.environ.get("PEERS_BUDGET", 300)),
                     help="seconds for the whole peers part; a job may use up to twice its even share of what is left")
     ap.add_argument("--parts", default="forward,gradients,scoring,peers")
     args = ap.parse_args()
