@@ -336,12 +336,15 @@ def peers(args, result: dict, save=lambda: None) -> None:
             timer = DeviceTimer(device, cp)
             kind = reset_peak(device)
             t0 = time.perf_counter()
+            scores, reason = None, None
             try:
                 with time_limit(min(left, 2 * left / (len(PEER_JOBS) - i))):
                     scores = np.asarray(cp.WORKERS[lib](method, folder, timer, device=device), np.float64)
                 sync(device)
             except Exception as exc:  # noqa: BLE001 - a failing library is recorded, never fatal
-                reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300]
+                text = str(exc).strip()
+                reason = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]
+            if reason is not None:  # out of the except block: the traceback's tensors are freed by now
                 row["skipped" if lib != "selectkit" else "error"] = reason
                 print(f"  {method:8s} {lib:12s} {'skipped' if lib != 'selectkit' else 'FAILED'}: {reason}", flush=True)
                 if device.startswith("cuda"):
@@ -354,7 +357,10 @@ def peers(args, result: dict, save=lambda: None) -> None:
             if lib == "selectkit":
                 ours[method] = scores
             elif method in ours:
-                row["spearman_vs_selectkit"] = mean_spearman(scores, ours[method])
+                try:
+                    row["spearman_vs_selectkit"] = mean_spearman(scores, ours[method])
+                except ValueError as exc:
+                    row["spearman_error"] = str(exc)
                 row["x_selectkit"] = row["total_s"] / out["methods"][method]["selectkit"]["total_s"]
             phases = ", ".join(f"{k} {v:.2f}" for k, v in timer.phases.items())
             vs = (f"; Spearman with selectkit {row['spearman_vs_selectkit']:.4f}, {row['x_selectkit']:.2f}x its time"
