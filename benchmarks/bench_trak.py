@@ -18,13 +18,15 @@ import argparse
 import json
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_gradient_store import child_json  # noqa: E402  (a child's JSON and its peak anonymous memory)
+
 CHECKPOINTS, TARGETS, SHARD_ROWS = 2, 64, 4096
 
 
@@ -72,17 +74,7 @@ def main() -> None:
         cache = tempfile.mkdtemp(prefix=f"trak-{n}-")
         code = f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import bench_trak as b; " \
                f"b.child({n}, {args.dim}, {cache!r})"
-        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        peak = 0
-        while proc.poll() is None:
-            try:
-                for line in open(f"/proc/{proc.pid}/status"):
-                    if line.startswith("RssAnon:"):
-                        peak = max(peak, int(line.split()[1]) // 1024)
-            except OSError:
-                pass
-            time.sleep(0.05)
-        out = json.loads(proc.stdout.read().strip().splitlines()[-1])
+        out, peak = child_json(sys.executable, code, ROOT)
         shutil.rmtree(cache, ignore_errors=True)
         print(f"{n:>7} {out['dtype']:>8} {out['tracin']['cpu_s']:>12.1f} {out['trak']['cpu_s']:>11.1f} "
               f"{out['trak']['wall_s']:>11.1f} {peak:>12}", flush=True)
