@@ -166,21 +166,28 @@ def scan(sizes: list[int], shard_rows: int, against: Path | None) -> None:
             code = (f"import sys; sys.path.insert(0, {str(root / 'benchmarks')!r}); import bench_gradient_store as b; "
                     f"b.scan_child({n}, {shard_rows}, {cache!r})")
             t0 = time.perf_counter()
-            proc = subprocess.Popen([str(python), "-c", code], stdout=subprocess.PIPE, text=True, cwd=root)
-            peak = 0
-            while proc.poll() is None:
-                try:
-                    for line in open(f"/proc/{proc.pid}/status"):
-                        if line.startswith("RssAnon:"):
-                            peak = max(peak, int(line.split()[1]) // 1024)
-                except OSError:
-                    pass
-                time.sleep(0.05)
-            out = json.loads(proc.stdout.read().strip().splitlines()[-1])
+            out, peak = child_json(python, code, root)
             size = du(cache) / 2**20
             shutil.rmtree(cache, ignore_errors=True)
             print(f"{str(root)[-28:]:<28} {n:>7} {out['write_s']:>8.1f} {out['scan_s']:>7.1f} {peak:>12} {size:>9.0f}"
                   f"   ({time.perf_counter() - t0:.0f} s in all)", flush=True)
+
+
+def child_json(python: Path | str, code: str, cwd: Path) -> tuple[dict, int]:
+    """Run `code` in a fresh `python`: the JSON of its last output line and its peak anonymous memory
+    (RssAnon, MB, sampled every 50 ms: the store's memory-mapped pages, which the kernel may drop,
+    are not counted)."""
+    proc = subprocess.Popen([str(python), "-c", code], stdout=subprocess.PIPE, text=True, cwd=cwd)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            for line in open(f"/proc/{proc.pid}/status"):
+                if line.startswith("RssAnon:"):
+                    peak = max(peak, int(line.split()[1]) // 1024)
+        except OSError:
+            pass
+        time.sleep(0.05)
+    return json.loads(proc.stdout.read().strip().splitlines()[-1]), peak
 
 
 def du(path: str) -> int:

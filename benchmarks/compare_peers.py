@@ -82,8 +82,8 @@ JOBS = [
     ("dattri", "DataInf", WORK / "dattri/bin/python", None),
     ("selectkit", "TracIn", ROOT / ".venv/bin/python", None),
     ("dattri", "TracIn", WORK / "dattri/bin/python", None),
-    ("selectkit", f"TRAK-style k={PROJ_DIM}", ROOT / ".venv/bin/python", None),
-    ("traker", f"TRAK-style k={PROJ_DIM}", WORK / "trak/bin/python", None),
+    ("selectkit", f"TRAK k={PROJ_DIM}", ROOT / ".venv/bin/python", None),
+    ("traker", f"TRAK k={PROJ_DIM}", WORK / "trak/bin/python", None),
 ]
 
 
@@ -102,7 +102,9 @@ def lm_loss(forward, batch):
     return ce.sum(1) / valid.sum(1).clamp(min=1)
 
 
-def load(folder: Path, dtype=None):
+def load(folder: Path, dtype=None, device: str = "cpu"):
+    """The LoRA model on `device` (eval mode) and the train and query tensors (on the CPU: each library
+    moves its batches itself; `on_device` does it for selectkit's)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -116,7 +118,11 @@ def load(folder: Path, dtype=None):
         for k, v in state.items():
             named[k].copy_(v)
     data = torch.load(folder / "data.pt")
-    return model.eval(), data["train"], data["query"]
+    return model.to(device).eval(), data["train"], data["query"]
+
+
+def on_device(parts: list[dict], device: str) -> list[dict]:
+    return [{k: v.to(device) for k, v in b.items()} for b in parts]
 
 
 def batches(data: dict, size: int) -> list[dict]:
@@ -157,17 +163,17 @@ class Timer:
 # ---------------------------------------------------------------- workers
 
 
-def run_selectkit(method: str, folder: Path, t: Timer):
+def run_selectkit(method: str, folder: Path, t: Timer, device: str = "cpu"):
     import numpy as np
     import torch
 
     from selectkit_plugins.lib.influence.ekfac import ekfac_scores, fit_ekfac
     from selectkit_plugins.lib.influence.grads import GradientFeaturizer, linear_modules
     from selectkit_plugins.lib.influence.grads import lm_loss as sk_loss
-    from selectkit_plugins.lib.influence.scores import datainf
+    from selectkit_plugins.lib.influence.scores import datainf, trak
 
-    model, train, query = load(folder)
-    tb, qb = batches(train, BATCH), batches(query, BATCH)
+    model, train, query = load(folder, device=device)
+    tb, qb = on_device(batches(train, BATCH), device), on_device(batches(query, BATCH), device)
     if method == "EK-FAC":
         modules = linear_modules(model)
         with t("fit"):
@@ -177,20 +183,23 @@ def run_selectkit(method: str, folder: Path, t: Timer):
     proj = PROJ_DIM if method.startswith("TRAK") else None
     feat = GradientFeaturizer(model, sk_loss, proj_dim=proj, layout="per_block" if method == "DataInf" else "joint")
     with t("grads"):
-        g = torch.cat([feat(b).features for b in tb]).double().numpy()
-        q = torch.cat([feat(b).features for b in qb]).double().numpy()
+        g = torch.cat([feat(b).features for b in tb]).double().cpu().numpy()
+        q = torch.cat([feat(b).features for b in qb]).double().cpu().numpy()
     with t("score"):
         if method == "DataInf":
             return datainf(g, q, [(a, b) for _, a, b in feat.slices], damping=DATAINF_DAMPING)
+        if method.startswith("TRAK"):  # traker's lambda_reg = DAMPING * n is on features R^T g / sqrt(D) (R's
+            # entries N(0, 1)); ours are R^T g / sqrt(k), so our X^T X is D / k times its: the same is DAMPING n D / k
+            return trak([g], [q], damping=DAMPING * len(g) * feat.raw_dim / PROJ_DIM, absolute=True)
         return np.asarray(g @ q.T)
 
 
-def run_kronfluence(method: str, folder: Path, t: Timer):
+def run_kronfluence(method: str, folder: Path, t: Timer, device: str = "cpu"):
     from kronfluence.analyzer import Analyzer, prepare_model
     from kronfluence.arguments import FactorArguments, ScoreArguments
     from kronfluence_task import lm_task
 
-    model, train, query = load(folder)
+    model, train, query = load(folder, device=device)
     names = lora_names(model)
 
     LMTask, Rows = lm_task(names, lm_loss)
@@ -198,7 +207,7 @@ def run_kronfluence(method: str, folder: Path, t: Timer):
     with tempfile.TemporaryDirectory() as out:
         with t("fit"):
             kf_model = prepare_model(model, LMTask())
-            analyzer = Analyzer("lm", kf_model, LMTask(), cpu=True, output_dir=out, disable_tqdm=True,
+            analyzer = Analyzer("lm", kf_model, LMTask(), cpu=device == "cpu", output_dir=out, disable_tqdm=True,
                                 disable_model_save=True)
             analyzer.fit_all_factors("f", dataset=Rows(train), per_device_batch_size=BATCH,
                                      factor_args=FactorArguments(strategy="ekfac", use_empirical_fisher=True),
@@ -209,16 +218,16 @@ def run_kronfluence(method: str, folder: Path, t: Timer):
                                              per_device_train_batch_size=BATCH,
                                              score_args=ScoreArguments(damping_factor=DAMPING),
                                              overwrite_output_dir=True)
-            return analyzer.load_pairwise_scores("s")["all_modules"].numpy().T
+            return analyzer.load_pairwise_scores("s")["all_modules"].cpu().numpy().T
 
 
-def run_dattri(method: str, folder: Path, t: Timer):
+def run_dattri(method: str, folder: Path, t: Timer, device: str = "cpu"):
     import torch
     from dattri.algorithm.influence_function import IFAttributorDataInf
     from dattri.algorithm.tracin import TracInAttributor
     from dattri.task import AttributionTask
 
-    model, train, query = load(folder)
+    model, train, query = load(folder, device=device)
     params = [f"{n}.weight" for n in lora_names(model)]
     keys = ("input_ids", "attention_mask", "labels")
 
@@ -234,15 +243,15 @@ def run_dattri(method: str, folder: Path, t: Timer):
     task = AttributionTask(loss_func=loss, model=model, checkpoints=state)
     if method == "TracIn":
         attr = TracInAttributor(task, weight_list=torch.tensor([1.0]), normalized_grad=False, layer_name=params,
-                                device="cpu")
+                                device=device)
         attr.projector_kwargs = None  # exact gradients (the default projects to 512 dims)
         with t("score"):
-            return attr.attribute(loader(train), loader(query)).detach().double().numpy()
-    attr = IFAttributorDataInf(task, layer_name=params, device="cpu", regularization=DATAINF_DAMPING)
+            return attr.attribute(loader(train), loader(query)).detach().double().cpu().numpy()
+    attr = IFAttributorDataInf(task, layer_name=params, device=device, regularization=DATAINF_DAMPING)
     with t("grads"):
         attr.cache(loader(train))
     with t("score"):
-        return attr.attribute(loader(train), loader(query)).detach().double().numpy()
+        return attr.attribute(loader(train), loader(query)).detach().double().cpu().numpy()
 
 
 def run_traker(method: str, folder: Path, t: Timer):

@@ -61,7 +61,7 @@ PY = ROOT / ".venv/bin/python"
 
 
 def jobs(proj_dim: int) -> list[tuple[str, str, Path | None]]:
-    trak = f"TRAK-style k={proj_dim}"
+    trak = f"TRAK k={proj_dim}"
     return [("selectkit", "TracIn", None), ("dattri", "TracIn", WORK / "dattri"),
             ("selectkit", "DataInf", None), ("dattri", "DataInf", WORK / "dattri"),
             ("selectkit", trak, None), ("traker", trak, WORK / "trak"),

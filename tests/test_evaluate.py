@@ -111,6 +111,42 @@ def test_console_output_names_the_verdict_and_the_caveat(runs):
     assert "verdict: better" in text and "80%" in text and "contamination" in text and "95% CI" in text
 
 
+def test_a_second_eval_reads_every_from_scratch_arm_back_from_the_cache(demo, tmp_path):
+    """The default proxy's arms are cached (kind `eval`, keyed by the proxy's settings, the pair seed,
+    the arm's tokens and the evaluation sets): a second eval trains nothing and gives the same bits."""
+    settings = {**SMALL, "random_subsets": 2, "random_vs_random": False}
+    scores = "  dsir: {use: dsir, targets: [politics]}\n"
+    select = "  - use: topk\n    with: {score: dsir, budget: 5%}\n"
+    env = {"SELECTKIT_CACHE_DIR": str(tmp_path / "cache")}
+
+    def again(evaluate: dict) -> dict:
+        done = cli("eval", recipe(demo, "arms", scores, select, evaluate), "--format", "json", "-q", env=env)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+        return json.loads(done.stdout)
+
+    first, second = again(settings), again(settings)
+    assert (first["proxy"]["arms_cached"], first["proxy"]["arms_trained"]) == (0, 4)
+    assert (second["proxy"]["arms_cached"], second["proxy"]["arms_trained"]) == (4, 0)
+    assert second["sets"]["politics"]["bpb"] == first["sets"]["politics"]["bpb"]
+    assert all(e["cached"] for entries in second["arms"].values() for e in entries)
+
+
+def test_a_from_scratch_arms_key_names_everything_its_bits_depend_on():
+    from selectkit.evaluation.evaluate import arm_key
+    from selectkit.recipe.spec import ProxySpec
+
+    spec, tokens = ProxySpec(), np.arange(128, dtype=np.int64).reshape(2, 64)
+    sets = {"politics": [np.array([1, 2, 3])], "pool sample": [np.array([4, 5])]}
+    key = arm_key("sel", spec, 7, tokens, sets)
+    assert key.startswith("sel-arm-")  # pruned with the selection it was drawn against
+    assert key == arm_key("sel", ProxySpec(), 7, tokens.copy(), {k: [v.copy() for v in x] for k, x in sets.items()})
+    changed = [arm_key("sel", ProxySpec(learning_rate=1e-3), 7, tokens, sets), arm_key("sel", spec, 8, tokens, sets),
+               arm_key("sel", spec, 7, tokens[::-1].copy(), sets),
+               arm_key("sel", spec, 7, tokens, dict(reversed(sets.items()))),
+               arm_key("sel", spec, 7, tokens, {**sets, "politics": [np.array([1, 2]), np.array([3])]})]
+    assert len({key, *changed}) == 6
+
+
 # statistics ------------------------------------------------------------------------------------------
 def test_compare_finds_a_real_difference_and_not_a_null_one():
     rng = np.random.default_rng(0)

@@ -166,6 +166,19 @@ def test_the_index_is_built_once_then_read_from_the_cache(finished):
         ("built", "cached", "cached")
     assert again["neighbours"] == first["neighbours"]
     assert len(list((cache / "neighbours").iterdir())) == 1
+    # `cache prune --keep` keeps an index exactly as long as the store it indexes (its key is under the store's)
+    from selectkit.storage.cache import Cache
+
+    pool = manifest(run)["scores"]["infl"]["influence"]["pool"]
+    for store_kept in (True, False):
+        moved = cache.parent / f"pruned-{store_kept}"
+        shutil.copytree(cache, moved)
+        others = {e.key.split("-", 1)[0] for e in Cache(moved).entries()} - {pool["key"]}
+        Cache(moved).prune(keep=others | ({pool["key"]} if store_kept else set()))
+        assert (moved / "neighbours").is_dir() and any((moved / "neighbours").iterdir()) == store_kept
+        if store_kept:
+            assert explain(run, "--influence", FILM[3], "--score", "infl", "--cache", moved)["index"]["status"] \
+                == "cached"
     text = cli("explain", run, "--influence", FILM[3], "--score", "infl", "--top", "3")  # the real command
     assert text.returncode == 0, text.stderr
     assert "target film-t003 (film)" in text.stdout and "(cached)" in text.stdout and \

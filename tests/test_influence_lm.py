@@ -15,7 +15,7 @@ from selectkit.contract.components import ScoreContext, Shape
 from selectkit.recipe.spec import LoraSettings, ModelSpec, WarmupSpec
 from selectkit.testing import features, run_scorer
 from selectkit_plugins.lib.influence.run import gradient_requests
-from selectkit_plugins.scorers.influence import EKFAC, DataInf, InverseHessian, Less, TracIn
+from selectkit_plugins.scorers.influence import EKFAC, DataInf, InverseHessian, Less, TracIn, Trak
 from selectkit_plugins.scorers.self_influence import GraNd, SelfInfluence
 
 torch.set_num_threads(2)
@@ -62,9 +62,11 @@ def test_less_ranks_the_target_task_first(ctx):
     np.testing.assert_allclose(vector.values, score.values[:, 0])
 
 
-@pytest.mark.parametrize("cls", [TracIn, DataInf, EKFAC, InverseHessian], ids=lambda c: c.name)
+@pytest.mark.parametrize("cls", [TracIn, DataInf, Trak, EKFAC, InverseHessian], ids=lambda c: c.name)
 def test_pairwise_scorers_rank_the_target_task_first(ctx, cls):
     params = {"hessian_examples": 48} if cls is InverseHessian else {}
+    if cls is Trak:
+        params = {"proj_dim": 1024}  # TracIn's store (cached by then): only X^T X and a solve
     score = scored(cls(cls.Params(**params)), ctx)
     assert score.values.shape == (3 * PER_TASK, 1) and np.isfinite(score.values).all()
     assert _precision(ctx, score.values[:, 0]) >= 0.7  # measured 1.0 for each

@@ -209,3 +209,40 @@ def test_estimates_scale_with_devices_and_model():
     small = estimate_model_pass(facts, examples=10, mean_tokens=300, inventory=parse_inventory(assume="T4-16GB"),
                                 dtype="float32", max_length=2048)
     assert not small.fits and "warning" in small.as_detail()
+
+
+def test_the_run_loader_keeps_recent_models_within_its_bounds(monkeypatch):
+    """A lazy oracle asks for each checkpoint of a model in turn, batch after batch: the loader keeps a
+    few recent models (by count and parameter bytes), so each loads once; past either bound the least
+    recently used goes; a private copy is never kept."""
+    from pathlib import Path
+
+    from selectkit.contract.passes import ModelRef
+    from selectkit.execution.local import ModelLoader
+
+    said: list[str] = []
+    ref = ModelRef("lm", spec(TINY_LM, max_length=16), Path("."), "print")
+    loader = ModelLoader(say=said.append)
+    variants = [{}, {"attn_implementation": "eager"}, {"merge_lora": False}]  # three distinct models
+    first = [loader(ref, **v) for v in variants]
+    for _ in range(3):  # batch after batch, every "checkpoint"
+        assert [loader(ref, **v) for v in variants] == first
+    assert len(said) == 3
+    assert loader(ref, private=True) is not first[0] and len(said) == 4 and len(loader.kept) == 3
+
+    monkeypatch.setattr(ModelLoader, "KEEP_MODELS", 2)
+    said.clear()
+    loader = ModelLoader(say=said.append)
+    kept = [loader(ref, **v) for v in variants]  # room for 2: the first is let go
+    assert len(said) == 3 and len(loader.kept) == 2
+    assert loader(ref, **variants[2]) is kept[2] and loader(ref, **variants[1]) is kept[1] and len(said) == 3
+    assert loader(ref, **variants[0]) is not kept[0] and len(said) == 4
+
+    monkeypatch.setattr(ModelLoader, "KEEP_MODELS", 4)
+    monkeypatch.setattr(ModelLoader, "KEEP_BYTES", 1)  # smaller than any model: only the last one is kept
+    said.clear()
+    loader = ModelLoader(say=said.append)
+    a = loader(ref)
+    assert loader(ref) is a and len(said) == 1
+    loader(ref, attn_implementation="eager")
+    assert len(loader.kept) == 1 and loader(ref) is not a and len(said) == 3

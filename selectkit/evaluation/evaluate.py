@@ -126,7 +126,9 @@ def evaluate(path: str | Path, *, out_dir: str | Path | None = None, cache_dir: 
     if spec.proxy.model is not None:
         bits, arm_info, nbytes, own = train_model_arms(plan, arms, eval_sets, spec, seed, options, say)
     else:
-        (bits, arm_info, nbytes), own = train_arms(arms, eval_sets, spec, seed, say), None
+        selects = [s for s in plan.steps if s.kind == "select"]
+        (bits, arm_info, nbytes), own = train_arms(arms, eval_sets, spec, seed, say, plan.cache,
+                                                   selects[-1].key if selects else ""), None
     train_seconds = time.perf_counter() - train_started
     metric = "loss" if own is not None else "bpb"
     sets = compare_arms(bits, nbytes, eval_sets, spec, seed, arms.names, metric)
@@ -138,8 +140,11 @@ def evaluate(path: str | Path, *, out_dir: str | Path | None = None, cache_dir: 
         proxy_info = {"kind": "lora", "metric": "loss", **own, "bytes_per_arm": arms.budget}
     else:
         proxy_config = proxy.config(spec.proxy)
+        cached = sum(e.get("cached", False) for entries in arm_info.values() for e in entries)
+        total = sum(len(entries) for entries in arm_info.values())
         proxy_info = {"kind": "from-scratch", "metric": "bpb", "config": proxy_config, "tokens_per_arm": arms.budget,
-                      "epochs": arms.epochs, "parameters": _parameters(proxy_config)}
+                      "epochs": arms.epochs, "parameters": _parameters(proxy_config),
+                      "arms_cached": cached, "arms_trained": total - cached}
     results = {
         "settings": spec.model_dump(mode="json"), "seed": seed, "metric": metric,
         "proxy": proxy_info,
@@ -302,10 +307,53 @@ def uniform_of(seed: int, labels: tuple, keys: np.ndarray) -> np.ndarray:
     return uniform(seed, ("evaluate", *labels), keys)
 
 
-def train_arms(arms: Arms, eval_sets: dict[str, list[str]], spec: Any, seed: int, say: Callable[[str], None]
-               ) -> tuple[dict, dict, dict]:
+ARM_KIND = "eval"  # cache kind of a from-scratch proxy arm's bits on the evaluation sets
+ARM_VERSION = 1  # bump when `proxy.train` or `proxy.bits` change what they compute
+
+
+def arm_key(selection_key: str, proxy_spec: Any, pair_seed: int, sequences: np.ndarray,
+            encoded: dict[str, list[np.ndarray]]) -> str:
+    """The cache key of one from-scratch arm: what its bits are a function of (the proxy's settings,
+    the pair's seed, the arm's packed tokens, the evaluation sets' bytes, names in order), under the
+    selection's step key (`<selection key>-arm-<digest>`), so that `cache prune --keep` keeps an arm
+    exactly as long as the selection it was drawn against."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    digest.update(json.dumps([ARM_VERSION, proxy_spec.model_dump(mode="json"), int(pair_seed), list(sequences.shape),
+                              list(encoded)], sort_keys=True).encode())
+    digest.update(np.ascontiguousarray(sequences, dtype=np.int64).tobytes())
+    for texts in encoded.values():
+        for e in texts:
+            digest.update(len(e).to_bytes(8, "little"))
+            digest.update(np.ascontiguousarray(e, dtype=np.int64).tobytes())
+    return f"{selection_key}-arm-{digest.hexdigest()[:32]}"
+
+
+def _read_arm(cache: Any, key: str, encoded: dict[str, list[np.ndarray]]) -> list[np.ndarray] | None:
+    """An arm's bits per evaluation set from the cache, or None (absent, or not of these sets)."""
+    got = cache.read_arrays(ARM_KIND, key)
+    if got is None:
+        return None
+    values = [got[0].get(f"set{j}") for j in range(len(encoded))]
+    if any(v is None or v.shape != (len(texts),) for v, texts in zip(values, encoded.values())):
+        return None
+    return values
+
+
+def _write_arm(cache: Any, key: str, values: list[np.ndarray], label: str) -> None:
+    try:
+        cache.write_arrays(ARM_KIND, key, {f"set{j}": v for j, v in enumerate(values)}, label=label)
+    except (OSError, SelectkitError):  # a cache that takes no writes costs the next eval a retraining only
+        pass
+
+
+def train_arms(arms: Arms, eval_sets: dict[str, list[str]], spec: Any, seed: int, say: Callable[[str], None],
+               cache: Any = None, selection_key: str = "") -> tuple[dict, dict, dict]:
     """Per seed pair, train the proxy from the same initialisation on every arm and read its bits on
-    every evaluation set: (bits[arm][set], each arm's examples and mix, each set's bytes)."""
+    every evaluation set: (bits[arm][set], each arm's examples and mix, each set's bytes). Each arm's
+    bits are kept in `cache` (kind `eval`, keyed by `arm_key`): a second eval of the same selection
+    trains nothing; `info[arm][i]["cached"]` says which were read back."""
     proxy_spec = spec.proxy
     encoded = {name: proxy.encode_texts(v) for name, v in eval_sets.items()}
     nbytes = {name: np.array([len(e) - 1 for e in v], dtype=np.float64) for name, v in encoded.items()}
@@ -318,12 +366,20 @@ def train_arms(arms: Arms, eval_sets: dict[str, list[str]], spec: Any, seed: int
             for arm, rows in arms.rows(i).items():
                 sequences = proxy.pack(proxy.encode_texts([arms.texts[r] for r in rows]), arms.budget,
                                        proxy_spec.seq_len)
-                say(f"pair {i + 1}/{k}: training the proxy on the {arm} arm ({len(rows)} examples, "
-                    f"{sequences.size:,} tokens x {arms.epochs} epoch{'s' if arms.epochs > 1 else ''})")
-                model = proxy.train(proxy_spec, sequences, pair_seed)
-                for name in eval_sets:
-                    bits[arm][name].append(proxy.bits(model, encoded[name], proxy_spec.seq_len))
-                entry = {"pair": i, "examples": int(len(rows)), "tokens": int(sequences.size)}
+                key = arm_key(selection_key, proxy_spec, pair_seed, sequences, encoded) \
+                    if cache is not None and selection_key else None
+                values = _read_arm(cache, key, encoded) if key is not None else None
+                cached = values is not None
+                if values is None:
+                    say(f"pair {i + 1}/{k}: training the proxy on the {arm} arm ({len(rows)} examples, "
+                        f"{sequences.size:,} tokens x {arms.epochs} epoch{'s' if arms.epochs > 1 else ''})")
+                    model = proxy.train(proxy_spec, sequences, pair_seed)
+                    values = [proxy.bits(model, encoded[name], proxy_spec.seq_len) for name in eval_sets]
+                    if key is not None:
+                        _write_arm(cache, key, values, f"eval pair {i + 1}: {arm} arm (from-scratch proxy)")
+                for name, v in zip(eval_sets, values):
+                    bits[arm][name].append(v)
+                entry = {"pair": i, "examples": int(len(rows)), "tokens": int(sequences.size), "cached": cached}
                 if arms.groups is not None:
                     values, counts = np.unique(arms.groups[rows], return_counts=True)
                     entry["mix"] = {str(v): int(c) for v, c in zip(values, counts)}
@@ -480,7 +536,8 @@ def render(evaluation: Evaluation) -> str:
                  f"arms cached {p['arms_cached']}, trained {p['arms_trained']}"]
     else:
         lines = [f"proxy: {p['parameters']:,}-parameter Llama from scratch, {p['tokens_per_arm']:,} "
-                 f"tokens x {p['epochs']} epochs per arm, {pairs} seed pairs"]
+                 f"tokens x {p['epochs']} epochs per arm, {pairs} seed pairs"
+                 + (f"; arms cached {p['arms_cached']}, trained {p['arms_trained']}" if "arms_cached" in p else "")]
     metric = r.get("metric", "bpb")
     what, unit = ("mean held-out loss (nats/token)", "nats") if metric == "loss" else ("bits per byte", "bpb")
     for name, c in r["contamination"]["targets"].items():

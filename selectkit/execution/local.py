@@ -698,27 +698,43 @@ def canonical_request(request: FeatureRequest) -> FeatureRequest:
 
 
 class ModelLoader:
-    """The one loader as a run uses it: the command line's remote-code opt-in applied, and the last
-    model reused while consecutive passes ask for the same one (one loader per worker or device)."""
+    """The one loader as a run uses it: the command line's remote-code opt-in applied, and recently
+    used models kept while passes ask for them again (one loader per worker or device). A few are
+    kept, not one: a lazy oracle visits every checkpoint of a model for each batch of rows, and with
+    one model kept it would load each checkpoint again per batch. What is kept is bounded by count and
+    by the models' parameter bytes (`KEEP_MODELS`, `KEEP_BYTES`); the least recently used goes first."""
+
+    KEEP_MODELS = 4
+    KEEP_BYTES = 1 << 30
 
     def __init__(self, allow_remote_code: bool = False, say: Callable[[str], None] | None = None):
         self.allow_remote_code, self.say = allow_remote_code, say
-        self.last: tuple[Any, Any] | None = None  # (what was asked, the model)
+        self.kept: dict[tuple, tuple[Any, int]] = {}  # what was asked -> (the model, its parameter bytes)
 
     def __call__(self, ref: ModelRef, private: bool = False, **options: Any) -> Any:
         """The model `ref` with `options`; `private`: a fresh copy that is never reused (it will change)."""
         from selectkit.models.loader import load_model
 
         asked = (ref.name, ref.fingerprint, tuple(sorted((k, str(v)) for k, v in options.items())))
-        if self.last is not None and self.last[0] == asked and not private:
-            return self.last[1]
-        self.last = None
+        if not private and asked in self.kept:
+            self.kept[asked] = self.kept.pop(asked)  # most recently used last
+            return self.kept[asked][0]
         if self.say is not None:
             self.say(f"loading model {ref.name}")
+        if private:
+            return load_model(ref.spec, ref.base, allow_remote_code=self.allow_remote_code, name=ref.name, **options)
+        # a checkpoint of a kept model is as large as it: make room before it loads (peak memory bounded)
+        size = max((b for (name, *_), (_, b) in self.kept.items() if name == ref.name), default=0)
+        while self.kept and (len(self.kept) >= self.KEEP_MODELS
+                             or sum(b for _, b in self.kept.values()) + size > self.KEEP_BYTES):
+            self.kept.pop(next(iter(self.kept)))
         loaded = load_model(ref.spec, ref.base, allow_remote_code=self.allow_remote_code, name=ref.name, **options)
-        if not private:
-            self.last = (asked, loaded)
+        self.kept[asked] = (loaded, _nbytes(loaded.model))
         return loaded
+
+
+def _nbytes(model: Any) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def pass_context(cache: Any, step: Step, pool: Any, targets: dict, seed: int, loader: ModelLoader, inputs: dict,

@@ -353,6 +353,10 @@ def _check_lds(loaded: LoadedRecipe, registry: Registry, scores: dict[str, Score
         out.add(f"evaluate.lds retrains a LoRA on a causal-lm; model {model!r} is a "
                 f"{loaded.recipe.models[model].kind}", (*where, "model") if lds.model else where, at_key=not lds.model,
                 code="model-mismatch")
+    elif lds.checkpoint is not None and model in loaded.recipe.models:
+        spec = loaded.recipe.models[model]
+        _check_start(model, spec, lds.checkpoint, retrain.train_settings(lds, spec), "evaluate.lds",
+                     (*where, "checkpoint"), out)
     pool = sources.get("pool")
     if pool is not None and pool.rows is not None and lds.sample > pool.rows:
         out.add(f"evaluate.lds.sample: {lds.sample} rows, but the pool has {pool.rows}", (*where, "sample"),
@@ -379,7 +383,7 @@ def _check_proxy(loaded: LoadedRecipe, out: _Collector) -> None:
     where = ("evaluate", "proxy")
     given = proxy.model_fields_set
     if proxy.model is None:
-        for key in ("lora", "train"):
+        for key in ("lora", "train", "checkpoint"):
             if key in given and getattr(proxy, key) is not None:
                 out.add(f"evaluate.proxy.{key} sets the LoRA of the recipe's own model, but evaluate.proxy.model "
                         "names none (the default proxy is a small LM trained from scratch)", (*where, key),
@@ -404,6 +408,21 @@ def _check_proxy(loaded: LoadedRecipe, out: _Collector) -> None:
     if proxy.lora is not None and proxy.train is not None and "lora" in proxy.train.model_fields_set:
         out.add("evaluate.proxy.lora and evaluate.proxy.train.lora both set the arms' LoRA", (*where, "lora"),
                 at_key=True, hint="keep one of them", code="invalid-value")
+    if proxy.checkpoint is not None and proxy.model in models:
+        from selectkit.planning import retrain
+
+        spec = models[proxy.model]
+        _check_start(proxy.model, spec, proxy.checkpoint, retrain.arm_train_settings(proxy, spec), "evaluate.proxy",
+                     (*where, "checkpoint"), out)
+
+
+def _check_start(model: str, spec: Any, name: str, train: Any, what: str, where: tuple, out: _Collector) -> None:
+    """A retrain's `checkpoint:` names one of the model's checkpoints, whose LoRA is the retrain's."""
+    from selectkit.planning import retrain
+
+    problem = retrain.checkpoint_problem(model, spec, name, train)
+    if problem is not None:
+        out.add(f"{what}.checkpoint: {problem[0]}", where, hint=problem[1], code="invalid-value")
 
 
 def _check_models(loaded: LoadedRecipe, out: _Collector) -> None:

@@ -81,8 +81,48 @@ def requests(spec: Any, model: str, train: Any, seed: int) -> list[FeatureReques
     settings = json.dumps(train.model_dump(mode="json"), sort_keys=True)
     return [FeatureRequest("retrain", "pool", (("draws", draws(spec, k)),
                                                ("label", f"LDS subset {k + 1}/{spec.subsets}"),
-                                               ("seed", int(seed)), ("train", settings)), model)
+                                               ("seed", int(seed)), *_start(spec), ("train", settings)), model)
             for k in range(spec.subsets)]
+
+
+def _start(spec: Any) -> tuple:
+    """The `start` setting of a retrain request: the checkpoint it continues (none: a new LoRA)."""
+    return (("start", spec.checkpoint),) if getattr(spec, "checkpoint", None) else ()
+
+
+# ---------------------------------------------------------------- retraining from a named checkpoint
+
+
+def checkpoint_names(model_spec: Any) -> list[str]:
+    """The names of a model's checkpoints, as the manifest shows them: `epoch-N` of its warmup, or
+    the folder names of its `checkpoints:`."""
+    from pathlib import PurePath
+
+    if model_spec.warmup is not None:
+        return [f"epoch-{e + 1}" for e in range(model_spec.warmup.epochs)]
+    return [PurePath(c).name for c in model_spec.checkpoints or []]
+
+
+def checkpoint_problem(model: str, model_spec: Any, name: str, train: Any) -> tuple[str, str] | None:
+    """Why a retrain of `model` with `train` settings cannot start from checkpoint `name` (message,
+    hint), or None. A retrain continues the checkpoint's LoRA, so a warmup checkpoint's LoRA shape
+    (rank, alpha, target modules) must be the retrain's; a `checkpoints:` folder's is checked when
+    it is read."""
+    names = checkpoint_names(model_spec)
+    if not names:
+        return (f"model {model!r} has no checkpoints to start from",
+                f"give models.{model}.warmup or models.{model}.checkpoints, or remove `checkpoint:`")
+    if name not in names:
+        return f"model {model!r} has no checkpoint {name!r}", f"one of: {', '.join(names)}"
+    if model_spec.warmup is not None:
+        have, want = model_spec.warmup.lora, train.lora
+        shape = ("r", "alpha", "target_modules")
+        if any(getattr(have, k) != getattr(want, k) for k in shape):
+            return (f"checkpoint {name!r} is a LoRA with "
+                    + ", ".join(f"{k}={getattr(have, k)}" for k in shape)
+                    + ", and the retrain's LoRA has " + ", ".join(f"{k}={getattr(want, k)}" for k in shape),
+                    "leave the retrain's LoRA to the warmup's (drop `lora` from its `train`), or make them equal")
+    return None
 
 
 def lds_seed(recipe: Any) -> int:
@@ -133,7 +173,7 @@ def arm_requests(spec: Any, summarize_by: str | None, model: str, train: Any, se
             out.append(FeatureRequest("retrain", "pool", (
                 ("arm", arm_id), ("examples", examples),
                 ("label", f"eval pair {i + 1}/{spec.random_subsets}: {arm} arm"),
-                ("seed", seed_of(seed, "pair", i)), ("train", settings)), model))
+                ("seed", seed_of(seed, "pair", i)), *_start(spec.proxy), ("train", settings)), model))
     return out
 
 

@@ -307,6 +307,10 @@ class ProxySpec(Strict):
                                       "the model's warmup LoRA, else the defaults)")
     train: TrainSpec | None = Field(None, description="with `model`: the arms' LoRA training settings (default: the "
                                     "model's warmup settings, else the defaults); the same loop as the warmup")
+    checkpoint: str | None = Field(
+        None, description="with `model`: each arm continues this checkpoint of the model instead of a new LoRA on "
+        "its base: `epoch-N` of its warmup, or the folder name of one of its `checkpoints:` (its LoRA weights, "
+        "a fresh optimizer and schedule; the arms' LoRA must be the checkpoint's)")
 
     @model_validator(mode="after")
     def _heads_divide(self):
@@ -333,6 +337,10 @@ class LdsSpec(Strict):
                               "model of the first gradient score")
     train: TrainSpec | None = Field(None, description="the retrain's LoRA settings; default: the model's warmup "
                                     "settings (same loop, same settings), else the defaults here")
+    checkpoint: str | None = Field(
+        None, description="retrain from this checkpoint of the model instead of a new LoRA on its base: `epoch-N` "
+        "of its warmup, or the folder name of one of its `checkpoints:` (each retrain continues that LoRA's "
+        "weights with a fresh optimizer and schedule; the retrain's LoRA must be the checkpoint's)")
 
 
 class EvaluateSpec(Strict):

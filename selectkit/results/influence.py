@@ -182,8 +182,10 @@ def _index(cache: Any, entry: dict, pool: list, weights: list[float]) -> tuple[A
     from selectkit_plugins.lib.influence.neighbours import InfluenceIndex
 
     cosine = bool(entry.get("cosine", True))
-    key = cache_key("influence-index", INDEX_VERSION, entry["pool"]["artifact"], entry["pool"]["key"], weights,
-                    cosine, SKETCH_DIM, SKETCH_SEED)
+    # `<store key>-index-<digest>`: `cache prune --keep` keeps the index exactly as long as the store it indexes
+    key = f"{entry['pool']['key']}-index-" + cache_key("influence-index", INDEX_VERSION, entry["pool"]["artifact"],
+                                                        entry["pool"]["key"], weights, cosine, SKETCH_DIM,
+                                                        SKETCH_SEED)[:24]
     options = dict(sketch_dim=SKETCH_DIM, seed=SKETCH_SEED, cosine=cosine)
     got = cache.read_arrays(INDEX_KIND, key)
     if got is not None:

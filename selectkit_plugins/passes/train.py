@@ -49,7 +49,8 @@ class Train(PassProvider):
     version = "3"  # 3: a one-step warmup trains (its only step no longer has rate 0)
     parallel = False  # epoch e starts from epoch e - 1
     kinds = {"checkpoints": {"run": None},
-             "retrain": {"draws": None, "train": None, "seed": None, "label": None, "arm": None, "examples": None}}
+             "retrain": {"draws": None, "train": None, "seed": None, "label": None, "arm": None, "examples": None,
+                         "start": None}}
 
     def plan(self, model: ModelRef, requests: list[FeatureRequest], ctx: PlanContext) -> list[PassPlan]:
         out = [self._plan_retrain(model, r, ctx) for r in requests if r.kind == "retrain"]
@@ -65,7 +66,9 @@ class Train(PassProvider):
         return out
 
     def _plan_retrain(self, model: ModelRef, request: FeatureRequest, ctx: PlanContext) -> PassPlan:
-        """One LoRA fine-tune from the base model on a keyed subset of the pool."""
+        """One LoRA fine-tune on a keyed subset of the pool: a new LoRA on the base model, or (`start`)
+        one of the model's checkpoints continued, which makes the step read the model's checkpoints
+        (its warmup: planned upstream, keyed into this step's key)."""
         import hashlib
         import json
 
@@ -83,13 +86,19 @@ class Train(PassProvider):
         # an eval arm's rows are fixed by `selectkit eval` (config[3]); `arm` names them (see planning.retrain)
         rows = ["arm", arm] if arm is not None else [[list(labels), int(c)] for labels, c in draws or ()]
         parts = ["retrain", base, ctx.sources["pool"].fingerprint, rows, train.model_dump(mode="json"), seed]
+        start = settings.get("start")
+        if start is not None:  # the checkpoints step's key joins the step key through `needs`
+            parts.append(["start", start])
         name = "retrain-" + hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
         label = settings.get("label") or f"retrain {model.name} on {examples} pool rows"
-        return PassPlan(name, f"{label}: LoRA from the base, {train.epochs} epochs", [request], "pool", parts,
+        origin = f"checkpoint {start} continued" if start is not None else "LoRA from the base"
+        return PassPlan(name, f"{label}: {origin}, {train.epochs} epochs", [request], "pool", parts,
+                        needs=[FeatureRequest("checkpoints", "pool")] if start is not None else [],
                         shards=train.epochs, estimate=estimate, artifact="train", config=(seed, draws, train, None),
                         detail={"examples": examples, "epochs": train.epochs, "lr": train.learning_rate,
                                 "lora": train.lora.model_dump(mode="json"),
-                                "lora targets": planned_targets(model, ctx, train)})
+                                "lora targets": planned_targets(model, ctx, train),
+                                **({"starts from": start} if start is not None else {})})
 
     def _plan_run(self, model: ModelRef, requests: list[FeatureRequest], ctx: PlanContext,
                   run: int) -> list[PassPlan]:
@@ -142,10 +151,12 @@ class Train(PassProvider):
                                      "the selection is known; run `selectkit eval`")
             else:
                 rows = keyed_subset(ctx.pool.keys, seed, draws, eligible=ctx.pool.usable)
+            name = work.requests[0].options.get("start")
+            start = _named(ctx.input("checkpoints"), name, work) if name is not None else None
         else:
-            spec, seed = work.model.spec.warmup, work.config
+            spec, seed, start = work.model.spec.warmup, work.config, None
             rows = warmup_rows(ctx.pool.keys, spec.fraction, seed)
-        train_lora(work, ctx, spec, seed, rows)
+        train_lora(work, ctx, spec, seed, rows, start)
 
     def load(self, work: PassWork, ctx: PassContext) -> dict[FeatureRequest, Any]:
         if _is_retrain(work):  # the trained adapter: the last epoch's checkpoint
@@ -175,9 +186,20 @@ def _is_retrain(work: PassWork) -> bool:
     return bool(work.requests) and work.requests[0].kind == "retrain"
 
 
-def train_lora(work: PassWork, ctx: PassContext, spec: Any, seed: int, rows: Any) -> None:
-    """Train a LoRA from the base model on pool `rows` with `spec` (a TrainSpec), one cache shard per
-    epoch; resumes after the last finished epoch (the warmup and every retrain run through here)."""
+def _named(checkpoints: list[Any], name: str, work: PassWork) -> Any:
+    """The checkpoint called `name` (validate checked the name; a `checkpoints:` folder may have
+    changed since)."""
+    for checkpoint in checkpoints:
+        if checkpoint.name == name and checkpoint.adapter is not None:
+            return checkpoint
+    raise SelectkitError(f"{work.label}: model {work.model.name!r} has no checkpoint {name!r} (has: "
+                         f"{', '.join(c.name for c in checkpoints)})")
+
+
+def train_lora(work: PassWork, ctx: PassContext, spec: Any, seed: int, rows: Any, start: Any = None) -> None:
+    """Train a LoRA on pool `rows` with `spec` (a TrainSpec), one cache shard per epoch; resumes
+    after the last finished epoch (the warmup and every retrain run through here). The LoRA is new
+    on the base model, or `start`'s (a Checkpoint) weights continued with a fresh optimizer."""
     from selectkit_plugins.lib.influence.warmup import Warmup
 
     entry = ctx.store.shards(work.shards, label=work.label)
@@ -189,6 +211,10 @@ def train_lora(work: PassWork, ctx: PassContext, spec: Any, seed: int, rows: Any
     run = Warmup(lm.model, lm.tokenizer, data.texts, spec, seed=seed, max_length=lm.max_length,
                  prompts=prompts_of(data, spec.response), target_modules=_targets(lm, spec))
     first = missing[0]
+    if start is not None and first == 0:
+        from selectkit_plugins.lib.influence.warmup import load_lora_weights
+
+        load_lora_weights(run.model, start.adapter, f"{work.label}: checkpoint {start.name}")
     if first > 0:
         previous = entry.open(first - 1)
         if previous is None:  # pragma: no cover - missing() said it was there

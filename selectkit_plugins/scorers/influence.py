@@ -1,5 +1,5 @@
-"""Gradient influence of pool examples on target tasks: LESS, TracIn, DataInf, inverse-Hessian
-and EK-FAC. Each returns one column per target (positive = helpful for that target).
+"""Gradient influence of pool examples on target tasks: LESS, TracIn, DataInf, TRAK,
+inverse-Hessian and EK-FAC. Each returns one column per target (positive = helpful for that target).
 
 Each scorer declares the gradient features (or curvature results) it needs; the gradients
 pass provider computes them at every checkpoint of the model. The maths lives in
@@ -146,6 +146,34 @@ class DataInf(_Pairwise):
                               weights=checkpoint_weights([f.checkpoint.lr for f in feats]))
 
 
+class TrakParams(PairwiseParams):
+    proj_dim: PositiveInt = Field(
+        2048, le=16384, description="random projection width k (traker's default 2048); TRAK inverts a k x k "
+        "matrix per checkpoint, so raw gradients (null) are not an option")
+    damping: float = Field(
+        0.1, gt=0, description="lambda as a fraction of the mean eigenvalue of X^T X (trace / k): "
+        "(X^T X + damping * trace/k * I)^-1; larger ranks like TracIn")
+
+
+class Trak(_Pairwise):
+    """TRAK (Park et al. 2023), output f = -loss so Q = 1: sum over checkpoints of w_c * <g(pool),
+    (X^T X + lambda I)^-1 g(target)> on projected gradients, X the pool's; w = lr / sum(lr).
+
+    X^T X is streamed over the pool's store (k x k memory); w is TRAK's uniform mean over models when
+    the checkpoints share a learning rate. Positive = helpful. Cost: TracIn's gradient passes, plus
+    N k^2 for X^T X and a k x k solve per checkpoint."""
+
+    name = "influence.trak"
+    Params = TrakParams
+
+    def run(self, ctx: ScoreContext) -> Score:
+        from selectkit_plugins.lib.influence.scores import checkpoint_weights, trak
+
+        feats = self._features(ctx)
+        return self._streamed(ctx, feats, trak, weights=checkpoint_weights([f.checkpoint.lr for f in feats]),
+                              damping=self.params.damping)
+
+
 class InverseHessianParams(GradientBase, Aggregate):
     solver: Literal["cg", "lissa", "explicit"] = Field(
         "cg", description="cg or lissa from Hessian-vector products; explicit builds H (small models only)")
@@ -207,5 +235,5 @@ class EKFAC(_Curvature):
 
 @hookimpl
 def register_scorers(register):
-    for cls in (Less, TracIn, DataInf, InverseHessian, EKFAC):
+    for cls in (Less, TracIn, DataInf, Trak, InverseHessian, EKFAC):
         register(cls)

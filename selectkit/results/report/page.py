@@ -106,7 +106,8 @@ def evaluation(run: Run, figures: bool = True) -> str:
                  ("arms cached / trained", f"{proxy.get('arms_cached')} / {proxy.get('arms_trained')}")]
     else:
         facts = [("proxy", f"{h.num(proxy.get('parameters'))}-parameter Llama from scratch"),
-                 ("tokens per arm and epoch", proxy.get("tokens_per_arm")), ("epochs", proxy.get("epochs"))]
+                 ("tokens per arm and epoch", proxy.get("tokens_per_arm")), ("epochs", proxy.get("epochs")),
+                 ("arms cached / trained", f"{proxy.get('arms_cached')} / {proxy.get('arms_trained')}")]
     blocks = [h.pairs([*facts, ("seed pairs", pairs), ("pool rows held out of every arm", ev.get("pool_sample"))])]
     metric, unit = ("loss", "held-out loss (nats per token)") if loss else ("bpb", "bits per byte")
     rows = []

@@ -33,7 +33,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 class EKFACLayer:
     """Streaming factors of one Linear (or Conv1D) layer; inputs a (B, T, d_in) (bias column already added),
-    output gradients g (B, T, d_out), optional token mask (B, T) and example weights (B,)."""
+    output gradients g (B, T, d_out), optional token mask (B, T) and example weights (B,). The factors
+    live on the device of the inputs they are fed (the CPU until the first batch)."""
 
     def __init__(self, d_in: int, d_out: int):
         import torch
@@ -46,17 +47,27 @@ class EKFACLayer:
         self.examples = 0.0
         self.q_a = self.q_s = self.eig_a = self.eig_s = None
 
+    def _to(self, device: torch.device) -> None:
+        """Move the factors to `device` (a no-op when they are there)."""
+        if self.a_sum.device == device:
+            return
+        for name in ("a_sum", "s_sum", "lam_sum", "q_a", "q_s", "eig_a", "eig_s"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value.to(device))
+
     @staticmethod
     def _weights(a: torch.Tensor, mask: torch.Tensor | None, weight: torch.Tensor | None) -> torch.Tensor:
         import torch
 
-        w = torch.ones(a.shape[:2], dtype=torch.float64) if mask is None else mask.to(torch.float64)
+        w = torch.ones(a.shape[:2], dtype=torch.float64, device=a.device) if mask is None else mask.to(torch.float64)
         if weight is not None:
             w = w * weight.to(torch.float64)[:, None]
         return w
 
     def add_covariance(self, a: torch.Tensor, g: torch.Tensor, mask: torch.Tensor | None = None,
                        weight: torch.Tensor | None = None) -> None:
+        self._to(a.device)
         w = self._weights(a, mask, weight)
         a64, g64 = a.double(), g.double()
         self.a_sum += (a64 * w[..., None]).flatten(0, 1).T @ a64.flatten(0, 1)
@@ -75,6 +86,7 @@ class EKFACLayer:
         """Per-example gradients in the eigenbasis, Q_S^T G_n Q_A: (B, d_out, d_in)."""
         import torch
 
+        self._to(a.device)
         a64, g64 = a.double(), g.double()
         if mask is not None:
             a64 = a64 * mask.to(torch.float64)[..., None]
@@ -87,7 +99,8 @@ class EKFACLayer:
         if self.q_a is None:
             raise RuntimeError("call eigendecompose() before add_lambda()")
         rot = self.rotate(a, g, mask)
-        w = torch.ones(rot.shape[0], dtype=torch.float64) if weight is None else weight.to(torch.float64)
+        w = (torch.ones(rot.shape[0], dtype=torch.float64, device=rot.device) if weight is None
+             else weight.to(rot.device, torch.float64))
         self.lam_sum += torch.einsum("b,boi->oi", w, rot * rot)
         self.examples += float(w.sum())
 
@@ -100,12 +113,14 @@ class EKFACLayer:
     def precondition(self, rotated: torch.Tensor, damping: float | None = None, kfac: bool = False) -> torch.Tensor:
         """P(G) for gradients already rotated by `rotate`, returned in the eigenbasis too:
         <P(G_q), G_n> = <rot(G_q) / (Lambda + damping), rot(G_n)> as the rotation is orthogonal."""
+        self._to(rotated.device)
         lam = self.eigenvalues(kfac)
         delta = 0.1 * float(lam.mean()) if damping is None else damping
         return rotated / (lam + delta)
 
     def precondition_matrix(self, g: torch.Tensor, damping: float | None = None, kfac: bool = False) -> torch.Tensor:
         """P(G) for plain gradient matrices G (M, d_out, d_in), in the original basis."""
+        self._to(g.device)
         rot = self.q_s.T @ g.double() @ self.q_a
         return self.q_s @ self.precondition(rot, damping, kfac) @ self.q_a.T
 
@@ -192,7 +207,7 @@ def ekfac_scores(model: nn.Module, loss_fn: LossFn, layers: dict[str, EKFACLayer
         for name, (a, g) in _layer_inputs(records, modules).items():
             rot = layers[name].rotate(a, g, _token_mask(batch, a))
             block = block + torch.einsum("noi,moi->nm", rot, queries[name])
-        rows.append(block)
+        rows.append(block.cpu())
     return torch.cat(rows).numpy()
 
 
@@ -208,7 +223,8 @@ def sampled_lm_loss(seed: int = 0) -> LossFn:
         logits = logits[:, :-1].float()
         valid = batch["labels"][:, 1:] != -100
         probs = torch.softmax(logits.detach(), -1).flatten(0, 1)
-        sampled = torch.multinomial(probs, 1, generator=gen).view(valid.shape)
+        # drawn on the CPU from a CPU generator: the same labels on every device
+        sampled = torch.multinomial(probs.cpu(), 1, generator=gen).view(valid.shape).to(logits.device)
         ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), sampled, reduction="none") * valid
         return ce.sum(1) / valid.sum(1).clamp(min=1)
 

@@ -83,6 +83,79 @@ def tracin(train: Sequence[Any], target: Sequence[np.ndarray], lrs: Sequence[flo
     return pairwise(train, target, lrs, cosine=normalize, reduce=reduce)
 
 
+GRAM_COLUMNS = 1024
+
+
+def gram(train: Any) -> np.ndarray:
+    """X^T X (k, k) summed in float64 over the row blocks of one checkpoint's train features (each
+    block's product in float64, or float32 for half-precision features, as `pairwise`); rows without
+    a gradient (NaN) are left out (they have no gradient to add)."""
+    out, kind = None, _precision(train)
+    for _, _, x in row_blocks(train):
+        x = np.asarray(x, kind)
+        if out is None:
+            out = np.zeros((x.shape[1], x.shape[1]))
+        x = x[np.isfinite(x).all(axis=1)]
+        for a in range(0, x.shape[1], GRAM_COLUMNS):  # column strips: the product's temporary stays k x 1,024
+            out[:, a:a + GRAM_COLUMNS] += x.T @ x[:, a:a + GRAM_COLUMNS]
+    return out if out is not None else np.zeros((0, 0))
+
+
+def trak_targets(train: Any, target: np.ndarray, damping: float, *, absolute: bool = False) -> np.ndarray:
+    """(X^T X + lambda I)^-1 phi for every target row phi (M, k), X one checkpoint's train features
+    streamed into X^T X. lambda = damping * trace(X^T X) / k (a fraction of its mean eigenvalue, so the
+    same damping means the same on any projection's scale), or `damping` itself with `absolute`
+    (traker's `lambda_reg`)."""
+    if not damping >= 0 or (damping == 0 and not absolute):
+        raise ValueError(f"TRAK damping must be positive, got {damping}")
+    g = gram(train)
+    target = np.asarray(target, np.float64)
+    if g.shape != (target.shape[1], target.shape[1]):
+        raise ValueError(f"train features of width {len(g)} for targets of width {target.shape[1]}")
+    lam = float(damping) if absolute else float(damping) * float(np.trace(g)) / max(len(g), 1)
+    if not lam > 0 and not absolute:  # every train gradient is zero: nothing to invert, nothing influences
+        return np.zeros_like(target)
+    g[np.diag_indices_from(g)] += lam
+    try:
+        return _solve_spd(g, target.T).T
+    except np.linalg.LinAlgError as exc:
+        raise SelectkitError(f"TRAK: X^T X + {lam:g} I is singular ({exc})",
+                             hint="give TRAK a positive damping (lambda); with fewer pool rows than proj_dim "
+                             "X^T X alone has no inverse") from None
+
+
+def _solve_spd(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a^-1 b for a symmetric positive definite `a` that may be overwritten: scipy's Cholesky in place
+    (half LU's work; no second k x k copy: 512 MB at k = 8192); where scipy is absent, numpy's Cholesky
+    (which refuses a matrix that is not positive definite, as LU would not) and two solves."""
+    try:
+        from scipy.linalg import LinAlgError, cho_factor, cho_solve
+    except ImportError:
+        lower = np.linalg.cholesky(a)
+        return np.linalg.solve(lower.T, np.linalg.solve(lower, b))
+    try:
+        # a is symmetric: its transpose is the same matrix in Fortran order, which LAPACK factors in place
+        return cho_solve(cho_factor(a.T, overwrite_a=True, check_finite=False), b, check_finite=False)
+    except LinAlgError as exc:  # not positive definite (damping 0 on a rank-deficient X^T X)
+        raise np.linalg.LinAlgError(str(exc)) from None
+
+
+def trak(train: Sequence[Any], target: Sequence[np.ndarray], weights: Sequence[float] | None = None, *,
+         damping: float = 0.1, absolute: bool = False, reduce: Reduce | None = None) -> np.ndarray:
+    """TRAK (Park et al. 2023) with f = -loss (so Q = 1): sum_c w_c X_c (X_c^T X_c + lambda_c I)^-1 phi_c
+    for every train row and target row phi: (N, M), or (N, C) with `reduce`. Positive = helpful.
+
+    Per checkpoint: X^T X accumulated in float64 over the pool's row blocks (memory k x k whatever
+    N), one solve for the targets, then the scores stream as `pairwise` products of the train rows
+    with the solved targets. `weights` default to TRAK's uniform mean over models. Unlike traker,
+    the inverse is not rescaled by its mean absolute value (that changes only each checkpoint's
+    scale, which we keep meaningful)."""
+    weights = list(weights) if weights is not None else [1.0 / max(len(train), 1)] * len(train)
+    _check(train, target, weights)
+    solved = [trak_targets(x, y, damping, absolute=absolute) for x, y in zip(train, target)]
+    return pairwise(train, solved, weights, reduce=reduce)
+
+
 def unit_rows(x: np.ndarray, dtype: Any = None) -> np.ndarray:
     """Rows scaled to unit L2 norm (zero rows stay zero), as LESS's `merge_and_normalize_info`."""
     x = np.asarray(x, dtype or np.float64)

@@ -21,7 +21,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from selectkit.plugin import canonical_order, lazy_import, linear_schedule, peft_quietly, train_epoch, uniform
+from selectkit.plugin import (
+    DataError,
+    canonical_order,
+    lazy_import,
+    linear_schedule,
+    peft_quietly,
+    train_epoch,
+    uniform,
+)
 
 np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
@@ -147,3 +155,36 @@ class Warmup:
         sched = self.sched.state_dict()
         sched.update(meta["scheduler"])
         self.sched.load_state_dict(sched)
+
+
+def load_lora_weights(model: Any, adapter: Path, label: str) -> None:
+    """Put a saved peft adapter's LoRA weights (a checkpoint a retrain continues) on `model`, a peft
+    model whose LoRA must have the adapter's shape: its rank, alpha and target modules (a folder from
+    elsewhere is read as hostile: a mismatch or unreadable file is one error naming it)."""
+    from peft.utils import load_peft_weights, set_peft_model_state_dict
+
+    config_file = Path(adapter) / "adapter_config.json"
+    try:
+        saved = json.loads(config_file.read_text())
+        if not isinstance(saved, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{label}: cannot read {config_file} ({exc})") from None
+    ours = model.peft_config["default"]
+    wanted = {"r": ours.r, "lora_alpha": ours.lora_alpha, "target_modules": sorted(ours.target_modules)}
+    have = {"r": saved.get("r"), "lora_alpha": saved.get("lora_alpha"),
+            "target_modules": sorted(saved.get("target_modules") or [])}
+    if have != wanted:
+        raise DataError(f"{label}: its LoRA ({', '.join(f'{k}={v}' for k, v in have.items())}) is not the "
+                        f"retrain's ({', '.join(f'{k}={v}' for k, v in wanted.items())})",
+                        hint="make the retrain's `train.lora` the checkpoint's")
+    try:
+        weights = load_peft_weights(str(adapter), device="cpu")
+        result = set_peft_model_state_dict(model, weights)
+    except Exception as exc:  # noqa: BLE001 - files from elsewhere may fail in any way: name them
+        raise DataError(f"{label}: cannot load the LoRA weights in {adapter} ({str(exc).splitlines()[0]})") from None
+    missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+    if missing or getattr(result, "unexpected_keys", None):
+        raise DataError(f"{label}: the LoRA weights in {adapter} do not fit the model "
+                        f"({len(missing)} missing, {len(result.unexpected_keys)} unexpected)")
+
