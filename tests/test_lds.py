@@ -418,6 +418,24 @@ def test_a_retrain_from_a_named_checkpoint_continues_its_lora(demo, tmp_path):
     assert max(float(fresh[k].abs().max()) for k in b) < 1e-7
 
 
+def test_eval_arms_on_the_recipes_model_can_continue_a_named_checkpoint(demo):
+    """`evaluate.proxy.checkpoint`: eval's arms are the same retrain kind started from the warmup's
+    checkpoint; the plan reads the warmup for them, and the JSON and console say which checkpoint."""
+    path = write(demo, "{subsets: 3, sample: 20}", pool=60)
+    path.write_text(path.read_text().replace("  lds: {subsets: 3, sample: 20}\n",
+                                              "  proxy: {model: lm, checkpoint: epoch-1}\n"))
+    plan = cli("plan", path, "--format", "json")
+    assert plan.returncode == 0, plan.stderr
+    arms = [s for s in json.loads(plan.stdout)["steps"] if s["label"].startswith("eval pair")]
+    assert len(arms) == 2 and all("checkpoint epoch-1 continued" in s["label"] and "pass:train:lm:warmup" in s["inputs"]
+                                  for s in arms)
+    done = cli("eval", path, "--format", "json", "-q")
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    proxy = json.loads(done.stdout)["proxy"]
+    assert (proxy["checkpoint"], proxy["arms_trained"]) == ("epoch-1", 2)
+    assert "continuing checkpoint epoch-1" in cli("eval", path).stdout
+
+
 def test_a_bad_start_checkpoint_is_a_located_validate_error(demo):
     bad = write(demo, "{subsets: 3, sample: 20, checkpoint: epoch-7}")
     done = cli("validate", bad)

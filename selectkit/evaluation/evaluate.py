@@ -440,7 +440,9 @@ def train_model_arms(plan: Any, arms: Arms, eval_sets: dict[str, list[str]], spe
     nbytes = {name: np.ones(len(texts), dtype=np.float64) for name, texts in eval_sets.items()}
     cached = sum(s == "cached" for s in statuses)
     train = json.loads(next(iter(planned.values())).payload.work.requests[0].options["train"])
+    start = next(iter(planned.values())).payload.work.requests[0].options.get("start")
     own = {"model": model_ref.name, "path": model_ref.spec.path, "train": train,
+           **({"checkpoint": start} if start is not None else {}),
            "arms_cached": cached, "arms_trained": len(statuses) - cached,
            "losses_cached": len(statuses) - measured, "losses_measured": measured}
     return bits, info, nbytes, own
@@ -531,7 +533,8 @@ def render(evaluation: Evaluation) -> str:
     r = evaluation.results
     p, pairs = r["proxy"], len(r["arms"]["selection"])
     if p.get("kind") == "lora":
-        lines = [f"proxy: the recipe's model {p['model']!r} ({p['path']}), a LoRA (r={p['train']['lora']['r']}, "
+        origin = f"continuing checkpoint {p['checkpoint']}" if p.get("checkpoint") else "a LoRA"
+        lines = [f"proxy: the recipe's model {p['model']!r} ({p['path']}), {origin} (r={p['train']['lora']['r']}, "
                  f"{p['train']['epochs']} epochs) per arm on {p['bytes_per_arm']:,} bytes, {pairs} seed pairs; "
                  f"arms cached {p['arms_cached']}, trained {p['arms_trained']}"]
     else:
