@@ -126,7 +126,7 @@ def evaluate(path: str | Path, *, out_dir: str | Path | None = None, cache_dir: 
     if spec.proxy.model is not None:
         bits, arm_info, nbytes, own = train_model_arms(plan, arms, eval_sets, spec, seed, options, say)
     else:
-        selects = [s for s in plan.steps if s.kind == "select"]
+        selects = plan.of_kind("select")
         (bits, arm_info, nbytes), own = train_arms(arms, eval_sets, spec, seed, say, plan.cache,
                                                    selects[-1].key if selects else ""), None
     train_seconds = time.perf_counter() - train_started

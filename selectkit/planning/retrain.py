@@ -87,7 +87,7 @@ def requests(spec: Any, model: str, train: Any, seed: int) -> list[FeatureReques
 
 def _start(spec: Any) -> tuple:
     """The `start` setting of a retrain request: the checkpoint it continues (none: a new LoRA)."""
-    return (("start", spec.checkpoint),) if getattr(spec, "checkpoint", None) else ()
+    return (("start", spec.checkpoint),) if spec.checkpoint is not None else ()
 
 
 # ---------------------------------------------------------------- retraining from a named checkpoint

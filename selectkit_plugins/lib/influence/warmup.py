@@ -136,11 +136,10 @@ class Warmup:
     def restore(self, folder: Path) -> None:
         """Continue from an epoch's checkpoint (the inverse of `save`)."""
         import torch
-        from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
         meta = json.loads((folder / STATE_FILE).read_text())
-        set_peft_model_state_dict(self.model, load_file(str(folder / ADAPTER_DIR / "adapter_model.safetensors")))
+        load_lora_weights(self.model, folder / ADAPTER_DIR, f"checkpoint {folder.name}")
         tensors = load_file(str(folder / OPTIMIZER_FILE))
         state = {"state": {}, "param_groups": []}
         for index, step in meta["steps"].items():
