@@ -18,7 +18,14 @@ from influence_fixtures import rows
 from scipy.stats import spearmanr
 
 from selectkit.errors import ModelError, SelectkitError
-from selectkit_plugins.lib.influence.ekfac import ekfac_scores, fit_ekfac
+from selectkit_plugins.lib.influence.ekfac import (
+    ekfac_scores,
+    fit_ekfac,
+    kept_scores,
+    precondition_queries,
+    sampled_lm_loss,
+    train_scores,
+)
 from selectkit_plugins.lib.influence.grads import GradientFeaturizer, group_rows, linear_modules, lm_batch, lm_loss
 from selectkit_plugins.lib.influence.layers import (
     GradientSupportError,
@@ -305,6 +312,32 @@ def test_ekfac_factors_on_conv1d_and_flattened_layers(arch, tok):
         pre = layer.precondition(rot[3:])
         want = want + torch.einsum("noi,moi->nm", rot[:3], pre)
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-3, atol=1e-6 * float(np.abs(want.numpy()).max()))
+
+
+@pytest.mark.parametrize("fisher", ["empirical", "sampled"])
+def test_ekfac_one_pass_fit_and_kept_scores_equal_the_two_pass_route(fisher, tok):
+    """The fit keeps its rows' gradients to skip the Lambda pass, and scoring those rows reuses them:
+    both give what the second pass and a scoring pass give. A too-small budget takes the two passes;
+    sampled labels are a function of the seed and the batch, so both passes draw the same ones."""
+    model = prepared("llama", "lora")
+    modules = linear_modules(model)
+    batches = [lm_batch(tok, TEXTS[:3], PROMPTS[:3]), lm_batch(tok, TEXTS[3:], PROMPTS[3:])]
+    loss = lm_loss if fisher == "empirical" else sampled_lm_loss(seed=3)
+    one = fit_ekfac(model, loss, batches, modules)
+    two = fit_ekfac(model, loss, batches, modules, keep_bytes=0)
+    for name in modules:
+        assert one[name].kept is not None and two[name].kept is None
+        assert one[name].kept.shape == (len(TEXTS), *one[name].lam_sum.shape)
+        torch.testing.assert_close(one[name].eigenvalues(), two[name].eigenvalues(), rtol=1e-6, atol=0)
+    queries = precondition_queries(model, lm_loss, one, modules, [batches[1]])
+    by_pass = train_scores(model, lm_loss, one, modules, batches, queries)
+    assert by_pass.shape == (len(TEXTS), 2) and np.abs(by_pass).max() > 0
+    if fisher == "empirical":  # the fit's gradients are the scoring gradients
+        np.testing.assert_allclose(kept_scores(one, queries), by_pass, rtol=1e-5, atol=1e-7 * np.abs(by_pass).max())
+    np.testing.assert_allclose(ekfac_scores(model, lm_loss, two, modules, batches, [batches[1]]), by_pass,
+                               rtol=1e-4, atol=1e-6 * np.abs(by_pass).max())
+    with pytest.raises(RuntimeError, match="did not keep"):
+        kept_scores(two, queries)
 
 
 def _short_rows(n: int, seed: int) -> list[dict]:

@@ -36,8 +36,8 @@ def ctx(tmp_path_factory):
     return ctx
 
 
-def scored(scorer, ctx):
-    return run_scorer(scorer, ctx, cache_dir=ctx.work)
+def scored(scorer, ctx, cache=None):
+    return run_scorer(scorer, ctx, cache_dir=cache or ctx.work)
 
 
 def _precision(ctx, values: np.ndarray, task: str = "reverse") -> float:
@@ -70,6 +70,28 @@ def test_pairwise_scorers_rank_the_target_task_first(ctx, cls):
     score = scored(cls(cls.Params(**params)), ctx)
     assert score.values.shape == (3 * PER_TASK, 1) and np.isfinite(score.values).all()
     assert _precision(ctx, score.values[:, 0]) >= 0.7  # measured 1.0 for each
+
+
+def test_ekfac_on_a_pool_its_fit_covers_needs_no_scoring_pass_and_scores_all_targets_at_once(ctx, tmp_path,
+                                                                                                 monkeypatch):
+    """A pool within `factor_examples` is scored from the gradients the fit kept; a pool the fit cannot keep
+    (budget 0) takes the Lambda pass and one scoring pass for both targets. Both routes agree, per target."""
+    import shutil
+
+    from selectkit_plugins.lib.influence import ekfac
+
+    targets = {"rev": ctx.targets["rev"], "add": dataset("add", rows(6, seed=3, tasks=("add",)))}
+    two = ScoreContext(pool=ctx.pool, targets=targets, seed=0, model=ctx.model)
+    got = []
+    for keep in (ekfac.KEEP_BYTES, 0):
+        monkeypatch.setattr(ekfac, "KEEP_BYTES", keep)
+        cache = tmp_path / f"keep-{keep}"
+        shutil.copytree(ctx.work, cache)  # the module's warmup, not this test's scores
+        got.append(scored(EKFAC(EKFAC.Params()), two, cache).values)
+    fused, passes = got
+    assert fused.shape == (3 * PER_TASK, 2)
+    np.testing.assert_allclose(fused, passes, rtol=1e-4, atol=1e-5 * np.abs(passes).max())
+    assert _precision(ctx, fused[:, 0], "reverse") >= 0.7 and _precision(ctx, fused[:, 1], "add") >= 0.7
 
 
 def test_self_influence_and_grand_are_lr_weighted_norms(ctx):

@@ -12,11 +12,18 @@ summed loss is n (Lambda + damping) in the eigenbasis, so damping is on the per-
 (an L2 term lambda/2 ||W||^2 of a sum-form objective is damping = lambda / n). Gradients are
 empirical (true labels) unless the loss samples labels from the model (`sampled_lm_loss`).
 Positive = helpful.
+
+Cost. Products run in the inputs' precision (float32 for a model, as kronfluence's defaults) and
+are summed in float64; the eigendecompositions are float64. Lambda rotates each example's
+gradient matrix G_n, never its tokens. The fit keeps the fit rows' G_n while they fit in
+`KEEP_BYTES`, so one pass gives A, S and Lambda (two passes otherwise); scoring those same rows
+then needs no pass at all (`kept_scores`). Queries are preconditioned once, back in the original
+basis, so a train example is scored by one product with its G_n for every target at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from selectkit.plugin import lazy_import
@@ -31,10 +38,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from selectkit_plugins.lib.influence.grads import Batch, LossFn
 
 
+KEEP_BYTES = 512 * 2**20  # per-example gradients the fit keeps in memory to save its second pass
+
+
 class EKFACLayer:
     """Streaming factors of one Linear (or Conv1D) layer; inputs a (B, T, d_in) (bias column already added),
     output gradients g (B, T, d_out), optional token mask (B, T) and example weights (B,). The factors
-    live on the device of the inputs they are fed (the CPU until the first batch)."""
+    live on the device of the inputs they are fed (the CPU until the first batch); sums are float64."""
 
     def __init__(self, d_in: int, d_out: int):
         import torch
@@ -46,6 +56,8 @@ class EKFACLayer:
         self.lam_sum = torch.zeros(d_out, d_in, dtype=torch.float64)
         self.examples = 0.0
         self.q_a = self.q_s = self.eig_a = self.eig_s = None
+        self.kept: torch.Tensor | None = None  # the fit rows' G_n (N, d_out, d_in), when fit_ekfac kept them
+        self._bases: dict = {}
 
     def _to(self, device: torch.device) -> None:
         """Move the factors to `device` (a no-op when they are there)."""
@@ -55,24 +67,27 @@ class EKFACLayer:
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, value.to(device))
+        self._bases = {}
 
-    @staticmethod
-    def _weights(a: torch.Tensor, mask: torch.Tensor | None, weight: torch.Tensor | None) -> torch.Tensor:
-        import torch
-
-        w = torch.ones(a.shape[:2], dtype=torch.float64, device=a.device) if mask is None else mask.to(torch.float64)
-        if weight is not None:
-            w = w * weight.to(torch.float64)[:, None]
-        return w
+    def _basis(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Q_S, Q_A) in `dtype`, cast once."""
+        if dtype not in self._bases:
+            self._bases[dtype] = (self.q_s.to(dtype), self.q_a.to(dtype))
+        return self._bases[dtype]
 
     def add_covariance(self, a: torch.Tensor, g: torch.Tensor, mask: torch.Tensor | None = None,
                        weight: torch.Tensor | None = None) -> None:
+        import torch
+
         self._to(a.device)
-        w = self._weights(a, mask, weight)
-        a64, g64 = a.double(), g.double()
-        self.a_sum += (a64 * w[..., None]).flatten(0, 1).T @ a64.flatten(0, 1)
-        self.s_sum += (g64 * w[..., None]).flatten(0, 1).T @ g64.flatten(0, 1)
-        self.tokens += float(w.sum())
+        w = None if mask is None else mask.to(a.dtype)
+        if weight is not None:
+            ones = torch.ones(a.shape[:2], dtype=a.dtype, device=a.device)
+            w = (ones if w is None else w) * weight.to(a.dtype)[:, None]
+        aw, gw = (a, g) if w is None else (a * w[..., None], g * w[..., None].to(g.dtype))
+        self.a_sum += (aw.flatten(0, 1).T @ a.flatten(0, 1)).double()
+        self.s_sum += (gw.flatten(0, 1).T @ g.flatten(0, 1)).double()
+        self.tokens += float(a.shape[0] * a.shape[1]) if w is None else float(w.double().sum())
 
     def eigendecompose(self) -> None:
         import torch
@@ -81,28 +96,39 @@ class EKFACLayer:
         s = self.s_sum / self.tokens
         self.eig_a, self.q_a = torch.linalg.eigh((a + a.T) / 2)
         self.eig_s, self.q_s = torch.linalg.eigh((s + s.T) / 2)
+        self._bases = {}
 
-    def rotate(self, a: torch.Tensor, g: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-example gradients in the eigenbasis, Q_S^T G_n Q_A: (B, d_out, d_in)."""
-        import torch
-
-        self._to(a.device)
-        a64, g64 = a.double(), g.double()
+    @staticmethod
+    def example_gradients(a: torch.Tensor, g: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-example weight gradients G_n = sum_t g_t a_t^T: (B, d_out, d_in), in the inputs' precision."""
         if mask is not None:
-            a64 = a64 * mask.to(torch.float64)[..., None]
-        return torch.einsum("bto,bti->boi", g64 @ self.q_s, a64 @ self.q_a)
+            a = a * mask.to(a.dtype)[..., None]
+        return g.transpose(1, 2) @ a.to(g.dtype)
 
-    def add_lambda(self, a: torch.Tensor, g: torch.Tensor, mask: torch.Tensor | None = None,
-                   weight: torch.Tensor | None = None) -> None:
+    def rotate(self, grads: torch.Tensor) -> torch.Tensor:
+        """Q_S^T G Q_A for gradient matrices G (B, d_out, d_in), in their precision."""
+        self._to(grads.device)
+        q_s, q_a = self._basis(grads.dtype)
+        return q_s.T @ grads @ q_a
+
+    def add_lambda_of(self, grads: torch.Tensor, weight: torch.Tensor | None = None) -> None:
+        """Add examples' gradient matrices G_n (B, d_out, d_in) to Lambda (after eigendecompose)."""
         import torch
 
         if self.q_a is None:
-            raise RuntimeError("call eigendecompose() before add_lambda()")
-        rot = self.rotate(a, g, mask)
-        w = (torch.ones(rot.shape[0], dtype=torch.float64, device=rot.device) if weight is None
-             else weight.to(rot.device, torch.float64))
-        self.lam_sum += torch.einsum("b,boi->oi", w, rot * rot)
-        self.examples += float(w.sum())
+            raise RuntimeError("call eigendecompose() before adding to Lambda")
+        rot = self.rotate(grads)
+        squares = rot * rot
+        if weight is None:
+            self.lam_sum += squares.sum(0).double()
+            self.examples += float(grads.shape[0])
+        else:
+            self.lam_sum += torch.einsum("b,boi->oi", weight.to(squares), squares).double()
+            self.examples += float(weight.double().sum())
+
+    def add_lambda(self, a: torch.Tensor, g: torch.Tensor, mask: torch.Tensor | None = None,
+                   weight: torch.Tensor | None = None) -> None:
+        self.add_lambda_of(self.example_gradients(a, g, mask), weight)
 
     def eigenvalues(self, kfac: bool = False) -> torch.Tensor:
         """Lambda (d_out, d_in): EK-FAC's corrected eigenvalues, or K-FAC's outer product."""
@@ -116,13 +142,13 @@ class EKFACLayer:
         self._to(rotated.device)
         lam = self.eigenvalues(kfac)
         delta = 0.1 * float(lam.mean()) if damping is None else damping
-        return rotated / (lam + delta)
+        return rotated / (lam + delta).to(rotated.dtype)
 
     def precondition_matrix(self, g: torch.Tensor, damping: float | None = None, kfac: bool = False) -> torch.Tensor:
-        """P(G) for plain gradient matrices G (M, d_out, d_in), in the original basis."""
-        self._to(g.device)
-        rot = self.q_s.T @ g.double() @ self.q_a
-        return self.q_s @ self.precondition(rot, damping, kfac) @ self.q_a.T
+        """P(G) for plain gradient matrices G (M, d_out, d_in), in the original basis and G's precision."""
+        rot = self.rotate(g)
+        q_s, q_a = self._basis(g.dtype)
+        return q_s @ self.precondition(rot, damping, kfac) @ q_a.T
 
 
 # ---------------------------------------------------------------- whole models
@@ -157,11 +183,24 @@ def _check_layers(model: nn.Module, modules: dict[str, nn.Module]) -> None:
                                        f"a {type(m).__name__}", hint="freeze it or leave it out of the tracked layers")
 
 
-def fit_ekfac(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch], modules: dict[str, nn.Module],
-              ) -> dict[str, EKFACLayer]:
-    """Fit A, S, their eigenbases and Lambda for each tracked Linear or Conv1D layer (two passes
-    over `batches`). A Conv1D (weight stored (d_in, d_out)) is handled as the linear map it is."""
+def _passes(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch], modules: dict[str, nn.Module],
+            ) -> Iterator[dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]]:
+    """Per batch, each layer's (inputs a, output gradients g, token mask) from one forward + backward."""
     from selectkit_plugins.lib.influence.hooks import capture
+
+    for batch in batches:
+        _, records = capture(model, modules, loss_fn, batch)
+        yield {name: (a, g, _token_mask(batch, a)) for name, (a, g) in _layer_inputs(records, modules).items()}
+
+
+def fit_ekfac(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch], modules: dict[str, nn.Module],
+              *, keep_bytes: int | None = None) -> dict[str, EKFACLayer]:
+    """Fit A, S, their eigenbases and Lambda for each tracked Linear or Conv1D layer. One pass over
+    `batches` while the examples' gradient matrices fit in `keep_bytes` (they stay on the layers as
+    `kept`; default `KEEP_BYTES`), two otherwise. A Conv1D (weight stored (d_in, d_out)) is handled as
+    the linear map it is."""
+    import torch
+
     from selectkit_plugins.lib.influence.layers import layer_dims
 
     _check_layers(model, modules)
@@ -170,17 +209,73 @@ def fit_ekfac(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch], modul
     for n, m in modules.items():
         d_in, d_out = layer_dims(m)
         layers[n] = EKFACLayer(d_in + int(m.bias is not None), d_out)
-    for batch in batches:
-        _, records = capture(model, modules, loss_fn, batch)
-        for name, (a, g) in _layer_inputs(records, modules).items():
-            layers[name].add_covariance(a, g, _token_mask(batch, a))
+    kept: dict[str, list[torch.Tensor]] | None = {n: [] for n in modules}
+    size, keep_bytes = 0, KEEP_BYTES if keep_bytes is None else keep_bytes
+    for inputs in _passes(model, loss_fn, batches, modules):
+        for name, (a, g, mask) in inputs.items():
+            layers[name].add_covariance(a, g, mask)
+            if kept is not None:
+                kept[name].append(layers[name].example_gradients(a, g, mask))
+                size += kept[name][-1].numel() * kept[name][-1].element_size()
+        if kept is not None and size > keep_bytes:
+            kept = None  # too many to keep: Lambda takes a second pass
     for layer in layers.values():
         layer.eigendecompose()
-    for batch in batches:
-        _, records = capture(model, modules, loss_fn, batch)
-        for name, (a, g) in _layer_inputs(records, modules).items():
-            layers[name].add_lambda(a, g, _token_mask(batch, a))
+    if kept is None:
+        for inputs in _passes(model, loss_fn, batches, modules):
+            for name, (a, g, mask) in inputs.items():
+                layers[name].add_lambda(a, g, mask)
+        return layers
+    for name, layer in layers.items():
+        for grads in kept[name]:
+            layer.add_lambda_of(grads)
+        layer.kept = torch.cat(kept[name])
     return layers
+
+
+def precondition_queries(model: nn.Module, loss_fn: LossFn, layers: dict[str, EKFACLayer],
+                         modules: dict[str, nn.Module], targets: Iterable[Batch], *, damping: float | None = None,
+                         kfac: bool = False) -> dict[str, torch.Tensor]:
+    """P(G_query) per layer (M, d_out, d_in), in the original basis: computed once, then every
+    train example is scored against every query by one product with its own G_n."""
+    import torch
+
+    _check_layers(model, modules)
+    pre: dict[str, list[torch.Tensor]] = {n: [] for n in modules}
+    for inputs in _passes(model, loss_fn, targets, modules):
+        for name, (a, g, mask) in inputs.items():
+            grads = layers[name].example_gradients(a, g, mask)
+            pre[name].append(layers[name].precondition_matrix(grads, damping, kfac))
+    return {n: torch.cat(v) for n, v in pre.items()}
+
+
+def _score_blocks(blocks: Iterable[dict[str, torch.Tensor]], queries: dict[str, torch.Tensor]) -> np.ndarray:
+    """(N, M) sum over layers of <G_n, P(G_q)>, one block of train gradients at a time."""
+    import torch
+
+    rows = []
+    for grads in blocks:
+        block = 0
+        for name, q in queries.items():
+            block = block + (grads[name].flatten(1) @ q.flatten(1).T).double()
+        rows.append(block.cpu())
+    return torch.cat(rows).numpy()
+
+
+def train_scores(model: nn.Module, loss_fn: LossFn, layers: dict[str, EKFACLayer], modules: dict[str, nn.Module],
+                 train: Iterable[Batch], queries: dict[str, torch.Tensor]) -> np.ndarray:
+    """(N_train, M) EK-FAC influence of `train` on the preconditioned queries; one pass over `train`."""
+    blocks = ({name: layers[name].example_gradients(a, g, mask) for name, (a, g, mask) in inputs.items()}
+              for inputs in _passes(model, loss_fn, train, modules))
+    return _score_blocks(blocks, queries)
+
+
+def kept_scores(layers: dict[str, EKFACLayer], queries: dict[str, torch.Tensor]) -> np.ndarray:
+    """(N_fit, M) EK-FAC influence of the fit's own rows, from the gradients the fit kept (no pass):
+    equal to `train_scores` over the fit batches when the fit's loss is the scoring loss."""
+    if any(layer.kept is None for layer in layers.values()):
+        raise RuntimeError("the fit did not keep its gradients (over keep_bytes): score with train_scores")
+    return _score_blocks([{name: layer.kept for name, layer in layers.items()}], queries)
 
 
 def ekfac_scores(model: nn.Module, loss_fn: LossFn, layers: dict[str, EKFACLayer], modules: dict[str, nn.Module],
@@ -188,41 +283,26 @@ def ekfac_scores(model: nn.Module, loss_fn: LossFn, layers: dict[str, EKFACLayer
                  kfac: bool = False, query_loss_fn: LossFn | None = None) -> np.ndarray:
     """(N_train, M_target) EK-FAC influence; positive = helpful. Target gradients are
     preconditioned once and kept (M x sum_l d_out d_in floats)."""
-    import torch
-
-    from selectkit_plugins.lib.influence.hooks import capture
-
-    _check_layers(model, modules)
-    pre: dict[str, list[torch.Tensor]] = {n: [] for n in modules}
-    for batch in targets:
-        _, records = capture(model, modules, query_loss_fn or loss_fn, batch)
-        for name, (a, g) in _layer_inputs(records, modules).items():
-            rot = layers[name].rotate(a, g, _token_mask(batch, a))
-            pre[name].append(layers[name].precondition(rot, damping, kfac))
-    queries = {n: torch.cat(v) for n, v in pre.items()}
-    rows = []
-    for batch in train:
-        _, records = capture(model, modules, loss_fn, batch)
-        block = 0
-        for name, (a, g) in _layer_inputs(records, modules).items():
-            rot = layers[name].rotate(a, g, _token_mask(batch, a))
-            block = block + torch.einsum("noi,moi->nm", rot, queries[name])
-        rows.append(block.cpu())
-    return torch.cat(rows).numpy()
+    queries = precondition_queries(model, query_loss_fn or loss_fn, layers, modules, targets,
+                                   damping=damping, kfac=kfac)
+    return train_scores(model, loss_fn, layers, modules, train, queries)
 
 
 def sampled_lm_loss(seed: int = 0) -> LossFn:
     """Causal-LM loss with labels drawn from the model's own predictions at label positions
-    (the true Fisher, kronfluence's default); deterministic for a seed and batch order."""
-    import torch
+    (the true Fisher, kronfluence's default). The draw is a function of the seed and the batch's
+    tokens, so every pass over a batch (covariances, then Lambda) sees the same labels."""
+    import zlib
 
-    gen = torch.Generator().manual_seed(seed)
+    import torch
 
     def loss(forward, batch):
         logits = forward(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
         logits = logits[:, :-1].float()
         valid = batch["labels"][:, 1:] != -100
         probs = torch.softmax(logits.detach(), -1).flatten(0, 1)
+        tokens = zlib.crc32(batch["input_ids"].cpu().numpy().tobytes())
+        gen = torch.Generator().manual_seed((seed << 32) | tokens)
         # drawn on the CPU from a CPU generator: the same labels on every device
         sampled = torch.multinomial(probs.cpu(), 1, generator=gen).view(valid.shape).to(logits.device)
         ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), sampled, reduction="none") * valid

@@ -126,7 +126,13 @@ def ekfac_lm(lm: Any, pool: Any, targets: dict[str, Any], p: dict[str, Any], *, 
     """(N, M_t) EK-FAC influence per target, factors fit on a keyed pool sample."""
     import torch
 
-    from selectkit_plugins.lib.influence.ekfac import ekfac_scores, fit_ekfac, sampled_lm_loss
+    from selectkit_plugins.lib.influence.ekfac import (
+        fit_ekfac,
+        kept_scores,
+        precondition_queries,
+        sampled_lm_loss,
+        train_scores,
+    )
     from selectkit_plugins.lib.influence.grads import linear_modules, lm_loss
 
     model = lm.model
@@ -134,15 +140,28 @@ def ekfac_lm(lm: Any, pool: Any, targets: dict[str, Any], p: dict[str, Any], *, 
     if not modules:
         raise SelectkitError("influence.ekfac needs trainable Linear or Conv1D layers (a LoRA adapter or "
                              "params: linear)")
-    sample = pool.take(sample_rows(pool, p.get("factor_examples"), seed, "ekfac"))
+    rows = sample_rows(pool, p.get("factor_examples"), seed, "ekfac")
     loss = sampled_lm_loss(seed) if p["fisher"] == "sampled" else lm_loss
-    layers = fit_ekfac(model, loss, batches(lm, sample, p.get("response"), p["batch_size"]), modules)
-    out: dict[str, list[np.ndarray]] = {name: [] for name in targets}
-    query = {name: batches(lm, ds, p.get("response"), p["batch_size"]) for name, ds in targets.items()}
-    for ds in _pool_shards(pool, progress):
-        train = batches(lm, ds, p.get("response"), p["batch_size"])
-        for name in targets:
-            with torch.enable_grad():
-                out[name].append(ekfac_scores(model, lm_loss, layers, modules, train, query[name],
-                                              damping=p.get("damping"), kfac=p["kfac"]))
-    return {name: np.concatenate(v) for name, v in out.items()}
+
+    def batched(ds):
+        return batches(lm, ds, p.get("response"), p["batch_size"])
+
+    with torch.enable_grad():
+        layers = fit_ekfac(model, loss, batched(pool.take(rows)), modules)
+        per_target = {name: precondition_queries(model, lm_loss, layers, modules, batched(ds),
+                                                 damping=p.get("damping"), kfac=p["kfac"])
+                      for name, ds in targets.items()}
+        queries = {n: torch.cat([q[n] for q in per_target.values()]) for n in modules}
+        kept = all(layer.kept is not None for layer in layers.values())
+        if kept and len(rows) == len(pool) and loss is lm_loss:  # the fit's rows and gradients are the pool's
+            scores = kept_scores(layers, queries)
+            if progress:
+                progress(len(pool.shard_ranges), len(pool.shard_ranges))
+        else:  # one pass over the pool scores every target
+            scores = np.concatenate([train_scores(model, lm_loss, layers, modules, batched(ds), queries)
+                                     for ds in _pool_shards(pool, progress)])
+    widths = {name: next(iter(q.values())).shape[0] for name, q in per_target.items()}
+    out, at = {}, 0
+    for name, width in widths.items():
+        out[name], at = scores[:, at:at + width], at + width
+    return out
