@@ -220,7 +220,10 @@ class EKFACParams(GradientBase, Aggregate):
     fisher: Literal["empirical", "sampled"] = Field(
         "empirical", description="gradients for the factors: true labels, or labels sampled from the model")
     kfac: bool = Field(False, description="K-FAC eigenvalues (no eigenvalue correction)")
-    factor_examples: PositiveInt | None = Field(1024, description="pool rows (seeded sample) the factors are fit on")
+    factor_examples: PositiveInt | None = Field(
+        1024, description="pool rows (seeded sample) the factors are fit on; a pool within it (empirical fisher, "
+                          "gradient matrices within 512 MiB) "
+                          "is scored from the fit's own gradients, with no further pass")
 
 
 class EKFAC(_Curvature):

@@ -109,7 +109,7 @@ class EKFACLayer:
         """Q_S^T G Q_A for gradient matrices G (B, d_out, d_in), in their precision."""
         self._to(grads.device)
         q_s, q_a = self._basis(grads.dtype)
-        return q_s.T @ grads @ q_a
+        return _left(q_s.T, grads) @ q_a
 
     def add_lambda_of(self, grads: torch.Tensor, weight: torch.Tensor | None = None) -> None:
         """Add examples' gradient matrices G_n (B, d_out, d_in) to Lambda (after eigendecompose)."""
@@ -148,7 +148,13 @@ class EKFACLayer:
         """P(G) for plain gradient matrices G (M, d_out, d_in), in the original basis and G's precision."""
         rot = self.rotate(g)
         q_s, q_a = self._basis(g.dtype)
-        return q_s @ self.precondition(rot, damping, kfac) @ q_a.T
+        return _left(q_s, self.precondition(rot, damping, kfac)) @ q_a.T
+
+
+def _left(m: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+    """m @ X for each X in `batch` (B, r, c), as one (B*c, r) @ m^T product: a plain `m @ batch`
+    would broadcast m to B copies."""
+    return (batch.transpose(1, 2) @ m.T).transpose(1, 2)
 
 
 # ---------------------------------------------------------------- whole models
