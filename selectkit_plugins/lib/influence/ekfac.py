@@ -77,17 +77,21 @@ class EKFACLayer:
 
     def add_covariance(self, a: torch.Tensor, g: torch.Tensor, mask: torch.Tensor | None = None,
                        weight: torch.Tensor | None = None) -> None:
-        import torch
-
+        """Add tokens to A and S: the mask's tokens alone (padding costs nothing), or all weighted."""
         self._to(a.device)
-        w = None if mask is None else mask.to(a.dtype)
+        a, g = a.flatten(0, 1), g.flatten(0, 1)
         if weight is not None:
-            ones = torch.ones(a.shape[:2], dtype=a.dtype, device=a.device)
-            w = (ones if w is None else w) * weight.to(a.dtype)[:, None]
-        aw, gw = (a, g) if w is None else (a * w[..., None], g * w[..., None].to(g.dtype))
-        self.a_sum += (aw.flatten(0, 1).T @ a.flatten(0, 1)).double()
-        self.s_sum += (gw.flatten(0, 1).T @ g.flatten(0, 1)).double()
-        self.tokens += float(a.shape[0] * a.shape[1]) if w is None else float(w.double().sum())
+            w = weight.to(a.dtype).repeat_interleave(a.shape[0] // weight.shape[0])
+            if mask is not None:
+                w = w * mask.flatten().to(a.dtype)
+            aw, gw, self.tokens = a * w[:, None], g * w[:, None].to(g.dtype), self.tokens + float(w.double().sum())
+        else:
+            if mask is not None:
+                keep = mask.flatten().bool()
+                a, g = a[keep], g[keep]
+            aw, gw, self.tokens = a, g, self.tokens + float(a.shape[0])
+        self.a_sum += (aw.T @ a).double()
+        self.s_sum += (gw.T @ g).double()
 
     def eigendecompose(self) -> None:
         import torch
