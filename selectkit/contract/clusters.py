@@ -1,7 +1,7 @@
 """Clustering numerics shared by the core and the cluster-based selectors: k-means with a seeded
 backend choice, feature access, capped quota allocation and Gumbel-top-k.
 
-It lives in the core (not in the built-in plugins' library, where it began) because the core uses it too: the
+It lives in the core (it began in the built-in plugins' library) because the core uses it too: the
 surrogate's cluster-stratified label sample (selectkit.execution.surrogate) runs `kmeans`,
 `cluster_members` and `allocate`. Plugins reach it through `selectkit.plugin`. It imports nothing of
 selectkit above the contract; numpy, scikit-learn and faiss are imported on first use."""

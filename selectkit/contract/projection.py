@@ -14,7 +14,7 @@ preserved in expectation (TRAK leaves them unscaled; cosine scores are unaffecte
 the RNG stream is always the CPU one (TRAK's CPU and CUDA projections differ).
 
 It lives in the core (it began in the built-in plugins' influence library) because the core uses it
-too: the influence neighbours index that `selectkit explain --influence` searches (selectkit.results.neighbours)
+too: the neighbours index that `selectkit explain --influence` searches (selectkit.results.neighbours)
 sketches gradient rows with `SparseProjector`. The gradient featurizer reaches it through
 `selectkit.plugin`. It imports nothing of selectkit; torch is imported when a projection runs.
 """

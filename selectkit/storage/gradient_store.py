@@ -9,10 +9,10 @@ plain float16 to round many coordinates to subnormals or zero. A block reads bac
 (float16 rows times their scale); the scores multiply blocks in float32 (float64 for float32
 features, as ever) and accumulate over checkpoints in float64.
 
-It lives in the core's storage (it began in the built-in plugins' influence library) because the core
-reads it too: `selectkit explain --influence` (selectkit.results.influence) opens a run's store and searches it
-(selectkit.results.neighbours). The `gradients` provider and the influence scores reach it through
-`selectkit.plugin`. numpy is imported on first use.
+It lives in the core's storage (it began in the built-in plugins' influence library) because the
+core reads it too: `selectkit explain --influence` (selectkit.results.influence) opens a run's store
+and searches it (selectkit.results.neighbours). The `gradients` provider and the influence scores
+reach it through `selectkit.plugin`. numpy is imported on first use.
 """
 
 from __future__ import annotations
