@@ -34,7 +34,7 @@ SHARD = 4096
 
 def write_store(cache, key: str, checkpoints: list[np.ndarray]) -> dict:
     """Features per checkpoint into one sharded entry laid out as the gradients provider lays it out."""
-    from selectkit_plugins.lib.influence.store import checkpoint_shards, encode
+    from selectkit.storage.gradient_store import checkpoint_shards, encode
 
     rows = len(checkpoints[0])
     row_shards = max(1, -(-rows // SHARD))
@@ -58,9 +58,9 @@ def main() -> None:
 
     import polars as pl
 
+    from selectkit.results.neighbours import exact_top_k
     from selectkit.storage.cache import Cache
-    from selectkit_plugins.lib.influence.neighbours import exact_top_k
-    from selectkit_plugins.lib.influence.store import open_store
+    from selectkit.storage.gradient_store import open_store
 
     work = Path(tempfile.mkdtemp(prefix="bench-explain-"))
     cache = Cache(work / "cache")

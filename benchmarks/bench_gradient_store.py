@@ -136,8 +136,8 @@ def scan_child(n: int, shard_rows: int, cache: str) -> None:
     import numpy as np
 
     from selectkit.storage.cache import Cache
+    from selectkit.storage.gradient_store import StoredFeatures, encode
     from selectkit_plugins.lib.influence.scores import less
-    from selectkit_plugins.lib.influence.store import StoredFeatures, encode
 
     rng = np.random.default_rng(0)
     shards = -(-n // shard_rows)

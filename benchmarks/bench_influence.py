@@ -176,10 +176,11 @@ def agreement_lr() -> list[dict]:
     """Tier 0: digits LR (1000 train, lambda=1), 20 test points; Spearman with the exact IF."""
     import influence_reference as ref
 
+    from selectkit.contract.projection import Projector
+    from selectkit.storage.gradient_store import unit_rows
     from selectkit_plugins.lib.influence.ekfac import EKFACLayer
     from selectkit_plugins.lib.influence.hessian import inverse_hessian_scores
-    from selectkit_plugins.lib.influence.projection import Projector
-    from selectkit_plugins.lib.influence.scores import datainf, unit_rows
+    from selectkit_plugins.lib.influence.scores import datainf
 
     x, y, xt, yt = ref.load_split("digits", 1000)
     model = ref.fit(x, y, 1.0)

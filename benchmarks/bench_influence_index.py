@@ -34,9 +34,9 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
+    from selectkit.results.neighbours import InfluenceIndex, exact_top_k
     from selectkit.storage.cache import Cache
-    from selectkit_plugins.lib.influence.neighbours import InfluenceIndex, exact_top_k
-    from selectkit_plugins.lib.influence.store import StoredFeatures, encode
+    from selectkit.storage.gradient_store import StoredFeatures, encode
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(200, args.dim)).astype(np.float32)

@@ -39,8 +39,8 @@ def child(n: int, dim: int, cache: str) -> None:
     import numpy as np
 
     from selectkit.storage.cache import Cache
+    from selectkit.storage.gradient_store import StoredFeatures, encode
     from selectkit_plugins.lib.influence.scores import tracin, trak
-    from selectkit_plugins.lib.influence.store import StoredFeatures, encode
 
     dtype = "float16" if dim >= 4096 else "float32"
     rng = np.random.default_rng(0)

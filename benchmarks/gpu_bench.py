@@ -177,8 +177,8 @@ def gradient_store(args, result: dict) -> None:
 
 
 def scoring(args, result: dict) -> None:
+    from selectkit.storage.gradient_store import StoredFeatures, encode  # noqa: F401 (the store's layout)
     from selectkit_plugins.lib.influence.scores import less
-    from selectkit_plugins.lib.influence.store import StoredFeatures, encode  # noqa: F401 (the store's layout)
 
     rows, dim, targets, checkpoints = (4096, 256, 8, 2) if args.tiny else (args.score_rows, 8192, 64, 4)
     rng = np.random.default_rng(0)

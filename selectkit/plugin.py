@@ -29,7 +29,14 @@ loader). The causal-LM toolkit they share is below. Data formats: `Reader`/`RowS
 `FirstRows` is a source's first rows as plain dicts (what validate and `Scorer.check_pool` see).
 
 Randomness is keyed by row identity (`row_keys`, `uniform`, `gumbel`; `rng_for` for draws that are not
-about rows). Errors a user can cause are `SelectkitError`s (`DataError`, `RecipeError`, `ModelError`...):
+about rows). Numerics and stores the core uses too: clustering (`kmeans` with `KMeansParams`,
+`cluster_members`, `allocate`, `gumbel_top`, `features_of`, `has_faiss`), seeded random projections
+(`make_projector`, `KroneckerProjector`, `resolve_kind`, `ProjectionKind`, `WIDE`), the gradient store
+(`StoredFeatures`, `encode_features`, `checkpoint_shards`, `row_blocks`, `aligned_blocks`, `is_half`,
+`unit_rows`) and a training checkpoint's AdamW state (`save_adam_state`, `load_adam_state`,
+`OPTIMIZER_FILE`, `STATE_FILE`).
+
+Errors a user can cause are `SelectkitError`s (`DataError`, `RecipeError`, `ModelError`...):
 the CLI prints them without a traceback. `selectkit.testing` has the conformance checks. docs/plugins.md
 is the guide, with a scorer, a selector and a sharded pass provider that its tests run.
 """
@@ -37,6 +44,15 @@ is the guide, with a scorer, a selector and a sharded pass provider that its tes
 from pydantic import Field
 
 from selectkit.contract.budget import Budget, BudgetField
+from selectkit.contract.clusters import (
+    KMeansParams,
+    allocate,
+    cluster_members,
+    features_of,
+    gumbel_top,
+    has_faiss,
+    kmeans,
+)
 from selectkit.contract.components import (
     Component,
     InfluenceForm,
@@ -77,6 +93,8 @@ from selectkit.contract.passes import (
     Shard,
     ShardedPass,
 )
+from selectkit.contract.projection import WIDE, KroneckerProjector, make_projector, resolve_kind
+from selectkit.contract.projection import Kind as ProjectionKind
 from selectkit.contract.protocols import Model, Pool, Rows, Shards, Source, StepStore
 from selectkit.contract.readers import FirstRows, InMemory, Reader, RowSource, whole
 from selectkit.contract.registry import find_component
@@ -91,6 +109,7 @@ from selectkit.errors import (
     require,
     unknown_message,
 )
+from selectkit.models.checkpoint import OPTIMIZER_FILE, STATE_FILE, load_adam_state, save_adam_state
 
 # the causal-LM toolkit pass providers share (each imports torch inside, when it runs)
 from selectkit.models.lm import (
@@ -111,6 +130,15 @@ from selectkit.models.loader import peft_quietly, unsafe_load_reason
 from selectkit.models.training import linear_schedule, train_epoch
 from selectkit.recipe.spec import TrainSpec
 from selectkit.storage.digest import cache_key, path_fingerprint
+from selectkit.storage.gradient_store import (
+    StoredFeatures,
+    aligned_blocks,
+    checkpoint_shards,
+    is_half,
+    row_blocks,
+    unit_rows,
+)
+from selectkit.storage.gradient_store import encode as encode_features
 
 __all__ = [
     # components
@@ -133,4 +161,9 @@ __all__ = [
     "counted_tokens", "example_loss",
     "token_logprobs", "mixed_precision", "train_epoch", "linear_schedule", "TrainSpec", "peft_quietly",
     "unsafe_load_reason",
+    # numerics and stores the core uses too: clustering, random projections, the gradient store, AdamW state
+    "KMeansParams", "kmeans", "cluster_members", "allocate", "gumbel_top", "features_of", "has_faiss",
+    "make_projector", "KroneckerProjector", "resolve_kind", "ProjectionKind", "WIDE",
+    "StoredFeatures", "encode_features", "checkpoint_shards", "row_blocks", "aligned_blocks", "is_half", "unit_rows",
+    "save_adam_state", "load_adam_state", "OPTIMIZER_FILE", "STATE_FILE",
 ]

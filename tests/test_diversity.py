@@ -9,8 +9,8 @@ import pytest
 from _pools import pool
 from threadpoolctl import threadpool_limits
 
+from selectkit.contract.clusters import KMeansParams, allocate, gumbel_top, kmeans
 from selectkit.contract.components import Score, SelectContext, Shape
-from selectkit_plugins.lib.clusters import KMeansParams, allocate, gumbel_top, kmeans
 from selectkit_plugins.selectors.cluster_bandit import ClusterBandit, centroid_neighbours
 from selectkit_plugins.selectors.dedup import Dedup
 from selectkit_plugins.selectors.kmeans_diverse import KMeansDiverse, cluster_quotas

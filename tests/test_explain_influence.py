@@ -254,7 +254,7 @@ def test_an_inner_product_index_round_trips_and_ranks_rows_without_a_gradient_la
     the same; a pool row without a gradient (NaN) never outranks one with a score."""
     from test_gradient_store import stored
 
-    from selectkit_plugins.lib.influence.neighbours import InfluenceIndex, exact_top_k
+    from selectkit.results.neighbours import InfluenceIndex, exact_top_k
 
     rng = np.random.default_rng(7)
     centres = rng.normal(size=(30, 128))

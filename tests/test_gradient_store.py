@@ -17,8 +17,8 @@ from conftest import ROOT, cli
 from test_cli_faults import tmpfs
 
 from selectkit.storage.cache import Cache
+from selectkit.storage.gradient_store import StoredFeatures, decode, encode
 from selectkit_plugins.lib.influence.scores import datainf, less, pairwise, tracin
-from selectkit_plugins.lib.influence.store import StoredFeatures, decode, encode
 
 torch = pytest.importorskip("torch")
 
@@ -27,7 +27,7 @@ torch = pytest.importorskip("torch")
 
 
 def test_sparse_projection_is_deterministic_unbiased_and_equal_to_its_matrix():
-    from selectkit_plugins.lib.influence.projection import SparseProjector
+    from selectkit.contract.projection import SparseProjector
 
     p = SparseProjector(5000, 64, seed=3, label="joint")
     x = torch.randn(12, 5000)
@@ -91,7 +91,7 @@ def stored(tmp_path, name: str, arrays: list[np.ndarray], dtype: str) -> StoredF
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_streamed_scores_equal_the_in_memory_ones(tmp_path, dtype, block, monkeypatch):
     if block is not None:  # wide features are read in blocks smaller than a shard (uneven here: 40 = 5*7 + 5)
-        import selectkit_plugins.lib.influence.store as store
+        import selectkit.storage.gradient_store as store
 
         monkeypatch.setattr(store, "block_rows", lambda dim: block)
     rng = np.random.default_rng(1)
@@ -258,7 +258,7 @@ def test_influence_neighbours_find_the_exact_top_rows_from_the_store(tmp_path, f
     """The index answers 'which pool rows score highest for this target' with exact scores (re-ranked
     from the store's shards) and the exact product's rows: recall@10 against a full streamed scan."""
     pytest.importorskip("faiss")
-    from selectkit_plugins.lib.influence.neighbours import InfluenceIndex, exact_top_k
+    from selectkit.results.neighbours import InfluenceIndex, exact_top_k
 
     rng = np.random.default_rng(5)
     centres = rng.normal(size=(30, 256))

@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from selectkit_plugins.lib.influence.projection import KroneckerProjector, Projector
+from selectkit.contract.projection import KroneckerProjector, Projector
 
 torch.set_num_threads(2)
 
@@ -73,7 +73,7 @@ def test_projection_is_bit_identical_across_shards_and_cache_modes():
 def test_projection_is_bit_identical_in_a_fresh_process():
     import hashlib
 
-    code = ("import torch, hashlib; from selectkit_plugins.lib.influence.projection import Projector; "
+    code = ("import torch, hashlib; from selectkit.contract.projection import Projector; "
             "x = torch.arange(6000, dtype=torch.float32).reshape(3, 2000).sin(); "
             "print(*[hashlib.sha256(Projector(2000, 64, seed=11, kind=k)(x).numpy().tobytes()).hexdigest() "
             "for k in ('rademacher', 'gaussian')])")

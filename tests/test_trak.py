@@ -16,8 +16,8 @@ from conftest import ROOT, cli
 from selectkit.evaluation.ranks import spearman
 from selectkit.plugin import SelectkitError
 from selectkit.storage.cache import Cache
+from selectkit.storage.gradient_store import StoredFeatures, encode
 from selectkit_plugins.lib.influence.scores import tracin, trak
-from selectkit_plugins.lib.influence.store import StoredFeatures, encode
 
 
 def stored(tmp_path: Path, name: str, arrays: list[np.ndarray], dtype: str = "float32") -> StoredFeatures:
@@ -42,8 +42,8 @@ def reference(xs: list[np.ndarray], ys: list[np.ndarray], weights: list[float], 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_streamed_in_tiny_blocks_equals_one_block_and_a_dense_solve(tmp_path, dtype, monkeypatch):
+    import selectkit.storage.gradient_store as store
     import selectkit_plugins.lib.influence.scores as scores
-    import selectkit_plugins.lib.influence.store as store
 
     monkeypatch.setattr(store, "block_rows", lambda dim: 7)  # 40 = 5*7 + 5: uneven blocks inside each shard
     monkeypatch.setattr(scores, "GRAM_COLUMNS", 5)  # X^T X in uneven column strips (24 = 4*5 + 4)
@@ -164,7 +164,7 @@ def test_a_recipes_columns_equal_numpy_on_the_store(tmp_path, monkeypatch):
     lr / sum(lr), then takes each target's mean (and max) over its examples. (~15 s on 2 loaded cores:
     the warmup; the model itself without one is slower, every Linear layer's gradient.)"""
     pytest.importorskip("torch")
-    import selectkit_plugins.lib.influence.store as store
+    import selectkit.storage.gradient_store as store
     from selectkit.api import run as run_recipe
 
     monkeypatch.setattr(store, "block_rows", lambda dim: 5)

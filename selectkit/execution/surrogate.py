@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from selectkit.contract.clusters import allocate, cluster_members, kmeans
 from selectkit.contract.keyed_random import canonical_order, row_keys, uniform  # noqa: F401 - row_keys for callers
 from selectkit.recipe.spec import default_clusters
 
@@ -53,15 +54,12 @@ def label_sample(keys: np.ndarray, features: np.ndarray | None, usable: np.ndarr
     Everything is keyed by row identity: rows are put in row-key order before k-means, and each
     cluster's quota is filled by the rows with the smallest keyed uniform draw, so shuffling the
     pool gives the same sample."""
-    from selectkit_plugins.lib.clusters import allocate, cluster_members
-
     candidates = np.flatnonzero(np.asarray(usable, dtype=bool))
     candidates = candidates[canonical_order(keys[candidates])]
     ck = keys[candidates]
     draw = uniform(seed, ("surrogate", name, "labels"), ck)
     if stratify == "cluster" and features is not None and len(candidates) > 1:
         from selectkit.contract.components import rng_for
-        from selectkit_plugins.lib.clusters import kmeans
 
         k = clusters or default_clusters(n_labels)
         x = np.asarray(features, dtype=np.float32)[candidates]

@@ -161,8 +161,8 @@ class GradientCallback(TrainerCallback):
 
     def _write_checkpoint(self, step: int, model: Any, optimizer: Any, lr: float) -> Path:
         """The adapter, its AdamW moments and the checkpoint's rate, renamed into place when complete."""
+        from selectkit.models.checkpoint import save_adam_state
         from selectkit.storage.cache import share
-        from selectkit_plugins.lib.influence.warmup import save_adam_state
 
         self.dir.mkdir(parents=True, exist_ok=True)
         final = self.dir / f"step-{step}"

@@ -5,7 +5,7 @@ pool row.
 manifest.json names what this needs for each pairwise influence score (execution/influence.py): the
 cache entries of the pool's and the targets' gradient features, the checkpoint weights, and whether the
 score is a cosine (LESS, grad-cos TracIn) or an inner product (TracIn). The pool's index (faiss over a
-sketch of the weighted rows, lib/influence/neighbours.py) is built on the first question and kept in the
+sketch of the weighted rows, results/neighbours.py) is built on the first question and kept in the
 cache, keyed by the store entry and the weights, so the next question costs one search; the candidates
 it finds are re-ranked by their exact scores read from the store, so every score shown is exact.
 """
@@ -155,7 +155,7 @@ def _target_row(run: Run, name: str, entry: dict, target_id: str, task: str | No
 
 def _open(cache: Any, store: dict, what: str) -> list:
     """One data source's stored gradient features per checkpoint; a pruned entry says to run again."""
-    from selectkit_plugins.lib.influence.store import open_store
+    from selectkit.storage.gradient_store import open_store
 
     try:
         artifact, key = str(store["artifact"]), str(store["key"])
@@ -178,8 +178,8 @@ def _open(cache: Any, store: dict, what: str) -> list:
 def _index(cache: Any, entry: dict, pool: list, weights: list[float]) -> tuple[Any, str]:
     """The pool's neighbours index: from the cache when built before for this store and these weights, else
     built now and kept there (a cache that takes no writes only costs the next question a rebuild)."""
+    from selectkit.results.neighbours import InfluenceIndex
     from selectkit.storage.digest import cache_key
-    from selectkit_plugins.lib.influence.neighbours import InfluenceIndex
 
     cosine = bool(entry.get("cosine", True))
     # `<store key>-index-<digest>`: `cache prune --keep` keeps the index exactly as long as the store it indexes

@@ -1,2 +1,2 @@
-"""Shared maths of the built-in plugins (influence, clustering, whitening): plugins of any kind may
+"""Shared maths of the built-in plugins (influence, whitening, columns): plugins of any kind may
 import it; it registers nothing."""

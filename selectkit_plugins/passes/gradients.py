@@ -31,8 +31,11 @@ from selectkit.plugin import (
     ShardedPass,
     Shards,
     StepStore,
+    StoredFeatures,
     cache_key,
+    checkpoint_shards,
     describe,
+    encode_features,
     hookimpl,
     lazy_import,
     prompts_of,
@@ -145,19 +148,17 @@ class Gradients(ShardedPass):
 
     def compute(self, work: PassWork, shard: Shard, model: PointFeaturizer, ctx: PassContext) -> dict[str, Any]:
         from selectkit_plugins.lib.influence.pipeline import featurize_texts
-        from selectkit_plugins.lib.influence.store import encode
 
         settings = dict(work.requests[0].settings)
         got = featurize_texts(model.lm.model, model.lm.tokenizer, shard.rows.texts, model.settings,
                               prompts=prompts_of(shard.rows, settings.get("response")), featurizer=model.featurizer)
-        return {**encode(got.features, settings["feature_dtype"]), "norms": got.norms, "losses": got.losses,
+        return {**encode_features(got.features, settings["feature_dtype"]), "norms": got.norms, "losses": got.losses,
                 "layout": model.layout}
 
     def assemble(self, work: PassWork, shards: Shards, ctx: PassContext) -> dict[FeatureRequest, Any]:
         """Per checkpoint: the store's features, read shard by shard when a score streams them (never
         concatenated here), beside the norms and losses (one number per row)."""
         from selectkit_plugins.lib.influence.pipeline import FeatureSet
-        from selectkit_plugins.lib.influence.store import StoredFeatures, checkpoint_shards
 
         rows = work.row_shards
         dtype = dict(work.requests[0].settings)["feature_dtype"]

@@ -37,6 +37,7 @@ from selectkit.plugin import (
     describe,
     example_loss,
     hookimpl,
+    kmeans,
     lazy_import,
     mixed_precision,
     rng_for,
@@ -295,8 +296,6 @@ class Unlearn(PassProvider):
         if p.get("group_by") is not None:
             keys = ctx.pool.column(p["group_by"]).cast(str).fill_null("").to_numpy()
         else:
-            from selectkit_plugins.lib.clusters import kmeans
-
             labels, _ = kmeans(ctx.input("embedding"), p["clusters"], rng_for(ctx.seed, label, "kmeans"))
             keys = np.char.mod("cluster-%d", labels)
         names, inverse = np.unique(keys, return_inverse=True)

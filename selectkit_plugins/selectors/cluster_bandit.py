@@ -16,16 +16,19 @@ from __future__ import annotations
 from pydantic import Field
 
 from selectkit.plugin import (
+    KMeansParams,
     RecipeError,
     SelectContext,
     Selection,
     Selector,
     SelectorParams,
     Shape,
+    cluster_members,
+    features_of,
     hookimpl,
+    kmeans,
     lazy_import,
 )
-from selectkit_plugins.lib.clusters import KMeansParams, cluster_members, features_of, kmeans
 
 np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 

@@ -14,8 +14,17 @@ from typing import Literal
 
 from pydantic import Field
 
-from selectkit.plugin import SelectContext, Selection, Selector, SelectorParams, Shape, hookimpl, lazy_import
-from selectkit_plugins.lib.clusters import features_of, has_faiss
+from selectkit.plugin import (
+    SelectContext,
+    Selection,
+    Selector,
+    SelectorParams,
+    Shape,
+    features_of,
+    has_faiss,
+    hookimpl,
+    lazy_import,
+)
 
 np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 

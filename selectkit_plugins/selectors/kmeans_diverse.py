@@ -14,8 +14,21 @@ from typing import Literal
 
 from pydantic import Field
 
-from selectkit.plugin import SelectContext, Selection, Selector, SelectorParams, Shape, hookimpl, lazy_import
-from selectkit_plugins.lib.clusters import KMeansParams, allocate, cluster_members, features_of, gumbel_top, kmeans
+from selectkit.plugin import (
+    KMeansParams,
+    SelectContext,
+    Selection,
+    Selector,
+    SelectorParams,
+    Shape,
+    allocate,
+    cluster_members,
+    features_of,
+    gumbel_top,
+    hookimpl,
+    kmeans,
+    lazy_import,
+)
 
 np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 

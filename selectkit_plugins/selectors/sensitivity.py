@@ -13,16 +13,18 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from selectkit.plugin import (
+    KMeansParams,
     RecipeError,
     SelectContext,
     Selection,
     Selector,
     SelectorParams,
     Shape,
+    features_of,
     hookimpl,
+    kmeans,
     lazy_import,
 )
-from selectkit_plugins.lib.clusters import KMeansParams, features_of, kmeans
 
 np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 

@@ -1,5 +1,6 @@
-"""Gradient-based influence: per-example gradient features, random projections, and the
-scoring math (TracIn, LESS, DataInf, inverse-Hessian, EK-FAC, self-influence, GraNd).
+"""Gradient-based influence: per-example gradient features and the scoring math (TracIn, LESS,
+DataInf, inverse-Hessian, EK-FAC, self-influence, GraNd). What the core uses too comes through
+`selectkit.plugin`: the random projections, the gradient store and a checkpoint's AdamW state.
 
 Modules are small and import torch only inside functions or on import of the module
 itself (never from `selectkit_plugins.lib.influence` or from plugin modules), so recipe validation

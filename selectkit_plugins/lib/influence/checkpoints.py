@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from selectkit.plugin import DataError, SelectkitError, unsafe_load_reason
+from selectkit.plugin import OPTIMIZER_FILE, STATE_FILE, DataError, SelectkitError, unsafe_load_reason
 from selectkit_plugins.lib.influence.adam import AdamState
 
 
@@ -51,7 +51,7 @@ def read_checkpoints(folders: Sequence[str | Path]) -> list[Checkpoint]:
 
 def warmup_checkpoint(folder: Path, name: str) -> Checkpoint:
     """A checkpoint the warmup wrote into the cache."""
-    from selectkit_plugins.lib.influence.warmup import ADAPTER_DIR, OPTIMIZER_FILE, STATE_FILE
+    from selectkit_plugins.lib.influence.warmup import ADAPTER_DIR
 
     meta = json.loads((folder / STATE_FILE).read_text())
     return Checkpoint(name, folder / ADAPTER_DIR, float(meta["lr"]), folder / OPTIMIZER_FILE, folder / STATE_FILE)

@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from selectkit.plugin import KroneckerProjector, ProjectionKind, make_projector, resolve_kind
 from selectkit_plugins.lib.influence.adam import AdamState, adam_transform
 from selectkit_plugins.lib.influence.hooks import (
     capture,
@@ -41,7 +42,6 @@ from selectkit_plugins.lib.influence.hooks import (
     with_bias_column,
 )
 from selectkit_plugins.lib.influence.layers import LAYER_TYPES, GradientSupportError, layer_dims, layer_kind, model_type
-from selectkit_plugins.lib.influence.projection import Kind, KroneckerProjector, make_projector, resolve_kind
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -141,8 +141,9 @@ class GradientFeaturizer:
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, *, method: Literal["hooks", "vmap"] = "hooks",
-                 modules: Sequence[str] | None = None, proj_dim: int | None = None, proj_kind: Kind = "rademacher",
-                 seed: int = 0, layout: Literal["joint", "per_block"] = "joint", factorize_above: int | None = None,
+                 modules: Sequence[str] | None = None, proj_dim: int | None = None,
+                 proj_kind: ProjectionKind = "rademacher", seed: int = 0,
+                 layout: Literal["joint", "per_block"] = "joint", factorize_above: int | None = None,
                  factor_dim: int = 32, adam: AdamState | None = None, adam_mode: Literal["less", "paper"] = "less"):
         self.model, self.loss_fn, self.method = model, loss_fn, method
         self.adam, self.adam_mode = adam, adam_mode

@@ -27,7 +27,7 @@ def gradient_request(kind: str, data: str, settings: dict[str, Any]) -> FeatureR
 def resolved(request: FeatureRequest) -> FeatureRequest:
     """A grad_features request with its `auto` choices made (what the store is keyed by, what the plan
     shows): a sparse projection and float16 storage from WIDE dims up, dense and float32 below."""
-    from selectkit_plugins.lib.influence.projection import WIDE, resolve_kind
+    from selectkit.plugin import WIDE, resolve_kind
 
     settings = dict(request.settings)
     if request.kind != "grad_features":

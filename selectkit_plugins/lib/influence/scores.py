@@ -13,11 +13,10 @@ Self-influence and GraNd are (N,).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from selectkit.plugin import SelectkitError, lazy_import
-from selectkit_plugins.lib.influence.store import is_half, row_blocks
+from selectkit.plugin import SelectkitError, aligned_blocks, is_half, lazy_import, row_blocks, unit_rows
 
 np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
@@ -42,15 +41,6 @@ def _check(train: Sequence[Any], target: Sequence[np.ndarray], lrs: Sequence[flo
 
 def _precision(x: Any) -> Any:
     return np.float32 if is_half(x) else np.float64
-
-
-def aligned_blocks(train: Sequence[Any]) -> Iterator[list[tuple[int, int, np.ndarray]]]:
-    """The same row block of every checkpoint's train features, block after block."""
-    iterators = [row_blocks(x) for x in train]
-    for blocks in zip(*iterators):
-        if len({(lo, hi) for lo, hi, _ in blocks}) != 1:
-            raise ValueError("checkpoints' features are stored in different row blocks")
-        yield list(blocks)
 
 
 def pairwise(train: Sequence[Any], target: Sequence[np.ndarray], weights: Sequence[float], *, cosine: bool = False,
@@ -154,13 +144,6 @@ def trak(train: Sequence[Any], target: Sequence[np.ndarray], weights: Sequence[f
     _check(train, target, weights)
     solved = [trak_targets(x, y, damping, absolute=absolute) for x, y in zip(train, target)]
     return pairwise(train, solved, weights, reduce=reduce)
-
-
-def unit_rows(x: np.ndarray, dtype: Any = None) -> np.ndarray:
-    """Rows scaled to unit L2 norm (zero rows stay zero), as LESS's `merge_and_normalize_info`."""
-    x = np.asarray(x, dtype or np.float64)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms > 0, norms, 1.0)
 
 
 def less(train_adam: Sequence[Any], target_sgd: Sequence[np.ndarray], lrs: Sequence[float], *,

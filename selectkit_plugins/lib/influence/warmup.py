@@ -11,7 +11,9 @@ Exact resume: an epoch's checkpoint holds everything the next epoch depends on (
 the AdamW moments and step counts, the scheduler position); the data order of epoch e is a
 seeded permutation of its own and the dropout generator is reseeded from (seed, epoch), so
 training epochs 1..E in one go or resuming after any epoch gives byte-identical weights.
-Saved with safetensors and JSON only: loading a checkpoint never unpickles anything.
+Saved with safetensors and JSON only: loading a checkpoint never unpickles anything (the AdamW state
+is saved and restored by the core's `save_adam_state` / `load_adam_state`, selectkit.models.checkpoint,
+which the Trainer callback writes its checkpoints with too).
 """
 
 from __future__ import annotations
@@ -26,17 +28,16 @@ from selectkit.plugin import (
     canonical_order,
     lazy_import,
     linear_schedule,
+    load_adam_state,
     peft_quietly,
+    save_adam_state,
     train_epoch,
     uniform,
 )
 
 np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
-OPTIMIZER_FILE = "optimizer.safetensors"
-STATE_FILE = "state.json"
-ADAPTER_DIR = "adapter"
-FORMAT = "selectkit-warmup-2"
+ADAPTER_DIR = "adapter"  # beside the AdamW state (selectkit.models.checkpoint: optimizer.safetensors, state.json)
 
 
 def warmup_rows(keys: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -48,33 +49,6 @@ def warmup_rows(keys: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     draw = uniform(seed, ("warmup",), keys)
     chosen = np.argpartition(draw, k - 1)[:k] if k < n else np.arange(n)
     return chosen[canonical_order(keys[chosen])]
-
-
-def save_adam_state(folder: Path, optimizer: Any, named: Sequence[tuple[str, Any]], info: dict,
-                    scheduler: Any = None) -> None:
-    """An AdamW optimizer's moments as `optimizer.safetensors` and the rest of its state as `state.json`
-    (param_names in the optimizer's index order, step counts, betas, eps, `info`): the form
-    `checkpoints.adam_state` reads, never unpickled. The warmup's checkpoints and the Trainer
-    callback's (selectkit.integrations.transformers) are written here. `named`: (name, parameter)
-    of every parameter the optimizer holds."""
-    from safetensors.torch import save_file
-
-    state = optimizer.state_dict()
-    name_of = {id(p): n for n, p in named}
-    params = [p for group in optimizer.param_groups for p in group["params"]]  # state_dict's index order
-    tensors = {}
-    steps = {}
-    for index, st in state["state"].items():
-        tensors[f"{index}.exp_avg"] = st["exp_avg"].detach().cpu().contiguous()
-        tensors[f"{index}.exp_avg_sq"] = st["exp_avg_sq"].detach().cpu().contiguous()
-        steps[str(index)] = float(st["step"])
-    save_file(tensors, str(folder / OPTIMIZER_FILE))
-    group = optimizer.param_groups[0]
-    sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"} if scheduler is not None else {}
-    meta = {**info, "format": FORMAT, "param_names": [name_of[id(p)] for p in params], "steps": steps,
-            "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in state["param_groups"]],
-            "scheduler": sched, "betas": list(group["betas"]), "eps": group["eps"]}
-    (folder / STATE_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -135,25 +109,8 @@ class Warmup:
 
     def restore(self, folder: Path) -> None:
         """Continue from an epoch's checkpoint (the inverse of `save`)."""
-        import torch
-        from safetensors.torch import load_file
-
-        meta = json.loads((folder / STATE_FILE).read_text())
         load_lora_weights(self.model, folder / ADAPTER_DIR, f"checkpoint {folder.name}")
-        tensors = load_file(str(folder / OPTIMIZER_FILE))
-        state = {"state": {}, "param_groups": []}
-        for index, step in meta["steps"].items():
-            state["state"][int(index)] = {"step": torch.tensor(step), "exp_avg": tensors[f"{index}.exp_avg"],
-                                          "exp_avg_sq": tensors[f"{index}.exp_avg_sq"]}
-        for saved, group in zip(meta["param_groups"], self.opt.state_dict()["param_groups"]):
-            restored = {**saved, "params": group["params"]}
-            if "betas" in restored:
-                restored["betas"] = tuple(restored["betas"])
-            state["param_groups"].append(restored)
-        self.opt.load_state_dict(state)
-        sched = self.sched.state_dict()
-        sched.update(meta["scheduler"])
-        self.sched.load_state_dict(sched)
+        load_adam_state(folder, self.opt, self.sched)
 
 
 def load_lora_weights(model: Any, adapter: Path, label: str) -> None:

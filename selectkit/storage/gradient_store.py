@@ -8,14 +8,20 @@ its 11-bit mantissa at every scale: projected gradients of a trained model are s
 plain float16 to round many coordinates to subnormals or zero. A block reads back as float32
 (float16 rows times their scale); the scores multiply blocks in float32 (float64 for float32
 features, as ever) and accumulate over checkpoints in float64.
+
+It lives in the core's storage (it began in the built-in plugins' influence library) because the
+core reads it too: `selectkit explain --influence` (selectkit.results.influence) opens a run's store
+and searches it (selectkit.results.neighbours). The `gradients` provider and the influence scores
+reach it through `selectkit.plugin`. numpy is imported on first use.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from selectkit.plugin import lazy_import
+from selectkit.contract.lazy import lazy_import
+from selectkit.errors import SelectkitError
 
 np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
@@ -74,8 +80,6 @@ class StoredFeatures:
         """Shard `index`'s arrays, memory-mapped; a missing or corrupt one is an error that says what to do."""
         arrays = self.shards.read(index, mmap=True)
         if arrays is None:
-            from selectkit.plugin import SelectkitError
-
             raise SelectkitError(f"shard {index} of the gradient store is missing or corrupt (it was removed); "
                                  "run the recipe again to recompute it")
         return arrays
@@ -143,6 +147,22 @@ def row_blocks(features: Any) -> Iterator[tuple[int, int, np.ndarray]]:
     array = np.asarray(features)
     for lo in range(0, max(len(array), 1), ARRAY_BLOCK_ROWS):
         yield lo, min(lo + ARRAY_BLOCK_ROWS, len(array)), array[lo:lo + ARRAY_BLOCK_ROWS]
+
+
+def aligned_blocks(train: Sequence[Any]) -> Iterator[list[tuple[int, int, np.ndarray]]]:
+    """The same row block of every checkpoint's train features, block after block."""
+    iterators = [row_blocks(x) for x in train]
+    for blocks in zip(*iterators):
+        if len({(lo, hi) for lo, hi, _ in blocks}) != 1:
+            raise ValueError("checkpoints' features are stored in different row blocks")
+        yield list(blocks)
+
+
+def unit_rows(x: np.ndarray, dtype: Any = None) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero), as LESS's `merge_and_normalize_info`."""
+    x = np.asarray(x, dtype or np.float64)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1.0)
 
 
 def is_half(features: Any) -> bool:

@@ -12,6 +12,11 @@ Deviations from TRAK's `BasicProjector` (whose block seeds are seed + 1e3 b + 1e
 blocks over output columns): entries are scaled by 1/sqrt(k) so inner products are
 preserved in expectation (TRAK leaves them unscaled; cosine scores are unaffected), and
 the RNG stream is always the CPU one (TRAK's CPU and CUDA projections differ).
+
+It lives in the core (it began in the built-in plugins' influence library) because the core uses it
+too: the neighbours index that `selectkit explain --influence` searches (selectkit.results.neighbours)
+sketches gradient rows with `SparseProjector`. The gradient featurizer reaches it through
+`selectkit.plugin`. It imports nothing of selectkit; torch is imported when a projection runs.
 """
 
 from __future__ import annotations

@@ -13,6 +13,11 @@ approximate (benchmarks/bench_influence_index.py measures recall@k against the e
 
 Memory: the index is built shard by shard (rows are sketched a block at a time); it holds
 sketch_dim x 4 bytes a row when flat, 64 bytes a row as IVF-PQ (17 MB at LESS's 270k rows).
+
+It lives in `results` (it began in the built-in plugins' influence library) because what it serves is
+`selectkit explain --influence` on a finished run (selectkit.results.influence); it reads the gradient
+store (selectkit.storage.gradient_store) and sketches with the core's seeded projections
+(selectkit.contract.projection). numpy, torch and faiss are imported on first use.
 """
 
 from __future__ import annotations
@@ -20,9 +25,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from selectkit.plugin import MissingExtraError, lazy_import
-from selectkit_plugins.lib.influence.scores import aligned_blocks, unit_rows
-from selectkit_plugins.lib.influence.store import row_blocks
+from selectkit.contract.lazy import lazy_import
+from selectkit.errors import MissingExtraError
+from selectkit.storage.gradient_store import aligned_blocks, row_blocks, unit_rows
 
 np = lazy_import("numpy")
 
@@ -45,7 +50,7 @@ class InfluenceIndex:
     def __init__(self, train: Sequence[Any], weights: Sequence[float], *, sketch_dim: int = 1024, seed: int = 0,
                  nlist: int | None = None, pq_bytes: int = 64, flat_below: int = FLAT_BELOW, cosine: bool = True,
                  saved: Any = None):
-        from selectkit_plugins.lib.influence.projection import SparseProjector
+        from selectkit.contract.projection import SparseProjector
 
         if len(train) != len(weights) or not train:
             raise ValueError(f"need one feature set per checkpoint weight: {len(train)} and {len(weights)}")

@@ -1,5 +1,10 @@
-"""Shared pieces of the cluster-based selectors: k-means with a seeded backend choice,
-feature access, capped quota allocation and Gumbel-top-k."""
+"""Clustering numerics shared by the core and the cluster-based selectors: k-means with a seeded
+backend choice, feature access, capped quota allocation and Gumbel-top-k.
+
+It lives in the core (it began in the built-in plugins' library) because the core uses it too: the
+surrogate's cluster-stratified label sample (selectkit.execution.surrogate) runs `kmeans`,
+`cluster_members` and `allocate`. Plugins reach it through `selectkit.plugin`. It imports nothing of
+selectkit above the contract; numpy, scikit-learn and faiss are imported on first use."""
 
 from __future__ import annotations
 
@@ -8,7 +13,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from selectkit.plugin import Params, RecipeError, SelectContext, Shape, lazy_import
+from selectkit.contract.components import Params, SelectContext, Shape
+from selectkit.contract.lazy import lazy_import
+from selectkit.errors import RecipeError
 
 np = lazy_import("numpy")  # imported on first use: loading plugins stays cheap
 
