@@ -94,6 +94,30 @@ def test_ekfac_on_a_pool_its_fit_covers_needs_no_scoring_pass_and_scores_all_tar
     assert _precision(ctx, fused[:, 0], "reverse") >= 0.7 and _precision(ctx, fused[:, 1], "add") >= 0.7
 
 
+def test_the_plan_counts_ekfacs_pool_passes(tmp_path):
+    """`plan` prices EK-FAC as the passes it makes: one over a pool within `factor_examples` (the fit
+    gives the pool's gradients), the fit rows plus the pool otherwise."""
+    from conftest import ROOT, cli
+
+    recipes = ROOT / "recipes"
+    text = (recipes / "less.yaml").read_text()
+    text = text.replace("data/", f"{recipes}/data/").replace("models/tiny-lm", str(recipes / "models" / "tiny-lm"))
+    text = text.replace("use: influence.less", "use: influence.ekfac").replace("score: influence,",
+                                                                             "score: influence.politics,")
+    flops, what = {}, {}
+    for fit in (2000, 100):
+        path = tmp_path / f"ekfac-{fit}.yaml"
+        path.write_text(text.replace("with: {proj_dim: 1024, aggregate: mean, combine: max}",
+                                     f"with: {{factor_examples: {fit}}}"))
+        done = cli("plan", path, "--format", "json")
+        assert done.returncode == 0, done.stderr
+        (step,) = [s for s in json.loads(done.stdout)["steps"] if "ekfac_influence" in s["id"]]
+        flops[fit], what[fit] = step["estimate"]["flops"], step["estimate"]["what"]
+    rows = sum(1 for _ in open(recipes / "data" / "pool.jsonl"))
+    assert "one pass" in what[2000] and "fit on 100 rows" in what[100], what
+    assert flops[100] / flops[2000] == pytest.approx(1 + 100 / rows)
+
+
 def test_self_influence_and_grand_are_lr_weighted_norms(ctx):
     si = scored(SelfInfluence(SelfInfluence.Params()), ctx).values
     gn = scored(GraNd(GraNd.Params()), ctx).values

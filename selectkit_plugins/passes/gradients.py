@@ -92,8 +92,7 @@ class Gradients(ShardedPass):
                 targets = list(settings.get("targets", ()))
                 estimate = ctx.estimate(model, "pool", backward=True)
                 if estimate is not None:
-                    estimate = estimate.scaled(2.0, f"{r.kind}: curvature fit + pool and target gradients",
-                                               work="gradients")
+                    estimate = estimate.scaled(*_curvature_passes(r, ctx.rows.get("pool")), work="gradients")
                 out.append(PassPlan(f"{r.kind}:{tag}", f"{r.kind} of {model.name} for {', '.join(targets)}", [r],
                                     "pool",
                                     [r.kind, model.fingerprint, ctx.sources["pool"].fingerprint,
@@ -257,6 +256,20 @@ def _gradient_settings(settings: dict[str, Any], seed: int, max_length: int) -> 
                             batch_size=0 if settings["batch_size"] == "auto" else settings["batch_size"],
                             max_length=max_length,  # auto (0): sized from the loaded model, see `run`
                             dtype="float32", keep_features=settings["keep_features"])  # stored by `encode`
+
+
+def _curvature_passes(request: FeatureRequest, pool_rows: int | None) -> tuple[float, str]:
+    """Pool passes of a curvature request, and what they are. iHVP fits on a sample, then scores the
+    pool: 2. EK-FAC fits in one pass over `factor_examples` rows, and a pool within them (empirical
+    Fisher) is scored from the fit's own gradients: 1 (2 passes of the fit rows when their gradient
+    matrices exceed `ekfac.KEEP_BYTES`, which planning does not see)."""
+    settings = dict(request.settings)
+    if request.kind != "ekfac_influence" or not pool_rows:
+        return 2.0, f"{request.kind}: curvature fit + pool and target gradients"
+    fit = min(settings.get("factor_examples") or pool_rows, pool_rows)
+    if fit == pool_rows and settings.get("fisher") == "empirical":
+        return 1.0, "ekfac_influence: one pass fits the factors on the pool and gives its gradients; targets"
+    return 1.0 + fit / pool_rows, f"ekfac_influence: factors fit on {fit:,} rows + pool and target gradients"
 
 
 @hookimpl
