@@ -312,7 +312,7 @@ def sampled_lm_loss(seed: int = 0) -> LossFn:
         valid = batch["labels"][:, 1:] != -100
         probs = torch.softmax(logits.detach(), -1).flatten(0, 1)
         tokens = zlib.crc32(batch["input_ids"].cpu().numpy().tobytes())
-        gen = torch.Generator().manual_seed((seed << 32) | tokens)
+        gen = torch.Generator().manual_seed(((seed % 2**32) << 32) | tokens)
         # drawn on the CPU from a CPU generator: the same labels on every device
         sampled = torch.multinomial(probs.cpu(), 1, generator=gen).view(valid.shape).to(logits.device)
         ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), sampled, reduction="none") * valid
