@@ -40,6 +40,10 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "benchmarks" / ".work"
 DAMPING = 0.01  # InverseHessian's default, on the mean-loss curvature
 DATAINF_DAMPING = 0.01
+# EK-FAC's damping: DAMPING for every library (the tables), or with PEERS_EKFAC_DAMPING=default each
+# library's own heuristic, 0.1 x mean(Lambda) per layer (selectkit's `damping: null`, kronfluence's
+# damping_factor=None): what a user of each gets without tuning
+EKFAC_DAMPING = None if os.environ.get("PEERS_EKFAC_DAMPING") == "default" else DAMPING
 PROJ_DIM = 128
 # worker threads; PEERS_THREADS=1 on a loaded machine: 2-thread OpenMP barriers stall there (measured: a
 # selectkit gradient pass 8.7 s with 2 threads, 0.10 s with 1, at load average ~3.6 on 2 cores)
@@ -179,7 +183,7 @@ def run_selectkit(method: str, folder: Path, t: Timer, device: str = "cpu"):
         with t("fit"):
             layers = fit_ekfac(model, sk_loss, tb, modules)
         with t("score"):  # as a recipe whose pool is within factor_examples: the fit kept the train gradients
-            queries = precondition_queries(model, sk_loss, layers, modules, qb, damping=DAMPING)
+            queries = precondition_queries(model, sk_loss, layers, modules, qb, damping=EKFAC_DAMPING)
             if all(layer.kept is not None for layer in layers.values()):
                 return kept_scores(layers, queries)
             return train_scores(model, sk_loss, layers, modules, tb, queries)
@@ -219,7 +223,7 @@ def run_kronfluence(method: str, folder: Path, t: Timer, device: str = "cpu"):
             analyzer.compute_pairwise_scores("s", "f", query_dataset=Rows(query), train_dataset=Rows(train),
                                              per_device_query_batch_size=len(query["input_ids"]),
                                              per_device_train_batch_size=BATCH,
-                                             score_args=ScoreArguments(damping_factor=DAMPING),
+                                             score_args=ScoreArguments(damping_factor=EKFAC_DAMPING),
                                              overwrite_output_dir=True)
             return analyzer.load_pairwise_scores("s")["all_modules"].cpu().numpy().T
 
