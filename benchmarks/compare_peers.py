@@ -171,7 +171,7 @@ def run_selectkit(method: str, folder: Path, t: Timer, device: str = "cpu"):
     import numpy as np
     import torch
 
-    from selectkit_plugins.lib.influence.ekfac import fit_ekfac, kept_scores, precondition_queries, train_scores
+    from selectkit_plugins.lib.influence.ekfac import fit_ekfac, fit_rows_scores, precondition_queries
     from selectkit_plugins.lib.influence.grads import GradientFeaturizer, linear_modules
     from selectkit_plugins.lib.influence.grads import lm_loss as sk_loss
     from selectkit_plugins.lib.influence.scores import datainf, trak
@@ -184,9 +184,7 @@ def run_selectkit(method: str, folder: Path, t: Timer, device: str = "cpu"):
             layers = fit_ekfac(model, sk_loss, tb, modules)
         with t("score"):  # as a recipe whose pool is within factor_examples: the fit kept the train gradients
             queries = precondition_queries(model, sk_loss, layers, modules, qb, damping=EKFAC_DAMPING)
-            if all(layer.kept is not None for layer in layers.values()):
-                return kept_scores(layers, queries)
-            return train_scores(model, sk_loss, layers, modules, tb, queries)
+            return fit_rows_scores(model, sk_loss, layers, modules, tb, queries)
     proj = PROJ_DIM if method.startswith("TRAK") else None
     feat = GradientFeaturizer(model, sk_loss, proj_dim=proj, layout="per_block" if method == "DataInf" else "joint")
     with t("grads"):

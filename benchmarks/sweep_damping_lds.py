@@ -7,7 +7,7 @@ recipes' own conventions:
 - EK-FAC: d x mean(Lambda) (`influence.ekfac`'s default `damping: null` is 0.1 x mean(Lambda)).
 
 Each method's gradients are computed once. TRAK reuses its features for every lambda. EK-FAC reuses
-its factors and the fit's kept gradients, and only preconditions the queries again. Paired differences
+its factors, the fit's kept gradients and the queries' gradients, and only preconditions them again. Paired differences
 against the default use one bootstrap over subsets, as in `compare_peers_lds.py`.
 
     PEERS_THREADS=1 .venv/bin/python benchmarks/compare_peers_lds.py --size issue --prepare   # if not cached
@@ -37,7 +37,7 @@ def main() -> None:
     import torch
 
     from selectkit.evaluation.lds import measure, predictions
-    from selectkit_plugins.lib.influence.ekfac import fit_ekfac, kept_scores, precondition_queries
+    from selectkit_plugins.lib.influence.ekfac import fit_ekfac, gradient_matrices, kept_scores
     from selectkit_plugins.lib.influence.grads import GradientFeaturizer, linear_modules, lm_loss
     from selectkit_plugins.lib.influence.scores import trak
 
@@ -82,13 +82,11 @@ def main() -> None:
     layers = fit_ekfac(model, lm_loss, tb, modules)
     print(f"EK-FAC fit: {time.perf_counter() - start:.1f}s", flush=True)
     lam_mean = {n: float(layer.eigenvalues().mean()) for n, layer in layers.items()}
+    blocks = list(gradient_matrices(model, lm_loss, modules, qb))  # the queries' one pass
+    query = {n: torch.cat([b[n] for b in blocks]) for n in modules}
     for factor in FACTORS:  # damping per layer is factor x that layer's mean(Lambda), as the default's 0.1
         t = time.perf_counter()
-        queries = {}
-        for name, layer in layers.items():
-            one = precondition_queries(model, lm_loss, {name: layer}, {name: modules[name]}, qb,
-                                       damping=factor * lam_mean[name])
-            queries[name] = one[name]
+        queries = {n: layers[n].precondition_matrix(query[n], factor * lam_mean[n]) for n in modules}
         record("EK-FAC", factor, kept_scores(layers, queries), time.perf_counter() - t)
 
     print(f"\nLDS against damping ({args.size} size, K={args.subsets}; TRAK: d x trace/k, EK-FAC: d x mean(Lambda) "

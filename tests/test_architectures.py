@@ -21,6 +21,7 @@ from selectkit.errors import ModelError, SelectkitError
 from selectkit_plugins.lib.influence.ekfac import (
     ekfac_scores,
     fit_ekfac,
+    fit_rows_scores,
     kept_scores,
     precondition_queries,
     sampled_lm_loss,
@@ -330,7 +331,7 @@ def test_ekfac_one_pass_fit_and_kept_scores_equal_the_two_pass_route(fisher, tok
         assert one[name].kept.shape == (len(TEXTS), *one[name].lam_sum.shape)
         torch.testing.assert_close(one[name].eigenvalues(), two[name].eigenvalues(), rtol=1e-6, atol=0)
     queries = precondition_queries(model, lm_loss, one, modules, [batches[1]])
-    by_pass = train_scores(model, lm_loss, one, modules, batches, queries)
+    by_pass = train_scores(model, lm_loss, modules, batches, queries)
     assert by_pass.shape == (len(TEXTS), 2) and np.abs(by_pass).max() > 0
     if fisher == "empirical":  # the fit's gradients are the scoring gradients
         np.testing.assert_allclose(kept_scores(one, queries), by_pass, rtol=1e-5, atol=1e-7 * np.abs(by_pass).max())
@@ -338,6 +339,7 @@ def test_ekfac_one_pass_fit_and_kept_scores_equal_the_two_pass_route(fisher, tok
                                rtol=1e-4, atol=1e-6 * np.abs(by_pass).max())
     with pytest.raises(RuntimeError, match="did not keep"):
         kept_scores(two, queries)
+    np.testing.assert_allclose(fit_rows_scores(model, lm_loss, two, modules, batches, queries), by_pass, rtol=1e-6)
 
 
 def _short_rows(n: int, seed: int) -> list[dict]:

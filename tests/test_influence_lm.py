@@ -75,7 +75,9 @@ def test_pairwise_scorers_rank_the_target_task_first(ctx, cls):
 def test_ekfac_on_a_pool_its_fit_covers_needs_no_scoring_pass_and_scores_all_targets_at_once(ctx, tmp_path,
                                                                                                  monkeypatch):
     """A pool within `factor_examples` is scored from the gradients the fit kept; a pool the fit cannot keep
-    (budget 0) takes the Lambda pass and one scoring pass for both targets. Both routes agree, per target."""
+    (budget 0) takes the Lambda pass and one scoring pass for both targets. Both routes agree, per target.
+    A sampled Fisher (labels unlike the scores') scores the pool shard by shard, both targets in one pass:
+    each target's columns are what it gets scored alone."""
     import shutil
 
     from selectkit_plugins.lib.influence import ekfac
@@ -86,12 +88,20 @@ def test_ekfac_on_a_pool_its_fit_covers_needs_no_scoring_pass_and_scores_all_tar
     for keep in (ekfac.KEEP_BYTES, 0):
         monkeypatch.setattr(ekfac, "KEEP_BYTES", keep)
         cache = tmp_path / f"keep-{keep}"
-        shutil.copytree(ctx.work, cache)  # the module's warmup, not this test's scores
+        if ctx.work.exists():  # the module's warmup (when an earlier test trained it), not this test's scores
+            shutil.copytree(ctx.work, cache)
         got.append(scored(EKFAC(EKFAC.Params()), two, cache).values)
     fused, passes = got
     assert fused.shape == (3 * PER_TASK, 2)
     np.testing.assert_allclose(fused, passes, rtol=1e-4, atol=1e-5 * np.abs(passes).max())
     assert _precision(ctx, fused[:, 0], "reverse") >= 0.7 and _precision(ctx, fused[:, 1], "add") >= 0.7
+    monkeypatch.undo()
+    sampled = EKFAC(EKFAC.Params(fisher="sampled"))
+    both = scored(sampled, two, tmp_path / f"keep-{ekfac.KEEP_BYTES}").values
+    alone = scored(sampled, ctx).values
+    assert both.shape == (3 * PER_TASK, 2)
+    np.testing.assert_allclose(both[:, :1], alone, rtol=1e-5, atol=1e-6 * np.abs(alone).max())
+    assert _precision(ctx, both[:, 0], "reverse") >= 0.7 and _precision(ctx, both[:, 1], "add") >= 0.7
 
 
 def test_the_plan_counts_ekfacs_pool_passes(tmp_path):

@@ -243,6 +243,14 @@ def fit_ekfac(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch], modul
     return layers
 
 
+def gradient_matrices(model: nn.Module, loss_fn: LossFn, modules: dict[str, nn.Module], batches: Iterable[Batch],
+                      ) -> Iterator[dict[str, torch.Tensor]]:
+    """Per batch, each tracked layer's per-example gradient matrices G_n (B, d_out, d_in), from one
+    forward + backward."""
+    for inputs in _passes(model, loss_fn, batches, modules):
+        yield {name: EKFACLayer.example_gradients(a, g, mask) for name, (a, g, mask) in inputs.items()}
+
+
 def precondition_queries(model: nn.Module, loss_fn: LossFn, layers: dict[str, EKFACLayer],
                          modules: dict[str, nn.Module], targets: Iterable[Batch], *, damping: float | None = None,
                          kfac: bool = False) -> dict[str, torch.Tensor]:
@@ -251,12 +259,8 @@ def precondition_queries(model: nn.Module, loss_fn: LossFn, layers: dict[str, EK
     import torch
 
     _check_layers(model, modules)
-    pre: dict[str, list[torch.Tensor]] = {n: [] for n in modules}
-    for inputs in _passes(model, loss_fn, targets, modules):
-        for name, (a, g, mask) in inputs.items():
-            grads = layers[name].example_gradients(a, g, mask)
-            pre[name].append(layers[name].precondition_matrix(grads, damping, kfac))
-    return {n: torch.cat(v) for n, v in pre.items()}
+    grads = list(gradient_matrices(model, loss_fn, modules, targets))
+    return {n: layers[n].precondition_matrix(torch.cat([g[n] for g in grads]), damping, kfac) for n in modules}
 
 
 def _score_blocks(blocks: Iterable[dict[str, torch.Tensor]], queries: dict[str, torch.Tensor]) -> np.ndarray:
@@ -272,12 +276,10 @@ def _score_blocks(blocks: Iterable[dict[str, torch.Tensor]], queries: dict[str, 
     return torch.cat(rows).numpy()
 
 
-def train_scores(model: nn.Module, loss_fn: LossFn, layers: dict[str, EKFACLayer], modules: dict[str, nn.Module],
-                 train: Iterable[Batch], queries: dict[str, torch.Tensor]) -> np.ndarray:
+def train_scores(model: nn.Module, loss_fn: LossFn, modules: dict[str, nn.Module], train: Iterable[Batch],
+                 queries: dict[str, torch.Tensor]) -> np.ndarray:
     """(N_train, M) EK-FAC influence of `train` on the preconditioned queries; one pass over `train`."""
-    blocks = ({name: layers[name].example_gradients(a, g, mask) for name, (a, g, mask) in inputs.items()}
-              for inputs in _passes(model, loss_fn, train, modules))
-    return _score_blocks(blocks, queries)
+    return _score_blocks(gradient_matrices(model, loss_fn, modules, train), queries)
 
 
 def kept_scores(layers: dict[str, EKFACLayer], queries: dict[str, torch.Tensor]) -> np.ndarray:
@@ -288,6 +290,15 @@ def kept_scores(layers: dict[str, EKFACLayer], queries: dict[str, torch.Tensor])
     return _score_blocks([{name: layer.kept for name, layer in layers.items()}], queries)
 
 
+def fit_rows_scores(model: nn.Module, loss_fn: LossFn, layers: dict[str, EKFACLayer], modules: dict[str, nn.Module],
+                    fit: Iterable[Batch], queries: dict[str, torch.Tensor]) -> np.ndarray:
+    """(N_fit, M) EK-FAC influence of the rows the factors were fit on, with the fit's loss: from the
+    gradients the fit kept, or one pass over `fit` when it could not keep them."""
+    if all(layer.kept is not None for layer in layers.values()):
+        return kept_scores(layers, queries)
+    return train_scores(model, loss_fn, modules, fit, queries)
+
+
 def ekfac_scores(model: nn.Module, loss_fn: LossFn, layers: dict[str, EKFACLayer], modules: dict[str, nn.Module],
                  train: Iterable[Batch], targets: Iterable[Batch], *, damping: float | None = None,
                  kfac: bool = False, query_loss_fn: LossFn | None = None) -> np.ndarray:
@@ -295,7 +306,7 @@ def ekfac_scores(model: nn.Module, loss_fn: LossFn, layers: dict[str, EKFACLayer
     preconditioned once and kept (M x sum_l d_out d_in floats)."""
     queries = precondition_queries(model, query_loss_fn or loss_fn, layers, modules, targets,
                                    damping=damping, kfac=kfac)
-    return train_scores(model, loss_fn, layers, modules, train, queries)
+    return train_scores(model, loss_fn, modules, train, queries)
 
 
 def sampled_lm_loss(seed: int = 0) -> LossFn:

@@ -128,7 +128,7 @@ def ekfac_lm(lm: Any, pool: Any, targets: dict[str, Any], p: dict[str, Any], *, 
 
     from selectkit_plugins.lib.influence.ekfac import (
         fit_ekfac,
-        kept_scores,
+        fit_rows_scores,
         precondition_queries,
         sampled_lm_loss,
         train_scores,
@@ -147,18 +147,18 @@ def ekfac_lm(lm: Any, pool: Any, targets: dict[str, Any], p: dict[str, Any], *, 
         return batches(lm, ds, p.get("response"), p["batch_size"])
 
     with torch.enable_grad():
-        layers = fit_ekfac(model, loss, batched(pool.take(rows)), modules)
+        fit = batched(pool.take(rows))
+        layers = fit_ekfac(model, loss, fit, modules)
         per_target = {name: precondition_queries(model, lm_loss, layers, modules, batched(ds),
                                                  damping=p.get("damping"), kfac=p["kfac"])
                       for name, ds in targets.items()}
         queries = {n: torch.cat([q[n] for q in per_target.values()]) for n in modules}
-        kept = all(layer.kept is not None for layer in layers.values())
-        if kept and len(rows) == len(pool) and loss is lm_loss:  # the fit's rows and gradients are the pool's
-            scores = kept_scores(layers, queries)
+        if len(rows) == len(pool) and loss is lm_loss:  # the fit's rows and gradients are the pool's
+            scores = fit_rows_scores(model, lm_loss, layers, modules, fit, queries)
             if progress:
                 progress(len(pool.shard_ranges), len(pool.shard_ranges))
         else:  # one pass over the pool scores every target
-            scores = np.concatenate([train_scores(model, lm_loss, layers, modules, batched(ds), queries)
+            scores = np.concatenate([train_scores(model, lm_loss, modules, batched(ds), queries)
                                      for ds in _pool_shards(pool, progress)])
     widths = {name: next(iter(q.values())).shape[0] for name, q in per_target.items()}
     out, at = {}, 0
